@@ -1,0 +1,157 @@
+//! Command-line interface definitions (clap).
+//!
+//! llama.cpp users type `-md`, `-ngl`, `-ngld`; [`normalize_args`] maps those single-dash
+//! spellings onto the long flags before clap parses.
+
+use crate::verify::VerifyMode;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "specrun", version, about = "Speculative decoding runner for GGUF models on llama.cpp")]
+pub struct Cli {
+    /// More log output (-v: specrun and llama.cpp info, -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate from one prompt, speculatively (or target-only with --no-draft).
+    Run(RunArgs),
+    /// Check that a draft model's vocabulary is compatible with a target's (vocab only, fast).
+    CheckPair(ModelArgs),
+}
+
+/// Which models to use and how to load them.
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Pair from the models file (default: its `default_pair`).
+    #[arg(short, long)]
+    pub pair: Option<String>,
+    /// Target GGUF file (instead of a pair).
+    #[arg(short = 'm', long = "model", value_name = "TARGET.gguf")]
+    pub model: Option<PathBuf>,
+    /// Draft GGUF file (with -m). Also spelled -md.
+    #[arg(long = "model-draft", value_name = "DRAFT.gguf")]
+    pub model_draft: Option<PathBuf>,
+    /// The models file.
+    #[arg(long, value_name = "FILE", default_value = "models.toml")]
+    pub config: PathBuf,
+    /// Where relative model paths point (default: $SPECRUN_MODELS or ~/.cache/specrun/models).
+    #[arg(long, value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// Layers of the target to offload to the GPU. Also spelled -ngl.
+    #[arg(long = "n-gpu-layers", value_name = "N")]
+    pub n_gpu_layers: Option<u32>,
+    /// Layers of the draft to offload to the GPU. Also spelled -ngld.
+    #[arg(long = "n-gpu-layers-draft", value_name = "N")]
+    pub n_gpu_layers_draft: Option<u32>,
+    /// CPU threads for both models (default: per model, else all cores).
+    #[arg(short = 't', long, value_name = "N")]
+    pub threads: Option<u32>,
+    /// Context size for both models.
+    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
+    pub ctx_size: Option<u32>,
+    /// Largest decode batch for both models.
+    #[arg(short = 'b', long = "batch-size", value_name = "N")]
+    pub batch_size: Option<u32>,
+    /// Test-only: use deterministic mock models instead of GGUF files.
+    #[arg(long, hide = true)]
+    pub mock: bool,
+}
+
+/// Generation settings shared by every command that generates.
+#[derive(Debug, Clone, Args)]
+pub struct GenArgs {
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long = "max-tokens", value_name = "N")]
+    pub max_tokens: Option<usize>,
+    /// Largest draft per round (default: the pair's draft_max, else 4).
+    #[arg(long, value_name = "K")]
+    pub draft_max: Option<usize>,
+    /// Stop drafting when the draft's top probability falls below P.
+    #[arg(long, value_name = "P")]
+    pub draft_p_min: Option<f32>,
+    /// Target-only decoding through the same engine.
+    #[arg(long)]
+    pub no_draft: bool,
+    /// Temperature (0: greedy).
+    #[arg(long, value_name = "T")]
+    pub temp: Option<f32>,
+    /// Top-k (0: off).
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Top-p (1: off).
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f32>,
+    /// Min-p (0: off).
+    #[arg(long, value_name = "P")]
+    pub min_p: Option<f32>,
+    /// Repetition penalty over the last 64 tokens (1: off).
+    #[arg(long, value_name = "X")]
+    pub repeat_penalty: Option<f32>,
+    /// RNG seed for sampling.
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// How the target checks drafts when sampling.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub verify: Option<VerifyMode>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub models: ModelArgs,
+    #[command(flatten)]
+    pub gen: GenArgs,
+    /// The prompt.
+    #[arg(long, value_name = "TEXT", conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read one (long) prompt from a file.
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub prompt_file: Option<PathBuf>,
+    /// Wrap the prompt in the target model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Run target-only and speculative on the same prompt and report the speed-up.
+    #[arg(long, conflicts_with = "no_draft")]
+    pub compare: bool,
+    /// Print one JSON object on stdout instead of text and a stats block.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Map llama.cpp's single-dash long flags onto specrun's.
+pub fn normalize_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Vec<std::ffi::OsString> {
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some("-md") => "--model-draft".into(),
+            Some("-ngl") => "--n-gpu-layers".into(),
+            Some("-ngld") => "--n-gpu-layers-draft".into(),
+            _ => a,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn llama_cpp_spellings_are_accepted() {
+        let args = normalize_args(["specrun", "run", "-m", "t.gguf", "-md", "d.gguf", "-ngl", "99", "--prompt", "x"].map(Into::into));
+        let cli = Cli::try_parse_from(args).unwrap();
+        let Command::Run(r) = cli.command else { panic!("not run") };
+        assert_eq!(r.models.model_draft.as_deref(), Some(std::path::Path::new("d.gguf")));
+        assert_eq!(r.models.n_gpu_layers, Some(99));
+    }
+}

@@ -1,0 +1,171 @@
+//! Counters and timings of one generation, and the clock they are timed with.
+//!
+//! The core never reads a clock itself: it is handed a [`Clock`]. The binary passes a wall
+//! clock; tests pass [`crate::mock::MockClock`], which mock models advance by a scripted cost.
+
+use serde::Serialize;
+use std::time::Duration;
+
+/// A monotonic time source.
+pub trait Clock {
+    fn now(&self) -> Duration;
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// An end-of-generation token (or a stop string).
+    Stop,
+    /// `max_tokens` were generated.
+    Length,
+    /// The context is full.
+    Context,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Context => "context",
+        }
+    }
+}
+
+/// Everything measured about one generation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GenStats {
+    pub n_prompt: usize,
+    pub n_generated: usize,
+    /// Target decodes after the prompt (one per round).
+    pub n_rounds: usize,
+    pub n_drafted: usize,
+    pub n_accepted: usize,
+    /// `drafted_at[i]`: rounds that drafted a token at position `i + 1`.
+    pub drafted_at: Vec<usize>,
+    /// `accepted_at[i]`: rounds whose token at position `i + 1` was accepted.
+    pub accepted_at: Vec<usize>,
+    /// Rounds that ran without a draft (draft length 0 chosen, or nothing proposed).
+    pub n_rounds_undrafted: usize,
+    /// Draft-model forward passes (one per drafted token, plus catch-up batches).
+    pub n_draft_steps: usize,
+    #[serde(serialize_with = "secs")]
+    pub t_prompt: Duration,
+    #[serde(serialize_with = "secs")]
+    pub t_draft: Duration,
+    #[serde(serialize_with = "secs")]
+    pub t_verify: Duration,
+    /// Decode time after the prompt (draft + verify + bookkeeping).
+    #[serde(serialize_with = "secs")]
+    pub t_decode: Duration,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+impl GenStats {
+    /// Record one verified round: `n_drafted` proposed, `n_accepted` of them kept.
+    pub fn record_round(&mut self, n_drafted: usize, n_accepted: usize) {
+        self.n_rounds += 1;
+        self.n_drafted += n_drafted;
+        self.n_accepted += n_accepted;
+        if n_drafted == 0 {
+            self.n_rounds_undrafted += 1;
+        }
+        if self.drafted_at.len() < n_drafted {
+            self.drafted_at.resize(n_drafted, 0);
+            self.accepted_at.resize(n_drafted, 0);
+        }
+        for i in 0..n_drafted {
+            self.drafted_at[i] += 1;
+            if i < n_accepted {
+                self.accepted_at[i] += 1;
+            }
+        }
+    }
+
+    /// `n_accepted / n_drafted` (0 when nothing was drafted).
+    pub fn acceptance_rate(&self) -> f64 {
+        ratio(self.n_accepted as f64, self.n_drafted as f64)
+    }
+
+    /// Tokens emitted per target decode.
+    pub fn tokens_per_round(&self) -> f64 {
+        ratio(self.n_generated as f64, self.n_rounds as f64)
+    }
+
+    /// Acceptance rate at each draft position 1..=K.
+    pub fn acceptance_by_position(&self) -> Vec<f64> {
+        self.drafted_at.iter().zip(&self.accepted_at).map(|(&d, &a)| ratio(a as f64, d as f64)).collect()
+    }
+
+    pub fn decode_tok_per_s(&self) -> f64 {
+        ratio(self.n_generated as f64, self.t_decode.as_secs_f64())
+    }
+
+    pub fn prompt_tok_per_s(&self) -> f64 {
+        ratio(self.n_prompt as f64, self.t_prompt.as_secs_f64())
+    }
+
+    /// Decode time that was neither drafting nor verifying.
+    pub fn t_other(&self) -> Duration {
+        self.t_decode.saturating_sub(self.t_draft + self.t_verify)
+    }
+
+    /// Mean cost of one draft step relative to one target decode (a rough `c`).
+    pub fn draft_cost_ratio(&self) -> f64 {
+        let per_draft = ratio(self.t_draft.as_secs_f64(), self.n_draft_steps as f64);
+        let per_verify = ratio(self.t_verify.as_secs_f64(), self.n_rounds as f64);
+        ratio(per_draft, per_verify)
+    }
+
+    /// Add another generation's counters and times to these.
+    pub fn merge(&mut self, o: &GenStats) {
+        self.n_prompt += o.n_prompt;
+        self.n_generated += o.n_generated;
+        self.n_rounds += o.n_rounds;
+        self.n_drafted += o.n_drafted;
+        self.n_accepted += o.n_accepted;
+        self.n_rounds_undrafted += o.n_rounds_undrafted;
+        self.n_draft_steps += o.n_draft_steps;
+        let k = self.drafted_at.len().max(o.drafted_at.len());
+        self.drafted_at.resize(k, 0);
+        self.accepted_at.resize(k, 0);
+        for i in 0..o.drafted_at.len() {
+            self.drafted_at[i] += o.drafted_at[i];
+            self.accepted_at[i] += o.accepted_at[i];
+        }
+        self.t_prompt += o.t_prompt;
+        self.t_draft += o.t_draft;
+        self.t_verify += o.t_verify;
+        self.t_decode += o.t_decode;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_position_acceptance_counts_prefixes() {
+        let mut s = GenStats::default();
+        s.record_round(3, 1);
+        s.record_round(2, 2);
+        s.record_round(0, 0);
+        assert_eq!(s.drafted_at, vec![2, 2, 1]);
+        assert_eq!(s.accepted_at, vec![2, 1, 0]);
+        assert_eq!(s.acceptance_by_position(), vec![1.0, 0.5, 0.0]);
+        assert_eq!(s.n_rounds_undrafted, 1);
+        assert!((s.acceptance_rate() - 0.6).abs() < 1e-12);
+    }
+}
