@@ -151,6 +151,10 @@ impl<M: Model> Drafter for ModelDrafter<M> {
     fn begin(&mut self, cursor: &mut KvCursor, prompt: &[Token]) -> Result<(), ModelError> {
         self.model.truncate(cursor.seq, 0)?;
         cursor.n_cached = 0;
+        if prompt.len() >= self.model.n_ctx() {
+            // The draft cannot hold this prompt; the engine drafts nothing for it.
+            return Ok(());
+        }
         cursor.decode_tail(&mut self.model, prompt, 0)
     }
 

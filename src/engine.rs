@@ -113,7 +113,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
-        let n_ctx = self.target.n_ctx().min(self.drafter.n_ctx());
+        // A prompt that fits the target but not the draft runs target-only (see `draft_len`).
+        let n_ctx = self.target.n_ctx();
         if prompt.len() > n_ctx {
             return Err(EngineError::PromptTooLong { n_prompt: prompt.len(), n_ctx });
         }

@@ -44,6 +44,8 @@ pub struct MockSpec {
     /// Simulated cost of one decode call, and of each token in it.
     pub cost_per_call: Duration,
     pub cost_per_token: Duration,
+    /// Refuse to remove part of a sequence, as recurrent memory does.
+    pub refuse_partial_removal: bool,
 }
 
 impl MockSpec {
@@ -57,6 +59,7 @@ impl MockSpec {
             behaviour: Behaviour::Target { seed, eog_rate: 0.01 },
             cost_per_call: Duration::from_millis(20),
             cost_per_token: Duration::from_millis(2),
+            refuse_partial_removal: false,
         }
     }
 
@@ -250,6 +253,9 @@ impl Model for MockModel {
     }
 
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ModelError> {
+        if self.spec.refuse_partial_removal && len > 0 {
+            return Err(ModelError::TruncateRefused { seq, len });
+        }
         if let Some(c) = self.caches.get_mut(&seq) {
             c.tokens.truncate(len);
             c.hashes.truncate(len + 1);

@@ -24,7 +24,17 @@ pub struct VocabFacts {
     pub texts: Vec<Vec<u8>>,
 }
 
-/// Why two vocabularies are incompatible.
+/// Two vocabularies are incompatible: the first rule broken and, where the texts differ at
+/// all, the first token id whose text differs.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("{rule}{}", first_token.as_ref().map(|t| format!("; first differing {t}")).unwrap_or_default())]
+pub struct Incompatible {
+    pub rule: VocabMismatch,
+    /// The first differing token (a [`VocabMismatch::Token`]), also when another rule broke first.
+    pub first_token: Option<VocabMismatch>,
+}
+
+/// Which rule two vocabularies break.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum VocabMismatch {
     #[error("vocabulary types differ: target {target}, draft {draft}")]
@@ -45,8 +55,18 @@ fn special<T: PartialEq + ToString>(what: &'static str, t: T, d: T) -> Result<()
     }
 }
 
-/// Check that `draft` can draft for `target`; the error names the first difference.
-pub fn check_compatible(target: &VocabFacts, draft: &VocabFacts) -> Result<(), VocabMismatch> {
+/// The first token id from [`CHECK_START_ID`] whose text differs.
+fn first_token_difference(target: &VocabFacts, draft: &VocabFacts) -> Option<VocabMismatch> {
+    (CHECK_START_ID..target.texts.len().min(draft.texts.len())).find(|&id| target.texts[id] != draft.texts[id]).map(|id| {
+        VocabMismatch::Token {
+            id,
+            target: String::from_utf8_lossy(&target.texts[id]).into_owned(),
+            draft: String::from_utf8_lossy(&draft.texts[id]).into_owned(),
+        }
+    })
+}
+
+fn first_rule_broken(target: &VocabFacts, draft: &VocabFacts) -> Result<(), VocabMismatch> {
     if target.kind != draft.kind {
         return Err(VocabMismatch::Kind { target: target.kind.clone(), draft: draft.kind.clone() });
     }
@@ -58,16 +78,20 @@ pub fn check_compatible(target: &VocabFacts, draft: &VocabFacts) -> Result<(), V
     if nt.abs_diff(nd) > MAX_SIZE_DIFFERENCE {
         return Err(VocabMismatch::Size { target: nt, draft: nd });
     }
-    for id in CHECK_START_ID..nt.min(nd) {
-        if target.texts[id] != draft.texts[id] {
-            return Err(VocabMismatch::Token {
-                id,
-                target: String::from_utf8_lossy(&target.texts[id]).into_owned(),
-                draft: String::from_utf8_lossy(&draft.texts[id]).into_owned(),
-            });
-        }
-    }
     Ok(())
+}
+
+/// Check that `draft` can draft for `target`; the error names the first rule broken and the
+/// first differing token.
+pub fn check_compatible(target: &VocabFacts, draft: &VocabFacts) -> Result<(), Incompatible> {
+    let first_token = first_token_difference(target, draft);
+    match first_rule_broken(target, draft) {
+        Err(rule) => Err(Incompatible { rule, first_token }),
+        Ok(()) => match first_token {
+            Some(rule) => Err(Incompatible { rule, first_token: None }),
+            None => Ok(()),
+        },
+    }
 }
 
 #[cfg(test)]
@@ -95,21 +119,24 @@ mod tests {
     fn each_rule_reports_its_difference() {
         let mut d = facts(1000);
         d.kind = "spm".into();
-        assert!(matches!(check_compatible(&facts(1000), &d), Err(VocabMismatch::Kind { .. })));
+        d.texts[42] = b"x".to_vec();
+        let e = check_compatible(&facts(1000), &d).unwrap_err();
+        assert!(matches!(e.rule, VocabMismatch::Kind { .. }));
+        assert_eq!(e.to_string(), "vocabulary types differ: target bpe, draft spm; first differing token 42 differs: target \"t42\", draft \"x\"");
         let mut d = facts(1000);
         d.eos = 3;
         assert_eq!(
-            check_compatible(&facts(1000), &d),
-            Err(VocabMismatch::Special { what: "EOS id", target: "2".into(), draft: "3".into() })
+            check_compatible(&facts(1000), &d).unwrap_err().rule,
+            VocabMismatch::Special { what: "EOS id", target: "2".into(), draft: "3".into() }
         );
-        assert!(matches!(check_compatible(&facts(1200), &facts(1000)), Err(VocabMismatch::Size { .. })));
+        assert!(matches!(check_compatible(&facts(1200), &facts(1000)).unwrap_err().rule, VocabMismatch::Size { .. }));
         let mut d = facts(1000);
         d.texts[700] = b"other".to_vec();
         d.texts[900] = b"later".to_vec();
         d.texts[3] = b"ignored below id 5".to_vec();
         assert_eq!(
-            check_compatible(&facts(1000), &d),
-            Err(VocabMismatch::Token { id: 700, target: "t700".into(), draft: "other".into() })
+            check_compatible(&facts(1000), &d).unwrap_err().rule,
+            VocabMismatch::Token { id: 700, target: "t700".into(), draft: "other".into() }
         );
     }
 }
