@@ -1,0 +1,126 @@
+//! The binary, end to end on the hidden mock backend: output formats, flag handling and the
+//! one-line errors for bad input.
+
+use assert_cmd::Command;
+use predicates::prelude::*;
+use specrun::report::{CompareReport, RunReport};
+use std::path::PathBuf;
+
+fn models_toml() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models.toml")
+}
+
+fn specrun() -> Command {
+    Command::cargo_bin("specrun").unwrap()
+}
+
+fn mock_run(extra: &[&str]) -> Command {
+    let mut c = specrun();
+    c.args(["run", "--mock", "--config"]).arg(models_toml()).args(["--prompt", "hello world"]).args(extra);
+    c
+}
+
+#[test]
+fn help_lists_every_run_flag() {
+    let out = specrun().args(["run", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--pair", "--model", "--model-draft", "--config", "--models-dir", "--n-gpu-layers", "--n-gpu-layers-draft",
+        "--threads", "--ctx-size", "--batch-size", "--max-tokens", "--draft-max", "--draft-p-min", "--no-draft",
+        "--temp", "--top-k", "--top-p", "--min-p", "--repeat-penalty", "--seed", "--verify", "--prompt",
+        "--prompt-file", "--chat", "--compare", "--json",
+    ] {
+        assert!(help.contains(flag), "run --help lacks {flag}");
+    }
+    assert!(!help.contains("--mock"), "the test backend flag is hidden");
+}
+
+#[test]
+fn json_output_is_one_record_with_the_documented_fields() {
+    let out = mock_run(&["-n", "20", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1);
+    let r: RunReport = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r.drafter, "model");
+    assert_eq!(r.verify, "greedy");
+    assert!(r.n_generated <= 20 && r.n_generated > 0);
+    assert_eq!(r.text.len(), 2 * r.n_generated, "mock tokens print as two bytes each");
+    assert!(r.n_accepted <= r.n_drafted);
+}
+
+#[test]
+fn compare_reports_identical_outputs_and_a_speedup() {
+    let out = mock_run(&["-n", "30", "--compare", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: CompareReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(r.identical);
+    assert_eq!(r.target_only.text, r.speculative.text);
+    assert_eq!(r.target_only.drafter, "none");
+    assert_eq!(r.target_only.n_drafted, 0);
+    assert!(r.speedup > 0.0);
+}
+
+#[test]
+fn text_mode_streams_to_stdout_and_stats_to_stderr() {
+    mock_run(&["-n", "10"])
+        .assert()
+        .success()
+        .stdout(predicate::str::is_match("^([a-z] )+\n$").unwrap())
+        .stderr(predicate::str::contains("acceptance").and(predicate::str::contains("tok/s")));
+}
+
+#[test]
+fn no_draft_runs_target_only_with_the_same_text() {
+    let spec = mock_run(&["-n", "25", "--json"]).output().unwrap();
+    let plain = mock_run(&["-n", "25", "--json", "--no-draft"]).output().unwrap();
+    let spec: RunReport = serde_json::from_slice(&spec.stdout).unwrap();
+    let plain: RunReport = serde_json::from_slice(&plain.stdout).unwrap();
+    assert_eq!(plain.drafter, "none");
+    assert_eq!(plain.n_rounds, plain.n_generated);
+    assert_eq!(spec.text, plain.text);
+}
+
+#[test]
+fn bad_toml_is_one_line_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("models.toml");
+    std::fs::write(&f, "[models.a]\npath = \"a.gguf\"\nn_ctxx = 5\n").unwrap();
+    let out = specrun().args(["run", "--prompt", "x", "--config"]).arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with(&format!("error: {}:3:1: unknown field `n_ctxx`", f.display())), "{err}");
+}
+
+#[test]
+fn missing_model_file_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = specrun()
+        .args(["run", "--prompt", "x", "--config"])
+        .arg(models_toml())
+        .arg("--models-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("model file not found") || err.contains("built without the llama.cpp backend"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bad_flags_name_the_flag() {
+    let out = mock_run(&["--temp=-1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--temp must be >= 0"));
+    let out = mock_run(&["--top-p", "0"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("top-p must be in (0, 1]"));
+    let out = specrun().args(["run", "--mock", "--prompt-file", "/nonexistent/prompt.txt", "--config"]).arg(models_toml()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--prompt-file /nonexistent/prompt.txt: cannot read"));
+    // clap usage errors exit 2
+    specrun().args(["run", "--draft-max", "many", "--prompt", "x"]).assert().code(2);
+}
