@@ -36,7 +36,7 @@ pub struct MockSpec {
     pub n_vocab: usize,
     pub n_ctx: usize,
     pub n_batch: usize,
-    /// The end-of-generation token.
+    /// The end-of-generation token (negative: the model never ends).
     pub eog: Token,
     /// Spread of the logits (larger: more peaked distributions).
     pub scale: f32,
@@ -172,8 +172,9 @@ impl MockModel {
     fn target_row(&self, seed: u64, eog_rate: f64, h: u64) -> Vec<f32> {
         let hs = mix(h, seed);
         let mut row: Vec<f32> = (0..self.spec.n_vocab).map(|j| self.spec.scale * unit(mix(hs, j as u64 + 1)) as f32).collect();
-        let eog = self.spec.eog as usize;
-        row[eog] = if unit(mix(hs, 0xE0E0)) < eog_rate { self.spec.scale + 1.0 } else { -self.spec.scale };
+        if let Ok(eog) = usize::try_from(self.spec.eog) {
+            row[eog] = if unit(mix(hs, 0xE0E0)) < eog_rate { self.spec.scale + 1.0 } else { -self.spec.scale };
+        }
         row
     }
 
@@ -193,8 +194,8 @@ impl MockModel {
             }
             Behaviour::DraftEogEarly { target_seed, target_eog_rate, eog_rate } => {
                 let mut row = self.target_row(target_seed, target_eog_rate, h);
-                if unit(mix(h, 0xE0E1)) < eog_rate {
-                    row[self.spec.eog as usize] = 100.0;
+                if let (Ok(eog), true) = (usize::try_from(self.spec.eog), unit(mix(h, 0xE0E1)) < eog_rate) {
+                    row[eog] = 100.0;
                 }
                 row
             }
