@@ -71,7 +71,9 @@ impl SamplingParams {
 }
 
 /// A probability distribution over token ids, stored sparsely: `ids[i]` has probability
-/// `probs[i]`, sorted by decreasing probability; every other token has probability 0.
+/// `probs[i]`; every other token has probability 0. `ids[0]` is the most likely token; the
+/// rest are sorted by decreasing probability unless the distribution is longer than 4,096
+/// tokens (temperature-only warps of a whole vocabulary are not sorted).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Dist {
     pub ids: Vec<Token>,
@@ -118,7 +120,10 @@ fn sample_weighted<R: Rng + ?Sized>(ids: &[Token], weights: &[f32], rng: &mut R)
 #[derive(Debug, Default)]
 pub struct Scratch {
     cand: Vec<(f32, Token)>,
+    /// Residual lookups by token id (all zero between calls).
     dense: Vec<f32>,
+    /// A penalised copy of a row, for argmax.
+    row_copy: Vec<f32>,
     penalized: Vec<Token>,
 }
 
@@ -160,26 +165,19 @@ impl Scratch {
     /// The greedy choice: argmax of the penalised logits (lowest id on exact ties).
     pub fn argmax(&mut self, logits: &[f32], history: &[Token], params: &SamplingParams) -> Token {
         self.collect_penalized(history, params);
-        let mut best = (f32::NEG_INFINITY, 0 as Token);
-        for (i, &l) in logits.iter().enumerate() {
-            if clean(l) > best.0 {
-                best = (l, i as Token);
+        let raw = argmax_row(logits);
+        // a penalty >= 1 only lowers logits: an unpenalised raw argmax stays the argmax
+        if self.penalized.is_empty() || (params.repeat_penalty >= 1.0 && !self.penalized.contains(&raw)) {
+            return raw;
+        }
+        self.row_copy.clear();
+        self.row_copy.extend_from_slice(logits);
+        for &t in &self.penalized {
+            if let Some(v) = self.row_copy.get_mut(t as usize) {
+                *v = penalize(clean(*v), params.repeat_penalty);
             }
         }
-        if self.penalized.is_empty() {
-            return best.1;
-        }
-        // Penalties can move any penalised token down (or up): compare it against the best
-        // unpenalised token explicitly.
-        let mut best = (f32::NEG_INFINITY, Token::MAX);
-        for (i, &l) in logits.iter().enumerate() {
-            let t = i as Token;
-            let v = if self.penalized.contains(&t) { penalize(clean(l), params.repeat_penalty) } else { clean(l) };
-            if v > best.0 || (best.1 == Token::MAX) {
-                best = (v, t);
-            }
-        }
-        best.1
+        argmax_row(&self.row_copy)
     }
 
     /// Warp a logits row into a distribution. For `temp == 0` the result is one-hot on
@@ -216,46 +214,48 @@ impl Scratch {
             // lowest id deterministically rather than producing NaNs.
             return Dist::one_hot(0);
         }
-        // top-k on the (penalised) candidates, sorted by decreasing logit.
+        // top-k on the (penalised) candidates
         if k < self.cand.len() {
             self.cand.select_nth_unstable_by(k - 1, cmp_desc);
             self.cand.truncate(k);
         }
-        self.cand.sort_unstable_by(cmp_desc);
-        // softmax(l / T) over the candidates
-        // in f64: logits near f32::MAX divided by a small temperature overflow f32
+        // softmax(l / T), unnormalised, in place; in f64 because logits near f32::MAX divided by
+        // a small temperature overflow f32
         let inv_t = 1.0 / f64::from(params.temp);
-        let max = f64::from(self.cand[0].0) * inv_t;
-        let mut probs: Vec<f32> = Vec::with_capacity(self.cand.len());
+        let max = self.cand.iter().map(|c| c.0).fold(f32::NEG_INFINITY, f32::max);
+        let max = f64::from(max) * inv_t;
         let mut sum = 0.0f64;
-        for c in &self.cand {
-            let e = ((f64::from(c.0) * inv_t) - max).exp() as f32;
-            sum += f64::from(e);
-            probs.push(e);
+        for c in &mut self.cand {
+            let e = ((f64::from(c.0) * inv_t) - max).exp();
+            sum += e;
+            c.0 = e as f32;
         }
-        let mut keep = probs.len();
-        // top-p: smallest prefix whose mass reaches top_p
+        // min-p: tokens below min_p × the top probability go (the top token has weight 1)
+        if params.min_p > 0.0 {
+            self.cand.retain(|c| c.0 >= params.min_p);
+        }
+        // top-p: the smallest most-likely prefix whose mass reaches top_p. Both cuts keep a
+        // most-likely prefix, so applying min-p first gives the same set as top-p then min-p.
         if params.top_p < 1.0 {
-            let mut cum = 0.0f64;
-            for (i, &p) in probs.iter().enumerate() {
-                cum += f64::from(p) / sum;
-                if cum >= f64::from(params.top_p) {
-                    keep = i + 1;
-                    break;
-                }
+            let target = f64::from(params.top_p) * sum;
+            let kept: f64 = self.cand.iter().map(|c| f64::from(c.0)).sum();
+            if kept >= target {
+                let keep = prefix_reaching(&mut self.cand, target);
+                self.cand.truncate(keep);
             }
         }
-        // min-p: drop tokens below min_p × the top probability
-        if params.min_p > 0.0 {
-            let floor = params.min_p * probs[0];
-            keep = probs[..keep].iter().take_while(|&&p| p >= floor).count().max(1);
+        if self.cand.len() <= 4096 {
+            self.cand.sort_unstable_by(cmp_desc);
+        } else {
+            // a long distribution stays unsorted but for its most likely token
+            let top = (0..self.cand.len()).max_by(|&a, &b| self.cand[a].0.total_cmp(&self.cand[b].0).then(b.cmp(&a))).unwrap_or(0);
+            self.cand.swap(0, top);
         }
-        probs.truncate(keep);
-        let total: f32 = probs.iter().sum();
-        for p in &mut probs {
-            *p /= total;
+        let total: f64 = self.cand.iter().map(|c| f64::from(c.0)).sum();
+        Dist {
+            ids: self.cand.iter().map(|c| c.1).collect(),
+            probs: self.cand.iter().map(|c| (f64::from(c.0) / total) as f32).collect(),
         }
-        Dist { ids: self.cand[..keep].iter().map(|c| c.1).collect(), probs }
     }
 
     /// Sample from `norm(max(0, p − q))`, the residual of rejection sampling, over the whole
@@ -282,6 +282,52 @@ impl Scratch {
     }
 }
 
+/// Index of the largest logit (lowest on ties; NaN never wins; all -inf or NaN gives 0).
+/// Lanes keep the scan branch-free so it vectorises.
+fn argmax_row(row: &[f32]) -> Token {
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+        }
+    }
+    let max = lanes.iter().chain(rest).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    if max == f32::NEG_INFINITY {
+        return 0;
+    }
+    row.iter().position(|&v| v == max).unwrap_or(0) as Token
+}
+
+/// Length of the shortest most-likely prefix of `cand` (weights in `.0`) whose mass reaches
+/// `target`, leaving that prefix at the front of `cand`. Selects in growing windows, so a
+/// 151,936-entry row is not sorted when a few hundred tokens hold the mass.
+fn prefix_reaching(cand: &mut [(f32, Token)], target: f64) -> usize {
+    let n = cand.len();
+    let mut window = 64.min(n);
+    loop {
+        if window < n {
+            cand.select_nth_unstable_by(window - 1, cmp_desc);
+        }
+        let head = &mut cand[..window];
+        let mass: f64 = head.iter().map(|c| f64::from(c.0)).sum();
+        if mass >= target || window == n {
+            head.sort_unstable_by(cmp_desc);
+            let mut cum = 0.0f64;
+            for (i, c) in head.iter().enumerate() {
+                cum += f64::from(c.0);
+                if cum >= target {
+                    return i + 1;
+                }
+            }
+            return window;
+        }
+        window = (window * 4).min(n);
+    }
+}
+
 fn cmp_desc(a: &(f32, Token), b: &(f32, Token)) -> std::cmp::Ordering {
     b.0.total_cmp(&a.0).then(a.1.cmp(&b.1))
 }
@@ -295,14 +341,22 @@ fn top_k_into(row: &[f32], k: usize, out: &mut Vec<(f32, Token)>) {
     }
     let cap = (2 * k).max(64);
     let mut threshold = f32::NEG_INFINITY;
-    for (i, &l) in row.iter().enumerate() {
-        let l = clean(l);
-        if l > threshold || (out.len() < k) {
-            out.push((l, i as Token));
-            if out.len() >= cap {
-                out.select_nth_unstable_by(k - 1, cmp_desc);
-                out.truncate(k);
-                threshold = out.iter().map(|c| c.0).fold(f32::INFINITY, f32::min);
+    const CHUNK: usize = 32;
+    for (ci, chunk) in row.chunks(CHUNK).enumerate() {
+        // most chunks hold nothing above the threshold: one branch-free max decides
+        let chunk_max = chunk.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+        if chunk_max <= threshold && out.len() >= k {
+            continue;
+        }
+        for (j, &l) in chunk.iter().enumerate() {
+            let l = clean(l);
+            if l > threshold || (out.len() < k) {
+                out.push((l, (ci * CHUNK + j) as Token));
+                if out.len() >= cap {
+                    out.select_nth_unstable_by(k - 1, cmp_desc);
+                    out.truncate(k);
+                    threshold = out.iter().map(|c| c.0).fold(f32::INFINITY, f32::min);
+                }
             }
         }
     }
