@@ -1,7 +1,9 @@
 //! The binary's commands: resolve settings (flags over `models.toml`), load models, run the
 //! engine, print. This is the edge: errors are `anyhow`, clocks are real, output is written.
 
-use crate::cli::{Cli, Command, GenArgs, ModelArgs, RunArgs};
+use crate::cli::{Cli, Command, DrafterKind, GenArgs, ModelArgs, RunArgs};
+use crate::control::AdaptiveMode;
+use crate::ngram::{HybridDrafter, NgramConfig, NgramDrafter};
 use crate::config::{self, Config};
 use crate::detok::Utf8Stream;
 use crate::draft::{Drafter, ModelDrafter, NoDraft};
@@ -54,7 +56,11 @@ pub struct ModelPlan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub target: ModelPlan,
+    /// The draft model, when the drafter needs one.
     pub draft: Option<ModelPlan>,
+    /// `None`: target-only.
+    pub drafter: Option<DrafterKind>,
+    pub ngram: NgramConfig,
     pub gen: GenConfig,
 }
 
@@ -76,8 +82,10 @@ fn model_plan(name: &str, entry: &config::ModelEntry, cache: &std::path::Path, a
 /// Merge flags over the models file (flags win).
 pub fn plan(models: &ModelArgs, gen: &GenArgs) -> Result<Plan> {
     let cache = models.models_dir.clone().unwrap_or_else(config::models_cache);
-    let mut cfg = GenConfig::default();
+    let mut cfg = GenConfig { adaptive: AdaptiveMode::Auto, ..GenConfig::default() };
     let mut params = SamplingParams::greedy();
+    let mut drafter = DrafterKind::Hybrid;
+    let mut ngram = NgramConfig::default();
     let (target, draft) = if let Some(target_path) = &models.model {
         if models.pair.is_some() {
             bail!("--pair and -m/--model exclude each other");
@@ -114,6 +122,11 @@ pub fn plan(models: &ModelArgs, gen: &GenArgs) -> Result<Plan> {
         params.top_p = pair.top_p.unwrap_or(params.top_p);
         params.min_p = pair.min_p.unwrap_or(params.min_p);
         params.repeat_penalty = pair.repeat_penalty.unwrap_or(params.repeat_penalty);
+        drafter = pair.drafter.unwrap_or(drafter);
+        cfg.adaptive = pair.adaptive.unwrap_or(cfg.adaptive);
+        cfg.draft_min = pair.draft_min.unwrap_or(cfg.draft_min);
+        ngram.n_min = pair.ngram_min.unwrap_or(ngram.n_min);
+        ngram.n_max = pair.ngram_max.unwrap_or(ngram.n_max);
         (target, Some(draft))
     };
     cfg.max_tokens = gen.max_tokens.unwrap_or(cfg.max_tokens);
@@ -126,6 +139,14 @@ pub fn plan(models: &ModelArgs, gen: &GenArgs) -> Result<Plan> {
     params.top_p = gen.top_p.unwrap_or(params.top_p);
     params.min_p = gen.min_p.unwrap_or(params.min_p);
     params.repeat_penalty = gen.repeat_penalty.unwrap_or(params.repeat_penalty);
+    drafter = gen.drafter.unwrap_or(drafter);
+    cfg.adaptive = gen.adaptive.unwrap_or(cfg.adaptive);
+    cfg.draft_min = gen.draft_min.unwrap_or(cfg.draft_min);
+    ngram.n_min = gen.ngram_min.unwrap_or(ngram.n_min);
+    ngram.n_max = gen.ngram_max.unwrap_or(ngram.n_max);
+    if ngram.n_min == 0 || ngram.n_min > ngram.n_max {
+        bail!("--ngram-min must be >= 1 and <= --ngram-max, got {} and {}", ngram.n_min, ngram.n_max);
+    }
     params.validate().map_err(|e| anyhow!("--{e}"))?;
     if !(0.0..=1.0).contains(&cfg.draft_p_min) {
         bail!("--draft-p-min must be in [0, 1], got {}", cfg.draft_p_min);
@@ -134,8 +155,12 @@ pub fn plan(models: &ModelArgs, gen: &GenArgs) -> Result<Plan> {
         cfg.verify = VerifyMode::Rejection;
     }
     cfg.params = params;
-    let draft = if gen.no_draft { None } else { draft };
-    Ok(Plan { target, draft, gen: cfg })
+    let drafter = if gen.no_draft { None } else { Some(drafter) };
+    if drafter.is_some_and(DrafterKind::needs_model) && draft.is_none() {
+        bail!("--draft {} needs a draft model (-md or a pair); use --draft ngram or --no-draft", drafter.map_or("", |d| d.as_str()));
+    }
+    let draft = if drafter.is_some_and(DrafterKind::needs_model) { draft } else { None };
+    Ok(Plan { target, draft, drafter, ngram, gen: cfg })
 }
 
 fn init_logging(verbose: u8) {
@@ -206,8 +231,20 @@ pub fn generate<T: Model, D: Drafter>(
     }
     let drafter = engine.drafter.name();
     let verify = engine.config.effective_verify();
-    let report = RunReport::new(text, finish, drafter, verify.as_str(), if engine.drafter.is_active() { engine.config.draft_max } else { 0 }, &seq.stats);
+    let draft_max = if engine.drafter.is_active() { engine.config.draft_max } else { 0 };
+    let report = RunReport::new(text, finish, drafter, engine.config.adaptive, verify.as_str(), draft_max, &seq.stats);
     Ok(Generated { report, tokens: seq.generated().to_vec() })
+}
+
+/// The drafter a plan asks for, over an already created draft model (if it needs one).
+fn make_drafter<'a, M: Model + 'a>(plan: &Plan, model: Option<M>) -> Box<dyn Drafter + 'a> {
+    match (plan.drafter, model) {
+        (None, _) => Box::new(NoDraft),
+        (Some(DrafterKind::Ngram), _) => Box::new(NgramDrafter::new(plan.ngram)),
+        (Some(DrafterKind::Model), Some(m)) => Box::new(ModelDrafter::new(m)),
+        (Some(DrafterKind::Hybrid), Some(m)) => Box::new(HybridDrafter { ngram: NgramDrafter::new(plan.ngram), model: ModelDrafter::new(m) }),
+        (Some(_), None) => Box::new(NoDraft),
+    }
 }
 
 /// `run`: one prompt, speculative, target-only or both.
@@ -217,10 +254,8 @@ fn run_command(args: &RunArgs) -> Result<ExitCode> {
     if args.models.mock {
         let spec = MockSpec::target(1);
         let mut target = MockModel::new(spec.clone());
-        let drafter: Box<dyn Drafter> = match &plan.draft {
-            Some(_) => Box::new(ModelDrafter::new(MockModel::new(MockSpec::draft_of(&spec, 0.8, 1)))),
-            None => Box::new(NoDraft),
-        };
+        let draft = plan.draft.as_ref().map(|_| MockModel::new(MockSpec::draft_of(&spec, 0.8, 1)));
+        let drafter = make_drafter(&plan, draft);
         let codec = MockCodec { n_vocab: spec.n_vocab };
         return execute(&mut target, drafter, &codec, &prompt, args, &plan);
     }
@@ -257,10 +292,11 @@ fn run_llama(args: &RunArgs, plan: &Plan, prompt: &str) -> Result<ExitCode> {
     if draft_model.is_some() && !target.can_roll_back() {
         bail!("{} has recurrent or hybrid memory, which cannot roll back a rejected draft", target_model.path.display());
     }
-    let drafter: Box<dyn Drafter> = match (&draft_model, &plan.draft) {
-        (Some(m), Some(p)) => Box::new(ModelDrafter::new(context(m, p)?)),
-        _ => Box::new(NoDraft),
+    let draft = match (&draft_model, &plan.draft) {
+        (Some(m), Some(p)) => Some(context(m, p)?),
+        _ => None,
     };
+    let drafter = make_drafter(plan, draft);
     execute(&mut target, drafter, &target_model, prompt, args, plan)
 }
 
@@ -318,6 +354,11 @@ fn check_pair(models: &ModelArgs) -> Result<ExitCode> {
         draft_max: None,
         draft_p_min: None,
         no_draft: false,
+        drafter: Some(DrafterKind::Model),
+        adaptive: None,
+        draft_min: None,
+        ngram_min: None,
+        ngram_max: None,
         temp: None,
         top_k: None,
         top_p: None,

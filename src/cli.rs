@@ -3,7 +3,35 @@
 //! llama.cpp users type `-md`, `-ngl`, `-ngld`; [`normalize_args`] maps those single-dash
 //! spellings onto the long flags before clap parses.
 
+use crate::control::AdaptiveMode;
 use crate::verify::VerifyMode;
+use serde::{Deserialize, Serialize};
+
+/// What proposes draft tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DrafterKind {
+    /// The pair's draft model.
+    Model,
+    /// Prompt lookup: continue the longest earlier n-gram match (no draft model).
+    Ngram,
+    /// N-gram proposals when the context has a match, the draft model otherwise.
+    Hybrid,
+}
+
+impl DrafterKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrafterKind::Model => "model",
+            DrafterKind::Ngram => "ngram",
+            DrafterKind::Hybrid => "hybrid",
+        }
+    }
+
+    pub fn needs_model(self) -> bool {
+        self != DrafterKind::Ngram
+    }
+}
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -78,6 +106,21 @@ pub struct GenArgs {
     /// Target-only decoding through the same engine.
     #[arg(long)]
     pub no_draft: bool,
+    /// What drafts (default: the pair's `drafter`, else hybrid).
+    #[arg(long = "draft", value_enum, value_name = "KIND")]
+    pub drafter: Option<DrafterKind>,
+    /// How the draft length is chosen each round (default: the pair's, else auto).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub adaptive: Option<AdaptiveMode>,
+    /// Drafts shorter than this are not verified.
+    #[arg(long, value_name = "N")]
+    pub draft_min: Option<usize>,
+    /// Shortest n-gram that counts as a match.
+    #[arg(long, value_name = "N")]
+    pub ngram_min: Option<usize>,
+    /// Longest n-gram tried first.
+    #[arg(long, value_name = "N")]
+    pub ngram_max: Option<usize>,
     /// Temperature (0: greedy).
     #[arg(long, value_name = "T")]
     pub temp: Option<f32>,

@@ -48,6 +48,13 @@ pub struct PairEntry {
     pub seed: Option<u64>,
     /// "rejection" or "match" (used when temp > 0).
     pub verify: Option<crate::verify::VerifyMode>,
+    /// "model", "ngram" or "hybrid".
+    pub drafter: Option<crate::cli::DrafterKind>,
+    /// "fixed", "step" or "auto".
+    pub adaptive: Option<crate::control::AdaptiveMode>,
+    pub draft_min: Option<usize>,
+    pub ngram_min: Option<usize>,
+    pub ngram_max: Option<usize>,
 }
 
 fn default_draft_max() -> usize {

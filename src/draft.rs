@@ -7,6 +7,8 @@
 //!
 //! * [`NoDraft`]: proposes nothing; the engine then does plain target decoding.
 //! * [`ModelDrafter`]: a small model with the same tokenizer.
+//! * [`crate::ngram::NgramDrafter`], [`crate::ngram::HybridDrafter`]: prompt lookup, alone or
+//!   in front of a draft model.
 
 use crate::model::{KvCursor, Model, ModelError, Token};
 use crate::sampling::{Dist, SamplingParams, Scratch};
@@ -25,11 +27,25 @@ pub struct DraftRequest<'a> {
     pub p_min: f32,
 }
 
+/// Where a round's proposal comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DraftSource {
+    /// Nothing to propose: plain decoding.
+    #[default]
+    None,
+    /// A draft model.
+    Model,
+    /// An n-gram match in the context.
+    Ngram,
+}
+
 /// What a drafter did in one round, for the statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DraftReport {
     /// Forward passes of a draft model.
     pub n_steps: usize,
+    pub source: DraftSource,
 }
 
 pub trait Drafter {
@@ -42,6 +58,14 @@ pub trait Drafter {
     /// How many tokens (prompt included) its context can hold.
     fn n_ctx(&self) -> usize {
         usize::MAX
+    }
+    /// Which source would propose after `tokens` (`None`: nothing to propose).
+    fn source(&self, _tokens: &[Token]) -> DraftSource {
+        if self.is_active() {
+            DraftSource::Model
+        } else {
+            DraftSource::None
+        }
     }
     /// Forget the sequence and read its prompt (all tokens but the last).
     fn begin(&mut self, cursor: &mut KvCursor, prompt: &[Token]) -> Result<(), ModelError>;
@@ -68,6 +92,9 @@ impl<D: Drafter + ?Sized> Drafter for Box<D> {
     }
     fn n_ctx(&self) -> usize {
         (**self).n_ctx()
+    }
+    fn source(&self, tokens: &[Token]) -> DraftSource {
+        (**self).source(tokens)
     }
     fn begin(&mut self, cursor: &mut KvCursor, prompt: &[Token]) -> Result<(), ModelError> {
         (**self).begin(cursor, prompt)
@@ -167,7 +194,7 @@ impl<M: Model> Drafter for ModelDrafter<M> {
         scratch: &mut Scratch,
         rng: &mut ChaCha8Rng,
     ) -> Result<DraftReport, ModelError> {
-        let mut report = DraftReport::default();
+        let mut report = DraftReport { n_steps: 0, source: DraftSource::Model };
         for _ in 0..req.max {
             cursor.decode_tail(&mut self.model, tokens, 1)?;
             report.n_steps += 1;

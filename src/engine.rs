@@ -11,7 +11,8 @@
 //! `tokens.len() - 1` and the cache holds exactly `tokens[..n_cached]`; the last token is
 //! always decoded by the next round's target batch.
 
-use crate::draft::{DraftRequest, Drafter};
+use crate::control::{AdaptiveMode, Controller, Observation, VerifyCosts};
+use crate::draft::{DraftRequest, DraftSource, Drafter};
 use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
 use crate::sampling::{Dist, SamplingParams, Scratch};
 use crate::stats::{Clock, FinishReason, GenStats};
@@ -29,6 +30,10 @@ pub struct GenConfig {
     pub draft_max: usize,
     /// Stop drafting when the draft's top probability is below this.
     pub draft_p_min: f32,
+    /// Drafts shorter than this are not verified (the round decodes plainly).
+    pub draft_min: usize,
+    /// How the draft length is chosen each round.
+    pub adaptive: AdaptiveMode,
     pub params: SamplingParams,
     pub verify: VerifyMode,
     pub seed: u64,
@@ -40,6 +45,8 @@ impl Default for GenConfig {
             max_tokens: 128,
             draft_max: 4,
             draft_p_min: 0.0,
+            draft_min: 0,
+            adaptive: AdaptiveMode::Fixed,
             params: SamplingParams::greedy(),
             verify: VerifyMode::Greedy,
             seed: 0,
@@ -85,6 +92,8 @@ pub struct Sequence {
     pub rng: ChaCha8Rng,
     pub stats: GenStats,
     pub finish: Option<FinishReason>,
+    /// Chooses each round's draft length.
+    pub controller: Controller,
     q: Vec<Dist>,
 }
 
@@ -100,11 +109,13 @@ pub struct Engine<T, D> {
     pub drafter: D,
     pub config: GenConfig,
     scratch: Scratch,
+    /// Costs measured by earlier sequences, to start new ones from.
+    learned: (VerifyCosts, Option<f64>),
 }
 
 impl<T: Model, D: Drafter> Engine<T, D> {
     pub fn new(target: T, drafter: D, config: GenConfig) -> Self {
-        Self { target, drafter, config, scratch: Scratch::new() }
+        Self { target, drafter, config, scratch: Scratch::new(), learned: Default::default() }
     }
 
     /// Clear sequence `id` in both models and read the prompt (all but its last token, which
@@ -128,6 +139,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             rng: ChaCha8Rng::seed_from_u64(self.config.seed),
             stats: GenStats::default(),
             finish: None,
+            controller: Controller::new(self.config.adaptive, self.config.draft_max)
+                .with_costs(self.learned.0.clone(), self.learned.1),
             q: Vec::new(),
         };
         let head = &seq.tokens[..seq.n_prompt - 1];
@@ -156,7 +169,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             .min(self.target.n_batch().saturating_sub(1))
             .min(self.target.n_ctx().saturating_sub(n))
             // the draft decodes up to position n + k - 2
-            .min((self.drafter.n_ctx() + 1).saturating_sub(n))
+            .min(self.drafter.n_ctx().saturating_add(1).saturating_sub(n))
     }
 
     /// Run one round. Returns the range of `seq.tokens` it added (empty once finished).
@@ -173,16 +186,24 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let verify_mode = self.config.effective_verify();
         let params = &self.config.params;
 
-        // 1. draft
-        let max = self.draft_len(seq);
+        // 1. draft: the controller picks the length for the source that would propose
+        let limit = self.draft_len(seq);
+        let source = if limit > 0 { self.drafter.source(&seq.tokens) } else { DraftSource::None };
+        let k_planned = seq.controller.plan(source, limit);
         seq.q.clear();
-        if max > 0 {
-            let req = DraftRequest { max, params, keep_q: verify_mode.needs_q(), p_min: self.config.draft_p_min };
-            let report = self
+        let mut report = crate::draft::DraftReport::default();
+        if k_planned > 0 {
+            let req = DraftRequest { max: k_planned, params, keep_q: verify_mode.needs_q(), p_min: self.config.draft_p_min };
+            report = self
                 .drafter
                 .propose(&mut seq.draft, &mut seq.tokens, &mut seq.q, &req, &mut self.scratch, &mut seq.rng)
                 .map_err(EngineError::Draft)?;
             seq.stats.n_draft_steps += report.n_steps;
+            if seq.tokens.len() - n_hist < self.config.draft_min.max(1) {
+                // too short to be worth a bigger target batch (llama.cpp's --draft-min)
+                seq.tokens.truncate(n_hist);
+                seq.q.clear();
+            }
         }
         let t_drafted = clock.now();
         let n_drafted = seq.tokens.len() - n_hist;
@@ -219,11 +240,25 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         seq.target.keep(&mut self.target, keep).map_err(EngineError::Target)?;
         self.drafter.rollback(&mut seq.draft, keep).map_err(EngineError::Draft)?;
 
+        let source = if n_drafted > 0 { report.source } else { DraftSource::None };
         seq.stats.record_round(n_drafted, verdict.n_accepted);
+        seq.stats.record_source(source, k_planned);
         let t_end = clock.now();
+        seq.controller.observe(&Observation {
+            source,
+            k_planned,
+            n_drafted,
+            n_accepted: verdict.n_accepted,
+            n_draft_steps: report.n_steps,
+            t_draft: t_drafted - t_start,
+            t_verify: t_verified - t_drafted,
+        });
         seq.stats.t_draft += t_drafted - t_start;
         seq.stats.t_verify += t_verified - t_drafted;
         seq.stats.t_decode += t_end - t_start;
+        if seq.finish.is_some() {
+            self.learned = (seq.controller.verify.clone(), seq.controller.model_step_cost());
+        }
         Ok(n_hist..seq.tokens.len())
     }
 

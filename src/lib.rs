@@ -12,6 +12,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod detok;
 pub mod draft;
 pub mod engine;
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod llama;
 pub mod mock;
 pub mod model;
+pub mod ngram;
 pub mod report;
 pub mod sampling;
 pub mod stats;

@@ -9,7 +9,8 @@
 //! |---|---|---|
 //! | `text` | string | generated text |
 //! | `finish_reason` | `"stop"`, `"length"`, `"context"` | why generation ended |
-//! | `drafter` | string | `"model"` or `"none"` |
+//! | `drafter` | string | `"model"`, `"ngram"`, `"hybrid"` or `"none"` |
+//! | `adaptive` | string | `"fixed"`, `"step"` or `"auto"` |
 //! | `verify` | string | `"greedy"`, `"rejection"` or `"match"` |
 //! | `draft_max` | int | largest draft per round |
 //! | `n_prompt`, `n_generated` | int | token counts |
@@ -18,6 +19,8 @@
 //! | `acceptance_rate` | float | `n_accepted / n_drafted` |
 //! | `tokens_per_round` | float | generated tokens per target decode |
 //! | `acceptance_by_position` | [float] | acceptance at draft positions 1..K |
+//! | `rounds_model`, `rounds_ngram`, `rounds_plain` | int | rounds drafted by each source, and rounds without a draft (fallback) |
+//! | `mean_k` | float | mean draft length chosen per round |
 //! | `t_prompt_s`, `t_draft_s`, `t_verify_s`, `t_other_s`, `t_decode_s` | float | seconds |
 //! | `decode_tok_per_s`, `prompt_tok_per_s` | float | throughput |
 //!
@@ -34,6 +37,7 @@ pub struct RunReport {
     pub text: String,
     pub finish_reason: String,
     pub drafter: String,
+    pub adaptive: String,
     pub verify: String,
     pub draft_max: usize,
     pub n_prompt: usize,
@@ -44,6 +48,10 @@ pub struct RunReport {
     pub acceptance_rate: f64,
     pub tokens_per_round: f64,
     pub acceptance_by_position: Vec<f64>,
+    pub rounds_model: usize,
+    pub rounds_ngram: usize,
+    pub rounds_plain: usize,
+    pub mean_k: f64,
     pub t_prompt_s: f64,
     pub t_draft_s: f64,
     pub t_verify_s: f64,
@@ -63,11 +71,20 @@ pub struct CompareReport {
 }
 
 impl RunReport {
-    pub fn new(text: String, finish: FinishReason, drafter: &str, verify: &str, draft_max: usize, s: &GenStats) -> Self {
+    pub fn new(
+        text: String,
+        finish: FinishReason,
+        drafter: &str,
+        adaptive: crate::control::AdaptiveMode,
+        verify: &str,
+        draft_max: usize,
+        s: &GenStats,
+    ) -> Self {
         Self {
             text,
             finish_reason: finish.as_str().into(),
             drafter: drafter.into(),
+            adaptive: format!("{adaptive:?}").to_lowercase(),
             verify: verify.into(),
             draft_max,
             n_prompt: s.n_prompt,
@@ -78,6 +95,10 @@ impl RunReport {
             acceptance_rate: s.acceptance_rate(),
             tokens_per_round: s.tokens_per_round(),
             acceptance_by_position: s.acceptance_by_position(),
+            rounds_model: s.n_rounds_model,
+            rounds_ngram: s.n_rounds_ngram,
+            rounds_plain: s.n_rounds_undrafted,
+            mean_k: s.mean_k_planned(),
             t_prompt_s: s.t_prompt.as_secs_f64(),
             t_draft_s: s.t_draft.as_secs_f64(),
             t_verify_s: s.t_verify.as_secs_f64(),
@@ -93,8 +114,8 @@ impl RunReport {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "specrun: drafter {}  draft_max {}  verify {}  finish {}",
-            self.drafter, self.draft_max, self.verify, self.finish_reason
+            "specrun: drafter {}  adaptive {}  draft_max {}  verify {}  finish {}",
+            self.drafter, self.adaptive, self.draft_max, self.verify, self.finish_reason
         );
         let _ = writeln!(o, "  prompt     {:>6} tokens {:>8.2} s {:>8.1} tok/s", self.n_prompt, self.t_prompt_s, self.prompt_tok_per_s);
         let _ = writeln!(o, "  generated  {:>6} tokens {:>8.2} s {:>8.1} tok/s", self.n_generated, self.t_decode_s, self.decode_tok_per_s);
@@ -110,6 +131,13 @@ impl RunReport {
         if !self.acceptance_by_position.is_empty() {
             let by_pos: Vec<String> = self.acceptance_by_position.iter().map(|a| format!("{:.2}", a)).collect();
             let _ = writeln!(o, "  acceptance by position 1..{}: {}", by_pos.len(), by_pos.join(" "));
+        }
+        if self.drafter != "none" {
+            let _ = writeln!(
+                o,
+                "  rounds by drafter: model {}  ngram {}  plain {}   mean draft length {:.2}",
+                self.rounds_model, self.rounds_ngram, self.rounds_plain, self.mean_k
+            );
         }
         let _ = writeln!(
             o,

@@ -48,6 +48,11 @@ pub struct GenStats {
     pub accepted_at: Vec<usize>,
     /// Rounds that ran without a draft (draft length 0 chosen, or nothing proposed).
     pub n_rounds_undrafted: usize,
+    /// Rounds whose draft came from a draft model / from an n-gram match.
+    pub n_rounds_model: usize,
+    pub n_rounds_ngram: usize,
+    /// `k_planned[k]`: rounds for which the controller chose draft length `k`.
+    pub k_planned: Vec<usize>,
     /// Draft-model forward passes (one per drafted token, plus catch-up batches).
     pub n_draft_steps: usize,
     #[serde(serialize_with = "secs")]
@@ -94,6 +99,25 @@ impl GenStats {
         }
     }
 
+    /// Record where a round's draft came from and the length planned for it.
+    pub fn record_source(&mut self, source: crate::draft::DraftSource, k_planned: usize) {
+        match source {
+            crate::draft::DraftSource::Model => self.n_rounds_model += 1,
+            crate::draft::DraftSource::Ngram => self.n_rounds_ngram += 1,
+            crate::draft::DraftSource::None => {}
+        }
+        if self.k_planned.len() <= k_planned {
+            self.k_planned.resize(k_planned + 1, 0);
+        }
+        self.k_planned[k_planned] += 1;
+    }
+
+    /// Mean draft length the controller chose.
+    pub fn mean_k_planned(&self) -> f64 {
+        let rounds: usize = self.k_planned.iter().sum();
+        ratio(self.k_planned.iter().enumerate().map(|(k, &n)| (k * n) as f64).sum(), rounds as f64)
+    }
+
     /// `n_accepted / n_drafted` (0 when nothing was drafted).
     pub fn acceptance_rate(&self) -> f64 {
         ratio(self.n_accepted as f64, self.n_drafted as f64)
@@ -138,6 +162,14 @@ impl GenStats {
         self.n_accepted += o.n_accepted;
         self.n_rounds_undrafted += o.n_rounds_undrafted;
         self.n_draft_steps += o.n_draft_steps;
+        self.n_rounds_model += o.n_rounds_model;
+        self.n_rounds_ngram += o.n_rounds_ngram;
+        if self.k_planned.len() < o.k_planned.len() {
+            self.k_planned.resize(o.k_planned.len(), 0);
+        }
+        for (k, &n) in o.k_planned.iter().enumerate() {
+            self.k_planned[k] += n;
+        }
         let k = self.drafted_at.len().max(o.drafted_at.len());
         self.drafted_at.resize(k, 0);
         self.accepted_at.resize(k, 0);

@@ -43,7 +43,8 @@ fn json_output_is_one_record_with_the_documented_fields() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 1);
     let r: RunReport = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(r.drafter, "model");
+    assert_eq!(r.drafter, "hybrid", "the default drafter");
+    assert_eq!(r.adaptive, "auto", "the default policy");
     assert_eq!(r.verify, "greedy");
     assert!(r.n_generated <= 20 && r.n_generated > 0);
     assert_eq!(r.text.len(), 2 * r.n_generated, "mock tokens print as two bytes each");

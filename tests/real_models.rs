@@ -175,3 +175,48 @@ fn the_binary_refuses_an_incompatible_pair_before_decoding() {
     let out = assert_cmd::Command::cargo_bin("specrun").unwrap().args(["check-pair", "--config"]).arg(&config).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+fn sampled(pair: &Pair, target: &mut LlamaRunner<'_>, prompt: &[Token], verify: specrun::verify::VerifyMode, seed: u64, n: usize) -> specrun::engine::Sequence {
+    let params = specrun::sampling::SamplingParams { temp: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, ..Default::default() };
+    let config = GenConfig { max_tokens: n, draft_max: 4, params, verify, seed, ..GenConfig::default() };
+    generate(&mut Engine::new(target, ModelDrafter::new(ctx(&pair.draft)), config), prompt)
+}
+
+#[test]
+fn sampling_reproduces_with_a_seed_and_varies_without() {
+    let _g = serial();
+    let Some(pair) = qwen_pair() else { return };
+    let mut target = ctx(&pair.target);
+    let prompt = chat_tokens(&pair.target, "Write a haiku about compilers.");
+    let rej = specrun::verify::VerifyMode::Rejection;
+    let a = sampled(pair, &mut target, &prompt, rej, 7, 24);
+    let b = sampled(pair, &mut target, &prompt, rej, 7, 24);
+    let c = sampled(pair, &mut target, &prompt, rej, 8, 24);
+    assert_eq!(a.generated(), b.generated(), "same seed, different tokens");
+    assert_ne!(a.generated(), c.generated(), "different seeds, same tokens");
+}
+
+#[test]
+fn rejection_sampling_accepts_at_least_as_much_as_match() {
+    let _g = serial();
+    let Some(pair) = qwen_pair() else { return };
+    let mut target = ctx(&pair.target);
+    let (mut rej, mut mat) = (specrun::stats::GenStats::default(), specrun::stats::GenStats::default());
+    for prompt in &CODE_PROMPTS[..2] {
+        let tokens = chat_tokens(&pair.target, prompt);
+        for seed in [1, 2] {
+            rej.merge(&sampled(pair, &mut target, &tokens, specrun::verify::VerifyMode::Rejection, seed, 48).stats);
+            mat.merge(&sampled(pair, &mut target, &tokens, specrun::verify::VerifyMode::Match, seed, 48).stats);
+        }
+    }
+    eprintln!(
+        "temp 0.8: rejection acceptance {:.3} ({}/{}), match acceptance {:.3} ({}/{})",
+        rej.acceptance_rate(),
+        rej.n_accepted,
+        rej.n_drafted,
+        mat.acceptance_rate(),
+        mat.n_accepted,
+        mat.n_drafted
+    );
+    assert!(rej.acceptance_rate() >= mat.acceptance_rate());
+}

@@ -132,3 +132,24 @@ pub fn target_spec(seed: u64) -> MockSpec {
 pub fn n_vocab<M: Model>(m: &M) -> usize {
     m.n_vocab()
 }
+
+/// Run a prompt with any drafter over mock models sharing `clock` (so costs are scripted).
+pub fn run_boxed(
+    target: MockSpec,
+    drafter: Box<dyn Drafter>,
+    config: &GenConfig,
+    prompt: &[Token],
+    clock: &MockClock,
+) -> Output {
+    let mut e = Engine::new(MockModel::new(target).with_clock(clock.clone()), drafter, config.clone());
+    let mut seq = e.start(3, prompt.to_vec(), clock).expect("start");
+    while seq.finish.is_none() {
+        e.step(&mut seq, clock).expect("step");
+        let t = e.target.cached(seq.id);
+        assert_eq!(t, &seq.tokens[..seq.target.n_cached], "target cache is not the cursor's prefix");
+        if seq.finish.is_none() {
+            assert!(t.len() < seq.tokens.len());
+        }
+    }
+    Output { tokens: seq.generated().to_vec(), finish: seq.finish.unwrap(), seq }
+}

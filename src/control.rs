@@ -1,0 +1,346 @@
+//! Deciding, round by round, how much to speculate: fixed, a simple step rule, or the
+//! cost-aware controller that falls back to plain decoding when speculation does not pay.
+//!
+//! The cost-aware rule ([`Adaptive::Auto`]) keeps, per draft source (draft model, n-gram):
+//! an acceptance estimate `α` (accepted tokens over accepted tokens plus rejections, decayed
+//! so it follows the text), the cost of one draft step, and the cost of verifying a batch of
+//! `b` tokens (per batch size, with an affine fit for sizes not yet seen). It then picks the
+//! draft length `k` that maximises expected tokens per unit of time,
+//! `E(k) / T(k)` with `E(k) = (1 − α^(k+1)) / (1 − α)` and `T(k) = k·c_draft + t_verify(k+1)`.
+//! `k = 0` is plain decoding; while it wins, every `probe_every` rounds one round drafts anyway,
+//! so that a text that turns predictable is noticed.
+//!
+//! Architecture invariant: no clock is read here; durations come in through [`Observation`].
+
+use crate::draft::DraftSource;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// How the draft length is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AdaptiveMode {
+    /// Always `draft_max`.
+    Fixed,
+    /// +2 after a fully accepted draft, −1 otherwise, within 1..=draft_max.
+    Step,
+    /// Maximise expected tokens per second from measured acceptance and costs; fall back to
+    /// plain decoding when drafting does not pay.
+    Auto,
+}
+
+/// What one round did, as the controller learns from it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observation {
+    pub source: DraftSource,
+    /// Draft length asked for.
+    pub k_planned: usize,
+    /// Tokens actually proposed (a confidence stop or a short n-gram can give fewer).
+    pub n_drafted: usize,
+    pub n_accepted: usize,
+    pub n_draft_steps: usize,
+    pub t_draft: Duration,
+    /// Target decode + verification of `n_drafted + 1` tokens.
+    pub t_verify: Duration,
+}
+
+/// Learned facts about one draft source.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SourceEstimate {
+    accepted: f64,
+    rejected: f64,
+    /// Mean seconds per draft step (EMA); `None` until seen.
+    step_cost: Option<f64>,
+}
+
+impl SourceEstimate {
+    fn new(prior_alpha: f64) -> Self {
+        // a weak prior worth four tokens
+        Self { accepted: 4.0 * prior_alpha, rejected: 4.0 * (1.0 - prior_alpha), step_cost: None }
+    }
+
+    fn alpha(&self) -> f64 {
+        (self.accepted / (self.accepted + self.rejected)).clamp(0.0, 0.995)
+    }
+}
+
+/// Verification cost by batch size (EMA seconds per target decode of `b` tokens).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VerifyCosts {
+    by_batch: Vec<Option<f64>>,
+}
+
+const EMA: f64 = 0.3;
+const DECAY: f64 = 0.97;
+
+fn ema(old: Option<f64>, x: f64) -> f64 {
+    old.map_or(x, |o| o + EMA * (x - o))
+}
+
+impl VerifyCosts {
+    fn observe(&mut self, batch: usize, secs: f64) {
+        if self.by_batch.len() <= batch {
+            self.by_batch.resize(batch + 1, None);
+        }
+        self.by_batch[batch] = Some(ema(self.by_batch[batch], secs));
+    }
+
+    /// Estimated seconds to verify `batch` tokens: measured if seen, else an affine fit
+    /// through what was seen (a prior slope of 0.3 of a 1-token step per extra token when
+    /// only one size is known).
+    pub fn estimate(&self, batch: usize) -> Option<f64> {
+        if let Some(Some(t)) = self.by_batch.get(batch) {
+            return Some(*t);
+        }
+        let seen: Vec<(f64, f64)> = self.by_batch.iter().enumerate().filter_map(|(b, t)| t.map(|t| (b as f64, t))).collect();
+        match seen.len() {
+            0 => None,
+            1 => {
+                let (b0, t0) = seen[0];
+                let base = t0 / (1.0 + 0.3 * (b0 - 1.0));
+                Some(base * (1.0 + 0.3 * (batch as f64 - 1.0)))
+            }
+            _ => {
+                let n = seen.len() as f64;
+                let (mb, mt) = (seen.iter().map(|s| s.0).sum::<f64>() / n, seen.iter().map(|s| s.1).sum::<f64>() / n);
+                let cov: f64 = seen.iter().map(|s| (s.0 - mb) * (s.1 - mt)).sum();
+                let var: f64 = seen.iter().map(|s| (s.0 - mb).powi(2)).sum();
+                let slope = (cov / var).max(0.0);
+                Some((mt + slope * (batch as f64 - mb)).max(1e-9))
+            }
+        }
+    }
+}
+
+/// Expected tokens from one round drafting `k` tokens with per-token acceptance `alpha`.
+pub fn expected_tokens(alpha: f64, k: usize) -> f64 {
+    if (1.0 - alpha).abs() < 1e-12 {
+        return (k + 1) as f64;
+    }
+    (1.0 - alpha.powi(k as i32 + 1)) / (1.0 - alpha)
+}
+
+/// The draft-length controller of one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Controller {
+    pub mode: AdaptiveMode,
+    pub draft_max: usize,
+    /// Auto: draft one round after this many plain rounds in a row.
+    pub probe_every: usize,
+    step_k: usize,
+    model: SourceEstimate,
+    ngram: SourceEstimate,
+    pub verify: VerifyCosts,
+    plain_streak: usize,
+    rounds: usize,
+}
+
+impl Controller {
+    pub fn new(mode: AdaptiveMode, draft_max: usize) -> Self {
+        Self {
+            mode,
+            draft_max,
+            probe_every: 8,
+            step_k: draft_max.min(4).max(1),
+            model: SourceEstimate::new(0.7),
+            ngram: SourceEstimate::new(0.5),
+            verify: VerifyCosts::default(),
+            plain_streak: 0,
+            rounds: 0,
+        }
+    }
+
+    /// Start from costs learned earlier on this machine (acceptance is relearned per text).
+    pub fn with_costs(mut self, verify: VerifyCosts, model_step: Option<f64>) -> Self {
+        self.verify = verify;
+        self.model.step_cost = model_step;
+        self
+    }
+
+    /// Mean cost of a draft-model step learned so far.
+    pub fn model_step_cost(&self) -> Option<f64> {
+        self.model.step_cost
+    }
+
+    fn estimate(&self, source: DraftSource) -> &SourceEstimate {
+        match source {
+            DraftSource::Ngram => &self.ngram,
+            _ => &self.model,
+        }
+    }
+
+    /// Draft length for the next round, at most `limit`, given which source would draft.
+    pub fn plan(&mut self, source: DraftSource, limit: usize) -> usize {
+        let cap = self.draft_max.min(limit);
+        if source == DraftSource::None || cap == 0 {
+            return 0;
+        }
+        match self.mode {
+            AdaptiveMode::Fixed => cap,
+            AdaptiveMode::Step => self.step_k.min(cap),
+            AdaptiveMode::Auto => self.plan_auto(source, cap),
+        }
+    }
+
+    /// The k in 0..=cap with the most expected tokens per second (None: costs unknown yet).
+    pub fn best_k(&self, source: DraftSource, cap: usize) -> Option<usize> {
+        let est = self.estimate(source);
+        let alpha = est.alpha();
+        let step = match source {
+            DraftSource::Ngram => est.step_cost.unwrap_or(0.0),
+            _ => est.step_cost?,
+        };
+        let t1 = self.verify.estimate(1)?;
+        if t1 <= 0.0 {
+            return None; // no measurable cost (a clock that does not move)
+        }
+        let mut best = (0usize, 1.0 / t1);
+        for k in 1..=cap {
+            let rate = expected_tokens(alpha, k) / (k as f64 * step + self.verify.estimate(k + 1)?);
+            if rate > best.1 * 1.000_001 {
+                best = (k, rate);
+            }
+        }
+        Some(best.0)
+    }
+
+    fn plan_auto(&mut self, source: DraftSource, cap: usize) -> usize {
+        // Explore first: one plain round (the 1-token cost), then draft at full length until
+        // the costs of both are known.
+        if self.verify.by_batch.get(1).copied().flatten().is_none() {
+            return 0;
+        }
+        match self.best_k(source, cap) {
+            None => cap,
+            Some(0) if self.plain_streak + 1 >= self.probe_every => {
+                // probe: the smallest draft that tells us whether acceptance went up
+                cap.min(2)
+            }
+            Some(k) => k,
+        }
+    }
+
+    /// Learn from a finished round.
+    pub fn observe(&mut self, o: &Observation) {
+        self.rounds += 1;
+        self.verify.observe(o.n_drafted + 1, o.t_verify.as_secs_f64());
+        if o.n_drafted == 0 {
+            self.plain_streak += 1;
+            return;
+        }
+        self.plain_streak = 0;
+        let est = match o.source {
+            DraftSource::Ngram => &mut self.ngram,
+            _ => &mut self.model,
+        };
+        est.accepted = est.accepted * DECAY + o.n_accepted as f64;
+        est.rejected = est.rejected * DECAY + if o.n_accepted < o.n_drafted { 1.0 } else { 0.0 };
+        if o.n_draft_steps > 0 {
+            est.step_cost = Some(ema(est.step_cost, o.t_draft.as_secs_f64() / o.n_draft_steps as f64));
+        } else if o.source == DraftSource::Ngram {
+            est.step_cost = Some(ema(est.step_cost, o.t_draft.as_secs_f64() / o.n_drafted as f64));
+        }
+        // the step rule
+        if o.n_accepted == o.k_planned && o.n_drafted == o.k_planned {
+            self.step_k = (self.step_k + 2).min(self.draft_max.max(1));
+        } else {
+            self.step_k = self.step_k.saturating_sub(1).max(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(source: DraftSource, k: usize, accepted: usize, t_draft_ms: u64, t_verify_ms: u64) -> Observation {
+        Observation {
+            source,
+            k_planned: k,
+            n_drafted: k,
+            n_accepted: accepted,
+            n_draft_steps: if source == DraftSource::Model { k } else { 0 },
+            t_draft: Duration::from_millis(t_draft_ms),
+            t_verify: Duration::from_millis(t_verify_ms),
+        }
+    }
+
+    #[test]
+    fn expected_tokens_follows_the_geometric_series() {
+        assert_eq!(expected_tokens(0.0, 4), 1.0);
+        assert!((expected_tokens(0.5, 2) - 1.75).abs() < 1e-12);
+        assert_eq!(expected_tokens(1.0, 4), 5.0);
+    }
+
+    #[test]
+    fn step_rule_goes_up_two_on_full_acceptance_and_down_one_otherwise() {
+        let mut c = Controller::new(AdaptiveMode::Step, 8);
+        assert_eq!(c.plan(DraftSource::Model, 8), 4);
+        c.observe(&obs(DraftSource::Model, 4, 4, 10, 50));
+        assert_eq!(c.plan(DraftSource::Model, 8), 6);
+        c.observe(&obs(DraftSource::Model, 6, 6, 10, 50));
+        assert_eq!(c.plan(DraftSource::Model, 8), 8);
+        c.observe(&obs(DraftSource::Model, 8, 8, 10, 50));
+        assert_eq!(c.plan(DraftSource::Model, 8), 8, "capped by draft_max");
+        c.observe(&obs(DraftSource::Model, 8, 3, 10, 50));
+        assert_eq!(c.plan(DraftSource::Model, 8), 7);
+        assert_eq!(c.plan(DraftSource::Model, 2), 2, "capped by the round's limit");
+        for _ in 0..20 {
+            c.observe(&obs(DraftSource::Model, 1, 0, 10, 50));
+        }
+        assert_eq!(c.plan(DraftSource::Model, 8), 1, "never below 1");
+    }
+
+    #[test]
+    fn verify_costs_interpolate_affinely() {
+        let mut v = VerifyCosts::default();
+        assert_eq!(v.estimate(3), None);
+        v.observe(1, 0.100);
+        assert!((v.estimate(5).unwrap() - 0.100 * 2.2).abs() < 1e-9, "prior slope 0.3");
+        v.observe(5, 0.210);
+        assert!((v.estimate(3).unwrap() - 0.155).abs() < 1e-9);
+        assert!((v.estimate(9).unwrap() - 0.320).abs() < 1e-9);
+    }
+
+    /// The brief's CPU: a draft step costs 0.5 of a target step, verifying 5 tokens 2.1x one.
+    fn slow_draft_costs(c: &mut Controller, accepted_of_4: usize, rounds: usize) {
+        c.observe(&obs(DraftSource::Model, 0, 0, 0, 100));
+        for _ in 0..rounds {
+            c.observe(&obs(DraftSource::Model, 4, accepted_of_4, 200, 210));
+        }
+    }
+
+    #[test]
+    fn auto_falls_back_to_plain_decoding_when_drafting_costs_more_than_it_gains() {
+        let mut c = Controller::new(AdaptiveMode::Auto, 8);
+        assert_eq!(c.plan(DraftSource::Model, 8), 0, "first round measures a plain step");
+        slow_draft_costs(&mut c, 2, 30);
+        // alpha ~ 2/3: E(k)/T(k) < 1/t1 for every k -> plain
+        assert_eq!(c.best_k(DraftSource::Model, 8), Some(0));
+        let mut plans = vec![];
+        for _ in 0..16 {
+            let k = c.plan(DraftSource::Model, 8);
+            plans.push(k);
+            c.observe(&obs(DraftSource::Model, k, k.min(1), 50 * k as u64, 100 + 25 * k as u64));
+        }
+        let probes = plans.iter().filter(|&&k| k > 0).count();
+        assert!(probes >= 1 && probes <= 3, "plain with rare probes: {plans:?}");
+    }
+
+    #[test]
+    fn auto_drafts_long_when_drafts_are_cheap_and_accepted() {
+        let mut c = Controller::new(AdaptiveMode::Auto, 8);
+        c.observe(&obs(DraftSource::Model, 0, 0, 0, 100));
+        for _ in 0..30 {
+            c.observe(&obs(DraftSource::Model, 4, 4, 20, 130));
+        }
+        let k = c.plan(DraftSource::Model, 8);
+        assert!(k >= 6, "cheap, always-accepted drafts should be long, got {k}");
+        // n-grams cost nothing to draft: even a mediocre acceptance pays
+        for _ in 0..20 {
+            c.observe(&obs(DraftSource::Ngram, 4, 2, 0, 130));
+        }
+        assert!(c.plan(DraftSource::Ngram, 8) > 0);
+        assert_eq!(c.plan(DraftSource::None, 8), 0);
+    }
+}
