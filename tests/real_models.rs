@@ -99,41 +99,67 @@ fn tie_and_noise(target: &mut LlamaRunner<'_>, prefix: &[Token], a: Token, b: To
     (gap, noise)
 }
 
+/// Greedy fidelity: every token a speculative run emits is the target's greedy choice, up to
+/// near-ties explained by batch-shape numerics. Returns (drafted, accepted).
+fn assert_greedy_fidelity(pair: &Pair, target: &mut LlamaRunner<'_>, kind: &str, prompts: &[&str], config: &GenConfig) -> (usize, usize) {
+    let (mut drafted, mut accepted) = (0, 0);
+    for prompt in prompts {
+        let tokens = chat_tokens(&pair.target, prompt);
+        let plain = generate(&mut Engine::new(&mut *target, NoDraft, config.clone()), &tokens);
+        let ngram = specrun::ngram::NgramDrafter::default();
+        let drafter: Box<dyn specrun::draft::Drafter> = match kind {
+            "model" => Box::new(ModelDrafter::new(ctx(&pair.draft))),
+            "ngram" => Box::new(ngram),
+            _ => Box::new(specrun::ngram::HybridDrafter { ngram, model: ModelDrafter::new(ctx(&pair.draft)) }),
+        };
+        let spec = generate(&mut Engine::new(&mut *target, drafter, config.clone()), &tokens);
+        drafted += spec.stats.n_drafted;
+        accepted += spec.stats.n_accepted;
+        let (a, b) = (plain.generated(), spec.generated());
+        match a.iter().zip(b).position(|(x, y)| x != y) {
+            None => assert_eq!(a.len(), b.len(), "{kind}: same tokens, different lengths for {prompt:?}"),
+            Some(i) => {
+                // Only a near-tie may flip between batch shapes: the plain run's two candidates
+                // must be closer than 1e-3 or than twice the batch-shape noise measured here.
+                let prefix = [&tokens[..], &a[..i]].concat();
+                let (gap, noise) = tie_and_noise(target, &prefix, a[i], b[i], config.draft_max);
+                eprintln!(
+                    "{kind}: divergence at generated token {i} for {prompt:?}: plain logit gap {gap:.4} between {} and {}, batch-shape noise {noise:.4}",
+                    a[i], b[i]
+                );
+                assert!(
+                    gap < 1e-3 || gap <= 2.0 * noise,
+                    "{kind}: output differs at token {i}: gap {gap} is not a near-tie (batch-shape noise {noise})"
+                );
+            }
+        }
+    }
+    (drafted, accepted)
+}
+
 #[test]
 fn greedy_speculation_emits_the_targets_greedy_tokens() {
     let _g = serial();
     let Some(pair) = qwen_pair() else { return };
     let mut target = ctx(&pair.target);
     let config = GenConfig { max_tokens: 64, draft_max: 4, ..GenConfig::default() };
-    let (mut drafted, mut accepted) = (0, 0);
-    for prompt in CODE_PROMPTS {
-        let tokens = chat_tokens(&pair.target, prompt);
-        let plain = generate(&mut Engine::new(&mut target, NoDraft, config.clone()), &tokens);
-        let spec = generate(&mut Engine::new(&mut target, ModelDrafter::new(ctx(&pair.draft)), config.clone()), &tokens);
-        drafted += spec.stats.n_drafted;
-        accepted += spec.stats.n_accepted;
-        let (a, b) = (plain.generated(), spec.generated());
-        match a.iter().zip(b).position(|(x, y)| x != y) {
-            None => assert_eq!(a.len(), b.len(), "same tokens, different lengths for {prompt:?}"),
-            Some(i) => {
-                // Only a near-tie may flip between batch shapes: the plain run's two candidates
-                // must be closer than 1e-3 or than twice the batch-shape noise measured here.
-                let prefix = [&tokens[..], &a[..i]].concat();
-                let (gap, noise) = tie_and_noise(&mut target, &prefix, a[i], b[i], config.draft_max);
-                eprintln!(
-                    "divergence at generated token {i} for {prompt:?}: plain logit gap {gap:.4} between {} and {}, batch-shape noise {noise:.4}",
-                    a[i], b[i]
-                );
-                assert!(
-                    gap < 1e-3 || gap <= 2.0 * noise,
-                    "speculative output differs at token {i}: gap {gap} is not a near-tie (batch-shape noise {noise})"
-                );
-            }
-        }
-    }
+    let (drafted, accepted) = assert_greedy_fidelity(pair, &mut target, "model", &CODE_PROMPTS, &config);
     let rate = accepted as f64 / drafted as f64;
     eprintln!("acceptance on code prompts: {accepted}/{drafted} = {rate:.3}");
     assert!(rate > 0.5, "acceptance {rate} on code prompts");
+}
+
+#[test]
+fn ngram_and_hybrid_drafting_keep_greedy_output() {
+    let _g = serial();
+    let Some(pair) = qwen_pair() else { return };
+    let mut target = ctx(&pair.target);
+    let config = GenConfig { max_tokens: 48, draft_max: 6, ..GenConfig::default() };
+    let (d, a) = assert_greedy_fidelity(pair, &mut target, "ngram", &CODE_PROMPTS[2..], &config);
+    assert!(d > 0, "the rename prompt repeats its input: n-grams must propose");
+    eprintln!("ngram acceptance {a}/{d}");
+    let auto = GenConfig { adaptive: specrun::control::AdaptiveMode::Auto, ..config };
+    assert_greedy_fidelity(pair, &mut target, "hybrid", &CODE_PROMPTS[1..], &auto);
 }
 
 #[test]
