@@ -179,6 +179,7 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_command(&args),
         Command::CheckPair(models) => check_pair(&models),
+        Command::Batch(args) => crate::batch_cmd::batch_command(&args),
     }
 }
 
@@ -196,39 +197,43 @@ pub struct Generated {
     pub tokens: Vec<Token>,
 }
 
-/// Run one prompt to the end on `engine`, streaming text to `stream` when given.
+/// Run one prompt to the end on `engine`, streaming text to `stream` when given, stopping
+/// early at the first of `stops` (the text is cut before it).
 pub fn generate<T: Model, D: Drafter>(
     engine: &mut Engine<T, D>,
     codec: &dyn TextCodec,
     prompt: &[Token],
     clock: &dyn Clock,
     mut stream: Option<&mut dyn Write>,
+    stops: &[String],
 ) -> Result<Generated> {
     let mut seq = engine.start(0, prompt.to_vec(), clock)?;
     let mut utf8 = Utf8Stream::new();
     let mut text = String::new();
-    let mut io_error = None;
-    let mut emit = |piece: &str, text: &mut String| {
+    let mut emit = |piece: &str, text: &mut String| -> Result<()> {
         text.push_str(piece);
         if let Some(w) = stream.as_deref_mut() {
-            if let Err(e) = w.write_all(piece.as_bytes()).and_then(|_| w.flush()) {
-                io_error.get_or_insert(e);
-            }
+            w.write_all(piece.as_bytes()).and_then(|_| w.flush()).context("cannot write the output")?;
         }
+        Ok(())
     };
-    let result = engine.generate(&mut seq, clock, |tokens| {
+    while seq.finish.is_none() {
+        let added = engine.step(&mut seq, clock)?;
         // end-of-generation tokens render as nothing (pieces are taken without specials)
-        for &t in tokens {
+        for &t in &seq.tokens[added] {
             let piece = utf8.push(&codec.piece(t));
-            emit(&piece, &mut text);
+            emit(&piece, &mut text)?;
         }
-    });
-    let tail = utf8.finish();
-    emit(&tail, &mut text);
-    let finish = result?;
-    if let Some(e) = io_error {
-        return Err(e).context("cannot write the output");
+        if let (kept, true) = crate::batch::cut_at_stop(&text, stops) {
+            text.truncate(kept.len());
+            seq.finish = Some(crate::stats::FinishReason::Stop);
+        }
     }
+    if !crate::batch::cut_at_stop(&text, stops).1 {
+        let tail = utf8.finish();
+        emit(&tail, &mut text)?;
+    }
+    let finish = seq.finish.expect("loop ends when finished");
     let drafter = engine.drafter.name();
     let verify = engine.config.effective_verify();
     let draft_max = if engine.drafter.is_active() { engine.config.draft_max } else { 0 };
@@ -247,19 +252,22 @@ fn make_drafter<'a, M: Model + 'a>(plan: &Plan, model: Option<M>) -> Box<dyn Dra
     }
 }
 
-/// `run`: one prompt, speculative, target-only or both.
-fn run_command(args: &RunArgs) -> Result<ExitCode> {
-    let plan = plan(&args.models, &args.gen)?;
-    let prompt = read_prompt(args)?;
-    if args.models.mock {
+/// What a command runs on: the target, the drafter the plan asks for, and the text codec.
+/// The clock is the wall clock, except on the mock backend, whose models advance a
+/// [`crate::mock::MockClock`] so that its timings (and so its output) are reproducible.
+type Job<'a> = &'a mut dyn FnMut(&mut dyn Model, Box<dyn Drafter + '_>, &dyn TextCodec, &dyn Clock) -> Result<ExitCode>;
+
+/// Load the plan's models (or mock ones) once and hand them to `job`.
+pub(crate) fn with_backend(plan: &Plan, mock: bool, job: Job<'_>) -> Result<ExitCode> {
+    if mock {
         let spec = MockSpec::target(1);
-        let mut target = MockModel::new(spec.clone());
-        let draft = plan.draft.as_ref().map(|_| MockModel::new(MockSpec::draft_of(&spec, 0.8, 1)));
-        let drafter = make_drafter(&plan, draft);
+        let clock = crate::mock::MockClock::new();
+        let mut target = MockModel::new(spec.clone()).with_clock(clock.clone());
+        let draft = plan.draft.as_ref().map(|_| MockModel::new(MockSpec::draft_of(&spec, 0.8, 1)).with_clock(clock.clone()));
         let codec = MockCodec { n_vocab: spec.n_vocab };
-        return execute(&mut target, drafter, &codec, &prompt, args, &plan);
+        return job(&mut target, make_drafter(plan, draft), &codec, &clock);
     }
-    run_llama(args, &plan, &prompt)
+    with_llama(plan, job)
 }
 
 #[cfg(feature = "llama")]
@@ -280,7 +288,7 @@ fn context<'m>(m: &'m crate::llama::LoadedModel, p: &ModelPlan) -> Result<crate:
 }
 
 #[cfg(feature = "llama")]
-fn run_llama(args: &RunArgs, plan: &Plan, prompt: &str) -> Result<ExitCode> {
+fn with_llama(plan: &Plan, job: Job<'_>) -> Result<ExitCode> {
     let target_model = load(&plan.target)?;
     let draft_model = plan.draft.as_ref().map(load).transpose()?;
     if let Some(d) = &draft_model {
@@ -289,26 +297,33 @@ fn run_llama(args: &RunArgs, plan: &Plan, prompt: &str) -> Result<ExitCode> {
         })?;
     }
     let mut target = context(&target_model, &plan.target)?;
-    if draft_model.is_some() && !target.can_roll_back() {
+    if plan.drafter.is_some() && !target.can_roll_back() {
         bail!("{} has recurrent or hybrid memory, which cannot roll back a rejected draft", target_model.path.display());
     }
     let draft = match (&draft_model, &plan.draft) {
         (Some(m), Some(p)) => Some(context(m, p)?),
         _ => None,
     };
-    let drafter = make_drafter(plan, draft);
-    execute(&mut target, drafter, &target_model, prompt, args, plan)
+    job(&mut target, make_drafter(plan, draft), &target_model, &WallClock::new())
 }
 
 #[cfg(not(feature = "llama"))]
-fn run_llama(_: &RunArgs, _: &Plan, _: &str) -> Result<ExitCode> {
+fn with_llama(_: &Plan, _: Job<'_>) -> Result<ExitCode> {
     bail!("this specrun was built without the llama.cpp backend (cargo feature `llama`)")
 }
 
-fn execute<T: Model>(
-    target: &mut T,
+/// `run`: one prompt, speculative, target-only or both.
+fn run_command(args: &RunArgs) -> Result<ExitCode> {
+    let plan = plan(&args.models, &args.gen)?;
+    let prompt = read_prompt(args)?;
+    with_backend(&plan, args.models.mock, &mut |target, drafter, codec, clock| execute(target, drafter, codec, clock, &prompt, args, &plan))
+}
+
+fn execute(
+    target: &mut dyn Model,
     drafter: Box<dyn Drafter + '_>,
     codec: &dyn TextCodec,
+    clock: &dyn Clock,
     prompt: &str,
     args: &RunArgs,
     plan: &Plan,
@@ -319,14 +334,13 @@ fn execute<T: Model>(
         prompt.to_string()
     };
     let tokens = codec.tokenize(&prompt);
-    let clock = WallClock::new();
     let mut stdout = std::io::stdout();
     let stream: Option<&mut dyn Write> = if args.json { None } else { Some(&mut stdout) };
     if args.compare {
         let mut baseline = Engine::new(&mut *target, NoDraft, plan.gen.clone());
-        let base = generate(&mut baseline, codec, &tokens, &clock, None)?;
+        let base = generate(&mut baseline, codec, &tokens, clock, None, &[])?;
         let mut engine = Engine::new(&mut *target, drafter, plan.gen.clone());
-        let spec = generate(&mut engine, codec, &tokens, &clock, stream)?;
+        let spec = generate(&mut engine, codec, &tokens, clock, stream, &[])?;
         let cmp = CompareReport::new(base.report, spec.report);
         if args.json {
             println!("{}", serde_json::to_string(&cmp)?);
@@ -337,7 +351,7 @@ fn execute<T: Model>(
         return Ok(ExitCode::SUCCESS);
     }
     let mut engine = Engine::new(&mut *target, drafter, plan.gen.clone());
-    let out = generate(&mut engine, codec, &tokens, &clock, stream)?;
+    let out = generate(&mut engine, codec, &tokens, clock, stream, &[])?;
     if args.json {
         println!("{}", serde_json::to_string(&out.report)?);
     } else {

@@ -51,6 +51,39 @@ pub enum Command {
     Run(RunArgs),
     /// Check that a draft model's vocabulary is compatible with a target's (vocab only, fast).
     CheckPair(ModelArgs),
+    /// Run a file of prompts to JSON Lines: streamed, resumable, with progress.
+    Batch(BatchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BatchArgs {
+    #[command(flatten)]
+    pub models: ModelArgs,
+    #[command(flatten)]
+    pub gen: GenArgs,
+    /// Prompt file (JSON Lines records, or one prompt per line with --input-format txt).
+    #[arg(value_name = "INPUT")]
+    pub input: PathBuf,
+    /// Output file, one JSON object per input record.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: PathBuf,
+    #[arg(long, value_enum, default_value = "jsonl", value_name = "FORMAT")]
+    pub input_format: crate::batch::InputFormat,
+    /// Wrap `prompt` records (and txt lines) in the target's chat template too.
+    #[arg(long)]
+    pub chat: bool,
+    /// Continue an earlier output file: skip ids it holds, redo a line cut off by a crash.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Replace an existing output file.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// No progress bar and no summary.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Test-only: after this many records, write half a record and abort (a simulated crash).
+    #[arg(long, hide = true, value_name = "N")]
+    pub debug_crash_after: Option<usize>,
 }
 
 /// Which models to use and how to load them.

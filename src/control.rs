@@ -150,18 +150,6 @@ impl Controller {
         }
     }
 
-    /// Start from costs learned earlier on this machine (acceptance is relearned per text).
-    pub fn with_costs(mut self, verify: VerifyCosts, model_step: Option<f64>) -> Self {
-        self.verify = verify;
-        self.model.step_cost = model_step;
-        self
-    }
-
-    /// Mean cost of a draft-model step learned so far.
-    pub fn model_step_cost(&self) -> Option<f64> {
-        self.model.step_cost
-    }
-
     fn estimate(&self, source: DraftSource) -> &SourceEstimate {
         match source {
             DraftSource::Ngram => &self.ngram,

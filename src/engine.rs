@@ -11,7 +11,7 @@
 //! `tokens.len() - 1` and the cache holds exactly `tokens[..n_cached]`; the last token is
 //! always decoded by the next round's target batch.
 
-use crate::control::{AdaptiveMode, Controller, Observation, VerifyCosts};
+use crate::control::{AdaptiveMode, Controller, Observation};
 use crate::draft::{DraftRequest, DraftSource, Drafter};
 use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
 use crate::sampling::{Dist, SamplingParams, Scratch};
@@ -109,13 +109,11 @@ pub struct Engine<T, D> {
     pub drafter: D,
     pub config: GenConfig,
     scratch: Scratch,
-    /// Costs measured by earlier sequences, to start new ones from.
-    learned: (VerifyCosts, Option<f64>),
 }
 
 impl<T: Model, D: Drafter> Engine<T, D> {
     pub fn new(target: T, drafter: D, config: GenConfig) -> Self {
-        Self { target, drafter, config, scratch: Scratch::new(), learned: Default::default() }
+        Self { target, drafter, config, scratch: Scratch::new() }
     }
 
     /// Clear sequence `id` in both models and read the prompt (all but its last token, which
@@ -139,8 +137,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             rng: ChaCha8Rng::seed_from_u64(self.config.seed),
             stats: GenStats::default(),
             finish: None,
-            controller: Controller::new(self.config.adaptive, self.config.draft_max)
-                .with_costs(self.learned.0.clone(), self.learned.1),
+            // Each sequence learns its own costs: a record's output never depends on the
+            // records before it (so a resumed batch equals an uninterrupted one).
+            controller: Controller::new(self.config.adaptive, self.config.draft_max),
             q: Vec::new(),
         };
         let head = &seq.tokens[..seq.n_prompt - 1];
@@ -256,9 +255,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         seq.stats.t_draft += t_drafted - t_start;
         seq.stats.t_verify += t_verified - t_drafted;
         seq.stats.t_decode += t_end - t_start;
-        if seq.finish.is_some() {
-            self.learned = (seq.controller.verify.clone(), seq.controller.model_step_cost());
-        }
+
         Ok(n_hist..seq.tokens.len())
     }
 

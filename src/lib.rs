@@ -10,6 +10,8 @@
 //! deterministic [`mock::MockModel`]. See `ARCHITECTURE.md` for the code map.
 
 pub mod app;
+pub mod batch;
+pub mod batch_cmd;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -246,3 +246,37 @@ fn rejection_sampling_accepts_at_least_as_much_as_match() {
     );
     assert!(rej.acceptance_rate() >= mat.acceptance_rate());
 }
+
+#[test]
+fn a_real_batch_of_three_short_records() {
+    let _g = serial();
+    if model_path(TARGET).is_none() || model_path(DRAFT).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    std::fs::write(
+        &input,
+        concat!(
+            "{\"id\": \"py\", \"messages\": [{\"role\": \"user\", \"content\": \"Write a Python one-liner that sums a list.\"}], \"max_tokens\": 16}\n",
+            "{\"id\": \"raw\", \"prompt\": \"def add(a, b):\\n\", \"max_tokens\": 12}\n",
+            "{\"id\": \"fr\", \"messages\": [{\"role\": \"user\", \"content\": \"Say hello in French.\"}], \"max_tokens\": 8, \"temperature\": 0.8, \"seed\": 1}\n",
+        ),
+    )
+    .unwrap();
+    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models.toml");
+    let out = assert_cmd::Command::cargo_bin("specrun")
+        .unwrap()
+        .args(["batch", "-t", "2", "--quiet", "--config"])
+        .arg(&config)
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<specrun::batch::OkRecord> =
+        std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().map(|r| r.id.as_str().unwrap()).collect::<Vec<_>>(), ["py", "raw", "fr"]);
+    assert!(lines.iter().all(|r| r.n_generated > 0 && !r.text.is_empty()));
+}

@@ -1,0 +1,129 @@
+//! `specrun batch` end to end on the hidden mock backend: mixed records, txt input, resuming
+//! after a crash, and the one-line messages for bad input.
+
+use assert_cmd::Command;
+use specrun::batch::{ErrorRecord, OkRecord, OutputRecord};
+use std::path::{Path, PathBuf};
+
+fn models_toml() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models.toml")
+}
+
+fn batch(input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
+    Command::cargo_bin("specrun")
+        .unwrap()
+        .args(["batch", "--mock", "--quiet", "--config"])
+        .arg(models_toml())
+        .arg(input)
+        .arg("-o")
+        .arg(output)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// Every line parses into exactly one of the two record types (unknown fields are errors).
+fn records(output: &Path) -> Vec<OutputRecord> {
+    std::fs::read_to_string(output)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<OkRecord>(l)
+                .map(OutputRecord::Ok)
+                .or_else(|_| serde_json::from_str::<ErrorRecord>(l).map(OutputRecord::Error))
+                .unwrap_or_else(|e| panic!("not a record ({e}): {l}"))
+        })
+        .collect()
+}
+
+const MIXED: &str = r#"{"id": "a", "prompt": "hello there", "max_tokens": 12}
+{"id": "b", "promt": "typo"}
+{not json at all
+
+{"id": "c", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0.8, "seed": 4}
+{"id": "d", "prompt": 17}
+{"prompt": "no id", "max_tokens": 5, "stop": ["q "]}
+"#;
+
+#[test]
+fn mixed_records_give_one_output_each_in_order_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    std::fs::write(&input, MIXED).unwrap();
+    let out = batch(&input, &output, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let recs = records(&output);
+    let ids: Vec<String> = recs.iter().map(|r| r.id().to_string()).collect();
+    assert_eq!(ids, ["\"a\"", "\"b\"", "3", "\"c\"", "\"d\"", "7"]);
+    let errors: Vec<&str> = recs
+        .iter()
+        .filter_map(|r| match r {
+            OutputRecord::Error(e) => Some(e.error.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors.len(), 3);
+    assert!(errors[0].starts_with("line 2, column 19: unknown field `promt`"), "{}", errors[0]);
+    assert!(errors[1].starts_with("line 3, column "), "{}", errors[1]);
+    assert!(errors[2].starts_with("line 6, column ") && errors[2].contains("invalid type"), "{}", errors[2]);
+    let OutputRecord::Ok(a) = &recs[0] else { panic!("a failed") };
+    assert_eq!((a.n_generated, a.finish_reason.as_str()), (12, "length"));
+    let OutputRecord::Ok(last) = &recs[5] else { panic!("7 failed") };
+    assert!(!last.text.contains("q "), "stop string kept: {:?}", last.text);
+}
+
+#[test]
+fn all_good_records_exit_0_and_txt_input_takes_one_prompt_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.txt"), dir.path().join("out.jsonl"));
+    std::fs::write(&input, "first prompt\n\nsecond prompt\n").unwrap();
+    let out = batch(&input, &output, &["--input-format", "txt", "-n", "4"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let ids: Vec<String> = records(&output).iter().map(|r| r.id().to_string()).collect();
+    assert_eq!(ids, ["1", "3"]);
+}
+
+#[test]
+fn resume_after_a_crash_gives_the_uninterrupted_output_byte_for_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let text: String = (0..6).map(|i| format!("{{\"id\": {i}, \"prompt\": \"prompt number {i}\", \"max_tokens\": {}}}\n", 5 + i)).collect();
+    std::fs::write(&input, text).unwrap();
+    let whole = dir.path().join("whole.jsonl");
+    assert!(batch(&input, &whole, &[]).status.success());
+
+    let cut = dir.path().join("cut.jsonl");
+    let crashed = batch(&input, &cut, &["--debug-crash-after", "3"]);
+    assert!(!crashed.status.success(), "the simulated crash must abort");
+    let partial = std::fs::read_to_string(&cut).unwrap();
+    assert_eq!(partial.lines().count(), 4, "three records and a cut-off line: {partial}");
+    assert!(!partial.ends_with('\n'));
+
+    let refused = batch(&input, &cut, &[]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("pass --resume"));
+
+    let resumed = batch(&input, &cut, &["--resume"]);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("dropping a cut-off record"));
+    assert_eq!(std::fs::read(&cut).unwrap(), std::fs::read(&whole).unwrap());
+
+    // resuming a finished file does nothing
+    assert!(batch(&input, &cut, &["--resume"]).status.success());
+    assert_eq!(std::fs::read(&cut).unwrap(), std::fs::read(&whole).unwrap());
+}
+
+#[test]
+fn fatal_input_problems_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("empty.jsonl"), dir.path().join("out.jsonl"));
+    std::fs::write(&input, "\n\n").unwrap();
+    let out = batch(&input, &output, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1);
+    assert!(err.contains("empty.jsonl: no records"), "{err}");
+    let out = batch(&dir.path().join("missing.jsonl"), &output, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.jsonl: cannot read"));
+}
