@@ -180,6 +180,7 @@ pub fn run_cli(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run_command(&args),
         Command::CheckPair(models) => check_pair(&models),
         Command::Batch(args) => crate::batch_cmd::batch_command(&args),
+        Command::Bench(args) => crate::bench_cmd::bench_command(&args),
     }
 }
 
@@ -195,6 +196,7 @@ fn read_prompt(args: &RunArgs) -> Result<String> {
 pub struct Generated {
     pub report: RunReport,
     pub tokens: Vec<Token>,
+    pub stats: crate::stats::GenStats,
 }
 
 /// Run one prompt to the end on `engine`, streaming text to `stream` when given, stopping
@@ -238,16 +240,16 @@ pub fn generate<T: Model, D: Drafter>(
     let verify = engine.config.effective_verify();
     let draft_max = if engine.drafter.is_active() { engine.config.draft_max } else { 0 };
     let report = RunReport::new(text, finish, drafter, engine.config.adaptive, verify.as_str(), draft_max, &seq.stats);
-    Ok(Generated { report, tokens: seq.generated().to_vec() })
+    Ok(Generated { report, tokens: seq.generated().to_vec(), stats: seq.stats })
 }
 
 /// The drafter a plan asks for, over an already created draft model (if it needs one).
-fn make_drafter<'a, M: Model + 'a>(plan: &Plan, model: Option<M>) -> Box<dyn Drafter + 'a> {
-    match (plan.drafter, model) {
+pub(crate) fn make_drafter<'a, M: Model + 'a>(kind: Option<DrafterKind>, ngram: NgramConfig, model: Option<M>) -> Box<dyn Drafter + 'a> {
+    match (kind, model) {
         (None, _) => Box::new(NoDraft),
-        (Some(DrafterKind::Ngram), _) => Box::new(NgramDrafter::new(plan.ngram)),
+        (Some(DrafterKind::Ngram), _) => Box::new(NgramDrafter::new(ngram)),
         (Some(DrafterKind::Model), Some(m)) => Box::new(ModelDrafter::new(m)),
-        (Some(DrafterKind::Hybrid), Some(m)) => Box::new(HybridDrafter { ngram: NgramDrafter::new(plan.ngram), model: ModelDrafter::new(m) }),
+        (Some(DrafterKind::Hybrid), Some(m)) => Box::new(HybridDrafter { ngram: NgramDrafter::new(ngram), model: ModelDrafter::new(m) }),
         (Some(_), None) => Box::new(NoDraft),
     }
 }
@@ -255,7 +257,9 @@ fn make_drafter<'a, M: Model + 'a>(plan: &Plan, model: Option<M>) -> Box<dyn Dra
 /// What a command runs on: the target, the drafter the plan asks for, and the text codec.
 /// The clock is the wall clock, except on the mock backend, whose models advance a
 /// [`crate::mock::MockClock`] so that its timings (and so its output) are reproducible.
-type Job<'a> = &'a mut dyn FnMut(&mut dyn Model, Box<dyn Drafter + '_>, &dyn TextCodec, &dyn Clock) -> Result<ExitCode>;
+/// The job gets the target, the draft model (when the plan needs one) and builds its drafters
+/// with [`make_drafter`].
+pub(crate) type Job<'a> = &'a mut dyn FnMut(&mut dyn Model, Option<&mut dyn Model>, &dyn TextCodec, &dyn Clock) -> Result<ExitCode>;
 
 /// Load the plan's models (or mock ones) once and hand them to `job`.
 pub(crate) fn with_backend(plan: &Plan, mock: bool, job: Job<'_>) -> Result<ExitCode> {
@@ -263,9 +267,9 @@ pub(crate) fn with_backend(plan: &Plan, mock: bool, job: Job<'_>) -> Result<Exit
         let spec = MockSpec::target(1);
         let clock = crate::mock::MockClock::new();
         let mut target = MockModel::new(spec.clone()).with_clock(clock.clone());
-        let draft = plan.draft.as_ref().map(|_| MockModel::new(MockSpec::draft_of(&spec, 0.8, 1)).with_clock(clock.clone()));
+        let mut draft = plan.draft.as_ref().map(|_| MockModel::new(MockSpec::draft_of(&spec, 0.8, 1)).with_clock(clock.clone()));
         let codec = MockCodec { n_vocab: spec.n_vocab };
-        return job(&mut target, make_drafter(plan, draft), &codec, &clock);
+        return job(&mut target, draft.as_mut().map(|d| d as &mut dyn Model), &codec, &clock);
     }
     with_llama(plan, job)
 }
@@ -300,11 +304,11 @@ fn with_llama(plan: &Plan, job: Job<'_>) -> Result<ExitCode> {
     if plan.drafter.is_some() && !target.can_roll_back() {
         bail!("{} has recurrent or hybrid memory, which cannot roll back a rejected draft", target_model.path.display());
     }
-    let draft = match (&draft_model, &plan.draft) {
+    let mut draft = match (&draft_model, &plan.draft) {
         (Some(m), Some(p)) => Some(context(m, p)?),
         _ => None,
     };
-    job(&mut target, make_drafter(plan, draft), &target_model, &WallClock::new())
+    job(&mut target, draft.as_mut().map(|d| d as &mut dyn Model), &target_model, &WallClock::new())
 }
 
 #[cfg(not(feature = "llama"))]
@@ -316,7 +320,9 @@ fn with_llama(_: &Plan, _: Job<'_>) -> Result<ExitCode> {
 fn run_command(args: &RunArgs) -> Result<ExitCode> {
     let plan = plan(&args.models, &args.gen)?;
     let prompt = read_prompt(args)?;
-    with_backend(&plan, args.models.mock, &mut |target, drafter, codec, clock| execute(target, drafter, codec, clock, &prompt, args, &plan))
+    with_backend(&plan, args.models.mock, &mut |target, draft, codec, clock| {
+        execute(target, make_drafter(plan.drafter, plan.ngram, draft), codec, clock, &prompt, args, &plan)
+    })
 }
 
 fn execute(

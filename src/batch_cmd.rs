@@ -5,7 +5,7 @@
 //! off the last line, which `--resume` detects and redoes. Ctrl-C finishes the current record,
 //! flushes, and says how to resume. Exit codes: 0 all records ok, 1 some failed, 2 fatal.
 
-use crate::app::{generate, plan, with_backend, Plan};
+use crate::app::{generate, make_drafter, plan, with_backend, Plan};
 use crate::batch::{id_key, parse_input, scan_output, ErrorRecord, Job, OkRecord, OutputRecord, PromptInput};
 use crate::cli::BatchArgs;
 use crate::draft::Drafter;
@@ -46,7 +46,8 @@ fn run(args: &BatchArgs) -> Result<ExitCode> {
         // a second handler cannot be installed (tests run several batches in one process)
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
-    with_backend(&plan, args.models.mock, &mut |target, drafter, codec, clock| {
+    with_backend(&plan, args.models.mock, &mut |target, draft, codec, clock| {
+        let drafter = make_drafter(plan.drafter, plan.ngram, draft);
         run_records(target, drafter, codec, clock, &plan, args, &todo, done.len(), &interrupted)
     })
 }

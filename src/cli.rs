@@ -53,6 +53,59 @@ pub enum Command {
     CheckPair(ModelArgs),
     /// Run a file of prompts to JSON Lines: streamed, resumable, with progress.
     Batch(BatchArgs),
+    /// Sweep draft configurations against target-only decoding, export, plot, auto-tune.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub models: ModelArgs,
+    /// Pairs to sweep (default: --pair, else the default pair).
+    #[arg(long, value_delimiter = ',', value_name = "PAIR,...")]
+    pub pairs: Vec<String>,
+    /// Draft lengths.
+    #[arg(long = "draft-max", value_delimiter = ',', default_value = "1,2,4,8", value_name = "K,...")]
+    pub draft_max: Vec<usize>,
+    /// Temperatures (0: greedy; others sample with rejection verification).
+    #[arg(long, value_delimiter = ',', default_value = "0", value_name = "T,...")]
+    pub temp: Vec<f32>,
+    /// Drafters.
+    #[arg(long = "drafter", value_enum, value_delimiter = ',', default_value = "model", value_name = "KIND,...")]
+    pub drafter: Vec<DrafterKind>,
+    /// Draft-length policies.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "fixed", value_name = "MODE,...")]
+    pub adaptive: Vec<AdaptiveMode>,
+    /// Prompt file (JSON Lines records as for `batch`, or .txt with one prompt per line).
+    #[arg(long, value_name = "FILE")]
+    pub prompts: PathBuf,
+    /// Tokens per prompt (a record's own max_tokens wins).
+    #[arg(short = 'n', long, default_value_t = 128, value_name = "N")]
+    pub max_tokens: usize,
+    /// Repeats of every configuration (target-only and speculative interleaved).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub repeat: usize,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub seed: u64,
+    /// Write the results as JSON (`-`: stdout), rewritten after each configuration.
+    #[arg(long, value_name = "FILE")]
+    pub export_json: Option<PathBuf>,
+    /// Write the results as CSV (`-`: stdout).
+    #[arg(long, value_name = "FILE")]
+    pub export_csv: Option<PathBuf>,
+    /// Write the results as a Markdown table (`-`: stdout).
+    #[arg(long, value_name = "FILE")]
+    pub export_markdown: Option<PathBuf>,
+    /// Draw speed-up against draft length as SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Write each pair's best settings into the models file (comments and layout kept).
+    #[arg(long)]
+    pub write_best: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -112,12 +112,13 @@ impl VerifyCosts {
     }
 }
 
-/// Expected tokens from one round drafting `k` tokens with per-token acceptance `alpha`.
-pub fn expected_tokens(alpha: f64, k: usize) -> f64 {
+/// Expected tokens from one round drafting `k` tokens with per-token acceptance `alpha`
+/// (`k` may be a mean draft length).
+pub fn expected_tokens(alpha: f64, k: f64) -> f64 {
     if (1.0 - alpha).abs() < 1e-12 {
-        return (k + 1) as f64;
+        return k + 1.0;
     }
-    (1.0 - alpha.powi(k as i32 + 1)) / (1.0 - alpha)
+    (1.0 - alpha.powf(k + 1.0)) / (1.0 - alpha)
 }
 
 /// The draft-length controller of one sequence.
@@ -184,7 +185,7 @@ impl Controller {
         }
         let mut best = (0usize, 1.0 / t1);
         for k in 1..=cap {
-            let rate = expected_tokens(alpha, k) / (k as f64 * step + self.verify.estimate(k + 1)?);
+            let rate = expected_tokens(alpha, k as f64) / (k as f64 * step + self.verify.estimate(k + 1)?);
             if rate > best.1 * 1.000_001 {
                 best = (k, rate);
             }
@@ -255,9 +256,9 @@ mod tests {
 
     #[test]
     fn expected_tokens_follows_the_geometric_series() {
-        assert_eq!(expected_tokens(0.0, 4), 1.0);
-        assert!((expected_tokens(0.5, 2) - 1.75).abs() < 1e-12);
-        assert_eq!(expected_tokens(1.0, 4), 5.0);
+        assert_eq!(expected_tokens(0.0, 4.0), 1.0);
+        assert!((expected_tokens(0.5, 2.0) - 1.75).abs() < 1e-12);
+        assert_eq!(expected_tokens(1.0, 4.0), 5.0);
     }
 
     #[test]

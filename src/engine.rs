@@ -254,6 +254,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         });
         seq.stats.t_draft += t_drafted - t_start;
         seq.stats.t_verify += t_verified - t_drafted;
+        if n_drafted > 0 {
+            seq.stats.t_verify_drafted += t_verified - t_drafted;
+        }
         seq.stats.t_decode += t_end - t_start;
 
         Ok(n_hist..seq.tokens.len())

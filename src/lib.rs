@@ -12,6 +12,8 @@
 pub mod app;
 pub mod batch;
 pub mod batch_cmd;
+pub mod bench;
+pub mod bench_cmd;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -42,6 +42,8 @@ pub struct GenStats {
     pub n_rounds: usize,
     pub n_drafted: usize,
     pub n_accepted: usize,
+    /// Rounds in which a drafted token was rejected (at most one rejection per round).
+    pub n_rejections: usize,
     /// `drafted_at[i]`: rounds that drafted a token at position `i + 1`.
     pub drafted_at: Vec<usize>,
     /// `accepted_at[i]`: rounds whose token at position `i + 1` was accepted.
@@ -61,6 +63,9 @@ pub struct GenStats {
     pub t_draft: Duration,
     #[serde(serialize_with = "secs")]
     pub t_verify: Duration,
+    /// Verify time of the rounds that had a draft.
+    #[serde(serialize_with = "secs")]
+    pub t_verify_drafted: Duration,
     /// Decode time after the prompt (draft + verify + bookkeeping).
     #[serde(serialize_with = "secs")]
     pub t_decode: Duration,
@@ -86,6 +91,9 @@ impl GenStats {
         self.n_accepted += n_accepted;
         if n_drafted == 0 {
             self.n_rounds_undrafted += 1;
+        }
+        if n_accepted < n_drafted {
+            self.n_rejections += 1;
         }
         if self.drafted_at.len() < n_drafted {
             self.drafted_at.resize(n_drafted, 0);
@@ -128,6 +136,13 @@ impl GenStats {
         ratio(self.n_generated as f64, self.n_rounds as f64)
     }
 
+    /// Per-token acceptance probability α as speculative-decoding theory uses it: accepted
+    /// tokens over accepted tokens plus rejections (the geometric model's estimate; unlike
+    /// `acceptance_rate` it does not count tokens after a rejection as rejected).
+    pub fn alpha(&self) -> f64 {
+        ratio(self.n_accepted as f64, (self.n_accepted + self.n_rejections) as f64)
+    }
+
     /// Acceptance rate at each draft position 1..=K.
     pub fn acceptance_by_position(&self) -> Vec<f64> {
         self.drafted_at.iter().zip(&self.accepted_at).map(|(&d, &a)| ratio(a as f64, d as f64)).collect()
@@ -160,6 +175,7 @@ impl GenStats {
         self.n_rounds += o.n_rounds;
         self.n_drafted += o.n_drafted;
         self.n_accepted += o.n_accepted;
+        self.n_rejections += o.n_rejections;
         self.n_rounds_undrafted += o.n_rounds_undrafted;
         self.n_draft_steps += o.n_draft_steps;
         self.n_rounds_model += o.n_rounds_model;
@@ -180,6 +196,7 @@ impl GenStats {
         self.t_prompt += o.t_prompt;
         self.t_draft += o.t_draft;
         self.t_verify += o.t_verify;
+        self.t_verify_drafted += o.t_verify_drafted;
         self.t_decode += o.t_decode;
     }
 }

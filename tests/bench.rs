@@ -1,0 +1,82 @@
+//! `specrun bench` end to end on the hidden mock backend (deterministic timings through the
+//! mock clock): the table and exports (snapshots), the SVG plot, and `--write-best` on a copy
+//! of models.toml.
+
+use assert_cmd::Command;
+use std::path::{Path, PathBuf};
+
+fn repo(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn bench(dir: &Path, extra: &[&str]) -> std::process::Output {
+    let config = dir.join("models.toml");
+    if !config.exists() {
+        std::fs::copy(repo("models.toml"), &config).unwrap();
+    }
+    Command::cargo_bin("specrun")
+        .unwrap()
+        .args(["bench", "--mock", "--quiet", "--config"])
+        .arg(&config)
+        .arg("--prompts")
+        .arg(repo("examples/prompts/prompts.jsonl"))
+        .args(["-n", "12", "--repeat", "2", "--draft-max", "1,3", "--drafter", "model,hybrid", "--adaptive", "fixed,auto"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn table_and_exports_are_stable() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = bench(
+        d,
+        &["--export-csv", d.join("r.csv").to_str().unwrap(), "--export-markdown", d.join("r.md").to_str().unwrap(), "--export-json", d.join("r.json").to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    insta::assert_snapshot!("table", String::from_utf8(out.stdout).unwrap());
+    insta::assert_snapshot!("csv", std::fs::read_to_string(d.join("r.csv")).unwrap());
+    insta::assert_snapshot!("markdown", std::fs::read_to_string(d.join("r.md")).unwrap());
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("r.json")).unwrap()).unwrap();
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), 2 * 2 * 2);
+    for r in rows {
+        assert!(r["speedup_min"].as_f64().unwrap() <= r["speedup"].as_f64().unwrap());
+        assert!(r["speedup"].as_f64().unwrap() <= r["speedup_max"].as_f64().unwrap());
+    }
+}
+
+#[test]
+fn the_plot_is_an_svg_with_a_line_per_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("plot.svg");
+    let out = bench(dir.path(), &["--plot", svg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    assert!(text.trim_end().ends_with("</svg>"));
+    assert_eq!(text.matches("<polyline").count(), 4, "one line per drafter × policy");
+    // every element that opens also closes (self-closing or paired)
+    let opens = text.matches("<text").count();
+    assert_eq!(opens, text.matches("</text>").count());
+    assert!(text.contains("stroke-dasharray"), "the break-even line");
+}
+
+#[test]
+fn write_best_edits_the_models_file_and_keeps_its_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bench(dir.path(), &["--write-best"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before = std::fs::read_to_string(repo("models.toml")).unwrap();
+    let after = std::fs::read_to_string(dir.path().join("models.toml")).unwrap();
+    assert_ne!(before, after);
+    for line in before.lines().filter(|l| l.starts_with('#')) {
+        assert!(after.contains(line), "comment lost: {line}");
+    }
+    assert_eq!(after.matches("# tuned by specrun bench").count(), 1);
+    let config = specrun::config::Config::parse("models.toml", &after).unwrap();
+    let pair = config.pair("qwen-coder").unwrap();
+    assert!([1, 3].contains(&pair.draft_max));
+    assert!(pair.drafter.is_some() && pair.adaptive.is_some());
+}
