@@ -7,8 +7,11 @@
 //! `b` tokens (per batch size, with an affine fit for sizes not yet seen). It then picks the
 //! draft length `k` that maximises expected tokens per unit of time,
 //! `E(k) / T(k)` with `E(k) = (1 − α^(k+1)) / (1 − α)` and `T(k) = k·c_draft + t_verify(k+1)`.
-//! `k = 0` is plain decoding; while it wins, every `probe_every` rounds one round drafts anyway,
-//! so that a text that turns predictable is noticed.
+//! `k = 0` is plain decoding; while it wins, a probe round drafts anyway now and then, so that a
+//! text that turns predictable is noticed. A draft *model* that sat out has to catch up on every
+//! token it missed, which on a small CPU costs about as much as the rounds it skipped saved; so
+//! probes back off exponentially (`probe_every` doubles after each probe that did not pay, up to
+//! 1,024 rounds), and step costs are learned only from rounds without a catch-up.
 //!
 //! Architecture invariant: no clock is read here; durations come in through [`Observation`].
 
@@ -39,6 +42,10 @@ pub struct Observation {
     pub n_drafted: usize,
     pub n_accepted: usize,
     pub n_draft_steps: usize,
+    /// Tokens the draft model had to catch up on before its first step (1 normally, 2 after
+    /// a fully accepted round, more after rounds it sat out). Such catch-up batches make the
+    /// round's draft time say nothing about the cost of a step.
+    pub draft_gap: usize,
     pub t_draft: Duration,
     /// Target decode + verification of `n_drafted + 1` tokens.
     pub t_verify: Duration,
@@ -71,6 +78,8 @@ pub struct VerifyCosts {
 }
 
 const EMA: f64 = 0.3;
+const PROBE_FIRST: usize = 16;
+const PROBE_MAX: usize = 1024;
 const DECAY: f64 = 0.97;
 
 fn ema(old: Option<f64>, x: f64) -> f64 {
@@ -126,7 +135,8 @@ pub fn expected_tokens(alpha: f64, k: f64) -> f64 {
 pub struct Controller {
     pub mode: AdaptiveMode,
     pub draft_max: usize,
-    /// Auto: draft one round after this many plain rounds in a row.
+    /// Auto: draft one round after this many plain rounds in a row (doubles after each probe
+    /// that did not resume drafting).
     pub probe_every: usize,
     step_k: usize,
     model: SourceEstimate,
@@ -141,7 +151,7 @@ impl Controller {
         Self {
             mode,
             draft_max,
-            probe_every: 8,
+            probe_every: PROBE_FIRST,
             step_k: draft_max.min(4).max(1),
             model: SourceEstimate::new(0.7),
             ngram: SourceEstimate::new(0.5),
@@ -149,6 +159,11 @@ impl Controller {
             plain_streak: 0,
             rounds: 0,
         }
+    }
+
+    /// Seconds per draft-model step learned so far.
+    pub fn model_step_cost(&self) -> Option<f64> {
+        self.model.step_cost
     }
 
     fn estimate(&self, source: DraftSource) -> &SourceEstimate {
@@ -205,7 +220,11 @@ impl Controller {
                 // probe: the smallest draft that tells us whether acceptance went up
                 cap.min(2)
             }
-            Some(k) => k,
+            Some(0) => 0,
+            Some(k) => {
+                self.probe_every = PROBE_FIRST;
+                k
+            }
         }
     }
 
@@ -217,6 +236,10 @@ impl Controller {
             self.plain_streak += 1;
             return;
         }
+        if self.plain_streak + 1 >= self.probe_every && self.mode == AdaptiveMode::Auto {
+            // this was a probe: if drafting still does not pay, wait twice as long next time
+            self.probe_every = (self.probe_every * 2).min(PROBE_MAX);
+        }
         self.plain_streak = 0;
         let est = match o.source {
             DraftSource::Ngram => &mut self.ngram,
@@ -224,8 +247,11 @@ impl Controller {
         };
         est.accepted = est.accepted * DECAY + o.n_accepted as f64;
         est.rejected = est.rejected * DECAY + if o.n_accepted < o.n_drafted { 1.0 } else { 0.0 };
-        if o.n_draft_steps > 0 {
+        if o.n_draft_steps > 0 && o.draft_gap <= 2 {
             est.step_cost = Some(ema(est.step_cost, o.t_draft.as_secs_f64() / o.n_draft_steps as f64));
+        } else if o.n_draft_steps > 0 && est.step_cost.is_none() {
+            // a first measurement, catch-up included, beats none (it errs on the costly side)
+            est.step_cost = Some(o.t_draft.as_secs_f64() / o.n_draft_steps as f64);
         } else if o.source == DraftSource::Ngram {
             est.step_cost = Some(ema(est.step_cost, o.t_draft.as_secs_f64() / o.n_drafted as f64));
         }
@@ -249,6 +275,7 @@ mod tests {
             n_drafted: k,
             n_accepted: accepted,
             n_draft_steps: if source == DraftSource::Model { k } else { 0 },
+            draft_gap: 1,
             t_draft: Duration::from_millis(t_draft_ms),
             t_verify: Duration::from_millis(t_verify_ms),
         }
@@ -278,6 +305,18 @@ mod tests {
             c.observe(&obs(DraftSource::Model, 1, 0, 10, 50));
         }
         assert_eq!(c.plan(DraftSource::Model, 8), 1, "never below 1");
+    }
+
+    #[test]
+    fn catch_up_rounds_do_not_count_as_step_costs() {
+        let mut c = Controller::new(AdaptiveMode::Auto, 8);
+        c.observe(&obs(DraftSource::Model, 0, 0, 0, 100));
+        c.observe(&obs(DraftSource::Model, 4, 4, 200, 210));
+        let clean = c.model_step_cost().unwrap();
+        let mut catch_up = obs(DraftSource::Model, 4, 4, 2000, 210);
+        catch_up.draft_gap = 40;
+        c.observe(&catch_up);
+        assert_eq!(c.model_step_cost().unwrap(), clean);
     }
 
     #[test]
@@ -313,7 +352,17 @@ mod tests {
             c.observe(&obs(DraftSource::Model, k, k.min(1), 50 * k as u64, 100 + 25 * k as u64));
         }
         let probes = plans.iter().filter(|&&k| k > 0).count();
-        assert!(probes >= 1 && probes <= 3, "plain with rare probes: {plans:?}");
+        assert!(probes <= 1, "plain with rare probes: {plans:?}");
+        // probes back off: 16 rounds, then 32, 64, ...
+        let mut plans = vec![];
+        for _ in 0..200 {
+            let k = c.plan(DraftSource::Model, 8);
+            plans.push(k);
+            c.observe(&obs(DraftSource::Model, k, k.min(1), 100 * k as u64, 100 + 25 * k as u64));
+        }
+        let at: Vec<usize> = plans.iter().enumerate().filter(|(_, &k)| k > 0).map(|(i, _)| i).collect();
+        assert!(at.len() >= 2 && at.len() <= 4, "probes at {at:?}");
+        assert!(at.windows(2).all(|w| w[1] - w[0] > 16), "probes at {at:?}");
     }
 
     #[test]

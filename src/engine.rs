@@ -191,6 +191,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let k_planned = seq.controller.plan(source, limit);
         seq.q.clear();
         let mut report = crate::draft::DraftReport::default();
+        let draft_gap = n_hist - seq.draft.n_cached;
         if k_planned > 0 {
             let req = DraftRequest { max: k_planned, params, keep_q: verify_mode.needs_q(), p_min: self.config.draft_p_min };
             report = self
@@ -249,6 +250,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             n_drafted,
             n_accepted: verdict.n_accepted,
             n_draft_steps: report.n_steps,
+            draft_gap,
             t_draft: t_drafted - t_start,
             t_verify: t_verified - t_drafted,
         });

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Build llama.cpp's own reference tools and run them on the same pair, prompts, token count,
+# temperature and threads as a specrun bench, for a side-by-side comparison.
+#
+# The llama.cpp tree comes from the llama-cpp-python source distribution on PyPI (0.3.36 carries
+# llama.cpp from 2026-10-01, close to what llama-cpp-2 vendors). It is built in the cache, never
+# in this repository.
+#
+# Usage: scripts/llama_cpp_reference.sh [PROMPTS.jsonl] [MAX_TOKENS] [K ...]
+#   defaults: docs/bench/prompts-open.jsonl 64 2 4 8
+# Output: a Markdown table on stdout (tool, setting, decode tok/s, ratio to llama-bench).
+source "$(dirname "$0")/common.sh"
+ensure_system_packages
+fetch_models qwen-coder-0.5b qwen-coder-1.5b
+
+PROMPTS="${1:-docs/bench/prompts-open.jsonl}"
+N="${2:-64}"
+shift 2 2>/dev/null || shift $#
+KS=("$@")
+[ ${#KS[@]} -gt 0 ] || KS=(2 4 8)
+THREADS="${THREADS:-2}"
+VERSION=0.3.36
+CACHE="${SPECRUN_CACHE:-$HOME/.cache/specrun}/llama.cpp-ref"
+MODELS="${SPECRUN_MODELS:-$HOME/.cache/specrun/models}"
+TARGET="$MODELS/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
+DRAFT="$MODELS/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+mkdir -p "$CACHE"
+
+SRC="$CACHE/llama-cpp-python-$VERSION/vendor/llama.cpp"
+if [ ! -d "$SRC" ]; then
+    say "fetching the llama.cpp tree (llama-cpp-python $VERSION source distribution)"
+    python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$CACHE"
+    tar -xzf "$CACHE/llama_cpp_python-$VERSION.tar.gz" -C "$CACHE"
+    mv "$CACHE/llama_cpp_python-$VERSION" "$CACHE/llama-cpp-python-$VERSION"
+fi
+BUILD="$CACHE/build-$VERSION"
+if [ ! -x "$BUILD/bin/llama-speculative-simple" ] || [ ! -x "$BUILD/bin/llama-lookup" ] || [ ! -x "$BUILD/bin/llama-bench" ]; then
+    say "building llama-speculative-simple, llama-lookup, llama-bench (minutes)"
+    cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+        -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON >/dev/null
+    cmake --build "$BUILD" -j "$(nproc)" --target llama-speculative-simple llama-lookup llama-bench >/dev/null
+fi
+
+# Chat-wrapped prompts (ChatML, what the Qwen GGUFs' template renders for one user turn).
+mapfile -t PROMPT_TEXTS < <(python3 - "$PROMPTS" <<'EOF'
+import json, sys
+for line in open(sys.argv[1]):
+    if not line.strip():
+        continue
+    r = json.loads(line)
+    text = r["messages"][-1]["content"] if "messages" in r else r["prompt"]
+    chat = f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+    print(json.dumps(chat))
+EOF
+)
+
+# decoded tok/s from a tool's log ("decoded N tokens in S seconds, speed: X t/s"), averaged
+# as total tokens over total seconds
+run_tool() {
+    local tokens=0 secs=0 out
+    for p in "${PROMPT_TEXTS[@]}"; do
+        out=$("$@" -p "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]), end="")' "$p")" 2>&1) || { echo "error: $1 failed" >&2; echo "$out" | tail -5 >&2; return 1; }
+        read -r t s < <(echo "$out" | sed -n 's/.*decoded *\([0-9]*\) tokens in *\([0-9.]*\) seconds.*/\1 \2/p' | tail -1)
+        tokens=$((tokens + t))
+        secs=$(python3 -c "print($secs + $s)")
+    done
+    python3 -c "print(f'{$tokens / $secs:.2f}')"
+}
+
+COMMON=(-m "$TARGET" -n "$N" -t "$THREADS" -c 4096 --temp 0 -ngl 0)
+plain=$("$BUILD/bin/llama-bench" -m "$TARGET" -p 0 -n "$N" -t "$THREADS" -ngl 0 -o csv 2>/dev/null | python3 -c '
+import csv, sys
+rows = list(csv.DictReader(sys.stdin))
+print(f"{float(rows[-1][\"avg_ts\"]):.2f}")')
+echo "| tool | setting | decode tok/s | vs llama-bench |"
+echo "|---|---|---|---|"
+echo "| llama-bench (plain target) | -p 0 -n $N | $plain | 1.00x |"
+for k in "${KS[@]}"; do
+    ts=$(run_tool "$BUILD/bin/llama-speculative-simple" "${COMMON[@]}" -md "$DRAFT" -ngld 0 --draft-max "$k" --draft-min 0)
+    echo "| llama-speculative-simple | --draft-max $k | $ts | $(python3 -c "print(f'{$ts / $plain:.2f}x')") |"
+done
+for k in "${KS[@]}"; do
+    ts=$(run_tool "$BUILD/bin/llama-lookup" "${COMMON[@]}" --draft-max "$k")
+    echo "| llama-lookup (n-gram) | --draft-max $k | $ts | $(python3 -c "print(f'{$ts / $plain:.2f}x')") |"
+done
