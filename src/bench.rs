@@ -5,7 +5,7 @@
 //! renders. Everything rendered from the same results is byte-for-byte the same.
 
 use crate::control::expected_tokens;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
 /// Median of `xs` (mean of the middle two for an even count); 0 for none.
@@ -48,7 +48,7 @@ pub fn predicted_speedup(alpha: f64, k: f64, c: f64, verify_cost: f64) -> f64 {
 }
 
 /// One configuration of a sweep.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchConfig {
     pub pair: String,
     pub drafter: String,
@@ -99,8 +99,8 @@ impl RepeatSample {
     }
 }
 
-/// A configuration's summary over its repeats.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A configuration's summary over its repeats (also read back by `--from-json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchResult {
     #[serde(flatten)]
     pub config: BenchConfig,

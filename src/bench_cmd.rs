@@ -25,17 +25,25 @@ struct Prompt {
 }
 
 pub fn bench_command(args: &BenchArgs) -> Result<ExitCode> {
+    if let Some(saved) = &args.from_json {
+        let text = std::fs::read_to_string(saved).with_context(|| format!("--from-json {}: cannot read", saved.display()))?;
+        let results: Vec<BenchResult> = serde_json::from_str(&text).with_context(|| format!("--from-json {}", saved.display()))?;
+        export(args, &results)?;
+        print!("{}", table(&results));
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.repeat == 0 || args.draft_max.is_empty() || args.temp.is_empty() {
         bail!("--repeat, --draft-max and --temp need at least one value");
     }
-    let text = std::fs::read_to_string(&args.prompts).with_context(|| format!("--prompts {}: cannot read", args.prompts.display()))?;
-    let format = if args.prompts.extension().is_some_and(|e| e == "txt") { InputFormat::Txt } else { InputFormat::Jsonl };
+    let prompts_path = args.prompts.as_deref().ok_or_else(|| anyhow!("--prompts is required"))?;
+    let text = std::fs::read_to_string(prompts_path).with_context(|| format!("--prompts {}: cannot read", prompts_path.display()))?;
+    let format = if prompts_path.extension().is_some_and(|e| e == "txt") { InputFormat::Txt } else { InputFormat::Jsonl };
     let prompts = parse_input(&text, format)
         .into_iter()
-        .map(|r| r.map(|j| Prompt { tokens_of: j.input, max_tokens: j.max_tokens }).map_err(|b| anyhow!("--prompts {}: {}", args.prompts.display(), b.error)))
+        .map(|r| r.map(|j| Prompt { tokens_of: j.input, max_tokens: j.max_tokens }).map_err(|b| anyhow!("--prompts {}: {}", prompts_path.display(), b.error)))
         .collect::<Result<Vec<_>>>()?;
     if prompts.is_empty() {
-        bail!("--prompts {}: no prompts", args.prompts.display());
+        bail!("--prompts {}: no prompts", prompts_path.display());
     }
     let pairs: Vec<Option<String>> =
         if args.pairs.is_empty() { vec![args.models.pair.clone()] } else { args.pairs.iter().cloned().map(Some).collect() };
@@ -200,7 +208,8 @@ fn export(args: &BenchArgs, results: &[BenchResult]) -> Result<()> {
     write(&args.export_csv, csv(results))?;
     write(&args.export_markdown, markdown(results))?;
     if args.plot.is_some() {
-        let title = format!("specrun bench: speed-up vs draft length (repeat {})", args.repeat);
+        let repeats = results.iter().map(|r| r.repeats).max().unwrap_or(0);
+        let title = format!("specrun bench: speed-up vs draft length (repeat {repeats})");
         write(&args.plot, svg_plot(results, &title))?;
     }
     Ok(())

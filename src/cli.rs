@@ -77,8 +77,11 @@ pub struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "fixed", value_name = "MODE,...")]
     pub adaptive: Vec<AdaptiveMode>,
     /// Prompt file (JSON Lines records as for `batch`, or .txt with one prompt per line).
-    #[arg(long, value_name = "FILE")]
-    pub prompts: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "from_json")]
+    pub prompts: Option<PathBuf>,
+    /// Measure nothing: re-render the table, exports and plot from a saved --export-json file.
+    #[arg(long, value_name = "FILE.json", conflicts_with = "write_best")]
+    pub from_json: Option<PathBuf>,
     /// Tokens per prompt (a record's own max_tokens wins).
     #[arg(short = 'n', long, default_value_t = 128, value_name = "N")]
     pub max_tokens: usize,

@@ -7,11 +7,14 @@
 //! `b` tokens (per batch size, with an affine fit for sizes not yet seen). It then picks the
 //! draft length `k` that maximises expected tokens per unit of time,
 //! `E(k) / T(k)` with `E(k) = (1 − α^(k+1)) / (1 − α)` and `T(k) = k·c_draft + t_verify(k+1)`.
+//! Each source first drafts two rounds at `min(K, 4)` (after one plain round that measures the
+//! 1-token cost), so that α is measured before drafting can be switched off.
 //! `k = 0` is plain decoding; while it wins, a probe round drafts anyway now and then, so that a
-//! text that turns predictable is noticed. A draft *model* that sat out has to catch up on every
-//! token it missed, which on a small CPU costs about as much as the rounds it skipped saved; so
-//! probes back off exponentially (`probe_every` doubles after each probe that did not pay, up to
-//! 1,024 rounds), and step costs are learned only from rounds without a catch-up.
+//! text that turns predictable is noticed. Probes back off exponentially (the interval doubles
+//! after each probe that did not resume drafting). A draft *model* that sat out has to catch up
+//! on every token it missed before it can draft, which on a small CPU costs a good part of what
+//! the skipped rounds saved, so its probes start 256 rounds apart (n-gram probes: 16), and its
+//! step cost is learned only from rounds without a catch-up.
 //!
 //! Architecture invariant: no clock is read here; durations come in through [`Observation`].
 
@@ -56,14 +59,16 @@ pub struct Observation {
 struct SourceEstimate {
     accepted: f64,
     rejected: f64,
+    /// Rounds this source drafted.
+    rounds: usize,
     /// Mean seconds per draft step (EMA); `None` until seen.
     step_cost: Option<f64>,
 }
 
 impl SourceEstimate {
     fn new(prior_alpha: f64) -> Self {
-        // a weak prior worth four tokens
-        Self { accepted: 4.0 * prior_alpha, rejected: 4.0 * (1.0 - prior_alpha), step_cost: None }
+        // a weak prior worth two tokens
+        Self { accepted: 2.0 * prior_alpha, rejected: 2.0 * (1.0 - prior_alpha), rounds: 0, step_cost: None }
     }
 
     fn alpha(&self) -> f64 {
@@ -79,6 +84,10 @@ pub struct VerifyCosts {
 
 const EMA: f64 = 0.3;
 const PROBE_FIRST: usize = 16;
+/// A draft model that sat out must catch up on every token it missed before a probe; on a
+/// small CPU that costs ~1/8 of a target step per token, so its probes start far apart.
+const PROBE_FIRST_MODEL: usize = 256;
+const EXPLORE_ROUNDS: usize = 2;
 const PROBE_MAX: usize = 1024;
 const DECAY: f64 = 0.97;
 
@@ -139,6 +148,8 @@ pub struct Controller {
     /// that did not resume drafting).
     pub probe_every: usize,
     step_k: usize,
+    /// Auto: plain rounds before the draft model is probed again (doubles after each probe).
+    pub probe_every_model: usize,
     model: SourceEstimate,
     ngram: SourceEstimate,
     pub verify: VerifyCosts,
@@ -152,12 +163,20 @@ impl Controller {
             mode,
             draft_max,
             probe_every: PROBE_FIRST,
+            probe_every_model: PROBE_FIRST_MODEL,
             step_k: draft_max.min(4).max(1),
-            model: SourceEstimate::new(0.7),
-            ngram: SourceEstimate::new(0.5),
+            model: SourceEstimate::new(0.8),
+            ngram: SourceEstimate::new(0.6),
             verify: VerifyCosts::default(),
             plain_streak: 0,
             rounds: 0,
+        }
+    }
+
+    fn probe_interval(&self, source: DraftSource) -> usize {
+        match source {
+            DraftSource::Model => self.probe_every_model,
+            _ => self.probe_every,
         }
     }
 
@@ -214,15 +233,21 @@ impl Controller {
         if self.verify.by_batch.get(1).copied().flatten().is_none() {
             return 0;
         }
+        // Then let each source draft a few rounds at a moderate length, so that its α rests on
+        // evidence rather than on the prior before it can be switched off.
+        if self.estimate(source).rounds < EXPLORE_ROUNDS {
+            return cap.min(4);
+        }
         match self.best_k(source, cap) {
-            None => cap,
-            Some(0) if self.plain_streak + 1 >= self.probe_every => {
-                // probe: the smallest draft that tells us whether acceptance went up
+            None => cap.min(4),
+            Some(0) if self.plain_streak + 1 >= self.probe_interval(source) => {
+                // probe: a short draft that tells us whether acceptance went up
                 cap.min(2)
             }
             Some(0) => 0,
             Some(k) => {
                 self.probe_every = PROBE_FIRST;
+                self.probe_every_model = PROBE_FIRST_MODEL;
                 k
             }
         }
@@ -236,15 +261,19 @@ impl Controller {
             self.plain_streak += 1;
             return;
         }
-        if self.plain_streak + 1 >= self.probe_every && self.mode == AdaptiveMode::Auto {
+        if self.plain_streak + 1 >= self.probe_interval(o.source) && self.mode == AdaptiveMode::Auto {
             // this was a probe: if drafting still does not pay, wait twice as long next time
-            self.probe_every = (self.probe_every * 2).min(PROBE_MAX);
+            match o.source {
+                DraftSource::Model => self.probe_every_model = (self.probe_every_model * 2).min(PROBE_MAX * 4),
+                _ => self.probe_every = (self.probe_every * 2).min(PROBE_MAX),
+            }
         }
         self.plain_streak = 0;
         let est = match o.source {
             DraftSource::Ngram => &mut self.ngram,
             _ => &mut self.model,
         };
+        est.rounds += 1;
         est.accepted = est.accepted * DECAY + o.n_accepted as f64;
         est.rejected = est.rejected * DECAY + if o.n_accepted < o.n_drafted { 1.0 } else { 0.0 };
         if o.n_draft_steps > 0 && o.draft_gap <= 2 {
@@ -352,17 +381,31 @@ mod tests {
             c.observe(&obs(DraftSource::Model, k, k.min(1), 50 * k as u64, 100 + 25 * k as u64));
         }
         let probes = plans.iter().filter(|&&k| k > 0).count();
-        assert!(probes <= 1, "plain with rare probes: {plans:?}");
-        // probes back off: 16 rounds, then 32, 64, ...
+        assert_eq!(probes, 0, "plain, the draft model probed only rarely: {plans:?}");
+        // probes back off: 256 rounds, then 512, ...
         let mut plans = vec![];
-        for _ in 0..200 {
+        for _ in 0..1200 {
             let k = c.plan(DraftSource::Model, 8);
             plans.push(k);
             c.observe(&obs(DraftSource::Model, k, k.min(1), 100 * k as u64, 100 + 25 * k as u64));
         }
         let at: Vec<usize> = plans.iter().enumerate().filter(|(_, &k)| k > 0).map(|(i, _)| i).collect();
-        assert!(at.len() >= 2 && at.len() <= 4, "probes at {at:?}");
-        assert!(at.windows(2).all(|w| w[1] - w[0] > 16), "probes at {at:?}");
+        assert!(at.len() >= 1 && at.len() <= 3, "probes at {at:?}");
+        assert!(at.windows(2).all(|w| w[1] - w[0] > 256), "probes at {at:?}");
+        // n-gram probes cost no catch-up: they come sooner
+        let mut c = Controller::new(AdaptiveMode::Auto, 8);
+        c.observe(&obs(DraftSource::Ngram, 0, 0, 0, 100));
+        for _ in 0..4 {
+            c.observe(&obs(DraftSource::Ngram, 4, 0, 0, 300));
+        }
+        let ks: Vec<usize> = (0..40)
+            .map(|_| {
+                let k = c.plan(DraftSource::Ngram, 8);
+                c.observe(&obs(DraftSource::Ngram, k, 0, 0, 100 + 50 * k as u64));
+                k
+            })
+            .collect();
+        assert!(ks.iter().filter(|&&k| k > 0).count() >= 1, "{ks:?}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub struct NgramConfig {
 
 impl Default for NgramConfig {
     fn default() -> Self {
-        Self { n_min: 2, n_max: 4 }
+        Self { n_min: 3, n_max: 5 }
     }
 }
 

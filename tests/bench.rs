@@ -38,6 +38,17 @@ fn table_and_exports_are_stable() {
     insta::assert_snapshot!("table", String::from_utf8(out.stdout).unwrap());
     insta::assert_snapshot!("csv", std::fs::read_to_string(d.join("r.csv")).unwrap());
     insta::assert_snapshot!("markdown", std::fs::read_to_string(d.join("r.md")).unwrap());
+    // re-rendering the saved results gives the same exports
+    let again = Command::cargo_bin("specrun")
+        .unwrap()
+        .args(["bench", "--from-json"])
+        .arg(d.join("r.json"))
+        .arg("--export-markdown")
+        .arg(d.join("again.md"))
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(std::fs::read(d.join("again.md")).unwrap(), std::fs::read(d.join("r.md")).unwrap());
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("r.json")).unwrap()).unwrap();
     let rows = json.as_array().unwrap();
     assert_eq!(rows.len(), 2 * 2 * 2);
