@@ -43,8 +43,12 @@ fn json_output_is_one_record_with_the_documented_fields() {
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout.lines().count(), 1);
     let r: RunReport = serde_json::from_str(stdout.trim()).unwrap();
-    assert_eq!(r.drafter, "hybrid", "the default drafter");
-    assert_eq!(r.adaptive, "auto", "the default policy");
+    assert_eq!(r.drafter, "ngram", "the pair's drafter from models.toml");
+    assert_eq!(r.adaptive, "auto", "the pair's policy");
+    // flags override the models file
+    let out = mock_run(&["-n", "20", "--json", "--draft", "hybrid", "--adaptive", "step"]).output().unwrap();
+    let r: RunReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((r.drafter.as_str(), r.adaptive.as_str()), ("hybrid", "step"));
     assert_eq!(r.verify, "greedy");
     assert!(r.n_generated <= 20 && r.n_generated > 0);
     assert_eq!(r.text.len(), 2 * r.n_generated, "mock tokens print as two bytes each");
