@@ -68,18 +68,16 @@ run_tool() {
 }
 
 COMMON=(-m "$TARGET" -n "$N" -t "$THREADS" -c 4096 --temp 0 -ngl 0)
-plain=$("$BUILD/bin/llama-bench" -m "$TARGET" -p 0 -n "$N" -t "$THREADS" -ngl 0 -o csv 2>/dev/null | python3 -c '
-import csv, sys
-rows = list(csv.DictReader(sys.stdin))
-print(f"{float(rows[-1][\"avg_ts\"]):.2f}")')
+plain=$("$BUILD/bin/llama-bench" -m "$TARGET" -p 0 -n "$N" -t "$THREADS" -ngl 0 -o csv 2>/dev/null \
+    | python3 -c 'import csv, sys; rows = list(csv.DictReader(sys.stdin)); print("%.2f" % float(rows[-1]["avg_ts"]))')
 echo "| tool | setting | decode tok/s | vs llama-bench |"
 echo "|---|---|---|---|"
 echo "| llama-bench (plain target) | -p 0 -n $N | $plain | 1.00x |"
 for k in "${KS[@]}"; do
-    ts=$(run_tool "$BUILD/bin/llama-speculative-simple" "${COMMON[@]}" -md "$DRAFT" -ngld 0 --draft-max "$k" --draft-min 0)
-    echo "| llama-speculative-simple | --draft-max $k | $ts | $(python3 -c "print(f'{$ts / $plain:.2f}x')") |"
+    ts=$(run_tool "$BUILD/bin/llama-speculative-simple" "${COMMON[@]}" -md "$DRAFT" -ngld 0 --spec-type draft-simple --spec-draft-n-max "$k" --spec-draft-n-min 0)
+    echo "| llama-speculative-simple | --spec-draft-n-max $k | $ts | $(python3 -c "print(f'{$ts / $plain:.2f}x')") |"
 done
 for k in "${KS[@]}"; do
-    ts=$(run_tool "$BUILD/bin/llama-lookup" "${COMMON[@]}" --draft-max "$k")
-    echo "| llama-lookup (n-gram) | --draft-max $k | $ts | $(python3 -c "print(f'{$ts / $plain:.2f}x')") |"
+    ts=$(run_tool "$BUILD/bin/llama-lookup" "${COMMON[@]}" --spec-draft-n-max "$k")
+    echo "| llama-lookup (n-gram) | --spec-draft-n-max $k | $ts | $(python3 -c "print(f'{$ts / $plain:.2f}x')") |"
 done

@@ -272,7 +272,8 @@ pub fn svg_plot(results: &[BenchResult], title: &str) -> String {
         v
     };
     let k_max = *ks.last().unwrap_or(&1) as f64;
-    let y_hi = results.iter().map(|r| r.speedup_max).fold(1.2f64, f64::max).max(1.2) * 1.1;
+    // y from 0 to a multiple of 0.25 above the largest value, ticks every 0.25 (1.0x is one)
+    let y_hi = (results.iter().map(|r| r.speedup_max).fold(1.2f64, f64::max) * 1.05 / 0.25).ceil() * 0.25;
     let y_lo = 0.0;
     let x = |k: f64| L + (W - L - R) * if k_max > 0.0 { k / k_max } else { 0.0 };
     let y = |v: f64| T + (H - T - B) * (1.0 - (v - y_lo) / (y_hi - y_lo));
@@ -282,7 +283,7 @@ pub fn svg_plot(results: &[BenchResult], title: &str) -> String {
     let _ = writeln!(s, "<rect width=\"{W}\" height=\"{H}\" fill=\"white\"/>");
     let _ = writeln!(s, "<text x=\"{}\" y=\"28\" font-size=\"16\" text-anchor=\"middle\">{}</text>", (W - R + L) / 2.0, xml_escape(title));
     // axes and grid
-    let steps = 6;
+    let steps = (y_hi / 0.25).round() as usize;
     for i in 0..=steps {
         let v = y_lo + (y_hi - y_lo) * i as f64 / steps as f64;
         let _ = writeln!(s, "<line x1=\"{L}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#e5e5e5\"/>", W - R, y(v), y(v));
@@ -297,6 +298,7 @@ pub fn svg_plot(results: &[BenchResult], title: &str) -> String {
     let _ = writeln!(s, "<text x=\"18\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {})\">speed-up vs target-only (median, min-max)</text>", (H - B + T) / 2.0, (H - B + T) / 2.0);
     // break-even
     let _ = writeln!(s, "<line x1=\"{L}\" x2=\"{}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\" stroke-dasharray=\"6 4\"/>", W - R, y(1.0), y(1.0));
+    let _ = writeln!(s, "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" font-size=\"11\">target-only</text>", W - R - 4.0, y(1.0) - 5.0);
     // one series per configuration without K
     let mut series: Vec<(String, Vec<&BenchResult>)> = Vec::new();
     for r in results {
