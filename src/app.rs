@@ -369,24 +369,7 @@ fn execute(
 
 /// `check-pair`: vocabularies only.
 fn check_pair(models: &ModelArgs) -> Result<ExitCode> {
-    let gen = GenArgs {
-        max_tokens: None,
-        draft_max: None,
-        draft_p_min: None,
-        no_draft: false,
-        drafter: Some(DrafterKind::Model),
-        adaptive: None,
-        draft_min: None,
-        ngram_min: None,
-        ngram_max: None,
-        temp: None,
-        top_k: None,
-        top_p: None,
-        min_p: None,
-        repeat_penalty: None,
-        seed: None,
-        verify: None,
-    };
+    let gen = GenArgs { drafter: Some(DrafterKind::Model), ..GenArgs::default() };
     let plan = plan(models, &gen)?;
     let draft = plan.draft.as_ref().ok_or_else(|| anyhow!("check-pair needs a draft model (-md or a pair)"))?;
     check_pair_files(&plan.target, draft)

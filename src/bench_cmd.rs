@@ -58,21 +58,9 @@ pub fn bench_command(args: &BenchArgs) -> Result<ExitCode> {
         let needs_model = args.drafter.iter().any(|d| d.needs_model());
         let gen = GenArgs {
             max_tokens: Some(args.max_tokens),
-            draft_max: None,
-            draft_p_min: None,
-            no_draft: false,
             drafter: Some(if needs_model { DrafterKind::Hybrid } else { DrafterKind::Ngram }),
-            adaptive: None,
-            draft_min: None,
-            ngram_min: None,
-            ngram_max: None,
-            temp: None,
-            top_k: None,
-            top_p: None,
-            min_p: None,
-            repeat_penalty: None,
             seed: Some(args.seed),
-            verify: None,
+            ..GenArgs::default()
         };
         let plan = plan(&models, &gen)?;
         let pair_name = pair.clone().unwrap_or_else(|| plan.target.name.clone());

@@ -180,8 +180,9 @@ pub struct ModelArgs {
     pub mock: bool,
 }
 
-/// Generation settings shared by every command that generates.
-#[derive(Debug, Clone, Args)]
+/// Generation settings shared by every command that generates (all unset by default: the
+/// models file and the built-in defaults decide).
+#[derive(Debug, Clone, Default, Args)]
 pub struct GenArgs {
     /// Tokens to generate at most.
     #[arg(short = 'n', long = "max-tokens", value_name = "N")]
