@@ -164,7 +164,7 @@ impl Controller {
             draft_max,
             probe_every: PROBE_FIRST,
             probe_every_model: PROBE_FIRST_MODEL,
-            step_k: draft_max.min(4).max(1),
+            step_k: draft_max.clamp(1, 4),
             model: SourceEstimate::new(0.8),
             ngram: SourceEstimate::new(0.6),
             verify: VerifyCosts::default(),
@@ -390,7 +390,7 @@ mod tests {
             c.observe(&obs(DraftSource::Model, k, k.min(1), 100 * k as u64, 100 + 25 * k as u64));
         }
         let at: Vec<usize> = plans.iter().enumerate().filter(|(_, &k)| k > 0).map(|(i, _)| i).collect();
-        assert!(at.len() >= 1 && at.len() <= 3, "probes at {at:?}");
+        assert!(!at.is_empty() && at.len() <= 3, "probes at {at:?}");
         assert!(at.windows(2).all(|w| w[1] - w[0] > 256), "probes at {at:?}");
         // n-gram probes cost no catch-up: they come sooner
         let mut c = Controller::new(AdaptiveMode::Auto, 8);

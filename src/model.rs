@@ -137,22 +137,6 @@ fn chunk_ends(len: usize, n_batch: usize) -> impl Iterator<Item = (usize, usize)
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chunks_cover_the_run_with_the_largest_chunk_last() {
-        let c: Vec<_> = chunk_ends(10, 4).collect();
-        assert_eq!(c, vec![(0, 2), (2, 6), (6, 10)]);
-        let c: Vec<_> = chunk_ends(8, 4).collect();
-        assert_eq!(c, vec![(0, 4), (4, 8)]);
-        let c: Vec<_> = chunk_ends(3, 4).collect();
-        assert_eq!(c, vec![(0, 3)]);
-        assert_eq!(chunk_ends(0, 4).count(), 0);
-    }
-}
-
 /// Text ↔ tokens for the model family a pair shares (the target's tokenizer).
 pub trait TextCodec {
     /// Tokenize a prompt (adding BOS where the model wants it, parsing special tokens).
@@ -184,5 +168,21 @@ impl<M: Model + ?Sized> Model for &mut M {
     }
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ModelError> {
         (**self).truncate(seq, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_run_with_the_largest_chunk_last() {
+        let c: Vec<_> = chunk_ends(10, 4).collect();
+        assert_eq!(c, vec![(0, 2), (2, 6), (6, 10)]);
+        let c: Vec<_> = chunk_ends(8, 4).collect();
+        assert_eq!(c, vec![(0, 4), (4, 8)]);
+        let c: Vec<_> = chunk_ends(3, 4).collect();
+        assert_eq!(c, vec![(0, 3)]);
+        assert_eq!(chunk_ends(0, 4).count(), 0);
     }
 }

@@ -83,6 +83,8 @@ fn first_rule_broken(target: &VocabFacts, draft: &VocabFacts) -> Result<(), Voca
 
 /// Check that `draft` can draft for `target`; the error names the first rule broken and the
 /// first differing token.
+// The error is large but built once, on a path that ends the command.
+#[allow(clippy::result_large_err)]
 pub fn check_compatible(target: &VocabFacts, draft: &VocabFacts) -> Result<(), Incompatible> {
     let first_token = first_token_difference(target, draft);
     match first_rule_broken(target, draft) {
