@@ -5,6 +5,7 @@
 //! renders. Everything rendered from the same results is byte-for-byte the same.
 
 use crate::control::expected_tokens;
+use crate::stats::GenStats;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 
@@ -63,36 +64,25 @@ impl BenchConfig {
     }
 }
 
-/// What one repeat measured (summed over the prompts), for the speculative and the
-/// target-only run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// What one repeat measured, the target-only and the speculative runs each summed over the
+/// prompts.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RepeatSample {
-    pub spec_tokens: usize,
-    pub spec_decode_s: f64,
-    pub base_tokens: usize,
-    pub base_decode_s: f64,
-    pub base_rounds: usize,
-    pub n_drafted: usize,
-    pub n_accepted: usize,
-    pub n_rejections: usize,
-    /// Rounds where the drafter proposed something, and all rounds.
-    pub n_drafted_rounds: usize,
-    pub n_rounds: usize,
-    pub n_draft_steps: usize,
-    pub t_draft_s: f64,
-    pub t_verify_s: f64,
-    /// Target decodes that verified a draft, and their time.
-    pub t_verify_drafted_s: f64,
-    pub drafted_at: Vec<usize>,
-    pub accepted_at: Vec<usize>,
+    pub base: GenStats,
+    pub spec: GenStats,
 }
 
 impl RepeatSample {
+    /// Add one prompt's target-only and speculative runs.
+    pub fn add(&mut self, base: &GenStats, spec: &GenStats) {
+        self.base.merge(base);
+        self.spec.merge(spec);
+    }
     pub fn spec_tok_s(&self) -> f64 {
-        ratio(self.spec_tokens as f64, self.spec_decode_s)
+        self.spec.decode_tok_per_s()
     }
     pub fn base_tok_s(&self) -> f64 {
-        ratio(self.base_tokens as f64, self.base_decode_s)
+        self.base.decode_tok_per_s()
     }
     pub fn speedup(&self) -> f64 {
         ratio(self.spec_tok_s(), self.base_tok_s())
@@ -129,25 +119,23 @@ impl BenchResult {
     pub fn summarise(config: BenchConfig, samples: &[RepeatSample]) -> Self {
         let speedups: Vec<f64> = samples.iter().map(RepeatSample::speedup).collect();
         let (lo, hi) = min_max(&speedups);
-        let sum = |f: fn(&RepeatSample) -> f64| samples.iter().map(f).sum::<f64>();
-        let drafted = sum(|s| s.n_drafted as f64);
-        let accepted = sum(|s| s.n_accepted as f64);
-        let base_step = ratio(sum(|s| s.base_decode_s), sum(|s| s.base_rounds as f64));
-        let draft_step = ratio(sum(|s| s.t_draft_s), sum(|s| s.n_draft_steps as f64));
-        let verify_step = ratio(sum(|s| s.t_verify_drafted_s), sum(|s| s.n_drafted_rounds as f64));
+        // ratios from the repeats pooled; speeds as medians over repeats
+        let (mut base, mut spec) = (GenStats::default(), GenStats::default());
+        for s in samples {
+            base.merge(&s.base);
+            spec.merge(&s.spec);
+        }
+        let secs = |d: std::time::Duration| d.as_secs_f64();
+        let drafted_rounds = (spec.n_rounds - spec.n_rounds_undrafted) as f64;
+        let base_step = ratio(secs(base.t_decode), base.n_rounds as f64);
+        let draft_step = ratio(secs(spec.t_draft), spec.n_draft_steps as f64);
+        let verify_step = ratio(secs(spec.t_verify_drafted), drafted_rounds);
         // α of the geometric model; k: the mean length of the drafts actually verified
-        let alpha = ratio(accepted, accepted + sum(|s| s.n_rejections as f64));
-        let k = ratio(drafted, sum(|s| s.n_drafted_rounds as f64));
+        let alpha = spec.alpha();
+        let k = ratio(spec.n_drafted as f64, drafted_rounds);
         let c = ratio(draft_step, base_step);
         let v = ratio(verify_step, base_step);
-        let n_pos = samples.iter().map(|s| s.drafted_at.len()).max().unwrap_or(0);
-        let acceptance_by_position = (0..n_pos)
-            .map(|i| {
-                let d: usize = samples.iter().map(|s| s.drafted_at.get(i).copied().unwrap_or(0)).sum();
-                let a: usize = samples.iter().map(|s| s.accepted_at.get(i).copied().unwrap_or(0)).sum();
-                ratio(a as f64, d as f64)
-            })
-            .collect();
+        let drafted = spec.n_drafted > 0;
         Self {
             repeats: samples.len(),
             spec_tok_s: median(&samples.iter().map(RepeatSample::spec_tok_s).collect::<Vec<_>>()),
@@ -155,14 +143,14 @@ impl BenchResult {
             speedup: median(&speedups),
             speedup_min: lo,
             speedup_max: hi,
-            acceptance_rate: ratio(accepted, drafted),
+            acceptance_rate: spec.acceptance_rate(),
             alpha,
-            tokens_per_round: ratio(sum(|s| s.spec_tokens as f64), sum(|s| s.n_rounds as f64)),
-            acceptance_by_position,
+            tokens_per_round: spec.tokens_per_round(),
+            acceptance_by_position: spec.acceptance_by_position(),
             cost_ratio: c,
             verify_cost_ratio: v,
-            predicted_speedup_ideal: if drafted > 0.0 { predicted_speedup(alpha, k, c, 1.0) } else { 1.0 },
-            predicted_speedup: if drafted > 0.0 && v > 0.0 { predicted_speedup(alpha, k, c, v) } else { 1.0 },
+            predicted_speedup_ideal: if drafted { predicted_speedup(alpha, k, c, 1.0) } else { 1.0 },
+            predicted_speedup: if drafted && v > 0.0 { predicted_speedup(alpha, k, c, v) } else { 1.0 },
             config,
         }
     }
@@ -393,24 +381,27 @@ mod tests {
     }
 
     fn sample(spec_s: f64, base_s: f64) -> RepeatSample {
-        RepeatSample {
-            spec_tokens: 100,
-            spec_decode_s: spec_s,
-            base_tokens: 100,
-            base_decode_s: base_s,
-            base_rounds: 100,
+        use std::time::Duration;
+        let base = GenStats { n_generated: 100, n_rounds: 100, t_decode: Duration::from_secs_f64(base_s), ..GenStats::default() };
+        let spec = GenStats {
+            n_generated: 100,
+            n_rounds: 40,
+            n_rounds_undrafted: 20,
             n_drafted: 80,
             n_accepted: 60,
             n_rejections: 15,
-            n_drafted_rounds: 20,
-            n_rounds: 40,
             n_draft_steps: 80,
-            t_draft_s: 4.0,
-            t_verify_s: 6.0,
-            t_verify_drafted_s: 4.0,
             drafted_at: vec![20, 20, 20, 20],
             accepted_at: vec![18, 16, 14, 12],
-        }
+            t_decode: Duration::from_secs_f64(spec_s),
+            t_draft: Duration::from_secs(4),
+            t_verify: Duration::from_secs(6),
+            t_verify_drafted: Duration::from_secs(4),
+            ..GenStats::default()
+        };
+        let mut s = RepeatSample::default();
+        s.add(&base, &spec);
+        s
     }
 
     #[test]

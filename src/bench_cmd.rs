@@ -153,29 +153,7 @@ fn measure(
         let base = generate(&mut Engine::new(&mut *target, NoDraft, gen.clone()), codec, tokens, clock, None, &[])?;
         let d = make_drafter(Some(drafter), plan.ngram, draft.as_mut().map(|m| &mut **m as &mut dyn Model));
         let spec = generate(&mut Engine::new(&mut *target, d, gen), codec, tokens, clock, None, &[])?;
-        let (b, p) = (&base.stats, &spec.stats);
-        s.base_tokens += b.n_generated;
-        s.base_decode_s += b.t_decode.as_secs_f64();
-        s.base_rounds += b.n_rounds;
-        s.spec_tokens += p.n_generated;
-        s.spec_decode_s += p.t_decode.as_secs_f64();
-        s.n_drafted += p.n_drafted;
-        s.n_accepted += p.n_accepted;
-        s.n_rejections += p.n_rejections;
-        s.n_rounds += p.n_rounds;
-        s.n_drafted_rounds += p.n_rounds - p.n_rounds_undrafted;
-        s.n_draft_steps += p.n_draft_steps;
-        s.t_draft_s += p.t_draft.as_secs_f64();
-        s.t_verify_s += p.t_verify.as_secs_f64();
-        s.t_verify_drafted_s += p.t_verify_drafted.as_secs_f64();
-        if s.drafted_at.len() < p.drafted_at.len() {
-            s.drafted_at.resize(p.drafted_at.len(), 0);
-            s.accepted_at.resize(p.drafted_at.len(), 0);
-        }
-        for i in 0..p.drafted_at.len() {
-            s.drafted_at[i] += p.drafted_at[i];
-            s.accepted_at[i] += p.accepted_at[i];
-        }
+        s.add(&base.stats, &spec.stats);
     }
     Ok(s)
 }
