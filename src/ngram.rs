@@ -147,10 +147,12 @@ impl<D: Drafter> Drafter for HybridDrafter<D> {
     ) -> Result<DraftReport, ModelError> {
         // The draft model's cache simply falls behind while n-grams draft; its next step
         // catches up in one batch.
-        match self.ngram.source(tokens) {
-            DraftSource::Ngram => self.ngram.propose(cursor, tokens, q, req, scratch, rng),
-            _ => self.model.propose(cursor, tokens, q, req, scratch, rng),
+        let before = tokens.len();
+        let report = self.ngram.propose(cursor, tokens, q, req, scratch, rng)?;
+        if tokens.len() > before {
+            return Ok(report);
         }
+        self.model.propose(cursor, tokens, q, req, scratch, rng)
     }
 
     fn rollback(&mut self, cursor: &mut KvCursor, keep: usize) -> Result<(), ModelError> {
