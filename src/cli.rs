@@ -1,42 +1,23 @@
 //! Command-line interface definitions (clap).
 //!
 //! llama.cpp users type `-md`, `-ngl`, `-ngld`; [`normalize_args`] maps those single-dash
-//! spellings onto the long flags before clap parses.
+//! spellings onto the long flags before clap parses. Flags become the layers' own types here
+//! ([`ModelArgs::selection`], [`GenArgs::overrides`]), each value tagged with its flag so that
+//! a bad one is reported as `--top-p must be …`. Negative numbers reach the validators
+//! (`--temp -1` is "must be a number >= 0", not "unexpected argument").
 
-use crate::control::AdaptiveMode;
-use crate::verify::VerifyMode;
-use serde::{Deserialize, Serialize};
-
-/// What proposes draft tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DrafterKind {
-    /// The pair's draft model.
-    Model,
-    /// Prompt lookup: continue the longest earlier n-gram match (no draft model).
-    Ngram,
-    /// N-gram proposals when the context has a match, the draft model otherwise.
-    Hybrid,
-}
-
-impl DrafterKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DrafterKind::Model => "model",
-            DrafterKind::Ngram => "ngram",
-            DrafterKind::Hybrid => "hybrid",
-        }
-    }
-
-    pub fn needs_model(self) -> bool {
-        self != DrafterKind::Ngram
-    }
-}
+use crate::formats::models_toml::ModelSettings;
+use crate::formats::records::InputFormat;
+use crate::infer::ModelSelection;
+use crate::settings::{Origin, Overrides, Setting};
 use clap::{Args, Parser, Subcommand};
+use specrun_core::control::AdaptiveMode;
+use specrun_core::draft::DrafterKind;
+use specrun_core::verify::VerifyMode;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "specrun", version, about = "Speculative decoding runner for GGUF models on llama.cpp")]
+#[command(name = "specrun", version, about = "Speculative decoding runner for GGUF models on llama.cpp", allow_negative_numbers = true)]
 pub struct Cli {
     /// More log output (-v: specrun and llama.cpp info, -vv: debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -55,6 +36,28 @@ pub enum Command {
     Batch(BatchArgs),
     /// Sweep draft configurations against target-only decoding, export, plot, auto-tune.
     Bench(BenchArgs),
+    /// Show or create the models file (`path`, `init`).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the models file specrun reads, and the places it looks, in order.
+    Path {
+        /// A models file, as --config would name it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Write the shipped defaults to the user's config directory (or FILE) to edit them.
+    Init {
+        /// Where to write (default: the user's config directory).
+        #[arg(value_name = "FILE")]
+        path: Option<PathBuf>,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -123,8 +126,9 @@ pub struct BatchArgs {
     /// Output file, one JSON object per input record.
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: PathBuf,
-    #[arg(long, value_enum, default_value = "jsonl", value_name = "FORMAT")]
-    pub input_format: crate::batch::InputFormat,
+    /// Input format (default: by extension, `.txt` is txt, anything else JSON Lines).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub input_format: Option<InputFormat>,
     /// Wrap `prompt` records (and txt lines) in the target's chat template too.
     #[arg(long)]
     pub chat: bool,
@@ -154,9 +158,10 @@ pub struct ModelArgs {
     /// Draft GGUF file (with -m). Also spelled -md.
     #[arg(long = "model-draft", value_name = "DRAFT.gguf")]
     pub model_draft: Option<PathBuf>,
-    /// The models file.
-    #[arg(long, value_name = "FILE", default_value = "models.toml")]
-    pub config: PathBuf,
+    /// The models file (default: $SPECRUN_CONFIG, ./models.toml, the user's config directory,
+    /// then the built-in defaults; `specrun config path` shows which).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Where relative model paths point (default: $SPECRUN_MODELS or ~/.cache/specrun/models).
     #[arg(long, value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
@@ -255,6 +260,55 @@ pub struct RunArgs {
     /// Print one JSON object on stdout instead of text and a stats block.
     #[arg(long)]
     pub json: bool,
+}
+
+fn flag<T>(v: Option<T>, name: &'static str) -> Option<Setting<T>> {
+    v.map(|v| Setting::new(v, Origin::Flag(name)))
+}
+
+impl ModelArgs {
+    /// The models these flags select, for [`crate::infer::plan`].
+    pub fn selection(&self) -> ModelSelection {
+        ModelSelection {
+            config: self.config.clone(),
+            pair: self.pair.clone(),
+            model: self.model.clone(),
+            model_draft: self.model_draft.clone(),
+            models_dir: self.models_dir.clone(),
+            flags: ModelSettings {
+                n_gpu_layers: flag(self.n_gpu_layers, "--n-gpu-layers"),
+                n_ctx: flag(self.ctx_size, "--ctx-size"),
+                threads: flag(self.threads, "--threads"),
+                n_batch: flag(self.batch_size, "--batch-size"),
+            },
+            n_gpu_layers_draft: flag(self.n_gpu_layers_draft, "--n-gpu-layers-draft"),
+            mock: self.mock,
+        }
+    }
+}
+
+impl GenArgs {
+    /// The generation settings these flags set, each tagged with its flag.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            max_tokens: flag(self.max_tokens, "--max-tokens"),
+            draft_max: flag(self.draft_max, "--draft-max"),
+            draft_p_min: flag(self.draft_p_min, "--draft-p-min"),
+            draft_min: flag(self.draft_min, "--draft-min"),
+            drafter: flag(self.drafter, "--draft"),
+            adaptive: flag(self.adaptive, "--adaptive"),
+            ngram_min: flag(self.ngram_min, "--ngram-min"),
+            ngram_max: flag(self.ngram_max, "--ngram-max"),
+            temp: flag(self.temp, "--temp"),
+            top_k: flag(self.top_k, "--top-k"),
+            top_p: flag(self.top_p, "--top-p"),
+            min_p: flag(self.min_p, "--min-p"),
+            repeat_penalty: flag(self.repeat_penalty, "--repeat-penalty"),
+            seed: flag(self.seed, "--seed"),
+            verify: flag(self.verify, "--verify"),
+            no_draft: self.no_draft.then(|| Setting::new(true, Origin::Flag("--no-draft"))),
+        }
+    }
 }
 
 /// Map llama.cpp's single-dash long flags onto specrun's.

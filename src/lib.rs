@@ -1,32 +1,24 @@
-//! specrun: speculative decoding for GGUF models on llama.cpp.
+//! specrun: speculative decoding for GGUF models on llama.cpp — the binary's layers.
 //!
-//! A small *draft* model proposes tokens, the *target* model checks them all in one batched
-//! decode, and the text that comes out is exactly what the target alone would have produced
-//! (token for token when greedy, in distribution when sampling).
+//! The algorithm is the pure [`specrun_core`] crate. This crate is its edge, in layers that
+//! only import downwards (a test in `tests/layers.rs` checks it):
 //!
-//! The algorithm is pure: [`engine`], [`draft`], [`verify`], [`sampling`] and [`stats`] know
-//! nothing of llama.cpp, files or clocks. They speak to models through the [`model::Model`]
-//! trait, implemented over llama.cpp in `llama` (feature `llama`, on by default) and by the
-//! deterministic [`mock::MockModel`]. See `ARCHITECTURE.md` for the code map.
+//! 1. [`io`], [`settings`] — bounded file reads and stream errors; generation overrides and
+//!    their one merge-and-validate path.
+//! 2. [`backend`] — the model seam over llama.cpp (and the mock, from the core).
+//! 3. [`formats`] — `models.toml`, the run report, batch records, bench summaries and exports.
+//! 4. [`infer`] — resolve a plan, load models once, make drafters, generate with streaming.
+//! 5. [`cli`] — the command line (clap), turned into the layers' own types.
+//! 6. [`commands`] — one module per command; `main.rs` dispatches and maps errors to exit codes.
+//!
+//! See `ARCHITECTURE.md` for the code map and invariants.
 
-pub mod app;
-pub mod batch;
-pub mod batch_cmd;
-pub mod bench;
-pub mod bench_cmd;
+pub mod backend;
 pub mod cli;
-pub mod config;
-pub mod control;
-pub mod detok;
-pub mod draft;
-pub mod engine;
-#[cfg(feature = "llama")]
-pub mod llama;
-pub mod mock;
-pub mod model;
-pub mod ngram;
-pub mod report;
-pub mod sampling;
-pub mod stats;
-pub mod verify;
-pub mod vocab;
+pub mod commands;
+pub mod formats;
+pub mod infer;
+pub mod io;
+pub mod settings;
+
+pub use specrun_core as core;

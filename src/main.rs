@@ -1,7 +1,9 @@
-//! The `specrun` binary: parse the command line, run, turn errors into one line and an exit code.
+//! The `specrun` binary: parse the command line, dispatch, turn errors into one line and an
+//! exit code (see `specrun::commands` for the policy). A broken pipe ends quietly with 0.
 
 use clap::Parser;
 use specrun::cli::{normalize_args, Cli};
+use specrun::commands::{dispatch, EXIT_ERROR};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -9,14 +11,15 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return ExitCode::from(if e.use_stderr() { EXIT_ERROR } else { 0 });
         }
     };
-    match specrun::app::run_cli(cli) {
+    match dispatch(cli) {
         Ok(code) => code,
+        Err(e) if specrun::io::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            specrun::io::note(format!("error: {e:#}"));
+            ExitCode::from(EXIT_ERROR)
         }
     }
 }

@@ -2,7 +2,7 @@
 //! after a crash, and the one-line messages for bad input.
 
 use assert_cmd::Command;
-use specrun::batch::{ErrorRecord, OkRecord, OutputRecord};
+use specrun::formats::records::{ErrorRecord, OkRecord, OutputRecord};
 use std::path::{Path, PathBuf};
 
 fn models_toml() -> PathBuf {

@@ -32,7 +32,14 @@ fn table_and_exports_are_stable() {
     let d = dir.path();
     let out = bench(
         d,
-        &["--export-csv", d.join("r.csv").to_str().unwrap(), "--export-markdown", d.join("r.md").to_str().unwrap(), "--export-json", d.join("r.json").to_str().unwrap()],
+        &[
+            "--export-csv",
+            d.join("r.csv").to_str().unwrap(),
+            "--export-markdown",
+            d.join("r.md").to_str().unwrap(),
+            "--export-json",
+            d.join("r.json").to_str().unwrap(),
+        ],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     insta::assert_snapshot!("table", String::from_utf8(out.stdout).unwrap());
@@ -86,8 +93,8 @@ fn write_best_edits_the_models_file_and_keeps_its_comments() {
         assert!(after.contains(line), "comment lost: {line}");
     }
     assert_eq!(after.matches("# tuned by specrun bench").count(), 1);
-    let config = specrun::config::Config::parse("models.toml", &after).unwrap();
+    let config = specrun::formats::models_toml::Config::parse("models.toml", &after).unwrap();
     let pair = config.pair("qwen-coder").unwrap();
-    assert!([1, 3].contains(&pair.draft_max));
+    assert!([1, 3].contains(pair.draft_max.as_ref().unwrap().get_ref()));
     assert!(pair.drafter.is_some() && pair.adaptive.is_some());
 }

@@ -3,7 +3,7 @@
 
 use assert_cmd::Command;
 use predicates::prelude::*;
-use specrun::report::{CompareReport, RunReport};
+use specrun::formats::report::{CompareReport, RunReport};
 use std::path::PathBuf;
 
 fn models_toml() -> PathBuf {
@@ -26,10 +26,32 @@ fn help_lists_every_run_flag() {
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for flag in [
-        "--pair", "--model", "--model-draft", "--config", "--models-dir", "--n-gpu-layers", "--n-gpu-layers-draft",
-        "--threads", "--ctx-size", "--batch-size", "--max-tokens", "--draft-max", "--draft-p-min", "--no-draft",
-        "--temp", "--top-k", "--top-p", "--min-p", "--repeat-penalty", "--seed", "--verify", "--prompt",
-        "--prompt-file", "--chat", "--compare", "--json",
+        "--pair",
+        "--model",
+        "--model-draft",
+        "--config",
+        "--models-dir",
+        "--n-gpu-layers",
+        "--n-gpu-layers-draft",
+        "--threads",
+        "--ctx-size",
+        "--batch-size",
+        "--max-tokens",
+        "--draft-max",
+        "--draft-p-min",
+        "--no-draft",
+        "--temp",
+        "--top-k",
+        "--top-p",
+        "--min-p",
+        "--repeat-penalty",
+        "--seed",
+        "--verify",
+        "--prompt",
+        "--prompt-file",
+        "--chat",
+        "--compare",
+        "--json",
     ] {
         assert!(help.contains(flag), "run --help lacks {flag}");
     }
@@ -93,7 +115,7 @@ fn bad_toml_is_one_line_naming_file_and_line() {
     let f = dir.path().join("models.toml");
     std::fs::write(&f, "[models.a]\npath = \"a.gguf\"\nn_ctxx = 5\n").unwrap();
     let out = specrun().args(["run", "--prompt", "x", "--config"]).arg(&f).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with(&format!("error: {}:3:1: unknown field `n_ctxx`", f.display())), "{err}");
@@ -102,14 +124,8 @@ fn bad_toml_is_one_line_naming_file_and_line() {
 #[test]
 fn missing_model_file_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
-    let out = specrun()
-        .args(["run", "--prompt", "x", "--config"])
-        .arg(models_toml())
-        .arg("--models-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let out = specrun().args(["run", "--prompt", "x", "--config"]).arg(models_toml()).arg("--models-dir").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("model file not found") || err.contains("built without the llama.cpp backend"), "{err}");
@@ -119,13 +135,83 @@ fn missing_model_file_is_one_clear_line() {
 #[test]
 fn bad_flags_name_the_flag() {
     let out = mock_run(&["--temp=-1"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--temp must be >= 0"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--temp must be a number >= 0, got -1"));
     let out = mock_run(&["--top-p", "0"]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("top-p must be in (0, 1]"));
-    let out = specrun().args(["run", "--mock", "--prompt-file", "/nonexistent/prompt.txt", "--config"]).arg(models_toml()).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--top-p must be in (0, 1], got 0"));
+    let out =
+        specrun().args(["run", "--mock", "--prompt-file", "/nonexistent/prompt.txt", "--config"]).arg(models_toml()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--prompt-file /nonexistent/prompt.txt: cannot read"));
     // clap usage errors exit 2
     specrun().args(["run", "--draft-max", "many", "--prompt", "x"]).assert().code(2);
+}
+
+/// A `specrun` with no models file anywhere near: run from `/`, with empty config dirs.
+fn isolated(home: &std::path::Path) -> Command {
+    let mut c = specrun();
+    c.current_dir("/").env("HOME", home).env("XDG_CONFIG_HOME", home.join("config")).env_remove("SPECRUN_CONFIG");
+    c
+}
+
+#[test]
+fn runs_from_anywhere_with_the_built_in_models_file() {
+    let home = tempfile::tempdir().unwrap();
+    let out = isolated(home.path()).args(["run", "--mock", "--prompt", "hi", "-n", "5", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: RunReport = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r.drafter, "ngram", "the shipped pair's drafter");
+    let out = isolated(home.path()).args(["config", "path"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("built-in defaults"), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn config_lookup_order_env_then_user_dir_then_builtin() {
+    let home = tempfile::tempdir().unwrap();
+    // config init writes the shipped defaults to the user's config directory
+    let out = isolated(home.path()).args(["config", "init"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let user_file = home.path().join("config/specrun/models.toml");
+    assert!(user_file.is_file());
+    isolated(home.path()).args(["config", "init"]).assert().code(2).stderr(predicate::str::contains("exists: pass --force"));
+    // the user's file is now the one read: a pair only it has is found
+    let mut text = std::fs::read_to_string(&user_file).unwrap();
+    text.push_str("\n[pairs.mine]\ndraft = \"smollm2-135m\"\ntarget = \"smollm2-135m\"\ndrafter = \"hybrid\"\n");
+    std::fs::write(&user_file, &text).unwrap();
+    let out = isolated(home.path()).args(["config", "path"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("{} (user config directory)", user_file.display())));
+    let out = isolated(home.path()).args(["run", "--mock", "--pair", "mine", "--prompt", "hi", "-n", "3", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // $SPECRUN_CONFIG comes before the user's file, and --config before both
+    let env_file = home.path().join("env.toml");
+    std::fs::write(&env_file, "[models.a]\npath = \"a.gguf\"\n[pairs.envpair]\ndraft = \"a\"\ntarget = \"a\"\n").unwrap();
+    let out = isolated(home.path())
+        .env("SPECRUN_CONFIG", &env_file)
+        .args(["run", "--mock", "--pair", "mine", "--prompt", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no pair named 'mine' (known: envpair)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = isolated(home.path())
+        .env("SPECRUN_CONFIG", &env_file)
+        .args(["run", "--mock", "--pair", "mine", "--prompt", "hi", "-n", "3", "--config"])
+        .arg(&user_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_bad_value_in_models_toml_is_reported_where_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("models.toml");
+    std::fs::write(&f, "[models.a]\npath = \"a.gguf\"\n\n[pairs.p]\ndraft = \"a\"\ntarget = \"a\"\ntop_p = 0.0\n").unwrap();
+    let out = specrun().args(["run", "--mock", "--pair", "p", "--prompt", "x", "--config"]).arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim_end(), format!("error: {}:7:9: top_p must be in (0, 1], got 0", f.display()));
 }

@@ -4,12 +4,12 @@
 //! turns a missing model into a failure.
 #![cfg(feature = "llama")]
 
-use specrun::draft::{ModelDrafter, NoDraft};
-use specrun::engine::{Engine, GenConfig};
-use specrun::llama::{ContextSettings, LlamaRunner, LoadedModel};
-use specrun::mock::MockClock;
-use specrun::model::{Model, Token};
-use specrun::vocab::{check_compatible, VocabMismatch};
+use specrun::backend::llama::{ContextSettings, LlamaRunner, LoadedModel};
+use specrun::core::draft::{ModelDrafter, NoDraft};
+use specrun::core::engine::{Engine, GenConfig};
+use specrun::core::mock::MockClock;
+use specrun::core::model::{Model, Token};
+use specrun::core::vocab::{check_compatible, VocabMismatch};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
@@ -25,7 +25,7 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn model_path(file: &str) -> Option<PathBuf> {
-    let p = specrun::config::models_cache().join(file);
+    let p = specrun::formats::models_toml::models_cache().join(file);
     if p.is_file() {
         return Some(p);
     }
@@ -64,7 +64,7 @@ const CODE_PROMPTS: [&str; 3] = [
     "Rename the variable `x` to `count` in this code:\n```python\nx = 0\nfor item in items:\n    if item.ok:\n        x += 1\nprint(x)\n```",
 ];
 
-fn generate<T: Model, D: specrun::draft::Drafter>(e: &mut Engine<T, D>, prompt: &[Token]) -> specrun::engine::Sequence {
+fn generate<T: Model, D: specrun::core::draft::Drafter>(e: &mut Engine<T, D>, prompt: &[Token]) -> specrun::core::engine::Sequence {
     let clock = MockClock::new();
     let mut seq = e.start(0, prompt.to_vec(), &clock).unwrap();
     e.generate(&mut seq, &clock, |_| {}).unwrap();
@@ -75,7 +75,7 @@ fn generate<T: Model, D: specrun::draft::Drafter>(e: &mut Engine<T, D>, prompt: 
 /// or one at a time.
 fn last_row(target: &mut LlamaRunner<'_>, prefix: &[Token], tail: usize, batched: bool) -> Vec<f32> {
     target.truncate(0, 0).unwrap();
-    let mut cursor = specrun::model::KvCursor::new(0);
+    let mut cursor = specrun::core::model::KvCursor::new(0);
     let head = prefix.len() - tail;
     cursor.decode_tail(target, &prefix[..head], 0).unwrap();
     if batched {
@@ -106,11 +106,11 @@ fn assert_greedy_fidelity(pair: &Pair, target: &mut LlamaRunner<'_>, kind: &str,
     for prompt in prompts {
         let tokens = chat_tokens(&pair.target, prompt);
         let plain = generate(&mut Engine::new(&mut *target, NoDraft, config.clone()), &tokens);
-        let ngram = specrun::ngram::NgramDrafter::default();
-        let drafter: Box<dyn specrun::draft::Drafter> = match kind {
+        let ngram = specrun::core::ngram::NgramDrafter::default();
+        let drafter: Box<dyn specrun::core::draft::Drafter> = match kind {
             "model" => Box::new(ModelDrafter::new(ctx(&pair.draft))),
             "ngram" => Box::new(ngram),
-            _ => Box::new(specrun::ngram::HybridDrafter { ngram, model: ModelDrafter::new(ctx(&pair.draft)) }),
+            _ => Box::new(specrun::core::ngram::HybridDrafter { ngram, model: ModelDrafter::new(ctx(&pair.draft)) }),
         };
         let spec = generate(&mut Engine::new(&mut *target, drafter, config.clone()), &tokens);
         drafted += spec.stats.n_drafted;
@@ -158,7 +158,7 @@ fn ngram_and_hybrid_drafting_keep_greedy_output() {
     let (d, a) = assert_greedy_fidelity(pair, &mut target, "ngram", &CODE_PROMPTS[2..], &config);
     assert!(d > 0, "the rename prompt repeats its input: n-grams must propose");
     eprintln!("ngram acceptance {a}/{d}");
-    let auto = GenConfig { adaptive: specrun::control::AdaptiveMode::Auto, ..config };
+    let auto = GenConfig { adaptive: specrun::core::control::AdaptiveMode::Auto, ..config };
     assert_greedy_fidelity(pair, &mut target, "hybrid", &CODE_PROMPTS[1..], &auto);
 }
 
@@ -202,8 +202,15 @@ fn the_binary_refuses_an_incompatible_pair_before_decoding() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn sampled(pair: &Pair, target: &mut LlamaRunner<'_>, prompt: &[Token], verify: specrun::verify::VerifyMode, seed: u64, n: usize) -> specrun::engine::Sequence {
-    let params = specrun::sampling::SamplingParams { temp: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, ..Default::default() };
+fn sampled(
+    pair: &Pair,
+    target: &mut LlamaRunner<'_>,
+    prompt: &[Token],
+    verify: specrun::core::verify::VerifyMode,
+    seed: u64,
+    n: usize,
+) -> specrun::core::engine::Sequence {
+    let params = specrun::core::sampling::SamplingParams { temp: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, ..Default::default() };
     let config = GenConfig { max_tokens: n, draft_max: 4, params, verify, seed, ..GenConfig::default() };
     generate(&mut Engine::new(target, ModelDrafter::new(ctx(&pair.draft)), config), prompt)
 }
@@ -214,7 +221,7 @@ fn sampling_reproduces_with_a_seed_and_varies_without() {
     let Some(pair) = qwen_pair() else { return };
     let mut target = ctx(&pair.target);
     let prompt = chat_tokens(&pair.target, "Write a haiku about compilers.");
-    let rej = specrun::verify::VerifyMode::Rejection;
+    let rej = specrun::core::verify::VerifyMode::Rejection;
     let a = sampled(pair, &mut target, &prompt, rej, 7, 24);
     let b = sampled(pair, &mut target, &prompt, rej, 7, 24);
     let c = sampled(pair, &mut target, &prompt, rej, 8, 24);
@@ -227,12 +234,12 @@ fn rejection_sampling_accepts_at_least_as_much_as_match() {
     let _g = serial();
     let Some(pair) = qwen_pair() else { return };
     let mut target = ctx(&pair.target);
-    let (mut rej, mut mat) = (specrun::stats::GenStats::default(), specrun::stats::GenStats::default());
+    let (mut rej, mut mat) = (specrun::core::stats::GenStats::default(), specrun::core::stats::GenStats::default());
     for prompt in &CODE_PROMPTS[..2] {
         let tokens = chat_tokens(&pair.target, prompt);
         for seed in [1, 2] {
-            rej.merge(&sampled(pair, &mut target, &tokens, specrun::verify::VerifyMode::Rejection, seed, 48).stats);
-            mat.merge(&sampled(pair, &mut target, &tokens, specrun::verify::VerifyMode::Match, seed, 48).stats);
+            rej.merge(&sampled(pair, &mut target, &tokens, specrun::core::verify::VerifyMode::Rejection, seed, 48).stats);
+            mat.merge(&sampled(pair, &mut target, &tokens, specrun::core::verify::VerifyMode::Match, seed, 48).stats);
         }
     }
     eprintln!(
@@ -275,7 +282,7 @@ fn a_real_batch_of_three_short_records() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<specrun::batch::OkRecord> =
+    let lines: Vec<specrun::formats::records::OkRecord> =
         std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.iter().map(|r| r.id.as_str().unwrap()).collect::<Vec<_>>(), ["py", "raw", "fr"]);
     assert!(lines.iter().all(|r| r.n_generated > 0 && !r.text.is_empty()));

@@ -1,0 +1,434 @@
+//! Deciding, round by round, how much to speculate: fixed, a simple step rule, or the
+//! cost-aware controller that falls back to plain decoding when speculation does not pay.
+//!
+//! The cost-aware rule ([`Adaptive::Auto`]) keeps, per draft source (draft model, n-gram):
+//! an acceptance estimate `α` (accepted tokens over accepted tokens plus rejections, decayed
+//! so it follows the text), the cost of one draft step, and the cost of verifying a batch of
+//! `b` tokens (per batch size, with an affine fit for sizes not yet seen). It then picks the
+//! draft length `k` that maximises expected tokens per unit of time,
+//! `E(k) / T(k)` with `E(k) = (1 − α^(k+1)) / (1 − α)` and `T(k) = k·c_draft + t_verify(k+1)`.
+//! Each source first drafts two rounds at `min(K, 4)` (after one plain round that measures the
+//! 1-token cost), so that α is measured before drafting can be switched off.
+//! `k = 0` is plain decoding; while it wins, a probe round drafts anyway now and then, so that a
+//! text that turns predictable is noticed. Probes back off exponentially (the interval doubles
+//! after each probe that did not resume drafting). A draft *model* that sat out has to catch up
+//! on every token it missed before it can draft, which on a small CPU costs a good part of what
+//! the skipped rounds saved, so its probes start 256 rounds apart (n-gram probes: 16), and its
+//! step cost is learned only from rounds without a catch-up.
+//!
+//! Architecture invariant: no clock is read here; durations come in through [`Observation`].
+
+use crate::draft::DraftSource;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// How the draft length is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum AdaptiveMode {
+    /// Always `draft_max`.
+    Fixed,
+    /// +2 after a fully accepted draft, −1 otherwise, within 1..=draft_max.
+    Step,
+    /// Maximise expected tokens per second from measured acceptance and costs; fall back to
+    /// plain decoding when drafting does not pay.
+    Auto,
+}
+
+/// What one round did, as the controller learns from it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observation {
+    pub source: DraftSource,
+    /// Draft length asked for.
+    pub k_planned: usize,
+    /// Tokens actually proposed (a confidence stop or a short n-gram can give fewer).
+    pub n_drafted: usize,
+    pub n_accepted: usize,
+    pub n_draft_steps: usize,
+    /// Tokens the draft model had to catch up on before its first step (1 normally, 2 after
+    /// a fully accepted round, more after rounds it sat out). Such catch-up batches make the
+    /// round's draft time say nothing about the cost of a step.
+    pub draft_gap: usize,
+    pub t_draft: Duration,
+    /// Tokens the target decoded this round: `n_drafted + 1`, or `n_drafted` in the first
+    /// round, whose first row comes from the prompt batch (0: nothing decoded, no cost sample).
+    pub n_verified: usize,
+    /// Target decode + verification of `n_verified` tokens.
+    pub t_verify: Duration,
+}
+
+/// Learned facts about one draft source.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SourceEstimate {
+    accepted: f64,
+    rejected: f64,
+    /// Rounds this source drafted.
+    rounds: usize,
+    /// Mean seconds per draft step (EMA); `None` until seen.
+    step_cost: Option<f64>,
+}
+
+impl SourceEstimate {
+    fn new(prior_alpha: f64) -> Self {
+        // a weak prior worth two tokens
+        Self { accepted: 2.0 * prior_alpha, rejected: 2.0 * (1.0 - prior_alpha), rounds: 0, step_cost: None }
+    }
+
+    fn alpha(&self) -> f64 {
+        (self.accepted / (self.accepted + self.rejected)).clamp(0.0, 0.995)
+    }
+}
+
+/// Verification cost by batch size (EMA seconds per target decode of `b` tokens).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VerifyCosts {
+    by_batch: Vec<Option<f64>>,
+}
+
+const EMA: f64 = 0.3;
+const PROBE_FIRST: usize = 16;
+/// A draft model that sat out must catch up on every token it missed before a probe; on a
+/// small CPU that costs ~1/8 of a target step per token, so its probes start far apart.
+const PROBE_FIRST_MODEL: usize = 256;
+const EXPLORE_ROUNDS: usize = 2;
+const PROBE_MAX: usize = 1024;
+const DECAY: f64 = 0.97;
+
+fn ema(old: Option<f64>, x: f64) -> f64 {
+    old.map_or(x, |o| o + EMA * (x - o))
+}
+
+impl VerifyCosts {
+    fn observe(&mut self, batch: usize, secs: f64) {
+        if self.by_batch.len() <= batch {
+            self.by_batch.resize(batch + 1, None);
+        }
+        self.by_batch[batch] = Some(ema(self.by_batch[batch], secs));
+    }
+
+    /// Estimated seconds to verify `batch` tokens: measured if seen, else an affine fit
+    /// through what was seen (a prior slope of 0.3 of a 1-token step per extra token when
+    /// only one size is known).
+    pub fn estimate(&self, batch: usize) -> Option<f64> {
+        if let Some(Some(t)) = self.by_batch.get(batch) {
+            return Some(*t);
+        }
+        let seen: Vec<(f64, f64)> = self.by_batch.iter().enumerate().filter_map(|(b, t)| t.map(|t| (b as f64, t))).collect();
+        match seen.len() {
+            0 => None,
+            1 => {
+                let (b0, t0) = seen[0];
+                let base = t0 / (1.0 + 0.3 * (b0 - 1.0));
+                Some(base * (1.0 + 0.3 * (batch as f64 - 1.0)))
+            }
+            _ => {
+                let n = seen.len() as f64;
+                let (mb, mt) = (seen.iter().map(|s| s.0).sum::<f64>() / n, seen.iter().map(|s| s.1).sum::<f64>() / n);
+                let cov: f64 = seen.iter().map(|s| (s.0 - mb) * (s.1 - mt)).sum();
+                let var: f64 = seen.iter().map(|s| (s.0 - mb).powi(2)).sum();
+                let slope = (cov / var).max(0.0);
+                Some((mt + slope * (batch as f64 - mb)).max(1e-9))
+            }
+        }
+    }
+}
+
+/// Expected tokens from one round drafting `k` tokens with per-token acceptance `alpha`
+/// (`k` may be a mean draft length).
+pub fn expected_tokens(alpha: f64, k: f64) -> f64 {
+    if (1.0 - alpha).abs() < 1e-12 {
+        return k + 1.0;
+    }
+    (1.0 - alpha.powf(k + 1.0)) / (1.0 - alpha)
+}
+
+/// The draft-length controller of one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Controller {
+    pub mode: AdaptiveMode,
+    pub draft_max: usize,
+    /// Auto: draft one round after this many plain rounds in a row (doubles after each probe
+    /// that did not resume drafting).
+    pub probe_every: usize,
+    step_k: usize,
+    /// Auto: plain rounds before the draft model is probed again (doubles after each probe).
+    pub probe_every_model: usize,
+    model: SourceEstimate,
+    ngram: SourceEstimate,
+    pub verify: VerifyCosts,
+    plain_streak: usize,
+    rounds: usize,
+}
+
+impl Controller {
+    pub fn new(mode: AdaptiveMode, draft_max: usize) -> Self {
+        Self {
+            mode,
+            draft_max,
+            probe_every: PROBE_FIRST,
+            probe_every_model: PROBE_FIRST_MODEL,
+            step_k: draft_max.clamp(1, 4),
+            model: SourceEstimate::new(0.8),
+            ngram: SourceEstimate::new(0.6),
+            verify: VerifyCosts::default(),
+            plain_streak: 0,
+            rounds: 0,
+        }
+    }
+
+    fn probe_interval(&self, source: DraftSource) -> usize {
+        match source {
+            DraftSource::Model => self.probe_every_model,
+            _ => self.probe_every,
+        }
+    }
+
+    /// Seconds per draft-model step learned so far.
+    pub fn model_step_cost(&self) -> Option<f64> {
+        self.model.step_cost
+    }
+
+    fn estimate(&self, source: DraftSource) -> &SourceEstimate {
+        match source {
+            DraftSource::Ngram => &self.ngram,
+            _ => &self.model,
+        }
+    }
+
+    /// Draft length for the next round, at most `limit`, given which source would draft.
+    pub fn plan(&mut self, source: DraftSource, limit: usize) -> usize {
+        let cap = self.draft_max.min(limit);
+        if source == DraftSource::None || cap == 0 {
+            return 0;
+        }
+        match self.mode {
+            AdaptiveMode::Fixed => cap,
+            AdaptiveMode::Step => self.step_k.min(cap),
+            AdaptiveMode::Auto => self.plan_auto(source, cap),
+        }
+    }
+
+    /// The k in 0..=cap with the most expected tokens per second (None: costs unknown yet).
+    pub fn best_k(&self, source: DraftSource, cap: usize) -> Option<usize> {
+        let est = self.estimate(source);
+        let alpha = est.alpha();
+        let step = match source {
+            DraftSource::Ngram => est.step_cost.unwrap_or(0.0),
+            _ => est.step_cost?,
+        };
+        let t1 = self.verify.estimate(1)?;
+        if t1 <= 0.0 {
+            return None; // no measurable cost (a clock that does not move)
+        }
+        let mut best = (0usize, 1.0 / t1);
+        for k in 1..=cap {
+            let rate = expected_tokens(alpha, k as f64) / (k as f64 * step + self.verify.estimate(k + 1)?);
+            if rate > best.1 * 1.000_001 {
+                best = (k, rate);
+            }
+        }
+        Some(best.0)
+    }
+
+    fn plan_auto(&mut self, source: DraftSource, cap: usize) -> usize {
+        // Explore first: one plain round (the 1-token cost), then draft at full length until
+        // the costs of both are known.
+        if self.verify.by_batch.get(1).copied().flatten().is_none() {
+            return 0;
+        }
+        // Then let each source draft a few rounds at a moderate length, so that its α rests on
+        // evidence rather than on the prior before it can be switched off.
+        if self.estimate(source).rounds < EXPLORE_ROUNDS {
+            return cap.min(4);
+        }
+        match self.best_k(source, cap) {
+            None => cap.min(4),
+            Some(0) if self.plain_streak + 1 >= self.probe_interval(source) => {
+                // probe: a short draft that tells us whether acceptance went up
+                cap.min(2)
+            }
+            Some(0) => 0,
+            Some(k) => {
+                self.probe_every = PROBE_FIRST;
+                self.probe_every_model = PROBE_FIRST_MODEL;
+                k
+            }
+        }
+    }
+
+    /// Learn from a finished round.
+    pub fn observe(&mut self, o: &Observation) {
+        self.rounds += 1;
+        if o.n_verified > 0 {
+            self.verify.observe(o.n_verified, o.t_verify.as_secs_f64());
+        }
+        if o.n_drafted == 0 {
+            self.plain_streak += 1;
+            return;
+        }
+        if self.plain_streak + 1 >= self.probe_interval(o.source) && self.mode == AdaptiveMode::Auto {
+            // this was a probe: if drafting still does not pay, wait twice as long next time
+            match o.source {
+                DraftSource::Model => self.probe_every_model = (self.probe_every_model * 2).min(PROBE_MAX * 4),
+                _ => self.probe_every = (self.probe_every * 2).min(PROBE_MAX),
+            }
+        }
+        self.plain_streak = 0;
+        let est = match o.source {
+            DraftSource::Ngram => &mut self.ngram,
+            _ => &mut self.model,
+        };
+        est.rounds += 1;
+        est.accepted = est.accepted * DECAY + o.n_accepted as f64;
+        est.rejected = est.rejected * DECAY + if o.n_accepted < o.n_drafted { 1.0 } else { 0.0 };
+        if o.n_draft_steps > 0 && o.draft_gap <= 2 {
+            est.step_cost = Some(ema(est.step_cost, o.t_draft.as_secs_f64() / o.n_draft_steps as f64));
+        } else if o.n_draft_steps > 0 && est.step_cost.is_none() {
+            // a first measurement, catch-up included, beats none (it errs on the costly side)
+            est.step_cost = Some(o.t_draft.as_secs_f64() / o.n_draft_steps as f64);
+        } else if o.source == DraftSource::Ngram {
+            est.step_cost = Some(ema(est.step_cost, o.t_draft.as_secs_f64() / o.n_drafted as f64));
+        }
+        // the step rule
+        if o.n_accepted == o.k_planned && o.n_drafted == o.k_planned {
+            self.step_k = (self.step_k + 2).min(self.draft_max.max(1));
+        } else {
+            self.step_k = self.step_k.saturating_sub(1).max(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(source: DraftSource, k: usize, accepted: usize, t_draft_ms: u64, t_verify_ms: u64) -> Observation {
+        Observation {
+            source,
+            k_planned: k,
+            n_drafted: k,
+            n_accepted: accepted,
+            n_draft_steps: if source == DraftSource::Model { k } else { 0 },
+            draft_gap: 1,
+            n_verified: k + 1,
+            t_draft: Duration::from_millis(t_draft_ms),
+            t_verify: Duration::from_millis(t_verify_ms),
+        }
+    }
+
+    #[test]
+    fn expected_tokens_follows_the_geometric_series() {
+        assert_eq!(expected_tokens(0.0, 4.0), 1.0);
+        assert!((expected_tokens(0.5, 2.0) - 1.75).abs() < 1e-12);
+        assert_eq!(expected_tokens(1.0, 4.0), 5.0);
+    }
+
+    #[test]
+    fn step_rule_goes_up_two_on_full_acceptance_and_down_one_otherwise() {
+        let mut c = Controller::new(AdaptiveMode::Step, 8);
+        assert_eq!(c.plan(DraftSource::Model, 8), 4);
+        c.observe(&obs(DraftSource::Model, 4, 4, 10, 50));
+        assert_eq!(c.plan(DraftSource::Model, 8), 6);
+        c.observe(&obs(DraftSource::Model, 6, 6, 10, 50));
+        assert_eq!(c.plan(DraftSource::Model, 8), 8);
+        c.observe(&obs(DraftSource::Model, 8, 8, 10, 50));
+        assert_eq!(c.plan(DraftSource::Model, 8), 8, "capped by draft_max");
+        c.observe(&obs(DraftSource::Model, 8, 3, 10, 50));
+        assert_eq!(c.plan(DraftSource::Model, 8), 7);
+        assert_eq!(c.plan(DraftSource::Model, 2), 2, "capped by the round's limit");
+        for _ in 0..20 {
+            c.observe(&obs(DraftSource::Model, 1, 0, 10, 50));
+        }
+        assert_eq!(c.plan(DraftSource::Model, 8), 1, "never below 1");
+    }
+
+    #[test]
+    fn catch_up_rounds_do_not_count_as_step_costs() {
+        let mut c = Controller::new(AdaptiveMode::Auto, 8);
+        c.observe(&obs(DraftSource::Model, 0, 0, 0, 100));
+        c.observe(&obs(DraftSource::Model, 4, 4, 200, 210));
+        let clean = c.model_step_cost().unwrap();
+        let mut catch_up = obs(DraftSource::Model, 4, 4, 2000, 210);
+        catch_up.draft_gap = 40;
+        c.observe(&catch_up);
+        assert_eq!(c.model_step_cost().unwrap(), clean);
+    }
+
+    #[test]
+    fn verify_costs_interpolate_affinely() {
+        let mut v = VerifyCosts::default();
+        assert_eq!(v.estimate(3), None);
+        v.observe(1, 0.100);
+        assert!((v.estimate(5).unwrap() - 0.100 * 2.2).abs() < 1e-9, "prior slope 0.3");
+        v.observe(5, 0.210);
+        assert!((v.estimate(3).unwrap() - 0.155).abs() < 1e-9);
+        assert!((v.estimate(9).unwrap() - 0.320).abs() < 1e-9);
+    }
+
+    /// The brief's CPU: a draft step costs 0.5 of a target step, verifying 5 tokens 2.1x one.
+    fn slow_draft_costs(c: &mut Controller, accepted_of_4: usize, rounds: usize) {
+        c.observe(&obs(DraftSource::Model, 0, 0, 0, 100));
+        for _ in 0..rounds {
+            c.observe(&obs(DraftSource::Model, 4, accepted_of_4, 200, 210));
+        }
+    }
+
+    #[test]
+    fn auto_falls_back_to_plain_decoding_when_drafting_costs_more_than_it_gains() {
+        let mut c = Controller::new(AdaptiveMode::Auto, 8);
+        assert_eq!(c.plan(DraftSource::Model, 8), 0, "first round measures a plain step");
+        slow_draft_costs(&mut c, 2, 30);
+        // alpha ~ 2/3: E(k)/T(k) < 1/t1 for every k -> plain
+        assert_eq!(c.best_k(DraftSource::Model, 8), Some(0));
+        let mut plans = vec![];
+        for _ in 0..16 {
+            let k = c.plan(DraftSource::Model, 8);
+            plans.push(k);
+            c.observe(&obs(DraftSource::Model, k, k.min(1), 50 * k as u64, 100 + 25 * k as u64));
+        }
+        let probes = plans.iter().filter(|&&k| k > 0).count();
+        assert_eq!(probes, 0, "plain, the draft model probed only rarely: {plans:?}");
+        // probes back off: 256 rounds, then 512, ...
+        let mut plans = vec![];
+        for _ in 0..1200 {
+            let k = c.plan(DraftSource::Model, 8);
+            plans.push(k);
+            c.observe(&obs(DraftSource::Model, k, k.min(1), 100 * k as u64, 100 + 25 * k as u64));
+        }
+        let at: Vec<usize> = plans.iter().enumerate().filter(|(_, &k)| k > 0).map(|(i, _)| i).collect();
+        assert!(!at.is_empty() && at.len() <= 3, "probes at {at:?}");
+        assert!(at.windows(2).all(|w| w[1] - w[0] > 256), "probes at {at:?}");
+        // n-gram probes cost no catch-up: they come sooner
+        let mut c = Controller::new(AdaptiveMode::Auto, 8);
+        c.observe(&obs(DraftSource::Ngram, 0, 0, 0, 100));
+        for _ in 0..4 {
+            c.observe(&obs(DraftSource::Ngram, 4, 0, 0, 300));
+        }
+        let ks: Vec<usize> = (0..40)
+            .map(|_| {
+                let k = c.plan(DraftSource::Ngram, 8);
+                c.observe(&obs(DraftSource::Ngram, k, 0, 0, 100 + 50 * k as u64));
+                k
+            })
+            .collect();
+        assert!(ks.iter().filter(|&&k| k > 0).count() >= 1, "{ks:?}");
+    }
+
+    #[test]
+    fn auto_drafts_long_when_drafts_are_cheap_and_accepted() {
+        let mut c = Controller::new(AdaptiveMode::Auto, 8);
+        c.observe(&obs(DraftSource::Model, 0, 0, 0, 100));
+        for _ in 0..30 {
+            c.observe(&obs(DraftSource::Model, 4, 4, 20, 130));
+        }
+        let k = c.plan(DraftSource::Model, 8);
+        assert!(k >= 6, "cheap, always-accepted drafts should be long, got {k}");
+        // n-grams cost nothing to draft: even a mediocre acceptance pays
+        for _ in 0..20 {
+            c.observe(&obs(DraftSource::Ngram, 4, 2, 0, 130));
+        }
+        assert!(c.plan(DraftSource::Ngram, 8) > 0);
+        assert_eq!(c.plan(DraftSource::None, 8), 0);
+    }
+}

@@ -1,0 +1,29 @@
+//! specrun-core: the speculative-decoding algorithm, pure.
+//!
+//! A small *draft* (a model, or an n-gram lookup in the context) proposes tokens, the *target*
+//! model checks them all in one batched decode, and the text that comes out is exactly what the
+//! target alone would have produced (token for token when greedy, in distribution when sampling).
+//!
+//! Nothing here touches llama.cpp, files, the environment, the terminal or a clock: models are
+//! reached through the [`model::Model`] trait, time through [`stats::Clock`], randomness through
+//! each sequence's seeded RNG. [`mock::MockModel`] is a deterministic implementation of the seam
+//! for tests; the llama.cpp one lives in the `specrun` crate.
+//!
+//! - [`model`] — the seam: `Model`, `KvCursor` (cache bookkeeping), `TextCodec`.
+//! - [`engine`] — one round (`Engine::step`) and per-sequence state (`Sequence`).
+//! - [`draft`], [`ngram`] — drafters: a draft model, n-gram lookup, hybrid.
+//! - [`control`] — how long each draft is (fixed, step, cost-aware auto).
+//! - [`verify`], [`sampling`] — greedy and rejection-sampling verification, the warp.
+//! - [`stats`], [`vocab`], [`detok`] — counters and timings, pair compatibility, UTF-8 streaming.
+
+pub mod control;
+pub mod detok;
+pub mod draft;
+pub mod engine;
+pub mod mock;
+pub mod model;
+pub mod ngram;
+pub mod sampling;
+pub mod stats;
+pub mod verify;
+pub mod vocab;

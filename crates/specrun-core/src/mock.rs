@@ -1,0 +1,324 @@
+//! A deterministic in-memory [`Model`] for tests, benches and the hidden `--mock` backend.
+//!
+//! Logits are a pure function of the whole token prefix (through a running hash), so a model
+//! that forgot to roll back, or decoded at the wrong position, gives different output — and
+//! [`MockModel::decode`] refuses any position that does not continue its cache. A mock draft is
+//! derived from a mock target's logits and agrees with its argmax at a chosen rate.
+//!
+//! Decoding advances an optional [`MockClock`] by a scripted cost, so timing-dependent logic is
+//! testable without a real clock.
+
+use crate::model::{Model, ModelError, SeqId, Token};
+use crate::stats::Clock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a mock model's logits relate to the context.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Behaviour {
+    /// The reference model. `eog_rate`: chance that a context makes EOG the argmax.
+    Target { seed: u64, eog_rate: f64 },
+    /// A draft of the target with `target_seed`: at each context it agrees with the target's
+    /// argmax with probability `agree` (decided by hash, so reproducibly), otherwise it prefers
+    /// something else. `noise` perturbs all other logits.
+    Draft { target_seed: u64, target_eog_rate: f64, agree: f64, noise: f32, salt: u64 },
+    /// A draft that proposes EOG at a rate `eog_rate` and otherwise agrees with the target.
+    DraftEogEarly { target_seed: u64, target_eog_rate: f64, eog_rate: f64 },
+    /// A draft whose logits are the target's negated: under top-k its support is disjoint.
+    Anti { target_seed: u64, target_eog_rate: f64 },
+}
+
+/// Shape and behaviour of a mock model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MockSpec {
+    pub n_vocab: usize,
+    pub n_ctx: usize,
+    pub n_batch: usize,
+    /// The end-of-generation token (negative: the model never ends).
+    pub eog: Token,
+    /// Spread of the logits (larger: more peaked distributions).
+    pub scale: f32,
+    pub behaviour: Behaviour,
+    /// Simulated cost of one decode call, and of each token in it.
+    pub cost_per_call: Duration,
+    pub cost_per_token: Duration,
+    /// Refuse to remove part of a sequence, as recurrent memory does.
+    pub refuse_partial_removal: bool,
+}
+
+impl MockSpec {
+    pub fn target(seed: u64) -> Self {
+        Self {
+            n_vocab: 64,
+            n_ctx: 4096,
+            n_batch: 512,
+            eog: 0,
+            scale: 6.0,
+            behaviour: Behaviour::Target { seed, eog_rate: 0.01 },
+            cost_per_call: Duration::from_millis(20),
+            cost_per_token: Duration::from_millis(2),
+            refuse_partial_removal: false,
+        }
+    }
+
+    /// A draft of `target` agreeing with its argmax with probability `agree`.
+    pub fn draft_of(target: &MockSpec, agree: f64, salt: u64) -> Self {
+        let (target_seed, target_eog_rate) = target.target_params();
+        Self {
+            behaviour: Behaviour::Draft { target_seed, target_eog_rate, agree, noise: 1.0, salt },
+            cost_per_call: Duration::from_millis(8),
+            cost_per_token: Duration::from_millis(1),
+            ..target.clone()
+        }
+    }
+
+    pub fn with_behaviour(mut self, behaviour: Behaviour) -> Self {
+        self.behaviour = behaviour;
+        self
+    }
+
+    /// The target seed and EOG rate this spec is (or is derived from).
+    pub fn target_params(&self) -> (u64, f64) {
+        match self.behaviour {
+            Behaviour::Target { seed, eog_rate } => (seed, eog_rate),
+            Behaviour::Draft { target_seed, target_eog_rate, .. }
+            | Behaviour::DraftEogEarly { target_seed, target_eog_rate, .. }
+            | Behaviour::Anti { target_seed, target_eog_rate } => (target_seed, target_eog_rate),
+        }
+    }
+}
+
+/// A clock that only moves when a mock model decodes (or a test advances it).
+#[derive(Debug, Clone, Default)]
+pub struct MockClock(Arc<AtomicU64>);
+
+impl MockClock {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn advance(&self, d: Duration) {
+        self.0.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Clock for MockClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct SeqCache {
+    tokens: Vec<Token>,
+    /// `hashes[i]`: hash of the first `i` tokens (`hashes[0]` is the empty context).
+    hashes: Vec<u64>,
+}
+
+/// The mock model. See the module docs.
+#[derive(Debug)]
+pub struct MockModel {
+    pub spec: MockSpec,
+    caches: HashMap<SeqId, SeqCache>,
+    rows: Vec<Vec<f32>>,
+    clock: Option<MockClock>,
+    /// Decode calls so far.
+    pub n_decode_calls: usize,
+    /// Largest batch seen.
+    pub max_batch_seen: usize,
+}
+
+const EMPTY_HASH: u64 = 0x9E37_79B9_7F4A_7C15;
+
+fn mix(h: u64, x: u64) -> u64 {
+    // splitmix64 over the combination
+    let mut z = h ^ x.wrapping_mul(0xBF58_476D_1CE4_E5B9).wrapping_add(0x94D0_49BB_1331_11EB);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn unit(h: u64) -> f64 {
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+impl MockModel {
+    pub fn new(spec: MockSpec) -> Self {
+        Self { spec, caches: HashMap::new(), rows: Vec::new(), clock: None, n_decode_calls: 0, max_batch_seen: 0 }
+    }
+
+    pub fn with_clock(mut self, clock: MockClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The tokens sequence `seq`'s cache holds.
+    pub fn cached(&self, seq: SeqId) -> &[Token] {
+        self.caches.get(&seq).map_or(&[], |c| &c.tokens)
+    }
+
+    /// The target's logits for a context hash (shared by the target and its drafts).
+    fn target_row(&self, seed: u64, eog_rate: f64, h: u64) -> Vec<f32> {
+        let hs = mix(h, seed);
+        let mut row: Vec<f32> = (0..self.spec.n_vocab).map(|j| self.spec.scale * unit(mix(hs, j as u64 + 1)) as f32).collect();
+        if let Ok(eog) = usize::try_from(self.spec.eog) {
+            row[eog] = if unit(mix(hs, 0xE0E0)) < eog_rate { self.spec.scale + 1.0 } else { -self.spec.scale };
+        }
+        row
+    }
+
+    fn row_for(&self, h: u64) -> Vec<f32> {
+        match self.spec.behaviour {
+            Behaviour::Target { seed, eog_rate } => self.target_row(seed, eog_rate, h),
+            Behaviour::Draft { target_seed, target_eog_rate, agree, noise, salt } => {
+                let mut row = self.target_row(target_seed, target_eog_rate, h);
+                let best = argmax(&row);
+                let hn = mix(h, salt ^ 0x5EED);
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v += noise * (unit(mix(hn, j as u64)) as f32 - 0.5);
+                }
+                let (lo, hi) = row.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                row[best] = if unit(mix(hn, 0xA6EE)) < agree { hi + 1.0 } else { lo - 1.0 };
+                row
+            }
+            Behaviour::DraftEogEarly { target_seed, target_eog_rate, eog_rate } => {
+                let mut row = self.target_row(target_seed, target_eog_rate, h);
+                if let (Ok(eog), true) = (usize::try_from(self.spec.eog), unit(mix(h, 0xE0E1)) < eog_rate) {
+                    row[eog] = 100.0;
+                }
+                row
+            }
+            Behaviour::Anti { target_seed, target_eog_rate } => {
+                self.target_row(target_seed, target_eog_rate, h).into_iter().map(|v| -v).collect()
+            }
+        }
+    }
+}
+
+impl Model for MockModel {
+    fn n_vocab(&self) -> usize {
+        self.spec.n_vocab
+    }
+    fn n_ctx(&self) -> usize {
+        self.spec.n_ctx
+    }
+    fn n_batch(&self) -> usize {
+        self.spec.n_batch
+    }
+    fn is_eog(&self, token: Token) -> bool {
+        token == self.spec.eog
+    }
+
+    fn decode(&mut self, seq: SeqId, pos: usize, tokens: &[Token], logits_from: usize) -> Result<(), ModelError> {
+        if tokens.len() > self.spec.n_batch {
+            return Err(ModelError::BatchTooLarge { n_tokens: tokens.len(), n_batch: self.spec.n_batch });
+        }
+        if pos + tokens.len() > self.spec.n_ctx {
+            return Err(ModelError::ContextFull { end: pos + tokens.len(), n_ctx: self.spec.n_ctx });
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t < 0 || t as usize >= self.spec.n_vocab) {
+            return Err(ModelError::Decode(format!("token {t} is outside the vocabulary")));
+        }
+        let cache = self.caches.entry(seq).or_insert_with(|| SeqCache { tokens: vec![], hashes: vec![EMPTY_HASH] });
+        if pos != cache.tokens.len() {
+            return Err(ModelError::PositionMismatch { seq, pos, n_cached: cache.tokens.len() });
+        }
+        for &t in tokens {
+            let h = mix(*cache.hashes.last().unwrap(), t as u64);
+            cache.tokens.push(t);
+            cache.hashes.push(h);
+        }
+        let hashes: Vec<u64> = cache.hashes[pos + 1 + logits_from..].to_vec();
+        self.rows = hashes.into_iter().map(|h| self.row_for(h)).collect();
+        self.n_decode_calls += 1;
+        self.max_batch_seen = self.max_batch_seen.max(tokens.len());
+        if let Some(clock) = &self.clock {
+            clock.advance(self.spec.cost_per_call + self.spec.cost_per_token * tokens.len() as u32);
+        }
+        Ok(())
+    }
+
+    fn logits(&self, row: usize) -> &[f32] {
+        &self.rows[row]
+    }
+
+    fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ModelError> {
+        if self.spec.refuse_partial_removal && len > 0 {
+            return Err(ModelError::TruncateRefused { seq, len });
+        }
+        if let Some(c) = self.caches.get_mut(&seq) {
+            c.tokens.truncate(len);
+            c.hashes.truncate(len + 1);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logits_depend_on_the_whole_prefix_and_refuse_gaps() {
+        let mut m = MockModel::new(MockSpec::target(1));
+        m.decode(0, 0, &[1, 2, 3], 2).unwrap();
+        let a = m.logits(0).to_vec();
+        m.truncate(0, 0).unwrap();
+        m.decode(0, 0, &[9, 2, 3], 2).unwrap();
+        assert_ne!(a, m.logits(0));
+        assert_eq!(m.decode(0, 5, &[1], 0), Err(ModelError::PositionMismatch { seq: 0, pos: 5, n_cached: 3 }));
+        // same prefix, decoded in other batch shapes: same logits
+        m.truncate(0, 0).unwrap();
+        m.decode(0, 0, &[1], 1).unwrap();
+        m.decode(0, 1, &[2, 3], 1).unwrap();
+        assert_eq!(a, m.logits(0));
+    }
+
+    #[test]
+    fn a_draft_agrees_at_its_rate() {
+        let t = MockSpec::target(7);
+        let mut target = MockModel::new(t.clone());
+        let mut draft = MockModel::new(MockSpec::draft_of(&t, 0.7, 1));
+        let toks: Vec<Token> = (0..2000).map(|i| (i * 13 % 63 + 1) as Token).collect();
+        target.decode(0, 0, &toks[..500], 0).unwrap();
+        draft.decode(0, 0, &toks[..500], 0).unwrap();
+        let agree = (0..500)
+            .filter(|&i| {
+                let (a, b) = (argmax(target.logits(i)), argmax(draft.logits(i)));
+                a == b
+            })
+            .count();
+        let rate = agree as f64 / 500.0;
+        assert!((rate - 0.7).abs() < 0.07, "agreement {rate}");
+    }
+}
+
+/// A byte-level codec for mock models: each byte of a prompt is one token in `1..n_vocab`,
+/// and token `t` prints as a lowercase letter followed by a space.
+#[derive(Debug, Clone, Copy)]
+pub struct MockCodec {
+    pub n_vocab: usize,
+}
+
+impl crate::model::TextCodec for MockCodec {
+    fn tokenize(&self, text: &str) -> Vec<Token> {
+        text.bytes().map(|b| 1 + (b as usize % (self.n_vocab - 1)) as Token).collect()
+    }
+    fn piece(&self, token: Token) -> Vec<u8> {
+        vec![b'a' + (token % 26) as u8, b' ']
+    }
+    fn chat(&self, messages: &[(String, String)]) -> Result<String, String> {
+        Ok(messages.iter().map(|(r, c)| format!("<{r}>{c}")).collect::<String>() + "<assistant>")
+    }
+}

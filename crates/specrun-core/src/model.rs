@@ -1,0 +1,177 @@
+//! The seam between the speculative algorithm and a language model.
+//!
+//! [`Model`] is the whole interface the core needs from an inference engine: decode a run of
+//! tokens of one sequence at given positions, read back the logits rows that were asked for,
+//! and cut a sequence's KV cache back to a length. It is implemented once over llama.cpp
+//! (`crate::llama`) and once by the deterministic in-memory [`crate::mock::MockModel`].
+//!
+//! [`KvCursor`] is the per-sequence bookkeeping of what one model's cache holds. The core never
+//! touches a cache except through a cursor, so "the cache holds exactly `tokens[..n_cached]`"
+//! is kept in one place for the draft and the target alike.
+
+use thiserror::Error;
+
+/// A token id, as llama.cpp numbers them.
+pub type Token = i32;
+
+/// A sequence id inside a model context (llama.cpp's `llama_seq_id`).
+pub type SeqId = i32;
+
+/// Errors a [`Model`] can report. Callers tell these apart: a refused truncation means the
+/// model cannot roll back (recurrent/hybrid memory) and speculation with it is impossible.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum ModelError {
+    /// The batch would exceed the context's `n_batch`; llama.cpp would abort the process.
+    #[error("batch of {n_tokens} tokens exceeds n_batch {n_batch}")]
+    BatchTooLarge { n_tokens: usize, n_batch: usize },
+    /// The positions would run past the context size.
+    #[error("position {end} exceeds the context size n_ctx {n_ctx}")]
+    ContextFull { end: usize, n_ctx: usize },
+    /// A decode did not continue the sequence's cache where it ended.
+    #[error("decode at position {pos} but sequence {seq} holds {n_cached} tokens")]
+    PositionMismatch { seq: SeqId, pos: usize, n_cached: usize },
+    /// The model refused to remove part of a sequence (recurrent or hybrid memory).
+    #[error("the model cannot remove positions >= {len} of sequence {seq} (recurrent or hybrid memory cannot roll back)")]
+    TruncateRefused { seq: SeqId, len: usize },
+    /// The engine failed to decode.
+    #[error("decode failed: {0}")]
+    Decode(String),
+}
+
+/// What a model must offer the speculative core.
+///
+/// Architecture invariant: implementations never decide anything about speculation; they decode
+/// what they are told and report errors instead of aborting.
+pub trait Model {
+    /// Number of logits in a row.
+    fn n_vocab(&self) -> usize;
+    /// Context size in tokens.
+    fn n_ctx(&self) -> usize;
+    /// Largest number of tokens one [`Model::decode`] call may take.
+    fn n_batch(&self) -> usize;
+    /// Whether `token` ends generation (EOS, EOT, ...).
+    fn is_eog(&self, token: Token) -> bool;
+    /// Decode `tokens` as positions `pos..pos + tokens.len()` of sequence `seq`, keeping logits
+    /// rows for the tokens at index `logits_from..` of `tokens`.
+    fn decode(&mut self, seq: SeqId, pos: usize, tokens: &[Token], logits_from: usize) -> Result<(), ModelError>;
+    /// Logits row `row` of the last decode, counting only the rows that were kept.
+    fn logits(&self, row: usize) -> &[f32];
+    /// Remove every position `>= len` from sequence `seq`.
+    fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ModelError>;
+}
+
+/// What one model's KV cache holds for one sequence: the first `n_cached` tokens of the
+/// sequence's token list.
+///
+/// Architecture invariant: `n_cached` only grows through [`KvCursor::decode_tail`] and only
+/// shrinks through [`KvCursor::keep`], so it always equals the model's real cache length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvCursor {
+    pub seq: SeqId,
+    pub n_cached: usize,
+}
+
+impl KvCursor {
+    pub fn new(seq: SeqId) -> Self {
+        Self { seq, n_cached: 0 }
+    }
+
+    /// Decode every token of `tokens` the cache has not seen, keeping logits rows for the last
+    /// `n_rows` tokens (row 0 is `tokens[tokens.len() - n_rows]`). Runs longer than `n_batch` go in
+    /// several calls; the last call holds all the rows asked for.
+    ///
+    /// Returns an error without decoding anything when the rows asked for cannot fit one batch.
+    pub fn decode_tail<M: Model + ?Sized>(&mut self, model: &mut M, tokens: &[Token], n_rows: usize) -> Result<(), ModelError> {
+        debug_assert!(self.n_cached <= tokens.len());
+        let tail = &tokens[self.n_cached..];
+        assert!(n_rows <= tail.len(), "asked for {n_rows} rows of a {}-token tail", tail.len());
+        let n_batch = model.n_batch();
+        if n_rows > n_batch {
+            return Err(ModelError::BatchTooLarge { n_tokens: n_rows, n_batch });
+        }
+        if tokens.len() > model.n_ctx() {
+            return Err(ModelError::ContextFull { end: tokens.len(), n_ctx: model.n_ctx() });
+        }
+        for chunk in chunk_ends(tail.len(), n_batch) {
+            let (start, end) = chunk;
+            let rows_from = if end == tail.len() { (end - start) - n_rows } else { end - start };
+            model.decode(self.seq, self.n_cached, &tail[start..end], rows_from)?;
+            self.n_cached += end - start;
+        }
+        Ok(())
+    }
+
+    /// Keep only the first `len` tokens in the cache (no-op when it holds fewer).
+    pub fn keep<M: Model + ?Sized>(&mut self, model: &mut M, len: usize) -> Result<(), ModelError> {
+        if self.n_cached > len {
+            model.truncate(self.seq, len)?;
+            self.n_cached = len;
+        }
+        Ok(())
+    }
+}
+
+/// Split `len` tokens into chunks of at most `n_batch`, the *last* chunk as large as possible,
+/// so that rows asked for at the end of a run always share one batch.
+fn chunk_ends(len: usize, n_batch: usize) -> impl Iterator<Item = (usize, usize)> {
+    let n_chunks = len.div_ceil(n_batch.max(1));
+    let first = len - (n_chunks.saturating_sub(1)) * n_batch;
+    (0..n_chunks).map(move |i| {
+        if i == 0 {
+            (0, first)
+        } else {
+            let start = first + (i - 1) * n_batch;
+            (start, start + n_batch)
+        }
+    })
+}
+
+/// Text ↔ tokens for the model family a pair shares (the target's tokenizer).
+pub trait TextCodec {
+    /// Tokenize a prompt (adding BOS where the model wants it, parsing special tokens).
+    fn tokenize(&self, text: &str) -> Vec<Token>;
+    /// The bytes token `token` stands for (may be part of a UTF-8 character).
+    fn piece(&self, token: Token) -> Vec<u8>;
+    /// Wrap chat messages `(role, content)` in the model's chat template.
+    fn chat(&self, messages: &[(String, String)]) -> Result<String, String>;
+}
+
+impl<M: Model + ?Sized> Model for &mut M {
+    fn n_vocab(&self) -> usize {
+        (**self).n_vocab()
+    }
+    fn n_ctx(&self) -> usize {
+        (**self).n_ctx()
+    }
+    fn n_batch(&self) -> usize {
+        (**self).n_batch()
+    }
+    fn is_eog(&self, token: Token) -> bool {
+        (**self).is_eog(token)
+    }
+    fn decode(&mut self, seq: SeqId, pos: usize, tokens: &[Token], logits_from: usize) -> Result<(), ModelError> {
+        (**self).decode(seq, pos, tokens, logits_from)
+    }
+    fn logits(&self, row: usize) -> &[f32] {
+        (**self).logits(row)
+    }
+    fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ModelError> {
+        (**self).truncate(seq, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_run_with_the_largest_chunk_last() {
+        let c: Vec<_> = chunk_ends(10, 4).collect();
+        assert_eq!(c, vec![(0, 2), (2, 6), (6, 10)]);
+        let c: Vec<_> = chunk_ends(8, 4).collect();
+        assert_eq!(c, vec![(0, 4), (4, 8)]);
+        let c: Vec<_> = chunk_ends(3, 4).collect();
+        assert_eq!(c, vec![(0, 3)]);
+        assert_eq!(chunk_ends(0, 4).count(), 0);
+    }
+}

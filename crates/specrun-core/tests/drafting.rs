@@ -1,0 +1,126 @@
+//! Every drafter (model, n-gram, hybrid) and every draft-length policy (fixed, step, auto,
+//! confidence stop, minimum draft) keeps greedy output identical to target-only decoding; the
+//! cost-aware policy falls back to plain decoding when the draft costs more than it gains.
+
+mod util;
+
+use specrun_core::control::AdaptiveMode;
+use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
+use specrun_core::engine::GenConfig;
+use specrun_core::mock::{MockClock, MockModel, MockSpec};
+use specrun_core::model::Token;
+use specrun_core::ngram::{HybridDrafter, NgramConfig, NgramDrafter};
+use std::time::Duration;
+use util::{run_boxed, Quality};
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Model,
+    Ngram,
+    Hybrid,
+}
+
+fn drafter(kind: Kind, draft: &MockSpec, clock: &MockClock) -> Box<dyn Drafter> {
+    let model = || ModelDrafter::new(MockModel::new(draft.clone()).with_clock(clock.clone()));
+    let ngram = NgramDrafter::new(NgramConfig { n_min: 1, n_max: 3 });
+    match kind {
+        Kind::Model => Box::new(model()),
+        Kind::Ngram => Box::new(ngram),
+        Kind::Hybrid => Box::new(HybridDrafter { ngram, model: model() }),
+    }
+}
+
+/// A prompt with repeats, so that n-grams match.
+fn repetitive_prompt() -> Vec<Token> {
+    [5, 6, 7, 8, 9].iter().cycle().take(23).copied().chain([5, 6]).collect()
+}
+
+#[test]
+fn every_drafter_and_policy_keeps_greedy_output() {
+    let target = MockSpec::target(3);
+    let prompts = [repetitive_prompt(), vec![1, 2, 3]];
+    let mut cases = 0;
+    for prompt in &prompts {
+        let base = GenConfig { max_tokens: 80, ..GenConfig::default() };
+        let expected = run_boxed(target.clone(), Box::new(NoDraft), &base, prompt, &MockClock::new()).tokens;
+        for kind in [Kind::Model, Kind::Ngram, Kind::Hybrid] {
+            for adaptive in [AdaptiveMode::Fixed, AdaptiveMode::Step, AdaptiveMode::Auto] {
+                for (draft_max, p_min, draft_min) in [(1, 0.0, 0), (4, 0.0, 0), (8, 0.0, 3), (5, 0.6, 0), (6, 0.3, 2)] {
+                    for q in [Quality::Agree(0.9), Quality::Agree(0.2)] {
+                        let clock = MockClock::new();
+                        let config = GenConfig { draft_max, draft_p_min: p_min, draft_min, adaptive, ..base.clone() };
+                        let out = run_boxed(target.clone(), drafter(kind, &q.spec(&target), &clock), &config, prompt, &clock);
+                        assert_eq!(out.tokens, expected, "{kind:?} {adaptive:?} K={draft_max} p_min={p_min} min={draft_min} {q:?}");
+                        cases += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 2 * 3 * 3 * 5 * 2);
+}
+
+#[test]
+fn ngram_drafting_pays_off_on_repetitive_text_and_counts_its_rounds() {
+    let mut target = MockSpec::target(3);
+    // a target that copies: it repeats the token 5 positions back, so n-grams are always right
+    target.behaviour = specrun_core::mock::Behaviour::Target { seed: 3, eog_rate: 0.0 };
+    let clock = MockClock::new();
+    let config = GenConfig { max_tokens: 60, draft_max: 6, ..GenConfig::default() };
+    let out = run_boxed(target.clone(), drafter(Kind::Ngram, &target, &clock), &config, &repetitive_prompt(), &clock);
+    let s = &out.seq.stats;
+    assert_eq!(s.n_rounds_model, 0);
+    assert!(s.n_rounds_ngram > 0, "the prompt repeats: n-grams must match at first");
+    assert_eq!(s.n_rounds_ngram + s.n_rounds_undrafted, s.n_rounds);
+    assert_eq!(s.n_draft_steps, 0, "n-grams run no draft model");
+}
+
+/// Scripted costs: the draft model costs `draft_ms` per step, the target 100 ms per call plus
+/// `per_token_ms` per token in the batch.
+fn costed(draft_ms: u64, per_token_ms: u64) -> (MockSpec, MockSpec) {
+    let mut target = MockSpec::target(4);
+    target.behaviour = specrun_core::mock::Behaviour::Target { seed: 4, eog_rate: 0.0 };
+    target.cost_per_call = Duration::from_millis(100 - per_token_ms);
+    target.cost_per_token = Duration::from_millis(per_token_ms);
+    let mut draft = Quality::Agree(0.8).spec(&target);
+    draft.cost_per_call = Duration::from_millis(draft_ms);
+    draft.cost_per_token = Duration::ZERO;
+    (target, draft)
+}
+
+#[test]
+fn auto_falls_back_to_plain_decoding_when_the_draft_is_too_slow() {
+    // like this CPU: a draft step costs 0.6 of a target step, verifying 5 tokens 2.2x one;
+    // with 80% acceptance no draft length beats plain decoding
+    let (target, draft) = costed(60, 30);
+    let clock = MockClock::new();
+    let config = GenConfig { max_tokens: 200, draft_max: 4, adaptive: AdaptiveMode::Auto, ..GenConfig::default() };
+    let auto = run_boxed(target.clone(), drafter(Kind::Model, &draft, &clock), &config, &[1, 2, 3], &clock);
+    let plain_clock = MockClock::new();
+    let plain = run_boxed(target.clone(), Box::new(NoDraft), &config, &[1, 2, 3], &plain_clock);
+    assert_eq!(auto.tokens, plain.tokens);
+    let s = &auto.seq.stats;
+    assert!(s.n_rounds_undrafted as f64 > 0.7 * s.n_rounds as f64, "fallback rounds {} of {}", s.n_rounds_undrafted, s.n_rounds);
+    // never meaningfully slower than plain decoding
+    let ratio = auto.seq.stats.t_decode.as_secs_f64() / plain.seq.stats.t_decode.as_secs_f64();
+    assert!(ratio < 1.1, "auto took {ratio:.2}x the plain time");
+    let fixed_clock = MockClock::new();
+    let fixed = GenConfig { adaptive: AdaptiveMode::Fixed, ..config.clone() };
+    let fixed = run_boxed(target, drafter(Kind::Model, &draft, &fixed_clock), &fixed, &[1, 2, 3], &fixed_clock);
+    assert!(fixed.seq.stats.t_decode > auto.seq.stats.t_decode, "fixed K=4 should be the slow one here");
+}
+
+#[test]
+fn auto_keeps_drafting_when_the_draft_is_cheap() {
+    // a GPU-like case: draft steps cost 5% of a target step, a batch costs little more than one token
+    let (target, draft) = costed(5, 2);
+    let clock = MockClock::new();
+    let config = GenConfig { max_tokens: 200, draft_max: 8, adaptive: AdaptiveMode::Auto, ..GenConfig::default() };
+    let auto = run_boxed(target.clone(), drafter(Kind::Model, &draft, &clock), &config, &[1, 2, 3], &clock);
+    let s = &auto.seq.stats;
+    assert!(s.n_rounds_model as f64 > 0.8 * s.n_rounds as f64, "model rounds {} of {}", s.n_rounds_model, s.n_rounds);
+    let plain_clock = MockClock::new();
+    let plain = run_boxed(target, Box::new(NoDraft), &config, &[1, 2, 3], &plain_clock);
+    assert_eq!(auto.tokens, plain.tokens);
+    assert!(s.t_decode.as_secs_f64() < 0.7 * plain.seq.stats.t_decode.as_secs_f64());
+}

@@ -1,0 +1,227 @@
+//! The llama.cpp backend: the only module that imports `llama_cpp_2`.
+//!
+//! [`LoadedModel`] owns a GGUF model (weights, or the vocabulary alone) and answers tokenizer
+//! questions; [`LlamaRunner`] is one context over it and implements [`Model`]. The backend is
+//! initialised once per process ([`backend`]); llama.cpp's own log lines go to `tracing`.
+//!
+//! Architecture invariant: every call that could trip a C assert is checked here first — batch
+//! sizes against `n_batch`, positions against `n_ctx` — and returned as a [`ModelError`].
+
+use anyhow::{anyhow, Context as _, Result};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
+use llama_cpp_2::token::LlamaToken;
+use specrun_core::model::{Model, ModelError, SeqId, Token};
+use specrun_core::vocab::VocabFacts;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+
+/// The process-wide llama.cpp backend (`LlamaBackend::init` works once per process).
+pub fn backend() -> Result<&'static LlamaBackend> {
+    if let Some(b) = BACKEND.get() {
+        return Ok(b);
+    }
+    llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+    let b = LlamaBackend::init().context("cannot initialise the llama.cpp backend")?;
+    Ok(BACKEND.get_or_init(|| b))
+}
+
+/// Whether this build can offload layers to a GPU.
+pub fn supports_gpu_offload() -> bool {
+    backend().map(|b| b.supports_gpu_offload()).unwrap_or(false)
+}
+
+/// A loaded GGUF model.
+pub struct LoadedModel {
+    model: LlamaModel,
+    pub path: PathBuf,
+}
+
+/// Settings of one context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextSettings {
+    pub n_ctx: u32,
+    pub n_batch: u32,
+    pub threads: i32,
+    /// Sequences that may share the context.
+    pub n_seq_max: u32,
+}
+
+impl LoadedModel {
+    /// Load weights, offloading `n_gpu_layers` layers where the build supports it.
+    pub fn load(path: &Path, n_gpu_layers: u32) -> Result<Self> {
+        Self::load_with(path, LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers))
+    }
+
+    /// Load only the vocabulary (fast: no weights are read).
+    pub fn load_vocab_only(path: &Path) -> Result<Self> {
+        Self::load_with(path, LlamaModelParams::default().with_vocab_only(true))
+    }
+
+    fn load_with(path: &Path, params: LlamaModelParams) -> Result<Self> {
+        if !path.is_file() {
+            return Err(anyhow!("model file not found: {}", path.display()));
+        }
+        let model =
+            LlamaModel::load_from_file(backend()?, path, &params).with_context(|| format!("cannot load model {}", path.display()))?;
+        Ok(Self { model, path: path.to_path_buf() })
+    }
+
+    pub fn n_vocab(&self) -> usize {
+        self.model.n_vocab() as usize
+    }
+
+    pub fn n_ctx_train(&self) -> u32 {
+        self.model.n_ctx_train()
+    }
+
+    /// Tokenize `text`, adding BOS where the model wants it and parsing special tokens.
+    pub fn tokenize(&self, text: &str) -> Vec<Token> {
+        let vocab = self.model.vocab();
+        vocab.tokenize(text.as_bytes(), vocab.should_add_bos(), true).into_iter().map(|t| t.0).collect()
+    }
+
+    /// The bytes a token stands for (special tokens render as nothing).
+    pub fn piece(&self, token: Token) -> Vec<u8> {
+        self.model.vocab().token_to_piece(LlamaToken(token), false, None)
+    }
+
+    pub fn is_eog(&self, token: Token) -> bool {
+        self.model.vocab().is_eog(LlamaToken(token))
+    }
+
+    /// Wrap several chat messages (role, content) in the model's chat template.
+    pub fn chat_messages(&self, messages: &[(String, String)]) -> Result<String> {
+        let tmpl = self.model.chat_template(None).map_err(|e| anyhow!("{} has no chat template: {e}", self.path.display()))?;
+        let msgs = messages
+            .iter()
+            .map(|(r, c)| LlamaChatMessage::new(r.clone(), c.clone()).map_err(|e| anyhow!("invalid chat message: {e}")))
+            .collect::<Result<Vec<_>>>()?;
+        self.model.apply_chat_template(&tmpl, &msgs, true).map_err(|e| anyhow!("cannot apply the chat template: {e}"))
+    }
+
+    /// The facts llama.cpp's draft-compatibility rules look at.
+    pub fn vocab_facts(&self) -> VocabFacts {
+        let vocab = self.model.vocab();
+        let kind = self.model.meta_val_str("tokenizer.ggml.model").unwrap_or_else(|_| "unknown".into());
+        let texts = (0..vocab.n_tokens()).map(|i| vocab.text(LlamaToken(i)).map(|c| c.to_bytes().to_vec()).unwrap_or_default()).collect();
+        VocabFacts { kind, add_bos: vocab.should_add_bos(), add_eos: vocab.should_add_eos(), bos: vocab.bos().0, eos: vocab.eos().0, texts }
+    }
+
+    /// A fresh context over this model.
+    pub fn context(&self, s: ContextSettings) -> Result<LlamaRunner<'_>> {
+        if s.n_batch == 0 || s.n_ctx == 0 {
+            return Err(anyhow!("n_ctx and n_batch must be > 0"));
+        }
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(s.n_ctx))
+            .with_n_batch(s.n_batch)
+            .with_n_ubatch(s.n_batch)
+            .with_n_seq_max(s.n_seq_max.max(1))
+            .with_n_threads(s.threads)
+            .with_n_threads_batch(s.threads);
+        let ctx =
+            self.model.new_context(backend()?, params).with_context(|| format!("cannot create a context for {}", self.path.display()))?;
+        let n_ctx = ctx.n_ctx() as usize;
+        let n_batch = ctx.n_batch() as usize;
+        Ok(LlamaRunner {
+            ctx,
+            batch: LlamaBatch::new(n_batch, 1),
+            loaded: self,
+            n_vocab: self.n_vocab(),
+            n_ctx,
+            n_batch,
+            row_base: 0,
+            n_rows: 0,
+            recurrent: self.model.is_recurrent() || self.model.is_hybrid(),
+        })
+    }
+}
+
+/// One llama.cpp context, as a [`Model`].
+pub struct LlamaRunner<'m> {
+    ctx: LlamaContext<'m>,
+    batch: LlamaBatch<'static>,
+    loaded: &'m LoadedModel,
+    n_vocab: usize,
+    n_ctx: usize,
+    n_batch: usize,
+    /// Batch index of logits row 0 of the last decode.
+    row_base: i32,
+    n_rows: usize,
+    recurrent: bool,
+}
+
+impl LlamaRunner<'_> {
+    pub fn model(&self) -> &LoadedModel {
+        self.loaded
+    }
+
+    /// Whether the memory can remove a suffix of a sequence (not recurrent/hybrid).
+    pub fn can_roll_back(&self) -> bool {
+        !self.recurrent
+    }
+}
+
+impl Model for LlamaRunner<'_> {
+    fn n_vocab(&self) -> usize {
+        self.n_vocab
+    }
+    fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+    fn n_batch(&self) -> usize {
+        self.n_batch
+    }
+    fn is_eog(&self, token: Token) -> bool {
+        self.loaded.is_eog(token)
+    }
+
+    fn decode(&mut self, seq: SeqId, pos: usize, tokens: &[Token], logits_from: usize) -> Result<(), ModelError> {
+        if tokens.len() > self.n_batch {
+            return Err(ModelError::BatchTooLarge { n_tokens: tokens.len(), n_batch: self.n_batch });
+        }
+        if pos + tokens.len() > self.n_ctx {
+            return Err(ModelError::ContextFull { end: pos + tokens.len(), n_ctx: self.n_ctx });
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t < 0 || t as usize >= self.n_vocab) {
+            return Err(ModelError::Decode(format!("token {t} is outside the vocabulary")));
+        }
+        self.batch.clear();
+        for (i, &t) in tokens.iter().enumerate() {
+            self.batch.add(LlamaToken(t), (pos + i) as i32, &[seq], i >= logits_from).map_err(|e| ModelError::Decode(e.to_string()))?;
+        }
+        self.ctx.decode(&mut self.batch).map_err(|e| ModelError::Decode(e.to_string()))?;
+        self.row_base = logits_from as i32;
+        self.n_rows = tokens.len().saturating_sub(logits_from);
+        Ok(())
+    }
+
+    fn logits(&self, row: usize) -> &[f32] {
+        assert!(row < self.n_rows, "logits row {row} was not kept (last decode kept {})", self.n_rows);
+        self.ctx.get_logits_ith(self.row_base + row as i32)
+    }
+
+    fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ModelError> {
+        self.ctx.kv_cache_seq_rm(seq, Some(len as u32), None).map_err(|_| ModelError::TruncateRefused { seq, len })
+    }
+}
+
+impl specrun_core::model::TextCodec for LoadedModel {
+    fn tokenize(&self, text: &str) -> Vec<Token> {
+        LoadedModel::tokenize(self, text)
+    }
+    fn piece(&self, token: Token) -> Vec<u8> {
+        LoadedModel::piece(self, token)
+    }
+    fn chat(&self, messages: &[(String, String)]) -> Result<String, String> {
+        self.chat_messages(messages).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,10 @@
+//! Backends: implementations of the core's `Model` seam.
+//!
+//! - [`llama`] — llama.cpp through `llama-cpp-2` (feature `llama`, on by default); the only
+//!   module in the workspace that imports `llama_cpp_2`.
+//! - [`mock`] — the deterministic mock from the core (`--mock` on the command line, tests).
+
+#[cfg(feature = "llama")]
+pub mod llama;
+
+pub use specrun_core::mock;

@@ -1,0 +1,267 @@
+//! The `specrun bench` command: for every pair × drafter × policy × draft length ×
+//! temperature, run target-only and speculative generation on the same prompts in one process,
+//! interleaved (A B A B …) so machine drift cancels, and summarise with [`crate::bench`].
+//!
+//! Exports are rewritten after every configuration, so an interrupted sweep loses nothing.
+
+use crate::cli::BenchArgs;
+use crate::formats::bench::{BenchConfig, BenchResult, RepeatSample};
+use crate::formats::export::{csv, json, markdown, parse_json, svg_plot, table};
+use crate::formats::models_toml::{write_best, ConfigSource};
+use crate::formats::records::{parse_input, PromptInput};
+use crate::infer::plan::config_source;
+use crate::infer::{generate, make_drafter, plan, with_backend, Plan};
+use crate::io::{is_stdout, out, read_text};
+use crate::settings::{self, Origin, Overrides, Setting};
+use anyhow::{anyhow, bail, Context as _, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use specrun_core::draft::{DrafterKind, NoDraft};
+use specrun_core::engine::{Engine, GenConfig};
+use specrun_core::model::{Model, TextCodec, Token};
+use specrun_core::stats::Clock;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+struct Prompt {
+    tokens_of: PromptInput,
+    max_tokens: Option<usize>,
+}
+
+/// A saved `--from-json` file larger than this is refused.
+const MAX_JSON_BYTES: u64 = 256 << 20;
+/// Largest `--repeat`.
+const MAX_REPEAT: usize = 1000;
+
+/// Check every swept value before anything is loaded or measured, through the one settings
+/// path (a bad `--temp` is refused, not measured).
+fn validate_sweep(args: &BenchArgs) -> Result<()> {
+    if !(1..=MAX_REPEAT).contains(&args.repeat) {
+        bail!("--repeat must be in [1, {MAX_REPEAT}], got {}", args.repeat);
+    }
+    if args.draft_max.is_empty() || args.temp.is_empty() {
+        bail!("--draft-max and --temp need at least one value");
+    }
+    for &temp in &args.temp {
+        settings::validate(&Overrides { temp: Some(Setting::new(temp, Origin::Flag("--temp"))), ..Overrides::default() })?;
+    }
+    for &k in &args.draft_max {
+        settings::validate(&Overrides { draft_max: Some(Setting::new(k, Origin::Flag("--draft-max"))), ..Overrides::default() })?;
+    }
+    settings::validate(&Overrides {
+        max_tokens: Some(Setting::new(args.max_tokens, Origin::Flag("--max-tokens"))),
+        ..Overrides::default()
+    })?;
+    Ok(())
+}
+
+pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
+    if let Some(saved) = &args.from_json {
+        let text = read_text(saved, MAX_JSON_BYTES).map_err(|e| anyhow!("--from-json {e}"))?;
+        let results = parse_json(&text).with_context(|| format!("--from-json {}", saved.display()))?;
+        export(args, &results)?;
+        out(&table(&results))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    validate_sweep(args)?;
+    let write_best_to = if args.write_best { Some(write_best_target(args)?) } else { None };
+    let prompts_path = args.prompts.as_deref().ok_or_else(|| anyhow!("--prompts is required"))?;
+    let text = read_text(prompts_path, super::batch::MAX_INPUT_BYTES).map_err(|e| anyhow!("--prompts {e}"))?;
+    let format = super::batch::input_format(prompts_path, None);
+    let prompts = parse_input(&text, format)
+        .into_iter()
+        .map(|r| {
+            r.map_err(|b| anyhow!("--prompts {}: {}", prompts_path.display(), b.error)).and_then(|j| {
+                settings::validate(&j.overrides).map_err(|e| anyhow!("--prompts {}: {e}", prompts_path.display()))?;
+                Ok(Prompt { tokens_of: j.input, max_tokens: j.overrides.max_tokens.map(|s| s.value) })
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if prompts.is_empty() {
+        bail!("--prompts {}: no prompts", prompts_path.display());
+    }
+    let pairs: Vec<Option<String>> =
+        if args.pairs.is_empty() { vec![args.models.pair.clone()] } else { args.pairs.iter().cloned().map(Some).collect() };
+    let n_configs = pairs.len() * args.drafter.len() * args.adaptive.len() * args.draft_max.len() * args.temp.len();
+    let bar = if args.quiet || !std::io::stderr().is_terminal() { ProgressBar::hidden() } else { ProgressBar::new(n_configs as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} configurations  {msg}  [{elapsed_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut results: Vec<BenchResult> = Vec::new();
+    for pair in &pairs {
+        let mut models = args.models.clone();
+        models.pair = pair.clone();
+        // load the draft model when any swept drafter needs it
+        let needs_model = args.drafter.iter().any(|d| d.needs_model());
+        let flag = |v, name| Some(Setting::new(v, Origin::Flag(name)));
+        let flags = Overrides {
+            max_tokens: flag(args.max_tokens, "--max-tokens"),
+            drafter: Some(Setting::new(if needs_model { DrafterKind::Hybrid } else { DrafterKind::Ngram }, Origin::Flag("--drafter"))),
+            seed: Some(Setting::new(args.seed, Origin::Flag("--seed"))),
+            ..Overrides::default()
+        };
+        let plan = plan(&models.selection(), &flags)?;
+        let pair_name = plan.pair.clone().unwrap_or_else(|| plan.target.name.clone());
+        with_backend(&plan, args.models.mock, &mut |target, mut draft, codec, clock| {
+            let prompts: Vec<(Vec<Token>, usize)> = prompts
+                .iter()
+                .map(|p| {
+                    let text = match &p.tokens_of {
+                        PromptInput::Text(t) => Ok(t.clone()),
+                        PromptInput::Chat(m) => codec.chat(m).map_err(|e| anyhow!(e)),
+                    }?;
+                    Ok((codec.tokenize(&text), p.max_tokens.unwrap_or(args.max_tokens)))
+                })
+                .collect::<Result<_>>()?;
+            for &drafter in &args.drafter {
+                for &adaptive in &args.adaptive {
+                    for &temp in &args.temp {
+                        for &k in &args.draft_max {
+                            let config = BenchConfig {
+                                pair: pair_name.clone(),
+                                drafter: drafter.as_str().into(),
+                                adaptive: format!("{adaptive:?}").to_lowercase(),
+                                draft_max: k,
+                                temp,
+                            };
+                            bar.set_message(config.label());
+                            // the pair's own settings (verify, sampling), then the swept values
+                            let sweep = Overrides {
+                                draft_max: Some(Setting::new(k, Origin::Flag("--draft-max"))),
+                                adaptive: Some(Setting::new(adaptive, Origin::Flag("--adaptive"))),
+                                temp: Some(Setting::new(temp, Origin::Flag("--temp"))),
+                                ..Overrides::default()
+                            };
+                            let gen = plan.resolve_with(&sweep)?.gen;
+                            let mut samples = Vec::with_capacity(args.repeat);
+                            for _ in 0..args.repeat {
+                                samples.push(measure(
+                                    target,
+                                    draft.as_mut().map(|d| &mut **d as &mut dyn Model),
+                                    codec,
+                                    clock,
+                                    &plan,
+                                    drafter,
+                                    &gen,
+                                    &prompts,
+                                )?);
+                            }
+                            results.push(BenchResult::summarise(config, &samples));
+                            export(args, &results)?;
+                            bar.inc(1);
+                        }
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        })?;
+    }
+    bar.finish_and_clear();
+    out(&table(&results))?;
+    for (path, render) in [
+        (&args.export_json, render_json as fn(&[BenchResult]) -> Result<String>),
+        (&args.export_csv, |r: &[BenchResult]| Ok(csv(r))),
+        (&args.export_markdown, |r: &[BenchResult]| Ok(markdown(r))),
+    ] {
+        if path.as_deref().is_some_and(is_stdout) {
+            out(&render(&results)?)?;
+        }
+    }
+    if let Some(path) = write_best_to {
+        let text = read_text(&path, crate::formats::models_toml::MAX_CONFIG_BYTES)?;
+        let note = format!("{}, {} cores", today(), std::thread::available_parallelism().map_or(0, |n| n.get()));
+        let written = write_best(&text, &results, &note).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        std::fs::write(&path, written).with_context(|| format!("{}: cannot write", path.display()))?;
+        crate::io::note(format!("wrote the best settings of each pair into {}", path.display()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The models file `--write-best` will change, checked before anything is measured: it must be
+/// a file (not the built-in defaults) and hold every swept pair.
+fn write_best_target(args: &BenchArgs) -> Result<std::path::PathBuf> {
+    if args.models.model.is_some() {
+        bail!("--write-best needs pairs from a models file, not -m/--model");
+    }
+    let sel = args.models.selection();
+    let path = match config_source(&sel) {
+        ConfigSource::File { path, .. } => path,
+        ConfigSource::Builtin => bail!("--write-best: no models file to write (create one with `specrun config init`)"),
+    };
+    let config = crate::formats::models_toml::Config::load(&path)?;
+    let names: Vec<String> = if args.pairs.is_empty() {
+        vec![args
+            .models
+            .pair
+            .clone()
+            .or(config.models.default_pair.clone())
+            .ok_or_else(|| anyhow!("{}: no default_pair; name one with --pair", path.display()))?]
+    } else {
+        args.pairs.clone()
+    };
+    for n in &names {
+        config.pair(n)?;
+    }
+    Ok(path)
+}
+
+/// One repeat: every prompt target-only, then speculative, in turn.
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    target: &mut dyn Model,
+    mut draft: Option<&mut dyn Model>,
+    codec: &dyn TextCodec,
+    clock: &dyn Clock,
+    plan: &Plan,
+    drafter: DrafterKind,
+    gen: &GenConfig,
+    prompts: &[(Vec<Token>, usize)],
+) -> Result<RepeatSample> {
+    let mut s = RepeatSample::default();
+    for (tokens, max_tokens) in prompts {
+        let gen = GenConfig { max_tokens: *max_tokens, ..gen.clone() };
+        let base = generate(&mut Engine::new(&mut *target, NoDraft, gen.clone()), codec, tokens, clock, None, &[])?;
+        let d = make_drafter(Some(drafter), plan.ngram, draft.as_mut().map(|m| &mut **m as &mut dyn Model));
+        let spec = generate(&mut Engine::new(&mut *target, d, gen), codec, tokens, clock, None, &[])?;
+        s.add(&base.stats, &spec.stats);
+    }
+    Ok(s)
+}
+
+fn render_json(results: &[BenchResult]) -> Result<String> {
+    Ok(json(results)?)
+}
+
+/// Rewrite every export file (not `-`, which is printed once at the end).
+fn export(args: &BenchArgs, results: &[BenchResult]) -> Result<()> {
+    let write = |path: &Option<std::path::PathBuf>, text: String| -> Result<()> {
+        match path {
+            Some(p) if !is_stdout(p) => std::fs::write(p, text).with_context(|| format!("{}: cannot write", p.display())),
+            _ => Ok(()),
+        }
+    };
+    write(&args.export_json, render_json(results)?)?;
+    write(&args.export_csv, csv(results))?;
+    write(&args.export_markdown, markdown(results))?;
+    if args.plot.is_some() {
+        let repeats = results.iter().map(|r| r.repeats).max().unwrap_or(0);
+        let title = format!("specrun bench: speed-up vs draft length (repeat {repeats})");
+        write(&args.plot, svg_plot(results, &title))?;
+    }
+    Ok(())
+}
+
+/// Today's date (UTC) as YYYY-MM-DD, from the system clock (civil-from-days).
+fn today() -> String {
+    let days = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}

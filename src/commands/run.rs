@@ -1,0 +1,72 @@
+//! `specrun run`: one prompt, speculative, target-only (`--no-draft`) or both (`--compare`).
+//! Text streams to stdout as it is accepted; the stats block goes to stderr, or one JSON object
+//! to stdout with `--json`.
+
+use crate::cli::RunArgs;
+use crate::formats::report::CompareReport;
+use crate::infer::{generate, make_drafter, plan, with_backend, Plan};
+use crate::io::{out, read_text};
+use anyhow::{anyhow, bail, Result};
+use specrun_core::draft::{Drafter, NoDraft};
+use specrun_core::engine::Engine;
+use specrun_core::model::{Model, TextCodec};
+use specrun_core::stats::Clock;
+use std::io::Write;
+use std::process::ExitCode;
+
+/// A prompt file larger than this is refused.
+pub const MAX_PROMPT_BYTES: u64 = 64 << 20;
+
+fn read_prompt(args: &RunArgs) -> Result<String> {
+    match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => Ok(p.clone()),
+        (None, Some(f)) => Ok(read_text(f, MAX_PROMPT_BYTES).map_err(|e| anyhow!("--prompt-file {e}"))?),
+        (None, None) => bail!("give --prompt or --prompt-file"),
+    }
+}
+
+pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    let plan = plan(&args.models.selection(), &args.gen.overrides())?;
+    let prompt = read_prompt(args)?;
+    with_backend(&plan, args.models.mock, &mut |target, draft, codec, clock| {
+        execute(target, make_drafter(plan.drafter, plan.ngram, draft), codec, clock, &prompt, args, &plan)
+    })
+}
+
+fn execute(
+    target: &mut dyn Model,
+    drafter: Box<dyn Drafter + '_>,
+    codec: &dyn TextCodec,
+    clock: &dyn Clock,
+    prompt: &str,
+    args: &RunArgs,
+    plan: &Plan,
+) -> Result<ExitCode> {
+    let prompt = if args.chat { codec.chat(&[("user".into(), prompt.to_string())]).map_err(|e| anyhow!(e))? } else { prompt.to_string() };
+    let tokens = codec.tokenize(&prompt);
+    let mut stdout = std::io::stdout();
+    let stream: Option<&mut dyn Write> = if args.json { None } else { Some(&mut stdout) };
+    if args.compare {
+        let mut baseline = Engine::new(&mut *target, NoDraft, plan.gen.clone());
+        let base = generate(&mut baseline, codec, &tokens, clock, None, &[])?;
+        let mut engine = Engine::new(&mut *target, drafter, plan.gen.clone());
+        let spec = generate(&mut engine, codec, &tokens, clock, stream, &[])?;
+        let cmp = CompareReport::new(base.report, spec.report);
+        if args.json {
+            out(&(serde_json::to_string(&cmp)? + "\n"))?;
+        } else {
+            out("\n")?;
+            crate::io::note(format!("{}{}", cmp.speculative.stats_block(), cmp.summary()).trim_end());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut engine = Engine::new(&mut *target, drafter, plan.gen.clone());
+    let generated = generate(&mut engine, codec, &tokens, clock, stream, &[])?;
+    if args.json {
+        out(&(serde_json::to_string(&generated.report)? + "\n"))?;
+    } else {
+        out("\n")?;
+        crate::io::note(generated.report.stats_block().trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}

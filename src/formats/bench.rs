@@ -1,0 +1,218 @@
+//! Bench results: statistics over repeats, the predicted speed-up, and the exports (table,
+//! CSV, Markdown, JSON, an SVG plot, and the auto-tuned `models.toml`).
+//!
+//! Pure: the `specrun bench` command (`crate::commands::bench`) measures, this module summarises and
+//! renders. Everything rendered from the same results is byte-for-byte the same.
+
+use serde::{Deserialize, Serialize};
+use specrun_core::control::expected_tokens;
+use specrun_core::stats::GenStats;
+
+/// Median of `xs` (mean of the middle two for an even count); 0 for none.
+pub fn median(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Smallest and largest of `xs`; (0, 0) for none.
+pub fn min_max(xs: &[f64]) -> (f64, f64) {
+    if xs.is_empty() {
+        return (0.0, 0.0);
+    }
+    xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
+/// `a / b`, 0 when `b` is 0.
+pub fn ratio(a: f64, b: f64) -> f64 {
+    if b == 0.0 {
+        0.0
+    } else {
+        a / b
+    }
+}
+
+/// Leviathan et al.'s speed-up for acceptance `alpha`, draft length `k` and draft cost `c`
+/// (a draft step over a target step), with verification of `k + 1` tokens costing
+/// `verify_cost` target steps (1 is the paper's ideal).
+pub fn predicted_speedup(alpha: f64, k: f64, c: f64, verify_cost: f64) -> f64 {
+    ratio(expected_tokens(alpha, k), k * c + verify_cost)
+}
+
+/// One configuration of a sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchConfig {
+    pub pair: String,
+    pub drafter: String,
+    pub adaptive: String,
+    pub draft_max: usize,
+    pub temp: f32,
+}
+
+impl BenchConfig {
+    pub fn label(&self) -> String {
+        format!("{} {} {} K={} T={}", self.pair, self.drafter, self.adaptive, self.draft_max, self.temp)
+    }
+}
+
+/// What one repeat measured, the target-only and the speculative runs each summed over the
+/// prompts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RepeatSample {
+    pub base: GenStats,
+    pub spec: GenStats,
+}
+
+impl RepeatSample {
+    /// Add one prompt's target-only and speculative runs.
+    pub fn add(&mut self, base: &GenStats, spec: &GenStats) {
+        self.base.merge(base);
+        self.spec.merge(spec);
+    }
+    pub fn spec_tok_s(&self) -> f64 {
+        self.spec.decode_tok_per_s()
+    }
+    pub fn base_tok_s(&self) -> f64 {
+        self.base.decode_tok_per_s()
+    }
+    pub fn speedup(&self) -> f64 {
+        ratio(self.spec_tok_s(), self.base_tok_s())
+    }
+}
+
+/// A configuration's summary over its repeats (also read back by `--from-json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchResult {
+    #[serde(flatten)]
+    pub config: BenchConfig,
+    pub repeats: usize,
+    pub spec_tok_s: f64,
+    pub base_tok_s: f64,
+    pub speedup: f64,
+    pub speedup_min: f64,
+    pub speedup_max: f64,
+    /// Accepted over drafted tokens.
+    pub acceptance_rate: f64,
+    /// Per-token acceptance of the geometric model (accepted over accepted + rejections).
+    pub alpha: f64,
+    pub tokens_per_round: f64,
+    pub acceptance_by_position: Vec<f64>,
+    /// Draft step / 1-token target step.
+    pub cost_ratio: f64,
+    /// Verifying a drafted batch / 1-token target step.
+    pub verify_cost_ratio: f64,
+    /// Leviathan's formula with ideal verification, and with the measured verify cost.
+    pub predicted_speedup_ideal: f64,
+    pub predicted_speedup: f64,
+}
+
+impl BenchResult {
+    pub fn summarise(config: BenchConfig, samples: &[RepeatSample]) -> Self {
+        let speedups: Vec<f64> = samples.iter().map(RepeatSample::speedup).collect();
+        let (lo, hi) = min_max(&speedups);
+        // ratios from the repeats pooled; speeds as medians over repeats
+        let (mut base, mut spec) = (GenStats::default(), GenStats::default());
+        for s in samples {
+            base.merge(&s.base);
+            spec.merge(&s.spec);
+        }
+        let secs = |d: std::time::Duration| d.as_secs_f64();
+        let drafted_rounds = (spec.n_rounds - spec.n_rounds_undrafted) as f64;
+        let base_step = ratio(secs(base.t_decode), base.n_rounds as f64);
+        let draft_step = ratio(secs(spec.t_draft), spec.n_draft_steps as f64);
+        let verify_step = ratio(secs(spec.t_verify_drafted), drafted_rounds);
+        // α of the geometric model; k: the mean length of the drafts actually verified
+        let alpha = spec.alpha();
+        let k = ratio(spec.n_drafted as f64, drafted_rounds);
+        let c = ratio(draft_step, base_step);
+        let v = ratio(verify_step, base_step);
+        let drafted = spec.n_drafted > 0;
+        Self {
+            repeats: samples.len(),
+            spec_tok_s: median(&samples.iter().map(RepeatSample::spec_tok_s).collect::<Vec<_>>()),
+            base_tok_s: median(&samples.iter().map(RepeatSample::base_tok_s).collect::<Vec<_>>()),
+            speedup: median(&speedups),
+            speedup_min: lo,
+            speedup_max: hi,
+            acceptance_rate: spec.acceptance_rate(),
+            alpha,
+            tokens_per_round: spec.tokens_per_round(),
+            acceptance_by_position: spec.acceptance_by_position(),
+            cost_ratio: c,
+            verify_cost_ratio: v,
+            predicted_speedup_ideal: if drafted { predicted_speedup(alpha, k, c, 1.0) } else { 1.0 },
+            predicted_speedup: if drafted && v > 0.0 { predicted_speedup(alpha, k, c, v) } else { 1.0 },
+            config,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_min_max() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(min_max(&[2.0, -1.0, 5.0]), (-1.0, 5.0));
+        assert_eq!(ratio(1.0, 0.0), 0.0);
+    }
+
+    #[test]
+    fn leviathan_formula() {
+        // alpha 0.8, K 4: E = (1 - 0.8^5) / 0.2 = 3.3616
+        assert!((predicted_speedup(0.8, 4.0, 0.0, 1.0) - 3.3616).abs() < 1e-9);
+        assert!((predicted_speedup(0.8, 4.0, 0.5, 1.0) - 3.3616 / 3.0).abs() < 1e-9);
+        assert!((predicted_speedup(0.8, 4.0, 0.5, 2.1) - 3.3616 / 4.1).abs() < 1e-9);
+    }
+
+    fn sample(spec_s: f64, base_s: f64) -> RepeatSample {
+        use std::time::Duration;
+        let base = GenStats { n_generated: 100, n_rounds: 100, t_decode: Duration::from_secs_f64(base_s), ..GenStats::default() };
+        let spec = GenStats {
+            n_generated: 100,
+            n_rounds: 40,
+            n_rounds_undrafted: 20,
+            n_drafted: 80,
+            n_accepted: 60,
+            n_rejections: 15,
+            n_draft_steps: 80,
+            drafted_at: vec![20, 20, 20, 20],
+            accepted_at: vec![18, 16, 14, 12],
+            t_decode: Duration::from_secs_f64(spec_s),
+            t_draft: Duration::from_secs(4),
+            t_verify: Duration::from_secs(6),
+            t_verify_drafted: Duration::from_secs(4),
+            ..GenStats::default()
+        };
+        let mut s = RepeatSample::default();
+        s.add(&base, &spec);
+        s
+    }
+
+    #[test]
+    fn summaries_take_medians_over_repeats_and_measured_ratios() {
+        let c = BenchConfig { pair: "p".into(), drafter: "model".into(), adaptive: "fixed".into(), draft_max: 4, temp: 0.0 };
+        let r = BenchResult::summarise(c, &[sample(10.0, 10.0), sample(5.0, 10.0), sample(20.0, 10.0)]);
+        assert_eq!(r.speedup, 1.0);
+        assert_eq!((r.speedup_min, r.speedup_max), (0.5, 2.0));
+        assert_eq!(r.acceptance_rate, 0.75);
+        assert_eq!(r.alpha, 0.8);
+        assert_eq!(r.acceptance_by_position, vec![0.9, 0.8, 0.7, 0.6]);
+        // base step: 30 s / 300 rounds = 0.1 s; draft step 12 s / 240 = 0.05 s; verify 12 / 60 = 0.2 s
+        assert!((r.cost_ratio - 0.5).abs() < 1e-12);
+        assert!((r.verify_cost_ratio - 2.0).abs() < 1e-12);
+        // k = 240 drafted / 60 drafted rounds = 4
+        assert!((r.predicted_speedup - expected_tokens(0.8, 4.0) / 4.0).abs() < 1e-12);
+    }
+}

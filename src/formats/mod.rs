@@ -1,0 +1,14 @@
+//! What specrun reads and writes, as data: no models are loaded and nothing is decoded here.
+//!
+//! - [`models_toml`] — the models file: models, pairs, located errors, the lookup order,
+//!   `write_best`.
+//! - [`records`] — batch input records, the output schema, resume scanning.
+//! - [`report`] — the run report (`--json`) and the stats block.
+//! - [`bench`] — bench summaries (medians, min-max, predicted speed-up); [`export`] — one
+//!   exporter per format (table, CSV, Markdown, JSON, SVG).
+
+pub mod bench;
+pub mod export;
+pub mod models_toml;
+pub mod records;
+pub mod report;

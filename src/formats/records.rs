@@ -1,0 +1,294 @@
+//! Batch records: parsing prompt files, the JSON Lines output schema, and resuming.
+//!
+//! # Input
+//!
+//! JSON Lines (`--input-format jsonl`, the default), one record per line:
+//!
+//! ```json
+//! {"id": "a", "prompt": "text", "max_tokens": 64, "temperature": 0.8, "top_p": 0.95, "top_k": 40, "seed": 1, "stop": ["\n\n"]}
+//! {"id": 7, "messages": [{"role": "user", "content": "text"}]}
+//! ```
+//!
+//! Exactly one of `prompt` (raw text) and `messages` (wrapped in the target's chat template).
+//! `id` is a string or a number; without one the record's line number is its id. Every other
+//! field is optional; unknown fields are errors. With `--input-format txt` each non-blank line is
+//! one prompt, its id the line number.
+//!
+//! # Output
+//!
+//! One JSON object per input record, in input order, each written whole and flushed when the
+//! record finishes: an [`OkRecord`] or an [`ErrorRecord`] (`{"id": ..., "error": "..."}`).
+//!
+//! | field | type | meaning |
+//! |---|---|---|
+//! | `id` | string or number | the record's id |
+//! | `text` | string | generated text (cut before a stop string) |
+//! | `finish_reason` | `"stop"`, `"length"`, `"context"` | why generation ended |
+//! | `n_prompt`, `n_generated` | int | token counts |
+//! | `n_drafted`, `n_accepted` | int | drafted and accepted draft tokens |
+//! | `acceptance_rate` | float | `n_accepted / n_drafted` |
+//! | `tokens_per_round` | float | generated tokens per target decode |
+//! | `t_draft_s`, `t_verify_s` | float | seconds drafting and verifying |
+//! | `decode_tok_per_s` | float | generated tokens per second of decoding |
+//!
+//! # Resuming
+//!
+//! [`scan_output`] reads an earlier output file: the ids it holds are skipped, and a last line
+//! cut off by a crash (no final newline, or not a record) is cut away before appending.
+
+use crate::settings::{Origin, Overrides, Setting};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::HashSet;
+
+/// A chat message of an input record.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+/// One input line, as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputRecord {
+    pub id: Option<Value>,
+    pub prompt: Option<String>,
+    pub messages: Option<Vec<Message>>,
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub seed: Option<u64>,
+    pub stop: Option<Vec<String>>,
+}
+
+/// What to generate from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptInput {
+    Text(String),
+    Chat(Vec<(String, String)>),
+}
+
+/// A checked input record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub id: Value,
+    /// 1-based line in the input file.
+    pub line: usize,
+    pub input: PromptInput,
+    /// The record's own generation settings, located at its line (validated when merged).
+    pub overrides: Overrides,
+    pub stop: Vec<String>,
+}
+
+impl Job {
+    fn plain(id: Value, line: usize, input: PromptInput) -> Self {
+        Self { id, line, input, overrides: Overrides::default(), stop: vec![] }
+    }
+}
+
+/// A record that could not even be read: it becomes an error record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRecord {
+    pub id: Value,
+    pub line: usize,
+    pub error: String,
+}
+
+/// The input file's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputFormat {
+    Jsonl,
+    Txt,
+}
+
+/// A finished record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OkRecord {
+    pub id: Value,
+    pub text: String,
+    pub finish_reason: String,
+    pub n_prompt: usize,
+    pub n_generated: usize,
+    pub n_drafted: usize,
+    pub n_accepted: usize,
+    pub acceptance_rate: f64,
+    pub tokens_per_round: f64,
+    pub t_draft_s: f64,
+    pub t_verify_s: f64,
+    pub decode_tok_per_s: f64,
+}
+
+/// A failed record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorRecord {
+    pub id: Value,
+    pub error: String,
+}
+
+/// Any output line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OutputRecord {
+    Ok(OkRecord),
+    Error(ErrorRecord),
+}
+
+impl OutputRecord {
+    pub fn id(&self) -> &Value {
+        match self {
+            OutputRecord::Ok(r) => &r.id,
+            OutputRecord::Error(r) => &r.id,
+        }
+    }
+}
+
+/// The key an id is matched by when resuming (`"a"` and `7` as written in JSON).
+pub fn id_key(id: &Value) -> String {
+    id.to_string()
+}
+
+fn check(rec: InputRecord, line: usize) -> Result<Job, BadRecord> {
+    let id = rec.id.clone().unwrap_or_else(|| Value::from(line));
+    let bad = |error: String| BadRecord { id: id.clone(), line, error: format!("line {line}: {error}") };
+    if !matches!(id, Value::String(_) | Value::Number(_)) {
+        return Err(bad("id must be a string or a number".into()));
+    }
+    let input = match (rec.prompt, rec.messages) {
+        (Some(p), None) => PromptInput::Text(p),
+        (None, Some(m)) if !m.is_empty() => PromptInput::Chat(m.into_iter().map(|m| (m.role, m.content)).collect()),
+        (None, Some(_)) => return Err(bad("messages is empty".into())),
+        (Some(_), Some(_)) => return Err(bad("give prompt or messages, not both".into())),
+        (None, None) => return Err(bad("missing prompt or messages".into())),
+    };
+    let at = |key: &'static str| Origin::Record { line, key };
+    let overrides = Overrides {
+        max_tokens: rec.max_tokens.map(|v| Setting::new(v, at("max_tokens"))),
+        temp: rec.temperature.map(|v| Setting::new(v, at("temperature"))),
+        top_p: rec.top_p.map(|v| Setting::new(v, at("top_p"))),
+        top_k: rec.top_k.map(|v| Setting::new(v, at("top_k"))),
+        seed: rec.seed.map(|v| Setting::new(v, at("seed"))),
+        ..Overrides::default()
+    };
+    Ok(Job { id, line, input, overrides, stop: rec.stop.unwrap_or_default() })
+}
+
+/// Parse a whole input file. Blank lines are skipped; a line that is not a valid record
+/// becomes a [`BadRecord`] naming its line.
+pub fn parse_input(text: &str, format: InputFormat) -> Vec<Result<Job, BadRecord>> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        if raw.trim().is_empty() {
+            continue;
+        }
+        out.push(match format {
+            InputFormat::Txt => Ok(Job::plain(Value::from(line), line, PromptInput::Text(raw.to_string()))),
+            InputFormat::Jsonl => match serde_json::from_str::<InputRecord>(raw) {
+                Ok(rec) => check(rec, line),
+                Err(e) => {
+                    // keep the id when the line is JSON with an id, else the line number
+                    let id = serde_json::from_str::<Value>(raw)
+                        .ok()
+                        .and_then(|v| v.get("id").cloned())
+                        .filter(|v| matches!(v, Value::String(_) | Value::Number(_)))
+                        .unwrap_or_else(|| Value::from(line));
+                    // serde_json counts lines within this one line: say the column only
+                    let msg = e.to_string();
+                    let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m).to_string();
+                    Err(BadRecord { id, line, error: format!("line {line}, column {}: {msg}", e.column()) })
+                }
+            },
+        });
+    }
+    out
+}
+
+/// What an earlier output file holds.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ResumeState {
+    /// Ids already written.
+    pub done: HashSet<String>,
+    /// Bytes of the file that are whole records; anything after is a cut-off line to remove.
+    pub valid_len: usize,
+    /// Whole records kept.
+    pub n_records: usize,
+}
+
+/// Scan an earlier output file for resuming.
+pub fn scan_output(text: &str) -> ResumeState {
+    let mut state = ResumeState::default();
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        if !line.ends_with('\n') {
+            break; // cut off mid-write
+        }
+        match serde_json::from_str::<OutputRecord>(line.trim_end()) {
+            Ok(rec) => {
+                state.done.insert(id_key(rec.id()));
+                state.n_records += 1;
+                pos += line.len();
+                state.valid_len = pos;
+            }
+            Err(_) => break, // a damaged line: it and what follows are redone
+        }
+    }
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_take_prompt_or_messages_and_default_their_id_to_the_line() {
+        let text = "{\"id\": \"a\", \"prompt\": \"hi\", \"max_tokens\": 5}\n\n{\"messages\": [{\"role\": \"user\", \"content\": \"yo\"}], \"stop\": [\"x\"]}\n";
+        let jobs = parse_input(text, InputFormat::Jsonl);
+        assert_eq!(jobs.len(), 2);
+        let a = jobs[0].as_ref().unwrap();
+        assert_eq!((a.id.clone(), a.line), (Value::from("a"), 1));
+        assert_eq!(a.overrides.max_tokens, Some(Setting::new(5, Origin::Record { line: 1, key: "max_tokens" })));
+        let b = jobs[1].as_ref().unwrap();
+        assert_eq!(b.id, Value::from(3));
+        assert_eq!(b.input, PromptInput::Chat(vec![("user".into(), "yo".into())]));
+        assert_eq!(b.stop, vec!["x".to_string()]);
+    }
+
+    #[test]
+    fn bad_lines_name_the_line_and_keep_their_id() {
+        let text = "{\"id\": 1, \"prompt\": \"ok\"}\n{\"id\": 2, \"promt\": \"typo\"}\n{not json\n{\"id\": \"w\", \"prompt\": 5}\n{\"prompt\": \"a\", \"messages\": []}\n";
+        let jobs = parse_input(text, InputFormat::Jsonl);
+        let errs: Vec<&BadRecord> = jobs.iter().filter_map(|j| j.as_ref().err()).collect();
+        assert_eq!(errs.len(), 4);
+        assert!(errs[0].error.starts_with("line 2, column 17: unknown field `promt`"), "{}", errs[0].error);
+        assert!(!errs[0].error.contains("at line"), "{}", errs[0].error);
+        assert_eq!(errs[0].id, Value::from(2));
+        assert_eq!(errs[1].error, "line 3, column 2: key must be a string");
+        assert_eq!(errs[1].id, Value::from(3));
+        assert!(errs[2].error.starts_with("line 4, column ") && errs[2].error.contains(": invalid type"), "{}", errs[2].error);
+        assert_eq!(errs[2].id, Value::from("w"));
+        assert_eq!(errs[3].error, "line 5: give prompt or messages, not both");
+    }
+
+    #[test]
+    fn txt_input_is_one_prompt_per_non_blank_line() {
+        let jobs = parse_input("first\n\n  \nsecond\n", InputFormat::Txt);
+        let ids: Vec<Value> = jobs.iter().map(|j| j.as_ref().unwrap().id.clone()).collect();
+        assert_eq!(ids, vec![Value::from(1), Value::from(4)]);
+    }
+
+    #[test]
+    fn resume_keeps_whole_records_and_drops_a_cut_off_line() {
+        let ok = "{\"id\":\"a\",\"error\":\"boom\"}\n{\"id\":2,\"error\":\"x\"}\n";
+        let text = format!("{ok}{{\"id\":3,\"te");
+        let s = scan_output(&text);
+        assert_eq!(s.valid_len, ok.len());
+        assert_eq!(s.n_records, 2);
+        assert!(s.done.contains("\"a\"") && s.done.contains("2"));
+        assert_eq!(scan_output("").valid_len, 0);
+    }
+}

@@ -1,0 +1,184 @@
+//! The inference layer every command uses: resolve settings ([`plan`], over [`crate::settings`]), load the
+//! models once ([`with_backend`]: llama.cpp, or the mock with `--mock`), build drafters
+//! ([`make_drafter`]) and generate with streaming and stop strings ([`generate`]).
+//!
+//! This is the edge of the core: errors are `anyhow`, the clock is real ([`WallClock`]), except
+//! on the mock backend, whose models advance a mock clock so that its output is reproducible.
+
+pub mod plan;
+
+pub use plan::{plan, ModelPlan, ModelSelection, Plan};
+
+use crate::formats::report::RunReport;
+use anyhow::{bail, Context as _, Result};
+use specrun_core::detok::Utf8Stream;
+use specrun_core::draft::{Drafter, DrafterKind, ModelDrafter, NoDraft};
+use specrun_core::engine::Engine;
+use specrun_core::mock::{MockClock, MockCodec, MockModel, MockSpec};
+use specrun_core::model::{Model, TextCodec, Token};
+use specrun_core::ngram::{HybridDrafter, NgramConfig, NgramDrafter};
+use specrun_core::stats::{Clock, FinishReason, GenStats};
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// The real clock, for the binary only.
+pub struct WallClock(Instant);
+
+impl WallClock {
+    pub fn new() -> Self {
+        Self(Instant::now())
+    }
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for WallClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// Output of one generation.
+pub struct Generated {
+    pub report: RunReport,
+    pub tokens: Vec<Token>,
+    pub stats: GenStats,
+}
+
+/// Text up to the first stop string, and whether one was found.
+pub fn cut_at_stop<'a>(text: &'a str, stops: &[String]) -> (&'a str, bool) {
+    let first = stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min();
+    match first {
+        Some(i) => (&text[..i], true),
+        None => (text, false),
+    }
+}
+
+/// Run one prompt to the end on `engine`, streaming text to `stream` when given, stopping
+/// early at the first of `stops` (the text is cut before it).
+pub fn generate<T: Model, D: Drafter>(
+    engine: &mut Engine<T, D>,
+    codec: &dyn TextCodec,
+    prompt: &[Token],
+    clock: &dyn Clock,
+    mut stream: Option<&mut dyn Write>,
+    stops: &[String],
+) -> Result<Generated> {
+    let mut seq = engine.start(0, prompt.to_vec(), clock)?;
+    let mut utf8 = Utf8Stream::new();
+    let mut text = String::new();
+    let mut emit = |piece: &str, text: &mut String| -> Result<()> {
+        text.push_str(piece);
+        if let Some(w) = stream.as_deref_mut() {
+            w.write_all(piece.as_bytes()).and_then(|_| w.flush()).context("cannot write the output")?;
+        }
+        Ok(())
+    };
+    while seq.finish.is_none() {
+        let added = engine.step(&mut seq, clock)?;
+        // end-of-generation tokens render as nothing (pieces are taken without specials)
+        for &t in &seq.tokens[added] {
+            let piece = utf8.push(&codec.piece(t));
+            emit(&piece, &mut text)?;
+        }
+        if let (kept, true) = cut_at_stop(&text, stops) {
+            text.truncate(kept.len());
+            seq.finish = Some(FinishReason::Stop);
+        }
+    }
+    if !cut_at_stop(&text, stops).1 {
+        let tail = utf8.finish();
+        emit(&tail, &mut text)?;
+    }
+    let finish = seq.finish.expect("loop ends when finished");
+    let drafter = engine.drafter.name();
+    let verify = engine.config.effective_verify();
+    let draft_max = if engine.drafter.is_active() { engine.config.draft_max } else { 0 };
+    let report = RunReport::new(text, finish, drafter, engine.config.adaptive, verify.as_str(), draft_max, &seq.stats);
+    Ok(Generated { report, tokens: seq.generated().to_vec(), stats: seq.stats })
+}
+
+/// The drafter a plan asks for, over an already created draft model (if it needs one).
+pub fn make_drafter<'a, M: Model + 'a>(kind: Option<DrafterKind>, ngram: NgramConfig, model: Option<M>) -> Box<dyn Drafter + 'a> {
+    match (kind, model) {
+        (None, _) => Box::new(NoDraft),
+        (Some(DrafterKind::Ngram), _) => Box::new(NgramDrafter::new(ngram)),
+        (Some(DrafterKind::Model), Some(m)) => Box::new(ModelDrafter::new(m)),
+        (Some(DrafterKind::Hybrid), Some(m)) => Box::new(HybridDrafter { ngram: NgramDrafter::new(ngram), model: ModelDrafter::new(m) }),
+        (Some(_), None) => Box::new(NoDraft),
+    }
+}
+
+/// What a command runs on: the target, the drafter the plan asks for, and the text codec.
+/// The clock is the wall clock, except on the mock backend, whose models advance a
+/// [`crate::mock::MockClock`] so that its timings (and so its output) are reproducible.
+/// The job gets the target, the draft model (when the plan needs one) and builds its drafters
+/// with [`make_drafter`].
+pub type Job<'a> = &'a mut dyn FnMut(&mut dyn Model, Option<&mut dyn Model>, &dyn TextCodec, &dyn Clock) -> Result<ExitCode>;
+
+/// Load the plan's models (or mock ones) once and hand them to `job`.
+pub fn with_backend(plan: &Plan, mock: bool, job: Job<'_>) -> Result<ExitCode> {
+    if mock {
+        let spec = MockSpec::target(1);
+        let clock = MockClock::new();
+        let mut target = MockModel::new(spec.clone()).with_clock(clock.clone());
+        let mut draft = plan.draft.as_ref().map(|_| MockModel::new(MockSpec::draft_of(&spec, 0.8, 1)).with_clock(clock.clone()));
+        let codec = MockCodec { n_vocab: spec.n_vocab };
+        return job(&mut target, draft.as_mut().map(|d| d as &mut dyn Model), &codec, &clock);
+    }
+    with_llama(plan, job)
+}
+
+#[cfg(feature = "llama")]
+fn load(p: &ModelPlan) -> Result<crate::backend::llama::LoadedModel> {
+    if !p.path.is_file() {
+        bail!("model file not found: {} (model '{}'; fetch the default models with scripts/fetch_models.py)", p.path.display(), p.name);
+    }
+    crate::backend::llama::LoadedModel::load(&p.path, p.n_gpu_layers)
+}
+
+#[cfg(feature = "llama")]
+fn context<'m>(m: &'m crate::backend::llama::LoadedModel, p: &ModelPlan) -> Result<crate::backend::llama::LlamaRunner<'m>> {
+    m.context(crate::backend::llama::ContextSettings { n_ctx: p.n_ctx, n_batch: p.n_batch, threads: p.threads as i32, n_seq_max: 1 })
+}
+
+#[cfg(feature = "llama")]
+fn with_llama(plan: &Plan, job: Job<'_>) -> Result<ExitCode> {
+    let target_model = load(&plan.target)?;
+    let draft_model = plan.draft.as_ref().map(load).transpose()?;
+    if let Some(d) = &draft_model {
+        specrun_core::vocab::check_compatible(&target_model.vocab_facts(), &d.vocab_facts())
+            .map_err(|e| anyhow::anyhow!("{} cannot draft for {}: {e}", d.path.display(), target_model.path.display()))?;
+    }
+    let mut target = context(&target_model, &plan.target)?;
+    if plan.drafter.is_some() && !target.can_roll_back() {
+        bail!("{} has recurrent or hybrid memory, which cannot roll back a rejected draft", target_model.path.display());
+    }
+    let mut draft = match (&draft_model, &plan.draft) {
+        (Some(m), Some(p)) => Some(context(m, p)?),
+        _ => None,
+    };
+    job(&mut target, draft.as_mut().map(|d| d as &mut dyn Model), &target_model, &WallClock::new())
+}
+
+#[cfg(not(feature = "llama"))]
+fn with_llama(_: &Plan, _: Job<'_>) -> Result<ExitCode> {
+    bail!("this specrun was built without the llama.cpp backend (cargo feature `llama`)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_cut_at_the_earliest() {
+        let stops = vec!["END".to_string(), "\n\n".to_string()];
+        assert_eq!(cut_at_stop("abc\n\nxyzEND", &stops), ("abc", true));
+        assert_eq!(cut_at_stop("abc", &stops), ("abc", false));
+    }
+}

@@ -1,0 +1,208 @@
+//! What to load and how to generate, resolved once: the models file (found by
+//! [`crate::formats::models_toml::locate`]), the pair or the `-m`/`-md` files, load settings
+//! (flags over the models file over built-in defaults) and generation settings through
+//! [`crate::settings::resolve`].
+
+use crate::formats::models_toml::{self, Config, ConfigSource, ModelEntry, ModelSettings};
+use crate::settings::{self, Origin, Overrides, Resolved, Setting, SettingError};
+use anyhow::{bail, Result};
+use specrun_core::draft::DrafterKind;
+use specrun_core::engine::GenConfig;
+use specrun_core::ngram::NgramConfig;
+use std::path::{Path, PathBuf};
+
+/// Largest context a flag or models file may ask for before the model is even looked at (the
+/// model's own trained context and the memory the KV cache needs are checked at load time).
+pub const MAX_N_CTX: u32 = 1 << 24;
+pub const MAX_N_BATCH: u32 = 1 << 16;
+pub const MAX_THREADS: u32 = 1024;
+/// llama.cpp raises any smaller context to this; specrun refuses smaller values instead of
+/// silently using another size.
+pub const MIN_N_CTX: u32 = 256;
+
+/// Which models a command uses, as the command line names them.
+#[derive(Debug, Clone, Default)]
+pub struct ModelSelection {
+    /// `--config`.
+    pub config: Option<PathBuf>,
+    pub pair: Option<String>,
+    /// `-m`: a target file instead of a pair.
+    pub model: Option<PathBuf>,
+    /// `-md`.
+    pub model_draft: Option<PathBuf>,
+    /// Where relative model paths point.
+    pub models_dir: Option<PathBuf>,
+    /// Flags for both models (`-t`, `-c`, `-b`) and the target's `-ngl`.
+    pub flags: ModelSettings,
+    /// `-ngld`.
+    pub n_gpu_layers_draft: Option<Setting<u32>>,
+    /// Deterministic mock models (tests).
+    pub mock: bool,
+}
+
+/// One model to load, fully resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelPlan {
+    pub name: String,
+    pub path: PathBuf,
+    pub n_gpu_layers: u32,
+    pub n_ctx: u32,
+    pub n_batch: u32,
+    pub threads: u32,
+}
+
+/// Everything a generating command needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub target: ModelPlan,
+    /// The draft model, when the drafter needs one.
+    pub draft: Option<ModelPlan>,
+    /// `None`: target-only.
+    pub drafter: Option<DrafterKind>,
+    pub ngram: NgramConfig,
+    pub gen: GenConfig,
+    /// The pair's name (`None` with `-m`).
+    pub pair: Option<String>,
+    /// The sources `gen` was resolved from (the pair, then the flags), so that a batch record
+    /// or a request can be layered on top with [`Plan::resolve_with`].
+    pub sources: Vec<Overrides>,
+}
+
+impl Plan {
+    /// The settings for one record or request: this plan's sources, then `more`.
+    pub fn resolve_with(&self, more: &Overrides) -> Result<Resolved, SettingError> {
+        let mut all: Vec<&Overrides> = self.sources.iter().collect();
+        all.push(more);
+        settings::resolve(&all)
+    }
+}
+
+/// The models file a selection reads, found in the documented order.
+pub fn config_source(sel: &ModelSelection) -> ConfigSource {
+    let env = std::env::var_os("SPECRUN_CONFIG").map(PathBuf::from);
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    models_toml::locate(sel.config.as_deref(), env.as_deref(), &cwd, models_toml::user_config_dir().as_deref())
+}
+
+/// Load the models file a selection reads.
+pub fn load_config(sel: &ModelSelection) -> Result<Config> {
+    Ok(match config_source(sel) {
+        ConfigSource::File { path, .. } => Config::load(&path)?,
+        ConfigSource::Builtin => Config::builtin(),
+    })
+}
+
+fn default_threads() -> u32 {
+    std::thread::available_parallelism().map_or(2, |n| n.get() as u32)
+}
+
+/// The flag's value, else the file's, else `default`; checked against `[lo, hi]`.
+fn pick(flag: &Option<Setting<u32>>, file: &Option<Setting<u32>>, default: u32, lo: u32, hi: u32) -> Result<u32, SettingError> {
+    match flag.as_ref().or(file.as_ref()) {
+        None => Ok(default),
+        Some(s) if (lo..=hi).contains(&s.value) => Ok(s.value),
+        Some(s) => Err(SettingError { origin: s.origin.clone(), message: format!("must be in [{lo}, {hi}], got {}", s.value) }),
+    }
+}
+
+fn model_plan(
+    name: &str,
+    path: &Path,
+    file: &ModelSettings,
+    cache: &Path,
+    sel: &ModelSelection,
+    ngl: &Option<Setting<u32>>,
+) -> Result<ModelPlan> {
+    Ok(ModelPlan {
+        name: name.to_string(),
+        path: models_toml::resolve(path, cache),
+        n_gpu_layers: pick(ngl, &file.n_gpu_layers, 0, 0, 100_000)?,
+        n_ctx: pick(&sel.flags.n_ctx, &file.n_ctx, 4096, MIN_N_CTX, MAX_N_CTX)?,
+        n_batch: pick(&sel.flags.n_batch, &file.n_batch, 512, 1, MAX_N_BATCH)?,
+        threads: pick(&sel.flags.threads, &file.threads, default_threads(), 1, MAX_THREADS)?,
+    })
+}
+
+/// Resolve a selection and the flags' generation overrides into a plan.
+pub fn plan(sel: &ModelSelection, flags: &Overrides) -> Result<Plan> {
+    let cache = sel.models_dir.clone().unwrap_or_else(models_toml::models_cache);
+    let (target, draft, pair_name, pair_overrides) = if let Some(target_path) = &sel.model {
+        if sel.pair.is_some() {
+            bail!("--pair and -m/--model exclude each other");
+        }
+        let none = ModelSettings::default();
+        let target = model_plan("target", target_path, &none, &cache, sel, &sel.flags.n_gpu_layers)?;
+        let draft = sel.model_draft.as_ref().map(|p| model_plan("draft", p, &none, &cache, sel, &sel.n_gpu_layers_draft)).transpose()?;
+        (target, draft, None, Overrides::default())
+    } else {
+        if sel.model_draft.is_some() {
+            bail!("--model-draft needs -m/--model for the target");
+        }
+        let config = load_config(sel)?;
+        let name = match (&sel.pair, &config.models.default_pair) {
+            (Some(p), _) => p.clone(),
+            (None, Some(d)) => d.clone(),
+            (None, None) => bail!("{}: no default_pair; name one with --pair", config.file),
+        };
+        let pair = config.pair(&name)?;
+        let (t, d) = (pair.target.get_ref(), pair.draft.get_ref());
+        let entry = |n: &str| -> Result<(&ModelEntry, ModelSettings)> {
+            let e = config.model(n)?;
+            Ok((e, config.model_settings(e)))
+        };
+        let (te, ts) = entry(t)?;
+        let (de, ds) = entry(d)?;
+        let target = model_plan(t, &te.path, &ts, &cache, sel, &sel.flags.n_gpu_layers)?;
+        let draft = model_plan(d, &de.path, &ds, &cache, sel, &sel.n_gpu_layers_draft)?;
+        (target, Some(draft), Some(name), config.pair_overrides(pair))
+    };
+    let sources = vec![pair_overrides, flags.clone()];
+    let resolved = settings::resolve(&sources.iter().collect::<Vec<_>>())?;
+    let drafter = resolved.drafter;
+    if drafter.is_some_and(DrafterKind::needs_model) && draft.is_none() {
+        let origin = flags.drafter.as_ref().map_or(Origin::Default, |s| s.origin.clone());
+        bail!(
+            "{} {} needs a draft model (-md or a pair); use --draft ngram or --no-draft",
+            if origin == Origin::Default { "the default drafter".to_string() } else { origin.to_string() },
+            drafter.map_or("", |d| d.as_str())
+        );
+    }
+    let draft = if drafter.is_some_and(DrafterKind::needs_model) { draft } else { None };
+    Ok(Plan { target, draft, drafter, ngram: resolved.ngram, gen: resolved.gen, pair: pair_name, sources })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_settings_are_bounded_and_named() {
+        let sel = ModelSelection {
+            model: Some("/t.gguf".into()),
+            flags: ModelSettings { n_ctx: Some(Setting::new(64, Origin::Flag("--ctx-size"))), ..Default::default() },
+            ..Default::default()
+        };
+        let e =
+            plan(&sel, &Overrides { no_draft: Some(Setting::new(true, Origin::Flag("--no-draft"))), ..Default::default() }).unwrap_err();
+        assert_eq!(e.to_string(), format!("--ctx-size must be in [{MIN_N_CTX}, {MAX_N_CTX}], got 64"));
+        let sel = ModelSelection {
+            model: Some("/t.gguf".into()),
+            flags: ModelSettings { threads: Some(Setting::new(0, Origin::Flag("--threads"))), ..Default::default() },
+            ..Default::default()
+        };
+        assert!(plan(&sel, &Overrides::default()).unwrap_err().to_string().starts_with("--threads must be in [1, 1024], got 0"));
+    }
+
+    #[test]
+    fn a_model_drafter_without_a_draft_model_is_refused() {
+        let sel = ModelSelection { model: Some("/t.gguf".into()), ..Default::default() };
+        let flags = Overrides { drafter: Some(Setting::new(DrafterKind::Model, Origin::Flag("--draft"))), ..Default::default() };
+        assert_eq!(
+            plan(&sel, &flags).unwrap_err().to_string(),
+            "--draft model needs a draft model (-md or a pair); use --draft ngram or --no-draft"
+        );
+        let p = plan(&sel, &Overrides { drafter: Some(Setting::new(DrafterKind::Ngram, Origin::Flag("--draft"))), ..Default::default() })
+            .unwrap();
+        assert_eq!((p.drafter, p.draft), (Some(DrafterKind::Ngram), None));
+    }
+}

@@ -1,0 +1,96 @@
+//! Files and standard streams at the edge, bounded and quiet.
+//!
+//! - [`read_text`]: a regular file (not a directory, FIFO or device), at most `limit` bytes,
+//!   UTF-8, a leading byte-order mark dropped. `/dev/zero` as an input is refused at once.
+//! - [`is_broken_pipe`]: whether an error chain ends in `EPIPE`, which the binary treats as the
+//!   reader having gone away (exit quietly, as ripgrep does), unlike a full disk (an error).
+//! - `-` is standard output wherever a command writes a file (`--export-*`, `batch -o`).
+
+use std::io::Read;
+use std::path::Path;
+use thiserror::Error;
+
+/// Why a file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ReadError {
+    #[error("{path}: cannot read: {reason}")]
+    Io { path: String, reason: String },
+    #[error("{path}: not a regular file")]
+    NotRegular { path: String },
+    #[error("{path}: larger than {limit} bytes; refusing to read it")]
+    TooLarge { path: String, limit: u64 },
+    #[error("{path}: not UTF-8 text (byte {offset})")]
+    NotUtf8 { path: String, offset: usize },
+}
+
+/// Read a regular text file of at most `limit` bytes.
+pub fn read_text(path: &Path, limit: u64) -> Result<String, ReadError> {
+    let name = path.display().to_string();
+    let io = |e: std::io::Error| ReadError::Io { path: name.clone(), reason: e.to_string() };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(ReadError::NotRegular { path: name });
+    }
+    if meta.len() > limit {
+        return Err(ReadError::TooLarge { path: name, limit });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // the file may grow while it is read: never take more than the limit
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::TooLarge { path: name, limit });
+    }
+    let mut text = String::from_utf8(bytes).map_err(|e| ReadError::NotUtf8 { path: name.clone(), offset: e.utf8_error().valid_up_to() })?;
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
+    Ok(text)
+}
+
+/// Whether an error (or anything in its chain) is a broken pipe.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// Write a line to stderr; a closed or full stderr is ignored (there is nowhere left to say
+/// anything), never a panic as with `eprintln!`.
+pub fn note(msg: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
+/// Write text to stdout and flush; errors (a broken pipe, a full disk) are returned.
+pub fn out(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())?;
+    o.flush()
+}
+
+/// Whether a path names standard output.
+pub fn is_stdout(path: &Path) -> bool {
+    path.as_os_str() == "-"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_devices_directories_and_large_files_and_drops_a_bom() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(read_text(Path::new("/dev/zero"), 10), Err(ReadError::NotRegular { .. })));
+        assert!(matches!(read_text(dir.path(), 10), Err(ReadError::NotRegular { .. })));
+        let big = dir.path().join("big");
+        std::fs::write(&big, "x".repeat(11)).unwrap();
+        assert_eq!(read_text(&big, 10).unwrap_err().to_string(), format!("{}: larger than 10 bytes; refusing to read it", big.display()));
+        let bom = dir.path().join("bom");
+        std::fs::write(&bom, "\u{feff}{\"id\": 1}").unwrap();
+        assert_eq!(read_text(&bom, 100).unwrap(), "{\"id\": 1}");
+        let bin = dir.path().join("bin");
+        std::fs::write(&bin, [b'a', 0xff, b'b']).unwrap();
+        assert!(matches!(read_text(&bin, 100), Err(ReadError::NotUtf8 { offset: 1, .. })));
+        assert!(matches!(read_text(&dir.path().join("missing"), 100), Err(ReadError::Io { .. })));
+    }
+}

@@ -1,0 +1,292 @@
+//! One settings path (a base layer: pure data and rules, used by the formats and the
+//! inference layer): generation overrides from every source, merged in one function and
+//! validated once.
+//!
+//! A value comes from the built-in defaults, a pair in `models.toml`, a command-line flag or a
+//! batch record. Each carries its [`Origin`], so that a bad value is reported where it was
+//! written (`models.toml:14:9: top_p must be in (0, 1], got 0`, `--top-p must be …`,
+//! `line 4: temperature must be …`). Sources are layered with [`resolve`]: built-in defaults,
+//! then the pair, then flags, then a batch record (the most specific wins).
+
+use specrun_core::control::AdaptiveMode;
+use specrun_core::draft::DrafterKind;
+use specrun_core::engine::GenConfig;
+use specrun_core::ngram::NgramConfig;
+use specrun_core::sampling::SamplingParams;
+use specrun_core::verify::VerifyMode;
+use std::fmt;
+use thiserror::Error;
+
+/// Upper bounds on numeric settings, so that no value can make a round or a lookup run for
+/// ever (the context size bounds generation further at run time).
+pub const MAX_DRAFT_MAX: usize = 1024;
+pub const MAX_NGRAM: usize = 64;
+pub const MAX_TOKENS_LIMIT: usize = 10_000_000;
+pub const MAX_TOP_K: usize = 1 << 24;
+
+/// Where a value was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// specrun's own default.
+    Default,
+    /// A key in a models file, located.
+    File { file: String, line: usize, column: usize, key: &'static str },
+    /// A command-line flag, as spelled (`--top-p`).
+    Flag(&'static str),
+    /// A field of a batch record.
+    Record { line: usize, key: &'static str },
+    /// A field of a request (the server).
+    Request { key: &'static str },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => write!(f, "built-in default"),
+            Origin::File { file, line, column, key } => write!(f, "{file}:{line}:{column}: {key}"),
+            Origin::Flag(flag) => write!(f, "{flag}"),
+            Origin::Record { line, key } => write!(f, "line {line}: {key}"),
+            Origin::Request { key } => write!(f, "{key}"),
+        }
+    }
+}
+
+/// A value and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+impl<T> Setting<T> {
+    pub fn new(value: T, origin: Origin) -> Self {
+        Self { value, origin }
+    }
+}
+
+/// A bad setting, reported at its origin.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[error("{origin} {message}")]
+pub struct SettingError {
+    pub origin: Origin,
+    pub message: String,
+}
+
+/// Generation settings one source sets (every field optional).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub max_tokens: Option<Setting<usize>>,
+    pub draft_max: Option<Setting<usize>>,
+    pub draft_p_min: Option<Setting<f32>>,
+    pub draft_min: Option<Setting<usize>>,
+    pub drafter: Option<Setting<DrafterKind>>,
+    pub adaptive: Option<Setting<AdaptiveMode>>,
+    pub ngram_min: Option<Setting<usize>>,
+    pub ngram_max: Option<Setting<usize>>,
+    pub temp: Option<Setting<f32>>,
+    pub top_k: Option<Setting<usize>>,
+    pub top_p: Option<Setting<f32>>,
+    pub min_p: Option<Setting<f32>>,
+    pub repeat_penalty: Option<Setting<f32>>,
+    pub seed: Option<Setting<u64>>,
+    pub verify: Option<Setting<VerifyMode>>,
+    /// Plain decoding: no drafter (a flag or request only).
+    pub no_draft: Option<Setting<bool>>,
+}
+
+macro_rules! each_field {
+    ($m:ident) => {
+        $m!(
+            max_tokens,
+            draft_max,
+            draft_p_min,
+            draft_min,
+            drafter,
+            adaptive,
+            ngram_min,
+            ngram_max,
+            temp,
+            top_k,
+            top_p,
+            min_p,
+            repeat_penalty,
+            seed,
+            verify,
+            no_draft
+        )
+    };
+}
+
+impl Overrides {
+    /// `self` with every value `later` sets replaced by `later`'s.
+    pub fn then(mut self, later: &Overrides) -> Overrides {
+        macro_rules! take {
+            ($($f:ident),*) => {$(
+                if later.$f.is_some() {
+                    self.$f = later.$f.clone();
+                }
+            )*};
+        }
+        each_field!(take);
+        self
+    }
+}
+
+/// Fully resolved generation settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    pub gen: GenConfig,
+    /// `None`: plain decoding.
+    pub drafter: Option<DrafterKind>,
+    pub ngram: NgramConfig,
+}
+
+/// The built-in defaults: greedy, hybrid drafting, cost-aware draft length, 128 tokens.
+pub fn builtin() -> Resolved {
+    Resolved {
+        gen: GenConfig { adaptive: AdaptiveMode::Auto, ..GenConfig::default() },
+        drafter: Some(DrafterKind::Hybrid),
+        ngram: NgramConfig::default(),
+    }
+}
+
+fn check<T: fmt::Display + Copy>(s: &Option<Setting<T>>, ok: impl Fn(T) -> bool, rule: &str) -> Result<(), SettingError> {
+    match s {
+        Some(s) if !ok(s.value) => Err(SettingError { origin: s.origin.clone(), message: format!("{rule}, got {}", s.value) }),
+        _ => Ok(()),
+    }
+}
+
+/// Check every value one source sets against its range, naming the source.
+pub fn validate(o: &Overrides) -> Result<(), SettingError> {
+    check(&o.max_tokens, |v| v <= MAX_TOKENS_LIMIT, &format!("must be at most {MAX_TOKENS_LIMIT}"))?;
+    check(&o.draft_max, |v| v <= MAX_DRAFT_MAX, &format!("must be at most {MAX_DRAFT_MAX}"))?;
+    check(&o.draft_min, |v| v <= MAX_DRAFT_MAX, &format!("must be at most {MAX_DRAFT_MAX}"))?;
+    check(&o.draft_p_min, |v: f32| (0.0..=1.0).contains(&v), "must be in [0, 1]")?;
+    check(&o.ngram_min, |v| (1..=MAX_NGRAM).contains(&v), &format!("must be in [1, {MAX_NGRAM}]"))?;
+    check(&o.ngram_max, |v| (1..=MAX_NGRAM).contains(&v), &format!("must be in [1, {MAX_NGRAM}]"))?;
+    check(&o.temp, |v: f32| v.is_finite() && v >= 0.0, "must be a number >= 0")?;
+    check(&o.top_k, |v| v <= MAX_TOP_K, &format!("must be at most {MAX_TOP_K}"))?;
+    check(&o.top_p, |v: f32| v > 0.0 && v <= 1.0, "must be in (0, 1]")?;
+    check(&o.min_p, |v: f32| (0.0..=1.0).contains(&v), "must be in [0, 1]")?;
+    check(&o.repeat_penalty, |v: f32| v.is_finite() && v > 0.0, "must be a number > 0")?;
+    Ok(())
+}
+
+/// Merge the sources in order (later wins) over the built-in defaults and validate once.
+pub fn resolve(sources: &[&Overrides]) -> Result<Resolved, SettingError> {
+    let mut merged = Overrides::default();
+    for s in sources {
+        validate(s)?;
+        merged = merged.then(s);
+    }
+    let mut r = builtin();
+    let g = &mut r.gen;
+    macro_rules! set {
+        ($dst:expr, $src:ident) => {
+            if let Some(s) = &merged.$src {
+                $dst = s.value;
+            }
+        };
+    }
+    set!(g.max_tokens, max_tokens);
+    set!(g.draft_max, draft_max);
+    set!(g.draft_p_min, draft_p_min);
+    set!(g.draft_min, draft_min);
+    set!(g.adaptive, adaptive);
+    set!(g.seed, seed);
+    set!(g.verify, verify);
+    set!(g.params.temp, temp);
+    set!(g.params.top_k, top_k);
+    set!(g.params.top_p, top_p);
+    set!(g.params.min_p, min_p);
+    set!(g.params.repeat_penalty, repeat_penalty);
+    set!(r.ngram.n_min, ngram_min);
+    set!(r.ngram.n_max, ngram_max);
+    if let Some(d) = &merged.drafter {
+        r.drafter = Some(d.value);
+    }
+    if merged.no_draft.as_ref().is_some_and(|s| s.value) {
+        r.drafter = None;
+    }
+    if r.ngram.n_min > r.ngram.n_max {
+        let origin = merged.ngram_min.as_ref().or(merged.ngram_max.as_ref()).map_or(Origin::Default, |s| s.origin.clone());
+        return Err(SettingError {
+            origin,
+            message: format!("must be <= ngram_max, got ngram_min {} and ngram_max {}", r.ngram.n_min, r.ngram.n_max),
+        });
+    }
+    // the one place the greedy → stochastic verification upgrade happens
+    r.gen.verify = effective_verify(&r.gen.params, r.gen.verify);
+    Ok(r)
+}
+
+/// Greedy verification at temperature 0; otherwise the requested stochastic mode (rejection
+/// sampling unless `match` was asked for).
+pub fn effective_verify(params: &SamplingParams, asked: VerifyMode) -> VerifyMode {
+    match (params.is_greedy(), asked) {
+        (true, _) => VerifyMode::Greedy,
+        (false, VerifyMode::Greedy) => VerifyMode::Rejection,
+        (false, m) => m,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(key: &'static str, line: usize) -> Origin {
+        Origin::File { file: "models.toml".into(), line, column: 9, key }
+    }
+
+    #[test]
+    fn later_sources_win_and_defaults_fill_the_rest() {
+        let pair = Overrides {
+            temp: Some(Setting::new(0.8, file("temp", 3))),
+            draft_max: Some(Setting::new(6, file("draft_max", 4))),
+            ..Default::default()
+        };
+        let flags = Overrides { temp: Some(Setting::new(0.2, Origin::Flag("--temp"))), ..Default::default() };
+        let record = Overrides { max_tokens: Some(Setting::new(9, Origin::Record { line: 2, key: "max_tokens" })), ..Default::default() };
+        let r = resolve(&[&pair, &flags, &record]).unwrap();
+        assert_eq!(r.gen.params.temp, 0.2);
+        assert_eq!(r.gen.draft_max, 6);
+        assert_eq!(r.gen.max_tokens, 9);
+        assert_eq!(r.gen.adaptive, AdaptiveMode::Auto);
+        assert_eq!(r.drafter, Some(DrafterKind::Hybrid));
+        // sampling upgrades greedy verification to rejection sampling, in this one place
+        assert_eq!(r.gen.verify, VerifyMode::Rejection);
+        let greedy =
+            resolve(&[&Overrides { verify: Some(Setting::new(VerifyMode::Match, Origin::Flag("--verify"))), ..Default::default() }])
+                .unwrap();
+        assert_eq!(greedy.gen.verify, VerifyMode::Greedy);
+    }
+
+    #[test]
+    fn errors_name_the_source_of_the_bad_value() {
+        let pair = Overrides { top_p: Some(Setting::new(0.0, file("top_p", 14))), ..Default::default() };
+        assert_eq!(resolve(&[&pair]).unwrap_err().to_string(), "models.toml:14:9: top_p must be in (0, 1], got 0");
+        let flags = Overrides { temp: Some(Setting::new(f32::NAN, Origin::Flag("--temp"))), ..Default::default() };
+        assert_eq!(resolve(&[&flags]).unwrap_err().to_string(), "--temp must be a number >= 0, got NaN");
+        let rec = Overrides { temp: Some(Setting::new(-1.0, Origin::Record { line: 4, key: "temperature" })), ..Default::default() };
+        assert_eq!(resolve(&[&rec]).unwrap_err().to_string(), "line 4: temperature must be a number >= 0, got -1");
+        let huge = Overrides { ngram_max: Some(Setting::new(usize::MAX, Origin::Flag("--ngram-max"))), ..Default::default() };
+        assert!(resolve(&[&huge]).unwrap_err().to_string().starts_with("--ngram-max must be in [1, 64], got 18446744073709551615"));
+        let crossed = Overrides { ngram_min: Some(Setting::new(6, Origin::Flag("--ngram-min"))), ..Default::default() };
+        assert_eq!(resolve(&[&crossed]).unwrap_err().to_string(), "--ngram-min must be <= ngram_max, got ngram_min 6 and ngram_max 5");
+    }
+
+    #[test]
+    fn a_bad_value_is_reported_even_when_a_later_source_replaces_it() {
+        let pair = Overrides { min_p: Some(Setting::new(2.0, file("min_p", 7))), ..Default::default() };
+        let flags = Overrides { min_p: Some(Setting::new(0.1, Origin::Flag("--min-p"))), ..Default::default() };
+        assert_eq!(resolve(&[&pair, &flags]).unwrap_err().to_string(), "models.toml:7:9: min_p must be in [0, 1], got 2");
+    }
+
+    #[test]
+    fn no_draft_wins_over_a_drafter() {
+        let pair = Overrides { drafter: Some(Setting::new(DrafterKind::Model, file("drafter", 2))), ..Default::default() };
+        let flags = Overrides { no_draft: Some(Setting::new(true, Origin::Flag("--no-draft"))), ..Default::default() };
+        assert_eq!(resolve(&[&pair, &flags]).unwrap().drafter, None);
+    }
+}
