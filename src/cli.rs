@@ -41,6 +41,16 @@ pub enum Command {
     Config(ConfigCommand),
 }
 
+impl Command {
+    /// Whether the command's result goes to stdout (everything but `batch` to a file).
+    pub fn writes_stdout(&self) -> bool {
+        match self {
+            Command::Batch(b) => crate::io::is_stdout(&b.output),
+            _ => true,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the models file specrun reads, and the places it looks, in order.
@@ -68,10 +78,10 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', value_name = "PAIR,...")]
     pub pairs: Vec<String>,
     /// Draft lengths.
-    #[arg(long = "draft-max", value_delimiter = ',', default_value = "1,2,4,8", value_name = "K,...")]
+    #[arg(allow_negative_numbers = true, long = "draft-max", value_delimiter = ',', default_value = "1,2,4,8", value_name = "K,...")]
     pub draft_max: Vec<usize>,
     /// Temperatures (0: greedy; others sample with rejection verification).
-    #[arg(long, value_delimiter = ',', default_value = "0", value_name = "T,...")]
+    #[arg(allow_negative_numbers = true, long, value_delimiter = ',', default_value = "0", value_name = "T,...")]
     pub temp: Vec<f32>,
     /// Drafters.
     #[arg(long = "drafter", value_enum, value_delimiter = ',', default_value = "model", value_name = "KIND,...")]
@@ -86,10 +96,10 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE.json", conflicts_with = "write_best")]
     pub from_json: Option<PathBuf>,
     /// Tokens per prompt (a record's own max_tokens wins).
-    #[arg(short = 'n', long, default_value_t = 128, value_name = "N")]
+    #[arg(allow_negative_numbers = true, short = 'n', long, default_value_t = 128, value_name = "N")]
     pub max_tokens: usize,
     /// Repeats of every configuration (target-only and speculative interleaved).
-    #[arg(long, default_value_t = 3, value_name = "N")]
+    #[arg(allow_negative_numbers = true, long, default_value_t = 3, value_name = "N")]
     pub repeat: usize,
     /// Sampling seed.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -166,23 +176,26 @@ pub struct ModelArgs {
     #[arg(long, value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
     /// Layers of the target to offload to the GPU. Also spelled -ngl.
-    #[arg(long = "n-gpu-layers", value_name = "N")]
+    #[arg(allow_negative_numbers = true, long = "n-gpu-layers", value_name = "N")]
     pub n_gpu_layers: Option<u32>,
     /// Layers of the draft to offload to the GPU. Also spelled -ngld.
-    #[arg(long = "n-gpu-layers-draft", value_name = "N")]
+    #[arg(allow_negative_numbers = true, long = "n-gpu-layers-draft", value_name = "N")]
     pub n_gpu_layers_draft: Option<u32>,
     /// CPU threads for both models (default: per model, else all cores).
-    #[arg(short = 't', long, value_name = "N")]
+    #[arg(allow_negative_numbers = true, short = 't', long, value_name = "N")]
     pub threads: Option<u32>,
     /// Context size for both models.
-    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
+    #[arg(allow_negative_numbers = true, short = 'c', long = "ctx-size", value_name = "N")]
     pub ctx_size: Option<u32>,
     /// Largest decode batch for both models.
-    #[arg(short = 'b', long = "batch-size", value_name = "N")]
+    #[arg(allow_negative_numbers = true, short = 'b', long = "batch-size", value_name = "N")]
     pub batch_size: Option<u32>,
     /// Test-only: use deterministic mock models instead of GGUF files.
     #[arg(long, hide = true)]
     pub mock: bool,
+    /// Test-only: the mock target sleeps this many milliseconds in every decode.
+    #[arg(long, hide = true, value_name = "MS", requires = "mock")]
+    pub mock_delay_ms: Option<u64>,
 }
 
 /// Generation settings shared by every command that generates (all unset by default: the
@@ -190,13 +203,13 @@ pub struct ModelArgs {
 #[derive(Debug, Clone, Default, Args)]
 pub struct GenArgs {
     /// Tokens to generate at most.
-    #[arg(short = 'n', long = "max-tokens", value_name = "N")]
+    #[arg(allow_negative_numbers = true, short = 'n', long = "max-tokens", value_name = "N")]
     pub max_tokens: Option<usize>,
     /// Largest draft per round (default: the pair's draft_max, else 4).
-    #[arg(long, value_name = "K")]
+    #[arg(allow_negative_numbers = true, long, value_name = "K")]
     pub draft_max: Option<usize>,
     /// Stop drafting when the draft's top probability falls below P.
-    #[arg(long, value_name = "P")]
+    #[arg(allow_negative_numbers = true, long, value_name = "P")]
     pub draft_p_min: Option<f32>,
     /// Target-only decoding through the same engine.
     #[arg(long)]
@@ -208,31 +221,31 @@ pub struct GenArgs {
     #[arg(long, value_enum, value_name = "MODE")]
     pub adaptive: Option<AdaptiveMode>,
     /// Drafts shorter than this are not verified.
-    #[arg(long, value_name = "N")]
+    #[arg(allow_negative_numbers = true, long, value_name = "N")]
     pub draft_min: Option<usize>,
     /// Shortest n-gram that counts as a match.
-    #[arg(long, value_name = "N")]
+    #[arg(allow_negative_numbers = true, long, value_name = "N")]
     pub ngram_min: Option<usize>,
     /// Longest n-gram tried first.
-    #[arg(long, value_name = "N")]
+    #[arg(allow_negative_numbers = true, long, value_name = "N")]
     pub ngram_max: Option<usize>,
     /// Temperature (0: greedy).
-    #[arg(long, value_name = "T")]
+    #[arg(allow_negative_numbers = true, long, value_name = "T")]
     pub temp: Option<f32>,
     /// Top-k (0: off).
-    #[arg(long, value_name = "K")]
+    #[arg(allow_negative_numbers = true, long, value_name = "K")]
     pub top_k: Option<usize>,
     /// Top-p (1: off).
-    #[arg(long, value_name = "P")]
+    #[arg(allow_negative_numbers = true, long, value_name = "P")]
     pub top_p: Option<f32>,
     /// Min-p (0: off).
-    #[arg(long, value_name = "P")]
+    #[arg(allow_negative_numbers = true, long, value_name = "P")]
     pub min_p: Option<f32>,
     /// Repetition penalty over the last 64 tokens (1: off).
-    #[arg(long, value_name = "X")]
+    #[arg(allow_negative_numbers = true, long, value_name = "X")]
     pub repeat_penalty: Option<f32>,
     /// RNG seed for sampling.
-    #[arg(long, value_name = "N")]
+    #[arg(allow_negative_numbers = true, long, value_name = "N")]
     pub seed: Option<u64>,
     /// How the target checks drafts when sampling.
     #[arg(long, value_enum, value_name = "MODE")]
@@ -283,6 +296,7 @@ impl ModelArgs {
             },
             n_gpu_layers_draft: flag(self.n_gpu_layers_draft, "--n-gpu-layers-draft"),
             mock: self.mock,
+            mock_delay: self.mock_delay_ms.map(std::time::Duration::from_millis),
         }
     }
 }

@@ -5,10 +5,33 @@
 //! - [`is_broken_pipe`]: whether an error chain ends in `EPIPE`, which the binary treats as the
 //!   reader having gone away (exit quietly, as ripgrep does), unlike a full disk (an error).
 //! - `-` is standard output wherever a command writes a file (`--export-*`, `batch -o`).
+//! - [`install_interrupt_handler`], [`interrupted`]: Ctrl-C once stops at the next round, twice
+//!   exits at once.
 
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use thiserror::Error;
+
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+
+/// Ctrl-C: the first asks the running command to stop at the next round ([`interrupted`]);
+/// the second exits at once with 130. Installed once per process.
+pub fn install_interrupt_handler() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = ctrlc::set_handler(|| {
+            if INTERRUPTS.fetch_add(1, Ordering::SeqCst) >= 1 {
+                std::process::exit(130);
+            }
+        });
+    });
+}
+
+/// Whether Ctrl-C was pressed.
+pub fn interrupted() -> bool {
+    INTERRUPTS.load(Ordering::SeqCst) > 0
+}
 
 /// Why a file could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -66,6 +89,33 @@ pub fn out(text: &str) -> std::io::Result<()> {
     let mut o = std::io::stdout().lock();
     o.write_all(text.as_bytes())?;
     o.flush()
+}
+
+/// Whether the process was started with stdout closed (`>&-`). The Rust runtime then points
+/// fd 1 at `/dev/null`, opened read-write; a shell's `>/dev/null` opens it write-only. Output
+/// to a closed stdout is lost, so commands that write there refuse to start.
+#[cfg(unix)]
+pub fn stdout_was_closed() -> bool {
+    // SAFETY: fcntl and fstat on fd 1 only read the descriptor's flags and status.
+    unsafe {
+        let flags = libc::fcntl(1, libc::F_GETFL);
+        if flags < 0 {
+            return true;
+        }
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(1, &mut st) != 0 {
+            return true;
+        }
+        let mut null: libc::stat = std::mem::zeroed();
+        let is_null =
+            libc::stat(c"/dev/null".as_ptr(), &mut null) == 0 && st.st_rdev == null.st_rdev && (st.st_mode & libc::S_IFMT) == libc::S_IFCHR;
+        is_null && (flags & libc::O_ACCMODE) == libc::O_RDWR
+    }
+}
+
+#[cfg(not(unix))]
+pub fn stdout_was_closed() -> bool {
+    false
 }
 
 /// Whether a path names standard output.

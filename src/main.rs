@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use specrun::cli::{normalize_args, Cli};
-use specrun::commands::{dispatch, EXIT_ERROR};
+use specrun::commands::{dispatch, EXIT_ERROR, EXIT_INTERRUPTED};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -14,9 +14,17 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_ERROR } else { 0 });
         }
     };
+    if cli.command.writes_stdout() && specrun::io::stdout_was_closed() {
+        specrun::io::note("error: standard output is closed; nothing could be written (redirect it to a file or /dev/null)");
+        return ExitCode::from(EXIT_ERROR);
+    }
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) if specrun::io::is_broken_pipe(&e) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<specrun::infer::Interrupted>().is_some() => {
+            specrun::io::note("interrupted");
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
         Err(e) => {
             specrun::io::note(format!("error: {e:#}"));
             ExitCode::from(EXIT_ERROR)

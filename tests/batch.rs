@@ -2,7 +2,7 @@
 //! after a crash, and the one-line messages for bad input.
 
 use assert_cmd::Command;
-use specrun::formats::records::{ErrorRecord, OkRecord, OutputRecord};
+use specrun::formats::records::{ErrorRecord, Header, OkRecord, OutputRecord};
 use std::path::{Path, PathBuf};
 
 fn models_toml() -> PathBuf {
@@ -22,11 +22,14 @@ fn batch(input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// Every line parses into exactly one of the two record types (unknown fields are errors).
+/// The header, then every line parses into exactly one of the two record types (unknown
+/// fields are errors).
 fn records(output: &Path) -> Vec<OutputRecord> {
-    std::fs::read_to_string(output)
-        .unwrap()
-        .lines()
+    let text = std::fs::read_to_string(output).unwrap();
+    let mut lines = text.lines();
+    let header: Header = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(header.specrun_batch.input_sha256.len(), 64);
+    lines
         .map(|l| {
             serde_json::from_str::<OkRecord>(l)
                 .map(OutputRecord::Ok)
@@ -96,7 +99,7 @@ fn resume_after_a_crash_gives_the_uninterrupted_output_byte_for_byte() {
     let crashed = batch(&input, &cut, &["--debug-crash-after", "3"]);
     assert!(!crashed.status.success(), "the simulated crash must abort");
     let partial = std::fs::read_to_string(&cut).unwrap();
-    assert_eq!(partial.lines().count(), 4, "three records and a cut-off line: {partial}");
+    assert_eq!(partial.lines().count(), 5, "the header, three records and a cut-off line: {partial}");
     assert!(!partial.ends_with('\n'));
 
     let refused = batch(&input, &cut, &[]);

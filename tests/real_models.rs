@@ -194,12 +194,22 @@ fn the_binary_refuses_an_incompatible_pair_before_decoding() {
         .arg(&config)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    // `run` cannot run at all: exit 2 (the README's policy)
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot draft for") && err.contains("first differing token"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
     assert!(out.stdout.is_empty(), "nothing may be generated");
     let out = assert_cmd::Command::cargo_bin("specrun").unwrap().args(["check-pair", "--config"]).arg(&config).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // `check-pair` ran and answers no: exit 1
+    let out = assert_cmd::Command::cargo_bin("specrun")
+        .unwrap()
+        .args(["check-pair", "--pair", "gemma-qwen", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 fn sampled(

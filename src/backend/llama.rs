@@ -17,17 +17,85 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 use specrun_core::model::{Model, ModelError, SeqId, Token};
 use specrun_core::vocab::VocabFacts;
+use std::io::Read as _;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 static BACKEND: OnceLock<LlamaBackend> = OnceLock::new();
+
+/// The errors llama.cpp logged (at most 16) since the last look, so that a failed load can say why in one line (its own log
+/// is shown only with `-v`). Filled by [`ErrorCapture`].
+static LAST_ERROR: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// A `tracing` layer that keeps llama.cpp's ERROR messages for [`LoadedModel::load`].
+pub struct ErrorCapture;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ErrorCapture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if *event.metadata().level() != tracing::Level::ERROR {
+            return;
+        }
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "message" {
+                    self.0 = value.to_string();
+                }
+            }
+        }
+        let mut m = Message(String::new());
+        event.record(&mut m);
+        let text = m.0.trim().to_string();
+        if !text.is_empty() {
+            if let Ok(mut errors) = LAST_ERROR.lock() {
+                if errors.len() < 16 {
+                    errors.push(text);
+                }
+            }
+        }
+    }
+}
+
+/// The most telling llama.cpp error since the last call: the reason a model load gave
+/// ("error loading model: …"), else the first error logged.
+fn take_last_error() -> Option<String> {
+    let errors = std::mem::take(&mut *LAST_ERROR.lock().ok()?);
+    errors
+        .iter()
+        .find_map(|e| e.split_once("error loading model: ").map(|(_, why)| why.trim().to_string()))
+        .or_else(|| errors.into_iter().next())
+}
+
+/// Bytes of memory the system can still give (Linux `MemAvailable`), if known.
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The KV cache a context of `n_ctx` cells needs (f16 keys and values, every layer).
+pub fn kv_cache_bytes(n_layer: u64, n_embd: u64, n_head: u64, n_head_kv: u64, n_ctx: u64) -> u64 {
+    let n_embd_kv = (n_embd * n_head_kv).checked_div(n_head).unwrap_or(n_embd);
+    2 * 2 * n_layer * n_embd_kv * n_ctx
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 30) as f64
+}
 
 /// The process-wide llama.cpp backend (`LlamaBackend::init` works once per process).
 pub fn backend() -> Result<&'static LlamaBackend> {
     if let Some(b) = BACKEND.get() {
         return Ok(b);
     }
+    // llama.cpp's log goes to `tracing`: shown with -v, and its last error is kept for messages
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
     let b = LlamaBackend::init().context("cannot initialise the llama.cpp backend")?;
     Ok(BACKEND.get_or_init(|| b))
@@ -69,9 +137,45 @@ impl LoadedModel {
         if !path.is_file() {
             return Err(anyhow!("model file not found: {}", path.display()));
         }
-        let model =
-            LlamaModel::load_from_file(backend()?, path, &params).with_context(|| format!("cannot load model {}", path.display()))?;
-        Ok(Self { model, path: path.to_path_buf() })
+        let mut magic = [0u8; 4];
+        let n =
+            std::fs::File::open(path).and_then(|mut f| f.read(&mut magic)).with_context(|| format!("cannot read {}", path.display()))?;
+        if n < 4 || &magic != b"GGUF" {
+            return Err(anyhow!("not a GGUF file: {}", path.display()));
+        }
+        let backend = backend()?;
+        take_last_error();
+        match LlamaModel::load_from_file(backend, path, &params) {
+            Ok(model) => Ok(Self { model, path: path.to_path_buf() }),
+            Err(_) => {
+                let why = take_last_error().unwrap_or_else(|| "truncated or corrupted GGUF".to_string());
+                Err(anyhow!("cannot load model {}: {why}", path.display()))
+            }
+        }
+    }
+
+    /// Refuse a context larger than the model was trained for, or whose KV cache cannot fit
+    /// the memory left, before llama.cpp tries to allocate it.
+    pub fn check_n_ctx(&self, n_ctx: u32) -> Result<()> {
+        let trained = self.model.n_ctx_train();
+        if trained > 0 && n_ctx > trained {
+            return Err(anyhow!("{}: n_ctx {n_ctx} exceeds the {trained} tokens the model was trained for", self.path.display()));
+        }
+        let m = &self.model;
+        let per_cell = kv_cache_bytes(u64::from(m.n_layer()), m.n_embd().max(0) as u64, u64::from(m.n_head()), u64::from(m.n_head_kv()), 1);
+        if let Some(avail) = mem_available() {
+            let need = per_cell * u64::from(n_ctx);
+            if need > avail {
+                let fits = avail / per_cell.max(1);
+                return Err(anyhow!(
+                    "{}: n_ctx {n_ctx} needs {:.1} GiB of KV cache but {:.1} GiB of memory is available; at most n_ctx {fits} fits",
+                    self.path.display(),
+                    gib(need),
+                    gib(avail)
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn n_vocab(&self) -> usize {
@@ -118,8 +222,9 @@ impl LoadedModel {
     /// A fresh context over this model.
     pub fn context(&self, s: ContextSettings) -> Result<LlamaRunner<'_>> {
         if s.n_batch == 0 || s.n_ctx == 0 {
-            return Err(anyhow!("n_ctx and n_batch must be > 0"));
+            return Err(anyhow!("{}: n_ctx and n_batch must be > 0", self.path.display()));
         }
+        self.check_n_ctx(s.n_ctx)?;
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(s.n_ctx))
             .with_n_batch(s.n_batch)
@@ -129,7 +234,8 @@ impl LoadedModel {
             .with_n_threads_batch(s.threads);
         let ctx =
             self.model.new_context(backend()?, params).with_context(|| format!("cannot create a context for {}", self.path.display()))?;
-        let n_ctx = ctx.n_ctx() as usize;
+        // llama.cpp may round the context up; specrun enforces the size that was asked for
+        let n_ctx = (ctx.n_ctx() as usize).min(s.n_ctx as usize);
         let n_batch = ctx.n_batch() as usize;
         Ok(LlamaRunner {
             ctx,
@@ -201,6 +307,12 @@ impl Model for LlamaRunner<'_> {
         self.ctx.decode(&mut self.batch).map_err(|e| ModelError::Decode(e.to_string()))?;
         self.row_base = logits_from as i32;
         self.n_rows = tokens.len().saturating_sub(logits_from);
+        // corrupted weights show as NaN/inf logits: fail instead of sampling garbage
+        for row in 0..self.n_rows {
+            if !self.ctx.get_logits_ith(self.row_base + row as i32).iter().all(|x| x.is_finite()) {
+                return Err(ModelError::NonFinite);
+            }
+        }
         Ok(())
     }
 
@@ -223,5 +335,20 @@ impl specrun_core::model::TextCodec for LoadedModel {
     }
     fn chat(&self, messages: &[(String, String)]) -> Result<String, String> {
         self.chat_messages(messages).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kv_cache_bytes;
+
+    #[test]
+    fn kv_cache_size_by_hand() {
+        // Qwen2.5-1.5B: 28 layers, n_embd 1536, 12 heads, 2 KV heads → 256 KV dims per layer;
+        // f16 K and V: 2 * 2 * 28 * 256 = 28,672 bytes per cell, 4096 cells = 112 MiB
+        assert_eq!(kv_cache_bytes(28, 1536, 12, 2, 1), 28_672);
+        assert_eq!(kv_cache_bytes(28, 1536, 12, 2, 4096), 112 << 20);
+        // a billion cells is ~27 TiB: refused before allocating
+        assert!(kv_cache_bytes(28, 1536, 12, 2, 1_000_000_000) > 1u64 << 44);
     }
 }

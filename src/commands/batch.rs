@@ -1,92 +1,176 @@
 //! The `specrun batch` command: a prompt file through one loaded pair to JSON Lines.
 //!
 //! Models load once; each record gets a fresh sequence (the caches are cleared per record).
-//! Every output record is written with one `write_all` and flushed, so a crash can only cut
-//! off the last line, which `--resume` detects and redoes. Ctrl-C finishes the current record,
-//! flushes, and says how to resume. Exit codes: 0 all records ok, 1 some failed, 2 fatal.
+//! The output starts with a header naming the input's sha256 and the settings that change
+//! results; every record is written with one `write_all` and flushed, so a crash can only cut
+//! off the last line, which `--resume` detects and redoes. The output file is locked while a
+//! batch writes it, is never the input, and must be a regular file (or `-`, stdout).
+//! Ctrl-C stops at the next round without writing the unfinished record; a second Ctrl-C exits
+//! at once. Exit codes: 0 all records ok, 1 some failed, 2 fatal, 130 interrupted.
 
 use super::{EXIT_INTERRUPTED, EXIT_NEGATIVE};
 use crate::cli::BatchArgs;
 use crate::formats::records::{
-    id_key, parse_input, scan_output, BadRecord, ErrorRecord, InputFormat, Job, OkRecord, OutputRecord, PromptInput,
+    check_unique_ids, id_key, parse_input, scan_output, BadRecord, ErrorRecord, Header, InputFormat, Job, OkRecord, OutputRecord,
+    PromptInput,
 };
-use crate::infer::{generate, make_drafter, plan, with_backend, Plan};
-use crate::io::read_text;
+use crate::infer::{generate, make_drafter, plan, with_backend, Interrupted, Plan};
+use crate::io::{install_interrupt_handler, interrupted, is_stdout, read_text};
 use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 use specrun_core::draft::Drafter;
 use specrun_core::engine::Engine;
 use specrun_core::model::{Model, TextCodec};
 use specrun_core::stats::{Clock, GenStats};
-use std::fs::OpenOptions;
-use std::io::{IsTerminal, Write};
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Seek, SeekFrom, Write};
+use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 /// An input file larger than this is refused.
 pub const MAX_INPUT_BYTES: u64 = 1 << 30;
+/// An output file larger than this is not resumed.
+pub const MAX_OUTPUT_BYTES: u64 = 4 << 30;
 
 /// The input format `--input-format` names, else by extension (`.txt`: one prompt per line).
-pub fn input_format(path: &std::path::Path, flag: Option<InputFormat>) -> InputFormat {
+pub fn input_format(path: &Path, flag: Option<InputFormat>) -> InputFormat {
     flag.unwrap_or(if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")) { InputFormat::Txt } else { InputFormat::Jsonl })
+}
+
+/// Where records go.
+enum Sink {
+    File(File),
+    Stdout,
+}
+
+impl Sink {
+    fn write_line(&mut self, line: &str) -> std::io::Result<()> {
+        match self {
+            Sink::File(f) => f.write_all(line.as_bytes()).and_then(|_| f.flush()),
+            Sink::Stdout => crate::io::out(line),
+        }
+    }
 }
 
 /// `specrun batch`. Fatal errors are returned (one line, exit 2).
 pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
     let text = read_text(&args.input, MAX_INPUT_BYTES)?;
-    let records = parse_input(&text, input_format(&args.input, args.input_format));
+    let format = input_format(&args.input, args.input_format);
+    let records = parse_input(&text, format);
     if records.is_empty() {
         bail!("{}: no records (the file is empty)", args.input.display());
     }
+    check_unique_ids(&records).map_err(|e| anyhow!("{}: {e}", args.input.display()))?;
     let plan = plan(&args.models.selection(), &args.gen.overrides())?;
-    let done = prepare_output(args)?;
+    let header = Header::new(format!("{:x}", Sha256::digest(text.as_bytes())), fingerprint(&plan, args, format));
+    let (mut sink, done) = prepare_output(args, &header)?;
     let todo: Vec<_> = records.into_iter().filter(|r| !done.contains(&id_key(&record_id(r)))).collect();
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        // a second handler cannot be installed (tests run several batches in one process)
-        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-    }
+    install_interrupt_handler();
     with_backend(&plan, args.models.mock, &mut |target, draft, codec, clock| {
         let drafter = make_drafter(plan.drafter, plan.ngram, draft);
-        run_records(target, drafter, codec, clock, &plan, args, &todo, done.len(), &interrupted)
+        run_records(target, drafter, codec, clock, &plan, args, &todo, done.len(), &mut sink)
     })
 }
 
-fn record_id(r: &Result<Job, BadRecord>) -> serde_json::Value {
+/// The settings that change a record's output: the target, the generation limits and the
+/// sampling settings — and, when sampling, the drafter (its proposals consume random numbers).
+/// Threads, batch size and greedy drafting settings do not change results and may differ
+/// between a run and its resume.
+fn fingerprint(plan: &Plan, args: &BatchArgs, format: InputFormat) -> serde_json::Map<String, Value> {
+    let file = |p: &Path| {
+        let name = p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let size = std::fs::metadata(p).map(|m| m.len()).ok();
+        serde_json::json!({ "file": name, "bytes": size })
+    };
+    let g = &plan.gen;
+    let mut m = serde_json::Map::new();
+    m.insert("target".into(), if args.models.mock { Value::from("mock") } else { file(&plan.target.path) });
+    m.insert("input_format".into(), Value::from(format!("{format:?}").to_lowercase()));
+    m.insert("chat".into(), Value::from(args.chat));
+    m.insert("max_tokens".into(), Value::from(g.max_tokens));
+    m.insert("temp".into(), Value::from(g.params.temp));
+    m.insert("top_k".into(), Value::from(g.params.top_k));
+    m.insert("top_p".into(), Value::from(g.params.top_p));
+    m.insert("min_p".into(), Value::from(g.params.min_p));
+    m.insert("repeat_penalty".into(), Value::from(g.params.repeat_penalty));
+    m.insert("seed".into(), Value::from(g.seed));
+    if !g.params.is_greedy() {
+        m.insert("verify".into(), Value::from(g.verify.as_str()));
+        m.insert("drafter".into(), Value::from(plan.drafter.map_or("none", |d| d.as_str())));
+        if let Some(d) = &plan.draft {
+            m.insert("draft".into(), if args.models.mock { Value::from("mock") } else { file(&d.path) });
+        }
+        m.insert("draft_max".into(), Value::from(g.draft_max));
+        m.insert("adaptive".into(), Value::from(format!("{:?}", g.adaptive).to_lowercase()));
+    }
+    m
+}
+
+fn record_id(r: &Result<Job, BadRecord>) -> Value {
     match r {
         Ok(j) => j.id.clone(),
         Err(b) => b.id.clone(),
     }
 }
 
-/// Create, replace or repair the output file; return the ids it already holds.
-fn prepare_output(args: &BatchArgs) -> Result<std::collections::HashSet<String>> {
+/// Open (and lock) the output, create, replace or check and repair it; return where to write
+/// and the ids it already holds.
+fn prepare_output(args: &BatchArgs, header: &Header) -> Result<(Sink, HashSet<String>)> {
     let out = &args.output;
-    if !out.exists() {
-        return Ok(Default::default());
+    let header_line = serde_json::to_string(header)? + "\n";
+    if is_stdout(out) {
+        if args.resume {
+            bail!("--resume needs an output file, not - (stdout)");
+        }
+        let mut sink = Sink::Stdout;
+        sink.write_line(&header_line).context("cannot write the output")?;
+        return Ok((sink, HashSet::new()));
     }
-    if args.overwrite {
-        std::fs::write(out, b"").with_context(|| format!("{}: cannot write", out.display()))?;
-        return Ok(Default::default());
+    let name = out.display().to_string();
+    let existed = match std::fs::metadata(out) {
+        Ok(m) if !m.is_file() => bail!("{name}: not a regular file (write to a file, or to - for stdout)"),
+        Ok(_) => true,
+        Err(_) => false,
+    };
+    if existed && same_file::is_same_file(out, &args.input).unwrap_or(false) {
+        bail!("{name} is the input file {}; write the output elsewhere", args.input.display());
     }
-    if !args.resume {
-        bail!("{} exists: pass --resume to continue it or --overwrite to replace it", out.display());
+    if existed && !args.resume && !args.overwrite {
+        bail!("{name} exists: pass --resume to continue it or --overwrite to replace it");
     }
-    let text = std::fs::read(out).with_context(|| format!("{}: cannot read", out.display()))?;
-    let text = String::from_utf8_lossy(&text);
-    let state = scan_output(&text);
-    if state.valid_len < text.len() {
-        crate::io::note(format!(
-            "note: {}: dropping a cut-off record after {} whole records; it will be redone",
-            out.display(),
-            state.n_records
-        ));
-        let f = OpenOptions::new().write(true).open(out).with_context(|| format!("{}: cannot write", out.display()))?;
-        f.set_len(state.valid_len as u64)?;
+    let mut file =
+        OpenOptions::new().read(true).write(true).create(true).truncate(false).open(out).with_context(|| format!("{name}: cannot open"))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => bail!("{name} is being written by another specrun batch (it is locked)"),
+        Err(std::fs::TryLockError::Error(e)) => return Err(anyhow!(e).context(format!("{name}: cannot lock"))),
     }
-    Ok(state.done)
+    let mut done = HashSet::new();
+    let mut keep = 0u64;
+    if existed && args.resume {
+        let text = read_text(out, MAX_OUTPUT_BYTES)?;
+        let state = scan_output(&text).map_err(|e| anyhow!("{name}: {e}"))?;
+        if let Some(old) = &state.header {
+            if let Some(why) = old.mismatch(header) {
+                bail!("{name} cannot be resumed: {why} (run with the same input and settings, or --overwrite)");
+            }
+        }
+        if state.valid_len < text.len() {
+            crate::io::note(format!("note: {name}: dropping a cut-off record after {} whole records; it will be redone", state.n_records));
+        }
+        keep = state.valid_len as u64;
+        done = state.done;
+    }
+    file.set_len(keep).with_context(|| format!("{name}: cannot write"))?;
+    file.seek(SeekFrom::End(0)).with_context(|| format!("{name}: cannot write"))?;
+    let mut sink = Sink::File(file);
+    if keep == 0 {
+        sink.write_line(&header_line).with_context(|| format!("{name}: cannot write"))?;
+    }
+    Ok((sink, done))
 }
 
 struct Totals {
@@ -105,35 +189,35 @@ fn run_records(
     args: &BatchArgs,
     todo: &[Result<Job, BadRecord>],
     n_skipped: usize,
-    interrupted: &AtomicBool,
+    sink: &mut Sink,
 ) -> Result<ExitCode> {
-    let mut out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&args.output)
-        .with_context(|| format!("{}: cannot write", args.output.display()))?;
+    let out_name = args.output.display().to_string();
     let t0 = clock.now();
     let bar = progress_bar(args, todo.len());
     let mut engine = Engine::new(target, drafter, plan.gen.clone());
     let mut totals = Totals { ok: 0, failed: 0, stats: GenStats::default() };
     for (i, rec) in todo.iter().enumerate() {
-        if interrupted.load(Ordering::SeqCst) {
-            bar.finish_and_clear();
-            crate::io::note(format!(
-                "interrupted after {} of {} records; resume with the same command and --resume",
-                n_skipped + i,
-                n_skipped + todo.len()
-            ));
-            out.flush()?;
-            return Ok(ExitCode::from(EXIT_INTERRUPTED));
-        }
         if args.debug_crash_after == Some(i) {
-            out.write_all(b"{\"id\": \"half a rec")?;
-            out.flush()?;
+            if let Sink::File(f) = sink {
+                f.write_all(b"{\"id\": \"half a rec")?;
+                f.flush()?;
+            }
             std::process::abort();
         }
         let record = match rec {
-            Ok(job) => run_job(&mut engine, codec, plan, args, job, clock),
+            Ok(job) => match run_job(&mut engine, codec, plan, args, job, clock) {
+                Ok(r) => r,
+                Err(e) if e.downcast_ref::<Interrupted>().is_some() || interrupted() => {
+                    bar.finish_and_clear();
+                    crate::io::note(format!(
+                        "interrupted after {} of {} records; nothing partial was written; resume with the same command and --resume",
+                        n_skipped + i,
+                        n_skipped + todo.len()
+                    ));
+                    return Ok(ExitCode::from(EXIT_INTERRUPTED));
+                }
+                Err(e) => OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: format!("line {}: {e:#}", job.line) }),
+            },
             Err(bad) => OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error.clone() }),
         };
         match &record {
@@ -141,7 +225,7 @@ fn run_records(
             OutputRecord::Error(_) => totals.failed += 1,
         }
         let line = serde_json::to_string(&record)? + "\n";
-        out.write_all(line.as_bytes()).and_then(|_| out.flush()).with_context(|| format!("{}: cannot write", args.output.display()))?;
+        sink.write_line(&line).with_context(|| format!("{out_name}: cannot write"))?;
         if let OutputRecord::Ok(r) = &record {
             totals.stats.n_generated += r.n_generated;
             totals.stats.n_drafted += r.n_drafted;
@@ -182,7 +266,9 @@ fn progress_bar(args: &BatchArgs, n: usize) -> ProgressBar {
     bar
 }
 
-/// One record: its own sampling overrides over the plan, a fresh sequence, stop strings.
+/// One record: its own settings over the plan's, a fresh sequence, stop strings. A record
+/// that fails (bad settings, a prompt too long for the context, a model error) becomes an
+/// error record; only an interruption is returned as `Err`.
 fn run_job<T: Model, D: Drafter>(
     engine: &mut Engine<T, D>,
     codec: &dyn TextCodec,
@@ -190,8 +276,8 @@ fn run_job<T: Model, D: Drafter>(
     args: &BatchArgs,
     job: &Job,
     clock: &dyn Clock,
-) -> OutputRecord {
-    let fail = |e: String| OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: e });
+) -> Result<OutputRecord> {
+    let fail = |e: String| Ok(OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: e }));
     match plan.resolve_with(&job.overrides) {
         Ok(r) => engine.config = r.gen,
         Err(e) => return fail(e.to_string()),
@@ -206,24 +292,20 @@ fn run_job<T: Model, D: Drafter>(
         Err(e) => return fail(format!("line {}: {e}", job.line)),
     };
     let tokens = codec.tokenize(&prompt);
-    match generate(engine, codec, &tokens, clock, None, &job.stop) {
-        Ok(g) => {
-            let r = g.report;
-            OutputRecord::Ok(OkRecord {
-                id: job.id.clone(),
-                text: r.text,
-                finish_reason: r.finish_reason,
-                n_prompt: r.n_prompt,
-                n_generated: r.n_generated,
-                n_drafted: r.n_drafted,
-                n_accepted: r.n_accepted,
-                acceptance_rate: r.acceptance_rate,
-                tokens_per_round: r.tokens_per_round,
-                t_draft_s: r.t_draft_s,
-                t_verify_s: r.t_verify_s,
-                decode_tok_per_s: r.decode_tok_per_s,
-            })
-        }
-        Err(e) => fail(format!("line {}: {}", job.line, anyhow!(e))),
-    }
+    let g = generate(engine, codec, &tokens, clock, None, &job.stop, &interrupted)?;
+    let r = g.report;
+    Ok(OutputRecord::Ok(OkRecord {
+        id: job.id.clone(),
+        text: r.text,
+        finish_reason: r.finish_reason,
+        n_prompt: r.n_prompt,
+        n_generated: r.n_generated,
+        n_drafted: r.n_drafted,
+        n_accepted: r.n_accepted,
+        acceptance_rate: r.acceptance_rate,
+        tokens_per_round: r.tokens_per_round,
+        t_draft_s: r.t_draft_s,
+        t_verify_s: r.t_verify_s,
+        decode_tok_per_s: r.decode_tok_per_s,
+    }))
 }

@@ -63,6 +63,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     validate_sweep(args)?;
+    crate::io::install_interrupt_handler();
     let write_best_to = if args.write_best { Some(write_best_target(args)?) } else { None };
     let prompts_path = args.prompts.as_deref().ok_or_else(|| anyhow!("--prompts is required"))?;
     let text = read_text(prompts_path, super::batch::MAX_INPUT_BYTES).map_err(|e| anyhow!("--prompts {e}"))?;
@@ -220,9 +221,10 @@ fn measure(
     let mut s = RepeatSample::default();
     for (tokens, max_tokens) in prompts {
         let gen = GenConfig { max_tokens: *max_tokens, ..gen.clone() };
-        let base = generate(&mut Engine::new(&mut *target, NoDraft, gen.clone()), codec, tokens, clock, None, &[])?;
+        let base =
+            generate(&mut Engine::new(&mut *target, NoDraft, gen.clone()), codec, tokens, clock, None, &[], &crate::io::interrupted)?;
         let d = make_drafter(Some(drafter), plan.ngram, draft.as_mut().map(|m| &mut **m as &mut dyn Model));
-        let spec = generate(&mut Engine::new(&mut *target, d, gen), codec, tokens, clock, None, &[])?;
+        let spec = generate(&mut Engine::new(&mut *target, d, gen), codec, tokens, clock, None, &[], &crate::io::interrupted)?;
         s.add(&base.stats, &spec.stats);
     }
     Ok(s)

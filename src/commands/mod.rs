@@ -27,19 +27,28 @@ pub const EXIT_ERROR: u8 = 2;
 /// Exit code: interrupted.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
+/// Log lines (specrun's and llama.cpp's) only with `-v` (`SPECRUN_LOG` overrides); errors
+/// reach the user as one line from `main`. llama.cpp's last error is captured either way, so a
+/// failed load can say why.
 fn init_logging(verbose: u8) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let default = match verbose {
-        0 => "error",
+        0 => "off",
         1 => "info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPECRUN_LOG").unwrap_or_else(|_| default.into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
-        .try_init();
+        .with_filter(filter);
+    let registry = tracing_subscriber::registry().with(fmt);
+    #[cfg(feature = "llama")]
+    let registry = registry.with(crate::backend::llama::ErrorCapture);
+    let _ = registry.try_init();
 }
 
 /// Run the command `cli` names. `Err` is one line for the user and exit code 2.

@@ -5,7 +5,7 @@
 use crate::cli::RunArgs;
 use crate::formats::report::CompareReport;
 use crate::infer::{generate, make_drafter, plan, with_backend, Plan};
-use crate::io::{out, read_text};
+use crate::io::{install_interrupt_handler, interrupted, out, read_text};
 use anyhow::{anyhow, bail, Result};
 use specrun_core::draft::{Drafter, NoDraft};
 use specrun_core::engine::Engine;
@@ -28,6 +28,7 @@ fn read_prompt(args: &RunArgs) -> Result<String> {
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let plan = plan(&args.models.selection(), &args.gen.overrides())?;
     let prompt = read_prompt(args)?;
+    install_interrupt_handler();
     with_backend(&plan, args.models.mock, &mut |target, draft, codec, clock| {
         execute(target, make_drafter(plan.drafter, plan.ngram, draft), codec, clock, &prompt, args, &plan)
     })
@@ -48,9 +49,9 @@ fn execute(
     let stream: Option<&mut dyn Write> = if args.json { None } else { Some(&mut stdout) };
     if args.compare {
         let mut baseline = Engine::new(&mut *target, NoDraft, plan.gen.clone());
-        let base = generate(&mut baseline, codec, &tokens, clock, None, &[])?;
+        let base = generate(&mut baseline, codec, &tokens, clock, None, &[], &interrupted)?;
         let mut engine = Engine::new(&mut *target, drafter, plan.gen.clone());
-        let spec = generate(&mut engine, codec, &tokens, clock, stream, &[])?;
+        let spec = generate(&mut engine, codec, &tokens, clock, stream, &[], &interrupted)?;
         let cmp = CompareReport::new(base.report, spec.report);
         if args.json {
             out(&(serde_json::to_string(&cmp)? + "\n"))?;
@@ -61,7 +62,7 @@ fn execute(
         return Ok(ExitCode::SUCCESS);
     }
     let mut engine = Engine::new(&mut *target, drafter, plan.gen.clone());
-    let generated = generate(&mut engine, codec, &tokens, clock, stream, &[])?;
+    let generated = generate(&mut engine, codec, &tokens, clock, stream, &[], &interrupted)?;
     if args.json {
         out(&(serde_json::to_string(&generated.report)? + "\n"))?;
     } else {

@@ -85,7 +85,7 @@ pub struct ModelsFile {
 /// A `models.toml` error, located.
 #[derive(Debug, Error, PartialEq)]
 pub enum ConfigError {
-    #[error("{0}")]
+    #[error(transparent)]
     Read(#[from] ReadError),
     #[error("{file}:{line}:{column}: {message}")]
     Invalid { file: String, line: usize, column: usize, message: String },

@@ -31,10 +31,23 @@
 //! | `t_draft_s`, `t_verify_s` | float | seconds drafting and verifying |
 //! | `decode_tok_per_s` | float | generated tokens per second of decoding |
 //!
+//! The first line of an output file is a [`Header`]:
+//! `{"specrun_batch": {"format": 1, "input_sha256": "…", "settings": {…}}}` — what the file was
+//! made from. Every later line is one record; readers that only want records skip line 1 (or
+//! keep the lines that have an `id`).
+//!
+//! # Ids
+//!
+//! Ids must be unique ([`check_unique_ids`]); a record without an id has its line number as
+//! id, so an explicit numeric id equal to another record's line number is a duplicate too. A
+//! duplicate stops the batch before anything runs, naming both lines.
+//!
 //! # Resuming
 //!
-//! [`scan_output`] reads an earlier output file: the ids it holds are skipped, and a last line
-//! cut off by a crash (no final newline, or not a record) is cut away before appending.
+//! [`scan_output`] reads an earlier output file: its header must match this run's input and
+//! settings, the ids it holds are skipped, and only a last line cut off by a crash (no final
+//! newline) is cut away before appending. Any other line that is not a record is an error: a
+//! resume never truncates what this program did not write.
 
 use crate::settings::{Origin, Overrides, Setting};
 use serde::{Deserialize, Serialize};
@@ -208,36 +221,115 @@ pub fn parse_input(text: &str, format: InputFormat) -> Vec<Result<Job, BadRecord
     out
 }
 
+/// The first line of every output file: what it was made from, so that `--resume` refuses an
+/// output written from another input or with settings that change results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    pub specrun_batch: HeaderBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderBody {
+    /// Version of this output format.
+    pub format: u32,
+    /// sha256 of the input file's bytes.
+    pub input_sha256: String,
+    /// The settings that change results (models, sampling, limits), by name.
+    pub settings: serde_json::Map<String, Value>,
+}
+
+/// The output format version [`Header`] names.
+pub const OUTPUT_FORMAT: u32 = 1;
+
+impl Header {
+    pub fn new(input_sha256: String, settings: serde_json::Map<String, Value>) -> Self {
+        Self { specrun_batch: HeaderBody { format: OUTPUT_FORMAT, input_sha256, settings } }
+    }
+
+    /// Why an output with header `self` cannot be continued by a run that would write
+    /// `current`, or `None` when it can.
+    pub fn mismatch(&self, current: &Header) -> Option<String> {
+        let (old, new) = (&self.specrun_batch, &current.specrun_batch);
+        if old.format != new.format {
+            return Some(format!("it is output format {}, this specrun writes {}", old.format, new.format));
+        }
+        if old.input_sha256 != new.input_sha256 {
+            return Some("it was made from a different input (sha256 differs)".to_string());
+        }
+        // a value both name first (temp 0.8 vs 0.2), then one only one of them has
+        let show = |v: Option<&Value>| v.map_or("(unset)".to_string(), Value::to_string);
+        let both = old.settings.iter().filter_map(|(k, a)| new.settings.get(k).filter(|b| *b != a).map(|b| (k, Some(a), Some(b))));
+        let only_old = old.settings.iter().filter(|(k, _)| !new.settings.contains_key(*k)).map(|(k, a)| (k, Some(a), None));
+        let only_new = new.settings.iter().filter(|(k, _)| !old.settings.contains_key(*k)).map(|(k, b)| (k, None, Some(b)));
+        both.chain(only_old)
+            .chain(only_new)
+            .next()
+            .map(|(k, a, b)| format!("it was made with {k} = {}, this run has {k} = {}", show(a), show(b)))
+    }
+}
+
 /// What an earlier output file holds.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ResumeState {
+    /// Its header (`None`: the file is empty, or its header line was cut off).
+    pub header: Option<Header>,
     /// Ids already written.
     pub done: HashSet<String>,
-    /// Bytes of the file that are whole records; anything after is a cut-off line to remove.
+    /// Bytes of the file that are whole lines; anything after is a cut-off line to remove.
     pub valid_len: usize,
     /// Whole records kept.
     pub n_records: usize,
 }
 
-/// Scan an earlier output file for resuming.
-pub fn scan_output(text: &str) -> ResumeState {
+/// Why an existing file cannot be resumed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    #[error("line 1 is not a specrun batch header; refusing to resume a file this program did not write")]
+    NoHeader,
+    #[error("line {line} is not a specrun output record; refusing to resume (is -o the right file?)")]
+    NotARecord { line: usize },
+}
+
+/// Scan an earlier output file for resuming. Only a last line without its newline (a write
+/// cut off by a crash) is dropped; any other line that is not this program's is an error, so
+/// that resuming never truncates what it did not write.
+pub fn scan_output(text: &str) -> Result<ResumeState, ScanError> {
     let mut state = ResumeState::default();
     let mut pos = 0;
-    for line in text.split_inclusive('\n') {
+    for (i, line) in text.split_inclusive('\n').enumerate() {
         if !line.ends_with('\n') {
-            break; // cut off mid-write
+            break; // cut off mid-write: redone
         }
-        match serde_json::from_str::<OutputRecord>(line.trim_end()) {
-            Ok(rec) => {
-                state.done.insert(id_key(rec.id()));
-                state.n_records += 1;
-                pos += line.len();
-                state.valid_len = pos;
-            }
-            Err(_) => break, // a damaged line: it and what follows are redone
+        let body = line.trim_end();
+        if i == 0 {
+            state.header = Some(serde_json::from_str::<Header>(body).map_err(|_| ScanError::NoHeader)?);
+        } else {
+            let rec = serde_json::from_str::<OutputRecord>(body).map_err(|_| ScanError::NotARecord { line: i + 1 })?;
+            state.done.insert(id_key(rec.id()));
+            state.n_records += 1;
+        }
+        pos += line.len();
+        state.valid_len = pos;
+    }
+    Ok(state)
+}
+
+/// Ids must be unique: an explicit id may not repeat, nor equal another record's implicit id
+/// (its line number). Returns the first clash as `line N: duplicate id X (also line M)`.
+pub fn check_unique_ids(records: &[Result<Job, BadRecord>]) -> Result<(), String> {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for r in records {
+        let (id, line) = match r {
+            Ok(j) => (&j.id, j.line),
+            Err(b) => (&b.id, b.line),
+        };
+        if let Some(first) = seen.insert(id_key(id), line) {
+            return Err(format!("line {line}: duplicate id {id} (also line {first}); ids must be unique"));
         }
     }
-    state
+    Ok(())
 }
 
 #[cfg(test)]
@@ -281,14 +373,51 @@ mod tests {
         assert_eq!(ids, vec![Value::from(1), Value::from(4)]);
     }
 
+    fn header() -> String {
+        serde_json::to_string(&Header::new("abc".into(), Default::default())).unwrap() + "\n"
+    }
+
     #[test]
     fn resume_keeps_whole_records_and_drops_a_cut_off_line() {
-        let ok = "{\"id\":\"a\",\"error\":\"boom\"}\n{\"id\":2,\"error\":\"x\"}\n";
+        let ok = format!("{}{{\"id\":\"a\",\"error\":\"boom\"}}\n{{\"id\":2,\"error\":\"x\"}}\n", header());
         let text = format!("{ok}{{\"id\":3,\"te");
-        let s = scan_output(&text);
+        let s = scan_output(&text).unwrap();
         assert_eq!(s.valid_len, ok.len());
         assert_eq!(s.n_records, 2);
         assert!(s.done.contains("\"a\"") && s.done.contains("2"));
-        assert_eq!(scan_output("").valid_len, 0);
+        assert_eq!(s.header.unwrap().specrun_batch.input_sha256, "abc");
+        assert_eq!(scan_output("").unwrap(), ResumeState::default());
+        // a cut-off header is as good as an empty file
+        assert_eq!(scan_output("{\"specrun_ba").unwrap().valid_len, 0);
+    }
+
+    #[test]
+    fn resume_never_truncates_lines_it_did_not_write() {
+        assert_eq!(scan_output("{\"id\": 1, \"prompt\": \"an input file\"}\n"), Err(ScanError::NoHeader));
+        let text = format!("{}{{\"id\":1,\"error\":\"x\"}}\nsomething else\n{{\"id\":2,\"error\":\"x\"}}\n", header());
+        assert_eq!(scan_output(&text), Err(ScanError::NotARecord { line: 3 }));
+    }
+
+    #[test]
+    fn ids_must_be_unique_and_implicit_ids_count() {
+        let jobs = parse_input("{\"id\": \"x\", \"prompt\": \"a\"}\n{\"id\": \"x\", \"prompt\": \"b\"}\n", InputFormat::Jsonl);
+        assert_eq!(check_unique_ids(&jobs).unwrap_err(), "line 2: duplicate id \"x\" (also line 1); ids must be unique");
+        // line 1 has no id (its id is 1); line 2 says id 1
+        let jobs = parse_input("{\"prompt\": \"a\"}\n{\"id\": 1, \"prompt\": \"b\"}\n", InputFormat::Jsonl);
+        assert_eq!(check_unique_ids(&jobs).unwrap_err(), "line 2: duplicate id 1 (also line 1); ids must be unique");
+        // a string "1" and a number 1 differ
+        let jobs = parse_input("{\"prompt\": \"a\"}\n{\"id\": \"1\", \"prompt\": \"b\"}\n", InputFormat::Jsonl);
+        assert!(check_unique_ids(&jobs).is_ok());
+    }
+
+    #[test]
+    fn a_header_names_what_differs() {
+        let mut a = serde_json::Map::new();
+        a.insert("temp".into(), Value::from(0.8));
+        let old = Header::new("abc".into(), a.clone());
+        assert_eq!(old.mismatch(&old.clone()), None);
+        assert_eq!(old.mismatch(&Header::new("abd".into(), a.clone())).unwrap(), "it was made from a different input (sha256 differs)");
+        a.insert("temp".into(), Value::from(0.2));
+        assert_eq!(old.mismatch(&Header::new("abc".into(), a)).unwrap(), "it was made with temp = 0.8, this run has temp = 0.2");
     }
 }

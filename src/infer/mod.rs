@@ -59,8 +59,14 @@ pub fn cut_at_stop<'a>(text: &'a str, stops: &[String]) -> (&'a str, bool) {
     }
 }
 
+/// A generation stopped by Ctrl-C (nothing of it is reported; the command exits 130).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
 /// Run one prompt to the end on `engine`, streaming text to `stream` when given, stopping
-/// early at the first of `stops` (the text is cut before it).
+/// early at the first of `stops` (the text is cut before it). `cancel` is asked before every
+/// round; when it says yes the generation ends with [`Interrupted`].
 pub fn generate<T: Model, D: Drafter>(
     engine: &mut Engine<T, D>,
     codec: &dyn TextCodec,
@@ -68,6 +74,7 @@ pub fn generate<T: Model, D: Drafter>(
     clock: &dyn Clock,
     mut stream: Option<&mut dyn Write>,
     stops: &[String],
+    cancel: &dyn Fn() -> bool,
 ) -> Result<Generated> {
     let mut seq = engine.start(0, prompt.to_vec(), clock)?;
     let mut utf8 = Utf8Stream::new();
@@ -80,6 +87,9 @@ pub fn generate<T: Model, D: Drafter>(
         Ok(())
     };
     while seq.finish.is_none() {
+        if cancel() {
+            return Err(Interrupted.into());
+        }
         let added = engine.step(&mut seq, clock)?;
         // end-of-generation tokens render as nothing (pieces are taken without specials)
         for &t in &seq.tokens[added] {
@@ -121,17 +131,58 @@ pub fn make_drafter<'a, M: Model + 'a>(kind: Option<DrafterKind>, ngram: NgramCo
 /// with [`make_drafter`].
 pub type Job<'a> = &'a mut dyn FnMut(&mut dyn Model, Option<&mut dyn Model>, &dyn TextCodec, &dyn Clock) -> Result<ExitCode>;
 
-/// Load the plan's models (or mock ones) once and hand them to `job`.
+/// Load the plan's models (or mock ones) once and hand them to `job`. The mock honours the
+/// plan's context and batch sizes, and with `plan.mock_delay` sleeps in every target decode
+/// (so that tests can interrupt a long record).
 pub fn with_backend(plan: &Plan, mock: bool, job: Job<'_>) -> Result<ExitCode> {
     if mock {
-        let spec = MockSpec::target(1);
+        let spec = MockSpec { n_ctx: plan.target.n_ctx as usize, n_batch: plan.target.n_batch as usize, ..MockSpec::target(1) };
         let clock = MockClock::new();
-        let mut target = MockModel::new(spec.clone()).with_clock(clock.clone());
+        let mut target = Slow { inner: MockModel::new(spec.clone()).with_clock(clock.clone()), delay: plan.mock_delay };
         let mut draft = plan.draft.as_ref().map(|_| MockModel::new(MockSpec::draft_of(&spec, 0.8, 1)).with_clock(clock.clone()));
         let codec = MockCodec { n_vocab: spec.n_vocab };
         return job(&mut target, draft.as_mut().map(|d| d as &mut dyn Model), &codec, &clock);
     }
     with_llama(plan, job)
+}
+
+/// A model that sleeps before every decode (test hook for interrupts on the mock backend).
+struct Slow<M> {
+    inner: M,
+    delay: Option<Duration>,
+}
+
+impl<M: Model> Model for Slow<M> {
+    fn n_vocab(&self) -> usize {
+        self.inner.n_vocab()
+    }
+    fn n_ctx(&self) -> usize {
+        self.inner.n_ctx()
+    }
+    fn n_batch(&self) -> usize {
+        self.inner.n_batch()
+    }
+    fn is_eog(&self, token: Token) -> bool {
+        self.inner.is_eog(token)
+    }
+    fn decode(
+        &mut self,
+        seq: specrun_core::model::SeqId,
+        pos: usize,
+        tokens: &[Token],
+        logits_from: usize,
+    ) -> Result<(), specrun_core::model::ModelError> {
+        if let Some(d) = self.delay {
+            std::thread::sleep(d);
+        }
+        self.inner.decode(seq, pos, tokens, logits_from)
+    }
+    fn logits(&self, row: usize) -> &[f32] {
+        self.inner.logits(row)
+    }
+    fn truncate(&mut self, seq: specrun_core::model::SeqId, len: usize) -> Result<(), specrun_core::model::ModelError> {
+        self.inner.truncate(seq, len)
+    }
 }
 
 #[cfg(feature = "llama")]

@@ -38,6 +38,8 @@ pub struct ModelSelection {
     pub n_gpu_layers_draft: Option<Setting<u32>>,
     /// Deterministic mock models (tests).
     pub mock: bool,
+    /// Test hook: the mock target sleeps this long in every decode.
+    pub mock_delay: Option<std::time::Duration>,
 }
 
 /// One model to load, fully resolved.
@@ -66,6 +68,8 @@ pub struct Plan {
     /// The sources `gen` was resolved from (the pair, then the flags), so that a batch record
     /// or a request can be layered on top with [`Plan::resolve_with`].
     pub sources: Vec<Overrides>,
+    /// Test hook, from [`ModelSelection::mock_delay`].
+    pub mock_delay: Option<std::time::Duration>,
 }
 
 impl Plan {
@@ -168,7 +172,7 @@ pub fn plan(sel: &ModelSelection, flags: &Overrides) -> Result<Plan> {
         );
     }
     let draft = if drafter.is_some_and(DrafterKind::needs_model) { draft } else { None };
-    Ok(Plan { target, draft, drafter, ngram: resolved.ngram, gen: resolved.gen, pair: pair_name, sources })
+    Ok(Plan { target, draft, drafter, ngram: resolved.ngram, gen: resolved.gen, pair: pair_name, sources, mock_delay: sel.mock_delay })
 }
 
 #[cfg(test)]

@@ -36,6 +36,9 @@ pub enum ModelError {
     /// The engine failed to decode.
     #[error("decode failed: {0}")]
     Decode(String),
+    /// A logits row holds NaN or infinity: the weights are corrupted (or the backend broken).
+    #[error("the model produced non-finite logits (corrupted weights?)")]
+    NonFinite,
 }
 
 /// What a model must offer the speculative core.
