@@ -36,6 +36,8 @@ pub enum Command {
     Batch(BatchArgs),
     /// Sweep draft configurations against target-only decoding, export, plot, auto-tune.
     Bench(BenchArgs),
+    /// Measure the target's decode cost by batch size and store it for `auto` to plan with.
+    Calibrate(CalibrateArgs),
     /// Show or create the models file (`path`, `init`).
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -122,6 +124,21 @@ pub struct BenchArgs {
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    pub models: ModelArgs,
+    /// Batch sizes to measure (default: 1-6, 8, 10, 12, 14, 16, 20, 24, 32, 48, 64, within n_batch).
+    #[arg(long, value_delimiter = ',', value_name = "B,...")]
+    pub sizes: Vec<usize>,
+    /// Measurements per size (the median is kept).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub repeat: usize,
+    /// Print the stored curve instead of measuring.
+    #[arg(long)]
+    pub show: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -215,3 +215,49 @@ fn a_bad_value_in_models_toml_is_reported_where_it_is_written() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert_eq!(err.trim_end(), format!("error: {}:7:9: top_p must be in (0, 1], got 0", f.display()));
 }
+
+#[test]
+fn calibrate_stores_a_curve_that_run_plans_with() {
+    let cache = tempfile::tempdir().unwrap();
+    let calibrate = |extra: &[&str]| {
+        specrun()
+            .env("SPECRUN_CACHE", cache.path())
+            .args(["calibrate", "--mock", "--config"])
+            .arg(models_toml())
+            .args(["--sizes", "1,2,4,8,16", "--repeat", "1"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = calibrate(&["--show"]);
+    assert_eq!(out.status.code(), Some(2), "nothing stored yet");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no stored calibration"));
+    let out = calibrate(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8(out.stdout).unwrap();
+    // the mock's cost model: 20 ms a call + 2 ms a token
+    assert!(table.contains("     1       22.00        1.00"), "{table}");
+    assert!(table.contains("    16       52.00        2.36"), "{table}");
+    assert!(table.contains("draft step"), "the pair's draft model is measured too: {table}");
+    let files: Vec<_> = std::fs::read_dir(cache.path().join("calibration")).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(String::from_utf8(calibrate(&["--show"]).stdout).unwrap(), table);
+    // another thread count is another key
+    let out = calibrate(&["--show", "-t", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    // with the curve, `auto` may plan drafts beyond the lengths it has tried; the text is the same
+    let run = |cache_dir: &std::path::Path| {
+        let out = specrun()
+            .env("SPECRUN_CACHE", cache_dir)
+            .args(["run", "--mock", "--config"])
+            .arg(models_toml())
+            .args(["--prompt", "a b c d a b c d a b c d a b c d", "-n", "60", "--draft-max", "16", "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<RunReport>(&out.stdout).unwrap()
+    };
+    let empty = tempfile::tempdir().unwrap();
+    let (with, without) = (run(cache.path()), run(empty.path()));
+    assert_eq!(with.text, without.text);
+}

@@ -1,6 +1,7 @@
 //! Property-based fuzzing of the parsers that read user files: `models.toml`, batch input
 //! records and batch output (resume). Arbitrary bytes and mutations of valid files must give
-//! a value or a located error, never a panic. Bounded for CI (`PROPTEST_CASES` raises it).
+//! a value or a located error, never a panic. Bounded and seeded for CI (`PROPTEST_CASES`
+//! and `PROPTEST_RNG_SEED` explore further).
 
 use proptest::prelude::*;
 use specrun::formats::models_toml::{Config, BUILTIN};
@@ -12,6 +13,14 @@ const RECORDS: &str = "{\"id\": \"a\", \"prompt\": \"hi\", \"max_tokens\": 5, \"
 
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(20000)
+}
+
+/// A fixed seed, so that CI is reproducible; `PROPTEST_RNG_SEED=<n>` explores elsewhere.
+fn seed() -> proptest::test_runner::RngSeed {
+    std::env::var("PROPTEST_RNG_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(proptest::test_runner::RngSeed::Fixed(0x5eed), proptest::test_runner::RngSeed::Fixed)
 }
 
 /// A valid text with some bytes replaced, inserted or deleted.
@@ -64,7 +73,7 @@ fn check_records(text: &str) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, rng_seed: seed(), ..ProptestConfig::default() })]
 
     #[test]
     fn models_toml_never_panics_on_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

@@ -64,7 +64,8 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
         bail!("{}: no records (the file is empty)", args.input.display());
     }
     check_unique_ids(&records).map_err(|e| anyhow!("{}: {e}", args.input.display()))?;
-    let plan = plan(&args.models.selection(), &args.gen.overrides())?;
+    let mut plan = plan(&args.models.selection(), &args.gen.overrides())?;
+    crate::infer::calibration::attach(&mut plan, args.models.mock);
     let header = Header::new(format!("{:x}", Sha256::digest(text.as_bytes())), fingerprint(&plan, args, format));
     let (mut sink, done) = prepare_output(args, &header)?;
     let todo: Vec<_> = records.into_iter().filter(|r| !done.contains(&id_key(&record_id(r)))).collect();
@@ -105,6 +106,7 @@ fn fingerprint(plan: &Plan, args: &BatchArgs, format: InputFormat) -> serde_json
         }
         m.insert("draft_max".into(), Value::from(g.draft_max));
         m.insert("adaptive".into(), Value::from(format!("{:?}", g.adaptive).to_lowercase()));
+        m.insert("calibrated".into(), Value::from(g.cost_curve.is_some()));
     }
     m
 }

@@ -101,7 +101,8 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
             seed: Some(Setting::new(args.seed, Origin::Flag("--seed"))),
             ..Overrides::default()
         };
-        let plan = plan(&models.selection(), &flags)?;
+        let mut plan = plan(&models.selection(), &flags)?;
+        crate::infer::calibration::attach(&mut plan, args.models.mock);
         let pair_name = plan.pair.clone().unwrap_or_else(|| plan.target.name.clone());
         with_backend(&plan, args.models.mock, &mut |target, mut draft, codec, clock| {
             let prompts: Vec<(Vec<Token>, usize)> = prompts
@@ -147,7 +148,9 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
                                     &prompts,
                                 )?);
                             }
-                            results.push(BenchResult::summarise(config, &samples));
+                            let mut result = BenchResult::summarise(config, &samples);
+                            result.cost_curve = plan.gen.cost_curve.as_deref().cloned();
+                            results.push(result);
                             export(args, &results)?;
                             bar.inc(1);
                         }

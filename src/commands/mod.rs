@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod calibrate;
 pub mod check_pair;
 pub mod config;
 pub mod run;
@@ -59,6 +60,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::CheckPair(models) => check_pair::check_pair(&models),
         Command::Batch(args) => batch::batch(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Calibrate(args) => calibrate::calibrate(&args),
         Command::Config(c) => config::config(&c),
     }
 }

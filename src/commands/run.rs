@@ -26,7 +26,8 @@ fn read_prompt(args: &RunArgs) -> Result<String> {
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
-    let plan = plan(&args.models.selection(), &args.gen.overrides())?;
+    let mut plan = plan(&args.models.selection(), &args.gen.overrides())?;
+    crate::infer::calibration::attach(&mut plan, args.models.mock);
     let prompt = read_prompt(args)?;
     install_interrupt_handler();
     with_backend(&plan, args.models.mock, &mut |target, draft, codec, clock| {

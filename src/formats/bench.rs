@@ -112,6 +112,9 @@ pub struct BenchResult {
     /// Leviathan's formula with ideal verification, and with the measured verify cost.
     pub predicted_speedup_ideal: f64,
     pub predicted_speedup: f64,
+    /// The target's calibrated cost curve the run planned with (`specrun calibrate`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_curve: Option<specrun_core::control::CostCurve>,
 }
 
 impl BenchResult {
@@ -150,6 +153,7 @@ impl BenchResult {
             verify_cost_ratio: v,
             predicted_speedup_ideal: if drafted { predicted_speedup(alpha, k, c, 1.0) } else { 1.0 },
             predicted_speedup: if drafted && v > 0.0 { predicted_speedup(alpha, k, c, v) } else { 1.0 },
+            cost_curve: None,
             config,
         }
     }

@@ -173,7 +173,7 @@ impl Config {
         let models: ModelsFile = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
             // one line: toml's messages can span several ("duplicate key" quotes both tables)
-            let message = e.message().trim().lines().next().unwrap_or("invalid TOML").to_string();
+            let message = e.message().trim().lines().next().unwrap_or("invalid TOML").escape_debug().to_string();
             invalid(offset, message)
         })?;
         for (name, pair) in &models.pairs {
@@ -181,7 +181,7 @@ impl Config {
                 if !models.models.contains_key(model.get_ref()) {
                     return Err(invalid(
                         model.span().start,
-                        format!("pair '{name}': {role} '{}' is not a model in [models]", model.get_ref()),
+                        format!("pair '{}': {role} '{}' is not a model in [models]", name.escape_debug(), model.get_ref().escape_debug()),
                     ));
                 }
             }
@@ -189,7 +189,7 @@ impl Config {
         if let Some(d) = &models.default_pair {
             if !models.pairs.contains_key(d) {
                 let offset = text.find("default_pair").unwrap_or(0);
-                return Err(invalid(offset, format!("default_pair '{d}' is not a pair in [pairs]")));
+                return Err(invalid(offset, format!("default_pair '{}' is not a pair in [pairs]", d.escape_debug())));
             }
         }
         Ok(Self { file: file.to_string(), text: text.to_string(), models })
@@ -198,16 +198,16 @@ impl Config {
     pub fn pair(&self, name: &str) -> Result<&PairEntry, ConfigError> {
         self.models.pairs.get(name).ok_or_else(|| ConfigError::UnknownPair {
             file: self.file.clone(),
-            name: name.to_string(),
-            known: self.models.pairs.keys().cloned().collect::<Vec<_>>().join(", "),
+            name: name.escape_debug().to_string(),
+            known: self.models.pairs.keys().map(|k| k.escape_debug().to_string()).collect::<Vec<_>>().join(", "),
         })
     }
 
     pub fn model(&self, name: &str) -> Result<&ModelEntry, ConfigError> {
         self.models.models.get(name).ok_or_else(|| ConfigError::UnknownModel {
             file: self.file.clone(),
-            name: name.to_string(),
-            known: self.models.models.keys().cloned().collect::<Vec<_>>().join(", "),
+            name: name.escape_debug().to_string(),
+            known: self.models.models.keys().map(|k| k.escape_debug().to_string()).collect::<Vec<_>>().join(", "),
         })
     }
 }
@@ -383,6 +383,13 @@ temp = 0.8
         let text = GOOD.replace("draft = \"small\"", "draft = \"tiny\"");
         let msg = Config::parse("m.toml", &text).unwrap_err().to_string();
         assert_eq!(msg, "m.toml:14:9: pair 'p': draft 'tiny' is not a model in [models]");
+    }
+
+    #[test]
+    fn names_with_control_characters_stay_on_one_line() {
+        let text = GOOD.replace("draft = \"small\"", "draft = \"sm\\nall\"");
+        let msg = Config::parse("m.toml", &text).unwrap_err().to_string();
+        assert_eq!(msg, "m.toml:14:9: pair 'p': draft 'sm\\nall' is not a model in [models]");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! This is the edge of the core: errors are `anyhow`, the clock is real ([`WallClock`]), except
 //! on the mock backend, whose models advance a mock clock so that its output is reproducible.
 
+pub mod calibration;
 pub mod plan;
 
 pub use plan::{plan, ModelPlan, ModelSelection, Plan};

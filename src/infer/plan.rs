@@ -77,7 +77,9 @@ impl Plan {
     pub fn resolve_with(&self, more: &Overrides) -> Result<Resolved, SettingError> {
         let mut all: Vec<&Overrides> = self.sources.iter().collect();
         all.push(more);
-        settings::resolve(&all)
+        let mut r = settings::resolve(&all)?;
+        r.gen.cost_curve = self.gen.cost_curve.clone();
+        Ok(r)
     }
 }
 

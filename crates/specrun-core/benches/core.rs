@@ -64,5 +64,38 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// N-gram lookups on a 32k-token context: the hashed index (incremental, one round's worth of
+/// new tokens per lookup) against a scan of the whole context.
+fn ngram(c: &mut Criterion) {
+    use specrun_core::ngram::{lookup, NgramConfig, NgramState};
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    // text-like: a Zipf-ish vocabulary of 8,000 tokens, with copied passages
+    let mut tokens: Vec<i32> = Vec::with_capacity(65_536);
+    while tokens.len() < 65_536 {
+        if tokens.len() > 1000 && rng.gen_bool(0.1) {
+            let from = rng.gen_range(0..tokens.len() - 200);
+            let run: Vec<i32> = tokens[from..from + rng.gen_range(20..200)].to_vec();
+            tokens.extend(run);
+        } else {
+            let r: f64 = rng.gen();
+            tokens.push((8000.0 * r * r * r) as i32);
+        }
+    }
+    tokens.truncate(65_536);
+    let config = NgramConfig::default();
+    c.bench_function("ngram lookup, 32k-64k context, hashed index (per round)", |b| {
+        let mut state = NgramState::default();
+        let mut n = 32_768;
+        let _ = state.plan(&tokens[..n], config);
+        b.iter(|| {
+            // each round appends a few tokens, as generation does (the rare wrap-around
+            // rebuilds the index: amortised over 8,000 rounds)
+            n = if n + 4 >= tokens.len() { 32_768 } else { n + 4 };
+            black_box(state.plan(&tokens[..n], config))
+        })
+    });
+    c.bench_function("ngram lookup, 32k context, scan (per round)", |b| b.iter(|| black_box(lookup(&tokens[..32_768], config, 8).len())));
+}
+
+criterion_group!(benches, bench, ngram);
 criterion_main!(benches);

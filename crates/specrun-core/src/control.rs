@@ -80,10 +80,62 @@ impl SourceEstimate {
     }
 }
 
-/// Verification cost by batch size (EMA seconds per target decode of `b` tokens).
+/// A calibrated cost curve: the cost of one target decode of `b` tokens relative to a decode
+/// of one token, at measured batch sizes (`specrun calibrate`), interpolated linearly between
+/// them and extrapolated along the last segment. Its absolute scale is learned online.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostCurve {
+    /// `(batch size, cost relative to batch size 1)`, sorted by batch size, starting at 1.
+    pub points: Vec<(usize, f64)>,
+}
+
+impl CostCurve {
+    /// From measured seconds per batch size (any order; must include batch size 1).
+    pub fn from_seconds(mut secs: Vec<(usize, f64)>) -> Option<Self> {
+        secs.retain(|&(b, t)| b >= 1 && t.is_finite() && t > 0.0);
+        secs.sort_by_key(|&(b, _)| b);
+        secs.dedup_by_key(|&mut (b, _)| b);
+        let (b0, t1) = *secs.first()?;
+        if b0 != 1 {
+            return None;
+        }
+        Some(Self { points: secs.into_iter().map(|(b, t)| (b, t / t1)).collect() })
+    }
+
+    /// Cost of a `b`-token decode relative to a 1-token decode.
+    pub fn relative(&self, b: usize) -> f64 {
+        let pts = &self.points;
+        match pts.iter().position(|&(x, _)| x >= b) {
+            Some(0) => pts[0].1,
+            Some(i) if pts[i].0 == b => pts[i].1,
+            Some(i) => {
+                let ((x0, y0), (x1, y1)) = (pts[i - 1], pts[i]);
+                y0 + (y1 - y0) * (b - x0) as f64 / (x1 - x0) as f64
+            }
+            None => match pts.len() {
+                0 => b as f64,
+                1 => pts[0].1 * b as f64,
+                n => {
+                    let ((x0, y0), (x1, y1)) = (pts[n - 2], pts[n - 1]);
+                    let slope = ((y1 - y0) / (x1 - x0) as f64).max(0.0);
+                    y1 + slope * (b - x1) as f64
+                }
+            },
+        }
+    }
+
+    /// The largest batch size measured.
+    pub fn max_batch(&self) -> usize {
+        self.points.last().map_or(1, |p| p.0)
+    }
+}
+
+/// Verification cost by batch size (EMA seconds per target decode of `b` tokens), over a
+/// calibrated [`CostCurve`] when there is one.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VerifyCosts {
     by_batch: Vec<Option<f64>>,
+    curve: Option<std::sync::Arc<CostCurve>>,
 }
 
 const EMA: f64 = 0.3;
@@ -107,14 +159,27 @@ impl VerifyCosts {
         self.by_batch[batch] = Some(ema(self.by_batch[batch], secs));
     }
 
-    /// Estimated seconds to verify `batch` tokens: measured if seen, else an affine fit
-    /// through what was seen (a prior slope of 0.3 of a 1-token step per extra token when
-    /// only one size is known).
+    /// Costs that follow `curve` for batch sizes not measured yet.
+    pub fn with_curve(curve: std::sync::Arc<CostCurve>) -> Self {
+        Self { by_batch: Vec::new(), curve: Some(curve) }
+    }
+
+    /// Estimated seconds to verify `batch` tokens: measured if seen; else, with a calibrated
+    /// curve, the curve scaled to the sizes measured so far (the mean ratio of measured to
+    /// curve); else an affine fit through what was seen (a prior slope of 0.3 of a 1-token
+    /// step per extra token when only one size is known).
     pub fn estimate(&self, batch: usize) -> Option<f64> {
         if let Some(Some(t)) = self.by_batch.get(batch) {
             return Some(*t);
         }
         let seen: Vec<(f64, f64)> = self.by_batch.iter().enumerate().filter_map(|(b, t)| t.map(|t| (b as f64, t))).collect();
+        if let Some(curve) = &self.curve {
+            if seen.is_empty() {
+                return None;
+            }
+            let scale = seen.iter().map(|&(b, t)| t / curve.relative(b as usize)).sum::<f64>() / seen.len() as f64;
+            return Some(scale * curve.relative(batch));
+        }
         match seen.len() {
             0 => None,
             1 => {
@@ -163,6 +228,11 @@ pub struct Controller {
 
 impl Controller {
     pub fn new(mode: AdaptiveMode, draft_max: usize) -> Self {
+        Self::with_curve(mode, draft_max, None)
+    }
+
+    /// A controller that plans verification costs along a calibrated curve.
+    pub fn with_curve(mode: AdaptiveMode, draft_max: usize, curve: Option<std::sync::Arc<CostCurve>>) -> Self {
         Self {
             mode,
             draft_max,
@@ -171,7 +241,7 @@ impl Controller {
             step_k: draft_max.clamp(1, 4),
             model: SourceEstimate::new(0.8),
             ngram: SourceEstimate::new(0.6),
-            verify: VerifyCosts::default(),
+            verify: curve.map_or_else(VerifyCosts::default, VerifyCosts::with_curve),
             plain_streak: 0,
             rounds: 0,
         }
@@ -196,8 +266,9 @@ impl Controller {
         }
     }
 
-    /// Draft length for the next round, at most `limit`, given which source would draft.
-    pub fn plan(&mut self, source: DraftSource, limit: usize) -> usize {
+    /// Draft length for the next round, at most `limit`, given which source would draft and
+    /// how many tokens its current copy run has been right for (`run`, 0 if none).
+    pub fn plan(&mut self, source: DraftSource, limit: usize, run: usize) -> usize {
         let cap = self.draft_max.min(limit);
         if source == DraftSource::None || cap == 0 {
             return 0;
@@ -205,14 +276,25 @@ impl Controller {
         match self.mode {
             AdaptiveMode::Fixed => cap,
             AdaptiveMode::Step => self.step_k.min(cap),
-            AdaptiveMode::Auto => self.plan_auto(source, cap),
+            AdaptiveMode::Auto => self.plan_auto(source, cap, run),
         }
     }
 
+    /// Acceptance to plan with: the source's own estimate, or, when a copy run has been right
+    /// for `run` tokens in a row, Laplace's rule of succession `(run + 1) / (run + 2)` if
+    /// that is higher (a long verbatim copy is evidence the next token copies too).
+    pub fn planning_alpha(&self, source: DraftSource, run: usize) -> f64 {
+        let alpha = self.estimate(source).alpha();
+        if run == 0 {
+            return alpha;
+        }
+        alpha.max((run as f64 + 1.0) / (run as f64 + 2.0))
+    }
+
     /// The k in 0..=cap with the most expected tokens per second (None: costs unknown yet).
-    pub fn best_k(&self, source: DraftSource, cap: usize) -> Option<usize> {
+    pub fn best_k(&self, source: DraftSource, cap: usize, run: usize) -> Option<usize> {
         let est = self.estimate(source);
-        let alpha = est.alpha();
+        let alpha = self.planning_alpha(source, run);
         let step = match source {
             DraftSource::Ngram => est.step_cost.unwrap_or(0.0),
             _ => est.step_cost?,
@@ -231,7 +313,7 @@ impl Controller {
         Some(best.0)
     }
 
-    fn plan_auto(&mut self, source: DraftSource, cap: usize) -> usize {
+    fn plan_auto(&mut self, source: DraftSource, cap: usize, run: usize) -> usize {
         // Explore first: one plain round (the 1-token cost), then draft at full length until
         // the costs of both are known.
         if self.verify.by_batch.get(1).copied().flatten().is_none() {
@@ -242,7 +324,7 @@ impl Controller {
         if self.estimate(source).rounds < EXPLORE_ROUNDS {
             return cap.min(4);
         }
-        match self.best_k(source, cap) {
+        match self.best_k(source, cap, run) {
             None => cap.min(4),
             Some(0) if self.plain_streak + 1 >= self.probe_interval(source) => {
                 // probe: a short draft that tells us whether acceptance went up
@@ -327,20 +409,20 @@ mod tests {
     #[test]
     fn step_rule_goes_up_two_on_full_acceptance_and_down_one_otherwise() {
         let mut c = Controller::new(AdaptiveMode::Step, 8);
-        assert_eq!(c.plan(DraftSource::Model, 8), 4);
+        assert_eq!(c.plan(DraftSource::Model, 8, 0), 4);
         c.observe(&obs(DraftSource::Model, 4, 4, 10, 50));
-        assert_eq!(c.plan(DraftSource::Model, 8), 6);
+        assert_eq!(c.plan(DraftSource::Model, 8, 0), 6);
         c.observe(&obs(DraftSource::Model, 6, 6, 10, 50));
-        assert_eq!(c.plan(DraftSource::Model, 8), 8);
+        assert_eq!(c.plan(DraftSource::Model, 8, 0), 8);
         c.observe(&obs(DraftSource::Model, 8, 8, 10, 50));
-        assert_eq!(c.plan(DraftSource::Model, 8), 8, "capped by draft_max");
+        assert_eq!(c.plan(DraftSource::Model, 8, 0), 8, "capped by draft_max");
         c.observe(&obs(DraftSource::Model, 8, 3, 10, 50));
-        assert_eq!(c.plan(DraftSource::Model, 8), 7);
-        assert_eq!(c.plan(DraftSource::Model, 2), 2, "capped by the round's limit");
+        assert_eq!(c.plan(DraftSource::Model, 8, 0), 7);
+        assert_eq!(c.plan(DraftSource::Model, 2, 0), 2, "capped by the round's limit");
         for _ in 0..20 {
             c.observe(&obs(DraftSource::Model, 1, 0, 10, 50));
         }
-        assert_eq!(c.plan(DraftSource::Model, 8), 1, "never below 1");
+        assert_eq!(c.plan(DraftSource::Model, 8, 0), 1, "never below 1");
     }
 
     #[test]
@@ -377,13 +459,13 @@ mod tests {
     #[test]
     fn auto_falls_back_to_plain_decoding_when_drafting_costs_more_than_it_gains() {
         let mut c = Controller::new(AdaptiveMode::Auto, 8);
-        assert_eq!(c.plan(DraftSource::Model, 8), 0, "first round measures a plain step");
+        assert_eq!(c.plan(DraftSource::Model, 8, 0), 0, "first round measures a plain step");
         slow_draft_costs(&mut c, 2, 30);
         // alpha ~ 2/3: E(k)/T(k) < 1/t1 for every k -> plain
-        assert_eq!(c.best_k(DraftSource::Model, 8), Some(0));
+        assert_eq!(c.best_k(DraftSource::Model, 8, 0), Some(0));
         let mut plans = vec![];
         for _ in 0..16 {
-            let k = c.plan(DraftSource::Model, 8);
+            let k = c.plan(DraftSource::Model, 8, 0);
             plans.push(k);
             c.observe(&obs(DraftSource::Model, k, k.min(1), 50 * k as u64, 100 + 25 * k as u64));
         }
@@ -392,7 +474,7 @@ mod tests {
         // probes back off: 256 rounds, then 512, ...
         let mut plans = vec![];
         for _ in 0..1200 {
-            let k = c.plan(DraftSource::Model, 8);
+            let k = c.plan(DraftSource::Model, 8, 0);
             plans.push(k);
             c.observe(&obs(DraftSource::Model, k, k.min(1), 100 * k as u64, 100 + 25 * k as u64));
         }
@@ -407,7 +489,7 @@ mod tests {
         }
         let ks: Vec<usize> = (0..40)
             .map(|_| {
-                let k = c.plan(DraftSource::Ngram, 8);
+                let k = c.plan(DraftSource::Ngram, 8, 0);
                 c.observe(&obs(DraftSource::Ngram, k, 0, 0, 100 + 50 * k as u64));
                 k
             })
@@ -422,13 +504,78 @@ mod tests {
         for _ in 0..30 {
             c.observe(&obs(DraftSource::Model, 4, 4, 20, 130));
         }
-        let k = c.plan(DraftSource::Model, 8);
+        let k = c.plan(DraftSource::Model, 8, 0);
         assert!(k >= 6, "cheap, always-accepted drafts should be long, got {k}");
         // n-grams cost nothing to draft: even a mediocre acceptance pays
         for _ in 0..20 {
             c.observe(&obs(DraftSource::Ngram, 4, 2, 0, 130));
         }
-        assert!(c.plan(DraftSource::Ngram, 8) > 0);
-        assert_eq!(c.plan(DraftSource::None, 8), 0);
+        assert!(c.plan(DraftSource::Ngram, 8, 0) > 0);
+        assert_eq!(c.plan(DraftSource::None, 8, 0), 0);
+    }
+
+    #[test]
+    fn a_curve_interpolates_extrapolates_and_scales_to_what_was_measured() {
+        // this CPU (llama-bench): 1, 1.5, 2.7, 6.2, 8.1, 8.4, 16.7 steps for 1..32 tokens
+        let secs = [(1, 0.08), (2, 0.12), (4, 0.216), (8, 0.496), (12, 0.648), (16, 0.672), (32, 1.336)];
+        let curve = CostCurve::from_seconds(secs.to_vec()).unwrap();
+        assert!((curve.relative(1) - 1.0).abs() < 1e-12);
+        assert!((curve.relative(12) - 8.1).abs() < 1e-9);
+        assert!((curve.relative(14) - 8.25).abs() < 1e-9, "between 12 and 16");
+        assert!((curve.relative(64) - (16.7 + (16.7 - 8.4) / 16.0 * 32.0)).abs() < 1e-9, "along the last segment");
+        assert!(CostCurve::from_seconds(vec![(2, 0.1)]).is_none(), "needs batch size 1");
+        let mut v = VerifyCosts::with_curve(std::sync::Arc::new(curve));
+        assert_eq!(v.estimate(16), None, "no scale before a measurement");
+        v.observe(1, 0.1);
+        assert!((v.estimate(16).unwrap() - 0.84).abs() < 1e-9, "scaled by the 1-token cost");
+        // a 16-token decode that was this time cheaper than the curve says counts as measured
+        v.observe(16, 0.7);
+        assert_eq!(v.estimate(16), Some(0.7));
+        let (s1, s16) = (0.1 / 1.0, 0.7 / 8.4);
+        assert!((v.estimate(12).unwrap() - (s1 + s16) / 2.0 * 8.1).abs() < 1e-9);
+    }
+
+    #[test]
+    fn on_a_flat_curve_auto_drafts_long_and_a_copy_run_lengthens_drafts() {
+        // a GPU-like curve: 16 tokens cost 1.2 of one
+        let flat = CostCurve { points: vec![(1, 1.0), (16, 1.2), (64, 2.0)] };
+        let mut c = Controller::with_curve(AdaptiveMode::Auto, 16, Some(std::sync::Arc::new(flat)));
+        c.observe(&Observation {
+            source: DraftSource::Ngram,
+            k_planned: 0,
+            n_drafted: 0,
+            n_accepted: 0,
+            n_draft_steps: 0,
+            draft_gap: 1,
+            n_verified: 1,
+            t_draft: Duration::ZERO,
+            t_verify: Duration::from_millis(100),
+        });
+        for _ in 0..4 {
+            c.observe(&obs(DraftSource::Ngram, 4, 3, 0, 110));
+        }
+        let k = c.best_k(DraftSource::Ngram, 16, 0).unwrap();
+        assert!(k >= 8, "a cheap long verification pays at α ≈ 0.75: k = {k}");
+        // on this CPU's curve a plain n-gram α of 0.75 drafts short, a long copy run long
+        let cpu = CostCurve::from_seconds(vec![(1, 1.0), (2, 1.5), (4, 2.7), (8, 6.2), (12, 8.1), (16, 8.4), (32, 16.7)]).unwrap();
+        let mut c = Controller::with_curve(AdaptiveMode::Auto, 16, Some(std::sync::Arc::new(cpu)));
+        c.observe(&Observation {
+            source: DraftSource::Ngram,
+            k_planned: 0,
+            n_drafted: 0,
+            n_accepted: 0,
+            n_draft_steps: 0,
+            draft_gap: 1,
+            n_verified: 1,
+            t_draft: Duration::ZERO,
+            t_verify: Duration::from_millis(100),
+        });
+        for _ in 0..4 {
+            c.observe(&obs(DraftSource::Ngram, 4, 3, 0, 270));
+        }
+        let short = c.best_k(DraftSource::Ngram, 16, 0).unwrap();
+        let long = c.best_k(DraftSource::Ngram, 16, 400).unwrap();
+        assert!(short <= 4 && long > short, "short {short}, long {long}");
+        assert!((c.planning_alpha(DraftSource::Ngram, 400) - 401.0 / 402.0).abs() < 1e-12);
     }
 }

@@ -1,16 +1,17 @@
 //! Drafters: what proposes the tokens the target then checks.
 //!
 //! A [`Drafter`] appends up to `max` proposed tokens to the sequence's token list and, when the
-//! target verifies by rejection sampling, the distribution `q` each was drawn from. Its cache
-//! (if it has one) is tracked by the sequence's draft [`KvCursor`], never by the drafter, so one
-//! drafter can serve several sequences.
+//! target verifies by rejection sampling, the distribution `q` each was drawn from. Its state
+//! (a draft model's cache cursor, the n-gram index and copy pointer) is the sequence's
+//! [`DraftCursor`], never the drafter's, so one drafter can serve several sequences.
 //!
 //! * [`NoDraft`]: proposes nothing; the engine then does plain target decoding.
 //! * [`ModelDrafter`]: a small model with the same tokenizer.
 //! * [`crate::ngram::NgramDrafter`], [`crate::ngram::HybridDrafter`]: prompt lookup, alone or
 //!   in front of a draft model.
 
-use crate::model::{KvCursor, Model, ModelError, Token};
+use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
+use crate::ngram::NgramState;
 use crate::sampling::{Dist, SamplingParams, Scratch};
 use rand_chacha::ChaCha8Rng;
 
@@ -76,6 +77,34 @@ pub struct DraftReport {
     pub source: DraftSource,
 }
 
+/// One sequence's drafting state, kept by the sequence (never by the drafter, so that one
+/// drafter serves several sequences): the draft model's cache cursor and the n-gram drafter's
+/// index and copy pointer. Derefs to the cache cursor.
+#[derive(Debug, Clone)]
+pub struct DraftCursor {
+    pub kv: KvCursor,
+    pub ngram: NgramState,
+}
+
+impl DraftCursor {
+    pub fn new(seq: SeqId) -> Self {
+        Self { kv: KvCursor::new(seq), ngram: NgramState::default() }
+    }
+}
+
+impl std::ops::Deref for DraftCursor {
+    type Target = KvCursor;
+    fn deref(&self) -> &KvCursor {
+        &self.kv
+    }
+}
+
+impl std::ops::DerefMut for DraftCursor {
+    fn deref_mut(&mut self) -> &mut KvCursor {
+        &mut self.kv
+    }
+}
+
 pub trait Drafter {
     /// Short name for statistics ("model", "none", ...).
     fn name(&self) -> &'static str;
@@ -88,19 +117,24 @@ pub trait Drafter {
         usize::MAX
     }
     /// Which source would propose after `tokens` (`None`: nothing to propose).
-    fn source(&self, _tokens: &[Token]) -> DraftSource {
+    fn source(&self, _cursor: &mut DraftCursor, _tokens: &[Token]) -> DraftSource {
         if self.is_active() {
             DraftSource::Model
         } else {
             DraftSource::None
         }
     }
+    /// Tokens the current copy run has been right for (the n-gram drafter's evidence for a
+    /// long draft; 0 when there is none). Asked after [`Drafter::source`].
+    fn copy_run(&self, _cursor: &DraftCursor, _tokens: &[Token]) -> usize {
+        0
+    }
     /// Forget the sequence and read its prompt (all tokens but the last).
-    fn begin(&mut self, cursor: &mut KvCursor, prompt: &[Token]) -> Result<(), ModelError>;
+    fn begin(&mut self, cursor: &mut DraftCursor, prompt: &[Token]) -> Result<(), ModelError>;
     /// Append up to `req.max` tokens to `tokens` and, with `req.keep_q`, their q to `q`.
     fn propose(
         &mut self,
-        cursor: &mut KvCursor,
+        cursor: &mut DraftCursor,
         tokens: &mut Vec<Token>,
         q: &mut Vec<Dist>,
         req: &DraftRequest<'_>,
@@ -108,7 +142,7 @@ pub trait Drafter {
         rng: &mut ChaCha8Rng,
     ) -> Result<DraftReport, ModelError>;
     /// The sequence now agrees with what the drafter saw on its first `keep` tokens only.
-    fn rollback(&mut self, cursor: &mut KvCursor, keep: usize) -> Result<(), ModelError>;
+    fn rollback(&mut self, cursor: &mut DraftCursor, keep: usize) -> Result<(), ModelError>;
 }
 
 impl<D: Drafter + ?Sized> Drafter for Box<D> {
@@ -121,15 +155,18 @@ impl<D: Drafter + ?Sized> Drafter for Box<D> {
     fn n_ctx(&self) -> usize {
         (**self).n_ctx()
     }
-    fn source(&self, tokens: &[Token]) -> DraftSource {
-        (**self).source(tokens)
+    fn source(&self, cursor: &mut DraftCursor, tokens: &[Token]) -> DraftSource {
+        (**self).source(cursor, tokens)
     }
-    fn begin(&mut self, cursor: &mut KvCursor, prompt: &[Token]) -> Result<(), ModelError> {
+    fn copy_run(&self, cursor: &DraftCursor, tokens: &[Token]) -> usize {
+        (**self).copy_run(cursor, tokens)
+    }
+    fn begin(&mut self, cursor: &mut DraftCursor, prompt: &[Token]) -> Result<(), ModelError> {
         (**self).begin(cursor, prompt)
     }
     fn propose(
         &mut self,
-        cursor: &mut KvCursor,
+        cursor: &mut DraftCursor,
         tokens: &mut Vec<Token>,
         q: &mut Vec<Dist>,
         req: &DraftRequest<'_>,
@@ -138,7 +175,7 @@ impl<D: Drafter + ?Sized> Drafter for Box<D> {
     ) -> Result<DraftReport, ModelError> {
         (**self).propose(cursor, tokens, q, req, scratch, rng)
     }
-    fn rollback(&mut self, cursor: &mut KvCursor, keep: usize) -> Result<(), ModelError> {
+    fn rollback(&mut self, cursor: &mut DraftCursor, keep: usize) -> Result<(), ModelError> {
         (**self).rollback(cursor, keep)
     }
 }
@@ -154,12 +191,12 @@ impl Drafter for NoDraft {
     fn is_active(&self) -> bool {
         false
     }
-    fn begin(&mut self, _: &mut KvCursor, _: &[Token]) -> Result<(), ModelError> {
+    fn begin(&mut self, _: &mut DraftCursor, _: &[Token]) -> Result<(), ModelError> {
         Ok(())
     }
     fn propose(
         &mut self,
-        _: &mut KvCursor,
+        _: &mut DraftCursor,
         _: &mut Vec<Token>,
         _: &mut Vec<Dist>,
         _: &DraftRequest<'_>,
@@ -168,7 +205,7 @@ impl Drafter for NoDraft {
     ) -> Result<DraftReport, ModelError> {
         Ok(DraftReport::default())
     }
-    fn rollback(&mut self, _: &mut KvCursor, _: usize) -> Result<(), ModelError> {
+    fn rollback(&mut self, _: &mut DraftCursor, _: usize) -> Result<(), ModelError> {
         Ok(())
     }
 }
@@ -203,7 +240,7 @@ impl<M: Model> Drafter for ModelDrafter<M> {
         self.model.n_ctx()
     }
 
-    fn begin(&mut self, cursor: &mut KvCursor, prompt: &[Token]) -> Result<(), ModelError> {
+    fn begin(&mut self, cursor: &mut DraftCursor, prompt: &[Token]) -> Result<(), ModelError> {
         self.model.truncate(cursor.seq, 0)?;
         cursor.n_cached = 0;
         if prompt.len() >= self.model.n_ctx() {
@@ -215,7 +252,7 @@ impl<M: Model> Drafter for ModelDrafter<M> {
 
     fn propose(
         &mut self,
-        cursor: &mut KvCursor,
+        cursor: &mut DraftCursor,
         tokens: &mut Vec<Token>,
         q: &mut Vec<Dist>,
         req: &DraftRequest<'_>,
@@ -247,7 +284,7 @@ impl<M: Model> Drafter for ModelDrafter<M> {
         Ok(report)
     }
 
-    fn rollback(&mut self, cursor: &mut KvCursor, keep: usize) -> Result<(), ModelError> {
+    fn rollback(&mut self, cursor: &mut DraftCursor, keep: usize) -> Result<(), ModelError> {
         cursor.keep(&mut self.model, keep)
     }
 }

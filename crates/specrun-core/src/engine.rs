@@ -14,8 +14,8 @@
 //! batch's last logits row, which the first round verifies with (as llama.cpp samples its
 //! first token from the prompt batch).
 
-use crate::control::{AdaptiveMode, Controller, Observation};
-use crate::draft::{DraftRequest, DraftSource, Drafter};
+use crate::control::{AdaptiveMode, Controller, CostCurve, Observation};
+use crate::draft::{DraftCursor, DraftRequest, DraftSource, Drafter};
 use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
 use crate::sampling::{Dist, SamplingParams, Scratch};
 use crate::stats::{Clock, FinishReason, GenStats};
@@ -40,6 +40,9 @@ pub struct GenConfig {
     pub params: SamplingParams,
     pub verify: VerifyMode,
     pub seed: u64,
+    /// The target's calibrated decode cost by batch size, when one is known; `auto` plans
+    /// draft lengths along it (otherwise it extrapolates from the sizes it has seen).
+    pub cost_curve: Option<std::sync::Arc<CostCurve>>,
 }
 
 impl Default for GenConfig {
@@ -53,6 +56,7 @@ impl Default for GenConfig {
             params: SamplingParams::greedy(),
             verify: VerifyMode::Greedy,
             seed: 0,
+            cost_curve: None,
         }
     }
 }
@@ -91,7 +95,7 @@ pub struct Sequence {
     pub tokens: Vec<Token>,
     pub n_prompt: usize,
     pub target: KvCursor,
-    pub draft: KvCursor,
+    pub draft: DraftCursor,
     pub rng: ChaCha8Rng,
     pub stats: GenStats,
     pub finish: Option<FinishReason>,
@@ -140,13 +144,13 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             n_prompt: prompt.len(),
             tokens: prompt,
             target: KvCursor::new(id),
-            draft: KvCursor::new(id),
+            draft: DraftCursor::new(id),
             rng: ChaCha8Rng::seed_from_u64(self.config.seed),
             stats: GenStats::default(),
             finish: None,
             // Each sequence learns its own costs: a record's output never depends on the
             // records before it (so a resumed batch equals an uninterrupted one).
-            controller: Controller::new(self.config.adaptive, self.config.draft_max),
+            controller: Controller::with_curve(self.config.adaptive, self.config.draft_max, self.config.cost_curve.clone()),
             q: Vec::new(),
             prompt_row: None,
         };
@@ -198,8 +202,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
 
         // 1. draft: the controller picks the length for the source that would propose
         let limit = self.draft_len(seq);
-        let source = if limit > 0 { self.drafter.source(&seq.tokens) } else { DraftSource::None };
-        let k_planned = seq.controller.plan(source, limit);
+        let source = if limit > 0 { self.drafter.source(&mut seq.draft, &seq.tokens) } else { DraftSource::None };
+        let run = if source == DraftSource::None { 0 } else { self.drafter.copy_run(&seq.draft, &seq.tokens) };
+        let k_planned = seq.controller.plan(source, limit, run);
         seq.q.clear();
         let mut report = crate::draft::DraftReport::default();
         let draft_gap = n_hist - seq.draft.n_cached;

@@ -6,10 +6,12 @@
 //! deterministic, so for rejection sampling its `q` is one-hot: the target accepts `x` with
 //! probability `p(x)` and otherwise samples from `p` without `x`.
 
+use crate::draft::DraftCursor;
 use crate::draft::{DraftReport, DraftRequest, DraftSource, Drafter};
-use crate::model::{KvCursor, ModelError, Token};
+use crate::model::{ModelError, Token};
 use crate::sampling::{Dist, Scratch};
 use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
 
 /// Settings of the n-gram lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +60,198 @@ pub fn lookup(tokens: &[Token], config: NgramConfig, max: usize) -> &[Token] {
     &[]
 }
 
-/// The n-gram drafter.
+/// Key length of the n-gram index: bigrams (or the shortest n-gram asked for, if shorter).
+const KEY_MAX: usize = 2;
+/// Candidates examined per lookup, most recent first (a very common n-gram can occur
+/// thousands of times; the most recent are the likely ones).
+const MAX_CANDIDATES: usize = 256;
+/// How far back a match is extended, for ranking candidates.
+const MAX_EXTEND: usize = 64;
+/// Window around the copy pointer searched when re-anchoring after an edit.
+const NEAR_BEHIND: usize = 8;
+const NEAR_AHEAD: usize = 32;
+
+/// One sequence's n-gram state: a hashed index of its tokens, and a copy pointer.
+///
+/// The **index** maps every `KEY`-gram of the history to the positions that follow it, built
+/// incrementally (the history only grows between a sequence's rounds), so a lookup costs
+/// the candidates it examines, not a scan of the context.
+///
+/// The **copy pointer** is the offset `d` from the position being predicted to the source
+/// position it is copied from (`tokens[n + d]` predicts `tokens[n]`). While the target keeps
+/// agreeing with the source (the last token equals the source's token before the pointer),
+/// the run continues there, however repetitive the text around it. After a mismatch (an edit)
+/// it re-anchors on the nearest short match to the pointer; if there is none it assumes a
+/// substitution and tries the same offset once more, then falls back to the longest suffix
+/// match anywhere (most recent among equals).
+#[derive(Debug, Clone, Default)]
+pub struct NgramState {
+    index: HashMap<u64, Vec<u32>>,
+    key: usize,
+    indexed: usize,
+    offset: Option<isize>,
+    /// Position where the current copy run was anchored.
+    run_start: usize,
+    /// Proposals in a row from a pointer that did not align (an edit assumed).
+    misses: u8,
+    /// The plan for `tokens.len() == .0`: copy from `.1`.
+    planned: Option<(usize, usize)>,
+}
+
+fn hash_key(tokens: &[Token]) -> u64 {
+    // FxHash-style mixing: fast, and collisions are harmless (candidates are verified)
+    tokens.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &t| (h.rotate_left(5) ^ t as u32 as u64).wrapping_mul(0x517c_c1b7_2722_0a95))
+}
+
+/// Length of the common suffix of `tokens[..a]` and `tokens[..b]`, at most `max`.
+fn common_suffix(tokens: &[Token], a: usize, b: usize, max: usize) -> usize {
+    let mut n = 0;
+    while n < max && n < a && n < b && tokens[a - 1 - n] == tokens[b - 1 - n] {
+        n += 1;
+    }
+    n
+}
+
+impl NgramState {
+    /// Forget everything (a new sequence).
+    pub fn reset(&mut self) {
+        *self = Self::default();
+    }
+
+    fn update_index(&mut self, tokens: &[Token], config: NgramConfig) {
+        let key = config.n_min.clamp(1, KEY_MAX);
+        if key != self.key || tokens.len() < self.indexed {
+            // a new sequence, or another configuration: rebuild
+            self.index.clear();
+            self.key = key;
+            self.indexed = 0;
+        }
+        // index positions whose key ends before the last token (the suffix being matched
+        // must not find itself)
+        let end = tokens.len().saturating_sub(1);
+        for pos in self.indexed.max(key)..=end {
+            if pos >= tokens.len() {
+                break;
+            }
+            self.index.entry(hash_key(&tokens[pos - key..pos])).or_default().push(pos as u32);
+        }
+        self.indexed = self.indexed.max(end + 1).max(key);
+    }
+
+    /// The longest earlier match of a suffix of `tokens` (at least `n_min` long), most recent
+    /// among equals: the position its continuation starts at.
+    fn longest_match(&self, tokens: &[Token], config: NgramConfig) -> Option<usize> {
+        let n = tokens.len();
+        if n <= self.key {
+            return None;
+        }
+        let candidates = self.index.get(&hash_key(&tokens[n - self.key..]))?;
+        let mut best: Option<(usize, usize)> = None;
+        for &pos in candidates.iter().rev().take(MAX_CANDIDATES) {
+            let pos = pos as usize;
+            if pos >= n {
+                continue;
+            }
+            let len = common_suffix(tokens, pos, n, MAX_EXTEND.max(config.n_max));
+            if len >= config.n_min.max(1) && best.is_none_or(|(l, _)| len.min(config.n_max) > l.min(config.n_max)) {
+                best = Some((len, pos));
+            }
+        }
+        best.map(|(_, pos)| pos)
+    }
+
+    /// The match nearest to `p` in a window around it that agrees with the last tokens
+    /// (longest agreement first, then nearest).
+    fn near(&self, tokens: &[Token], p: usize) -> Option<usize> {
+        let n = tokens.len();
+        let lo = p.saturating_sub(NEAR_BEHIND).max(1);
+        let hi = (p + NEAR_AHEAD).min(n - 1);
+        let mut best: Option<(usize, usize, usize)> = None; // (len, distance, pos)
+        for j in lo..=hi {
+            let len = common_suffix(tokens, j, n, 8);
+            if len == 0 {
+                continue;
+            }
+            let dist = j.abs_diff(p);
+            if best.is_none_or(|(l, d, _)| len > l || (len == l && dist < d)) {
+                best = Some((len, dist, j));
+            }
+        }
+        best.map(|(_, _, j)| j)
+    }
+
+    /// Where the next proposal copies from, after `tokens`; updates the pointer.
+    pub fn plan(&mut self, tokens: &[Token], config: NgramConfig) -> Option<usize> {
+        let n = tokens.len();
+        if let Some((at, from)) = self.planned {
+            if at == n {
+                return Some(from);
+            }
+        }
+        self.update_index(tokens, config);
+        let from = self.locate(tokens, config);
+        self.planned = from.map(|f| (n, f));
+        from
+    }
+
+    fn locate(&mut self, tokens: &[Token], config: NgramConfig) -> Option<usize> {
+        let n = tokens.len();
+        if n < 2 {
+            return None;
+        }
+        let anchor = |s: &mut Self, from: usize| {
+            s.offset = Some(from as isize - n as isize);
+            s.run_start = n;
+            s.misses = 0;
+            Some(from)
+        };
+        if let Some(d) = self.offset {
+            let p = n as isize + d;
+            if p >= 1 && (p as usize) < n {
+                let p = p as usize;
+                if tokens[p - 1] == tokens[n - 1] {
+                    self.misses = 0;
+                    return Some(p); // the run goes on
+                }
+                if let Some(j) = self.near(tokens, p) {
+                    return anchor(self, j);
+                }
+                if self.misses == 0 {
+                    // no short match near the pointer: a substituted token; the source goes on
+                    self.misses = 1;
+                    self.run_start = n;
+                    return Some(p);
+                }
+            }
+        }
+        self.offset = None;
+        match self.longest_match(tokens, config) {
+            Some(from) => anchor(self, from),
+            None => None,
+        }
+    }
+
+    /// Tokens the current copy run has lasted (0 right after anchoring).
+    pub fn run(&self, tokens: &[Token]) -> usize {
+        if self.offset.is_some() {
+            tokens.len().saturating_sub(self.run_start)
+        } else {
+            0
+        }
+    }
+}
+
+/// Append up to `max` tokens copied from `from` (overlapping copies repeat, as in LZ77).
+fn copy_from(tokens: &mut Vec<Token>, from: usize, max: usize) -> usize {
+    let start = tokens.len();
+    for i in 0..max {
+        let t = tokens[from + i];
+        tokens.push(t);
+    }
+    tokens.len() - start
+}
+
+/// The n-gram drafter: copy-aware prompt lookup over the sequence's [`NgramState`].
 #[derive(Debug, Clone, Default)]
 pub struct NgramDrafter {
     pub config: NgramConfig,
@@ -75,36 +268,42 @@ impl Drafter for NgramDrafter {
         "ngram"
     }
 
-    fn source(&self, tokens: &[Token]) -> DraftSource {
-        if lookup(tokens, self.config, 1).is_empty() {
-            DraftSource::None
-        } else {
-            DraftSource::Ngram
+    fn source(&self, cursor: &mut DraftCursor, tokens: &[Token]) -> DraftSource {
+        match cursor.ngram.plan(tokens, self.config) {
+            Some(_) => DraftSource::Ngram,
+            None => DraftSource::None,
         }
     }
 
-    fn begin(&mut self, _: &mut KvCursor, _: &[Token]) -> Result<(), ModelError> {
+    fn copy_run(&self, cursor: &DraftCursor, tokens: &[Token]) -> usize {
+        cursor.ngram.run(tokens)
+    }
+
+    fn begin(&mut self, cursor: &mut DraftCursor, _: &[Token]) -> Result<(), ModelError> {
+        cursor.ngram.reset();
         Ok(())
     }
 
     fn propose(
         &mut self,
-        _: &mut KvCursor,
+        cursor: &mut DraftCursor,
         tokens: &mut Vec<Token>,
         q: &mut Vec<Dist>,
         req: &DraftRequest<'_>,
         _: &mut Scratch,
         _: &mut ChaCha8Rng,
     ) -> Result<DraftReport, ModelError> {
-        let proposal = lookup(tokens, self.config, req.max).to_vec();
-        if req.keep_q {
-            q.extend(proposal.iter().map(|&t| Dist::one_hot(t)));
+        let start = tokens.len();
+        if let Some(from) = cursor.ngram.plan(tokens, self.config) {
+            copy_from(tokens, from, req.max);
         }
-        tokens.extend(proposal);
+        if req.keep_q {
+            q.extend(tokens[start..].iter().map(|&t| Dist::one_hot(t)));
+        }
         Ok(DraftReport { n_steps: 0, source: DraftSource::Ngram })
     }
 
-    fn rollback(&mut self, _: &mut KvCursor, _: usize) -> Result<(), ModelError> {
+    fn rollback(&mut self, _: &mut DraftCursor, _: usize) -> Result<(), ModelError> {
         Ok(())
     }
 }
@@ -125,20 +324,25 @@ impl<D: Drafter> Drafter for HybridDrafter<D> {
         self.model.n_ctx()
     }
 
-    fn source(&self, tokens: &[Token]) -> DraftSource {
-        match self.ngram.source(tokens) {
+    fn source(&self, cursor: &mut DraftCursor, tokens: &[Token]) -> DraftSource {
+        match self.ngram.source(cursor, tokens) {
             DraftSource::Ngram => DraftSource::Ngram,
-            _ => self.model.source(tokens),
+            _ => self.model.source(cursor, tokens),
         }
     }
 
-    fn begin(&mut self, cursor: &mut KvCursor, prompt: &[Token]) -> Result<(), ModelError> {
+    fn copy_run(&self, cursor: &DraftCursor, tokens: &[Token]) -> usize {
+        self.ngram.copy_run(cursor, tokens)
+    }
+
+    fn begin(&mut self, cursor: &mut DraftCursor, prompt: &[Token]) -> Result<(), ModelError> {
+        self.ngram.begin(cursor, prompt)?;
         self.model.begin(cursor, prompt)
     }
 
     fn propose(
         &mut self,
-        cursor: &mut KvCursor,
+        cursor: &mut DraftCursor,
         tokens: &mut Vec<Token>,
         q: &mut Vec<Dist>,
         req: &DraftRequest<'_>,
@@ -155,7 +359,7 @@ impl<D: Drafter> Drafter for HybridDrafter<D> {
         self.model.propose(cursor, tokens, q, req, scratch, rng)
     }
 
-    fn rollback(&mut self, cursor: &mut KvCursor, keep: usize) -> Result<(), ModelError> {
+    fn rollback(&mut self, cursor: &mut DraftCursor, keep: usize) -> Result<(), ModelError> {
         self.model.rollback(cursor, keep)
     }
 }
@@ -194,5 +398,109 @@ mod tests {
         assert_eq!(lookup(&t, C, 4), &[7, 7, 7, 7]);
         let t = [1, 2, 1, 2, 1, 2, 1];
         assert_eq!(lookup(&t, C, 3), &[2, 1, 2]);
+    }
+
+    /// `source` (100..100+len), a separator, then `out`: what an edit-and-return prompt looks
+    /// like after the model has written `out`.
+    fn history(len: i32, out: &[Token]) -> Vec<Token> {
+        let mut t: Vec<Token> = (100..100 + len).collect();
+        t.extend([1, 2]);
+        t.extend_from_slice(out);
+        t
+    }
+
+    fn propose(state: &mut NgramState, tokens: &[Token], config: NgramConfig, k: usize) -> Vec<Token> {
+        let mut t = tokens.to_vec();
+        match state.plan(&t, config) {
+            Some(from) => {
+                copy_from(&mut t, from, k);
+                t[tokens.len()..].to_vec()
+            }
+            None => vec![],
+        }
+    }
+
+    const DEFAULT: NgramConfig = NgramConfig { n_min: 3, n_max: 5 };
+
+    #[test]
+    fn after_a_substituted_token_the_copy_goes_on_where_it_was() {
+        let mut st = NgramState::default();
+        // copying 100..: the model wrote 100..110, then 999 instead of 110
+        let mut out: Vec<Token> = (100..110).collect();
+        let t = history(40, &out);
+        assert_eq!(propose(&mut st, &t, DEFAULT, 4), vec![110, 111, 112, 113], "the run is found");
+        out.push(999);
+        let t = history(40, &out);
+        assert_eq!(propose(&mut st, &t, DEFAULT, 4), vec![111, 112, 113, 114], "the pointer skips the edited token");
+        // the old scan needs three tokens after the edit before it matches again
+        assert!(lookup(&t, DEFAULT, 4).is_empty());
+    }
+
+    #[test]
+    fn after_a_deletion_it_re_anchors_near_the_pointer() {
+        let mut st = NgramState::default();
+        let mut out: Vec<Token> = (100..110).collect();
+        assert_eq!(propose(&mut st, &history(40, &out), DEFAULT, 3), vec![110, 111, 112]);
+        // the model skipped 110..112 and wrote 113
+        out.push(113);
+        assert_eq!(propose(&mut st, &history(40, &out), DEFAULT, 3), vec![114, 115, 116]);
+        // and an insertion: a new token, then the source again
+        out.extend([114, 115, 777, 116]);
+        assert_eq!(propose(&mut st, &history(40, &out), DEFAULT, 2), vec![117, 118]);
+    }
+
+    #[test]
+    fn the_copy_pointer_keeps_its_place_in_repetitive_text() {
+        // the source repeats "5 6 7" with different continuations; the model is copying the
+        // first occurrence, so the pointer must not jump to the more recent one
+        let source = [5, 6, 7, 10, 11, 12, 5, 6, 7, 20, 21, 22];
+        let mut t: Vec<Token> = source.to_vec();
+        t.extend([1, 2, 5, 6, 7]);
+        let mut st = NgramState::default();
+        assert_eq!(propose(&mut st, &t, DEFAULT, 2), vec![20, 21], "first match: the most recent occurrence");
+        // the target disagreed: it wrote 10 (the other occurrence); the pointer re-anchors there
+        t.push(10);
+        assert_eq!(propose(&mut st, &t, DEFAULT, 2), vec![11, 12]);
+        t.extend([11, 12, 5, 6, 7]);
+        // the run continues in the first occurrence, even though "5 6 7" last occurred later
+        assert_eq!(propose(&mut st, &t, DEFAULT, 2), vec![20, 21]);
+        assert_eq!(st.run(&t), 5, "five tokens since the re-anchoring");
+    }
+
+    #[test]
+    fn the_run_length_is_the_evidence_for_long_drafts() {
+        let mut st = NgramState::default();
+        let mut out: Vec<Token> = (100..104).collect();
+        let _ = propose(&mut st, &history(60, &out), DEFAULT, 4);
+        assert_eq!(st.run(&history(60, &out)), 0, "just anchored");
+        out.extend(104..130);
+        let t = history(60, &out);
+        assert_eq!(propose(&mut st, &t, DEFAULT, 4), vec![130, 131, 132, 133]);
+        assert_eq!(st.run(&t), 26);
+    }
+
+    #[test]
+    fn the_index_agrees_with_the_scan_on_random_text() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for _ in 0..200 {
+            let len = rng.gen_range(1..60);
+            let t: Vec<Token> = (0..len).map(|_| rng.gen_range(0..4)).collect();
+            let config = NgramConfig { n_min: rng.gen_range(1..3), n_max: rng.gen_range(3..6) };
+            let mut st = NgramState::default();
+            let from = st.plan(&t, config);
+            // same longest suffix as the scan (the continuation may differ only in which of
+            // several equally long matches is taken: both take the most recent)
+            let scan = lookup(&t, config, 1);
+            assert_eq!(from.is_some(), !scan.is_empty(), "{t:?} {config:?}");
+            if let Some(from) = from {
+                let len_idx = common_suffix(&t, from, t.len(), config.n_max);
+                let mut best = 0;
+                for p in 1..t.len() {
+                    best = best.max(common_suffix(&t, p, t.len(), config.n_max));
+                }
+                assert_eq!(len_idx, best, "{t:?} {config:?}");
+            }
+        }
     }
 }

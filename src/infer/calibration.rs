@@ -1,0 +1,184 @@
+//! Calibrated cost curves: what a target decode of `b` tokens costs on this machine, stored in
+//! the cache and found again by what determines it (model file, threads, batch size, GPU
+//! layers, backend, specrun version).
+//!
+//! `specrun calibrate` measures and stores ([`measure`], [`store`]); every generating command
+//! attaches a stored curve that matches its plan ([`attach`]). Without one, `auto` learns costs
+//! online from the batch sizes it tries (the cost of that: a few rounds at a length the curve
+//! would not have chosen), so calibration is never forced on a first run.
+
+use super::Plan;
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use specrun_core::control::CostCurve;
+use specrun_core::model::{KvCursor, Model, Token};
+use specrun_core::stats::Clock;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What a stored curve is valid for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurveKey {
+    /// Model file name, size and modification time (`mock` for the mock backend).
+    pub model: String,
+    pub threads: u32,
+    pub n_batch: u32,
+    pub n_gpu_layers: u32,
+    /// Backend and build (cargo features).
+    pub backend: String,
+    pub specrun: String,
+}
+
+/// A stored calibration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    pub key: CurveKey,
+    /// Median seconds of a target decode of each measured batch size.
+    pub target_secs: Vec<(usize, f64)>,
+    /// Median seconds of one draft-model step, when a draft model was measured.
+    pub draft_step_secs: Option<f64>,
+}
+
+impl Calibration {
+    pub fn curve(&self) -> Option<CostCurve> {
+        CostCurve::from_seconds(self.target_secs.clone())
+    }
+}
+
+fn backend_name() -> String {
+    let mut features = vec!["cpu"];
+    if cfg!(feature = "cuda") {
+        features.push("cuda");
+    }
+    if cfg!(feature = "metal") {
+        features.push("metal");
+    }
+    if cfg!(feature = "vulkan") {
+        features.push("vulkan");
+    }
+    format!("llama.cpp {}", features.join("+"))
+}
+
+fn file_identity(path: &Path) -> String {
+    let meta = std::fs::metadata(path).ok();
+    let size = meta.as_ref().map_or(0, |m| m.len());
+    let mtime = meta.and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    format!("{name} {size} bytes {mtime}")
+}
+
+/// The key of a plan's target.
+pub fn key(plan: &Plan, mock: bool) -> CurveKey {
+    let t = &plan.target;
+    CurveKey {
+        model: if mock { "mock".to_string() } else { file_identity(&t.path) },
+        threads: t.threads,
+        n_batch: t.n_batch,
+        n_gpu_layers: t.n_gpu_layers,
+        backend: if mock { "mock".to_string() } else { backend_name() },
+        specrun: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// Where calibrations live: `$SPECRUN_CACHE/calibration`, else the user's cache directory.
+pub fn dir() -> Option<PathBuf> {
+    if let Some(c) = std::env::var_os("SPECRUN_CACHE") {
+        return Some(PathBuf::from(c).join("calibration"));
+    }
+    directories::ProjectDirs::from("", "", "specrun").map(|d| d.cache_dir().join("calibration"))
+}
+
+fn file_for(key: &CurveKey) -> Option<PathBuf> {
+    let json = serde_json::to_string(key).ok()?;
+    let digest = format!("{:x}", Sha256::digest(json.as_bytes()));
+    Some(dir()?.join(format!("{}.json", &digest[..16])))
+}
+
+/// The stored calibration for `key`, if any (a damaged file counts as none).
+pub fn load(key: &CurveKey) -> Option<Calibration> {
+    let path = file_for(key)?;
+    let text = crate::io::read_text(&path, 1 << 20).ok()?;
+    let c: Calibration = serde_json::from_str(&text).ok()?;
+    (c.key == *key).then_some(c)
+}
+
+/// Store a calibration; returns the file.
+pub fn store(c: &Calibration) -> Result<PathBuf> {
+    let path = file_for(&c.key).context("no cache directory (is $HOME set?)")?;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("{}: cannot create", d.display()))?;
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(c)? + "\n").with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(path)
+}
+
+/// Give the plan's generation settings the stored curve that matches it, if any. Returns
+/// whether one was found.
+pub fn attach(plan: &mut Plan, mock: bool) -> bool {
+    match load(&key(plan, mock)).and_then(|c| c.curve()) {
+        Some(curve) => {
+            plan.gen.cost_curve = Some(Arc::new(curve));
+            true
+        }
+        None => false,
+    }
+}
+
+/// Batch sizes measured by default: dense where the CPU curve bends, sparse beyond.
+pub fn default_sizes(n_batch: usize) -> Vec<usize> {
+    [1, 2, 3, 4, 5, 6, 8, 10, 12, 14, 16, 20, 24, 32, 48, 64].into_iter().filter(|&b| b <= n_batch).collect()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Median seconds of decoding `b` tokens (all rows kept, as a verification does) after a
+/// `context`-token prefix, for each size, `repeat` times each, interleaved across sizes so
+/// that drift spreads evenly.
+pub fn measure(model: &mut dyn Model, clock: &dyn Clock, sizes: &[usize], repeat: usize, context: &[Token]) -> Result<Vec<(usize, f64)>> {
+    let mut cursor = KvCursor::new(0);
+    model.truncate(0, 0)?;
+    cursor.decode_tail(model, context, 0)?;
+    let n = context.len();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); sizes.len()];
+    // one warm-up pass, then the measured ones
+    for pass in 0..=repeat {
+        for (i, &b) in sizes.iter().enumerate() {
+            let tokens: Vec<Token> = context.iter().copied().chain(context.iter().copied().cycle().take(b)).collect();
+            let t0 = clock.now();
+            cursor.decode_tail(model, &tokens, b)?;
+            let secs = (clock.now() - t0).as_secs_f64();
+            cursor.keep(model, n)?;
+            if pass > 0 {
+                samples[i].push(secs);
+            }
+        }
+    }
+    Ok(sizes.iter().copied().zip(samples.into_iter().map(median)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use specrun_core::mock::{MockClock, MockModel, MockSpec};
+
+    #[test]
+    fn the_mock_curve_is_its_cost_model() {
+        let clock = MockClock::new();
+        let mut m = MockModel::new(MockSpec::target(1)).with_clock(clock.clone());
+        let secs = measure(&mut m, &clock, &[1, 2, 8], 2, &[3, 4, 5, 6]).unwrap();
+        // 20 ms a call + 2 ms a token
+        assert_eq!(secs, vec![(1, 0.022), (2, 0.024), (8, 0.036)]);
+        let curve = CostCurve::from_seconds(secs).unwrap();
+        assert!((curve.relative(8) - 36.0 / 22.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn default_sizes_respect_n_batch() {
+        assert_eq!(default_sizes(4), vec![1, 2, 3, 4]);
+        assert_eq!(*default_sizes(512).last().unwrap(), 64);
+    }
+}
