@@ -8,8 +8,10 @@
 #
 # Usage: scripts/llama_cpp_fidelity.sh [PROMPTS.jsonl] [MAX_TOKENS]
 #   defaults: docs/bench/prompts-fidelity.jsonl 64
-# Output: one line per prompt and drafting mode (identical, or the first differing character
-# and both texts around it) and the totals.
+# Modes: plain, the pair's default drafting, and the same with --tie-margin $TIE_MARGIN (default
+# 2.0 logits), which decides near-ties alone as plain decoding does.
+# Output: one line per prompt and mode (identical, or the first differing character and both
+# texts around it) and the totals.
 source "$(dirname "$0")/common.sh"
 ensure_system_packages
 fetch_models qwen-coder-0.5b qwen-coder-1.5b
@@ -48,12 +50,13 @@ if [ ! -x "$BUILD/bin/llama-simple" ]; then
         -DLLAMA_BUILD_APP=OFF -DGGML_NATIVE=$NATIVE -DBUILD_SHARED_LIBS=ON >/dev/null
     cmake --build "$BUILD" -j "$(nproc)" --target llama >/dev/null
     c++ -O2 -std=c++17 "$SIMPLE_CPP" -I"$SRC/include" -I"$SRC/ggml/include" -L"$BUILD/bin" \
-        -lllama -lggml -lggml-base -Wl,-rpath,"$BUILD/bin" -o "$BUILD/bin/llama-simple"
+        -lllama -lggml -lggml-base -Wl,--disable-new-dtags,-rpath,"$BUILD/bin" -o "$BUILD/bin/llama-simple"
 fi
 
-python3 - "$PROMPTS" "$N" "$BUILD/bin/llama-simple" "$SPECRUN_BIN" "$TARGET" "$THREADS" <<'PY'
+TIE_MARGIN="${TIE_MARGIN:-2.0}"
+python3 - "$PROMPTS" "$N" "$BUILD/bin/llama-simple" "$SPECRUN_BIN" "$TARGET" "$THREADS" "$TIE_MARGIN" <<'PY'
 import json, subprocess, sys
-prompts, n, simple, specrun, target, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+prompts, n, simple, specrun, target, threads, tie = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
 
 def llama_simple(p):
     out = subprocess.run([simple, "-m", target, "-n", str(n), p], capture_output=True).stdout.decode("utf-8", "replace")
@@ -70,11 +73,16 @@ def first_diff(a, b):
     i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     return None if a == b else i
 
-totals = {"plain": 0, "speculative": 0}
+modes = (
+    ("plain", ["-m", target, "--no-draft"]),
+    ("speculative", ["--pair", "qwen-coder"]),
+    ("spec+ties", ["--pair", "qwen-coder", "--tie-margin", tie]),
+)
+totals = {name: 0 for name, _ in modes}
 rows = [json.loads(l) for l in open(prompts) if l.strip()]
 for r in rows:
     ref = llama_simple(r["prompt"])
-    for name, extra in (("plain", ["-m", target, "--no-draft"]), ("speculative", ["--pair", "qwen-coder"])):
+    for name, extra in modes:
         text = spec(r["prompt"], extra)
         # llama-simple always prints n tokens' pieces; specrun stops at end-of-generation too
         d = first_diff(ref, text)
@@ -83,5 +91,5 @@ for r in rows:
             print(f"{r['id']} {name:11s} identical")
         else:
             print(f"{r['id']} {name:11s} differs at char {d}: llama.cpp {ref[max(0,d-20):d+20]!r} specrun {text[max(0,d-20):d+20]!r}")
-print(f"identical to llama-simple: plain {totals['plain']}/{len(rows)}, speculative {totals['speculative']}/{len(rows)}")
+print("identical to llama-simple: " + ", ".join(f"{k} {v}/{len(rows)}" for k, v in totals.items()) + f" (tie margin {tie})")
 PY

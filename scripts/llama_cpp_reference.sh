@@ -8,7 +8,8 @@
 #
 # Usage: scripts/llama_cpp_reference.sh [PROMPTS.jsonl] [MAX_TOKENS] [K ...]
 #   defaults: docs/bench/prompts-open.jsonl 64 2 4 8
-# Output: a Markdown table on stdout (tool, setting, decode tok/s, ratio to llama-bench).
+# Output: a Markdown table on stdout (tool, setting, decode tok/s, ratio to llama-bench);
+# with PER_PROMPT=1 each prompt's rate on stderr; TOOLS=lookup or TOOLS=speculative runs one.
 source "$(dirname "$0")/common.sh"
 ensure_system_packages
 fetch_models qwen-coder-0.5b qwen-coder-1.5b
@@ -57,12 +58,15 @@ EOF
 # decoded tok/s from a tool's log ("decoded N tokens in S seconds, speed: X t/s"), averaged
 # as total tokens over total seconds
 run_tool() {
-    local tokens=0 secs=0 out
+    local tokens=0 secs=0 out i=0
     for p in "${PROMPT_TEXTS[@]}"; do
+        i=$((i + 1))
         out=$("$@" -p "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]), end="")' "$p")" 2>&1) || { echo "error: $1 failed" >&2; echo "$out" | tail -5 >&2; return 1; }
         read -r t s < <(echo "$out" | sed -n 's/.*decoded *\([0-9]*\) tokens in *\([0-9.]*\) seconds.*/\1 \2/p' | tail -1)
         tokens=$((tokens + t))
         secs=$(python3 -c "print($secs + $s)")
+        # PER_PROMPT=1: each prompt's rate on stderr
+        [ -z "${PER_PROMPT:-}" ] || echo "  $(basename "$1") ${*: -1} prompt $i: $(python3 -c "print(f'{$t / $s:.2f}')") tok/s" >&2
     done
     python3 -c "print(f'{$tokens / $secs:.2f}')"
 }
@@ -73,11 +77,14 @@ plain=$("$BUILD/bin/llama-bench" -m "$TARGET" -p 0 -n "$N" -t "$THREADS" -ngl 0 
 echo "| tool | setting | decode tok/s | vs llama-bench |"
 echo "|---|---|---|---|"
 echo "| llama-bench (plain target) | -p 0 -n $N | $plain | 1.00x |"
-for k in "${KS[@]}"; do
+# TOOLS=lookup skips llama-speculative-simple (and TOOLS=speculative the lookup tool)
+TOOLS="${TOOLS:-speculative,lookup}"
+[[ "$TOOLS" == *speculative* ]] && for k in "${KS[@]}"; do
     ts=$(run_tool "$BUILD/bin/llama-speculative-simple" "${COMMON[@]}" -md "$DRAFT" -ngld 0 --spec-type draft-simple --spec-draft-n-max "$k" --spec-draft-n-min 0)
     echo "| llama-speculative-simple | --spec-draft-n-max $k | $ts | $(python3 -c "print(f'{$ts / $plain:.2f}x')") |"
 done
-for k in "${KS[@]}"; do
+[[ "$TOOLS" == *lookup* ]] && for k in "${KS[@]}"; do
     ts=$(run_tool "$BUILD/bin/llama-lookup" "${COMMON[@]}" --spec-draft-n-max "$k")
     echo "| llama-lookup (n-gram) | --spec-draft-n-max $k | $ts | $(python3 -c "print(f'{$ts / $plain:.2f}x')") |"
 done
+exit 0

@@ -36,6 +36,8 @@ pub enum Command {
     Batch(BatchArgs),
     /// Sweep draft configurations against target-only decoding, export, plot, auto-tune.
     Bench(BenchArgs),
+    /// Check that shard outputs cover every input record exactly once.
+    Shards(ShardsArgs),
     /// Measure the target's decode cost by batch size and store it for `auto` to plan with.
     Calibrate(CalibrateArgs),
     /// Show or create the models file (`path`, `init`).
@@ -46,6 +48,9 @@ pub enum Command {
 impl Command {
     /// Whether the command's result goes to stdout (everything but `batch` to a file).
     pub fn writes_stdout(&self) -> bool {
+        if let Command::Shards(_) = self {
+            return true;
+        }
         match self {
             Command::Batch(b) => crate::io::is_stdout(&b.output),
             _ => true,
@@ -171,6 +176,40 @@ pub struct BatchArgs {
     /// Test-only: after this many records, write half a record and abort (a simulated crash).
     #[arg(long, hide = true, value_name = "N")]
     pub debug_crash_after: Option<usize>,
+    /// Process only the records whose index (0-based, in file order) is I mod N, so that N
+    /// machines split one prompt file with no coordinator; check with `specrun shards`.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
+}
+
+/// One of N shards of a prompt file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    let (i, n) = s.split_once('/').ok_or_else(|| format!("expected I/N (e.g. 0/4), got {s:?}"))?;
+    let index: usize = i.trim().parse().map_err(|_| format!("expected I/N with whole numbers, got {s:?}"))?;
+    let count: usize = n.trim().parse().map_err(|_| format!("expected I/N with whole numbers, got {s:?}"))?;
+    if count == 0 || count > 1_000_000 || index >= count {
+        return Err(format!("I/N needs 0 <= I < N <= 1000000, got {s:?}"));
+    }
+    Ok(Shard { index, count })
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ShardsArgs {
+    /// The prompt file the shards were made from.
+    #[arg(value_name = "INPUT")]
+    pub input: PathBuf,
+    /// The shard outputs (`batch --shard I/N -o FILE`), in any order.
+    #[arg(value_name = "OUTPUT", required = true)]
+    pub outputs: Vec<PathBuf>,
+    /// Input format (default: by extension).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub input_format: Option<InputFormat>,
 }
 
 /// Which models to use and how to load them.
@@ -267,6 +306,10 @@ pub struct GenArgs {
     /// How the target checks drafts when sampling.
     #[arg(long, value_enum, value_name = "MODE")]
     pub verify: Option<VerifyMode>,
+    /// Greedy: a token that wins by fewer logits than this in a verification batch is decided
+    /// again alone, so that output equals plain decoding at near-ties (0: off).
+    #[arg(allow_negative_numbers = true, long, value_name = "LOGITS")]
+    pub tie_margin: Option<f32>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -338,6 +381,7 @@ impl GenArgs {
             seed: flag(self.seed, "--seed"),
             verify: flag(self.verify, "--verify"),
             no_draft: self.no_draft.then(|| Setting::new(true, Origin::Flag("--no-draft"))),
+            tie_margin: flag(self.tie_margin, "--tie-margin"),
         }
     }
 }

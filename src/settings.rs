@@ -92,6 +92,8 @@ pub struct Overrides {
     pub verify: Option<Setting<VerifyMode>>,
     /// Plain decoding: no drafter (a flag or request only).
     pub no_draft: Option<Setting<bool>>,
+    /// Greedy near-tie margin (logits) below which a batched decision is rechecked alone.
+    pub tie_margin: Option<Setting<f32>>,
 }
 
 macro_rules! each_field {
@@ -112,7 +114,8 @@ macro_rules! each_field {
             repeat_penalty,
             seed,
             verify,
-            no_draft
+            no_draft,
+            tie_margin
         )
     };
 }
@@ -170,6 +173,7 @@ pub fn validate(o: &Overrides) -> Result<(), SettingError> {
     check(&o.top_p, |v: f32| v > 0.0 && v <= 1.0, "must be in (0, 1]")?;
     check(&o.min_p, |v: f32| (0.0..=1.0).contains(&v), "must be in [0, 1]")?;
     check(&o.repeat_penalty, |v: f32| v.is_finite() && v > 0.0, "must be a number > 0")?;
+    check(&o.tie_margin, |v: f32| v.is_finite() && (0.0..=100.0).contains(&v), "must be a number in [0, 100]")?;
     Ok(())
 }
 
@@ -201,6 +205,7 @@ pub fn resolve(sources: &[&Overrides]) -> Result<Resolved, SettingError> {
     set!(g.params.top_p, top_p);
     set!(g.params.min_p, min_p);
     set!(g.params.repeat_penalty, repeat_penalty);
+    set!(g.tie_margin, tie_margin);
     set!(r.ngram.n_min, ngram_min);
     set!(r.ngram.n_max, ngram_max);
     if let Some(d) = &merged.drafter {
@@ -281,6 +286,39 @@ mod tests {
         let pair = Overrides { min_p: Some(Setting::new(2.0, file("min_p", 7))), ..Default::default() };
         let flags = Overrides { min_p: Some(Setting::new(0.1, Origin::Flag("--min-p"))), ..Default::default() };
         assert_eq!(resolve(&[&pair, &flags]).unwrap_err().to_string(), "models.toml:7:9: min_p must be in [0, 1], got 2");
+    }
+
+    #[test]
+    fn every_field_is_merged() {
+        // a field missing from the merge list would silently keep its default
+        let all = Overrides {
+            max_tokens: Some(Setting::new(7, Origin::Flag("a"))),
+            draft_max: Some(Setting::new(9, Origin::Flag("a"))),
+            draft_p_min: Some(Setting::new(0.5, Origin::Flag("a"))),
+            draft_min: Some(Setting::new(2, Origin::Flag("a"))),
+            drafter: Some(Setting::new(DrafterKind::Ngram, Origin::Flag("a"))),
+            adaptive: Some(Setting::new(AdaptiveMode::Step, Origin::Flag("a"))),
+            ngram_min: Some(Setting::new(2, Origin::Flag("a"))),
+            ngram_max: Some(Setting::new(7, Origin::Flag("a"))),
+            temp: Some(Setting::new(0.5, Origin::Flag("a"))),
+            top_k: Some(Setting::new(5, Origin::Flag("a"))),
+            top_p: Some(Setting::new(0.5, Origin::Flag("a"))),
+            min_p: Some(Setting::new(0.1, Origin::Flag("a"))),
+            repeat_penalty: Some(Setting::new(1.2, Origin::Flag("a"))),
+            seed: Some(Setting::new(11, Origin::Flag("a"))),
+            verify: Some(Setting::new(VerifyMode::Match, Origin::Flag("a"))),
+            no_draft: Some(Setting::new(false, Origin::Flag("a"))),
+            tie_margin: Some(Setting::new(1.5, Origin::Flag("a"))),
+        };
+        assert_eq!(Overrides::default().then(&all), all);
+        let r = resolve(&[&Overrides::default(), &all]).unwrap();
+        let g = &r.gen;
+        assert_eq!((g.max_tokens, g.draft_max, g.draft_p_min, g.draft_min, g.adaptive, g.seed), (7, 9, 0.5, 2, AdaptiveMode::Step, 11));
+        assert_eq!((g.params.temp, g.params.top_k, g.params.top_p, g.params.min_p, g.params.repeat_penalty), (0.5, 5, 0.5, 0.1, 1.2));
+        assert_eq!(
+            (g.verify, g.tie_margin, r.drafter, r.ngram.n_min, r.ngram.n_max),
+            (VerifyMode::Match, 1.5, Some(DrafterKind::Ngram), 2, 7)
+        );
     }
 
     #[test]

@@ -130,3 +130,37 @@ fn fatal_input_problems_exit_2_with_one_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.jsonl: cannot read"));
 }
+
+#[test]
+fn shards_split_the_input_and_the_check_finds_gaps_and_doubles() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let text: String = (0..7).map(|i| format!("{{\"id\": \"r{i}\", \"prompt\": \"prompt {i}\", \"max_tokens\": 3}}\n")).collect();
+    std::fs::write(&input, text).unwrap();
+    let outs: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("shard{i}.jsonl"))).collect();
+    for (i, o) in outs.iter().enumerate() {
+        let shard = format!("{i}/3");
+        let out = batch(&input, o, &["--shard", &shard]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let ids = |o: &Path| records(o).iter().map(|r| r.id().to_string()).collect::<Vec<_>>();
+    assert_eq!(ids(&outs[0]), ["\"r0\"", "\"r3\"", "\"r6\""]);
+    assert_eq!(ids(&outs[2]), ["\"r2\"", "\"r5\""]);
+    // a shard resumes on its own: its header names the shard
+    assert!(batch(&input, &outs[1], &["--shard", "1/3", "--resume"]).status.success());
+    let refused = batch(&input, &outs[1], &["--shard", "2/3", "--resume"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("shard"), "{}", String::from_utf8_lossy(&refused.stderr));
+    let check = |files: &[&PathBuf]| Command::cargo_bin("specrun").unwrap().arg("shards").arg(&input).args(files).output().unwrap();
+    let ok = check(&[&outs[0], &outs[1], &outs[2]]);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).starts_with("complete: 7 records in 3 outputs"));
+    let gap = check(&[&outs[0], &outs[2]]);
+    assert_eq!(gap.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gap.stdout).contains("missing: "), "{}", String::from_utf8_lossy(&gap.stdout));
+    let twice = check(&[&outs[0], &outs[1], &outs[2], &outs[0]]);
+    assert!(String::from_utf8_lossy(&twice.stdout).contains("more than once: "));
+    // bad shard specs are refused by the parser
+    let bad = batch(&input, &dir.path().join("x.jsonl"), &["--shard", "3/3"]);
+    assert_eq!(bad.status.code(), Some(2));
+}

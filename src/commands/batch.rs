@@ -64,6 +64,10 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
         bail!("{}: no records (the file is empty)", args.input.display());
     }
     check_unique_ids(&records).map_err(|e| anyhow!("{}: {e}", args.input.display()))?;
+    let records: Vec<_> = match args.shard {
+        Some(s) => records.into_iter().enumerate().filter(|(i, _)| i % s.count == s.index).map(|(_, r)| r).collect(),
+        None => records,
+    };
     let mut plan = plan(&args.models.selection(), &args.gen.overrides())?;
     crate::infer::calibration::attach(&mut plan, args.models.mock);
     let header = Header::new(format!("{:x}", Sha256::digest(text.as_bytes())), fingerprint(&plan, args, format));
@@ -91,6 +95,9 @@ fn fingerprint(plan: &Plan, args: &BatchArgs, format: InputFormat) -> serde_json
     m.insert("target".into(), if args.models.mock { Value::from("mock") } else { file(&plan.target.path) });
     m.insert("input_format".into(), Value::from(format!("{format:?}").to_lowercase()));
     m.insert("chat".into(), Value::from(args.chat));
+    if let Some(s) = args.shard {
+        m.insert("shard".into(), Value::from(format!("{}/{}", s.index, s.count)));
+    }
     m.insert("max_tokens".into(), Value::from(g.max_tokens));
     m.insert("temp".into(), Value::from(g.params.temp));
     m.insert("top_k".into(), Value::from(g.params.top_k));
@@ -98,6 +105,9 @@ fn fingerprint(plan: &Plan, args: &BatchArgs, format: InputFormat) -> serde_json
     m.insert("min_p".into(), Value::from(g.params.min_p));
     m.insert("repeat_penalty".into(), Value::from(g.params.repeat_penalty));
     m.insert("seed".into(), Value::from(g.seed));
+    if g.tie_margin > 0.0 {
+        m.insert("tie_margin".into(), Value::from(g.tie_margin));
+    }
     if !g.params.is_greedy() {
         m.insert("verify".into(), Value::from(g.verify.as_str()));
         m.insert("drafter".into(), Value::from(plan.drafter.map_or("none", |d| d.as_str())));

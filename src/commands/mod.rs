@@ -16,6 +16,7 @@ pub mod calibrate;
 pub mod check_pair;
 pub mod config;
 pub mod run;
+pub mod shards;
 
 use crate::cli::{Cli, Command};
 use anyhow::Result;
@@ -61,6 +62,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Batch(args) => batch::batch(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Calibrate(args) => calibrate::calibrate(&args),
+        Command::Shards(args) => shards::shards(&args),
         Command::Config(c) => config::config(&c),
     }
 }

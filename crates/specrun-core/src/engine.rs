@@ -43,6 +43,11 @@ pub struct GenConfig {
     /// The target's calibrated decode cost by batch size, when one is known; `auto` plans
     /// draft lengths along it (otherwise it extrapolates from the sizes it has seen).
     pub cost_curve: Option<std::sync::Arc<CostCurve>>,
+    /// Greedy only: when a token emitted from a batch of several rows won by less than this
+    /// many logits over the runner-up, it is not emitted from the batch; the next round
+    /// decodes it alone, as plain decoding would (0: off). Batch shape moves logits by up to
+    /// ~0.7 on a CPU, so near-ties can otherwise flip between speculative and plain output.
+    pub tie_margin: f32,
 }
 
 impl Default for GenConfig {
@@ -57,6 +62,7 @@ impl Default for GenConfig {
             verify: VerifyMode::Greedy,
             seed: 0,
             cost_curve: None,
+            tie_margin: 0.0,
         }
     }
 }
@@ -87,6 +93,20 @@ pub enum EngineError {
     Draft(ModelError),
 }
 
+/// Logit of the best token minus that of the runner-up.
+fn top2_gap(row: &[f32]) -> f32 {
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &x in row {
+        if x > a {
+            b = a;
+            a = x;
+        } else if x > b {
+            b = x;
+        }
+    }
+    a - b
+}
+
 /// One prompt being generated.
 #[derive(Debug, Clone)]
 pub struct Sequence {
@@ -105,6 +125,8 @@ pub struct Sequence {
     /// The target's logits row for the prompt's last token, from the prompt batch, until the
     /// first round uses it: the first token comes from the same batch shape as in llama.cpp.
     prompt_row: Option<Vec<f32>>,
+    /// The next round decodes one token alone (a near-tie is being rechecked).
+    force_plain: bool,
 }
 
 impl Sequence {
@@ -153,6 +175,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             controller: Controller::with_curve(self.config.adaptive, self.config.draft_max, self.config.cost_curve.clone()),
             q: Vec::new(),
             prompt_row: None,
+            force_plain: false,
         };
         self.target.truncate(id, 0).map_err(EngineError::Target)?;
         if self.config.max_tokens > 0 {
@@ -201,7 +224,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let params = &self.config.params;
 
         // 1. draft: the controller picks the length for the source that would propose
-        let limit = self.draft_len(seq);
+        let limit = if std::mem::take(&mut seq.force_plain) { 0 } else { self.draft_len(seq) };
         let source = if limit > 0 { self.drafter.source(&mut seq.draft, &seq.tokens) } else { DraftSource::None };
         let run = if source == DraftSource::None { 0 } else { self.drafter.copy_run(&seq.draft, &seq.tokens) };
         let k_planned = seq.controller.plan(source, limit, run);
@@ -248,11 +271,36 @@ impl<T: Model, D: Drafter> Engine<T, D> {
                 &mut seq.rng,
             ),
         };
+        // a near-tie decided in a batch of several rows is rechecked alone next round
+        let recheck_at = if self.config.tie_margin > 0.0 && verify_mode == VerifyMode::Greedy {
+            (0..=verdict.n_accepted).find(|&r| {
+                let (row, batch_rows) = match (&prompt_row, r) {
+                    (Some(_), 0) => return false, // the prompt batch: llama.cpp's own shape
+                    (Some(_), r) => (target.logits(r - 1), n_rows),
+                    (None, r) => (target.logits(r), n_rows),
+                };
+                batch_rows > 1 && top2_gap(row) < self.config.tie_margin
+            })
+        } else {
+            None
+        };
         let t_verified = clock.now();
 
         // 3. keep the accepted prefix, add the target's token, stop at EOG / max_tokens
-        seq.tokens.truncate(n_hist + verdict.n_accepted);
-        seq.tokens.push(verdict.next);
+        let (n_kept, keep) = match recheck_at {
+            Some(r) => {
+                seq.tokens.truncate(n_hist + r);
+                seq.force_plain = true;
+                seq.stats.n_tie_rechecks += 1;
+                // drop the last kept token from the cache: it is decoded again, alone
+                (r, n_hist + r - 1)
+            }
+            None => {
+                seq.tokens.truncate(n_hist + verdict.n_accepted);
+                seq.tokens.push(verdict.next);
+                (verdict.n_accepted, n_hist + verdict.n_accepted)
+            }
+        };
         if let Some(i) = seq.tokens[n_hist..].iter().position(|&t| self.target.is_eog(t)) {
             seq.tokens.truncate(n_hist + i + 1);
             seq.finish = Some(FinishReason::Stop);
@@ -263,12 +311,12 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
 
         // 4. roll both caches back to what they share with the accepted tokens
-        let keep = n_hist + verdict.n_accepted.min(seq.tokens.len() - n_hist);
+        let keep = keep.min(seq.tokens.len());
         seq.target.keep(&mut self.target, keep).map_err(EngineError::Target)?;
         self.drafter.rollback(&mut seq.draft, keep).map_err(EngineError::Draft)?;
 
         let source = if n_drafted > 0 { report.source } else { DraftSource::None };
-        seq.stats.record_round(n_drafted, verdict.n_accepted);
+        seq.stats.record_round(n_drafted, n_kept.min(verdict.n_accepted));
         seq.stats.record_source(source, k_planned);
         let t_end = clock.now();
         seq.controller.observe(&Observation {
