@@ -164,6 +164,10 @@ pub struct BatchArgs {
     /// Wrap `prompt` records (and txt lines) in the target's chat template too.
     #[arg(long)]
     pub chat: bool,
+    /// Let n-grams of earlier records' outputs propose drafts for later ones (a draft cache;
+    /// verification is unchanged, so greedy output is too, up to batch-shape near-ties).
+    #[arg(long)]
+    pub draft_cache: bool,
     /// Continue an earlier output file: skip ids it holds, redo a line cut off by a crash.
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,

@@ -164,3 +164,27 @@ fn shards_split_the_input_and_the_check_finds_gaps_and_doubles() {
     let bad = batch(&input, &dir.path().join("x.jsonl"), &["--shard", "3/3"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn the_draft_cache_changes_timing_not_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    // the same prompt three times: later records can draft from earlier outputs
+    let text: String = (0..3).map(|i| format!("{{\"id\": {i}, \"prompt\": \"tell me a story\", \"max_tokens\": 40}}\n")).collect();
+    std::fs::write(&input, text).unwrap();
+    let (plain, cached) = (dir.path().join("plain.jsonl"), dir.path().join("cached.jsonl"));
+    assert!(batch(&input, &plain, &["--draft", "ngram", "--adaptive", "fixed"]).status.success());
+    let out = batch(&input, &cached, &["--draft", "ngram", "--adaptive", "fixed", "--draft-cache"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (a, b) = (records(&plain), records(&cached));
+    let ok = |r: &OutputRecord| match r {
+        OutputRecord::Ok(r) => r.clone(),
+        OutputRecord::Error(e) => panic!("{e:?}"),
+    };
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(ok(x).text, ok(y).text, "the cache may only change timing");
+    }
+    // the first record has nothing cached; the later ones draft from it
+    assert_eq!(ok(&a[0]).n_accepted, ok(&b[0]).n_accepted);
+    assert!(ok(&b[2]).n_accepted > ok(&a[2]).n_accepted, "{:?} vs {:?}", ok(&b[2]), ok(&a[2]));
+}

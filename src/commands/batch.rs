@@ -14,7 +14,7 @@ use crate::formats::records::{
     check_unique_ids, id_key, parse_input, scan_output, BadRecord, ErrorRecord, Header, InputFormat, Job, OkRecord, OutputRecord,
     PromptInput,
 };
-use crate::infer::{generate, make_drafter, plan, with_backend, Interrupted, Plan};
+use crate::infer::{generate, make_drafter_with_cache, plan, with_backend, Interrupted, Plan};
 use crate::io::{install_interrupt_handler, interrupted, is_stdout, read_text};
 use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -75,7 +75,7 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
     let todo: Vec<_> = records.into_iter().filter(|r| !done.contains(&id_key(&record_id(r)))).collect();
     install_interrupt_handler();
     with_backend(&plan, args.models.mock, &mut |target, draft, codec, clock| {
-        let drafter = make_drafter(plan.drafter, plan.ngram, draft);
+        let drafter = make_drafter_with_cache(plan.drafter, plan.ngram, draft, args.draft_cache);
         run_records(target, drafter, codec, clock, &plan, args, &todo, done.len(), &mut sink)
     })
 }
@@ -218,7 +218,12 @@ fn run_records(
         }
         let record = match rec {
             Ok(job) => match run_job(&mut engine, codec, plan, args, job, clock) {
-                Ok(r) => r,
+                Ok((r, generated)) => {
+                    if let Some(tokens) = generated {
+                        engine.drafter.learn(&tokens);
+                    }
+                    r
+                }
                 Err(e) if e.downcast_ref::<Interrupted>().is_some() || interrupted() => {
                     bar.finish_and_clear();
                     crate::io::note(format!(
@@ -288,8 +293,8 @@ fn run_job<T: Model, D: Drafter>(
     args: &BatchArgs,
     job: &Job,
     clock: &dyn Clock,
-) -> Result<OutputRecord> {
-    let fail = |e: String| Ok(OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: e }));
+) -> Result<(OutputRecord, Option<Vec<specrun_core::model::Token>>)> {
+    let fail = |e: String| Ok((OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: e }), None));
     match plan.resolve_with(&job.overrides) {
         Ok(r) => engine.config = r.gen,
         Err(e) => return fail(e.to_string()),
@@ -306,7 +311,7 @@ fn run_job<T: Model, D: Drafter>(
     let tokens = codec.tokenize(&prompt);
     let g = generate(engine, codec, &tokens, clock, None, &job.stop, &interrupted)?;
     let r = g.report;
-    Ok(OutputRecord::Ok(OkRecord {
+    let record = OutputRecord::Ok(OkRecord {
         id: job.id.clone(),
         text: r.text,
         finish_reason: r.finish_reason,
@@ -319,5 +324,6 @@ fn run_job<T: Model, D: Drafter>(
         t_draft_s: r.t_draft_s,
         t_verify_s: r.t_verify_s,
         decode_tok_per_s: r.decode_tok_per_s,
-    }))
+    });
+    Ok((record, Some(g.tokens)))
 }

@@ -116,11 +116,23 @@ pub fn generate<T: Model, D: Drafter>(
 
 /// The drafter a plan asks for, over an already created draft model (if it needs one).
 pub fn make_drafter<'a, M: Model + 'a>(kind: Option<DrafterKind>, ngram: NgramConfig, model: Option<M>) -> Box<dyn Drafter + 'a> {
+    make_drafter_with_cache(kind, ngram, model, false)
+}
+
+/// [`make_drafter`], with an n-gram draft cache across sequences when `cache` (for drafters
+/// that use n-grams).
+pub fn make_drafter_with_cache<'a, M: Model + 'a>(
+    kind: Option<DrafterKind>,
+    ngram: NgramConfig,
+    model: Option<M>,
+    cache: bool,
+) -> Box<dyn Drafter + 'a> {
+    let ngram_drafter = || if cache { NgramDrafter::with_cache(ngram) } else { NgramDrafter::new(ngram) };
     match (kind, model) {
         (None, _) => Box::new(NoDraft),
-        (Some(DrafterKind::Ngram), _) => Box::new(NgramDrafter::new(ngram)),
+        (Some(DrafterKind::Ngram), _) => Box::new(ngram_drafter()),
         (Some(DrafterKind::Model), Some(m)) => Box::new(ModelDrafter::new(m)),
-        (Some(DrafterKind::Hybrid), Some(m)) => Box::new(HybridDrafter { ngram: NgramDrafter::new(ngram), model: ModelDrafter::new(m) }),
+        (Some(DrafterKind::Hybrid), Some(m)) => Box::new(HybridDrafter { ngram: ngram_drafter(), model: ModelDrafter::new(m) }),
         (Some(_), None) => Box::new(NoDraft),
     }
 }

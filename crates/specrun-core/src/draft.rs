@@ -143,6 +143,9 @@ pub trait Drafter {
     ) -> Result<DraftReport, ModelError>;
     /// The sequence now agrees with what the drafter saw on its first `keep` tokens only.
     fn rollback(&mut self, cursor: &mut DraftCursor, keep: usize) -> Result<(), ModelError>;
+    /// A finished sequence's output, for a drafter that learns across sequences (the n-gram
+    /// draft cache); the default forgets it.
+    fn learn(&mut self, _generated: &[Token]) {}
 }
 
 impl<D: Drafter + ?Sized> Drafter for Box<D> {
@@ -177,6 +180,9 @@ impl<D: Drafter + ?Sized> Drafter for Box<D> {
     }
     fn rollback(&mut self, cursor: &mut DraftCursor, keep: usize) -> Result<(), ModelError> {
         (**self).rollback(cursor, keep)
+    }
+    fn learn(&mut self, generated: &[Token]) {
+        (**self).learn(generated)
     }
 }
 

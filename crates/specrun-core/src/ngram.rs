@@ -251,15 +251,98 @@ fn copy_from(tokens: &mut Vec<Token>, from: usize, max: usize) -> usize {
     tokens.len() - start
 }
 
-/// The n-gram drafter: copy-aware prompt lookup over the sequence's [`NgramState`].
+/// A draft cache across sequences: the outputs of earlier sequences (vLLM's suffix decoding,
+/// llama.cpp's n-gram cache files), indexed by trigram. When a sequence's own context has no
+/// match, the longest match of its last tokens in earlier outputs proposes the continuation.
+/// It only proposes: verification is unchanged, so greedy output does not depend on which
+/// sequences came before (up to batch-shape near-ties, see `GenConfig::tie_margin`); only
+/// timing does.
+#[derive(Debug, Clone, Default)]
+pub struct NgramCorpus {
+    tokens: Vec<Token>,
+    index: HashMap<u64, Vec<u32>>,
+}
+
+/// Tokens an [`NgramCorpus`] keeps at most (older outputs are forgotten wholesale).
+const CORPUS_MAX: usize = 1 << 20;
+/// Key length of the corpus index, and the shortest match it proposes from.
+const CORPUS_KEY: usize = 3;
+/// Separates outputs in the corpus (not a token id).
+const SEPARATOR: Token = -1;
+
+impl NgramCorpus {
+    /// Add one sequence's output.
+    pub fn add(&mut self, generated: &[Token]) {
+        if generated.len() < CORPUS_KEY + 1 {
+            return;
+        }
+        if self.tokens.len() + generated.len() + 1 > CORPUS_MAX {
+            *self = Self::default();
+        }
+        let start = self.tokens.len();
+        self.tokens.extend_from_slice(generated);
+        self.tokens.push(SEPARATOR);
+        for pos in (start + CORPUS_KEY)..self.tokens.len() {
+            self.index.entry(hash_key(&self.tokens[pos - CORPUS_KEY..pos])).or_default().push(pos as u32);
+        }
+    }
+
+    /// Where in the corpus the longest match (at least the key length) of the end of `tokens`
+    /// continues, most recent among equals.
+    fn lookup(&self, tokens: &[Token]) -> Option<usize> {
+        let n = tokens.len();
+        if n < CORPUS_KEY {
+            return None;
+        }
+        let candidates = self.index.get(&hash_key(&tokens[n - CORPUS_KEY..]))?;
+        let mut best: Option<(usize, usize)> = None;
+        for &pos in candidates.iter().rev().take(MAX_CANDIDATES) {
+            let pos = pos as usize;
+            if pos >= self.tokens.len() || self.tokens[pos] == SEPARATOR {
+                continue;
+            }
+            let mut len = 0;
+            while len < MAX_EXTEND && len < n && len < pos && self.tokens[pos - 1 - len] == tokens[n - 1 - len] {
+                len += 1;
+            }
+            if len >= CORPUS_KEY && best.is_none_or(|(l, _)| len > l) {
+                best = Some((len, pos));
+            }
+        }
+        best.map(|(_, pos)| pos)
+    }
+
+    /// Append up to `max` tokens of the continuation at `pos` (stopping at an output's end).
+    fn copy(&self, pos: usize, tokens: &mut Vec<Token>, max: usize) {
+        tokens.extend(self.tokens[pos..].iter().take(max).take_while(|&&t| t != SEPARATOR));
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
+
+/// The n-gram drafter: copy-aware prompt lookup over the sequence's [`NgramState`], and
+/// optionally a draft cache of earlier outputs ([`NgramCorpus`]).
 #[derive(Debug, Clone, Default)]
 pub struct NgramDrafter {
     pub config: NgramConfig,
+    /// `Some`: learn from every finished sequence and propose from earlier outputs.
+    pub corpus: Option<NgramCorpus>,
 }
 
 impl NgramDrafter {
     pub fn new(config: NgramConfig) -> Self {
-        Self { config }
+        Self { config, corpus: None }
+    }
+
+    /// With a draft cache across sequences.
+    pub fn with_cache(config: NgramConfig) -> Self {
+        Self { config, corpus: Some(NgramCorpus::default()) }
     }
 }
 
@@ -269,9 +352,17 @@ impl Drafter for NgramDrafter {
     }
 
     fn source(&self, cursor: &mut DraftCursor, tokens: &[Token]) -> DraftSource {
+        let cached = || self.corpus.as_ref().is_some_and(|c| c.lookup(tokens).is_some());
         match cursor.ngram.plan(tokens, self.config) {
             Some(_) => DraftSource::Ngram,
+            None if cached() => DraftSource::Ngram,
             None => DraftSource::None,
+        }
+    }
+
+    fn learn(&mut self, generated: &[Token]) {
+        if let Some(c) = &mut self.corpus {
+            c.add(generated);
         }
     }
 
@@ -294,8 +385,15 @@ impl Drafter for NgramDrafter {
         _: &mut ChaCha8Rng,
     ) -> Result<DraftReport, ModelError> {
         let start = tokens.len();
-        if let Some(from) = cursor.ngram.plan(tokens, self.config) {
-            copy_from(tokens, from, req.max);
+        match cursor.ngram.plan(tokens, self.config) {
+            Some(from) => {
+                copy_from(tokens, from, req.max);
+            }
+            None => {
+                if let Some((c, pos)) = self.corpus.as_ref().and_then(|c| c.lookup(tokens).map(|p| (c, p))) {
+                    c.copy(pos, tokens, req.max);
+                }
+            }
         }
         if req.keep_q {
             q.extend(tokens[start..].iter().map(|&t| Dist::one_hot(t)));
@@ -361,6 +459,10 @@ impl<D: Drafter> Drafter for HybridDrafter<D> {
 
     fn rollback(&mut self, cursor: &mut DraftCursor, keep: usize) -> Result<(), ModelError> {
         self.model.rollback(cursor, keep)
+    }
+
+    fn learn(&mut self, generated: &[Token]) {
+        self.ngram.learn(generated);
     }
 }
 
@@ -502,5 +604,29 @@ mod tests {
                 assert_eq!(len_idx, best, "{t:?} {config:?}");
             }
         }
+    }
+
+    #[test]
+    fn the_draft_cache_proposes_from_earlier_outputs_only_when_the_context_has_nothing() {
+        let mut d = NgramDrafter::with_cache(DEFAULT);
+        // an earlier record wrote 50..80
+        d.learn(&(50..80).collect::<Vec<_>>());
+        let mut cursor = DraftCursor::new(0);
+        // this record's context has no match of its own, but ends in 60 61 62
+        let tokens: Vec<Token> = vec![1, 2, 3, 60, 61, 62];
+        assert_eq!(d.source(&mut cursor, &tokens), DraftSource::Ngram);
+        let mut t = tokens.clone();
+        let req = DraftRequest { max: 4, params: &crate::sampling::SamplingParams::greedy(), keep_q: false, p_min: 0.0 };
+        let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+        d.propose(&mut cursor, &mut t, &mut vec![], &req, &mut Scratch::new(), &mut rng).unwrap();
+        assert_eq!(&t[6..], &[63, 64, 65, 66]);
+        // a proposal stops at the end of an earlier output
+        let mut t = vec![9, 77, 78, 79];
+        let mut cursor = DraftCursor::new(1);
+        d.propose(&mut cursor, &mut t, &mut vec![], &req, &mut Scratch::new(), &mut rng).unwrap();
+        assert_eq!(t.len(), 4, "nothing after 79 in the cache: {t:?}");
+        // without the cache nothing is proposed
+        let plain = NgramDrafter::new(DEFAULT);
+        assert_eq!(plain.source(&mut DraftCursor::new(2), &tokens), DraftSource::None);
     }
 }
