@@ -8,8 +8,6 @@
 #
 # Usage: scripts/llama_cpp_fidelity.sh [PROMPTS.jsonl] [MAX_TOKENS]
 #   defaults: docs/bench/prompts-fidelity.jsonl 64
-# Modes: plain, the pair's default drafting, and the same with --tie-margin $TIE_MARGIN (default
-# 2.0 logits), which decides near-ties alone as plain decoding does.
 # Output: one line per prompt and mode (identical, or the first differing character and both
 # texts around it) and the totals.
 source "$(dirname "$0")/common.sh"
@@ -53,10 +51,9 @@ if [ ! -x "$BUILD/bin/llama-simple" ]; then
         -lllama -lggml -lggml-base -Wl,--disable-new-dtags,-rpath,"$BUILD/bin" -o "$BUILD/bin/llama-simple"
 fi
 
-TIE_MARGIN="${TIE_MARGIN:-2.0}"
-python3 - "$PROMPTS" "$N" "$BUILD/bin/llama-simple" "$SPECRUN_BIN" "$TARGET" "$THREADS" "$TIE_MARGIN" <<'PY'
+python3 - "$PROMPTS" "$N" "$BUILD/bin/llama-simple" "$SPECRUN_BIN" "$TARGET" "$THREADS" <<'PY'
 import json, subprocess, sys
-prompts, n, simple, specrun, target, threads, tie = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7]
+prompts, n, simple, specrun, target, threads = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 
 def llama_simple(p):
     out = subprocess.run([simple, "-m", target, "-n", str(n), p], capture_output=True).stdout.decode("utf-8", "replace")
@@ -76,7 +73,6 @@ def first_diff(a, b):
 modes = (
     ("plain", ["-m", target, "--no-draft"]),
     ("speculative", ["--pair", "qwen-coder"]),
-    ("spec+ties", ["--pair", "qwen-coder", "--tie-margin", tie]),
 )
 totals = {name: 0 for name, _ in modes}
 rows = [json.loads(l) for l in open(prompts) if l.strip()]
@@ -91,5 +87,5 @@ for r in rows:
             print(f"{r['id']} {name:11s} identical")
         else:
             print(f"{r['id']} {name:11s} differs at char {d}: llama.cpp {ref[max(0,d-20):d+20]!r} specrun {text[max(0,d-20):d+20]!r}")
-print("identical to llama-simple: " + ", ".join(f"{k} {v}/{len(rows)}" for k, v in totals.items()) + f" (tie margin {tie})")
+print("identical to llama-simple: " + ", ".join(f"{k} {v}/{len(rows)}" for k, v in totals.items()))
 PY

@@ -164,6 +164,10 @@ pub struct BatchArgs {
     /// Wrap `prompt` records (and txt lines) in the target's chat template too.
     #[arg(long)]
     pub chat: bool,
+    /// Records in flight at once (continuous batching: one target decode per round for all of
+    /// them), or `auto` (from the calibrated cost curve). Output stays in input order.
+    #[arg(long, value_name = "N|auto", value_parser = parse_parallel)]
+    pub parallel: Option<Parallel>,
     /// Let n-grams of earlier records' outputs propose drafts for later ones (a draft cache;
     /// verification is unchanged, so greedy output is too, up to batch-shape near-ties).
     #[arg(long)]
@@ -184,6 +188,23 @@ pub struct BatchArgs {
     /// machines split one prompt file with no coordinator; check with `specrun shards`.
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub shard: Option<Shard>,
+}
+
+/// `--parallel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parallel {
+    N(usize),
+    Auto,
+}
+
+fn parse_parallel(s: &str) -> Result<Parallel, String> {
+    if s == "auto" {
+        return Ok(Parallel::Auto);
+    }
+    match s.parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(Parallel::N(n)),
+        _ => Err(format!("expected a number of records in [1, 64] or auto, got {s:?}")),
+    }
 }
 
 /// One of N shards of a prompt file.
@@ -310,10 +331,6 @@ pub struct GenArgs {
     /// How the target checks drafts when sampling.
     #[arg(long, value_enum, value_name = "MODE")]
     pub verify: Option<VerifyMode>,
-    /// Greedy: a token that wins by fewer logits than this in a verification batch is decided
-    /// again alone, so that output equals plain decoding at near-ties (0: off).
-    #[arg(allow_negative_numbers = true, long, value_name = "LOGITS")]
-    pub tie_margin: Option<f32>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -385,7 +402,6 @@ impl GenArgs {
             seed: flag(self.seed, "--seed"),
             verify: flag(self.verify, "--verify"),
             no_draft: self.no_draft.then(|| Setting::new(true, Origin::Flag("--no-draft"))),
-            tie_margin: flag(self.tie_margin, "--tie-margin"),
         }
     }
 }

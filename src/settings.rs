@@ -92,8 +92,6 @@ pub struct Overrides {
     pub verify: Option<Setting<VerifyMode>>,
     /// Plain decoding: no drafter (a flag or request only).
     pub no_draft: Option<Setting<bool>>,
-    /// Greedy near-tie margin (logits) below which a batched decision is rechecked alone.
-    pub tie_margin: Option<Setting<f32>>,
 }
 
 macro_rules! each_field {
@@ -114,8 +112,7 @@ macro_rules! each_field {
             repeat_penalty,
             seed,
             verify,
-            no_draft,
-            tie_margin
+            no_draft
         )
     };
 }
@@ -173,7 +170,6 @@ pub fn validate(o: &Overrides) -> Result<(), SettingError> {
     check(&o.top_p, |v: f32| v > 0.0 && v <= 1.0, "must be in (0, 1]")?;
     check(&o.min_p, |v: f32| (0.0..=1.0).contains(&v), "must be in [0, 1]")?;
     check(&o.repeat_penalty, |v: f32| v.is_finite() && v > 0.0, "must be a number > 0")?;
-    check(&o.tie_margin, |v: f32| v.is_finite() && (0.0..=100.0).contains(&v), "must be a number in [0, 100]")?;
     Ok(())
 }
 
@@ -205,7 +201,6 @@ pub fn resolve(sources: &[&Overrides]) -> Result<Resolved, SettingError> {
     set!(g.params.top_p, top_p);
     set!(g.params.min_p, min_p);
     set!(g.params.repeat_penalty, repeat_penalty);
-    set!(g.tie_margin, tie_margin);
     set!(r.ngram.n_min, ngram_min);
     set!(r.ngram.n_max, ngram_max);
     if let Some(d) = &merged.drafter {
@@ -308,17 +303,13 @@ mod tests {
             seed: Some(Setting::new(11, Origin::Flag("a"))),
             verify: Some(Setting::new(VerifyMode::Match, Origin::Flag("a"))),
             no_draft: Some(Setting::new(false, Origin::Flag("a"))),
-            tie_margin: Some(Setting::new(1.5, Origin::Flag("a"))),
         };
         assert_eq!(Overrides::default().then(&all), all);
         let r = resolve(&[&Overrides::default(), &all]).unwrap();
         let g = &r.gen;
         assert_eq!((g.max_tokens, g.draft_max, g.draft_p_min, g.draft_min, g.adaptive, g.seed), (7, 9, 0.5, 2, AdaptiveMode::Step, 11));
         assert_eq!((g.params.temp, g.params.top_k, g.params.top_p, g.params.min_p, g.params.repeat_penalty), (0.5, 5, 0.5, 0.1, 1.2));
-        assert_eq!(
-            (g.verify, g.tie_margin, r.drafter, r.ngram.n_min, r.ngram.n_max),
-            (VerifyMode::Match, 1.5, Some(DrafterKind::Ngram), 2, 7)
-        );
+        assert_eq!((g.verify, r.drafter, r.ngram.n_min, r.ngram.n_max), (VerifyMode::Match, Some(DrafterKind::Ngram), 2, 7));
     }
 
     #[test]

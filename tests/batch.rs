@@ -188,3 +188,101 @@ fn the_draft_cache_changes_timing_not_text() {
     assert_eq!(ok(&a[0]).n_accepted, ok(&b[0]).n_accepted);
     assert!(ok(&b[2]).n_accepted > ok(&a[2]).n_accepted, "{:?} vs {:?}", ok(&b[2]), ok(&a[2]));
 }
+
+/// Ten records of mixed lengths, greedy, and two sampled ones with their own seeds (fixed
+/// draft length: see the README on sampling and --parallel).
+fn mixed_input(dir: &Path) -> PathBuf {
+    let input = dir.join("mixed.jsonl");
+    let mut text = String::new();
+    for i in 0..10 {
+        let extra = if i % 5 == 4 { ", \"temperature\": 0.8, \"seed\": 9" } else { "" };
+        text += &format!("{{\"id\": \"m{i}\", \"prompt\": \"record {i} says a b a b a b\", \"max_tokens\": {}{extra}}}\n", 4 + 9 * (i % 4));
+    }
+    text += "{\"id\": \"bad\", \"promt\": \"typo\"}\n";
+    std::fs::write(&input, text).unwrap();
+    input
+}
+
+#[test]
+fn parallel_records_give_the_same_file_as_one_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = mixed_input(dir.path());
+    let one = dir.path().join("one.jsonl");
+    let args = ["--draft", "ngram", "--adaptive", "fixed", "--draft-max", "3"];
+    assert_eq!(batch(&input, &one, &args).status.code(), Some(1), "one bad record");
+    for n in ["2", "3", "4"] {
+        let many = dir.path().join(format!("p{n}.jsonl"));
+        let out = batch(&input, &many, &[&args[..], &["--parallel", n]].concat());
+        assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+        let strip = |p: &Path| {
+            records(p)
+                .into_iter()
+                .map(|r| match r {
+                    OutputRecord::Ok(r) => (r.id, r.text, r.finish_reason, r.n_generated),
+                    OutputRecord::Error(e) => (e.id, e.error, String::new(), 0),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&many), strip(&one), "--parallel {n}");
+    }
+    // greedy records with the cost-aware policy too
+    let auto_one = dir.path().join("auto1.jsonl");
+    let auto_many = dir.path().join("auto4.jsonl");
+    let greedy = dir.path().join("greedy.jsonl");
+    let text: String =
+        std::fs::read_to_string(&input).unwrap().lines().filter(|l| !l.contains("temperature")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&greedy, text).unwrap();
+    batch(&greedy, &auto_one, &[]);
+    batch(&greedy, &auto_many, &["--parallel", "4"]);
+    let texts = |p: &Path| {
+        records(p)
+            .into_iter()
+            .map(|r| match r {
+                OutputRecord::Ok(r) => r.text,
+                OutputRecord::Error(e) => e.error,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&auto_many), texts(&auto_one));
+}
+
+#[test]
+fn a_killed_parallel_batch_resumes_to_the_one_at_a_time_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = mixed_input(dir.path());
+    let args = ["--draft", "ngram", "--adaptive", "fixed", "--draft-max", "3"];
+    let one = dir.path().join("one.jsonl");
+    batch(&input, &one, &args);
+    let out = dir.path().join("killed.jsonl");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("specrun"))
+        .args(["batch", "--mock", "--quiet", "--config"])
+        .arg(models_toml())
+        .arg(&input)
+        .arg("-o")
+        .arg(&out)
+        .args(args)
+        .args(["--parallel", "3", "--mock-delay-ms", "15"])
+        .spawn()
+        .unwrap();
+    // kill it once some records are written
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&out).map_or(0, |t| t.lines().count()) < 4 && t0.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let partial = std::fs::read_to_string(&out).unwrap().lines().count();
+    assert!(partial < 12, "killed before the end: {partial} lines");
+    let resumed = batch(&input, &out, &[&args[..], &["--parallel", "3", "--resume"]].concat());
+    assert_eq!(resumed.status.code(), Some(1), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let strip = |p: &Path| {
+        records(p)
+            .into_iter()
+            .map(|r| match r {
+                OutputRecord::Ok(r) => (r.id, r.text),
+                OutputRecord::Error(e) => (e.id, e.error),
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&out), strip(&one));
+}

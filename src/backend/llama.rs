@@ -15,7 +15,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
-use specrun_core::model::{Model, ModelError, SeqId, Token};
+use specrun_core::model::{DecodePart, Model, ModelError, SeqId, Token};
 use specrun_core::vocab::VocabFacts;
 use std::io::Read as _;
 use std::num::NonZeroU32;
@@ -154,6 +154,25 @@ impl LoadedModel {
         }
     }
 
+    /// Refuse `cells` KV cells (`n_seq` sequences of n_ctx each) that cannot fit the memory left.
+    fn check_kv_cells(&self, cells: u64, n_seq: u32) -> Result<()> {
+        let m = &self.model;
+        let per_cell = kv_cache_bytes(u64::from(m.n_layer()), m.n_embd().max(0) as u64, u64::from(m.n_head()), u64::from(m.n_head_kv()), 1);
+        if let Some(avail) = mem_available() {
+            let need = per_cell * cells;
+            if need > avail {
+                return Err(anyhow!(
+                    "{}: {n_seq} sequences of n_ctx {} need {:.1} GiB of KV cache but {:.1} GiB of memory is available; lower --parallel or -c",
+                    self.path.display(),
+                    cells / u64::from(n_seq),
+                    gib(need),
+                    gib(avail)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Refuse a context larger than the model was trained for, or whose KV cache cannot fit
     /// the memory left, before llama.cpp tries to allocate it.
     pub fn check_n_ctx(&self, n_ctx: u32) -> Result<()> {
@@ -225,8 +244,13 @@ impl LoadedModel {
             return Err(anyhow!("{}: n_ctx and n_batch must be > 0", self.path.display()));
         }
         self.check_n_ctx(s.n_ctx)?;
+        // each sequence gets n_ctx cells: the context holds n_seq_max × n_ctx (not unified)
+        let n_seq = s.n_seq_max.max(1);
+        if n_seq > 1 {
+            self.check_kv_cells(u64::from(s.n_ctx) * u64::from(n_seq), n_seq)?;
+        }
         let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(s.n_ctx))
+            .with_n_ctx(NonZeroU32::new(s.n_ctx.saturating_mul(n_seq)))
             .with_n_batch(s.n_batch)
             .with_n_ubatch(s.n_batch)
             .with_n_seq_max(s.n_seq_max.max(1))
@@ -235,7 +259,7 @@ impl LoadedModel {
         let ctx =
             self.model.new_context(backend()?, params).with_context(|| format!("cannot create a context for {}", self.path.display()))?;
         // llama.cpp may round the context up; specrun enforces the size that was asked for
-        let n_ctx = (ctx.n_ctx() as usize).min(s.n_ctx as usize);
+        let n_ctx = (ctx.n_ctx() as usize / n_seq as usize).min(s.n_ctx as usize);
         let n_batch = ctx.n_batch() as usize;
         Ok(LlamaRunner {
             ctx,
@@ -244,8 +268,8 @@ impl LoadedModel {
             n_vocab: self.n_vocab(),
             n_ctx,
             n_batch,
-            row_base: 0,
-            n_rows: 0,
+            n_seq: n_seq as usize,
+            rows: Vec::new(),
             recurrent: self.model.is_recurrent() || self.model.is_hybrid(),
         })
     }
@@ -259,9 +283,9 @@ pub struct LlamaRunner<'m> {
     n_vocab: usize,
     n_ctx: usize,
     n_batch: usize,
-    /// Batch index of logits row 0 of the last decode.
-    row_base: i32,
-    n_rows: usize,
+    n_seq: usize,
+    /// Batch index of each logits row kept by the last decode.
+    rows: Vec<i32>,
     recurrent: bool,
 }
 
@@ -291,25 +315,52 @@ impl Model for LlamaRunner<'_> {
     }
 
     fn decode(&mut self, seq: SeqId, pos: usize, tokens: &[Token], logits_from: usize) -> Result<(), ModelError> {
-        if tokens.len() > self.n_batch {
-            return Err(ModelError::BatchTooLarge { n_tokens: tokens.len(), n_batch: self.n_batch });
+        self.decode_parts(&[DecodePart { seq, pos, tokens, logits_from }])
+    }
+
+    fn n_seq_max(&self) -> usize {
+        self.n_seq
+    }
+
+    fn decode_parts(&mut self, parts: &[DecodePart<'_>]) -> Result<(), ModelError> {
+        let n_tokens: usize = parts.iter().map(|p| p.tokens.len()).sum();
+        if n_tokens > self.n_batch {
+            return Err(ModelError::BatchTooLarge { n_tokens, n_batch: self.n_batch });
         }
-        if pos + tokens.len() > self.n_ctx {
-            return Err(ModelError::ContextFull { end: pos + tokens.len(), n_ctx: self.n_ctx });
-        }
-        if let Some(&t) = tokens.iter().find(|&&t| t < 0 || t as usize >= self.n_vocab) {
-            return Err(ModelError::Decode(format!("token {t} is outside the vocabulary")));
+        for (i, p) in parts.iter().enumerate() {
+            if p.seq < 0 || p.seq as usize >= self.n_seq {
+                return Err(ModelError::Decode(format!("sequence id {} is outside 0..{}", p.seq, self.n_seq)));
+            }
+            if parts[..i].iter().any(|q| q.seq == p.seq) {
+                return Err(ModelError::Decode(format!("sequence {} appears twice in one decode", p.seq)));
+            }
+            if p.pos + p.tokens.len() > self.n_ctx {
+                return Err(ModelError::ContextFull { end: p.pos + p.tokens.len(), n_ctx: self.n_ctx });
+            }
+            if let Some(&t) = p.tokens.iter().find(|&&t| t < 0 || t as usize >= self.n_vocab) {
+                return Err(ModelError::Decode(format!("token {t} is outside the vocabulary")));
+            }
         }
         self.batch.clear();
-        for (i, &t) in tokens.iter().enumerate() {
-            self.batch.add(LlamaToken(t), (pos + i) as i32, &[seq], i >= logits_from).map_err(|e| ModelError::Decode(e.to_string()))?;
+        self.rows.clear();
+        let mut index = 0i32;
+        for p in parts {
+            for (i, &t) in p.tokens.iter().enumerate() {
+                let keep = i >= p.logits_from;
+                self.batch.add(LlamaToken(t), (p.pos + i) as i32, &[p.seq], keep).map_err(|e| ModelError::Decode(e.to_string()))?;
+                if keep {
+                    self.rows.push(index);
+                }
+                index += 1;
+            }
+        }
+        if n_tokens == 0 {
+            return Ok(());
         }
         self.ctx.decode(&mut self.batch).map_err(|e| ModelError::Decode(e.to_string()))?;
-        self.row_base = logits_from as i32;
-        self.n_rows = tokens.len().saturating_sub(logits_from);
         // corrupted weights show as NaN/inf logits: fail instead of sampling garbage
-        for row in 0..self.n_rows {
-            if !self.ctx.get_logits_ith(self.row_base + row as i32).iter().all(|x| x.is_finite()) {
+        for &r in &self.rows {
+            if !self.ctx.get_logits_ith(r).iter().all(|x| x.is_finite()) {
                 return Err(ModelError::NonFinite);
             }
         }
@@ -317,8 +368,8 @@ impl Model for LlamaRunner<'_> {
     }
 
     fn logits(&self, row: usize) -> &[f32] {
-        assert!(row < self.n_rows, "logits row {row} was not kept (last decode kept {})", self.n_rows);
-        self.ctx.get_logits_ith(self.row_base + row as i32)
+        assert!(row < self.rows.len(), "logits row {row} was not kept (last decode kept {})", self.rows.len());
+        self.ctx.get_logits_ith(self.rows[row])
     }
 
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ModelError> {

@@ -9,7 +9,7 @@
 //! at once. Exit codes: 0 all records ok, 1 some failed, 2 fatal, 130 interrupted.
 
 use super::{EXIT_INTERRUPTED, EXIT_NEGATIVE};
-use crate::cli::BatchArgs;
+use crate::cli::{BatchArgs, Parallel};
 use crate::formats::records::{
     check_unique_ids, id_key, parse_input, scan_output, BadRecord, ErrorRecord, Header, InputFormat, Job, OkRecord, OutputRecord,
     PromptInput,
@@ -74,10 +74,259 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
     let (mut sink, done) = prepare_output(args, &header)?;
     let todo: Vec<_> = records.into_iter().filter(|r| !done.contains(&id_key(&record_id(r)))).collect();
     install_interrupt_handler();
+    let n_parallel = parallelism(args, &plan);
+    if n_parallel > 1 {
+        plan.target.n_seq = n_parallel as u32;
+        if let Some(d) = &mut plan.draft {
+            d.n_seq = n_parallel as u32;
+        }
+        if !args.quiet {
+            crate::io::note(format!("{n_parallel} records in flight"));
+        }
+    }
     with_backend(&plan, args.models.mock, &mut |target, draft, codec, clock| {
         let drafter = make_drafter_with_cache(plan.drafter, plan.ngram, draft, args.draft_cache);
+        if n_parallel > 1 {
+            return run_parallel(target, drafter, codec, clock, &plan, args, &todo, done.len(), &mut sink, n_parallel);
+        }
         run_records(target, drafter, codec, clock, &plan, args, &todo, done.len(), &mut sink)
     })
+}
+
+/// Records in flight: `--parallel N`, or with `auto` the N in {1, 2, 4, 8, 16} that the
+/// calibrated cost curve says decodes the most tokens per second when every sequence adds one
+/// token to a round (N / cost(N)); 4 without a calibration.
+fn parallelism(args: &BatchArgs, plan: &Plan) -> usize {
+    match args.parallel {
+        Some(Parallel::N(n)) => n,
+        Some(Parallel::Auto) => match &plan.gen.cost_curve {
+            Some(curve) => [1usize, 2, 4, 8, 16]
+                .into_iter()
+                .filter(|&n| n <= plan.target.n_batch as usize)
+                .max_by(|&a, &b| (a as f64 / curve.relative(a)).total_cmp(&(b as f64 / curve.relative(b))))
+                .unwrap_or(1),
+            None => {
+                crate::io::note("note: --parallel auto: no calibration for this model (`specrun calibrate`); using 4");
+                4
+            }
+        },
+        None => 1,
+    }
+}
+
+/// A record's text as it is generated: UTF-8 across token pieces, cut at a stop string.
+struct TextState {
+    utf8: specrun_core::detok::Utf8Stream,
+    text: String,
+    stopped: bool,
+}
+
+/// `--parallel N`: continuous batching over N slots ([`specrun_core::batching`]); records are
+/// written in input order (a finished record waits for those before it), so the output is
+/// the same file as with one record at a time.
+#[allow(clippy::too_many_arguments)]
+fn run_parallel(
+    target: &mut dyn Model,
+    drafter: Box<dyn Drafter + '_>,
+    codec: &dyn TextCodec,
+    clock: &dyn Clock,
+    plan: &Plan,
+    args: &BatchArgs,
+    todo: &[Result<Job, BadRecord>],
+    n_skipped: usize,
+    sink: &mut Sink,
+    n_parallel: usize,
+) -> Result<ExitCode> {
+    use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats};
+    use std::collections::BTreeMap;
+    let out_name = args.output.display().to_string();
+    let t0 = clock.now();
+    let bar = progress_bar(args, todo.len());
+    let mut engine = Engine::new(target, drafter, plan.gen.clone());
+    let mut ready: BTreeMap<usize, OutputRecord> = BTreeMap::new();
+    let mut jobs = Vec::new();
+    for (i, rec) in todo.iter().enumerate() {
+        match rec {
+            Err(bad) => {
+                ready.insert(i, OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error.clone() }));
+            }
+            Ok(job) => match prepare_job(codec, plan, args, job) {
+                Ok((config, prompt)) => jobs.push(BatchJob { tag: i, config, prompt }),
+                Err(e) => {
+                    ready.insert(i, OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: e }));
+                }
+            },
+        }
+    }
+    // both callbacks below touch the texts: one adds tokens, the other takes a finished text
+    let texts: std::cell::RefCell<BTreeMap<usize, TextState>> = std::cell::RefCell::new(BTreeMap::new());
+    let mut next = 0usize;
+    let mut totals = Totals { ok: 0, failed: 0, stats: GenStats::default() };
+    let mut write_error: Option<anyhow::Error> = None;
+    let mut costs = plan
+        .gen
+        .cost_curve
+        .clone()
+        .map_or_else(specrun_core::control::VerifyCosts::default, specrun_core::control::VerifyCosts::with_curve);
+    let mut bstats = BatchStats::default();
+    let drafter_name = engine.drafter.name();
+    let active = engine.drafter.is_active();
+    let end = run_continuous(
+        &mut engine,
+        jobs,
+        n_parallel,
+        &mut costs,
+        clock,
+        &interrupted,
+        |&tag, seq, added| {
+            let Ok(job) = &todo[tag] else { return false };
+            let mut texts = texts.borrow_mut();
+            let st = texts.entry(tag).or_insert_with(|| TextState {
+                utf8: specrun_core::detok::Utf8Stream::new(),
+                text: String::new(),
+                stopped: false,
+            });
+            for &t in &seq.tokens[added] {
+                let piece = st.utf8.push(&codec.piece(t));
+                st.text.push_str(&piece);
+            }
+            if let (kept, true) = crate::infer::cut_at_stop(&st.text, &job.stop) {
+                let n = kept.len();
+                st.text.truncate(n);
+                st.stopped = true;
+            }
+            st.stopped
+        },
+        |tag, result| {
+            let Ok(job) = &todo[tag] else { return };
+            let record = match result {
+                Ok(seq) => {
+                    let mut st = texts.borrow_mut().remove(&tag).unwrap_or_else(|| TextState {
+                        utf8: specrun_core::detok::Utf8Stream::new(),
+                        text: String::new(),
+                        stopped: false,
+                    });
+                    if !st.stopped {
+                        let tail = st.utf8.finish();
+                        st.text.push_str(&tail);
+                    }
+                    let finish = seq.finish.unwrap_or(specrun_core::stats::FinishReason::Length);
+                    let verify = seq.config.effective_verify();
+                    let draft_max = if active { seq.config.draft_max } else { 0 };
+                    let r = crate::formats::report::RunReport::new(
+                        st.text,
+                        finish,
+                        drafter_name,
+                        seq.config.adaptive,
+                        verify.as_str(),
+                        draft_max,
+                        &seq.stats,
+                    );
+                    OutputRecord::Ok(ok_record(job, r))
+                }
+                Err(e) => OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: format!("line {}: {e}", job.line) }),
+            };
+            ready.insert(tag, record);
+            // write every record whose predecessors are all written
+            while let Some(rec) = ready.remove(&next) {
+                if write_error.is_some() {
+                    break;
+                }
+                match &rec {
+                    OutputRecord::Ok(r) => {
+                        totals.ok += 1;
+                        totals.stats.n_generated += r.n_generated;
+                        totals.stats.n_drafted += r.n_drafted;
+                        totals.stats.n_accepted += r.n_accepted;
+                    }
+                    OutputRecord::Error(_) => totals.failed += 1,
+                }
+                let line = serde_json::to_string(&rec).expect("records serialise") + "\n";
+                if let Err(e) = sink.write_line(&line) {
+                    write_error = Some(anyhow::Error::new(e).context(format!("{out_name}: cannot write")));
+                }
+                next += 1;
+                bar.inc(1);
+            }
+        },
+        &mut bstats,
+    );
+    if let Some(e) = write_error {
+        return Err(e);
+    }
+    // records before the first job (bad lines at the top) or after the last one
+    while let Some(rec) = ready.remove(&next) {
+        match &rec {
+            OutputRecord::Ok(_) => totals.ok += 1,
+            OutputRecord::Error(_) => totals.failed += 1,
+        }
+        sink.write_line(&(serde_json::to_string(&rec)? + "\n")).with_context(|| format!("{out_name}: cannot write"))?;
+        next += 1;
+    }
+    bar.finish_and_clear();
+    match end {
+        Err(e) => return Err(anyhow!(e).context("a shared decode failed")),
+        Ok(BatchEnd::Cancelled) => {
+            crate::io::note(format!(
+                "interrupted after {} of {} records; nothing partial was written; resume with the same command and --resume",
+                n_skipped + next,
+                n_skipped + todo.len()
+            ));
+            return Ok(ExitCode::from(EXIT_INTERRUPTED));
+        }
+        Ok(BatchEnd::Done) => {}
+    }
+    if !args.quiet {
+        let wall = (clock.now() - t0).as_secs_f64();
+        crate::io::note(format!("records   ok {}  failed {}  skipped (resumed) {}", totals.ok, totals.failed, n_skipped));
+        crate::io::note(format!(
+            "tokens    {} generated  acceptance {:.1}%  {:.2} tok/s overall  wall {:.1} s",
+            totals.stats.n_generated,
+            100.0 * totals.stats.acceptance_rate(),
+            totals.stats.n_generated as f64 / wall.max(1e-9),
+            wall
+        ));
+        let mean_active = if bstats.n_rounds > 0 { bstats.active_sum as f64 / bstats.n_rounds as f64 } else { 0.0 };
+        crate::io::note(format!(
+            "batching  {n_parallel} slots  {} shared rounds  {mean_active:.2} records in flight on average",
+            bstats.n_rounds
+        ));
+    }
+    Ok(if totals.failed > 0 { ExitCode::from(EXIT_NEGATIVE) } else { ExitCode::SUCCESS })
+}
+
+/// A record's settings and prompt tokens, or the error record's message.
+fn prepare_job(
+    codec: &dyn TextCodec,
+    plan: &Plan,
+    args: &BatchArgs,
+    job: &Job,
+) -> Result<(specrun_core::engine::GenConfig, Vec<specrun_core::model::Token>), String> {
+    let config = plan.resolve_with(&job.overrides).map_err(|e| e.to_string())?.gen;
+    let prompt = match &job.input {
+        PromptInput::Text(t) if args.chat => codec.chat(&[("user".into(), t.clone())]),
+        PromptInput::Text(t) => Ok(t.clone()),
+        PromptInput::Chat(m) => codec.chat(m),
+    }
+    .map_err(|e| format!("line {}: {e}", job.line))?;
+    Ok((config, codec.tokenize(&prompt)))
+}
+
+fn ok_record(job: &Job, r: crate::formats::report::RunReport) -> OkRecord {
+    OkRecord {
+        id: job.id.clone(),
+        text: r.text,
+        finish_reason: r.finish_reason,
+        n_prompt: r.n_prompt,
+        n_generated: r.n_generated,
+        n_drafted: r.n_drafted,
+        n_accepted: r.n_accepted,
+        acceptance_rate: r.acceptance_rate,
+        tokens_per_round: r.tokens_per_round,
+        t_draft_s: r.t_draft_s,
+        t_verify_s: r.t_verify_s,
+        decode_tok_per_s: r.decode_tok_per_s,
+    }
 }
 
 /// The settings that change a record's output: the target, the generation limits and the
@@ -105,9 +354,6 @@ fn fingerprint(plan: &Plan, args: &BatchArgs, format: InputFormat) -> serde_json
     m.insert("min_p".into(), Value::from(g.params.min_p));
     m.insert("repeat_penalty".into(), Value::from(g.params.repeat_penalty));
     m.insert("seed".into(), Value::from(g.seed));
-    if g.tie_margin > 0.0 {
-        m.insert("tie_margin".into(), Value::from(g.tie_margin));
-    }
     if !g.params.is_greedy() {
         m.insert("verify".into(), Value::from(g.verify.as_str()));
         m.insert("drafter".into(), Value::from(plan.drafter.map_or("none", |d| d.as_str())));

@@ -69,8 +69,6 @@ pub struct PairEntry {
     pub draft_min: Option<Spanned<usize>>,
     pub ngram_min: Option<Spanned<usize>>,
     pub ngram_max: Option<Spanned<usize>>,
-    /// Greedy near-tie margin in logits (0: off).
-    pub tie_margin: Option<Spanned<f32>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -154,7 +152,6 @@ impl Config {
             seed: self.setting(&pair.seed, "seed"),
             verify: self.setting(&pair.verify, "verify"),
             no_draft: None,
-            tie_margin: self.setting(&pair.tie_margin, "tie_margin"),
         }
     }
 

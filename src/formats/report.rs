@@ -21,7 +21,6 @@
 //! | `acceptance_by_position` | [float] | acceptance at draft positions 1..K |
 //! | `rounds_model`, `rounds_ngram`, `rounds_plain` | int | rounds drafted by each source, and rounds without a draft (fallback) |
 //! | `mean_k` | float | mean draft length chosen per round |
-//! | `tie_rechecks` | int | rounds stopped at a near-tie to decide it alone (`--tie-margin`) |
 //! | `t_prompt_s`, `t_draft_s`, `t_verify_s`, `t_other_s`, `t_decode_s` | float | seconds |
 //! | `decode_tok_per_s`, `prompt_tok_per_s` | float | throughput |
 //!
@@ -53,9 +52,6 @@ pub struct RunReport {
     pub rounds_ngram: usize,
     pub rounds_plain: usize,
     pub mean_k: f64,
-    /// Rounds that stopped at a near-tie to decide it alone (`--tie-margin`).
-    #[serde(default)]
-    pub tie_rechecks: usize,
     pub t_prompt_s: f64,
     pub t_draft_s: f64,
     pub t_verify_s: f64,
@@ -103,7 +99,6 @@ impl RunReport {
             rounds_ngram: s.n_rounds_ngram,
             rounds_plain: s.n_rounds_undrafted,
             mean_k: s.mean_k_planned(),
-            tie_rechecks: s.n_tie_rechecks,
             t_prompt_s: s.t_prompt.as_secs_f64(),
             t_draft_s: s.t_draft.as_secs_f64(),
             t_verify_s: s.t_verify.as_secs_f64(),

@@ -149,7 +149,12 @@ pub type Job<'a> = &'a mut dyn FnMut(&mut dyn Model, Option<&mut dyn Model>, &dy
 /// (so that tests can interrupt a long record).
 pub fn with_backend(plan: &Plan, mock: bool, job: Job<'_>) -> Result<ExitCode> {
     if mock {
-        let spec = MockSpec { n_ctx: plan.target.n_ctx as usize, n_batch: plan.target.n_batch as usize, ..MockSpec::target(1) };
+        let spec = MockSpec {
+            n_ctx: plan.target.n_ctx as usize,
+            n_batch: plan.target.n_batch as usize,
+            n_seq: plan.target.n_seq as usize,
+            ..MockSpec::target(1)
+        };
         let clock = MockClock::new();
         let mut target = Slow { inner: MockModel::new(spec.clone()).with_clock(clock.clone()), delay: plan.mock_delay };
         let mut draft = plan.draft.as_ref().map(|_| MockModel::new(MockSpec::draft_of(&spec, 0.8, 1)).with_clock(clock.clone()));
@@ -196,6 +201,15 @@ impl<M: Model> Model for Slow<M> {
     fn truncate(&mut self, seq: specrun_core::model::SeqId, len: usize) -> Result<(), specrun_core::model::ModelError> {
         self.inner.truncate(seq, len)
     }
+    fn n_seq_max(&self) -> usize {
+        self.inner.n_seq_max()
+    }
+    fn decode_parts(&mut self, parts: &[specrun_core::model::DecodePart<'_>]) -> Result<(), specrun_core::model::ModelError> {
+        if let Some(d) = self.delay {
+            std::thread::sleep(d);
+        }
+        self.inner.decode_parts(parts)
+    }
 }
 
 #[cfg(feature = "llama")]
@@ -208,7 +222,7 @@ fn load(p: &ModelPlan) -> Result<crate::backend::llama::LoadedModel> {
 
 #[cfg(feature = "llama")]
 fn context<'m>(m: &'m crate::backend::llama::LoadedModel, p: &ModelPlan) -> Result<crate::backend::llama::LlamaRunner<'m>> {
-    m.context(crate::backend::llama::ContextSettings { n_ctx: p.n_ctx, n_batch: p.n_batch, threads: p.threads as i32, n_seq_max: 1 })
+    m.context(crate::backend::llama::ContextSettings { n_ctx: p.n_ctx, n_batch: p.n_batch, threads: p.threads as i32, n_seq_max: p.n_seq })
 }
 
 #[cfg(feature = "llama")]

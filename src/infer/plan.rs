@@ -51,6 +51,8 @@ pub struct ModelPlan {
     pub n_ctx: u32,
     pub n_batch: u32,
     pub threads: u32,
+    /// Sequences the context holds at once (`batch --parallel`), each with `n_ctx` cells.
+    pub n_seq: u32,
 }
 
 /// Everything a generating command needs.
@@ -126,6 +128,7 @@ fn model_plan(
         n_ctx: pick(&sel.flags.n_ctx, &file.n_ctx, 4096, MIN_N_CTX, MAX_N_CTX)?,
         n_batch: pick(&sel.flags.n_batch, &file.n_batch, 512, 1, MAX_N_BATCH)?,
         threads: pick(&sel.flags.threads, &file.threads, default_threads(), 1, MAX_THREADS)?,
+        n_seq: 1,
     })
 }
 

@@ -152,7 +152,8 @@ fn ema(old: Option<f64>, x: f64) -> f64 {
 }
 
 impl VerifyCosts {
-    fn observe(&mut self, batch: usize, secs: f64) {
+    /// A decode of `batch` tokens took `secs` seconds.
+    pub fn observe(&mut self, batch: usize, secs: f64) {
         if self.by_batch.len() <= batch {
             self.by_batch.resize(batch + 1, None);
         }
@@ -197,6 +198,58 @@ impl VerifyCosts {
             }
         }
     }
+}
+
+/// One sequence's say in a shared round ([`allocate_drafts`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DraftAsk {
+    /// Acceptance to plan with (see [`Controller::planning_alpha`]).
+    pub alpha: f64,
+    /// Longest draft it may take (0: nothing to draft from).
+    pub cap: usize,
+    /// Rows it adds to the decode even without a draft (1; 0 in a first round, whose first
+    /// row came from the prompt batch).
+    pub base_rows: usize,
+    /// Draft at least this much (exploration and probes of its own controller).
+    pub min: usize,
+}
+
+/// Draft lengths for sequences sharing one target decode, for the most expected tokens per
+/// second of that decode: every sequence emits at least one token; the `j`-th drafted token
+/// of a sequence adds `α^j` expected tokens and one row. Tokens are taken in order of their
+/// expected gain, and the number taken is the one that maximises expected tokens over the
+/// estimated cost of the whole batch (`costs`, by total batch size) — so a sequence whose
+/// draft does not pay drafts nothing while others still do. At most `n_batch` rows in all.
+/// `None` while the costs are unknown.
+pub fn allocate_drafts(asks: &[DraftAsk], costs: &VerifyCosts, n_batch: usize) -> Option<Vec<usize>> {
+    let mut ks: Vec<usize> = asks.iter().map(|a| a.min.min(a.cap)).collect();
+    let base: usize = asks.iter().map(|a| a.base_rows).sum::<usize>() + ks.iter().sum::<usize>();
+    if base > n_batch {
+        return Some(vec![0; asks.len()]);
+    }
+    let mut expected: f64 =
+        asks.len() as f64 + asks.iter().zip(&ks).map(|(a, &k)| (1..=k).map(|j| a.alpha.powi(j as i32)).sum::<f64>()).sum::<f64>();
+    // every further token, best first
+    let mut gains: Vec<(f64, usize)> = Vec::new();
+    for (i, a) in asks.iter().enumerate() {
+        for j in ks[i] + 1..=a.cap {
+            gains.push((a.alpha.powi(j as i32), i));
+        }
+    }
+    gains.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    let room = n_batch - base;
+    let mut best = (expected / costs.estimate(base.max(1))?, 0usize);
+    for (n, &(g, _)) in gains.iter().take(room).enumerate() {
+        expected += g;
+        let rate = expected / costs.estimate(base + n + 1)?;
+        if rate > best.0 * 1.000_001 {
+            best = (rate, n + 1);
+        }
+    }
+    for &(_, i) in gains.iter().take(best.1) {
+        ks[i] += 1;
+    }
+    Some(ks)
 }
 
 /// Expected tokens from one round drafting `k` tokens with per-token acceptance `alpha`
@@ -289,6 +342,16 @@ impl Controller {
             return alpha;
         }
         alpha.max((run as f64 + 1.0) / (run as f64 + 2.0))
+    }
+
+    /// A draft length this controller insists on in a shared round: while it explores a
+    /// source (its first rounds) or when a probe is due. `None`: it leaves the length to the
+    /// shared plan.
+    pub fn forced_len(&self, source: DraftSource, cap: usize) -> Option<usize> {
+        if self.estimate(source).rounds < EXPLORE_ROUNDS {
+            return Some(cap.min(4));
+        }
+        (self.plain_streak + 1 >= self.probe_interval(source)).then_some(cap.min(2))
     }
 
     /// The k in 0..=cap with the most expected tokens per second (None: costs unknown yet).

@@ -14,7 +14,7 @@
 //! batch's last logits row, which the first round verifies with (as llama.cpp samples its
 //! first token from the prompt batch).
 
-use crate::control::{AdaptiveMode, Controller, CostCurve, Observation};
+use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, DraftAsk, Observation, VerifyCosts};
 use crate::draft::{DraftCursor, DraftRequest, DraftSource, Drafter};
 use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
 use crate::sampling::{Dist, SamplingParams, Scratch};
@@ -43,11 +43,6 @@ pub struct GenConfig {
     /// The target's calibrated decode cost by batch size, when one is known; `auto` plans
     /// draft lengths along it (otherwise it extrapolates from the sizes it has seen).
     pub cost_curve: Option<std::sync::Arc<CostCurve>>,
-    /// Greedy only: when a token emitted from a batch of several rows won by less than this
-    /// many logits over the runner-up, it is not emitted from the batch; the next round
-    /// decodes it alone, as plain decoding would (0: off). Batch shape moves logits by up to
-    /// ~0.7 on a CPU, so near-ties can otherwise flip between speculative and plain output.
-    pub tie_margin: f32,
 }
 
 impl Default for GenConfig {
@@ -62,7 +57,6 @@ impl Default for GenConfig {
             verify: VerifyMode::Greedy,
             seed: 0,
             cost_curve: None,
-            tie_margin: 0.0,
         }
     }
 }
@@ -93,24 +87,26 @@ pub enum EngineError {
     Draft(ModelError),
 }
 
-/// Logit of the best token minus that of the runner-up.
-fn top2_gap(row: &[f32]) -> f32 {
-    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-    for &x in row {
-        if x > a {
-            b = a;
-            a = x;
-        } else if x > b {
-            b = x;
-        }
-    }
-    a - b
+/// The drafting half of a round, handed to the verifying half.
+struct Drafted {
+    n_hist: usize,
+    k_planned: usize,
+    n_drafted: usize,
+    report: crate::draft::DraftReport,
+    draft_gap: usize,
+    prompt_row: Option<Vec<f32>>,
+    n_rows: usize,
+    t_start: std::time::Duration,
+    t_drafted: std::time::Duration,
 }
 
 /// One prompt being generated.
 #[derive(Debug, Clone)]
 pub struct Sequence {
     pub id: SeqId,
+    /// This sequence's settings (the engine's at [`Engine::start`]): several sequences with
+    /// different settings can share one engine and one target decode.
+    pub config: GenConfig,
     /// Prompt followed by the generated tokens.
     pub tokens: Vec<Token>,
     pub n_prompt: usize,
@@ -125,8 +121,6 @@ pub struct Sequence {
     /// The target's logits row for the prompt's last token, from the prompt batch, until the
     /// first round uses it: the first token comes from the same batch shape as in llama.cpp.
     prompt_row: Option<Vec<f32>>,
-    /// The next round decodes one token alone (a near-tie is being rechecked).
-    force_plain: bool,
 }
 
 impl Sequence {
@@ -167,6 +161,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             tokens: prompt,
             target: KvCursor::new(id),
             draft: DraftCursor::new(id),
+            config: self.config.clone(),
             rng: ChaCha8Rng::seed_from_u64(self.config.seed),
             stats: GenStats::default(),
             finish: None,
@@ -175,7 +170,6 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             controller: Controller::with_curve(self.config.adaptive, self.config.draft_max, self.config.cost_curve.clone()),
             q: Vec::new(),
             prompt_row: None,
-            force_plain: false,
         };
         self.target.truncate(id, 0).map_err(EngineError::Target)?;
         if self.config.max_tokens > 0 {
@@ -198,8 +192,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             return 0;
         }
         let n = seq.tokens.len();
-        let remaining = self.config.max_tokens - seq.stats.n_generated;
-        self.config
+        let remaining = seq.config.max_tokens - seq.stats.n_generated;
+        seq.config
             .draft_max
             .min(remaining.saturating_sub(1))
             // the target batch (last token + draft) must fit n_batch and the context
@@ -211,34 +205,134 @@ impl<T: Model, D: Drafter> Engine<T, D> {
 
     /// Run one round. Returns the range of `seq.tokens` it added (empty once finished).
     pub fn step(&mut self, seq: &mut Sequence, clock: &dyn Clock) -> Result<Range<usize>, EngineError> {
+        let Some(d) = self.draft_phase(seq, None, clock)? else {
+            return Ok(seq.tokens.len()..seq.tokens.len());
+        };
+        if d.n_rows > 0 {
+            seq.target.decode_tail(&mut self.target, &seq.tokens, d.n_rows).map_err(EngineError::Target)?;
+        }
+        let t_verified = clock.now();
+        self.finish_phase(seq, d, 0, None, t_verified, clock)
+    }
+
+    /// One round for several sequences (distinct ids) with **one** target decode carrying
+    /// every active sequence's last token and draft. With `auto` draft lengths, the lengths
+    /// are chosen together ([`allocate_drafts`]) for the most expected tokens per second of
+    /// the shared decode, along `costs` (the cost of a target decode by total batch size,
+    /// learned here from every shared decode). Returns each sequence's added range.
+    pub fn step_many(
+        &mut self,
+        seqs: &mut [&mut Sequence],
+        costs: &mut VerifyCosts,
+        clock: &dyn Clock,
+    ) -> Result<Vec<Range<usize>>, EngineError> {
+        // plan: each sequence's source, cap and acceptance; then the lengths, together
+        let mut plans: Vec<Option<(DraftSource, usize)>> = vec![None; seqs.len()];
+        let mut asks = Vec::new();
+        for (i, seq) in seqs.iter_mut().enumerate() {
+            if seq.finish.is_some() || seq.config.adaptive != AdaptiveMode::Auto {
+                continue;
+            }
+            let limit = self.draft_len(seq);
+            let source = if limit > 0 { self.drafter.source(&mut seq.draft, &seq.tokens) } else { DraftSource::None };
+            let run = if source == DraftSource::None { 0 } else { self.drafter.copy_run(&seq.draft, &seq.tokens) };
+            let cap = if source == DraftSource::None { 0 } else { seq.config.draft_max.min(limit) };
+            let alpha = seq.controller.planning_alpha(source, run);
+            let forced = if cap > 0 { seq.controller.forced_len(source, cap) } else { None };
+            asks.push((i, source, DraftAsk { alpha, cap, base_rows: usize::from(seq.prompt_row.is_none()), min: forced.unwrap_or(0) }));
+        }
+        let budget = self.target.n_batch();
+        let ks = allocate_drafts(&asks.iter().map(|a| a.2).collect::<Vec<_>>(), costs, budget);
+        for (j, (i, source, ask)) in asks.iter().enumerate() {
+            // costs unknown yet: each drafts what its own controller would explore with
+            let k = ks.as_ref().map_or(ask.cap.min(4).max(ask.min), |ks| ks[j]);
+            plans[*i] = Some((*source, k));
+        }
+        // draft, then one decode for all
+        let mut drafted = Vec::with_capacity(seqs.len());
+        for (i, seq) in seqs.iter_mut().enumerate() {
+            drafted.push(self.draft_phase(seq, plans[i], clock)?);
+        }
+        let mut parts = Vec::new();
+        let mut owners = Vec::new();
+        for (i, d) in drafted.iter().enumerate() {
+            if let Some(d) = d.as_ref().filter(|d| d.n_rows > 0) {
+                parts.push(seqs[i].target.part(&seqs[i].tokens, d.n_rows));
+                owners.push(i);
+            }
+        }
+        let lens: Vec<usize> = parts.iter().map(|p| p.tokens.len()).collect();
+        let n_tokens: usize = lens.iter().sum();
+        let t0 = clock.now();
+        if !parts.is_empty() {
+            self.target.decode_parts(&parts).map_err(EngineError::Target)?;
+        }
+        drop(parts);
+        let t_verified = clock.now();
+        if n_tokens > 0 {
+            costs.observe(n_tokens, (t_verified - t0).as_secs_f64());
+        }
+        for (&i, len) in owners.iter().zip(lens) {
+            seqs[i].target.part_decoded(len);
+        }
+        // verify each sequence on its own rows
+        let mut ranges = Vec::with_capacity(seqs.len());
+        let mut row_base = 0;
+        for (i, d) in drafted.into_iter().enumerate() {
+            let seq = &mut *seqs[i];
+            match d {
+                None => ranges.push(seq.tokens.len()..seq.tokens.len()),
+                Some(d) => {
+                    let rows = d.n_rows;
+                    ranges.push(self.finish_phase(seq, d, row_base, Some(n_tokens), t_verified, clock)?);
+                    row_base += rows;
+                }
+            }
+        }
+        Ok(ranges)
+    }
+
+    /// The first half of a round: stop if finished, choose the draft length (or take `plan`)
+    /// and draft.
+    fn draft_phase(
+        &mut self,
+        seq: &mut Sequence,
+        plan: Option<(DraftSource, usize)>,
+        clock: &dyn Clock,
+    ) -> Result<Option<Drafted>, EngineError> {
         let n_hist = seq.tokens.len();
         if seq.finish.is_some() {
-            return Ok(n_hist..n_hist);
+            return Ok(None);
         }
         if n_hist > self.target.n_ctx() {
             seq.finish = Some(FinishReason::Context);
-            return Ok(n_hist..n_hist);
+            return Ok(None);
         }
         let t_start = clock.now();
-        let verify_mode = self.config.effective_verify();
-        let params = &self.config.params;
+        let verify_mode = seq.config.effective_verify();
 
         // 1. draft: the controller picks the length for the source that would propose
-        let limit = if std::mem::take(&mut seq.force_plain) { 0 } else { self.draft_len(seq) };
-        let source = if limit > 0 { self.drafter.source(&mut seq.draft, &seq.tokens) } else { DraftSource::None };
-        let run = if source == DraftSource::None { 0 } else { self.drafter.copy_run(&seq.draft, &seq.tokens) };
-        let k_planned = seq.controller.plan(source, limit, run);
+        let (source, k_planned) = match plan {
+            Some(p) => p,
+            None => {
+                let limit = self.draft_len(seq);
+                let source = if limit > 0 { self.drafter.source(&mut seq.draft, &seq.tokens) } else { DraftSource::None };
+                let run = if source == DraftSource::None { 0 } else { self.drafter.copy_run(&seq.draft, &seq.tokens) };
+                (source, seq.controller.plan(source, limit, run))
+            }
+        };
         seq.q.clear();
         let mut report = crate::draft::DraftReport::default();
         let draft_gap = n_hist - seq.draft.n_cached;
-        if k_planned > 0 {
-            let req = DraftRequest { max: k_planned, params, keep_q: verify_mode.needs_q(), p_min: self.config.draft_p_min };
+        if k_planned > 0 && source != DraftSource::None {
+            let params = &seq.config.params;
+            let req = DraftRequest { max: k_planned, params, keep_q: verify_mode.needs_q(), p_min: seq.config.draft_p_min };
             report = self
                 .drafter
                 .propose(&mut seq.draft, &mut seq.tokens, &mut seq.q, &req, &mut self.scratch, &mut seq.rng)
                 .map_err(EngineError::Draft)?;
             seq.stats.n_draft_steps += report.n_steps;
-            if seq.tokens.len() - n_hist < self.config.draft_min.max(1) {
+            if seq.tokens.len() - n_hist < seq.config.draft_min.max(1) {
                 // too short to be worth a bigger target batch (llama.cpp's --draft-min)
                 seq.tokens.truncate(n_hist);
                 seq.q.clear();
@@ -246,23 +340,37 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
         let t_drafted = clock.now();
         let n_drafted = seq.tokens.len() - n_hist;
-
-        // 2. one target batch: the last accepted token and the whole draft (in the first round
-        //    the last token's row comes from the prompt batch, and only the draft is decoded)
+        // 2. the target decodes the last accepted token and the whole draft (in the first
+        //    round the last token's row comes from the prompt batch: only the draft is decoded)
         let prompt_row = seq.prompt_row.take();
         let n_rows = n_drafted + usize::from(prompt_row.is_none());
-        if n_rows > 0 {
-            seq.target.decode_tail(&mut self.target, &seq.tokens, n_rows).map_err(EngineError::Target)?;
-        }
+        Ok(Some(Drafted { n_hist, k_planned, n_drafted, report, draft_gap, prompt_row, n_rows, t_start, t_drafted }))
+    }
+
+    /// The second half of a round, after the target decode: verify on rows
+    /// `row_base..row_base + d.n_rows` of that decode, keep what is accepted, roll back,
+    /// learn. `shared`: the total batch size when the decode carried other sequences too.
+    fn finish_phase(
+        &mut self,
+        seq: &mut Sequence,
+        d: Drafted,
+        row_base: usize,
+        shared: Option<usize>,
+        t_verified: std::time::Duration,
+        clock: &dyn Clock,
+    ) -> Result<Range<usize>, EngineError> {
+        let Drafted { n_hist, k_planned, n_drafted, report, draft_gap, prompt_row, n_rows, t_start, t_drafted } = d;
+        let verify_mode = seq.config.effective_verify();
+        let params = &seq.config.params;
         let target = &self.target;
         let verdict = match &prompt_row {
             Some(row0) => {
-                let rows = |i: usize| if i == 0 { row0.as_slice() } else { target.logits(i - 1) };
+                let rows = |i: usize| if i == 0 { row0.as_slice() } else { target.logits(row_base + i - 1) };
                 verify(verify_mode, &rows, &seq.tokens, &seq.tokens[n_hist..], &seq.q, params, &mut self.scratch, &mut seq.rng)
             }
             None => verify(
                 verify_mode,
-                &|i| target.logits(i),
+                &|i| target.logits(row_base + i),
                 &seq.tokens,
                 &seq.tokens[n_hist..],
                 &seq.q,
@@ -271,52 +379,26 @@ impl<T: Model, D: Drafter> Engine<T, D> {
                 &mut seq.rng,
             ),
         };
-        // a near-tie decided in a batch of several rows is rechecked alone next round
-        let recheck_at = if self.config.tie_margin > 0.0 && verify_mode == VerifyMode::Greedy {
-            (0..=verdict.n_accepted).find(|&r| {
-                let (row, batch_rows) = match (&prompt_row, r) {
-                    (Some(_), 0) => return false, // the prompt batch: llama.cpp's own shape
-                    (Some(_), r) => (target.logits(r - 1), n_rows),
-                    (None, r) => (target.logits(r), n_rows),
-                };
-                batch_rows > 1 && top2_gap(row) < self.config.tie_margin
-            })
-        } else {
-            None
-        };
-        let t_verified = clock.now();
 
         // 3. keep the accepted prefix, add the target's token, stop at EOG / max_tokens
-        let (n_kept, keep) = match recheck_at {
-            Some(r) => {
-                seq.tokens.truncate(n_hist + r);
-                seq.force_plain = true;
-                seq.stats.n_tie_rechecks += 1;
-                // drop the last kept token from the cache: it is decoded again, alone
-                (r, n_hist + r - 1)
-            }
-            None => {
-                seq.tokens.truncate(n_hist + verdict.n_accepted);
-                seq.tokens.push(verdict.next);
-                (verdict.n_accepted, n_hist + verdict.n_accepted)
-            }
-        };
+        seq.tokens.truncate(n_hist + verdict.n_accepted);
+        seq.tokens.push(verdict.next);
         if let Some(i) = seq.tokens[n_hist..].iter().position(|&t| self.target.is_eog(t)) {
             seq.tokens.truncate(n_hist + i + 1);
             seq.finish = Some(FinishReason::Stop);
         }
         seq.stats.n_generated = seq.tokens.len() - seq.n_prompt;
-        if seq.finish.is_none() && seq.stats.n_generated >= self.config.max_tokens {
+        if seq.finish.is_none() && seq.stats.n_generated >= seq.config.max_tokens {
             seq.finish = Some(FinishReason::Length);
         }
 
         // 4. roll both caches back to what they share with the accepted tokens
-        let keep = keep.min(seq.tokens.len());
+        let keep = (n_hist + verdict.n_accepted).min(seq.tokens.len());
         seq.target.keep(&mut self.target, keep).map_err(EngineError::Target)?;
         self.drafter.rollback(&mut seq.draft, keep).map_err(EngineError::Draft)?;
 
         let source = if n_drafted > 0 { report.source } else { DraftSource::None };
-        seq.stats.record_round(n_drafted, n_kept.min(verdict.n_accepted));
+        seq.stats.record_round(n_drafted, verdict.n_accepted);
         seq.stats.record_source(source, k_planned);
         let t_end = clock.now();
         seq.controller.observe(&Observation {
@@ -326,7 +408,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             n_accepted: verdict.n_accepted,
             n_draft_steps: report.n_steps,
             draft_gap,
-            n_verified: n_rows,
+            // a shared decode's cost belongs to the batch, not to this sequence
+            n_verified: if shared.is_some() { 0 } else { n_rows },
             t_draft: t_drafted - t_start,
             t_verify: t_verified - t_drafted,
         });
@@ -336,7 +419,6 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             seq.stats.t_verify_drafted += t_verified - t_drafted;
         }
         seq.stats.t_decode += t_end - t_start;
-
         Ok(n_hist..seq.tokens.len())
     }
 

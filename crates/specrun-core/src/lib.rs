@@ -10,12 +10,15 @@
 //! for tests; the llama.cpp one lives in the `specrun` crate.
 //!
 //! - [`model`] — the seam: `Model`, `KvCursor` (cache bookkeeping), `TextCodec`.
-//! - [`engine`] — one round (`Engine::step`) and per-sequence state (`Sequence`).
+//! - [`engine`] — one round (`Engine::step`, or `Engine::step_many` for several sequences in
+//!   one target decode) and per-sequence state (`Sequence`).
+//! - [`batching`] — continuous batching: slots, prefill between rounds, refill at once.
 //! - [`draft`], [`ngram`] — drafters: a draft model, n-gram lookup, hybrid.
 //! - [`control`] — how long each draft is (fixed, step, cost-aware auto).
 //! - [`verify`], [`sampling`] — greedy and rejection-sampling verification, the warp.
 //! - [`stats`], [`vocab`], [`detok`] — counters and timings, pair compatibility, UTF-8 streaming.
 
+pub mod batching;
 pub mod control;
 pub mod detok;
 pub mod draft;

@@ -8,7 +8,7 @@
 //! Decoding advances an optional [`MockClock`] by a scripted cost, so timing-dependent logic is
 //! testable without a real clock.
 
-use crate::model::{Model, ModelError, SeqId, Token};
+use crate::model::{DecodePart, Model, ModelError, SeqId, Token};
 use crate::stats::Clock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +46,8 @@ pub struct MockSpec {
     pub cost_per_token: Duration,
     /// Refuse to remove part of a sequence, as recurrent memory does.
     pub refuse_partial_removal: bool,
+    /// Sequences the context holds (ids `0..n_seq`), each with `n_ctx` positions.
+    pub n_seq: usize,
 }
 
 impl MockSpec {
@@ -60,6 +62,7 @@ impl MockSpec {
             cost_per_call: Duration::from_millis(20),
             cost_per_token: Duration::from_millis(2),
             refuse_partial_removal: false,
+            n_seq: 64,
         }
     }
 
@@ -127,6 +130,8 @@ pub struct MockModel {
     pub n_decode_calls: usize,
     /// Largest batch seen.
     pub max_batch_seen: usize,
+    /// Every decode call: `(seq, pos, n_tokens)` of each part, in order.
+    pub decode_log: Vec<Vec<(SeqId, usize, usize)>>,
 }
 
 const EMPTY_HASH: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -155,7 +160,7 @@ fn argmax(row: &[f32]) -> usize {
 
 impl MockModel {
     pub fn new(spec: MockSpec) -> Self {
-        Self { spec, caches: HashMap::new(), rows: Vec::new(), clock: None, n_decode_calls: 0, max_batch_seen: 0 }
+        Self { spec, caches: HashMap::new(), rows: Vec::new(), clock: None, n_decode_calls: 0, max_batch_seen: 0, decode_log: Vec::new() }
     }
 
     pub fn with_clock(mut self, clock: MockClock) -> Self {
@@ -221,30 +226,55 @@ impl Model for MockModel {
     }
 
     fn decode(&mut self, seq: SeqId, pos: usize, tokens: &[Token], logits_from: usize) -> Result<(), ModelError> {
-        if tokens.len() > self.spec.n_batch {
-            return Err(ModelError::BatchTooLarge { n_tokens: tokens.len(), n_batch: self.spec.n_batch });
+        self.decode_parts(&[DecodePart { seq, pos, tokens, logits_from }])
+    }
+
+    fn n_seq_max(&self) -> usize {
+        self.spec.n_seq
+    }
+
+    /// Checks like llama.cpp's: the batch fits `n_batch`, every sequence id is below `n_seq`
+    /// and appears once, every part continues its own sequence's cache exactly and fits its
+    /// context. Nothing is decoded when any check fails.
+    fn decode_parts(&mut self, parts: &[DecodePart<'_>]) -> Result<(), ModelError> {
+        let n_tokens: usize = parts.iter().map(|p| p.tokens.len()).sum();
+        if n_tokens > self.spec.n_batch {
+            return Err(ModelError::BatchTooLarge { n_tokens, n_batch: self.spec.n_batch });
         }
-        if pos + tokens.len() > self.spec.n_ctx {
-            return Err(ModelError::ContextFull { end: pos + tokens.len(), n_ctx: self.spec.n_ctx });
+        for (i, p) in parts.iter().enumerate() {
+            if p.seq < 0 || p.seq as usize >= self.spec.n_seq.max(1) {
+                return Err(ModelError::Decode(format!("sequence id {} is outside 0..{}", p.seq, self.spec.n_seq)));
+            }
+            if parts[..i].iter().any(|q| q.seq == p.seq) {
+                return Err(ModelError::Decode(format!("sequence {} appears twice in one decode", p.seq)));
+            }
+            if p.pos + p.tokens.len() > self.spec.n_ctx {
+                return Err(ModelError::ContextFull { end: p.pos + p.tokens.len(), n_ctx: self.spec.n_ctx });
+            }
+            if let Some(&t) = p.tokens.iter().find(|&&t| t < 0 || t as usize >= self.spec.n_vocab) {
+                return Err(ModelError::Decode(format!("token {t} is outside the vocabulary")));
+            }
+            let n_cached = self.caches.get(&p.seq).map_or(0, |c| c.tokens.len());
+            if p.pos != n_cached {
+                return Err(ModelError::PositionMismatch { seq: p.seq, pos: p.pos, n_cached });
+            }
         }
-        if let Some(&t) = tokens.iter().find(|&&t| t < 0 || t as usize >= self.spec.n_vocab) {
-            return Err(ModelError::Decode(format!("token {t} is outside the vocabulary")));
+        let mut rows = Vec::new();
+        for p in parts {
+            let cache = self.caches.entry(p.seq).or_insert_with(|| SeqCache { tokens: vec![], hashes: vec![EMPTY_HASH] });
+            for &t in p.tokens {
+                let h = mix(*cache.hashes.last().unwrap(), t as u64);
+                cache.tokens.push(t);
+                cache.hashes.push(h);
+            }
+            rows.extend_from_slice(&cache.hashes[p.pos + 1 + p.logits_from..]);
         }
-        let cache = self.caches.entry(seq).or_insert_with(|| SeqCache { tokens: vec![], hashes: vec![EMPTY_HASH] });
-        if pos != cache.tokens.len() {
-            return Err(ModelError::PositionMismatch { seq, pos, n_cached: cache.tokens.len() });
-        }
-        for &t in tokens {
-            let h = mix(*cache.hashes.last().unwrap(), t as u64);
-            cache.tokens.push(t);
-            cache.hashes.push(h);
-        }
-        let hashes: Vec<u64> = cache.hashes[pos + 1 + logits_from..].to_vec();
-        self.rows = hashes.into_iter().map(|h| self.row_for(h)).collect();
+        self.rows = rows.into_iter().map(|h| self.row_for(h)).collect();
         self.n_decode_calls += 1;
-        self.max_batch_seen = self.max_batch_seen.max(tokens.len());
+        self.max_batch_seen = self.max_batch_seen.max(n_tokens);
+        self.decode_log.push(parts.iter().map(|p| (p.seq, p.pos, p.tokens.len())).collect());
         if let Some(clock) = &self.clock {
-            clock.advance(self.spec.cost_per_call + self.spec.cost_per_token * tokens.len() as u32);
+            clock.advance(self.spec.cost_per_call + self.spec.cost_per_token * n_tokens as u32);
         }
         Ok(())
     }

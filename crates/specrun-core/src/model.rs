@@ -41,6 +41,17 @@ pub enum ModelError {
     NonFinite,
 }
 
+/// One sequence's share of a decode that carries several sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodePart<'a> {
+    pub seq: SeqId,
+    /// Position of `tokens[0]` in the sequence.
+    pub pos: usize,
+    pub tokens: &'a [Token],
+    /// Keep logits rows for `tokens[logits_from..]`.
+    pub logits_from: usize,
+}
+
 /// What a model must offer the speculative core.
 ///
 /// Architecture invariant: implementations never decide anything about speculation; they decode
@@ -61,12 +72,27 @@ pub trait Model {
     fn logits(&self, row: usize) -> &[f32];
     /// Remove every position `>= len` from sequence `seq`.
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ModelError>;
+    /// How many sequences (ids `0..n`) the model's context holds, each with `n_ctx` positions.
+    fn n_seq_max(&self) -> usize {
+        1
+    }
+    /// Decode several sequences' tokens in one call (at most `n_batch` tokens in all, each
+    /// sequence at most once). The rows kept are every part's, in part order: rows
+    /// `0..r0` are the first part's, `r0..r0 + r1` the second's, and so on.
+    fn decode_parts(&mut self, parts: &[DecodePart<'_>]) -> Result<(), ModelError> {
+        match parts {
+            [] => Ok(()),
+            [p] => self.decode(p.seq, p.pos, p.tokens, p.logits_from),
+            _ => Err(ModelError::Decode("this model decodes one sequence per call".into())),
+        }
+    }
 }
 
 /// What one model's KV cache holds for one sequence: the first `n_cached` tokens of the
 /// sequence's token list.
 ///
-/// Architecture invariant: `n_cached` only grows through [`KvCursor::decode_tail`] and only
+/// Architecture invariant: `n_cached` only grows through [`KvCursor::decode_tail`] (or a
+/// multi-sequence decode of its [`KvCursor::part`], recorded by [`KvCursor::part_decoded`]) and only
 /// shrinks through [`KvCursor::keep`], so it always equals the model's real cache length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvCursor {
@@ -102,6 +128,19 @@ impl KvCursor {
             self.n_cached += end - start;
         }
         Ok(())
+    }
+
+    /// This cursor's share of a decode that carries several sequences: every token of
+    /// `tokens` the cache has not seen, keeping rows for the last `n_rows` of them. Once that
+    /// decode succeeded, [`KvCursor::part_decoded`] records it.
+    pub fn part<'t>(&self, tokens: &'t [Token], n_rows: usize) -> DecodePart<'t> {
+        let tail = &tokens[self.n_cached..];
+        DecodePart { seq: self.seq, pos: self.n_cached, tokens: tail, logits_from: tail.len() - n_rows.min(tail.len()) }
+    }
+
+    /// The multi-sequence decode holding [`KvCursor::part`]'s `n_tokens` tokens succeeded.
+    pub fn part_decoded(&mut self, n_tokens: usize) {
+        self.n_cached += n_tokens;
     }
 
     /// Keep only the first `len` tokens in the cache (no-op when it holds fewer).
@@ -160,6 +199,12 @@ impl<M: Model + ?Sized> Model for &mut M {
     }
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ModelError> {
         (**self).truncate(seq, len)
+    }
+    fn n_seq_max(&self) -> usize {
+        (**self).n_seq_max()
+    }
+    fn decode_parts(&mut self, parts: &[DecodePart<'_>]) -> Result<(), ModelError> {
+        (**self).decode_parts(parts)
     }
 }
 

@@ -255,7 +255,7 @@ fn copy_from(tokens: &mut Vec<Token>, from: usize, max: usize) -> usize {
 /// llama.cpp's n-gram cache files), indexed by trigram. When a sequence's own context has no
 /// match, the longest match of its last tokens in earlier outputs proposes the continuation.
 /// It only proposes: verification is unchanged, so greedy output does not depend on which
-/// sequences came before (up to batch-shape near-ties, see `GenConfig::tie_margin`); only
+/// sequences came before (up to batch-shape near-ties, see the README); only
 /// timing does.
 #[derive(Debug, Clone, Default)]
 pub struct NgramCorpus {

@@ -57,8 +57,6 @@ pub struct GenStats {
     pub k_planned: Vec<usize>,
     /// Draft-model forward passes (one per drafted token, plus catch-up batches).
     pub n_draft_steps: usize,
-    /// Rounds that stopped at a near-tie to decide it alone (`GenConfig::tie_margin`).
-    pub n_tie_rechecks: usize,
     #[serde(serialize_with = "secs")]
     pub t_prompt: Duration,
     #[serde(serialize_with = "secs")]
@@ -180,7 +178,6 @@ impl GenStats {
         self.n_rejections += o.n_rejections;
         self.n_rounds_undrafted += o.n_rounds_undrafted;
         self.n_draft_steps += o.n_draft_steps;
-        self.n_tie_rechecks += o.n_tie_rechecks;
         self.n_rounds_model += o.n_rounds_model;
         self.n_rounds_ngram += o.n_rounds_ngram;
         if self.k_planned.len() < o.k_planned.len() {

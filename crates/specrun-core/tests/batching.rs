@@ -1,0 +1,219 @@
+//! Continuous batching on the mock (which checks sequence ids and positions as strictly as
+//! llama.cpp): for every number of slots, each job's output equals running it alone, each
+//! round is one target decode over every sequence in flight, finished sequences leave no
+//! cells behind and their slots are reused.
+
+use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats};
+use specrun_core::control::{AdaptiveMode, VerifyCosts};
+use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
+use specrun_core::engine::{Engine, GenConfig, Sequence};
+use specrun_core::mock::{Behaviour, MockClock, MockModel, MockSpec};
+use specrun_core::model::{Model, Token};
+use specrun_core::ngram::{HybridDrafter, NgramDrafter};
+use specrun_core::sampling::SamplingParams;
+use specrun_core::verify::VerifyMode;
+
+fn target_spec(n_seq: usize) -> MockSpec {
+    MockSpec { n_seq, behaviour: Behaviour::Target { seed: 7, eog_rate: 0.02 }, ..MockSpec::target(7) }
+}
+
+/// Mixed jobs: lengths, prompts, greedy and sampled (own seeds), auto and fixed drafting.
+/// Sampled jobs draft a fixed length: with rejection sampling the draws a job consumes depend
+/// on its draft lengths, and `auto` chooses those from costs that the other jobs in the batch
+/// change, so only fixed-length sampled jobs are independent of the slot count.
+fn jobs() -> Vec<BatchJob<usize>> {
+    (0..9)
+        .map(|i| {
+            let sampled = i % 3 == 2;
+            let config = GenConfig {
+                max_tokens: 10 + 7 * i,
+                draft_max: 2 + i % 5,
+                adaptive: if i % 2 == 0 && !sampled { AdaptiveMode::Auto } else { AdaptiveMode::Fixed },
+                params: if sampled {
+                    SamplingParams { temp: 0.9, top_k: 20, ..SamplingParams::greedy() }
+                } else {
+                    SamplingParams::greedy()
+                },
+                verify: if sampled { VerifyMode::Rejection } else { VerifyMode::Greedy },
+                seed: 100 + i as u64,
+                ..GenConfig::default()
+            };
+            let prompt: Vec<Token> = (0..(3 + i % 4)).map(|j| ((i * 7 + j * 3) % 60 + 1) as Token).chain([5, 6, 7, 5, 6]).collect();
+            BatchJob { tag: i, config, prompt }
+        })
+        .collect()
+}
+
+fn drafter(kind: &str, spec: &MockSpec, clock: &MockClock) -> Box<dyn Drafter> {
+    let draft = || ModelDrafter::new(MockModel::new(MockSpec::draft_of(spec, 0.7, 3)).with_clock(clock.clone()));
+    match kind {
+        "none" => Box::new(NoDraft),
+        "model" => Box::new(draft()),
+        "ngram" => Box::new(NgramDrafter::default()),
+        _ => Box::new(HybridDrafter { ngram: NgramDrafter::default(), model: draft() }),
+    }
+}
+
+/// Run all jobs with `n` slots; returns each job's generated tokens (by tag) and the target.
+fn run(kind: &str, n: usize) -> (Vec<Vec<Token>>, MockModel, BatchStats) {
+    let spec = target_spec(4);
+    let clock = MockClock::new();
+    let target = MockModel::new(spec.clone()).with_clock(clock.clone());
+    let mut engine = Engine::new(target, drafter(kind, &spec, &clock), GenConfig::default());
+    let mut out: Vec<Vec<Token>> = vec![vec![]; jobs().len()];
+    let mut costs = VerifyCosts::default();
+    let mut stats = BatchStats::default();
+    let end = run_continuous(
+        &mut engine,
+        jobs(),
+        n,
+        &mut costs,
+        &clock,
+        &|| false,
+        |_, _, _| false,
+        |tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec(),
+        &mut stats,
+    )
+    .unwrap();
+    assert_eq!(end, BatchEnd::Done);
+    (out, engine.target, stats)
+}
+
+#[test]
+fn every_job_gives_the_same_output_with_any_number_of_slots() {
+    for kind in ["none", "ngram", "model", "hybrid"] {
+        let (one, _, _) = run(kind, 1);
+        assert!(one.iter().all(|t| !t.is_empty()));
+        for n in 2..=4 {
+            let (many, target, stats) = run(kind, n);
+            assert_eq!(many, one, "{kind} with {n} slots");
+            // a finished sequence leaves no cells behind
+            for id in 0..4 {
+                assert!(target.cached(id).is_empty(), "{kind}/{n}: slot {id} still holds {:?}", target.cached(id));
+            }
+            assert!(stats.active_sum as f64 / stats.n_rounds as f64 > 1.5, "{kind}/{n}: slots were kept busy: {stats:?}");
+        }
+    }
+}
+
+#[test]
+fn each_round_is_one_target_decode_over_every_sequence_in_flight() {
+    let (_, target, stats) = run("ngram", 3);
+    let n_jobs = jobs().len();
+    // prefills: one sequence from position 0; shared rounds: every part continues a sequence
+    let prefills = target.decode_log.iter().filter(|c| c.len() == 1 && c[0].1 == 0).count();
+    let shared: Vec<&Vec<(i32, usize, usize)>> = target.decode_log.iter().filter(|c| c.iter().all(|p| p.1 > 0)).collect();
+    assert_eq!(prefills, n_jobs, "one prefill per job");
+    assert_eq!(prefills + shared.len(), target.decode_log.len());
+    // at most one target decode per round (a round whose sequences are all in their first
+    // round with nothing drafted decodes nothing: their first rows came from the prompt)
+    assert!(
+        shared.len() <= stats.n_rounds && shared.len() + n_jobs >= stats.n_rounds,
+        "{} decodes, {} rounds",
+        shared.len(),
+        stats.n_rounds
+    );
+    let multi = shared.iter().filter(|c| c.len() > 1).count();
+    assert!(multi * 2 > shared.len(), "most rounds carry several sequences: {multi} of {}", shared.len());
+    for call in &shared {
+        let mut ids: Vec<i32> = call.iter().map(|p| p.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), call.len(), "a sequence appears once per decode");
+        assert!(ids.iter().all(|&i| (0..3).contains(&i)), "slots are ids 0..3: {ids:?}");
+    }
+    // the parts of a round cover every sequence in flight that had something to decode
+    let parts: usize = shared.iter().map(|c| c.len()).sum();
+    assert!(parts + n_jobs >= stats.active_sum && parts <= stats.active_sum, "{parts} parts, {} sequence-rounds", stats.active_sum);
+}
+
+#[test]
+fn a_job_that_does_not_fit_fails_alone() {
+    let spec = MockSpec { n_ctx: 40, ..target_spec(2) };
+    let clock = MockClock::new();
+    let mut engine = Engine::new(MockModel::new(spec.clone()).with_clock(clock.clone()), NoDraft, GenConfig::default());
+    let mut jobs = jobs();
+    jobs[1].prompt = (0..60).map(|t| t % 50 + 1).collect();
+    for j in &mut jobs {
+        j.config.max_tokens = 10;
+    }
+    let mut results = vec![None; jobs.len()];
+    let mut stats = BatchStats::default();
+    run_continuous(
+        &mut engine,
+        jobs,
+        2,
+        &mut VerifyCosts::default(),
+        &clock,
+        &|| false,
+        |_, _, _| false,
+        |tag, r| results[tag] = Some(r.map(|s| s.generated().len())),
+        &mut stats,
+    )
+    .unwrap();
+    assert!(results[1].as_ref().unwrap().is_err(), "the long prompt fails");
+    assert!(results.iter().enumerate().filter(|(i, _)| *i != 1).all(|(_, r)| matches!(r, Some(Ok(10)))), "{results:?}");
+}
+
+#[test]
+fn a_stop_from_the_caller_ends_that_sequence_only_and_cancel_stops_all() {
+    let spec = target_spec(3);
+    let clock = MockClock::new();
+    let mut engine = Engine::new(MockModel::new(spec).with_clock(clock.clone()), NgramDrafter::default(), GenConfig::default());
+    let mut lens = vec![0; jobs().len()];
+    let mut stats = BatchStats::default();
+    run_continuous(
+        &mut engine,
+        jobs(),
+        3,
+        &mut VerifyCosts::default(),
+        &clock,
+        &|| false,
+        |tag, seq, _| *tag == 0 && seq.generated().len() >= 3,
+        |tag, r| lens[tag] = r.unwrap().generated().len(),
+        &mut stats,
+    )
+    .unwrap();
+    assert!((3..=3 + 6).contains(&lens[0]), "job 0 stopped by its caller after 3+ tokens: {}", lens[0]);
+    let calls = std::cell::Cell::new(0);
+    let cancel = || {
+        calls.set(calls.get() + 1);
+        calls.get() > 4
+    };
+    let mut done = 0;
+    let end =
+        run_continuous(&mut engine, jobs(), 3, &mut VerifyCosts::default(), &clock, &cancel, |_, _, _| false, |_, _| done += 1, &mut stats)
+            .unwrap();
+    assert_eq!(end, BatchEnd::Cancelled);
+    assert!(done < jobs().len());
+    for id in 0..3 {
+        assert!(engine.target.cached(id).is_empty(), "cancelled sequences are freed");
+    }
+}
+
+#[test]
+fn shared_rounds_draft_only_what_pays_for_the_whole_batch() {
+    use specrun_core::control::{allocate_drafts, CostCurve, DraftAsk};
+    // a CPU-like curve: 16 tokens cost 8.4 of one
+    let cpu = CostCurve::from_seconds(vec![(1, 1.0), (2, 1.5), (4, 2.7), (8, 6.2), (12, 8.1), (16, 8.4), (32, 16.7)]).unwrap();
+    let mut costs = VerifyCosts::with_curve(std::sync::Arc::new(cpu));
+    costs.observe(1, 0.05);
+    let ask = |alpha, cap| DraftAsk { alpha, cap, base_rows: 1, min: 0 };
+    let ks = allocate_drafts(&[ask(0.95, 8), ask(0.2, 8), ask(0.9, 8), ask(0.1, 0)], &costs, 512).unwrap();
+    assert_eq!(ks[3], 0, "nothing to draft from");
+    assert!(ks[0] >= ks[2] && ks[2] >= ks[1], "better acceptance drafts more: {ks:?}");
+    assert_eq!(ks[1], 0, "a poor draft drafts nothing while others do: {ks:?}");
+    // on a flat (GPU-like) curve everyone drafts long
+    let flat = CostCurve { points: vec![(1, 1.0), (64, 1.3)] };
+    let mut costs = VerifyCosts::with_curve(std::sync::Arc::new(flat));
+    costs.observe(1, 0.05);
+    let ks = allocate_drafts(&[ask(0.8, 8), ask(0.6, 8)], &costs, 512).unwrap();
+    assert!(ks.iter().all(|&k| k >= 6), "{ks:?}");
+    // never past n_batch
+    let ks = allocate_drafts(&[ask(0.99, 16), ask(0.99, 16)], &costs, 10).unwrap();
+    assert!(ks.iter().sum::<usize>() + 2 <= 10, "{ks:?}");
+    // exploration minimums are kept
+    let ks = allocate_drafts(&[DraftAsk { alpha: 0.0, cap: 8, base_rows: 1, min: 3 }], &costs, 512).unwrap();
+    assert_eq!(ks, vec![3]);
+    assert_eq!(MockModel::new(target_spec(4)).n_seq_max(), 4);
+}
