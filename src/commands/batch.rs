@@ -277,15 +277,7 @@ fn run_parallel(
         Ok(BatchEnd::Done) => {}
     }
     if !args.quiet {
-        let wall = (clock.now() - t0).as_secs_f64();
-        crate::io::note(format!("records   ok {}  failed {}  skipped (resumed) {}", totals.ok, totals.failed, n_skipped));
-        crate::io::note(format!(
-            "tokens    {} generated  acceptance {:.1}%  {:.2} tok/s overall  wall {:.1} s",
-            totals.stats.n_generated,
-            100.0 * totals.stats.acceptance_rate(),
-            totals.stats.n_generated as f64 / wall.max(1e-9),
-            wall
-        ));
+        print_summary(&totals, n_skipped, (clock.now() - t0).as_secs_f64());
         let mean_active = if bstats.n_rounds > 0 { bstats.active_sum as f64 / bstats.n_rounds as f64 } else { 0.0 };
         crate::io::note(format!(
             "batching  {n_parallel} slots  {} shared rounds  {mean_active:.2} records in flight on average",
@@ -504,17 +496,21 @@ fn run_records(
     }
     bar.finish_and_clear();
     if !args.quiet {
-        let wall = (clock.now() - t0).as_secs_f64();
-        crate::io::note(format!("records   ok {}  failed {}  skipped (resumed) {}", totals.ok, totals.failed, n_skipped));
-        crate::io::note(format!(
-            "tokens    {} generated  acceptance {:.1}%  {:.2} tok/s overall  wall {:.1} s",
-            totals.stats.n_generated,
-            100.0 * totals.stats.acceptance_rate(),
-            totals.stats.n_generated as f64 / wall.max(1e-9),
-            wall
-        ));
+        print_summary(&totals, n_skipped, (clock.now() - t0).as_secs_f64());
     }
     Ok(if totals.failed > 0 { ExitCode::from(EXIT_NEGATIVE) } else { ExitCode::SUCCESS })
+}
+
+/// The two summary lines on stderr.
+fn print_summary(totals: &Totals, n_skipped: usize, wall: f64) {
+    crate::io::note(format!("records   ok {}  failed {}  skipped (resumed) {}", totals.ok, totals.failed, n_skipped));
+    crate::io::note(format!(
+        "tokens    {} generated  acceptance {:.1}%  {:.2} tok/s overall  wall {:.1} s",
+        totals.stats.n_generated,
+        100.0 * totals.stats.acceptance_rate(),
+        totals.stats.n_generated as f64 / wall.max(1e-9),
+        wall
+    ));
 }
 
 fn progress_bar(args: &BatchArgs, n: usize) -> ProgressBar {
@@ -541,35 +537,12 @@ fn run_job<T: Model, D: Drafter>(
     clock: &dyn Clock,
 ) -> Result<(OutputRecord, Option<Vec<specrun_core::model::Token>>)> {
     let fail = |e: String| Ok((OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: e }), None));
-    match plan.resolve_with(&job.overrides) {
-        Ok(r) => engine.config = r.gen,
-        Err(e) => return fail(e.to_string()),
-    }
-    let prompt = match &job.input {
-        PromptInput::Text(t) if args.chat => codec.chat(&[("user".into(), t.clone())]),
-        PromptInput::Text(t) => Ok(t.clone()),
-        PromptInput::Chat(m) => codec.chat(m),
-    };
-    let prompt = match prompt {
+    let (config, tokens) = match prepare_job(codec, plan, args, job) {
         Ok(p) => p,
-        Err(e) => return fail(format!("line {}: {e}", job.line)),
+        Err(e) => return fail(e),
     };
-    let tokens = codec.tokenize(&prompt);
+    engine.config = config;
     let g = generate(engine, codec, &tokens, clock, None, &job.stop, &interrupted)?;
-    let r = g.report;
-    let record = OutputRecord::Ok(OkRecord {
-        id: job.id.clone(),
-        text: r.text,
-        finish_reason: r.finish_reason,
-        n_prompt: r.n_prompt,
-        n_generated: r.n_generated,
-        n_drafted: r.n_drafted,
-        n_accepted: r.n_accepted,
-        acceptance_rate: r.acceptance_rate,
-        tokens_per_round: r.tokens_per_round,
-        t_draft_s: r.t_draft_s,
-        t_verify_s: r.t_verify_s,
-        decode_tok_per_s: r.decode_tok_per_s,
-    });
+    let record = OutputRecord::Ok(ok_record(job, g.report));
     Ok((record, Some(g.tokens)))
 }
