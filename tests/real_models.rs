@@ -393,3 +393,41 @@ fn four_records_in_flight_give_the_one_at_a_time_text() {
     }
     eprintln!("--parallel 4 vs 1: {identical}/4 records identical");
 }
+
+/// Damaged model files fail with one clear line: not GGUF, truncated (llama.cpp's own reason),
+/// and weights that give NaN logits (checked on the prompt's rows, also when it is chunked).
+#[test]
+fn damaged_model_files_fail_clearly() {
+    let _g = serial();
+    let Some(src) = model_path(SMOLLM) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(&src).unwrap();
+    let run = |file: &std::path::Path, extra: &[&str]| {
+        let out = assert_cmd::Command::cargo_bin("specrun")
+            .unwrap()
+            .args(["run", "--no-draft", "-n", "4", "-t", "2", "-m"])
+            .arg(file)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout.is_empty());
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        err
+    };
+    let not_gguf = dir.path().join("text.gguf");
+    std::fs::write(&not_gguf, b"hello\n").unwrap();
+    assert!(run(&not_gguf, &["--prompt", "hi"]).contains("not a GGUF file"));
+    let truncated = dir.path().join("truncated.gguf");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(run(&truncated, &["--prompt", "hi"]).contains("not within the file bounds"));
+    let corrupted = dir.path().join("nan.gguf");
+    let mut bad = bytes.clone();
+    let n = bad.len();
+    bad[n / 2..n / 2 + n / 4].fill(0xFF);
+    std::fs::write(&corrupted, &bad).unwrap();
+    assert!(run(&corrupted, &["--prompt", "hello there"]).contains("non-finite logits"));
+    let long = "word ".repeat(700);
+    assert!(run(&corrupted, &["--prompt", &long, "-b", "256"]).contains("non-finite logits"), "a chunked prompt is checked too");
+}

@@ -154,47 +154,30 @@ impl LoadedModel {
         }
     }
 
-    /// Refuse `cells` KV cells (`n_seq` sequences of n_ctx each) that cannot fit the memory left.
-    fn check_kv_cells(&self, cells: u64, n_seq: u32) -> Result<()> {
-        let m = &self.model;
-        let per_cell = kv_cache_bytes(u64::from(m.n_layer()), m.n_embd().max(0) as u64, u64::from(m.n_head()), u64::from(m.n_head_kv()), 1);
-        if let Some(avail) = mem_available() {
-            let need = per_cell * cells;
-            if need > avail {
-                return Err(anyhow!(
-                    "{}: {n_seq} sequences of n_ctx {} need {:.1} GiB of KV cache but {:.1} GiB of memory is available; lower --parallel or -c",
-                    self.path.display(),
-                    cells / u64::from(n_seq),
-                    gib(need),
-                    gib(avail)
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Refuse a context larger than the model was trained for, or whose KV cache cannot fit
-    /// the memory left, before llama.cpp tries to allocate it.
-    pub fn check_n_ctx(&self, n_ctx: u32) -> Result<()> {
+    /// Refuse a context larger than the model was trained for, or whose KV cache (`n_seq`
+    /// sequences of `n_ctx` cells each) cannot fit the memory left, before llama.cpp tries to
+    /// allocate it.
+    pub fn check_context(&self, n_ctx: u32, n_seq: u32) -> Result<()> {
         let trained = self.model.n_ctx_train();
         if trained > 0 && n_ctx > trained {
             return Err(anyhow!("{}: n_ctx {n_ctx} exceeds the {trained} tokens the model was trained for", self.path.display()));
         }
         let m = &self.model;
         let per_cell = kv_cache_bytes(u64::from(m.n_layer()), m.n_embd().max(0) as u64, u64::from(m.n_head()), u64::from(m.n_head_kv()), 1);
-        if let Some(avail) = mem_available() {
-            let need = per_cell * u64::from(n_ctx);
-            if need > avail {
-                let fits = avail / per_cell.max(1);
-                return Err(anyhow!(
-                    "{}: n_ctx {n_ctx} needs {:.1} GiB of KV cache but {:.1} GiB of memory is available; at most n_ctx {fits} fits",
-                    self.path.display(),
-                    gib(need),
-                    gib(avail)
-                ));
-            }
+        let Some(avail) = mem_available() else { return Ok(()) };
+        let need = per_cell * u64::from(n_ctx) * u64::from(n_seq.max(1));
+        if need <= avail {
+            return Ok(());
         }
-        Ok(())
+        let fits = avail / per_cell.max(1);
+        let what = if n_seq > 1 { format!("{n_seq} sequences of n_ctx {n_ctx}") } else { format!("n_ctx {n_ctx}") };
+        let hint = if n_seq > 1 { format!("lower --parallel or -c ({fits} cells fit)") } else { format!("at most n_ctx {fits} fits") };
+        Err(anyhow!(
+            "{}: {what} need {:.1} GiB of KV cache but {:.1} GiB of memory is available; {hint}",
+            self.path.display(),
+            gib(need),
+            gib(avail)
+        ))
     }
 
     pub fn n_vocab(&self) -> usize {
@@ -243,12 +226,9 @@ impl LoadedModel {
         if s.n_batch == 0 || s.n_ctx == 0 {
             return Err(anyhow!("{}: n_ctx and n_batch must be > 0", self.path.display()));
         }
-        self.check_n_ctx(s.n_ctx)?;
         // each sequence gets n_ctx cells: the context holds n_seq_max × n_ctx (not unified)
         let n_seq = s.n_seq_max.max(1);
-        if n_seq > 1 {
-            self.check_kv_cells(u64::from(s.n_ctx) * u64::from(n_seq), n_seq)?;
-        }
+        self.check_context(s.n_ctx, n_seq)?;
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(s.n_ctx.saturating_mul(n_seq)))
             .with_n_batch(s.n_batch)
@@ -270,6 +250,7 @@ impl LoadedModel {
             n_batch,
             n_seq: n_seq as usize,
             rows: Vec::new(),
+            rows_checked: vec![false; n_seq as usize],
             recurrent: self.model.is_recurrent() || self.model.is_hybrid(),
         })
     }
@@ -286,6 +267,8 @@ pub struct LlamaRunner<'m> {
     n_seq: usize,
     /// Batch index of each logits row kept by the last decode.
     rows: Vec<i32>,
+    /// Per sequence: whether its logits were checked for NaN/inf since it was last cleared.
+    rows_checked: Vec<bool>,
     recurrent: bool,
 }
 
@@ -358,11 +341,22 @@ impl Model for LlamaRunner<'_> {
             return Ok(());
         }
         self.ctx.decode(&mut self.batch).map_err(|e| ModelError::Decode(e.to_string()))?;
-        // corrupted weights show as NaN/inf logits: fail instead of sampling garbage
-        for &r in &self.rows {
-            if !self.ctx.get_logits_ith(r).iter().all(|x| x.is_finite()) {
-                return Err(ModelError::NonFinite);
+        // Corrupted weights show as NaN/inf logits from the first rows on: check the first rows
+        // a sequence gets after it was cleared (its prompt's), not every round's, which would
+        // scan every kept row of the vocabulary in the decode loop.
+        let mut row = 0;
+        for p in parts {
+            let n_rows = p.tokens.len() - p.logits_from.min(p.tokens.len());
+            let seq = p.seq as usize;
+            if n_rows > 0 && !self.rows_checked[seq] {
+                for &r in &self.rows[row..row + n_rows] {
+                    if !self.ctx.get_logits_ith(r).iter().all(|x| x.is_finite()) {
+                        return Err(ModelError::NonFinite);
+                    }
+                }
+                self.rows_checked[seq] = true;
             }
+            row += n_rows;
         }
         Ok(())
     }
@@ -373,6 +367,11 @@ impl Model for LlamaRunner<'_> {
     }
 
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ModelError> {
+        if len == 0 {
+            if let Some(c) = usize::try_from(seq).ok().and_then(|i| self.rows_checked.get_mut(i)) {
+                *c = false;
+            }
+        }
         self.ctx.kv_cache_seq_rm(seq, Some(len as u32), None).map_err(|_| ModelError::TruncateRefused { seq, len })
     }
 }

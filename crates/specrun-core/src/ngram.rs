@@ -110,11 +110,43 @@ fn hash_key(tokens: &[Token]) -> u64 {
 
 /// Length of the common suffix of `tokens[..a]` and `tokens[..b]`, at most `max`.
 fn common_suffix(tokens: &[Token], a: usize, b: usize, max: usize) -> usize {
+    common_suffix_of(tokens, a, tokens, b, max)
+}
+
+/// Length of the common suffix of `x[..a]` and `y[..b]`, at most `max`.
+fn common_suffix_of(x: &[Token], a: usize, y: &[Token], b: usize, max: usize) -> usize {
     let mut n = 0;
-    while n < max && n < a && n < b && tokens[a - 1 - n] == tokens[b - 1 - n] {
+    while n < max && n < a && n < b && x[a - 1 - n] == y[b - 1 - n] {
         n += 1;
     }
     n
+}
+
+/// Among index `candidates` (positions in `source` that follow a key), the one whose
+/// preceding tokens agree longest with the end of `query`: at least `min` tokens, lengths
+/// compared up to `cap` (agreement itself is measured up to [`MAX_EXTEND`] or `cap`), the most
+/// recent winning ties; the most recent [`MAX_CANDIDATES`] are examined, `usable` filters.
+/// Returns `(position, agreement)`.
+fn best_candidate(
+    candidates: &[u32],
+    source: &[Token],
+    query: &[Token],
+    min: usize,
+    cap: usize,
+    usable: impl Fn(usize) -> bool,
+) -> Option<(usize, usize)> {
+    let mut best: Option<(usize, usize)> = None;
+    for &pos in candidates.iter().rev().take(MAX_CANDIDATES) {
+        let pos = pos as usize;
+        if !usable(pos) {
+            continue;
+        }
+        let len = common_suffix_of(source, pos, query, query.len(), MAX_EXTEND.max(cap));
+        if len >= min && best.is_none_or(|(_, l)| len.min(cap) > l.min(cap)) {
+            best = Some((pos, len));
+        }
+    }
+    best
 }
 
 impl NgramState {
@@ -151,18 +183,7 @@ impl NgramState {
             return None;
         }
         let candidates = self.index.get(&hash_key(&tokens[n - self.key..]))?;
-        let mut best: Option<(usize, usize)> = None;
-        for &pos in candidates.iter().rev().take(MAX_CANDIDATES) {
-            let pos = pos as usize;
-            if pos >= n {
-                continue;
-            }
-            let len = common_suffix(tokens, pos, n, MAX_EXTEND.max(config.n_max));
-            if len >= config.n_min.max(1) && best.is_none_or(|(l, _)| len.min(config.n_max) > l.min(config.n_max)) {
-                best = Some((len, pos));
-            }
-        }
-        best.map(|(len, pos)| (pos, len))
+        best_candidate(candidates, tokens, tokens, config.n_min.max(1), config.n_max, |pos| pos < n)
     }
 
     /// The match nearest to `p` in a window around it that agrees with the last tokens
@@ -302,21 +323,8 @@ impl NgramCorpus {
             return None;
         }
         let candidates = self.index.get(&hash_key(&tokens[n - CORPUS_KEY..]))?;
-        let mut best: Option<(usize, usize)> = None;
-        for &pos in candidates.iter().rev().take(MAX_CANDIDATES) {
-            let pos = pos as usize;
-            if pos >= self.tokens.len() || self.tokens[pos] == SEPARATOR {
-                continue;
-            }
-            let mut len = 0;
-            while len < MAX_EXTEND && len < n && len < pos && self.tokens[pos - 1 - len] == tokens[n - 1 - len] {
-                len += 1;
-            }
-            if len >= CORPUS_KEY && best.is_none_or(|(l, _)| len > l) {
-                best = Some((len, pos));
-            }
-        }
-        best.map(|(_, pos)| pos)
+        let usable = |pos: usize| pos < self.tokens.len() && self.tokens[pos] != SEPARATOR;
+        best_candidate(candidates, &self.tokens, tokens, CORPUS_KEY, MAX_EXTEND, usable).map(|(pos, _)| pos)
     }
 
     /// Append up to `max` tokens of the continuation at `pos` (stopping at an output's end).
