@@ -96,6 +96,11 @@ pub struct BenchArgs {
     /// Draft-length policies.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "fixed", value_name = "MODE,...")]
     pub adaptive: Vec<AdaptiveMode>,
+    /// Sequences in flight: above 1 all prompts run through continuous batching (one target
+    /// decode per round for every sequence), target-only and speculative, and tok/s is the
+    /// aggregate rate of the decode rounds.
+    #[arg(long, value_delimiter = ',', default_value = "1", value_name = "N,...")]
+    pub parallel: Vec<usize>,
     /// Prompt file (JSON Lines records as for `batch`, or .txt with one prompt per line).
     #[arg(long, value_name = "FILE", required_unless_present = "from_json")]
     pub prompts: Option<PathBuf>,
@@ -165,7 +170,8 @@ pub struct BatchArgs {
     #[arg(long)]
     pub chat: bool,
     /// Records in flight at once (continuous batching: one target decode per round for all of
-    /// them), or `auto` (from the calibrated cost curve). Output stays in input order.
+    /// them), or `auto` (from the calibrated cost curve); default: the pair's `parallel`, else 1.
+    /// Output stays in input order.
     #[arg(long, value_name = "N|auto", value_parser = parse_parallel)]
     pub parallel: Option<Parallel>,
     /// Let n-grams of earlier records' outputs propose drafts for later ones (a draft cache;
@@ -190,21 +196,10 @@ pub struct BatchArgs {
     pub shard: Option<Shard>,
 }
 
-/// `--parallel`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parallel {
-    N(usize),
-    Auto,
-}
+pub use crate::settings::Parallel;
 
 fn parse_parallel(s: &str) -> Result<Parallel, String> {
-    if s == "auto" {
-        return Ok(Parallel::Auto);
-    }
-    match s.parse::<usize>() {
-        Ok(n) if (1..=64).contains(&n) => Ok(Parallel::N(n)),
-        _ => Err(format!("expected a number of records in [1, 64] or auto, got {s:?}")),
-    }
+    s.parse()
 }
 
 /// One of N shards of a prompt file.

@@ -24,6 +24,44 @@ pub const MAX_NGRAM: usize = 64;
 pub const MAX_TOKENS_LIMIT: usize = 10_000_000;
 pub const MAX_TOP_K: usize = 1 << 24;
 
+/// Most sequences in flight (`--parallel`, a pair's `parallel`, the server's slots).
+pub const MAX_PARALLEL: usize = 64;
+
+/// Sequences in flight at once: a number, or `auto` (chosen from the calibrated cost curve).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parallel {
+    N(usize),
+    Auto,
+}
+
+impl std::str::FromStr for Parallel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(Parallel::Auto);
+        }
+        match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_PARALLEL).contains(&n) => Ok(Parallel::N(n)),
+            _ => Err(format!("expected a number of sequences in [1, {MAX_PARALLEL}] or auto, got {s:?}")),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Parallel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(i64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => n.to_string().parse().map_err(serde::de::Error::custom),
+            Raw::S(s) => s.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// Where a value was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {

@@ -98,3 +98,34 @@ fn write_best_edits_the_models_file_and_keeps_its_comments() {
     assert!([1, 3].contains(pair.draft_max.as_ref().unwrap().get_ref()));
     assert!(pair.drafter.is_some() && pair.adaptive.is_some());
 }
+
+/// `--parallel 1,3`: every configuration is measured once per N; N = 3 rows are aggregate
+/// rates of continuous batching, and on the mock (a decode costs 20 ms a call + 2 ms a token)
+/// three sequences in one decode give a higher aggregate target-only rate than one.
+#[test]
+fn parallel_is_a_bench_dimension_with_aggregate_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let csv = d.join("p.csv");
+    let out = bench(d, &["--parallel", "1,3", "--export-csv", csv.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 2 * 2 * 2 * 2, "drafter × adaptive × K × N");
+    let base =
+        |n: &str| -> Vec<f64> { rows.iter().filter(|r| r[col("parallel")] == n).map(|r| r[col("base_tok_s")].parse().unwrap()).collect() };
+    let (one, three) = (base("1"), base("3"));
+    assert_eq!(one.len(), 8);
+    let (lo3, hi1) = (three.iter().copied().fold(f64::INFINITY, f64::min), one.iter().copied().fold(0.0, f64::max));
+    assert!(lo3 > 1.5 * hi1, "aggregate target-only rate with 3 in flight {lo3:.1} vs one {hi1:.1}");
+    let bad = Command::cargo_bin("specrun").unwrap().args(["bench", "--mock", "--prompts", "x.jsonl", "--parallel", "0"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--parallel must be in [1, 64], got 0"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

@@ -97,7 +97,7 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
 /// calibrated cost curve says decodes the most tokens per second when every sequence adds one
 /// token to a round (N / cost(N)); 4 without a calibration.
 fn parallelism(args: &BatchArgs, plan: &Plan) -> usize {
-    match args.parallel {
+    match args.parallel.or(plan.parallel) {
         Some(Parallel::N(n)) => n,
         Some(Parallel::Auto) => match &plan.gen.cost_curve {
             Some(curve) => [1usize, 2, 4, 8, 16]
@@ -278,10 +278,17 @@ fn run_parallel(
     }
     if !args.quiet {
         print_summary(&totals, n_skipped, (clock.now() - t0).as_secs_f64());
-        let mean_active = if bstats.n_rounds > 0 { bstats.active_sum as f64 / bstats.n_rounds as f64 } else { 0.0 };
         crate::io::note(format!(
-            "batching  {n_parallel} slots  {} shared rounds  {mean_active:.2} records in flight on average",
-            bstats.n_rounds
+            "batching  {n_parallel} slots  {} shared rounds  {:.2} records in flight on average  {:.2} tokens per target decode",
+            bstats.n_rounds,
+            bstats.mean_active(),
+            bstats.tokens_per_decode(),
+        ));
+        crate::io::note(format!(
+            "time      prefill {:.1} s  decode {:.1} s  {:.2} tok/s aggregate in decode rounds",
+            bstats.t_prefill.as_secs_f64(),
+            bstats.t_decode.as_secs_f64(),
+            bstats.decode_tok_per_s(),
         ));
     }
     Ok(if totals.failed > 0 { ExitCode::from(EXIT_NEGATIVE) } else { ExitCode::SUCCESS })

@@ -15,10 +15,13 @@ use crate::io::{is_stdout, out, read_text};
 use crate::settings::{self, Origin, Overrides, Setting};
 use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats};
+use specrun_core::control::VerifyCosts;
 use specrun_core::draft::{DrafterKind, NoDraft};
 use specrun_core::engine::{Engine, GenConfig};
 use specrun_core::model::{Model, TextCodec, Token};
 use specrun_core::stats::Clock;
+use specrun_core::stats::GenStats;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
@@ -38,8 +41,13 @@ fn validate_sweep(args: &BenchArgs) -> Result<()> {
     if !(1..=MAX_REPEAT).contains(&args.repeat) {
         bail!("--repeat must be in [1, {MAX_REPEAT}], got {}", args.repeat);
     }
-    if args.draft_max.is_empty() || args.temp.is_empty() {
-        bail!("--draft-max and --temp need at least one value");
+    if args.draft_max.is_empty() || args.temp.is_empty() || args.parallel.is_empty() {
+        bail!("--draft-max, --temp and --parallel need at least one value");
+    }
+    for &n in &args.parallel {
+        if !(1..=settings::MAX_PARALLEL).contains(&n) {
+            bail!("--parallel must be in [1, {}], got {n}", settings::MAX_PARALLEL);
+        }
     }
     for &temp in &args.temp {
         settings::validate(&Overrides { temp: Some(Setting::new(temp, Origin::Flag("--temp"))), ..Overrides::default() })?;
@@ -82,7 +90,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
     }
     let pairs: Vec<Option<String>> =
         if args.pairs.is_empty() { vec![args.models.pair.clone()] } else { args.pairs.iter().cloned().map(Some).collect() };
-    let n_configs = pairs.len() * args.drafter.len() * args.adaptive.len() * args.draft_max.len() * args.temp.len();
+    let n_configs = pairs.len() * args.drafter.len() * args.adaptive.len() * args.draft_max.len() * args.temp.len() * args.parallel.len();
     let bar = if args.quiet || !std::io::stderr().is_terminal() { ProgressBar::hidden() } else { ProgressBar::new(n_configs as u64) };
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} configurations  {msg}  [{elapsed_precise}]")
@@ -103,6 +111,11 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
         };
         let mut plan = plan(&models.selection(), &flags)?;
         crate::infer::calibration::attach(&mut plan, args.models.mock);
+        let n_seq = args.parallel.iter().copied().max().unwrap_or(1) as u32;
+        plan.target.n_seq = n_seq;
+        if let Some(d) = &mut plan.draft {
+            d.n_seq = n_seq;
+        }
         let pair_name = plan.pair.clone().unwrap_or_else(|| plan.target.name.clone());
         with_backend(&plan, args.models.mock, &mut |target, mut draft, codec, clock| {
             let prompts: Vec<(Vec<Token>, usize)> = prompts
@@ -118,13 +131,14 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
             for &drafter in &args.drafter {
                 for &adaptive in &args.adaptive {
                     for &temp in &args.temp {
-                        for &k in &args.draft_max {
+                        for (&k, &n_parallel) in args.draft_max.iter().flat_map(|k| args.parallel.iter().map(move |n| (k, n))) {
                             let config = BenchConfig {
                                 pair: pair_name.clone(),
                                 drafter: drafter.as_str().into(),
                                 adaptive: format!("{adaptive:?}").to_lowercase(),
                                 draft_max: k,
                                 temp,
+                                parallel: n_parallel,
                             };
                             bar.set_message(config.label());
                             // the pair's own settings (verify, sampling), then the swept values
@@ -137,16 +151,12 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
                             let gen = plan.resolve_with(&sweep)?.gen;
                             let mut samples = Vec::with_capacity(args.repeat);
                             for _ in 0..args.repeat {
-                                samples.push(measure(
-                                    target,
-                                    draft.as_mut().map(|d| &mut **d as &mut dyn Model),
-                                    codec,
-                                    clock,
-                                    &plan,
-                                    drafter,
-                                    &gen,
-                                    &prompts,
-                                )?);
+                                let draft = draft.as_mut().map(|d| &mut **d as &mut dyn Model);
+                                samples.push(if n_parallel > 1 {
+                                    measure_parallel(target, draft, codec, clock, &plan, drafter, &gen, &prompts, n_parallel)?
+                                } else {
+                                    measure(target, draft, codec, clock, &plan, drafter, &gen, &prompts)?
+                                });
                             }
                             let mut result = BenchResult::summarise(config, &samples);
                             result.cost_curve = plan.gen.cost_curve.as_deref().cloned();
@@ -230,6 +240,77 @@ fn measure(
         let spec = generate(&mut Engine::new(&mut *target, d, gen), codec, tokens, clock, None, &[], &crate::io::interrupted)?;
         s.add(&base.stats, &spec.stats);
     }
+    Ok(s)
+}
+
+/// One repeat with `n_parallel` sequences in flight: all prompts target-only through
+/// continuous batching, then all speculative. Each side's stats are its sequences' stats
+/// merged, with the decode time replaced by the wall time of the shared rounds, so that tok/s
+/// is the aggregate rate (prefill excluded, as for one sequence).
+#[allow(clippy::too_many_arguments)]
+fn measure_parallel(
+    target: &mut dyn Model,
+    mut draft: Option<&mut dyn Model>,
+    codec: &dyn TextCodec,
+    clock: &dyn Clock,
+    plan: &Plan,
+    drafter: DrafterKind,
+    gen: &GenConfig,
+    prompts: &[(Vec<Token>, usize)],
+    n_parallel: usize,
+) -> Result<RepeatSample> {
+    let _ = codec;
+    let jobs = || {
+        prompts
+            .iter()
+            .enumerate()
+            .map(|(i, (tokens, max_tokens))| BatchJob {
+                tag: i,
+                config: GenConfig { max_tokens: *max_tokens, ..gen.clone() },
+                prompt: tokens.clone(),
+            })
+            .collect::<Vec<_>>()
+    };
+    fn one_run<D: specrun_core::draft::Drafter>(
+        engine: &mut Engine<&mut dyn Model, D>,
+        jobs: Vec<BatchJob<usize>>,
+        n_parallel: usize,
+        gen: &GenConfig,
+        clock: &dyn Clock,
+    ) -> Result<GenStats> {
+        let mut costs = gen.cost_curve.clone().map_or_else(VerifyCosts::default, VerifyCosts::with_curve);
+        let mut merged = GenStats::default();
+        let mut failed = None;
+        let mut bstats = BatchStats::default();
+        let end = run_continuous(
+            engine,
+            jobs,
+            n_parallel,
+            &mut costs,
+            clock,
+            &crate::io::interrupted,
+            |_, _, _| false,
+            |_, r| match r {
+                Ok(seq) => merged.merge(&seq.stats),
+                Err(e) => failed = Some(e),
+            },
+            &mut bstats,
+        )
+        .map_err(|e| anyhow!(e).context("a shared decode failed"))?;
+        if end == BatchEnd::Cancelled {
+            bail!("interrupted");
+        }
+        if let Some(e) = failed {
+            bail!("a prompt failed: {e}");
+        }
+        merged.t_decode = bstats.t_decode;
+        Ok(merged)
+    }
+    let base = one_run(&mut Engine::new(&mut *target, NoDraft, gen.clone()), jobs(), n_parallel, gen, clock)?;
+    let d = make_drafter(Some(drafter), plan.ngram, draft.as_mut().map(|m| &mut **m as &mut dyn Model));
+    let spec = one_run(&mut Engine::new(&mut *target, d, gen.clone()), jobs(), n_parallel, gen, clock)?;
+    let mut s = RepeatSample::default();
+    s.add(&base, &spec);
     Ok(s)
 }
 

@@ -55,11 +55,19 @@ pub struct BenchConfig {
     pub adaptive: String,
     pub draft_max: usize,
     pub temp: f32,
+    /// Sequences in flight (`--parallel`): above 1 the prompts run through continuous
+    /// batching and the tok/s columns are aggregate rates over the shared decode rounds.
+    #[serde(default = "one")]
+    pub parallel: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl BenchConfig {
     pub fn label(&self) -> String {
-        format!("{} {} {} K={} T={}", self.pair, self.drafter, self.adaptive, self.draft_max, self.temp)
+        format!("{} {} {} K={} T={} N={}", self.pair, self.drafter, self.adaptive, self.draft_max, self.temp, self.parallel)
     }
 }
 
@@ -206,7 +214,7 @@ mod tests {
 
     #[test]
     fn summaries_take_medians_over_repeats_and_measured_ratios() {
-        let c = BenchConfig { pair: "p".into(), drafter: "model".into(), adaptive: "fixed".into(), draft_max: 4, temp: 0.0 };
+        let c = BenchConfig { pair: "p".into(), drafter: "model".into(), adaptive: "fixed".into(), draft_max: 4, temp: 0.0, parallel: 1 };
         let r = BenchResult::summarise(c, &[sample(10.0, 10.0), sample(5.0, 10.0), sample(20.0, 10.0)]);
         assert_eq!(r.speedup, 1.0);
         assert_eq!((r.speedup_min, r.speedup_max), (0.5, 2.0));

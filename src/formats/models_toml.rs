@@ -69,6 +69,8 @@ pub struct PairEntry {
     pub draft_min: Option<Spanned<usize>>,
     pub ngram_min: Option<Spanned<usize>>,
     pub ngram_max: Option<Spanned<usize>>,
+    /// Sequences in flight in `batch` and `serve` (a number or "auto"); `--parallel` wins.
+    pub parallel: Option<Spanned<crate::settings::Parallel>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -368,6 +370,20 @@ temp = 0.8
     }
 
     #[test]
+    fn parallel_is_a_number_or_auto_and_bad_values_are_located() {
+        use crate::settings::Parallel;
+        let at = |v: &str| Config::parse("m.toml", &GOOD.replace("temp = 0.8", &format!("temp = 0.8\nparallel = {v}")));
+        let par = |c: Config| c.pair("p").unwrap().parallel.as_ref().map(|p| *p.get_ref());
+        assert_eq!(par(at("4").unwrap()), Some(Parallel::N(4)));
+        assert_eq!(par(at("\"auto\"").unwrap()), Some(Parallel::Auto));
+        assert_eq!(par(Config::parse("m.toml", GOOD).unwrap()), None);
+        for bad in ["0", "65", "-1", "\"many\""] {
+            let msg = at(bad).unwrap_err().to_string();
+            assert!(msg.starts_with("m.toml:18:12: expected a number of sequences in [1, 64] or auto"), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
     fn unknown_key_names_file_line_and_key() {
         let text = GOOD.replace("threads = 2", "threads = 2\nthread = 3");
         let e = Config::parse("models.toml", &text).unwrap_err();
@@ -436,7 +452,8 @@ temp = 0.8
     fn write_best_keeps_comments_and_marks_the_pair() {
         let toml = "# top comment\n\n[models.a]\npath = \"a.gguf\" # the file\n\n# the pair\n[pairs.p]\ndraft = \"a\"\ntarget = \"a\"\ndraft_max = 4\n";
         let mk = |k, s: f64| {
-            let c = BenchConfig { pair: "p".into(), drafter: "ngram".into(), adaptive: "fixed".into(), draft_max: k, temp: 0.0 };
+            let c =
+                BenchConfig { pair: "p".into(), drafter: "ngram".into(), adaptive: "fixed".into(), draft_max: k, temp: 0.0, parallel: 1 };
             let mut r = BenchResult::summarise(c, &[RepeatSample::default()]);
             r.speedup = s;
             r

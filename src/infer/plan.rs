@@ -70,6 +70,8 @@ pub struct Plan {
     /// The sources `gen` was resolved from (the pair, then the flags), so that a batch record
     /// or a request can be layered on top with [`Plan::resolve_with`].
     pub sources: Vec<Overrides>,
+    /// The pair's `parallel` (sequences in flight), when it sets one.
+    pub parallel: Option<crate::settings::Parallel>,
     /// Test hook, from [`ModelSelection::mock_delay`].
     pub mock_delay: Option<std::time::Duration>,
 }
@@ -135,14 +137,14 @@ fn model_plan(
 /// Resolve a selection and the flags' generation overrides into a plan.
 pub fn plan(sel: &ModelSelection, flags: &Overrides) -> Result<Plan> {
     let cache = sel.models_dir.clone().unwrap_or_else(models_toml::models_cache);
-    let (target, draft, pair_name, pair_overrides) = if let Some(target_path) = &sel.model {
+    let (target, draft, pair_name, pair_overrides, parallel) = if let Some(target_path) = &sel.model {
         if sel.pair.is_some() {
             bail!("--pair and -m/--model exclude each other");
         }
         let none = ModelSettings::default();
         let target = model_plan("target", target_path, &none, &cache, sel, &sel.flags.n_gpu_layers)?;
         let draft = sel.model_draft.as_ref().map(|p| model_plan("draft", p, &none, &cache, sel, &sel.n_gpu_layers_draft)).transpose()?;
-        (target, draft, None, Overrides::default())
+        (target, draft, None, Overrides::default(), None)
     } else {
         if sel.model_draft.is_some() {
             bail!("--model-draft needs -m/--model for the target");
@@ -163,7 +165,7 @@ pub fn plan(sel: &ModelSelection, flags: &Overrides) -> Result<Plan> {
         let (de, ds) = entry(d)?;
         let target = model_plan(t, &te.path, &ts, &cache, sel, &sel.flags.n_gpu_layers)?;
         let draft = model_plan(d, &de.path, &ds, &cache, sel, &sel.n_gpu_layers_draft)?;
-        (target, Some(draft), Some(name), config.pair_overrides(pair))
+        (target, Some(draft), Some(name), config.pair_overrides(pair), pair.parallel.as_ref().map(|p| *p.get_ref()))
     };
     let sources = vec![pair_overrides, flags.clone()];
     let resolved = settings::resolve(&sources.iter().collect::<Vec<_>>())?;
@@ -177,7 +179,17 @@ pub fn plan(sel: &ModelSelection, flags: &Overrides) -> Result<Plan> {
         );
     }
     let draft = if drafter.is_some_and(DrafterKind::needs_model) { draft } else { None };
-    Ok(Plan { target, draft, drafter, ngram: resolved.ngram, gen: resolved.gen, pair: pair_name, sources, mock_delay: sel.mock_delay })
+    Ok(Plan {
+        target,
+        draft,
+        drafter,
+        ngram: resolved.ngram,
+        gen: resolved.gen,
+        pair: pair_name,
+        sources,
+        parallel,
+        mock_delay: sel.mock_delay,
+    })
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use crate::engine::{Engine, EngineError, GenConfig, Sequence};
 use crate::model::{Model, Token};
 use crate::stats::{Clock, FinishReason};
 use std::ops::Range;
+use std::time::Duration;
 
 /// One job to run.
 #[derive(Debug, Clone)]
@@ -41,9 +42,71 @@ pub struct BatchStats {
     pub n_rounds: usize,
     /// Sum over rounds of the sequences in flight (mean = this / `n_rounds`).
     pub active_sum: usize,
+    /// Tokens the shared rounds decoded in the target (each active sequence's last token and
+    /// draft; mean tokens per target decode = this / `n_rounds`).
+    pub n_decoded: usize,
+    /// Tokens the shared rounds added to the sequences.
+    pub n_generated: usize,
+    /// Time spent reading prompts (between rounds) and in the shared rounds.
+    pub t_prefill: Duration,
+    pub t_decode: Duration,
 }
 
-/// Run `jobs` with up to `n_parallel` in flight. `on_tokens(tag, seq, added)` sees each
+impl BatchStats {
+    /// Mean sequences in flight per shared round.
+    pub fn mean_active(&self) -> f64 {
+        if self.n_rounds == 0 {
+            0.0
+        } else {
+            self.active_sum as f64 / self.n_rounds as f64
+        }
+    }
+    /// Mean tokens per shared target decode.
+    pub fn tokens_per_decode(&self) -> f64 {
+        if self.n_rounds == 0 {
+            0.0
+        } else {
+            self.n_decoded as f64 / self.n_rounds as f64
+        }
+    }
+    /// Generated tokens per second of shared rounds (prefill excluded).
+    pub fn decode_tok_per_s(&self) -> f64 {
+        let t = self.t_decode.as_secs_f64();
+        if t > 0.0 {
+            self.n_generated as f64 / t
+        } else {
+            0.0
+        }
+    }
+}
+
+/// What a [`JobSource`] has for a free slot.
+pub enum NextJob<J> {
+    Job(BatchJob<J>),
+    /// Nothing now; ask again after the next round.
+    Later,
+    /// Nothing now or ever: the run ends when the jobs in flight finish.
+    Closed,
+}
+
+/// Where jobs come from: a fixed list (any iterator, through [`run_continuous`]) or a queue
+/// that grows while the run goes on (a server).
+pub trait JobSource<J> {
+    /// The next job for a free slot. `idle` is true when nothing is in flight: a source may
+    /// then wait for a job (it must return eventually, `Later` included, so that `cancel` is
+    /// seen).
+    fn next_job(&mut self, idle: bool) -> NextJob<J>;
+}
+
+struct IterJobs<I>(I);
+
+impl<J, I: Iterator<Item = BatchJob<J>>> JobSource<J> for IterJobs<I> {
+    fn next_job(&mut self, _idle: bool) -> NextJob<J> {
+        self.0.next().map_or(NextJob::Closed, NextJob::Job)
+    }
+}
+
+/// Run `jobs` (a fixed list) with up to `n_parallel` in flight. `on_tokens(tag, seq, added)` sees each
 /// round's new tokens and may end the sequence (return `true`: stop, e.g. at a stop string);
 /// `on_done(tag, result)` gets every job once, finished or failed (a job that fails alone —
 /// its prompt does not fit — does not stop the others). `Err` only when a shared decode fails.
@@ -55,14 +118,31 @@ pub fn run_continuous<T: Model, D: Drafter, J>(
     costs: &mut VerifyCosts,
     clock: &dyn Clock,
     cancel: &dyn Fn() -> bool,
+    on_tokens: impl FnMut(&J, &Sequence, Range<usize>) -> bool,
+    on_done: impl FnMut(J, Result<Sequence, EngineError>),
+    stats: &mut BatchStats,
+) -> Result<BatchEnd, EngineError> {
+    run_continuous_from(engine, &mut IterJobs(jobs.into_iter()), n_parallel, costs, clock, cancel, on_tokens, on_done, stats)
+}
+
+/// [`run_continuous`] over a [`JobSource`]: the run ends when the source is closed and every
+/// job in flight has finished (or when `cancel` says stop). A source that returns `Later`
+/// while nothing is in flight is asked again (it should wait, see [`JobSource::next_job`]).
+#[allow(clippy::too_many_arguments)]
+pub fn run_continuous_from<T: Model, D: Drafter, J>(
+    engine: &mut Engine<T, D>,
+    jobs: &mut dyn JobSource<J>,
+    n_parallel: usize,
+    costs: &mut VerifyCosts,
+    clock: &dyn Clock,
+    cancel: &dyn Fn() -> bool,
     mut on_tokens: impl FnMut(&J, &Sequence, Range<usize>) -> bool,
     mut on_done: impl FnMut(J, Result<Sequence, EngineError>),
     stats: &mut BatchStats,
 ) -> Result<BatchEnd, EngineError> {
     let n_parallel = n_parallel.max(1);
-    let mut jobs = jobs.into_iter();
     let mut slots: Vec<Option<(J, Sequence)>> = (0..n_parallel).map(|_| None).collect();
-    let mut exhausted = false;
+    let mut closed = false;
     loop {
         if cancel() {
             for (_, seq) in slots.iter_mut().flatten() {
@@ -71,32 +151,48 @@ pub fn run_continuous<T: Model, D: Drafter, J>(
             return Ok(BatchEnd::Cancelled);
         }
         // fill free slots (prefill between rounds)
-        for (id, slot) in slots.iter_mut().enumerate() {
-            while slot.is_none() && !exhausted {
-                let Some(job) = jobs.next() else {
-                    exhausted = true;
-                    break;
+        'fill: for id in 0..n_parallel {
+            while slots[id].is_none() && !closed {
+                let idle = slots.iter().all(Option::is_none);
+                let job = match jobs.next_job(idle) {
+                    NextJob::Job(job) => job,
+                    NextJob::Later => break 'fill,
+                    NextJob::Closed => {
+                        closed = true;
+                        break;
+                    }
                 };
                 engine.config = job.config;
-                match engine.start(id as i32, job.prompt, clock) {
+                let t_start = clock.now();
+                let started = engine.start(id as i32, job.prompt, clock);
+                stats.t_prefill += clock.now() - t_start;
+                match started {
                     Ok(seq) if seq.finish.is_some() => on_done(job.tag, Ok(seq)),
-                    Ok(seq) => *slot = Some((job.tag, seq)),
+                    Ok(seq) => slots[id] = Some((job.tag, seq)),
                     Err(e) => on_done(job.tag, Err(e)),
                 }
             }
         }
         let active: Vec<usize> = (0..n_parallel).filter(|&i| slots[i].is_some()).collect();
         if active.is_empty() {
-            return Ok(BatchEnd::Done);
+            if closed {
+                return Ok(BatchEnd::Done);
+            }
+            continue;
         }
         stats.n_rounds += 1;
         stats.active_sum += active.len();
+        let t_round = clock.now();
+        let decoded_before = engine.n_decoded;
         let ranges = {
             let mut seqs: Vec<&mut Sequence> = slots.iter_mut().flatten().map(|(_, s)| s).collect();
             engine.step_many(&mut seqs, costs, clock)?
         };
+        stats.n_decoded += engine.n_decoded - decoded_before;
+        stats.t_decode += clock.now() - t_round;
         for (slot, range) in slots.iter_mut().flatten().zip(ranges) {
             let (tag, seq) = slot;
+            stats.n_generated += range.len();
             if on_tokens(tag, seq, range) && seq.finish.is_none() {
                 seq.finish = Some(FinishReason::Stop);
             }

@@ -134,12 +134,14 @@ pub struct Engine<T, D> {
     pub target: T,
     pub drafter: D,
     pub config: GenConfig,
+    /// Tokens decoded by the target in rounds so far (prompts excluded).
+    pub n_decoded: usize,
     scratch: Scratch,
 }
 
 impl<T: Model, D: Drafter> Engine<T, D> {
     pub fn new(target: T, drafter: D, config: GenConfig) -> Self {
-        Self { target, drafter, config, scratch: Scratch::new() }
+        Self { target, drafter, config, n_decoded: 0, scratch: Scratch::new() }
     }
 
     /// Clear sequence `id` in both models and read the prompt: the target decodes all of it in
@@ -209,6 +211,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             return Ok(seq.tokens.len()..seq.tokens.len());
         };
         if d.n_rows > 0 {
+            self.n_decoded += seq.tokens.len() - seq.target.n_cached;
             seq.target.decode_tail(&mut self.target, &seq.tokens, d.n_rows).map_err(EngineError::Target)?;
         }
         let t_verified = clock.now();
@@ -272,6 +275,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         if n_tokens > 0 {
             costs.observe(n_tokens, (t_verified - t0).as_secs_f64());
         }
+        self.n_decoded += n_tokens;
         for (&i, len) in owners.iter().zip(lens) {
             seqs[i].target.part_decoded(len);
         }

@@ -217,3 +217,77 @@ fn shared_rounds_draft_only_what_pays_for_the_whole_batch() {
     assert_eq!(ks, vec![3]);
     assert_eq!(MockModel::new(target_spec(4)).n_seq_max(), 4);
 }
+
+/// A queue that grows while the run goes on (as a server's does): jobs arrive every few
+/// rounds, `Later` in between; every job's output still equals running it alone, and the
+/// run ends only when the source is closed and the last job finished.
+#[test]
+fn jobs_arriving_during_the_run_join_free_slots() {
+    use specrun_core::batching::{run_continuous_from, JobSource, NextJob};
+    struct Trickle {
+        jobs: std::collections::VecDeque<BatchJob<usize>>,
+        calls: usize,
+        idle_waits: usize,
+    }
+    impl JobSource<usize> for Trickle {
+        fn next_job(&mut self, idle: bool) -> NextJob<usize> {
+            self.calls += 1;
+            if idle {
+                self.idle_waits += 1;
+            }
+            if self.jobs.is_empty() {
+                return NextJob::Closed;
+            }
+            // one job every third call (a waiting server would block when idle instead)
+            if self.calls % 3 == 0 {
+                NextJob::Job(self.jobs.pop_front().expect("non-empty"))
+            } else {
+                NextJob::Later
+            }
+        }
+    }
+    let (alone, _, _) = run("ngram", 1);
+    let spec = target_spec(4);
+    let clock = MockClock::new();
+    let mut engine =
+        Engine::new(MockModel::new(spec.clone()).with_clock(clock.clone()), drafter("ngram", &spec, &clock), GenConfig::default());
+    let mut source = Trickle { jobs: jobs().into(), calls: 0, idle_waits: 0 };
+    let mut out: Vec<Vec<Token>> = vec![vec![]; jobs().len()];
+    let mut stats = BatchStats::default();
+    let end = run_continuous_from(
+        &mut engine,
+        &mut source,
+        3,
+        &mut VerifyCosts::default(),
+        &clock,
+        &|| false,
+        |_, _, _| false,
+        |tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec(),
+        &mut stats,
+    )
+    .unwrap();
+    assert_eq!(end, BatchEnd::Done);
+    assert!(source.jobs.is_empty());
+    assert!(source.idle_waits > 0, "the source was told when nothing was in flight");
+    for (i, (a, b)) in alone.iter().zip(&out).enumerate() {
+        assert_eq!(a, b, "job {i}");
+    }
+    for id in 0..3 {
+        assert!(engine.target.cached(id).is_empty(), "every slot is freed at the end");
+    }
+}
+
+/// The per-run counters add up: target-only, every round decodes one token per sequence in
+/// flight, and each sequence's first token comes from its prompt batch.
+#[test]
+fn batch_stats_count_rounds_tokens_and_time() {
+    let (out, _, stats) = run("none", 3);
+    let n_generated: usize = out.iter().map(Vec::len).sum();
+    assert_eq!(stats.n_generated, n_generated);
+    assert_eq!(stats.n_generated, stats.active_sum, "one token per sequence per round");
+    // a sequence's first round decodes nothing: it uses its prompt batch's last row
+    assert_eq!(stats.n_decoded + out.len(), stats.active_sum);
+    assert!(stats.mean_active() > 1.0 && stats.mean_active() <= 3.0);
+    assert!(stats.t_prefill > std::time::Duration::ZERO && stats.t_decode > stats.t_prefill);
+    assert!(stats.tokens_per_decode() < stats.mean_active());
+}

@@ -6,18 +6,19 @@ use std::fmt::Write as _;
 /// CSV with a header line.
 pub fn csv(results: &[BenchResult]) -> String {
     let mut out = String::from(
-        "pair,drafter,adaptive,draft_max,temp,repeats,spec_tok_s,base_tok_s,speedup,speedup_min,speedup_max,acceptance_rate,alpha,tokens_per_round,cost_ratio,verify_cost_ratio,predicted_speedup_ideal,predicted_speedup,acceptance_by_position\n",
+        "pair,drafter,adaptive,draft_max,temp,parallel,repeats,spec_tok_s,base_tok_s,speedup,speedup_min,speedup_max,acceptance_rate,alpha,tokens_per_round,cost_ratio,verify_cost_ratio,predicted_speedup_ideal,predicted_speedup,acceptance_by_position\n",
     );
     for r in results {
         let by_pos: Vec<String> = r.acceptance_by_position.iter().map(|a| format!("{a:.4}")).collect();
         let _ = writeln!(
             out,
-            "{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{}",
+            "{},{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{}",
             r.config.pair,
             r.config.drafter,
             r.config.adaptive,
             r.config.draft_max,
             r.config.temp,
+            r.config.parallel,
             r.repeats,
             r.spec_tok_s,
             r.base_tok_s,

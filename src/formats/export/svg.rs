@@ -64,7 +64,7 @@ pub fn svg_plot(results: &[BenchResult], title: &str) -> String {
     // one series per configuration without K
     let mut series: Vec<(String, Vec<&BenchResult>)> = Vec::new();
     for r in results {
-        let key = format!("{} {} {} T={}", r.config.pair, r.config.drafter, r.config.adaptive, r.config.temp);
+        let key = format!("{} {} {} T={} N={}", r.config.pair, r.config.drafter, r.config.adaptive, r.config.temp, r.config.parallel);
         match series.iter_mut().find(|(k, _)| *k == key) {
             Some((_, v)) => v.push(r),
             None => series.push((key, vec![r])),

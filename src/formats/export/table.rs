@@ -3,12 +3,13 @@
 use crate::formats::bench::BenchResult;
 use std::fmt::Write as _;
 
-pub(super) const COLUMNS: [&str; 14] = [
+pub(super) const COLUMNS: [&str; 15] = [
     "pair",
     "drafter",
     "adaptive",
     "K",
     "temp",
+    "N",
     "tok/s",
     "base tok/s",
     "speed-up",
@@ -20,13 +21,14 @@ pub(super) const COLUMNS: [&str; 14] = [
     "predicted (ideal / measured verify)",
 ];
 
-pub(super) fn row(r: &BenchResult) -> [String; 14] {
+pub(super) fn row(r: &BenchResult) -> [String; 15] {
     [
         r.config.pair.clone(),
         r.config.drafter.clone(),
         r.config.adaptive.clone(),
         r.config.draft_max.to_string(),
         format!("{}", r.config.temp),
+        r.config.parallel.to_string(),
         format!("{:.2}", r.spec_tok_s),
         format!("{:.2}", r.base_tok_s),
         format!("{:.2}x", r.speedup),
@@ -41,7 +43,7 @@ pub(super) fn row(r: &BenchResult) -> [String; 14] {
 
 /// An aligned plain-text table for the terminal.
 pub fn table(results: &[BenchResult]) -> String {
-    let rows: Vec<[String; 14]> = results.iter().map(row).collect();
+    let rows: Vec<[String; 15]> = results.iter().map(row).collect();
     let widths: Vec<usize> =
         (0..COLUMNS.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).chain([COLUMNS[i].len()]).max().unwrap_or(0)).collect();
     let mut out = String::new();
