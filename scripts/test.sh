@@ -5,6 +5,7 @@
 source "$(dirname "$0")/common.sh"
 ensure_system_packages
 ensure_rust_components
+ensure_python_tools
 fetch_models all
 say "formatting (cargo fmt --check)"
 cargo fmt --all -- --check

@@ -40,6 +40,9 @@ pub enum Command {
     Shards(ShardsArgs),
     /// Measure the target's decode cost by batch size and store it for `auto` to plan with.
     Calibrate(CalibrateArgs),
+    /// Serve an OpenAI-compatible HTTP API (chat and text completions, streamed or not),
+    /// speculative for every request, several requests per target decode.
+    Serve(ServeArgs),
     /// Show or create the models file (`path`, `init`).
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -53,6 +56,7 @@ impl Command {
         }
         match self {
             Command::Batch(b) => crate::io::is_stdout(&b.output),
+            Command::Serve(_) => false,
             _ => true,
         }
     }
@@ -290,6 +294,9 @@ pub struct GenArgs {
     /// Target-only decoding through the same engine.
     #[arg(long)]
     pub no_draft: bool,
+    /// Generate past end-of-generation tokens, always `--max-tokens` (for benchmarks).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// What drafts (default: the pair's `drafter`, else hybrid).
     #[arg(long = "draft", value_enum, value_name = "KIND")]
     pub drafter: Option<DrafterKind>,
@@ -351,6 +358,38 @@ pub struct RunArgs {
     pub json: bool,
 }
 
+/// `specrun serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub models: ModelArgs,
+    #[command(flatten)]
+    pub gen: GenArgs,
+    /// Address to listen on (loopback by default; 0.0.0.0 exposes the server to the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port (0: any free port, printed at start).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Requests generated at once (continuous batching: one target decode per round for all),
+    /// or `auto` (from the calibrated cost curve); default: the pair's `parallel`, else 4.
+    #[arg(long, value_name = "N|auto", value_parser = parse_parallel)]
+    pub parallel: Option<Parallel>,
+    /// Requests that may wait for a slot; beyond that the server answers 503 with Retry-After.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub queue: usize,
+    /// Require `Authorization: Bearer KEY` on every route except /health (also
+    /// $SPECRUN_API_KEY).
+    #[arg(long, value_name = "KEY", env = "SPECRUN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Seconds in-flight requests may take to finish after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub grace: u64,
+    /// The model name clients use (default: the pair's name, or the target file's stem).
+    #[arg(long, value_name = "NAME")]
+    pub alias: Option<String>,
+}
+
 fn flag<T>(v: Option<T>, name: &'static str) -> Option<Setting<T>> {
     v.map(|v| Setting::new(v, Origin::Flag(name)))
 }
@@ -397,6 +436,7 @@ impl GenArgs {
             seed: flag(self.seed, "--seed"),
             verify: flag(self.verify, "--verify"),
             no_draft: self.no_draft.then(|| Setting::new(true, Origin::Flag("--no-draft"))),
+            ignore_eos: self.ignore_eos.then(|| Setting::new(true, Origin::Flag("--ignore-eos"))),
         }
     }
 }

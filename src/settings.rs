@@ -130,6 +130,8 @@ pub struct Overrides {
     pub verify: Option<Setting<VerifyMode>>,
     /// Plain decoding: no drafter (a flag or request only).
     pub no_draft: Option<Setting<bool>>,
+    /// Generate past end-of-generation tokens (a flag or request only).
+    pub ignore_eos: Option<Setting<bool>>,
 }
 
 macro_rules! each_field {
@@ -150,7 +152,8 @@ macro_rules! each_field {
             repeat_penalty,
             seed,
             verify,
-            no_draft
+            no_draft,
+            ignore_eos
         )
     };
 }
@@ -228,6 +231,7 @@ pub fn resolve(sources: &[&Overrides]) -> Result<Resolved, SettingError> {
         };
     }
     set!(g.max_tokens, max_tokens);
+    set!(g.ignore_eos, ignore_eos);
     set!(g.draft_max, draft_max);
     set!(g.draft_p_min, draft_p_min);
     set!(g.draft_min, draft_min);
@@ -341,6 +345,7 @@ mod tests {
             seed: Some(Setting::new(11, Origin::Flag("a"))),
             verify: Some(Setting::new(VerifyMode::Match, Origin::Flag("a"))),
             no_draft: Some(Setting::new(false, Origin::Flag("a"))),
+            ignore_eos: Some(Setting::new(true, Origin::Flag("a"))),
         };
         assert_eq!(Overrides::default().then(&all), all);
         let r = resolve(&[&Overrides::default(), &all]).unwrap();
@@ -348,6 +353,7 @@ mod tests {
         assert_eq!((g.max_tokens, g.draft_max, g.draft_p_min, g.draft_min, g.adaptive, g.seed), (7, 9, 0.5, 2, AdaptiveMode::Step, 11));
         assert_eq!((g.params.temp, g.params.top_k, g.params.top_p, g.params.min_p, g.params.repeat_penalty), (0.5, 5, 0.5, 0.1, 1.2));
         assert_eq!((g.verify, r.drafter, r.ngram.n_min, r.ngram.n_max), (VerifyMode::Match, Some(DrafterKind::Ngram), 2, 7));
+        assert!(g.ignore_eos);
     }
 
     #[test]

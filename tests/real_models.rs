@@ -431,3 +431,50 @@ fn damaged_model_files_fail_clearly() {
     let long = "word ".repeat(700);
     assert!(run(&corrupted, &["--prompt", &long, "-b", "256"]).contains("non-finite logits"), "a chunked prompt is checked too");
 }
+
+#[path = "support/server.rs"]
+mod server;
+
+/// `specrun serve` on the default pair: one chat completion and one streamed completion,
+/// greedy; the chat text is the one `specrun run --chat` prints for the same prompt.
+#[test]
+fn the_server_answers_with_the_real_pair() {
+    if model_path(TARGET).is_none() || model_path(DRAFT).is_none() {
+        return;
+    }
+    let _guard = serial();
+    let s = server::start(&["-t", "2", "-c", "1024", "--parallel", "2"], &[]);
+    let body = r#"{"messages": [{"role": "user", "content": "Write a Python function that returns the square of x."}], "max_tokens": 24, "temperature": 0}"#;
+    let (code, whole) = server::post(&s, "/v1/chat/completions", body);
+    assert_eq!(code, 200, "{whole}");
+    let whole = server::json(&whole);
+    let text = whole["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let n = whole["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!((1..=24).contains(&n), "{whole}");
+    let run = std::process::Command::new(assert_cmd::cargo::cargo_bin("specrun"))
+        .args([
+            "run",
+            "--chat",
+            "-t",
+            "2",
+            "-c",
+            "1024",
+            "-n",
+            "24",
+            "--temp",
+            "0",
+            "--prompt",
+            "Write a Python function that returns the square of x.",
+        ])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert_eq!(String::from_utf8_lossy(&run.stdout).trim_end(), text.trim_end(), "serve and run agree");
+    let (code, sse) = server::post(&s, "/v1/completions", r#"{"prompt": "def square(x):", "max_tokens": 16, "stream": true}"#);
+    assert_eq!(code, 200, "{sse}");
+    let data: Vec<&str> = sse.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(data.last(), Some(&"[DONE]"));
+    let streamed: String =
+        data[..data.len() - 1].iter().map(|d| server::json(d)["choices"][0]["text"].as_str().unwrap_or("").to_string()).collect();
+    assert!(!streamed.trim().is_empty(), "{sse}");
+}

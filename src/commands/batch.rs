@@ -9,7 +9,7 @@
 //! at once. Exit codes: 0 all records ok, 1 some failed, 2 fatal, 130 interrupted.
 
 use super::{EXIT_INTERRUPTED, EXIT_NEGATIVE};
-use crate::cli::{BatchArgs, Parallel};
+use crate::cli::BatchArgs;
 use crate::formats::records::{
     check_unique_ids, id_key, parse_input, scan_output, BadRecord, ErrorRecord, Header, InputFormat, Job, OkRecord, OutputRecord,
     PromptInput,
@@ -93,25 +93,9 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
     })
 }
 
-/// Records in flight: `--parallel N`, or with `auto` the N in {1, 2, 4, 8, 16} that the
-/// calibrated cost curve says decodes the most tokens per second when every sequence adds one
-/// token to a round (N / cost(N)); 4 without a calibration.
+/// Records in flight: `--parallel`, else the pair's `parallel`, else 1.
 fn parallelism(args: &BatchArgs, plan: &Plan) -> usize {
-    match args.parallel.or(plan.parallel) {
-        Some(Parallel::N(n)) => n,
-        Some(Parallel::Auto) => match &plan.gen.cost_curve {
-            Some(curve) => [1usize, 2, 4, 8, 16]
-                .into_iter()
-                .filter(|&n| n <= plan.target.n_batch as usize)
-                .max_by(|&a, &b| (a as f64 / curve.relative(a)).total_cmp(&(b as f64 / curve.relative(b))))
-                .unwrap_or(1),
-            None => {
-                crate::io::note("note: --parallel auto: no calibration for this model (`specrun calibrate`); using 4");
-                4
-            }
-        },
-        None => 1,
-    }
+    crate::infer::plan::sequences_in_flight(args.parallel.or(plan.parallel), plan, 1)
 }
 
 /// A record's text as it is generated: UTF-8 across token pieces, cut at a stop string.

@@ -16,6 +16,7 @@ pub mod calibrate;
 pub mod check_pair;
 pub mod config;
 pub mod run;
+pub mod serve;
 pub mod shards;
 
 use crate::cli::{Cli, Command};
@@ -63,6 +64,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => bench::bench(&args),
         Command::Calibrate(args) => calibrate::calibrate(&args),
         Command::Shards(args) => shards::shards(&args),
+        Command::Serve(args) => serve::serve(&args),
         Command::Config(c) => config::config(&c),
     }
 }

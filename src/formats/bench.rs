@@ -67,7 +67,8 @@ fn one() -> usize {
 
 impl BenchConfig {
     pub fn label(&self) -> String {
-        format!("{} {} {} K={} T={} N={}", self.pair, self.drafter, self.adaptive, self.draft_max, self.temp, self.parallel)
+        let n = if self.parallel > 1 { format!(" N={}", self.parallel) } else { String::new() };
+        format!("{} {} {} K={} T={}{n}", self.pair, self.drafter, self.adaptive, self.draft_max, self.temp)
     }
 }
 

@@ -2,6 +2,8 @@
 //!
 //! - [`models_toml`] — the models file: models, pairs, located errors, the lookup order,
 //!   `write_best`.
+//! - [`openai`] — the OpenAI-compatible requests, responses, stream chunks and errors of
+//!   `specrun serve`.
 //! - [`records`] — batch input records, the output schema, resume scanning.
 //! - [`report`] — the run report (`--json`) and the stats block.
 //! - [`bench`] — bench summaries (medians, min-max, predicted speed-up); [`export`] — one
@@ -10,5 +12,6 @@
 pub mod bench;
 pub mod export;
 pub mod models_toml;
+pub mod openai;
 pub mod records;
 pub mod report;

@@ -154,6 +154,7 @@ impl Config {
             seed: self.setting(&pair.seed, "seed"),
             verify: self.setting(&pair.verify, "verify"),
             no_draft: None,
+            ignore_eos: None,
         }
     }
 
@@ -283,10 +284,13 @@ pub fn resolve(path: &Path, cache: &Path) -> PathBuf {
     }
 }
 
-/// The best configuration per pair (highest median speed-up).
+/// The best configuration per pair (highest median speed-up; one sequence at a time when the
+/// sweep measured that).
 pub fn best_per_pair(results: &[BenchResult]) -> Vec<&BenchResult> {
     let mut best: Vec<&BenchResult> = Vec::new();
-    for r in results {
+    let single =
+        |r: &&BenchResult| r.config.parallel == 1 || !results.iter().any(|o| o.config.pair == r.config.pair && o.config.parallel == 1);
+    for r in results.iter().filter(single) {
         match best.iter_mut().find(|b| b.config.pair == r.config.pair) {
             Some(b) if r.speedup > b.speedup => *b = r,
             Some(_) => {}
@@ -312,6 +316,17 @@ pub fn write_best(models_toml: &str, results: &[BenchResult], note: &str) -> Res
         pair.insert("draft_max", toml_edit::value(best.config.draft_max as i64));
         pair.insert("drafter", toml_edit::value(best.config.drafter.clone()));
         pair.insert("adaptive", toml_edit::value(if pays { best.config.adaptive.clone() } else { "auto".to_string() }));
+        // with a --parallel sweep: the N of the highest aggregate rate, drafting as chosen above
+        let same = |r: &&BenchResult| {
+            let (a, b) = (&r.config, &best.config);
+            (&a.pair, &a.drafter, &a.adaptive, a.draft_max, a.temp) == (&b.pair, &b.drafter, &b.adaptive, b.draft_max, b.temp)
+        };
+        let by_n: Vec<&BenchResult> = results.iter().filter(same).collect();
+        if by_n.iter().any(|r| r.config.parallel > 1) {
+            if let Some(top) = by_n.iter().max_by(|a, b| a.spec_tok_s.total_cmp(&b.spec_tok_s)) {
+                pair.insert("parallel", toml_edit::value(top.config.parallel as i64));
+            }
+        }
         let comment = format!(
             "# tuned by specrun bench ({note}): best {} at {:.2}x target-only{}\n",
             best.config.label(),
@@ -468,6 +483,17 @@ temp = 0.8
         let again = write_best(&out, &[mk(3, 0.9)], "later").unwrap();
         assert_eq!(again.matches("# tuned by specrun bench").count(), 1, "{again}");
         assert!(again.contains("adaptive = \"auto\""), "{again}");
+        assert!(!again.contains("parallel"), "no --parallel sweep, no parallel key: {again}");
+        // a --parallel sweep: the drafting of the best N = 1 row, the N of the best aggregate rate
+        let mut rows = vec![mk(2, 1.1), mk(6, 1.4)];
+        for (n, rate) in [(2, 30.0), (4, 45.0), (8, 41.0)] {
+            let mut r = mk(6, 1.0);
+            r.config.parallel = n;
+            r.spec_tok_s = rate;
+            rows.push(r);
+        }
+        let out = write_best(toml, &rows, "x").unwrap();
+        assert!(out.contains("draft_max = 6") && out.contains("parallel = 4"), "{out}");
         let parsed = Config::parse("models.toml", &again).unwrap();
         assert_eq!(parsed.pair("p").unwrap().draft_max.as_ref().map(|s| *s.get_ref()), Some(3));
     }

@@ -7,6 +7,7 @@
 
 pub mod calibration;
 pub mod plan;
+pub mod serving;
 
 pub use plan::{plan, ModelPlan, ModelSelection, Plan};
 

@@ -87,6 +87,29 @@ impl Plan {
     }
 }
 
+/// Sequences in flight for `parallel` (`None`: `default`). With `auto`, the N in
+/// {1, 2, 4, 8, 16} (within n_batch) that the calibrated cost curve says decodes the most
+/// tokens per second when every sequence adds one token to a round (N / cost(N)); 4 without a
+/// calibration.
+pub fn sequences_in_flight(parallel: Option<crate::settings::Parallel>, plan: &Plan, default: usize) -> usize {
+    use crate::settings::Parallel;
+    match parallel {
+        Some(Parallel::N(n)) => n,
+        Some(Parallel::Auto) => match &plan.gen.cost_curve {
+            Some(curve) => [1usize, 2, 4, 8, 16]
+                .into_iter()
+                .filter(|&n| n <= plan.target.n_batch as usize)
+                .max_by(|&a, &b| (a as f64 / curve.relative(a)).total_cmp(&(b as f64 / curve.relative(b))))
+                .unwrap_or(1),
+            None => {
+                crate::io::note("note: --parallel auto: no calibration for this model (`specrun calibrate`); using 4");
+                4
+            }
+        },
+        None => default,
+    }
+}
+
 /// The models file a selection reads, found in the documented order.
 pub fn config_source(sel: &ModelSelection) -> ConfigSource {
     let env = std::env::var_os("SPECRUN_CONFIG").map(PathBuf::from);

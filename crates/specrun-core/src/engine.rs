@@ -43,6 +43,8 @@ pub struct GenConfig {
     /// The target's calibrated decode cost by batch size, when one is known; `auto` plans
     /// draft lengths along it (otherwise it extrapolates from the sizes it has seen).
     pub cost_curve: Option<std::sync::Arc<CostCurve>>,
+    /// Go on past end-of-generation tokens (for benchmarks: every run generates `max_tokens`).
+    pub ignore_eos: bool,
 }
 
 impl Default for GenConfig {
@@ -57,6 +59,7 @@ impl Default for GenConfig {
             verify: VerifyMode::Greedy,
             seed: 0,
             cost_curve: None,
+            ignore_eos: false,
         }
     }
 }
@@ -387,7 +390,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         // 3. keep the accepted prefix, add the target's token, stop at EOG / max_tokens
         seq.tokens.truncate(n_hist + verdict.n_accepted);
         seq.tokens.push(verdict.next);
-        if let Some(i) = seq.tokens[n_hist..].iter().position(|&t| self.target.is_eog(t)) {
+        if let Some(i) = seq.tokens[n_hist..].iter().position(|&t| !seq.config.ignore_eos && self.target.is_eog(t)) {
             seq.tokens.truncate(n_hist + i + 1);
             seq.finish = Some(FinishReason::Stop);
         }

@@ -1,0 +1,427 @@
+//! `specrun serve`: an OpenAI-compatible HTTP server (axum on tokio) in front of the model
+//! thread of [`crate::infer::serving`].
+//!
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (streamed as server-sent
+//! events ending in `[DONE]`, or whole), `GET /v1/models`, `GET /health`, `GET /metrics`.
+//! Handlers check a request ([`crate::formats::openai`]), put it on a bounded queue (full:
+//! 503 with `Retry-After`) and relay the model thread's events. The models load before the
+//! port opens; SIGINT/SIGTERM stop accepting, let requests in flight finish within `--grace`
+//! seconds, then cancel what is left and exit 0.
+
+use crate::cli::ServeArgs;
+use crate::formats::openai::{chunk, parse_request, response, ApiError, CompletionRequest, Endpoint, Meta, Usage};
+use crate::infer::plan::sequences_in_flight;
+use crate::infer::serving::{serve_loop, Event, Failure, Metrics, ServeRequest};
+use crate::infer::{make_drafter, plan, with_backend};
+use anyhow::{anyhow, Context as _, Result};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use specrun_core::engine::Engine;
+use specrun_core::stats::FinishReason;
+use std::convert::Infallible;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+/// Largest request body.
+const MAX_BODY_BYTES: usize = 8 << 20;
+/// Most requests that may wait for a slot (`--queue`).
+const MAX_QUEUE: usize = 4096;
+
+/// What the handlers share.
+struct AppState {
+    queue: SyncSender<ServeRequest>,
+    metrics: Arc<Metrics>,
+    model: String,
+    drafter: &'static str,
+    n_ctx: usize,
+    api_key: Option<String>,
+    next_id: AtomicU64,
+}
+
+/// What the model thread reports once the models are loaded.
+struct Ready {
+    n_ctx: usize,
+    drafter: &'static str,
+}
+
+pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
+    if args.queue > MAX_QUEUE {
+        return Err(anyhow!("--queue must be at most {MAX_QUEUE}, got {}", args.queue));
+    }
+    if args.api_key.as_deref().is_some_and(str::is_empty) {
+        return Err(anyhow!("--api-key (or SPECRUN_API_KEY) is empty"));
+    }
+    let mut plan = plan(&args.models.selection(), &args.gen.overrides())?;
+    crate::infer::calibration::attach(&mut plan, args.models.mock);
+    let n_parallel = sequences_in_flight(args.parallel.or(plan.parallel), &plan, 4);
+    plan.target.n_seq = n_parallel as u32;
+    if let Some(d) = &mut plan.draft {
+        d.n_seq = n_parallel as u32;
+    }
+    let model = args.alias.clone().or_else(|| plan.pair.clone()).unwrap_or_else(|| plan.target.name.clone());
+    let metrics = Arc::new(Metrics::default());
+    let cancel = Arc::new(AtomicBool::new(false));
+    // a queue of at least one: a request is either in a slot, waiting here, or refused
+    let (queue_tx, queue_rx) = sync_channel::<ServeRequest>(args.queue.max(1));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
+    let mock = args.models.mock;
+    let worker = {
+        let (metrics, cancel) = (metrics.clone(), cancel.clone());
+        std::thread::Builder::new().name("specrun-model".into()).spawn(move || {
+            with_backend(&plan, mock, &mut |target, draft, codec, clock| {
+                let drafter = make_drafter(plan.drafter, plan.ngram, draft);
+                let mut engine = Engine::new(target, drafter, plan.gen.clone());
+                let _ = ready_tx.send(Ready { n_ctx: engine.target.n_ctx(), drafter: engine.drafter.name() });
+                serve_loop(&mut engine, codec, clock, &plan, &queue_rx, n_parallel, &cancel, &metrics);
+                Ok(ExitCode::SUCCESS)
+            })
+        })?
+    };
+    let Ok(ready) = ready_rx.recv() else {
+        // the models did not load: the worker's error says why
+        return match worker.join() {
+            Ok(Err(e)) => Err(e),
+            _ => Err(anyhow!("the model thread ended before the models were ready")),
+        };
+    };
+    let state = Arc::new(AppState {
+        queue: queue_tx,
+        metrics,
+        model,
+        drafter: ready.drafter,
+        n_ctx: ready.n_ctx,
+        api_key: args.api_key.clone(),
+        next_id: AtomicU64::new(1),
+    });
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("cannot start the async runtime")?;
+    let served = runtime.block_on(run_http(args, state, n_parallel));
+    // every handler is gone, so is the queue's sender: the model thread finishes and returns
+    cancel.store(served.as_ref().map_or(true, |graceful| !graceful), Ordering::Relaxed);
+    let _ = worker.join();
+    served.map(|_| ExitCode::SUCCESS)
+}
+
+/// Listen and serve until a signal; `Ok(true)` when every request finished in the grace
+/// period.
+async fn run_http(args: &ServeArgs, state: Arc<AppState>, n_parallel: usize) -> Result<bool> {
+    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+    let addr = listener.local_addr()?;
+    crate::io::note(format!(
+        "specrun serve: listening on http://{addr} (model {}, {n_parallel} slots, drafter {}, queue {})",
+        state.model,
+        state.drafter,
+        args.queue.max(1)
+    ));
+    let app = router(state);
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signal = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown_signal().await;
+            crate::io::note("specrun serve: stopping (no new connections; requests in flight may finish)");
+            stopping.notify_one();
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+    let grace = Duration::from_secs(args.grace);
+    tokio::select! {
+        r = server => {
+            r.context("the server failed")?;
+            Ok(true)
+        }
+        _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            crate::io::note("specrun serve: grace period over; cancelling the requests still in flight");
+            Ok(false)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(api)
+        .fallback(|| async { error(ApiError::new(404, "invalid_request_error", Some("not_found"), "no such route")) })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+fn error(e: ApiError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    (status, Json(e.body())).into_response()
+}
+
+async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.api_key {
+        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(key.as_str()) {
+            return error(ApiError::new(
+                401,
+                "invalid_request_error",
+                Some("invalid_api_key"),
+                "missing or wrong API key (Authorization: Bearer KEY)",
+            ));
+        }
+    }
+    next.run(req).await
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [{"id": state.model, "object": "model", "created": 0, "owned_by": "specrun"}]}))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut r = state.metrics.render(state.drafter).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
+}
+
+async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    complete(state, Endpoint::Chat, &headers, body).await
+}
+
+async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    complete(state, Endpoint::Completions, &headers, body).await
+}
+
+/// Check the body as JSON of the endpoint's shape.
+fn check(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<CompletionRequest, ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        if !ct.starts_with("application/json") {
+            return Err(ApiError::new(415, "invalid_request_error", None, format!("Content-Type must be application/json, got {ct}")));
+        }
+    }
+    let text =
+        std::str::from_utf8(body).map_err(|e| ApiError::new(400, "invalid_request_error", None, format!("the body is not UTF-8: {e}")))?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ApiError::new(400, "invalid_request_error", Some("invalid_json"), format!("the body is not valid JSON: {e}")))?;
+    let req = parse_request(endpoint, &value, state.n_ctx)?;
+    if let Some(m) = &req.model {
+        if *m != state.model {
+            return Err(ApiError {
+                status: 404,
+                message: format!("the model '{m}' does not exist (this server has '{}')", state.model),
+                kind: "invalid_request_error",
+                param: Some("model".into()),
+                code: Some("model_not_found"),
+            });
+        }
+    }
+    if let Some(d) = &req.speculative.drafter {
+        if d != state.drafter {
+            return Err(ApiError::invalid(
+                "speculative",
+                format!(
+                    "this server drafts with '{}', not '{d}' (start it with --draft {d}); set speculative.enabled false for plain decoding",
+                    state.drafter
+                ),
+            ));
+        }
+    }
+    Ok(req)
+}
+
+async fn complete(state: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, body: Bytes) -> Response {
+    let t0 = Instant::now();
+    let req = match check(&state, endpoint, headers, &body) {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.requests_invalid.fetch_add(1, Ordering::Relaxed);
+            return error(e);
+        }
+    };
+    let (tx, mut rx) = unbounded_channel();
+    let (stream, include_usage) = (req.stream, req.include_usage);
+    let job = ServeRequest { prompt: req.prompt, overrides: req.overrides, stops: req.stops, events: tx };
+    state.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = state.queue.try_send(job) {
+        state.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        state.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
+        let why = match e {
+            TrySendError::Full(_) => "every slot is busy and the queue is full; retry later",
+            TrySendError::Disconnected(_) => "the server is stopping",
+        };
+        let mut r = error(ApiError::new(503, "server_error", Some("overloaded"), why));
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
+    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let prefix = if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" };
+    let meta = Meta { id: format!("{prefix}-{id}"), created, model: state.model.clone() };
+    // the first event says whether the request runs
+    let n_prompt = match rx.recv().await {
+        Some(Event::Started { n_prompt }) => n_prompt,
+        Some(Event::Failed(f)) => return error(failure(f)),
+        _ => return error(ApiError::new(500, "server_error", Some("model_error"), "the model failed while this request was in flight")),
+    };
+    let drafter = state.drafter.to_string();
+    if stream {
+        let events = relay(rx, endpoint, meta, n_prompt, drafter, include_usage, state.clone(), t0);
+        return Sse::new(events).keep_alive(KeepAlive::default()).into_response();
+    }
+    let mut text = String::new();
+    let mut first = true;
+    loop {
+        match rx.recv().await {
+            Some(Event::Text(t)) => {
+                if first {
+                    state.metrics.observe_ttft(t0.elapsed().as_secs_f64());
+                    first = false;
+                }
+                text.push_str(&t);
+            }
+            Some(Event::Done { finish, stats }) => {
+                let usage = usage(n_prompt, &stats, drafter);
+                return Json(response(endpoint, &meta, &text, finish_str(finish), &usage)).into_response();
+            }
+            Some(Event::Failed(f)) => return error(failure(f)),
+            Some(Event::Started { .. }) => {}
+            None => {
+                return error(ApiError::new(500, "server_error", Some("model_error"), "the model failed while this request was in flight"))
+            }
+        }
+    }
+}
+
+fn usage(n_prompt: usize, stats: &specrun_core::stats::GenStats, drafter: String) -> Usage {
+    Usage {
+        prompt_tokens: n_prompt,
+        completion_tokens: stats.n_generated,
+        drafter,
+        n_drafted: stats.n_drafted,
+        n_accepted: stats.n_accepted,
+        n_rounds: stats.n_rounds,
+    }
+}
+
+fn finish_str(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        FinishReason::Length | FinishReason::Context => "length",
+    }
+}
+
+fn failure(f: Failure) -> ApiError {
+    match f {
+        Failure::TooLong { n_prompt, n_ctx } => ApiError {
+            status: 400,
+            message: format!("the prompt has {n_prompt} tokens but the context holds {n_ctx}"),
+            kind: "invalid_request_error",
+            param: Some("messages".into()),
+            code: Some("context_length_exceeded"),
+        },
+        Failure::Invalid(m) => ApiError::new(400, "invalid_request_error", None, m),
+        Failure::Model(m) => ApiError::new(500, "server_error", Some("model_error"), m),
+    }
+}
+
+/// The SSE stream of one request: a chunk per text delta, a last chunk with the finish
+/// reason, the usage chunk when asked, then `[DONE]`. Dropping it (the client went away)
+/// closes the channel, which ends the sequence at the next round.
+#[allow(clippy::too_many_arguments)]
+fn relay(
+    rx: UnboundedReceiver<Event>,
+    endpoint: Endpoint,
+    meta: Meta,
+    n_prompt: usize,
+    drafter: String,
+    include_usage: bool,
+    state: Arc<AppState>,
+    t0: Instant,
+) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
+    struct St {
+        rx: UnboundedReceiver<Event>,
+        first: bool,
+        /// Events left to send after the model is done.
+        tail: Vec<String>,
+        done: bool,
+    }
+    let st = St { rx, first: true, tail: Vec::new(), done: false };
+    futures_util::stream::unfold(st, move |mut st| {
+        let (meta, drafter, state) = (meta.clone(), drafter.clone(), state.clone());
+        async move {
+            loop {
+                if let Some(data) = st.tail.pop() {
+                    return Some((Ok(SseEvent::default().data(data)), st));
+                }
+                if st.done {
+                    return None;
+                }
+                match st.rx.recv().await {
+                    Some(Event::Text(t)) => {
+                        if st.first {
+                            state.metrics.observe_ttft(t0.elapsed().as_secs_f64());
+                        }
+                        let c = chunk(endpoint, &meta, Some(&t), st.first, None, None);
+                        st.first = false;
+                        return Some((Ok(SseEvent::default().data(c.to_string())), st));
+                    }
+                    Some(Event::Done { finish, stats }) => {
+                        let mut tail = vec![chunk(endpoint, &meta, None, st.first, Some(finish_str(finish)), None).to_string()];
+                        if include_usage {
+                            tail.push(
+                                chunk(endpoint, &meta, None, false, None, Some(&usage(n_prompt, &stats, drafter.clone()))).to_string(),
+                            );
+                        }
+                        tail.push("[DONE]".to_string());
+                        tail.reverse();
+                        st.tail = tail;
+                        st.done = true;
+                    }
+                    Some(Event::Failed(f)) => {
+                        st.tail = vec!["[DONE]".to_string(), failure(f).body().to_string()];
+                        st.done = true;
+                    }
+                    Some(Event::Started { .. }) => {}
+                    None => {
+                        let e =
+                            ApiError::new(500, "server_error", Some("model_error"), "the model failed while this request was in flight");
+                        st.tail = vec!["[DONE]".to_string(), e.body().to_string()];
+                        st.done = true;
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,480 @@
+//! The OpenAI-compatible wire format `specrun serve` speaks: requests checked field by field
+//! into the one settings path (each value tagged [`Origin::Request`]), responses, stream
+//! chunks and the error object (`{"error": {"message", "type", "param", "code"}}`).
+//!
+//! Pure: no HTTP, no clock (the caller passes `created`), no model. A request is read from a
+//! `serde_json::Value` rather than derived, so that every wrong field is named in `param`.
+
+use crate::formats::records::PromptInput;
+use crate::settings::{self, Origin, Overrides, Setting};
+use serde_json::{json, Map, Value};
+
+/// Longest stop list and stop string a request may carry.
+pub const MAX_STOPS: usize = 16;
+pub const MAX_STOP_LEN: usize = 256;
+/// Most chat messages in one request.
+pub const MAX_MESSAGES: usize = 4096;
+
+/// Which endpoint a request came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+}
+
+/// A request that cannot be served, as an HTTP status and an OpenAI error object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn invalid(param: &str, message: impl Into<String>) -> Self {
+        Self { status: 400, message: message.into(), kind: "invalid_request_error", param: Some(param.to_string()), code: None }
+    }
+    pub fn new(status: u16, kind: &'static str, code: Option<&'static str>, message: impl Into<String>) -> Self {
+        Self { status, message: message.into(), kind, param: None, code }
+    }
+    /// The JSON body.
+    pub fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+    }
+}
+
+/// The `speculative` extension of a request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Speculative {
+    /// The drafter asked for (must be the server's).
+    pub drafter: Option<String>,
+}
+
+/// A checked request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionRequest {
+    pub endpoint: Endpoint,
+    pub model: Option<String>,
+    pub prompt: PromptInput,
+    pub stream: bool,
+    /// `stream_options.include_usage`: a last chunk with `usage`.
+    pub include_usage: bool,
+    pub stops: Vec<String>,
+    /// Settings over the server's (sampling, `max_tokens`, draft length).
+    pub overrides: Overrides,
+    pub speculative: Speculative,
+}
+
+fn get_f32(obj: &Map<String, Value>, key: &'static str) -> Result<Option<f32>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            n.as_f64().map(|x| Some(x as f32)).ok_or_else(|| ApiError::invalid(key, format!("{key} must be a number")))
+        }
+        Some(_) => Err(ApiError::invalid(key, format!("{key} must be a number"))),
+    }
+}
+
+fn get_uint(obj: &Map<String, Value>, key: &'static str) -> Result<Option<u64>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => {
+            n.as_u64().map(Some).ok_or_else(|| ApiError::invalid(key, format!("{key} must be a whole number >= 0, got {n}")))
+        }
+        Some(_) => Err(ApiError::invalid(key, format!("{key} must be a whole number"))),
+    }
+}
+
+fn get_bool(obj: &Map<String, Value>, key: &'static str) -> Result<Option<bool>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::invalid(key, format!("{key} must be true or false"))),
+    }
+}
+
+fn get_str<'a>(obj: &'a Map<String, Value>, key: &'static str) -> Result<Option<&'a str>, ApiError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::invalid(key, format!("{key} must be a string"))),
+    }
+}
+
+/// Fields OpenAI defines that specrun does not implement: accepted only at their neutral value.
+type IsNeutral = fn(&Value) -> bool;
+const NEUTRAL: [(&str, IsNeutral); 6] = [
+    ("frequency_penalty", |v| v.as_f64() == Some(0.0)),
+    ("presence_penalty", |v| v.as_f64() == Some(0.0)),
+    ("logprobs", |v| v.as_bool() == Some(false) || v.is_null()),
+    ("echo", |v| v.as_bool() == Some(false)),
+    ("best_of", |v| v.as_u64() == Some(1)),
+    ("tools", |v| v.as_array().is_some_and(Vec::is_empty)),
+];
+
+/// Fields read elsewhere or harmless to ignore.
+const KNOWN: [&str; 21] = [
+    "ignore_eos",
+    "model",
+    "messages",
+    "prompt",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repeat_penalty",
+    "seed",
+    "stop",
+    "n",
+    "speculative",
+    "user",
+    "logit_bias",
+    "tool_choice",
+    "response_format",
+];
+
+/// Check a request body (already parsed as JSON) for `endpoint`. `n_ctx` bounds `max_tokens`.
+pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<CompletionRequest, ApiError> {
+    let obj =
+        body.as_object().ok_or_else(|| ApiError::new(400, "invalid_request_error", None, "the request body must be a JSON object"))?;
+    for (key, v) in obj {
+        if let Some((_, neutral)) = NEUTRAL.iter().find(|(k, _)| k == key) {
+            if !neutral(v) {
+                return Err(ApiError::invalid(key, format!("{key} is not supported by specrun serve")));
+            }
+        } else if !KNOWN.contains(&key.as_str()) {
+            return Err(ApiError::invalid(key, format!("unknown field {key}")));
+        }
+    }
+    for key in ["logit_bias", "response_format"] {
+        if obj.get(key).is_some_and(|v| !v.is_null() && v != &json!({}) && v != &json!({"type": "text"})) {
+            return Err(ApiError::invalid(key, format!("{key} is not supported by specrun serve")));
+        }
+    }
+    let model = get_str(obj, "model")?.map(str::to_string);
+    let prompt = match endpoint {
+        Endpoint::Chat => PromptInput::Chat(parse_messages(obj.get("messages"))?),
+        Endpoint::Completions => PromptInput::Text(parse_prompt(obj.get("prompt"))?),
+    };
+    if let Some(n) = get_uint(obj, "n")? {
+        if n != 1 {
+            return Err(ApiError::invalid("n", format!("n must be 1 (one choice per request), got {n}")));
+        }
+    }
+    let stream = get_bool(obj, "stream")?.unwrap_or(false);
+    let include_usage = match obj.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => get_bool(o, "include_usage")
+            .map_err(|_| ApiError::invalid("stream_options", "stream_options.include_usage must be true or false"))?
+            .unwrap_or(false),
+        Some(_) => return Err(ApiError::invalid("stream_options", "stream_options must be an object")),
+    };
+    let stops = parse_stop(obj.get("stop"))?;
+    let req = |key: &'static str| Origin::Request { key };
+    let mut o = Overrides::default();
+    let max_tokens = match (get_uint(obj, "max_tokens")?, get_uint(obj, "max_completion_tokens")?) {
+        (Some(m), _) => Some(("max_tokens", m)),
+        (None, Some(m)) => Some(("max_completion_tokens", m)),
+        (None, None) => None,
+    };
+    if let Some((key, m)) = max_tokens {
+        if m == 0 || m > n_ctx as u64 {
+            return Err(ApiError::invalid(key, format!("{key} must be in [1, {n_ctx}] (the context size), got {m}")));
+        }
+        o.max_tokens = Some(Setting::new(m as usize, req(if key == "max_tokens" { "max_tokens" } else { "max_completion_tokens" })));
+    }
+    o.temp = get_f32(obj, "temperature")?.map(|v| Setting::new(v, req("temperature")));
+    o.top_p = get_f32(obj, "top_p")?.map(|v| Setting::new(v, req("top_p")));
+    o.min_p = get_f32(obj, "min_p")?.map(|v| Setting::new(v, req("min_p")));
+    o.repeat_penalty = get_f32(obj, "repeat_penalty")?.map(|v| Setting::new(v, req("repeat_penalty")));
+    o.top_k = get_uint(obj, "top_k")?.map(|v| Setting::new(v.min(usize::MAX as u64) as usize, req("top_k")));
+    o.seed = match obj.get("seed") {
+        None | Some(Value::Null) => None,
+        // OpenAI's seed is a signed integer: take its bits
+        Some(Value::Number(n)) => Some(Setting::new(
+            n.as_u64().or_else(|| n.as_i64().map(|i| i as u64)).ok_or_else(|| ApiError::invalid("seed", "seed must be an integer"))?,
+            req("seed"),
+        )),
+        Some(_) => return Err(ApiError::invalid("seed", "seed must be an integer")),
+    };
+    o.ignore_eos = get_bool(obj, "ignore_eos")?.map(|v| Setting::new(v, req("ignore_eos")));
+    let mut speculative = Speculative::default();
+    match obj.get("speculative") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(s)) => {
+            for key in s.keys() {
+                if !["drafter", "draft_max", "enabled"].contains(&key.as_str()) {
+                    return Err(ApiError::invalid(
+                        "speculative",
+                        format!("unknown field speculative.{key} (known: drafter, draft_max, enabled)"),
+                    ));
+                }
+            }
+            let bad = |m: &str| ApiError::invalid("speculative", m.to_string());
+            speculative.drafter = get_str(s, "drafter").map_err(|_| bad("speculative.drafter must be a string"))?.map(str::to_string);
+            if let Some(k) = get_uint(s, "draft_max").map_err(|_| bad("speculative.draft_max must be a whole number"))? {
+                o.draft_max = Some(Setting::new(k.min(usize::MAX as u64) as usize, req("speculative.draft_max")));
+            }
+            if get_bool(s, "enabled").map_err(|_| bad("speculative.enabled must be true or false"))? == Some(false) {
+                o.no_draft = Some(Setting::new(true, req("speculative.enabled")));
+            }
+        }
+        Some(_) => return Err(ApiError::invalid("speculative", "speculative must be an object")),
+    }
+    // the one settings path checks ranges; its message names the field
+    settings::validate(&o).map_err(|e| {
+        let param = match &e.origin {
+            Origin::Request { key } => key.to_string(),
+            _ => String::new(),
+        };
+        ApiError::invalid(&param, e.to_string())
+    })?;
+    Ok(CompletionRequest { endpoint, model, prompt, stream, include_usage, stops, overrides: o, speculative })
+}
+
+fn parse_messages(v: Option<&Value>) -> Result<Vec<(String, String)>, ApiError> {
+    let arr = match v {
+        Some(Value::Array(a)) if !a.is_empty() => a,
+        Some(Value::Array(_)) => return Err(ApiError::invalid("messages", "messages must not be empty")),
+        None | Some(Value::Null) => return Err(ApiError::invalid("messages", "messages is required")),
+        Some(_) => return Err(ApiError::invalid("messages", "messages must be an array")),
+    };
+    if arr.len() > MAX_MESSAGES {
+        return Err(ApiError::invalid("messages", format!("at most {MAX_MESSAGES} messages")));
+    }
+    arr.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let param = format!("messages[{i}]");
+            let o = m.as_object().ok_or_else(|| ApiError::invalid(&param, format!("{param} must be an object")))?;
+            let role = match o.get("role") {
+                Some(Value::String(r)) if ["system", "user", "assistant", "developer"].contains(&r.as_str()) => {
+                    if r == "developer" {
+                        "system".to_string()
+                    } else {
+                        r.clone()
+                    }
+                }
+                Some(Value::String(r)) => return Err(ApiError::invalid(&format!("{param}.role"), format!("unsupported role {r:?}"))),
+                _ => return Err(ApiError::invalid(&format!("{param}.role"), format!("{param}.role must be a string"))),
+            };
+            let content = match o.get("content") {
+                Some(Value::String(s)) => s.clone(),
+                // the list form: text parts only
+                Some(Value::Array(parts)) => {
+                    let mut text = String::new();
+                    for p in parts {
+                        match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                            (Some("text"), Some(t)) => text.push_str(t),
+                            _ => return Err(ApiError::invalid(&format!("{param}.content"), "only text content parts are supported")),
+                        }
+                    }
+                    text
+                }
+                _ => return Err(ApiError::invalid(&format!("{param}.content"), format!("{param}.content must be a string"))),
+            };
+            Ok((role, content))
+        })
+        .collect()
+}
+
+fn parse_prompt(v: Option<&Value>) -> Result<String, ApiError> {
+    match v {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        Some(Value::String(_)) => Err(ApiError::invalid("prompt", "prompt must not be empty")),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => parse_prompt(Some(&a[0])),
+        Some(Value::Array(_)) => Err(ApiError::invalid("prompt", "prompt must be one string (batches of prompts are not supported)")),
+        None | Some(Value::Null) => Err(ApiError::invalid("prompt", "prompt is required")),
+        Some(_) => Err(ApiError::invalid("prompt", "prompt must be a string")),
+    }
+}
+
+fn parse_stop(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    let stops = match v {
+        None | Some(Value::Null) => vec![],
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|s| {
+                s.as_str().map(str::to_string).ok_or_else(|| ApiError::invalid("stop", "stop must be a string or an array of strings"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(ApiError::invalid("stop", "stop must be a string or an array of strings")),
+    };
+    if stops.len() > MAX_STOPS || stops.iter().any(|s| s.len() > MAX_STOP_LEN) {
+        return Err(ApiError::invalid("stop", format!("at most {MAX_STOPS} stop strings of at most {MAX_STOP_LEN} bytes")));
+    }
+    Ok(stops.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
+/// What a finished request reports besides its text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// The `specrun` extension: drafter, acceptance and tokens per round.
+    pub drafter: String,
+    pub n_drafted: usize,
+    pub n_accepted: usize,
+    pub n_rounds: usize,
+}
+
+impl Usage {
+    pub fn json(&self) -> Value {
+        let acceptance = if self.n_drafted > 0 { self.n_accepted as f64 / self.n_drafted as f64 } else { 0.0 };
+        let per_round = if self.n_rounds > 0 { self.completion_tokens as f64 / self.n_rounds as f64 } else { 0.0 };
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "specrun": {
+                "drafter": self.drafter,
+                "n_drafted": self.n_drafted,
+                "n_accepted": self.n_accepted,
+                "acceptance_rate": acceptance,
+                "tokens_per_round": per_round,
+            }
+        })
+    }
+}
+
+/// The response's identity: id, creation time (Unix seconds) and model name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Meta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+/// A whole (non-streamed) response.
+pub fn response(endpoint: Endpoint, meta: &Meta, text: &str, finish: &str, usage: &Usage) -> Value {
+    let choice = match endpoint {
+        Endpoint::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": null}),
+        Endpoint::Completions => json!({"index": 0, "text": text, "finish_reason": finish, "logprobs": null}),
+    };
+    json!({
+        "id": meta.id,
+        "object": if endpoint == Endpoint::Chat { "chat.completion" } else { "text_completion" },
+        "created": meta.created,
+        "model": meta.model,
+        "choices": [choice],
+        "usage": usage.json(),
+    })
+}
+
+/// One stream chunk: a text delta (`role` on a chat stream's first chunk), or the last one
+/// with `finish`; `usage` only on the extra usage chunk (`choices` empty).
+pub fn chunk(endpoint: Endpoint, meta: &Meta, delta: Option<&str>, first: bool, finish: Option<&str>, usage: Option<&Usage>) -> Value {
+    let choices = if usage.is_some() {
+        json!([])
+    } else {
+        match endpoint {
+            Endpoint::Chat => {
+                let mut d = Map::new();
+                if first {
+                    d.insert("role".into(), json!("assistant"));
+                }
+                if let Some(t) = delta {
+                    d.insert("content".into(), json!(t));
+                }
+                json!([{"index": 0, "delta": d, "finish_reason": finish, "logprobs": null}])
+            }
+            Endpoint::Completions => json!([{"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish, "logprobs": null}]),
+        }
+    };
+    let mut c = json!({
+        "id": meta.id,
+        "object": if endpoint == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" },
+        "created": meta.created,
+        "model": meta.model,
+        "choices": choices,
+    });
+    if let Some(u) = usage {
+        c["usage"] = u.json();
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: Value) -> Result<CompletionRequest, ApiError> {
+        parse_request(Endpoint::Chat, &body, 4096)
+    }
+
+    #[test]
+    fn a_full_chat_request_becomes_settings() {
+        let r = chat(json!({
+            "model": "qwen-coder", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            "max_tokens": 20, "temperature": 0.7, "top_p": 0.9, "top_k": 40, "min_p": 0.05, "seed": -1, "stop": "END", "n": 1,
+            "stream": true, "stream_options": {"include_usage": true}, "speculative": {"draft_max": 8}
+        }))
+        .unwrap();
+        assert_eq!(r.prompt, PromptInput::Chat(vec![("system".into(), "be brief".into()), ("user".into(), "hi".into())]));
+        assert_eq!(r.overrides.max_tokens.as_ref().unwrap().value, 20);
+        assert_eq!(r.overrides.seed.as_ref().unwrap().value, u64::MAX);
+        assert_eq!(r.overrides.draft_max.as_ref().unwrap().value, 8);
+        assert_eq!(r.stops, vec!["END".to_string()]);
+        assert!(r.stream && r.include_usage);
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let base = json!({"messages": [{"role": "user", "content": "hi"}]});
+        let with = |k: &str, v: Value| {
+            let mut b = base.clone();
+            b[k] = v;
+            chat(b).unwrap_err()
+        };
+        for (k, v, param) in [
+            ("max_tokens", json!(0), "max_tokens"),
+            ("max_tokens", json!(1u64 << 40), "max_tokens"),
+            ("max_tokens", json!("5"), "max_tokens"),
+            ("temperature", json!(-1), "temperature"),
+            ("temperature", json!("hot"), "temperature"),
+            ("top_p", json!(0), "top_p"),
+            ("n", json!(2), "n"),
+            ("stop", json!([1]), "stop"),
+            ("messages", json!([]), "messages"),
+            ("messages", json!("hi"), "messages"),
+            ("frequency_penalty", json!(0.5), "frequency_penalty"),
+            ("bogus", json!(1), "bogus"),
+            ("speculative", json!({"k": 1}), "speculative"),
+        ] {
+            let e = with(k, v.clone());
+            assert_eq!((e.status, e.param.as_deref()), (400, Some(param)), "{k}={v}: {e:?}");
+            assert!(!e.message.is_empty() && !e.message.ends_with('.'), "{}", e.message);
+        }
+        let e = chat(json!([1, 2])).unwrap_err();
+        assert_eq!(e.status, 400);
+        let e = parse_request(Endpoint::Completions, &json!({"prompt": ["a", "b"]}), 4096).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("prompt"));
+        let body = e.body();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert!(body["error"].get("code").is_some());
+    }
+
+    #[test]
+    fn chunks_and_responses_have_the_openai_shape() {
+        let meta = Meta { id: "chatcmpl-1".into(), created: 7, model: "m".into() };
+        let usage = Usage { prompt_tokens: 3, completion_tokens: 4, drafter: "ngram".into(), n_drafted: 4, n_accepted: 2, n_rounds: 2 };
+        let r = response(Endpoint::Chat, &meta, "hey", "stop", &usage);
+        assert_eq!(r["choices"][0]["message"]["content"], "hey");
+        assert_eq!(r["usage"]["total_tokens"], 7);
+        assert_eq!(r["usage"]["specrun"]["acceptance_rate"], 0.5);
+        let c = chunk(Endpoint::Chat, &meta, Some("he"), true, None, None);
+        assert_eq!(c["choices"][0]["delta"], json!({"role": "assistant", "content": "he"}));
+        let c = chunk(Endpoint::Completions, &meta, None, false, Some("length"), None);
+        assert_eq!(c["choices"][0]["finish_reason"], "length");
+        let u = chunk(Endpoint::Chat, &meta, None, false, None, Some(&usage));
+        assert_eq!(u["choices"], json!([]));
+        assert_eq!(u["usage"]["completion_tokens"], 4);
+    }
+}

@@ -1,0 +1,389 @@
+//! The model side of `specrun serve`: one thread owns the models and runs continuous batching
+//! ([`specrun_core::batching::run_continuous_from`]) over a bounded queue of requests, each
+//! with a channel back to its HTTP handler.
+//!
+//! A request joins the shared rounds as soon as a slot is free. Its tokens go back as text
+//! deltas (whole UTF-8 characters, cut at a stop string); when the handler's receiver is gone
+//! (the client disconnected), the sequence ends at the next round and its cells are freed at
+//! once. A request that cannot start (bad settings, a prompt longer than the context) fails
+//! alone; a shared decode that fails fails the requests in flight (their channels close) and
+//! the loop goes on with the next ones.
+
+use crate::formats::records::PromptInput;
+use crate::infer::{cut_at_stop, Plan};
+use crate::settings::Overrides;
+use specrun_core::batching::{run_continuous_from, BatchEnd, BatchJob, BatchStats, JobSource, NextJob};
+use specrun_core::control::VerifyCosts;
+use specrun_core::detok::Utf8Stream;
+use specrun_core::draft::Drafter;
+use specrun_core::engine::{Engine, EngineError};
+use specrun_core::model::{Model, TextCodec};
+use specrun_core::stats::{Clock, FinishReason, GenStats};
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// One request for the model thread.
+pub struct ServeRequest {
+    pub prompt: PromptInput,
+    pub overrides: Overrides,
+    pub stops: Vec<String>,
+    pub events: UnboundedSender<Event>,
+}
+
+/// What the model thread tells a request's handler, in order: `Started`, any number of
+/// `Text`, then `Done`; or `Failed` instead of all of them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Started { n_prompt: usize },
+    Text(String),
+    Done { finish: FinishReason, stats: Box<GenStats> },
+    Failed(Failure),
+}
+
+/// Why a request could not run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// The prompt does not fit the context.
+    TooLong { n_prompt: usize, n_ctx: usize },
+    /// A setting out of range (the message names it), a chat template that failed, an empty prompt.
+    Invalid(String),
+    /// The model failed.
+    Model(String),
+}
+
+/// Counters `/metrics` shows (Prometheus text format).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub requests_ok: AtomicU64,
+    pub requests_invalid: AtomicU64,
+    pub requests_rejected: AtomicU64,
+    pub requests_failed: AtomicU64,
+    pub requests_cancelled: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+    pub rounds: AtomicU64,
+    pub drafted: AtomicU64,
+    pub accepted: AtomicU64,
+    pub queue_depth: AtomicUsize,
+    pub in_flight: AtomicUsize,
+    /// Time to first token: bucket counts (cumulative at render), sum and count.
+    ttft: Mutex<Histogram>,
+}
+
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: [u64; TTFT_BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+/// Upper bounds of the time-to-first-token histogram, in seconds.
+pub const TTFT_BUCKETS: [f64; 10] = [0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+impl Metrics {
+    pub fn observe_ttft(&self, secs: f64) {
+        let mut h = self.ttft.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = TTFT_BUCKETS.iter().position(|&b| secs <= b) {
+            h.counts[i] += 1;
+        }
+        h.sum += secs;
+        h.count += 1;
+    }
+
+    /// The Prometheus text exposition; `drafter` labels the draft counters.
+    pub fn render(&self, drafter: &str) -> String {
+        let mut s = String::new();
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut counter = |name: &str, help: &str, values: &[(&str, u64)]| {
+            let _ = writeln!(s, "# HELP specrun_{name} {help}\n# TYPE specrun_{name} counter");
+            for (labels, v) in values {
+                let _ = writeln!(s, "specrun_{name}{labels} {v}");
+            }
+        };
+        counter(
+            "requests_total",
+            "Completion requests by outcome.",
+            &[
+                ("{outcome=\"ok\"}", get(&self.requests_ok)),
+                ("{outcome=\"invalid\"}", get(&self.requests_invalid)),
+                ("{outcome=\"rejected\"}", get(&self.requests_rejected)),
+                ("{outcome=\"failed\"}", get(&self.requests_failed)),
+                ("{outcome=\"cancelled\"}", get(&self.requests_cancelled)),
+            ],
+        );
+        counter("prompt_tokens_total", "Prompt tokens read.", &[("", get(&self.prompt_tokens))]);
+        counter("completion_tokens_total", "Tokens generated.", &[("", get(&self.completion_tokens))]);
+        counter("rounds_total", "Speculative rounds (one target decode each, per sequence).", &[("", get(&self.rounds))]);
+        let label = format!("{{drafter=\"{drafter}\"}}");
+        counter("drafted_tokens_total", "Draft tokens proposed.", &[(&label, get(&self.drafted))]);
+        counter("accepted_tokens_total", "Draft tokens accepted.", &[(&label, get(&self.accepted))]);
+        for (name, help, v) in [
+            ("queue_depth", "Requests waiting for a slot.", self.queue_depth.load(Ordering::Relaxed)),
+            ("requests_in_flight", "Requests being generated.", self.in_flight.load(Ordering::Relaxed)),
+        ] {
+            let _ = writeln!(s, "# HELP specrun_{name} {help}\n# TYPE specrun_{name} gauge\nspecrun_{name} {v}");
+        }
+        let h = self.ttft.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(
+            s,
+            "# HELP specrun_time_to_first_token_seconds From request to first token.\n# TYPE specrun_time_to_first_token_seconds histogram"
+        );
+        let mut cum = 0;
+        for (b, c) in TTFT_BUCKETS.iter().zip(h.counts) {
+            cum += c;
+            let _ = writeln!(s, "specrun_time_to_first_token_seconds_bucket{{le=\"{b}\"}} {cum}");
+        }
+        let _ = writeln!(s, "specrun_time_to_first_token_seconds_bucket{{le=\"+Inf\"}} {}", h.count);
+        let _ = writeln!(s, "specrun_time_to_first_token_seconds_sum {}", h.sum);
+        let _ = writeln!(s, "specrun_time_to_first_token_seconds_count {}", h.count);
+        s
+    }
+}
+
+/// A request in flight: its channel, stop strings and text so far.
+struct Slot {
+    events: UnboundedSender<Event>,
+    stops: Vec<String>,
+    text: RefCell<TextState>,
+}
+
+struct TextState {
+    utf8: Utf8Stream,
+    /// Text produced so far (kept to find stop strings across deltas).
+    text: String,
+    /// How much of `text` was sent.
+    sent: usize,
+    stopped: bool,
+}
+
+/// How far text can be sent without giving away the start of a stop string.
+fn safe_len(text: &str, stops: &[String]) -> usize {
+    let mut keep = text.len();
+    for s in stops {
+        // the longest suffix of `text` that is a proper prefix of `s`
+        for n in (1..s.len().min(text.len() + 1)).rev() {
+            if s.is_char_boundary(n) && text.ends_with(&s[..n]) {
+                keep = keep.min(text.len() - n);
+                break;
+            }
+        }
+    }
+    keep
+}
+
+/// The queue as the batching loop's job source: waits (briefly, so that cancellation is
+/// seen) when nothing is in flight, otherwise takes only what is already there.
+struct Queue<'a> {
+    rx: &'a Receiver<ServeRequest>,
+    codec: &'a dyn TextCodec,
+    plan: &'a Plan,
+    metrics: &'a Metrics,
+}
+
+impl Queue<'_> {
+    /// Turn a request into a job, or answer it with a failure.
+    fn job(&self, r: ServeRequest) -> Option<BatchJob<Slot>> {
+        let fail = |f: Failure| {
+            let _ = r.events.send(Event::Failed(f));
+            None
+        };
+        let text = match &r.prompt {
+            PromptInput::Text(t) => t.clone(),
+            PromptInput::Chat(m) => match self.codec.chat(m) {
+                Ok(t) => t,
+                Err(e) => return fail(Failure::Invalid(format!("the chat template failed: {e}"))),
+            },
+        };
+        let resolved = match self.plan.resolve_with(&r.overrides) {
+            Ok(x) => x,
+            Err(e) => return fail(Failure::Invalid(e.to_string())),
+        };
+        let mut config = resolved.gen;
+        if resolved.drafter.is_none() {
+            config.draft_max = 0;
+        }
+        let prompt = self.codec.tokenize(&text);
+        let slot = Slot {
+            events: r.events,
+            stops: r.stops,
+            text: RefCell::new(TextState { utf8: Utf8Stream::new(), text: String::new(), sent: 0, stopped: false }),
+        };
+        Some(BatchJob { tag: slot, config, prompt })
+    }
+}
+
+impl JobSource<Slot> for Queue<'_> {
+    fn next_job(&mut self, idle: bool) -> NextJob<Slot> {
+        loop {
+            let r = if idle {
+                match self.rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(r) => r,
+                    Err(RecvTimeoutError::Timeout) => return NextJob::Later,
+                    Err(RecvTimeoutError::Disconnected) => return NextJob::Closed,
+                }
+            } else {
+                match self.rx.try_recv() {
+                    Ok(r) => r,
+                    Err(TryRecvError::Empty) => return NextJob::Later,
+                    Err(TryRecvError::Disconnected) => return NextJob::Closed,
+                }
+            };
+            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            if r.events.is_closed() {
+                // the client left while it waited
+                self.metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if let Some(job) = self.job(r) {
+                return NextJob::Job(job);
+            }
+        }
+    }
+}
+
+/// Serve requests from `rx` until every sender is gone (or `cancel`), with up to `n_parallel`
+/// in flight on `engine`.
+#[allow(clippy::too_many_arguments)]
+pub fn serve_loop<T: Model, D: Drafter>(
+    engine: &mut Engine<T, D>,
+    codec: &dyn TextCodec,
+    clock: &dyn Clock,
+    plan: &Plan,
+    rx: &Receiver<ServeRequest>,
+    n_parallel: usize,
+    cancel: &AtomicBool,
+    metrics: &Metrics,
+) {
+    let mut costs = plan.gen.cost_curve.clone().map_or_else(VerifyCosts::default, VerifyCosts::with_curve);
+    loop {
+        let mut queue = Queue { rx, codec, plan, metrics };
+        let mut stats = BatchStats::default();
+        let end = run_continuous_from(
+            engine,
+            &mut queue,
+            n_parallel,
+            &mut costs,
+            clock,
+            &|| cancel.load(Ordering::Relaxed),
+            |slot, seq, added| {
+                let mut st = slot.text.borrow_mut();
+                if seq.stats.n_generated == added.len() && added.start == seq.n_prompt {
+                    metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+                    let _ = slot.events.send(Event::Started { n_prompt: seq.n_prompt });
+                }
+                for &t in &seq.tokens[added] {
+                    let piece = st.utf8.push(&codec.piece(t));
+                    st.text.push_str(&piece);
+                }
+                if let (kept, true) = cut_at_stop(&st.text, &slot.stops) {
+                    let n = kept.len();
+                    st.text.truncate(n);
+                    st.stopped = true;
+                }
+                let upto = if st.stopped { st.text.len() } else { safe_len(&st.text, &slot.stops) };
+                if upto > st.sent {
+                    let delta = st.text[st.sent..upto].to_string();
+                    st.sent = upto;
+                    if slot.events.send(Event::Text(delta)).is_err() {
+                        return true;
+                    }
+                }
+                // a client that went away ends its sequence now (its cells are freed)
+                st.stopped || slot.events.is_closed()
+            },
+            |slot, result| match result {
+                Ok(seq) => {
+                    let started = seq.stats.n_generated > 0;
+                    if started {
+                        metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    if slot.events.is_closed() {
+                        metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    if !started {
+                        let _ = slot.events.send(Event::Started { n_prompt: seq.n_prompt });
+                    }
+                    let mut st = slot.text.borrow_mut();
+                    if !st.stopped {
+                        let tail = st.utf8.finish();
+                        st.text.push_str(&tail);
+                        if let (kept, true) = cut_at_stop(&st.text, &slot.stops) {
+                            let n = kept.len();
+                            st.text.truncate(n);
+                        }
+                    }
+                    if st.text.len() > st.sent {
+                        let _ = slot.events.send(Event::Text(st.text[st.sent..].to_string()));
+                    }
+                    metrics.requests_ok.fetch_add(1, Ordering::Relaxed);
+                    metrics.prompt_tokens.fetch_add(seq.n_prompt as u64, Ordering::Relaxed);
+                    metrics.completion_tokens.fetch_add(seq.stats.n_generated as u64, Ordering::Relaxed);
+                    metrics.rounds.fetch_add(seq.stats.n_rounds as u64, Ordering::Relaxed);
+                    metrics.drafted.fetch_add(seq.stats.n_drafted as u64, Ordering::Relaxed);
+                    metrics.accepted.fetch_add(seq.stats.n_accepted as u64, Ordering::Relaxed);
+                    let finish = if st.stopped { FinishReason::Stop } else { seq.finish.unwrap_or(FinishReason::Length) };
+                    let _ = slot.events.send(Event::Done { finish, stats: Box::new(seq.stats) });
+                }
+                Err(e) => {
+                    let failure = match e {
+                        EngineError::PromptTooLong { n_prompt, n_ctx } => Failure::TooLong { n_prompt, n_ctx },
+                        EngineError::EmptyPrompt => Failure::Invalid("the prompt is empty".into()),
+                        other => Failure::Model(other.to_string()),
+                    };
+                    if matches!(failure, Failure::Model(_)) {
+                        metrics.requests_failed.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        metrics.requests_invalid.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = slot.events.send(Event::Failed(failure));
+                }
+            },
+            &mut stats,
+        );
+        match end {
+            Ok(BatchEnd::Done) | Ok(BatchEnd::Cancelled) => return,
+            Err(e) => {
+                // the requests in flight are dropped with their channels: their handlers answer 500
+                tracing::error!("a shared decode failed: {e}");
+                metrics.requests_failed.fetch_add(1, Ordering::Relaxed);
+                metrics.in_flight.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_that_may_begin_a_stop_string_is_held_back() {
+        let stops = vec!["</end>".to_string()];
+        assert_eq!(safe_len("abc</e", &stops), 3);
+        assert_eq!(safe_len("abc<", &stops), 3);
+        assert_eq!(safe_len("abc", &stops), 3);
+        assert_eq!(safe_len("", &stops), 0);
+        assert_eq!(safe_len("x\u{e9}", &["\u{e9}!".to_string()]), 1);
+    }
+
+    #[test]
+    fn metrics_render_as_prometheus_text() {
+        let m = Metrics::default();
+        m.requests_ok.fetch_add(2, Ordering::Relaxed);
+        m.observe_ttft(0.07);
+        m.observe_ttft(3.0);
+        let text = m.render("ngram");
+        assert!(text.contains("specrun_requests_total{outcome=\"ok\"} 2"), "{text}");
+        assert!(text.contains("specrun_drafted_tokens_total{drafter=\"ngram\"} 0"));
+        assert!(text.contains("specrun_time_to_first_token_seconds_bucket{le=\"0.1\"} 1"));
+        assert!(text.contains("specrun_time_to_first_token_seconds_bucket{le=\"5\"} 2"));
+        assert!(text.contains("specrun_time_to_first_token_seconds_count 2"));
+        assert!(text.lines().all(|l| l.starts_with('#') || l.starts_with("specrun_")));
+    }
+}

@@ -1,0 +1,256 @@
+//! `specrun serve` end to end on the mock backend, on loopback with an ephemeral port: chat and
+//! text completions streamed and not, concurrency, a client that leaves mid-stream, a full
+//! queue, every kind of bad input, the API key, graceful stop on SIGTERM — and, when the
+//! `openai` Python package is at hand (`scripts/test.sh` installs it), the official client.
+
+#[path = "support/server.rs"]
+mod server;
+
+use server::{agent, json, post, post_with, repo, Server};
+use std::io::{BufRead, BufReader, Read};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn start(extra: &[&str]) -> Server {
+    start_env(extra, &[])
+}
+
+fn start_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut args = vec!["--mock", "--config"];
+    let config = repo("models.toml");
+    args.push(config.to_str().unwrap());
+    args.extend_from_slice(extra);
+    server::start(&args, env)
+}
+
+/// The text of a non-streamed response.
+fn text_of(v: &serde_json::Value) -> String {
+    let c = &v["choices"][0];
+    c["message"]["content"].as_str().or(c["text"].as_str()).unwrap().to_string()
+}
+
+/// The text of an SSE body (deltas joined), checking the framing: `data:` events, `[DONE]` last.
+fn join_stream(body: &str) -> (String, String) {
+    let data: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{body}");
+    let mut text = String::new();
+    let mut finish = String::new();
+    for d in &data[..data.len() - 1] {
+        let v = json(d);
+        if let Some(c) = v["choices"].get(0) {
+            text.push_str(c["delta"]["content"].as_str().or(c["text"].as_str()).unwrap_or(""));
+            if let Some(f) = c["finish_reason"].as_str() {
+                finish = f.to_string();
+            }
+        }
+    }
+    (text, finish)
+}
+
+fn chat_body(content: &str, extra: &str) -> String {
+    format!(r#"{{"messages": [{{"role": "user", "content": {}}}]{extra}}}"#, serde_json::to_string(content).unwrap())
+}
+
+#[test]
+fn chat_and_text_completions_streamed_and_not_agree() {
+    let s = start(&[]);
+    for (path, body) in [
+        ("/v1/chat/completions", chat_body("tell me a story", r#", "max_tokens": 30, "temperature": 0.8, "seed": 42"#)),
+        ("/v1/completions", r#"{"prompt": "once upon a time", "max_tokens": 30, "temperature": 0.8, "seed": 42}"#.to_string()),
+    ] {
+        let (code, whole) = post(&s, path, &body);
+        assert_eq!(code, 200, "{whole}");
+        let whole = json(&whole);
+        let text = text_of(&whole);
+        assert!(!text.is_empty());
+        assert_eq!(whole["usage"]["completion_tokens"], 30, "{whole}");
+        assert!(whole["usage"]["specrun"]["tokens_per_round"].as_f64().unwrap() >= 1.0);
+        let streamed_body = body.replacen('{', r#"{"stream": true, "stream_options": {"include_usage": true}, "#, 1);
+        let (code, sse) = post(&s, path, &streamed_body);
+        assert_eq!(code, 200, "{sse}");
+        let (streamed, finish) = join_stream(&sse);
+        assert_eq!(streamed, text, "{path}: streamed chunks joined equal the whole response");
+        assert_eq!(finish, "length");
+        assert!(sse.contains("\"completion_tokens\":30"), "the usage chunk: {sse}");
+    }
+    let (code, models) = (200, agent().get(&format!("{}/v1/models", s.base)).call().unwrap().into_string().unwrap());
+    assert_eq!((code, json(&models)["data"][0]["id"].as_str()), (200, Some("qwen-coder")));
+    let metrics = agent().get(&format!("{}/metrics", s.base)).call().unwrap().into_string().unwrap();
+    assert!(metrics.contains("specrun_requests_total{outcome=\"ok\"} 4"), "{metrics}");
+    assert!(metrics.contains("specrun_time_to_first_token_seconds_count 4"), "{metrics}");
+}
+
+#[test]
+fn eight_concurrent_clients_get_the_sequential_texts() {
+    let s = start(&["--parallel", "4"]);
+    let bodies: Vec<String> = (0..8)
+        .map(|i| chat_body(&format!("request number {i}: {}", "words ".repeat(i)), &format!(r#", "max_tokens": {}"#, 8 + 5 * i)))
+        .collect();
+    let sequential: Vec<String> = bodies.iter().map(|b| text_of(&json(&post(&s, "/v1/chat/completions", b).1))).collect();
+    let concurrent: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = bodies.iter().map(|b| scope.spawn(|| post(&s, "/v1/chat/completions", b))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .map(|(code, body)| {
+                assert_eq!(code, 200, "{body}");
+                text_of(&json(&body))
+            })
+            .collect()
+    });
+    assert_eq!(concurrent, sequential);
+}
+
+/// Open a stream and read its first event; the reader is returned (drop it to disconnect).
+fn open_stream(s: &Server, max_tokens: usize) -> Box<dyn BufRead + Send> {
+    let r = agent()
+        .post(&format!("{}/v1/completions", s.base))
+        .set("Content-Type", "application/json")
+        .send_string(&format!(r#"{{"prompt": "a long one", "max_tokens": {max_tokens}, "stream": true, "ignore_eos": true}}"#))
+        .unwrap();
+    let mut reader: Box<dyn BufRead + Send> = Box::new(BufReader::new(r.into_reader()));
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    reader
+}
+
+#[test]
+fn a_client_that_leaves_frees_its_slot_and_a_full_queue_answers_503() {
+    // one slot, one place in the queue, 20 ms per decode: a 2000-token stream takes 40 s
+    let s = start(&["--parallel", "1", "--queue", "1", "--mock-delay-ms", "20"]);
+    let stream = open_stream(&s, 2000);
+    std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| post(&s, "/v1/completions", r#"{"prompt": "short", "max_tokens": 4}"#));
+        // the slot is busy and, once the waiting request is queued, the queue is full
+        std::thread::sleep(Duration::from_millis(500));
+        let (code, body) = match agent().post(&format!("{}/v1/completions", s.base)).send_string(r#"{"prompt": "x", "max_tokens": 2}"#) {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(c, r)) => {
+                assert_eq!(r.header("Retry-After"), Some("1"));
+                (c, r.into_string().unwrap())
+            }
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(code, 503, "{body}");
+        assert_eq!(json(&body)["error"]["code"], "overloaded");
+        let t0 = Instant::now();
+        drop(stream);
+        let (code, body) = waiting.join().unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert!(t0.elapsed() < Duration::from_secs(20), "the waiting request got the slot after the disconnect");
+    });
+    let metrics = agent().get(&format!("{}/metrics", s.base)).call().unwrap().into_string().unwrap();
+    assert!(metrics.contains("specrun_requests_total{outcome=\"cancelled\"} 1"), "{metrics}");
+    assert!(metrics.contains("specrun_requests_total{outcome=\"rejected\"} 1"), "{metrics}");
+    assert!(metrics.contains("specrun_queue_depth 0"), "{metrics}");
+}
+
+#[test]
+fn bad_input_gets_an_openai_error_and_the_server_stays_up() {
+    let s = start(&["-c", "256"]);
+    let long = "word ".repeat(600);
+    let cases: Vec<(&str, Vec<u8>, u16, Option<&str>)> = vec![
+        ("/v1/chat/completions", b"{not json".to_vec(), 400, None),
+        ("/v1/chat/completions", b"[1, 2]".to_vec(), 400, None),
+        ("/v1/chat/completions", br#"{"messages": "hi"}"#.to_vec(), 400, Some("messages")),
+        ("/v1/chat/completions", chat_body("hi", r#", "max_tokens": "many""#).into_bytes(), 400, Some("max_tokens")),
+        ("/v1/chat/completions", chat_body("hi", r#", "max_tokens": 0"#).into_bytes(), 400, Some("max_tokens")),
+        ("/v1/chat/completions", chat_body("hi", r#", "max_tokens": 100000000000"#).into_bytes(), 400, Some("max_tokens")),
+        ("/v1/chat/completions", chat_body("hi", r#", "temperature": -2"#).into_bytes(), 400, Some("temperature")),
+        ("/v1/chat/completions", chat_body("hi", r#", "n": 3"#).into_bytes(), 400, Some("n")),
+        ("/v1/chat/completions", chat_body("hi", r#", "model": "gpt-4""#).into_bytes(), 404, Some("model")),
+        ("/v1/chat/completions", chat_body(&long, "").into_bytes(), 400, Some("messages")),
+        ("/v1/completions", b"{\"prompt\": \"\xff\xfe\"}".to_vec(), 400, None),
+        ("/v1/completions", br#"{"prompt": 5}"#.to_vec(), 400, Some("prompt")),
+        ("/v1/nothing", b"{}".to_vec(), 404, None),
+    ];
+    for (path, body, status, param) in cases {
+        let r = agent().post(&format!("{}{path}", s.base)).set("Content-Type", "application/json").send_bytes(&body);
+        let (code, text) = match r {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap()),
+            Err(e) => panic!("{e}"),
+        };
+        let what = String::from_utf8_lossy(&body);
+        assert_eq!(code, status, "{path} {what}: {text}");
+        let e = &json(&text)["error"];
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{text}");
+        for key in ["type", "param", "code"] {
+            assert!(e.get(key).is_some(), "{key} in {text}");
+        }
+        assert_eq!(e["param"].as_str(), param, "{path} {what}: {text}");
+    }
+    let too_long = post(&s, "/v1/chat/completions", &chat_body(&long, ""));
+    assert_eq!(json(&too_long.1)["error"]["code"], "context_length_exceeded");
+    let (code, _) = post(&s, "/v1/chat/completions", &chat_body("still here?", r#", "max_tokens": 3"#));
+    assert_eq!(code, 200);
+}
+
+#[test]
+fn the_api_key_guards_every_route_but_health() {
+    let s = start_env(&[], &[("SPECRUN_API_KEY", "sekrit")]);
+    let get = |path: &str, key: Option<&str>| {
+        let mut r = agent().get(&format!("{}{path}", s.base));
+        if let Some(k) = key {
+            r = r.set("Authorization", &format!("Bearer {k}"));
+        }
+        match r.call() {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(c, _)) => c,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(get("/health", None), 200);
+    assert_eq!(get("/v1/models", None), 401);
+    assert_eq!(get("/metrics", Some("wrong")), 401);
+    assert_eq!(get("/v1/models", Some("sekrit")), 200);
+    let (code, body) = post(&s, "/v1/completions", r#"{"prompt": "hi", "max_tokens": 2}"#);
+    assert_eq!((code, json(&body)["error"]["code"].as_str()), (401, Some("invalid_api_key")));
+    let (code, _) = post_with(&s, "/v1/completions", r#"{"prompt": "hi", "max_tokens": 2}"#, &[("Authorization", "Bearer sekrit")]);
+    assert_eq!(code, 200);
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
+    let mut s = start(&["--mock-delay-ms", "20", "--grace", "20"]);
+    let mut stream = open_stream(&s, 60);
+    unsafe {
+        libc::kill(s.child.id() as i32, libc::SIGTERM);
+    }
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).unwrap();
+    assert!(rest.trim_end().ends_with("data: [DONE]"), "{rest}");
+    assert!(rest.contains("\"finish_reason\":\"length\""), "the stream ran to its end: {rest}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+/// The official `openai` Python client against the server (skipped when the package is
+/// missing, unless `SPECRUN_REQUIRE_MODELS=1`, as in CI).
+#[test]
+fn the_openai_python_client_works() {
+    let python = std::env::var("SPECRUN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has = Command::new(&python).args(["-c", "import openai"]).status().is_ok_and(|s| s.success());
+    if !has {
+        if std::env::var("SPECRUN_REQUIRE_MODELS").as_deref() == Ok("1") {
+            panic!("the openai Python package is missing for {python} (scripts/test.sh installs it)");
+        }
+        eprintln!("skipping: no openai Python package for {python}");
+        return;
+    }
+    let s = start(&["--api-key", "k"]);
+    let out = Command::new(&python).arg(repo("tests/openai_client.py")).arg(format!("{}/v1", s.base)).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("openai client: ok"));
+}
