@@ -10,6 +10,12 @@
 #   defaults: docs/bench/prompts-open.jsonl 64 2 4 8
 # Output: a Markdown table on stdout (tool, setting, decode tok/s, ratio to llama-bench);
 # with PER_PROMPT=1 each prompt's rate on stderr; TOOLS=lookup or TOOLS=speculative runs one.
+#
+# TOOLS=batched: llama-batched-bench (plain decoding of several sequences per decode) on the
+#   target, -npp NPP (default 128) -ntg MAX_TOKENS -npl NPL (default 1,2,4,8,16); its table on
+#   stdout. TOOLS=server: only build llama-server (for scripts/serve_load.py).
+#   Both are built with GGML_NATIVE=OFF (AVX2, the flags llama-cpp-2 builds specrun's
+#   llama.cpp with), in their own build dir, so that rates compare like for like.
 source "$(dirname "$0")/common.sh"
 ensure_system_packages
 fetch_models qwen-coder-0.5b qwen-coder-1.5b
@@ -33,6 +39,27 @@ if [ ! -d "$SRC" ]; then
     python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$CACHE"
     tar -xzf "$CACHE/llama_cpp_python-$VERSION.tar.gz" -C "$CACHE"
     mv "$CACHE/llama_cpp_python-$VERSION" "$CACHE/llama-cpp-python-$VERSION"
+fi
+if [[ "${TOOLS:-}" == batched || "${TOOLS:-}" == server ]]; then
+    BUILD="$CACHE/build-$VERSION-avx2"
+    tool="llama-batched-bench"
+    [[ "$TOOLS" == server ]] && tool="llama-server"
+    if [ ! -x "$BUILD/bin/$tool" ]; then
+        say "building $tool with GGML_NATIVE=OFF (minutes)"
+        cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+            -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=OFF >/dev/null
+        cmake --build "$BUILD" -j "$(nproc)" --target "$tool" >/dev/null
+    fi
+    if [[ "$TOOLS" == server ]]; then
+        echo "$BUILD/bin/llama-server"
+        exit 0
+    fi
+    NPL="${NPL:-1,2,4,8,16}"
+    NPP="${NPP:-128}"
+    max_npl=$(echo "$NPL" | tr ',' '\n' | sort -n | tail -1)
+    "$BUILD/bin/llama-batched-bench" -m "$TARGET" -t "$THREADS" -ngl 0 -c $((max_npl * (NPP + N) + 64)) -b 2048 -ub 512 \
+        -npp "$NPP" -ntg "$N" -npl "$NPL" 2>/dev/null
+    exit 0
 fi
 BUILD="$CACHE/build-$VERSION"
 if [ ! -x "$BUILD/bin/llama-speculative-simple" ] || [ ! -x "$BUILD/bin/llama-lookup" ] || [ ! -x "$BUILD/bin/llama-bench" ]; then

@@ -43,6 +43,8 @@ pub enum Command {
     /// Serve an OpenAI-compatible HTTP API (chat and text completions, streamed or not),
     /// speculative for every request, several requests per target decode.
     Serve(ServeArgs),
+    /// The backends and devices llama.cpp sees (the names --device takes, free/total memory).
+    Devices(DevicesArgs),
     /// Show or create the models file (`path`, `init`).
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -105,6 +107,10 @@ pub struct BenchArgs {
     /// aggregate rate of the decode rounds.
     #[arg(long, value_delimiter = ',', default_value = "1", value_name = "N,...")]
     pub parallel: Vec<usize>,
+    /// Generate past end-of-generation tokens: every prompt runs its full token count (the
+    /// shape llama-batched-bench measures).
+    #[arg(long)]
+    pub ignore_eos: bool,
     /// Prompt file (JSON Lines records as for `batch`, or .txt with one prompt per line).
     #[arg(long, value_name = "FILE", required_unless_present = "from_json")]
     pub prompts: Option<PathBuf>,
@@ -200,9 +206,17 @@ pub struct BatchArgs {
     pub shard: Option<Shard>,
 }
 
-pub use crate::settings::Parallel;
+pub use crate::settings::{FlashAttn, KvType, Parallel};
 
 fn parse_parallel(s: &str) -> Result<Parallel, String> {
+    s.parse()
+}
+
+fn parse_flash_attn(s: &str) -> Result<FlashAttn, String> {
+    s.parse()
+}
+
+fn parse_kv_type(s: &str) -> Result<KvType, String> {
     s.parse()
 }
 
@@ -261,6 +275,31 @@ pub struct ModelArgs {
     /// Layers of the draft to offload to the GPU. Also spelled -ngld.
     #[arg(allow_negative_numbers = true, long = "n-gpu-layers-draft", value_name = "N")]
     pub n_gpu_layers_draft: Option<u32>,
+    /// Devices for the target, by the names `specrun devices` prints (comma-separated), or
+    /// `none` (CPU only). Also spelled -dev.
+    #[arg(long = "device", value_delimiter = ',', value_name = "DEV,...")]
+    pub device: Option<Vec<String>>,
+    /// Devices for the draft (e.g. `none` to keep it on the CPU). Also spelled -devd.
+    #[arg(long = "device-draft", value_delimiter = ',', value_name = "DEV,...")]
+    pub device_draft: Option<Vec<String>>,
+    /// Flash attention for both models: on, off or auto. Also spelled -fa.
+    #[arg(long = "flash-attn", value_name = "on|off|auto", value_parser = parse_flash_attn)]
+    pub flash_attn: Option<FlashAttn>,
+    /// KV cache type of the target's keys (f16, q8_0, q4_0, …). Also spelled -ctk.
+    #[arg(long = "cache-type-k", value_name = "TYPE", value_parser = parse_kv_type)]
+    pub cache_type_k: Option<KvType>,
+    /// KV cache type of the target's values. Also spelled -ctv.
+    #[arg(long = "cache-type-v", value_name = "TYPE", value_parser = parse_kv_type)]
+    pub cache_type_v: Option<KvType>,
+    /// KV cache type of the draft's keys. Also spelled -ctkd.
+    #[arg(long = "cache-type-k-draft", value_name = "TYPE", value_parser = parse_kv_type)]
+    pub cache_type_k_draft: Option<KvType>,
+    /// KV cache type of the draft's values. Also spelled -ctvd.
+    #[arg(long = "cache-type-v-draft", value_name = "TYPE", value_parser = parse_kv_type)]
+    pub cache_type_v_draft: Option<KvType>,
+    /// Keep both KV caches in host memory even when layers are offloaded. Also spelled -nkvo.
+    #[arg(long = "no-kv-offload")]
+    pub no_kv_offload: bool,
     /// CPU threads for both models (default: per model, else all cores).
     #[arg(allow_negative_numbers = true, short = 't', long, value_name = "N")]
     pub threads: Option<u32>,
@@ -358,6 +397,14 @@ pub struct RunArgs {
     pub json: bool,
 }
 
+/// `specrun devices`.
+#[derive(Debug, Clone, Args)]
+pub struct DevicesArgs {
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `specrun serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
@@ -408,8 +455,19 @@ impl ModelArgs {
                 n_ctx: flag(self.ctx_size, "--ctx-size"),
                 threads: flag(self.threads, "--threads"),
                 n_batch: flag(self.batch_size, "--batch-size"),
+                devices: flag(self.device.clone(), "--device"),
+                flash_attn: flag(self.flash_attn, "--flash-attn"),
+                cache_type_k: flag(self.cache_type_k, "--cache-type-k"),
+                cache_type_v: flag(self.cache_type_v, "--cache-type-v"),
+                kv_offload: self.no_kv_offload.then(|| Setting::new(false, Origin::Flag("--no-kv-offload"))),
             },
-            n_gpu_layers_draft: flag(self.n_gpu_layers_draft, "--n-gpu-layers-draft"),
+            draft_flags: ModelSettings {
+                n_gpu_layers: flag(self.n_gpu_layers_draft, "--n-gpu-layers-draft"),
+                devices: flag(self.device_draft.clone(), "--device-draft"),
+                cache_type_k: flag(self.cache_type_k_draft, "--cache-type-k-draft"),
+                cache_type_v: flag(self.cache_type_v_draft, "--cache-type-v-draft"),
+                ..ModelSettings::default()
+            },
             mock: self.mock,
             mock_delay: self.mock_delay_ms.map(std::time::Duration::from_millis),
         }
@@ -448,6 +506,14 @@ pub fn normalize_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Ve
             Some("-md") => "--model-draft".into(),
             Some("-ngl") => "--n-gpu-layers".into(),
             Some("-ngld") => "--n-gpu-layers-draft".into(),
+            Some("-dev") => "--device".into(),
+            Some("-devd") => "--device-draft".into(),
+            Some("-fa") => "--flash-attn".into(),
+            Some("-ctk") => "--cache-type-k".into(),
+            Some("-ctv") => "--cache-type-v".into(),
+            Some("-ctkd") => "--cache-type-k-draft".into(),
+            Some("-ctvd") => "--cache-type-v-draft".into(),
+            Some("-nkvo") => "--no-kv-offload".into(),
             _ => a,
         })
         .collect()

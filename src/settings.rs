@@ -62,6 +62,118 @@ impl<'de> serde::Deserialize<'de> for Parallel {
     }
 }
 
+/// Flash attention (`-fa`): llama.cpp decides (`auto`, its default), or forced on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlashAttn {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl FlashAttn {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlashAttn::Auto => "auto",
+            FlashAttn::On => "on",
+            FlashAttn::Off => "off",
+        }
+    }
+}
+
+impl std::str::FromStr for FlashAttn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(FlashAttn::Auto),
+            "on" | "enabled" | "1" => Ok(FlashAttn::On),
+            "off" | "disabled" | "0" => Ok(FlashAttn::Off),
+            _ => Err(format!("expected on, off or auto, got {s:?}")),
+        }
+    }
+}
+
+/// A KV cache element type (`-ctk`, `-ctv`), as llama.cpp spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum KvType {
+    #[serde(rename = "f32")]
+    F32,
+    #[default]
+    #[serde(rename = "f16")]
+    F16,
+    #[serde(rename = "bf16")]
+    Bf16,
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    #[serde(rename = "q4_1")]
+    Q4_1,
+    #[serde(rename = "iq4_nl")]
+    Iq4Nl,
+    #[serde(rename = "q5_0")]
+    Q5_0,
+    #[serde(rename = "q5_1")]
+    Q5_1,
+}
+
+impl KvType {
+    pub const ALL: [KvType; 9] =
+        [KvType::F32, KvType::F16, KvType::Bf16, KvType::Q8_0, KvType::Q4_0, KvType::Q4_1, KvType::Iq4Nl, KvType::Q5_0, KvType::Q5_1];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Bf16 => "bf16",
+            KvType::Q8_0 => "q8_0",
+            KvType::Q4_0 => "q4_0",
+            KvType::Q4_1 => "q4_1",
+            KvType::Iq4Nl => "iq4_nl",
+            KvType::Q5_0 => "q5_0",
+            KvType::Q5_1 => "q5_1",
+        }
+    }
+
+    /// Bytes per block and elements per block (ggml's block layouts).
+    pub fn block(self) -> (u64, u64) {
+        match self {
+            KvType::F32 => (4, 1),
+            KvType::F16 | KvType::Bf16 => (2, 1),
+            KvType::Q8_0 => (34, 32),
+            KvType::Q4_0 | KvType::Iq4Nl => (18, 32),
+            KvType::Q4_1 => (20, 32),
+            KvType::Q5_0 => (22, 32),
+            KvType::Q5_1 => (24, 32),
+        }
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        KvType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| format!("expected a KV cache type ({}), got {s:?}", KvType::ALL.map(KvType::as_str).join(", ")))
+    }
+}
+
+/// Deserialize through `FromStr`, so that a models file and a flag give the same message.
+macro_rules! deserialize_from_str {
+    ($t:ty) => {
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+deserialize_from_str!(FlashAttn);
+deserialize_from_str!(KvType);
+
 /// Where a value was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {

@@ -51,7 +51,7 @@ fn qwen_pair() -> Option<&'static Pair> {
 }
 
 fn ctx(m: &LoadedModel) -> LlamaRunner<'_> {
-    m.context(ContextSettings { n_ctx: 2048, n_batch: 512, threads: 2, n_seq_max: 1 }).unwrap()
+    m.context(ContextSettings::new(2048, 512, 2, 1)).unwrap()
 }
 
 fn chat_tokens(m: &LoadedModel, prompt: &str) -> Vec<Token> {
@@ -354,7 +354,7 @@ fn four_records_in_flight_give_the_one_at_a_time_text() {
             .collect::<Vec<_>>()
     };
     let run = |n: usize| {
-        let target = pair.target.context(ContextSettings { n_ctx: 1024, n_batch: 512, threads: 2, n_seq_max: n as u32 }).unwrap();
+        let target = pair.target.context(ContextSettings::new(1024, 512, 2, n as u32)).unwrap();
         let mut engine = Engine::new(target, specrun::core::ngram::NgramDrafter::default(), GenConfig::default());
         let mut out: Vec<Vec<Token>> = vec![vec![]; prompts.len()];
         let mut stats = BatchStats::default();

@@ -7,6 +7,7 @@
 //! Architecture invariant: every call that could trip a C assert is checked here first — batch
 //! sizes against `n_batch`, positions against `n_ctx` — and returned as a [`ModelError`].
 
+use crate::settings::{FlashAttn, KvType};
 use anyhow::{anyhow, Context as _, Result};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
@@ -120,12 +121,133 @@ pub struct ContextSettings {
     pub threads: i32,
     /// Sequences that may share the context.
     pub n_seq_max: u32,
+    pub flash_attn: FlashAttn,
+    pub type_k: KvType,
+    pub type_v: KvType,
+    /// KV cache on the offload device (llama.cpp's `offload_kqv`).
+    pub kv_offload: bool,
+}
+
+impl ContextSettings {
+    /// llama.cpp's defaults for everything but sizes and threads.
+    pub fn new(n_ctx: u32, n_batch: u32, threads: i32, n_seq_max: u32) -> Self {
+        Self { n_ctx, n_batch, threads, n_seq_max, flash_attn: FlashAttn::Auto, type_k: KvType::F16, type_v: KvType::F16, kv_offload: true }
+    }
+}
+
+/// A device llama.cpp can run on.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Device {
+    pub index: usize,
+    /// llama.cpp's name (`CPU`, `CUDA0`, `Vulkan0`): what `--device` takes.
+    pub name: String,
+    pub description: String,
+    pub backend: String,
+    /// cpu, gpu, igpu, accel or unknown.
+    pub kind: &'static str,
+    pub memory_free: u64,
+    pub memory_total: u64,
+}
+
+/// The devices this build of llama.cpp sees.
+pub fn devices() -> Result<Vec<Device>> {
+    use llama_cpp_2::LlamaBackendDeviceType as T;
+    backend()?;
+    Ok(llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .map(|d| Device {
+            index: d.index,
+            name: d.name,
+            description: d.description,
+            backend: d.backend,
+            kind: match d.device_type {
+                T::Cpu => "cpu",
+                T::Gpu => "gpu",
+                T::IntegratedGpu => "igpu",
+                T::Accelerator => "accel",
+                T::Unknown => "unknown",
+            },
+            memory_free: d.memory_free as u64,
+            memory_total: d.memory_total as u64,
+        })
+        .collect())
+}
+
+/// Device indices for names as `specrun devices` prints them (case-insensitive); `none` (or
+/// nothing) selects none (llama.cpp's default placement when the list is empty and layers are
+/// offloaded; CPU only with `none`).
+pub fn device_indices(names: &[String]) -> Result<Vec<usize>> {
+    if names.iter().any(|n| n.eq_ignore_ascii_case("none")) {
+        return Ok(Vec::new());
+    }
+    let all = devices()?;
+    names
+        .iter()
+        .map(|n| {
+            all.iter().find(|d| d.name.eq_ignore_ascii_case(n)).map(|d| d.index).ok_or_else(|| {
+                anyhow!(
+                    "unknown device '{}' (this build sees: {})",
+                    n.escape_debug(),
+                    all.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// How a model is loaded: layers to offload and onto which devices.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadSettings {
+    pub n_gpu_layers: u32,
+    /// Device names; `["none"]` keeps every layer on the CPU.
+    pub devices: Vec<String>,
+}
+
+/// Hyperparameters read from a GGUF's metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub n_layer: u64,
+    pub n_embd: u64,
+    pub n_head: u64,
+    pub n_head_kv: u64,
+    pub n_vocab: u64,
 }
 
 impl LoadedModel {
     /// Load weights, offloading `n_gpu_layers` layers where the build supports it.
     pub fn load(path: &Path, n_gpu_layers: u32) -> Result<Self> {
-        Self::load_with(path, LlamaModelParams::default().with_n_gpu_layers(n_gpu_layers))
+        Self::load_on(path, &LoadSettings { n_gpu_layers, devices: Vec::new() })
+    }
+
+    /// Load weights with `s`'s offload (layers, devices).
+    pub fn load_on(path: &Path, s: &LoadSettings) -> Result<Self> {
+        let none = s.devices.iter().any(|n| n.eq_ignore_ascii_case("none"));
+        let mut params = LlamaModelParams::default().with_n_gpu_layers(if none { 0 } else { s.n_gpu_layers });
+        if !s.devices.is_empty() && !none {
+            let idx = device_indices(&s.devices)?;
+            params =
+                params.with_devices(&idx).map_err(|e| anyhow!("{}: cannot use devices {}: {e}", path.display(), s.devices.join(",")))?;
+        }
+        Self::load_with(path, params).map_err(|e| {
+            if s.n_gpu_layers > 0 && !none {
+                let on = if s.devices.is_empty() { "the default device".to_string() } else { s.devices.join(",") };
+                e.context(format!("offloading {} layers to {on}", s.n_gpu_layers))
+            } else {
+                e
+            }
+        })
+    }
+
+    /// The model's shape (from its metadata).
+    pub fn shape(&self) -> Shape {
+        let m = &self.model;
+        Shape {
+            n_layer: u64::from(m.n_layer()),
+            n_embd: m.n_embd().max(0) as u64,
+            n_head: u64::from(m.n_head()),
+            n_head_kv: u64::from(m.n_head_kv()),
+            n_vocab: m.n_vocab().max(0) as u64,
+        }
     }
 
     /// Load only the vocabulary (fast: no weights are read).
@@ -235,7 +357,15 @@ impl LoadedModel {
             .with_n_ubatch(s.n_batch)
             .with_n_seq_max(s.n_seq_max.max(1))
             .with_n_threads(s.threads)
-            .with_n_threads_batch(s.threads);
+            .with_n_threads_batch(s.threads)
+            .with_flash_attention_policy(match s.flash_attn {
+                FlashAttn::Auto => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_AUTO,
+                FlashAttn::On => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                FlashAttn::Off => llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+            })
+            .with_type_k(kv_type(s.type_k))
+            .with_type_v(kv_type(s.type_v))
+            .with_offload_kqv(s.kv_offload);
         let ctx =
             self.model.new_context(backend()?, params).with_context(|| format!("cannot create a context for {}", self.path.display()))?;
         // llama.cpp may round the context up; specrun enforces the size that was asked for
@@ -253,6 +383,21 @@ impl LoadedModel {
             rows_checked: vec![false; n_seq as usize],
             recurrent: self.model.is_recurrent() || self.model.is_hybrid(),
         })
+    }
+}
+
+fn kv_type(t: KvType) -> llama_cpp_2::context::params::KvCacheType {
+    use llama_cpp_2::context::params::KvCacheType as K;
+    match t {
+        KvType::F32 => K::F32,
+        KvType::F16 => K::F16,
+        KvType::Bf16 => K::BF16,
+        KvType::Q8_0 => K::Q8_0,
+        KvType::Q4_0 => K::Q4_0,
+        KvType::Q4_1 => K::Q4_1,
+        KvType::Iq4Nl => K::IQ4_NL,
+        KvType::Q5_0 => K::Q5_0,
+        KvType::Q5_1 => K::Q5_1,
     }
 }
 

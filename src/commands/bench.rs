@@ -107,6 +107,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
             max_tokens: flag(args.max_tokens, "--max-tokens"),
             drafter: Some(Setting::new(if needs_model { DrafterKind::Hybrid } else { DrafterKind::Ngram }, Origin::Flag("--drafter"))),
             seed: Some(Setting::new(args.seed, Origin::Flag("--seed"))),
+            ignore_eos: args.ignore_eos.then(|| Setting::new(true, Origin::Flag("--ignore-eos"))),
             ..Overrides::default()
         };
         let mut plan = plan(&models.selection(), &flags)?;
@@ -160,6 +161,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
                             }
                             let mut result = BenchResult::summarise(config, &samples);
                             result.cost_curve = plan.gen.cost_curve.as_deref().cloned();
+                            result.placement = Some(super::run::placement(&plan));
                             results.push(result);
                             export(args, &results)?;
                             bar.inc(1);

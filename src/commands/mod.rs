@@ -15,6 +15,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod check_pair;
 pub mod config;
+pub mod devices;
 pub mod run;
 pub mod serve;
 pub mod shards;
@@ -65,6 +66,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Calibrate(args) => calibrate::calibrate(&args),
         Command::Shards(args) => shards::shards(&args),
         Command::Serve(args) => serve::serve(&args),
+        Command::Devices(args) => devices::devices(&args),
         Command::Config(c) => config::config(&c),
     }
 }

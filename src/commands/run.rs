@@ -52,7 +52,8 @@ fn execute(
         let mut baseline = Engine::new(&mut *target, NoDraft, plan.gen.clone());
         let base = generate(&mut baseline, codec, &tokens, clock, None, &[], &interrupted)?;
         let mut engine = Engine::new(&mut *target, drafter, plan.gen.clone());
-        let spec = generate(&mut engine, codec, &tokens, clock, stream, &[], &interrupted)?;
+        let mut spec = generate(&mut engine, codec, &tokens, clock, stream, &[], &interrupted)?;
+        spec.report.placement = Some(placement(plan));
         let cmp = CompareReport::new(base.report, spec.report);
         if args.json {
             out(&(serde_json::to_string(&cmp)? + "\n"))?;
@@ -63,7 +64,8 @@ fn execute(
         return Ok(ExitCode::SUCCESS);
     }
     let mut engine = Engine::new(&mut *target, drafter, plan.gen.clone());
-    let generated = generate(&mut engine, codec, &tokens, clock, stream, &[], &interrupted)?;
+    let mut generated = generate(&mut engine, codec, &tokens, clock, stream, &[], &interrupted)?;
+    generated.report.placement = Some(placement(plan));
     if args.json {
         out(&(serde_json::to_string(&generated.report)? + "\n"))?;
     } else {
@@ -71,4 +73,9 @@ fn execute(
         crate::io::note(generated.report.stats_block().trim_end());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the plan puts each model (what the backend was asked for).
+pub fn placement(plan: &Plan) -> crate::formats::report::Placement {
+    crate::formats::report::Placement { target: plan.target.placement(), draft: plan.draft.as_ref().map(|d| d.placement()) }
 }

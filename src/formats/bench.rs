@@ -124,6 +124,9 @@ pub struct BenchResult {
     /// The target's calibrated cost curve the run planned with (`specrun calibrate`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_curve: Option<specrun_core::control::CostCurve>,
+    /// Where the models ran (device, GPU layers, KV types, flash attention).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::formats::report::Placement>,
 }
 
 impl BenchResult {
@@ -163,6 +166,7 @@ impl BenchResult {
             predicted_speedup_ideal: if drafted { predicted_speedup(alpha, k, c, 1.0) } else { 1.0 },
             predicted_speedup: if drafted && v > 0.0 { predicted_speedup(alpha, k, c, v) } else { 1.0 },
             cost_curve: None,
+            placement: None,
             config,
         }
     }

@@ -42,6 +42,15 @@ pub struct ModelEntry {
     pub threads: Option<Spanned<u32>>,
     /// Largest decode batch (default 512).
     pub n_batch: Option<Spanned<u32>>,
+    /// Devices to offload to, by llama.cpp's names (`specrun devices`), or `["none"]`.
+    pub devices: Option<Spanned<Vec<String>>>,
+    /// Flash attention: "on", "off" or "auto" (default).
+    pub flash_attn: Option<Spanned<crate::settings::FlashAttn>>,
+    /// KV cache types (default "f16"): f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0, q5_1.
+    pub cache_type_k: Option<Spanned<crate::settings::KvType>>,
+    pub cache_type_v: Option<Spanned<crate::settings::KvType>>,
+    /// Keep the KV cache on the offload device (default true).
+    pub kv_offload: Option<Spanned<bool>>,
 }
 
 /// A draft/target pair with optional generation defaults. Every value keeps its location in
@@ -165,6 +174,11 @@ impl Config {
             n_ctx: self.setting(&m.n_ctx, "n_ctx"),
             threads: self.setting(&m.threads, "threads"),
             n_batch: self.setting(&m.n_batch, "n_batch"),
+            devices: self.setting(&m.devices, "devices"),
+            flash_attn: self.setting(&m.flash_attn, "flash_attn"),
+            cache_type_k: self.setting(&m.cache_type_k, "cache_type_k"),
+            cache_type_v: self.setting(&m.cache_type_v, "cache_type_v"),
+            kv_offload: self.setting(&m.kv_offload, "kv_offload"),
         }
     }
 
@@ -222,6 +236,11 @@ pub struct ModelSettings {
     pub n_ctx: Option<Setting<u32>>,
     pub threads: Option<Setting<u32>>,
     pub n_batch: Option<Setting<u32>>,
+    pub devices: Option<Setting<Vec<String>>>,
+    pub flash_attn: Option<Setting<crate::settings::FlashAttn>>,
+    pub cache_type_k: Option<Setting<crate::settings::KvType>>,
+    pub cache_type_v: Option<Setting<crate::settings::KvType>>,
+    pub kv_offload: Option<Setting<bool>>,
 }
 
 /// Where the models file comes from.

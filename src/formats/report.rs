@@ -23,6 +23,7 @@
 //! | `mean_k` | float | mean draft length chosen per round |
 //! | `t_prompt_s`, `t_draft_s`, `t_verify_s`, `t_other_s`, `t_decode_s` | float | seconds |
 //! | `decode_tok_per_s`, `prompt_tok_per_s` | float | throughput |
+//! | `placement` | object | `target` (and `draft`): device(s), GPU layers, KV cache types, flash attention |
 //!
 //! `specrun run --compare --json` prints a [`CompareReport`]: `target_only` and `speculative`
 //! (each a [`RunReport`]), `speedup` (decode tok/s ratio) and `identical` (same text).
@@ -59,6 +60,18 @@ pub struct RunReport {
     pub t_decode_s: f64,
     pub decode_tok_per_s: f64,
     pub prompt_tok_per_s: f64,
+    /// Where each model ran (`run --json`; not in batch records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// Where the models ran: device(s), GPU layers, KV cache types, flash attention.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +119,7 @@ impl RunReport {
             t_decode_s: s.t_decode.as_secs_f64(),
             decode_tok_per_s: s.decode_tok_per_s(),
             prompt_tok_per_s: s.prompt_tok_per_s(),
+            placement: None,
         }
     }
 
@@ -140,6 +154,12 @@ impl RunReport {
             );
         }
         let _ = writeln!(o, "  time       draft {:.2} s  verify {:.2} s  other {:.2} s", self.t_draft_s, self.t_verify_s, self.t_other_s);
+        if let Some(p) = &self.placement {
+            let _ = writeln!(o, "  target on  {}", p.target);
+            if let Some(d) = &p.draft {
+                let _ = writeln!(o, "  draft on   {d}");
+            }
+        }
         o
     }
 }

@@ -28,6 +28,10 @@ pub struct CurveKey {
     /// Backend and build (cargo features).
     pub backend: String,
     pub specrun: String,
+    /// Devices, KV cache types and flash attention when not llama.cpp's defaults (empty
+    /// otherwise, which keeps the keys of earlier calibrations).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub offload: String,
 }
 
 /// A stored calibration.
@@ -78,6 +82,17 @@ pub fn key(plan: &Plan, mock: bool) -> CurveKey {
         n_gpu_layers: t.n_gpu_layers,
         backend: if mock { "mock".to_string() } else { backend_name() },
         specrun: env!("CARGO_PKG_VERSION").to_string(),
+        offload: {
+            let default = t.devices.is_empty()
+                && t.flash_attn == crate::settings::FlashAttn::Auto
+                && (t.type_k, t.type_v) == (crate::settings::KvType::F16, crate::settings::KvType::F16)
+                && t.kv_offload;
+            if default {
+                String::new()
+            } else {
+                t.placement()
+            }
+        },
     }
 }
 

@@ -218,16 +218,84 @@ fn load(p: &ModelPlan) -> Result<crate::backend::llama::LoadedModel> {
     if !p.path.is_file() {
         bail!("model file not found: {} (model '{}'; fetch the default models with scripts/fetch_models.py)", p.path.display(), p.name);
     }
-    crate::backend::llama::LoadedModel::load(&p.path, p.n_gpu_layers)
+    let s = crate::backend::llama::LoadSettings { n_gpu_layers: p.n_gpu_layers, devices: p.devices.clone() };
+    crate::backend::llama::LoadedModel::load_on(&p.path, &s).with_context(|| format!("model '{}'", p.name))
 }
 
 #[cfg(feature = "llama")]
 fn context<'m>(m: &'m crate::backend::llama::LoadedModel, p: &ModelPlan) -> Result<crate::backend::llama::LlamaRunner<'m>> {
-    m.context(crate::backend::llama::ContextSettings { n_ctx: p.n_ctx, n_batch: p.n_batch, threads: p.threads as i32, n_seq_max: p.n_seq })
+    m.context(crate::backend::llama::ContextSettings {
+        n_ctx: p.n_ctx,
+        n_batch: p.n_batch,
+        threads: p.threads as i32,
+        n_seq_max: p.n_seq,
+        flash_attn: p.flash_attn,
+        type_k: p.type_k,
+        type_v: p.type_v,
+        kv_offload: p.kv_offload,
+    })
+}
+
+/// Before any weights are loaded: when layers go to a GPU, estimate what both models need on
+/// each device ([`crate::backend::fit`]) and refuse with the fix when it does not fit.
+#[cfg(feature = "llama")]
+fn check_fit(plan: &Plan) -> Result<()> {
+    use crate::backend::fit::{check, Footprint};
+    use crate::backend::llama::{devices, LoadedModel};
+    let models: Vec<(&'static str, &ModelPlan)> = std::iter::once(("target", &plan.target))
+        .chain(plan.draft.iter().map(|d| ("draft", d)))
+        .filter(|(_, m)| m.n_gpu_layers > 0)
+        .collect();
+    if models.is_empty() {
+        return Ok(());
+    }
+    let gpus: Vec<_> = devices()?.into_iter().filter(|d| d.kind != "cpu").collect();
+    if gpus.is_empty() {
+        crate::io::note("note: this build of llama.cpp sees no GPU; -ngl/-ngld have no effect (`specrun devices`)");
+        return Ok(());
+    }
+    let mut by_device: Vec<(String, u64, Vec<Footprint>)> = Vec::new();
+    for (role, m) in models {
+        if m.devices.iter().any(|d| d.eq_ignore_ascii_case("none")) || !m.path.is_file() {
+            continue;
+        }
+        // the first named device, else llama.cpp's default (the first GPU); a split over
+        // several devices is checked against the first as if it held everything (errs high)
+        let dev = match m.devices.first() {
+            Some(name) => gpus.iter().find(|d| d.name.eq_ignore_ascii_case(name)),
+            None => gpus.first(),
+        };
+        let Some(dev) = dev else { continue };
+        let shape = LoadedModel::load_vocab_only(&m.path)?.shape();
+        let f = Footprint {
+            role,
+            name: m.name.clone(),
+            file_bytes: std::fs::metadata(&m.path).map_or(0, |x| x.len()),
+            n_layer: shape.n_layer,
+            n_embd_kv: (shape.n_embd * shape.n_head_kv).checked_div(shape.n_head).unwrap_or(shape.n_embd),
+            n_embd: shape.n_embd,
+            n_vocab: shape.n_vocab,
+            n_gpu_layers: u64::from(m.n_gpu_layers),
+            n_cells: u64::from(m.n_ctx) * u64::from(m.n_seq.max(1)),
+            n_ubatch: u64::from(m.n_batch),
+            type_k: m.type_k,
+            type_v: m.type_v,
+            kv_offload: m.kv_offload,
+        };
+        match by_device.iter_mut().find(|(n, _, _)| *n == dev.name) {
+            Some((_, _, v)) => v.push(f),
+            None => by_device.push((dev.name.clone(), dev.memory_free, vec![f])),
+        }
+    }
+    for (name, free, models) in &by_device {
+        check(models, name, *free).map_err(|e| anyhow::anyhow!("the models do not fit: {e}"))?;
+    }
+    Ok(())
 }
 
 #[cfg(feature = "llama")]
 fn with_llama(plan: &Plan, job: Job<'_>) -> Result<ExitCode> {
+    check_fit(plan)?;
     let target_model = load(&plan.target)?;
     let draft_model = plan.draft.as_ref().map(load).transpose()?;
     if let Some(d) = &draft_model {

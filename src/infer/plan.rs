@@ -4,7 +4,7 @@
 //! [`crate::settings::resolve`].
 
 use crate::formats::models_toml::{self, Config, ConfigSource, ModelEntry, ModelSettings};
-use crate::settings::{self, Origin, Overrides, Resolved, Setting, SettingError};
+use crate::settings::{self, FlashAttn, KvType, Origin, Overrides, Resolved, Setting, SettingError};
 use anyhow::{bail, Result};
 use specrun_core::draft::DrafterKind;
 use specrun_core::engine::GenConfig;
@@ -32,10 +32,11 @@ pub struct ModelSelection {
     pub model_draft: Option<PathBuf>,
     /// Where relative model paths point.
     pub models_dir: Option<PathBuf>,
-    /// Flags for both models (`-t`, `-c`, `-b`) and the target's `-ngl`.
+    /// Flags for both models (`-t`, `-c`, `-b`, `-fa`, `--no-kv-offload`) and the target's
+    /// own (`-ngl`, `-dev`, `-ctk`, `-ctv`).
     pub flags: ModelSettings,
-    /// `-ngld`.
-    pub n_gpu_layers_draft: Option<Setting<u32>>,
+    /// The draft's own flags (`-ngld`, `-devd`, `-ctkd`, `-ctvd`).
+    pub draft_flags: ModelSettings,
     /// Deterministic mock models (tests).
     pub mock: bool,
     /// Test hook: the mock target sleeps this long in every decode.
@@ -53,6 +54,27 @@ pub struct ModelPlan {
     pub threads: u32,
     /// Sequences the context holds at once (`batch --parallel`), each with `n_ctx` cells.
     pub n_seq: u32,
+    /// Where it runs: devices by llama.cpp's name (empty: llama.cpp's choice; `none`: CPU).
+    pub devices: Vec<String>,
+    pub flash_attn: FlashAttn,
+    pub type_k: KvType,
+    pub type_v: KvType,
+    pub kv_offload: bool,
+}
+
+impl ModelPlan {
+    /// One line: where the model runs (device, layers, KV types, flash attention).
+    pub fn placement(&self) -> String {
+        let devices = if self.devices.is_empty() { "default devices".to_string() } else { self.devices.join(",") };
+        format!(
+            "{devices}, {} GPU layers, KV {}/{}{}, flash attention {}",
+            self.n_gpu_layers,
+            self.type_k.as_str(),
+            self.type_v.as_str(),
+            if self.kv_offload { "" } else { " on the host" },
+            self.flash_attn.as_str()
+        )
+    }
 }
 
 /// Everything a generating command needs.
@@ -138,22 +160,34 @@ fn pick(flag: &Option<Setting<u32>>, file: &Option<Setting<u32>>, default: u32, 
     }
 }
 
-fn model_plan(
-    name: &str,
-    path: &Path,
-    file: &ModelSettings,
-    cache: &Path,
-    sel: &ModelSelection,
-    ngl: &Option<Setting<u32>>,
-) -> Result<ModelPlan> {
+/// The flag's value, else the file's, else `default` (no range: the type checked it).
+fn either<T: Clone>(flag: &Option<Setting<T>>, file: &Option<Setting<T>>, default: T) -> T {
+    flag.as_ref().or(file.as_ref()).map_or(default, |s| s.value.clone())
+}
+
+/// Most devices one model may be split over (llama.cpp's limit).
+pub const MAX_DEVICES: usize = 16;
+
+fn model_plan(name: &str, path: &Path, file: &ModelSettings, cache: &Path, sel: &ModelSelection, own: &ModelSettings) -> Result<ModelPlan> {
+    let devices = either(&own.devices, &file.devices, Vec::new());
+    let origin = own.devices.as_ref().or(file.devices.as_ref()).map(|s| s.origin.clone());
+    if devices.len() > MAX_DEVICES || devices.iter().any(|d| d.is_empty() || d.len() > 64 || d.chars().any(char::is_control)) {
+        let at = origin.map_or(String::new(), |o| format!("{o}: "));
+        bail!("{at}devices must be at most {MAX_DEVICES} names as `specrun devices` prints them (or none)");
+    }
     Ok(ModelPlan {
         name: name.to_string(),
         path: models_toml::resolve(path, cache),
-        n_gpu_layers: pick(ngl, &file.n_gpu_layers, 0, 0, 100_000)?,
+        n_gpu_layers: pick(&own.n_gpu_layers, &file.n_gpu_layers, 0, 0, 100_000)?,
         n_ctx: pick(&sel.flags.n_ctx, &file.n_ctx, 4096, MIN_N_CTX, MAX_N_CTX)?,
         n_batch: pick(&sel.flags.n_batch, &file.n_batch, 512, 1, MAX_N_BATCH)?,
         threads: pick(&sel.flags.threads, &file.threads, default_threads(), 1, MAX_THREADS)?,
         n_seq: 1,
+        devices,
+        flash_attn: either(&sel.flags.flash_attn, &file.flash_attn, FlashAttn::Auto),
+        type_k: either(&own.cache_type_k, &file.cache_type_k, KvType::F16),
+        type_v: either(&own.cache_type_v, &file.cache_type_v, KvType::F16),
+        kv_offload: either(&sel.flags.kv_offload, &file.kv_offload, true),
     })
 }
 
@@ -165,8 +199,8 @@ pub fn plan(sel: &ModelSelection, flags: &Overrides) -> Result<Plan> {
             bail!("--pair and -m/--model exclude each other");
         }
         let none = ModelSettings::default();
-        let target = model_plan("target", target_path, &none, &cache, sel, &sel.flags.n_gpu_layers)?;
-        let draft = sel.model_draft.as_ref().map(|p| model_plan("draft", p, &none, &cache, sel, &sel.n_gpu_layers_draft)).transpose()?;
+        let target = model_plan("target", target_path, &none, &cache, sel, &sel.flags)?;
+        let draft = sel.model_draft.as_ref().map(|p| model_plan("draft", p, &none, &cache, sel, &sel.draft_flags)).transpose()?;
         (target, draft, None, Overrides::default(), None)
     } else {
         if sel.model_draft.is_some() {
@@ -186,8 +220,8 @@ pub fn plan(sel: &ModelSelection, flags: &Overrides) -> Result<Plan> {
         };
         let (te, ts) = entry(t)?;
         let (de, ds) = entry(d)?;
-        let target = model_plan(t, &te.path, &ts, &cache, sel, &sel.flags.n_gpu_layers)?;
-        let draft = model_plan(d, &de.path, &ds, &cache, sel, &sel.n_gpu_layers_draft)?;
+        let target = model_plan(t, &te.path, &ts, &cache, sel, &sel.flags)?;
+        let draft = model_plan(d, &de.path, &ds, &cache, sel, &sel.draft_flags)?;
         (target, Some(draft), Some(name), config.pair_overrides(pair), pair.parallel.as_ref().map(|p| *p.get_ref()))
     };
     let sources = vec![pair_overrides, flags.clone()];

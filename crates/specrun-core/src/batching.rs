@@ -6,11 +6,14 @@
 //! CPU a prompt batch is compute-bound and would only stretch the round that carried it, and
 //! it keeps the first token's logits in the prompt batch's shape (as llama.cpp samples it).
 //! When a sequence finishes, its cells are removed from both caches before the slot is
-//! reused. Each sequence keeps its own settings, RNG and acceptance estimates, so a job's
+//! reused, and what its controller learned about each drafter joins a pool that later
+//! sequences start from ([`SharedPrior`]): they skip exploring a drafter the run already
+//! knows (draft lengths only; greedy output does not depend on them beyond batch-shape
+//! near-ties). Each sequence keeps its own settings, RNG and acceptance estimates, so a job's
 //! output does not depend on which jobs share its rounds (greedy: up to batch-shape near-ties;
 //! sampling: its own seed decides).
 
-use crate::control::VerifyCosts;
+use crate::control::{SharedPrior, VerifyCosts};
 use crate::draft::Drafter;
 use crate::engine::{Engine, EngineError, GenConfig, Sequence};
 use crate::model::{Model, Token};
@@ -143,6 +146,8 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
     let n_parallel = n_parallel.max(1);
     let mut slots: Vec<Option<(J, Sequence)>> = (0..n_parallel).map(|_| None).collect();
     let mut closed = false;
+    // what finished sequences learned about each drafter; new ones start from it
+    let mut prior = SharedPrior::default();
     loop {
         if cancel() {
             for (_, seq) in slots.iter_mut().flatten() {
@@ -168,7 +173,10 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
                 stats.t_prefill += clock.now() - t_start;
                 match started {
                     Ok(seq) if seq.finish.is_some() => on_done(job.tag, Ok(seq)),
-                    Ok(seq) => slots[id] = Some((job.tag, seq)),
+                    Ok(mut seq) => {
+                        seq.controller.seed(&prior);
+                        slots[id] = Some((job.tag, seq));
+                    }
                     Err(e) => on_done(job.tag, Err(e)),
                 }
             }
@@ -200,6 +208,7 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
         for slot in slots.iter_mut() {
             if slot.as_ref().is_some_and(|(_, s)| s.finish.is_some()) {
                 let (tag, mut seq) = slot.take().expect("checked");
+                prior.add(&seq.controller);
                 free(engine, &mut seq);
                 on_done(tag, Ok(seq));
             }

@@ -220,10 +220,21 @@ pub struct DraftAsk {
 /// expected gain, and the number taken is the one that maximises expected tokens over the
 /// estimated cost of the whole batch (`costs`, by total batch size) — so a sequence whose
 /// draft does not pay drafts nothing while others still do. At most `n_batch` rows in all.
-/// `None` while the costs are unknown.
+/// Forced drafts (`min`: exploration, probes) are honoured only where the batch has cheap
+/// room — when their rows cost no more each than the batch's mean row — so that probing
+/// never pushes a full decode over a step of the cost curve for nothing (on a CPU, 16 rows
+/// cost 8.6 one-row decodes but 17 cost 9.3). `None` while the costs are unknown.
 pub fn allocate_drafts(asks: &[DraftAsk], costs: &VerifyCosts, n_batch: usize) -> Option<Vec<usize>> {
     let mut ks: Vec<usize> = asks.iter().map(|a| a.min.min(a.cap)).collect();
-    let base: usize = asks.iter().map(|a| a.base_rows).sum::<usize>() + ks.iter().sum::<usize>();
+    let plain_rows: usize = asks.iter().map(|a| a.base_rows).sum();
+    let forced: usize = ks.iter().sum();
+    if asks.len() > 1 && forced > 0 && plain_rows > 0 {
+        let (without, with) = (costs.estimate(plain_rows)?, costs.estimate(plain_rows + forced)?);
+        if with - without > forced as f64 * without / plain_rows as f64 {
+            ks.iter_mut().for_each(|k| *k = 0);
+        }
+    }
+    let base: usize = plain_rows + ks.iter().sum::<usize>();
     if base > n_batch {
         return Some(vec![0; asks.len()]);
     }
@@ -279,7 +290,53 @@ pub struct Controller {
     rounds: usize,
 }
 
+/// What the sequences of one continuous-batching run have learned about each source, pooled:
+/// a new sequence starts from it instead of exploring (a few forced drafts per sequence add
+/// up when records are short and many).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SharedPrior {
+    model: (f64, f64, usize, Option<f64>),
+    ngram: (f64, f64, usize, Option<f64>),
+}
+
+/// Tokens of evidence a shared prior is worth to a new sequence (its own rounds soon dominate).
+const PRIOR_WEIGHT: f64 = 8.0;
+
+impl SharedPrior {
+    /// Pool a finished sequence's evidence (its prior excluded).
+    pub fn add(&mut self, c: &Controller) {
+        for (pool, est, init) in [(&mut self.model, &c.model, 0.8), (&mut self.ngram, &c.ngram, 0.6)] {
+            if est.rounds == 0 {
+                continue;
+            }
+            let fresh = SourceEstimate::new(init);
+            pool.0 += (est.accepted - fresh.accepted).max(0.0);
+            pool.1 += (est.rejected - fresh.rejected).max(0.0);
+            pool.2 += est.rounds;
+            pool.3 = est.step_cost.map(|s| ema(pool.3, s)).or(pool.3);
+        }
+    }
+}
+
 impl Controller {
+    /// Start from what other sequences of the same run learned: a source with enough pooled
+    /// evidence (as many rounds as exploring would take, from at least two sequences' worth)
+    /// is not explored again, and its acceptance starts at the pooled rate, weighted as
+    /// `PRIOR_WEIGHT` tokens.
+    pub fn seed(&mut self, prior: &SharedPrior) {
+        for (est, pool) in [(&mut self.model, prior.model), (&mut self.ngram, prior.ngram)] {
+            let (acc, rej, rounds, step) = pool;
+            if est.rounds > 0 || rounds < 2 * EXPLORE_ROUNDS || acc + rej <= 0.0 {
+                continue;
+            }
+            let alpha = acc / (acc + rej);
+            est.accepted = PRIOR_WEIGHT * alpha;
+            est.rejected = PRIOR_WEIGHT * (1.0 - alpha);
+            est.rounds = EXPLORE_ROUNDS;
+            est.step_cost = est.step_cost.or(step);
+        }
+    }
+
     pub fn new(mode: AdaptiveMode, draft_max: usize) -> Self {
         Self::with_curve(mode, draft_max, None)
     }
@@ -486,6 +543,32 @@ mod tests {
             c.observe(&obs(DraftSource::Model, 1, 0, 10, 50));
         }
         assert_eq!(c.plan(DraftSource::Model, 8, 0), 1, "never below 1");
+    }
+
+    #[test]
+    fn a_shared_prior_skips_exploration_and_starts_at_the_pooled_rate() {
+        // one sequence that learned the n-gram drafter is poor here: 1 of 8 tokens accepted
+        let mut old = Controller::new(AdaptiveMode::Auto, 8);
+        old.observe(&obs(DraftSource::Ngram, 0, 0, 0, 100));
+        for _ in 0..4 {
+            old.observe(&obs(DraftSource::Ngram, 4, 0, 0, 210));
+        }
+        let mut prior = SharedPrior::default();
+        prior.add(&old);
+        let mut fresh = Controller::new(AdaptiveMode::Auto, 8);
+        fresh.seed(&prior);
+        // the pool holds 4 rounds (= 2 × EXPLORE_ROUNDS) of all-rejected drafts
+        assert_eq!(fresh.forced_len(DraftSource::Ngram, 8), None, "no forced exploration");
+        assert!(fresh.planning_alpha(DraftSource::Ngram, 0) < 0.05);
+        assert_eq!(fresh.forced_len(DraftSource::Model, 8), Some(4), "the model drafter was never seen: explored as before");
+        // too little evidence: nothing changes
+        let mut thin = Controller::new(AdaptiveMode::Auto, 8);
+        thin.observe(&obs(DraftSource::Ngram, 4, 0, 0, 210));
+        let mut small = SharedPrior::default();
+        small.add(&thin);
+        let mut c = Controller::new(AdaptiveMode::Auto, 8);
+        c.seed(&small);
+        assert_eq!(c, Controller::new(AdaptiveMode::Auto, 8));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub(super) const COLUMNS: [&str; 15] = [
 ];
 
 pub(super) fn row(r: &BenchResult) -> [String; 15] {
+    // with several sequences a decode is shared: per-round cost ratios do not apply
+    let shared = r.config.parallel > 1;
+    let per_round = |s: String| if shared { "-".to_string() } else { s };
     [
         r.config.pair.clone(),
         r.config.drafter.clone(),
@@ -35,9 +38,9 @@ pub(super) fn row(r: &BenchResult) -> [String; 15] {
         format!("{:.2}-{:.2}", r.speedup_min, r.speedup_max),
         format!("{:.1}% (α {:.2})", 100.0 * r.acceptance_rate, r.alpha),
         format!("{:.2}", r.tokens_per_round),
-        format!("{:.2}", r.cost_ratio),
-        format!("{:.2}", r.verify_cost_ratio),
-        format!("{:.2}x / {:.2}x", r.predicted_speedup_ideal, r.predicted_speedup),
+        per_round(format!("{:.2}", r.cost_ratio)),
+        per_round(format!("{:.2}", r.verify_cost_ratio)),
+        per_round(format!("{:.2}x / {:.2}x", r.predicted_speedup_ideal, r.predicted_speedup)),
     ]
 }
 
