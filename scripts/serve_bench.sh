@@ -30,9 +30,10 @@ if [[ "$SERVERS" == *llama* ]]; then
 fi
 
 wait_ready() {
-    local i
+    local pid="$1" i
     for i in $(seq 1 600); do
         if curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; then return 0; fi
+        kill -0 "$pid" 2>/dev/null || break
         sleep 0.5
     done
     echo "error: the server did not come up" >&2
@@ -44,7 +45,7 @@ run_server() {
     shift
     "$@" >/tmp/serve_bench_server.log 2>&1 &
     local pid=$!
-    if wait_ready; then
+    if wait_ready "$pid"; then
         python3 scripts/serve_load.py "http://127.0.0.1:$PORT/v1" --concurrency "$CONC" --requests "$REQUESTS" \
             --max-tokens "$N" --prompts "$PROMPTS" --label "$label"
     else

@@ -80,7 +80,14 @@ def one_request(url, messages, max_tokens, api_key, timeout):
 
 
 def level(url, prompts, concurrency, max_tokens, api_key, timeout):
-    todo = list(prompts)
+    # a request-unique first line, so that no server answers from a prompt cache filled by an
+    # earlier level (every level sends the same prompts)
+    nonce = time.time_ns()
+    todo = []
+    for i, messages in enumerate(prompts):
+        m = [dict(x) for x in messages]
+        m[0]["content"] = f"[request {nonce}-{i}]\n" + m[0]["content"]
+        todo.append(m)
     lock = threading.Lock()
     results, failures = [], []
 
