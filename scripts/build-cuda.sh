@@ -6,7 +6,9 @@
 # Usage: scripts/build-cuda.sh
 #   CUDA_ARCH   CMake CUDA architectures (default "75;86;89": Turing, Ampere and Ada consumer
 #               cards; CUDA_ARCH=90 builds for one, e.g. an H100)
-#   CUDA_SERIES cu12 (default) or cu13: which wheel series
+#   CUDA_SERIES cu13 (default) or cu12: which wheel series. Measured: the cu12 series'
+#               nvidia-cuda-nvcc-cu12 wheel carries only ptxas and libnvvm (no nvcc driver, no
+#               cicc), so it cannot compile; the CUDA 13 wheels carry the whole compiler.
 # Output: the binary and its shared libraries in $SPECRUN_CUDA_TARGET_DIR (default
 # ~/.cache/specrun/target-cuda)/release, and a summary (time, size, linked libraries).
 #
@@ -18,7 +20,7 @@ source "$(dirname "$0")/common.sh"
 ensure_system_packages
 
 CUDA_ARCH="${CUDA_ARCH:-75;86;89}"
-CUDA_SERIES="${CUDA_SERIES:-cu12}"
+CUDA_SERIES="${CUDA_SERIES:-cu13}"
 CACHE="${SPECRUN_CACHE:-$HOME/.cache/specrun}"
 WHEELS="$CACHE/cuda-wheels-$CUDA_SERIES"
 TOOLKIT="$CACHE/cuda-toolkit-$CUDA_SERIES"
@@ -40,7 +42,7 @@ fi
 say "laying out a toolkit root in $TOOLKIT"
 rm -rf "$TOOLKIT"
 mkdir -p "$TOOLKIT/bin" "$TOOLKIT/include" "$TOOLKIT/lib64"
-for d in "$WHEELS"/nvidia/*/ "$WHEELS"/nvidia/cu13/; do
+for d in "$WHEELS"/nvidia/*/; do
     [ -d "$d" ] || continue
     [ -d "$d/bin" ] && for f in "$d"/bin/*; do ln -sf "$f" "$TOOLKIT/bin/"; done
     [ -d "$d/include" ] && for f in "$d"/include/*; do [ -e "$TOOLKIT/include/$(basename "$f")" ] || ln -s "$f" "$TOOLKIT/include/"; done
@@ -49,6 +51,10 @@ for d in "$WHEELS"/nvidia/*/ "$WHEELS"/nvidia/cu13/; do
         ln -sf "$lib" "$TOOLKIT/lib64/"
         base="$(basename "$lib")"
         ln -sf "$lib" "$TOOLKIT/lib64/${base%%.so*}.so"
+    done
+    # static parts nvcc links by default (libcudadevrt.a, libcudart_static.a)
+    for lib in "$d"/lib/*.a "$d"/lib64/*.a; do
+        [ -e "$lib" ] && ln -sf "$lib" "$TOOLKIT/lib64/"
     done
     [ -d "$d/nvvm" ] && [ ! -e "$TOOLKIT/nvvm" ] && ln -s "$d/nvvm" "$TOOLKIT/nvvm"
 done
