@@ -154,7 +154,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
                             for _ in 0..args.repeat {
                                 let draft = draft.as_mut().map(|d| &mut **d as &mut dyn Model);
                                 samples.push(if n_parallel > 1 {
-                                    measure_parallel(target, draft, codec, clock, &plan, drafter, &gen, &prompts, n_parallel)?
+                                    measure_parallel(target, draft, clock, &plan, drafter, &gen, &prompts, n_parallel)?
                                 } else {
                                     measure(target, draft, codec, clock, &plan, drafter, &gen, &prompts)?
                                 });
@@ -253,7 +253,6 @@ fn measure(
 fn measure_parallel(
     target: &mut dyn Model,
     mut draft: Option<&mut dyn Model>,
-    codec: &dyn TextCodec,
     clock: &dyn Clock,
     plan: &Plan,
     drafter: DrafterKind,
@@ -261,7 +260,6 @@ fn measure_parallel(
     prompts: &[(Vec<Token>, usize)],
     n_parallel: usize,
 ) -> Result<RepeatSample> {
-    let _ = codec;
     let jobs = || {
         prompts
             .iter()
