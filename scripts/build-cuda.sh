@@ -73,10 +73,24 @@ start=$(date +%s)
 cargo build --release --locked --features cuda-no-vmm
 secs=$(( $(date +%s) - start ))
 BIN="$CARGO_TARGET_DIR/release/specrun"
+# llama.cpp's shared libraries go next to the binary, which finds them there ($ORIGIN rpath)
+LIBDIR="$(dirname "$(ls -t "$CARGO_TARGET_DIR"/release/build/llama-cpp-sys-2-*/out/lib/libllama.so 2>/dev/null | head -1)")"
+[ -e "$LIBDIR/libllama.so" ] || { echo "error: no libllama.so under $CARGO_TARGET_DIR/release/build" >&2; exit 1; }
+cp -P "$LIBDIR"/lib*.so* "$CARGO_TARGET_DIR/release/"
+if ! command -v patchelf >/dev/null; then
+    DEBIAN_FRONTEND=noninteractive ${SUDO:-} apt-get install -y -qq patchelf >/dev/null 2>&1 || true
+fi
+if command -v patchelf >/dev/null; then
+    # DT_RPATH (--force-rpath) also serves the libraries' own dependencies
+    patchelf --force-rpath --set-rpath '$ORIGIN' "$BIN"
+    for lib in "$CARGO_TARGET_DIR"/release/lib*.so.*.*; do patchelf --force-rpath --set-rpath '$ORIGIN' "$lib"; done
+else
+    echo "note: no patchelf: run the binary with LD_LIBRARY_PATH=$CARGO_TARGET_DIR/release" >&2
+fi
 echo "built in ${secs} s: $BIN ($(du -h "$BIN" | cut -f1))"
-for lib in "$CARGO_TARGET_DIR"/release/lib*.so*; do
+for lib in "$CARGO_TARGET_DIR"/release/lib*.so.*.*; do
     [ -e "$lib" ] && echo "  $(basename "$lib") $(du -h "$lib" | cut -f1)"
 done
-echo "linked libraries:"
-LD_LIBRARY_PATH="$CARGO_TARGET_DIR/release:$LD_LIBRARY_PATH" ldd "$BIN" | sed 's/^/  /'
-echo "run it with: LD_LIBRARY_PATH=$CARGO_TARGET_DIR/release:$TOOLKIT/lib64 $BIN devices"
+echo "linked libraries (the CUDA runtime and cuBLAS from the wheels here; on a GPU machine, its CUDA 13 libraries):"
+LD_LIBRARY_PATH="$TOOLKIT/lib64" ldd "$BIN" "$CARGO_TARGET_DIR/release/libggml-cuda.so.0" | sed 's/^/  /'
+echo "run it with: LD_LIBRARY_PATH=$TOOLKIT/lib64 $BIN devices"

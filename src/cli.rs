@@ -153,6 +153,10 @@ pub struct CalibrateArgs {
     /// Batch sizes to measure (default: 1-6, 8, 10, 12, 14, 16, 20, 24, 32, 48, 64, within n_batch).
     #[arg(long, value_delimiter = ',', value_name = "B,...")]
     pub sizes: Vec<usize>,
+    /// Sequence counts to measure in one decode, one token each (default: 2, 4, 8, 16; 1:
+    /// one sequence only).
+    #[arg(long, value_delimiter = ',', value_name = "S,...")]
+    pub seqs: Vec<usize>,
     /// Measurements per size (the median is kept).
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub repeat: usize,
@@ -218,6 +222,14 @@ fn parse_flash_attn(s: &str) -> Result<FlashAttn, String> {
 
 fn parse_kv_type(s: &str) -> Result<KvType, String> {
     s.parse()
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "1" => Ok(true),
+        "off" | "false" | "0" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
 }
 
 /// One of N shards of a prompt file.
@@ -300,6 +312,10 @@ pub struct ModelArgs {
     /// Keep both KV caches in host memory even when layers are offloaded. Also spelled -nkvo.
     #[arg(long = "no-kv-offload")]
     pub no_kv_offload: bool,
+    /// One KV buffer shared by all sequences in flight (on, the default) or one per sequence
+    /// (off), for both models. Also spelled -kvu (= on).
+    #[arg(long = "kv-unified", value_name = "on|off", value_parser = parse_on_off)]
+    pub kv_unified: Option<bool>,
     /// CPU threads for both models (default: per model, else all cores).
     #[arg(allow_negative_numbers = true, short = 't', long, value_name = "N")]
     pub threads: Option<u32>,
@@ -460,6 +476,7 @@ impl ModelArgs {
                 cache_type_k: flag(self.cache_type_k, "--cache-type-k"),
                 cache_type_v: flag(self.cache_type_v, "--cache-type-v"),
                 kv_offload: self.no_kv_offload.then(|| Setting::new(false, Origin::Flag("--no-kv-offload"))),
+                kv_unified: flag(self.kv_unified, "--kv-unified"),
             },
             draft_flags: ModelSettings {
                 n_gpu_layers: flag(self.n_gpu_layers_draft, "--n-gpu-layers-draft"),
@@ -514,6 +531,7 @@ pub fn normalize_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Ve
             Some("-ctkd") => "--cache-type-k-draft".into(),
             Some("-ctvd") => "--cache-type-v-draft".into(),
             Some("-nkvo") => "--no-kv-offload".into(),
+            Some("-kvu") => "--kv-unified=on".into(),
             _ => a,
         })
         .collect()

@@ -268,21 +268,22 @@ fn calibrate_stores_a_curve_that_run_plans_with() {
 fn offload_flags_reach_the_backend_and_the_report() {
     let out = mock_run(&[
         "--json", "--draft", "model", "-ngl", "7", "-ngld", "0", "-dev", "none", "-devd", "CPU", "-ctk", "q8_0", "-ctvd", "q4_0", "-fa",
-        "on", "-nkvo",
+        "on", "-nkvo", "--kv-unified", "off",
     ])
     .output()
     .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: RunReport = serde_json::from_slice(&out.stdout).unwrap();
     let p = r.placement.expect("placement");
-    assert_eq!(p.target, "none, 7 GPU layers, KV q8_0/f16 on the host, flash attention on");
-    assert_eq!(p.draft.as_deref(), Some("CPU, 0 GPU layers, KV f16/q4_0 on the host, flash attention on"));
+    assert_eq!(p.target, "none, 7 GPU layers, KV q8_0/f16 on the host per sequence, flash attention on");
+    assert_eq!(p.draft.as_deref(), Some("CPU, 0 GPU layers, KV f16/q4_0 on the host per sequence, flash attention on"));
     let out = mock_run(&[]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("target on  default devices, 0 GPU layers, KV f16/f16, flash attention auto"), "{err}");
     for (flags, msg) in [
         (vec!["-ctk", "q3"], "invalid value 'q3' for '--cache-type-k <TYPE>': expected a KV cache type (f32, f16, bf16, q8_0"),
         (vec!["-fa", "maybe"], "invalid value 'maybe' for '--flash-attn <on|off|auto>': expected on, off or auto"),
+        (vec!["--kv-unified", "yes"], "invalid value 'yes' for '--kv-unified <on|off>': expected on or off"),
     ] {
         let out = mock_run(&flags).output().unwrap();
         assert_eq!(out.status.code(), Some(2));
@@ -297,14 +298,14 @@ fn offload_keys_in_models_toml_are_checked_where_written() {
     let dir = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(models_toml()).unwrap().replace(
         "path = \"qwen2.5-coder-1.5b-instruct-q4_k_m.gguf\"",
-        "path = \"qwen2.5-coder-1.5b-instruct-q4_k_m.gguf\"\ndevices = [\"none\"]\ncache_type_k = \"q8_0\"\nflash_attn = \"off\"\nkv_offload = false",
+        "path = \"qwen2.5-coder-1.5b-instruct-q4_k_m.gguf\"\ndevices = [\"none\"]\ncache_type_k = \"q8_0\"\nflash_attn = \"off\"\nkv_offload = false\nkv_unified = false",
     );
     let good = dir.path().join("good.toml");
     std::fs::write(&good, &text).unwrap();
     let out = specrun().args(["run", "--mock", "--json", "--prompt", "hi", "--config"]).arg(&good).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: RunReport = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r.placement.unwrap().target, "none, 0 GPU layers, KV q8_0/f16 on the host, flash attention off");
+    assert_eq!(r.placement.unwrap().target, "none, 0 GPU layers, KV q8_0/f16 on the host per sequence, flash attention off");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, text.replace("cache_type_k = \"q8_0\"", "cache_type_k = \"q9\"")).unwrap();
     let out = specrun().args(["run", "--mock", "--prompt", "hi", "--config"]).arg(&bad).output().unwrap();

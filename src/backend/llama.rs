@@ -126,12 +126,16 @@ pub struct ContextSettings {
     pub type_v: KvType,
     /// KV cache on the offload device (llama.cpp's `offload_kqv`).
     pub kv_offload: bool,
+    /// One KV buffer for all sequences (llama.cpp's `kv_unified`): a decode carrying several
+    /// sequences is then one ubatch; with one stream per sequence llama.cpp splits it into
+    /// ubatches of equal rows per sequence over runs of consecutive sequence ids.
+    pub kv_unified: bool,
 }
 
 impl ContextSettings {
     /// llama.cpp's defaults for everything but sizes and threads.
     pub fn new(n_ctx: u32, n_batch: u32, threads: i32, n_seq_max: u32) -> Self {
-        Self { n_ctx, n_batch, threads, n_seq_max, flash_attn: FlashAttn::Auto, type_k: KvType::F16, type_v: KvType::F16, kv_offload: true }
+        Self { n_ctx, n_batch, threads, n_seq_max, flash_attn: FlashAttn::Auto, type_k: KvType::F16, type_v: KvType::F16, kv_offload: true, kv_unified: true }
     }
 }
 
@@ -348,7 +352,8 @@ impl LoadedModel {
         if s.n_batch == 0 || s.n_ctx == 0 {
             return Err(anyhow!("{}: n_ctx and n_batch must be > 0", self.path.display()));
         }
-        // each sequence gets n_ctx cells: the context holds n_seq_max × n_ctx (not unified)
+        // each sequence may use n_ctx cells: the context holds n_seq_max × n_ctx (one buffer
+        // when unified, else a stream of n_ctx per sequence)
         let n_seq = s.n_seq_max.max(1);
         self.check_context(s.n_ctx, n_seq)?;
         let params = LlamaContextParams::default()
@@ -365,7 +370,8 @@ impl LoadedModel {
             })
             .with_type_k(kv_type(s.type_k))
             .with_type_v(kv_type(s.type_v))
-            .with_offload_kqv(s.kv_offload);
+            .with_offload_kqv(s.kv_offload)
+            .with_kv_unified(s.kv_unified);
         let ctx =
             self.model.new_context(backend()?, params).with_context(|| format!("cannot create a context for {}", self.path.display()))?;
         // llama.cpp may round the context up; specrun enforces the size that was asked for

@@ -1,5 +1,6 @@
-//! `specrun calibrate`: measure the target's decode cost for batch sizes 1..64 (and the draft
-//! model's step), store the curve in the cache, print it. `run`, `batch` and `bench` then plan
+//! `specrun calibrate`: measure the target's decode cost for batch sizes 1..64, for one token
+//! of each of 2..16 sequences in one decode, and the draft model's step; store the curve in
+//! the cache, print it. `run`, `batch` and `bench` then plan
 //! draft lengths along it.
 
 use crate::cli::CalibrateArgs;
@@ -24,6 +25,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<ExitCode> {
         }
         Err(e) => return Err(e),
     };
+    let mut plan = plan;
     let key = calibration::key(&plan, args.models.mock);
     if args.show {
         match calibration::load(&key) {
@@ -44,17 +46,33 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<ExitCode> {
     if !(1..=100).contains(&args.repeat) {
         bail!("--repeat must be in [1, 100], got {}", args.repeat);
     }
+    let seq_counts: Vec<usize> = match args.seqs.as_slice() {
+        [] => calibration::default_seq_counts(n_batch),
+        [1] => Vec::new(),
+        counts => counts.to_vec(),
+    };
+    let max_seqs = crate::settings::MAX_PARALLEL.min(n_batch);
+    if let Some(&s) = seq_counts.iter().find(|&&s| s < 2 || s > max_seqs) {
+        bail!("--seqs: {s} is not in [2, {max_seqs}] (or give --seqs 1 to measure one sequence only)");
+    }
+    // the target holds the sequences measured together; a short context each keeps their
+    // cells small (the calibration reads only CONTEXT_DEPTH + 1 positions)
+    if let Some(&most) = seq_counts.iter().max() {
+        plan.target.n_seq = plan.target.n_seq.max(most as u32);
+        plan.target.n_ctx = plan.target.n_ctx.min(1024);
+    }
     crate::io::install_interrupt_handler();
     let mut result = None;
     with_backend(&plan, args.models.mock, &mut |target, draft, codec, clock| {
-        let context: Vec<Token> = codec.tokenize(&"The quick brown fox jumps over the lazy dog. ".repeat(8));
-        let context: Vec<Token> = context.into_iter().take(64).collect();
+        let context: Vec<Token> = codec.tokenize(&"The quick brown fox jumps over the lazy dog. ".repeat(CONTEXT_DEPTH / 4));
+        let context: Vec<Token> = context.into_iter().take(CONTEXT_DEPTH).collect();
         let target_secs = calibration::measure(target, clock, &sizes, args.repeat, &context)?;
+        let seq_secs = calibration::measure_seqs(target, clock, &seq_counts, args.repeat, &context)?;
         let draft_step_secs = match draft {
             Some(d) => calibration::measure(d, clock, &[1], args.repeat, &context)?.first().map(|p| p.1),
             None => None,
         };
-        result = Some(Calibration { key: key.clone(), target_secs, draft_step_secs });
+        result = Some(Calibration { key: key.clone(), target_secs, draft_step_secs, seq_secs });
         Ok(ExitCode::SUCCESS)
     })?;
     let Some(c) = result else { bail!("nothing was measured") };
@@ -67,6 +85,10 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Tokens of context every measured decode follows (as llama-batched-bench's `-npp 128`):
+/// verification happens after a prompt, and attention over it is part of the cost.
+const CONTEXT_DEPTH: usize = 128;
+
 fn render(c: &Calibration) -> String {
     let mut s = format!(
         "target decode cost ({}; {} threads, n_batch {}, {} GPU layers, {})\n",
@@ -76,6 +98,14 @@ fn render(c: &Calibration) -> String {
     let t1 = c.target_secs.first().map_or(1.0, |p| p.1);
     for &(b, t) in &c.target_secs {
         let _ = writeln!(s, "{b:>6}  {:>10.2}  {:>10.2}  {:>12.2}", t * 1e3, t / t1, t * 1e3 / b as f64);
+    }
+    if !c.seq_secs.is_empty() {
+        let _ = writeln!(s, "{:>6}  {:>10}  {:>10}  {:>12}", "seqs", "ms", "× 1 token", "× same rows");
+        let curve = c.curve();
+        for &(n, t) in &c.seq_secs {
+            let same_rows = curve.as_ref().map_or(f64::NAN, |k| k.seq_factor(n));
+            let _ = writeln!(s, "{n:>6}  {:>10.2}  {:>10.2}  {same_rows:>12.2}", t * 1e3, t / t1);
+        }
     }
     if let Some(d) = c.draft_step_secs {
         let _ = writeln!(s, "draft step {:.2} ms ({:.2} of a 1-token target decode)", d * 1e3, d / t1);

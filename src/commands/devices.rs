@@ -46,7 +46,11 @@ pub fn devices(args: &DevicesArgs) -> Result<ExitCode> {
         out.push('\n');
     }
     if !list.iter().any(|d| d.kind != "cpu") {
-        out += "no GPU: build with --features cuda, vulkan or metal (README, \"GPUs\") to offload with -ngl\n";
+        out += if build_features() == "cpu" {
+            "no GPU: build with --features cuda, vulkan or metal (README, \"GPUs\") to offload with -ngl\n"
+        } else {
+            "no GPU found by this GPU build: is the GPU driver installed and the device visible (nvidia-smi, vulkaninfo)?\n"
+        };
     }
     crate::io::out(&out)?;
     Ok(ExitCode::SUCCESS)

@@ -51,6 +51,8 @@ pub struct ModelEntry {
     pub cache_type_v: Option<Spanned<crate::settings::KvType>>,
     /// Keep the KV cache on the offload device (default true).
     pub kv_offload: Option<Spanned<bool>>,
+    /// One KV buffer for all sequences in flight (default true) or one per sequence.
+    pub kv_unified: Option<Spanned<bool>>,
 }
 
 /// A draft/target pair with optional generation defaults. Every value keeps its location in
@@ -179,6 +181,7 @@ impl Config {
             cache_type_k: self.setting(&m.cache_type_k, "cache_type_k"),
             cache_type_v: self.setting(&m.cache_type_v, "cache_type_v"),
             kv_offload: self.setting(&m.kv_offload, "kv_offload"),
+            kv_unified: self.setting(&m.kv_unified, "kv_unified"),
         }
     }
 
@@ -241,6 +244,7 @@ pub struct ModelSettings {
     pub cache_type_k: Option<Setting<crate::settings::KvType>>,
     pub cache_type_v: Option<Setting<crate::settings::KvType>>,
     pub kv_offload: Option<Setting<bool>>,
+    pub kv_unified: Option<Setting<bool>>,
 }
 
 /// Where the models file comes from.

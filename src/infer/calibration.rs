@@ -42,11 +42,15 @@ pub struct Calibration {
     pub target_secs: Vec<(usize, f64)>,
     /// Median seconds of one draft-model step, when a draft model was measured.
     pub draft_step_secs: Option<f64>,
+    /// Median seconds of a target decode of one token for each of `s` sequences (each after
+    /// the same context), by `s`; empty in calibrations made before it was measured.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seq_secs: Vec<(usize, f64)>,
 }
 
 impl Calibration {
     pub fn curve(&self) -> Option<CostCurve> {
-        CostCurve::from_seconds(self.target_secs.clone())
+        CostCurve::from_seconds_with_seqs(self.target_secs.clone(), self.seq_secs.clone())
     }
 }
 
@@ -86,7 +90,8 @@ pub fn key(plan: &Plan, mock: bool) -> CurveKey {
             let default = t.devices.is_empty()
                 && t.flash_attn == crate::settings::FlashAttn::Auto
                 && (t.type_k, t.type_v) == (crate::settings::KvType::F16, crate::settings::KvType::F16)
-                && t.kv_offload;
+                && t.kv_offload
+                && t.kv_unified;
             if default {
                 String::new()
             } else {
@@ -175,6 +180,45 @@ pub fn measure(model: &mut dyn Model, clock: &dyn Clock, sizes: &[usize], repeat
     Ok(sizes.iter().copied().zip(samples.into_iter().map(median)).collect())
 }
 
+/// Sequence counts measured by default (a decode of one token for each).
+pub fn default_seq_counts(n_batch: usize) -> Vec<usize> {
+    [2, 4, 8, 16].into_iter().filter(|&s| s <= n_batch).collect()
+}
+
+/// Median seconds of one decode carrying one token for each of `s` sequences (ids `0..s`,
+/// each holding the same `context`), for each count, `repeat` times each, interleaved. The
+/// model must hold the largest count of sequences.
+pub fn measure_seqs(model: &mut dyn Model, clock: &dyn Clock, counts: &[usize], repeat: usize, context: &[Token]) -> Result<Vec<(usize, f64)>> {
+    let max = counts.iter().copied().max().unwrap_or(0);
+    let mut cursors: Vec<KvCursor> = (0..max).map(|i| KvCursor::new(i as i32)).collect();
+    for c in &mut cursors {
+        model.truncate(c.seq, 0)?;
+        c.decode_tail(model, context, 0)?;
+    }
+    let n = context.len();
+    let tokens: Vec<Token> = context.iter().copied().chain(context.first().copied()).collect();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
+    for pass in 0..=repeat {
+        for (i, &s) in counts.iter().enumerate() {
+            let parts: Vec<_> = cursors[..s].iter().map(|c| c.part(&tokens, 1)).collect();
+            let t0 = clock.now();
+            model.decode_parts(&parts)?;
+            let secs = (clock.now() - t0).as_secs_f64();
+            for c in &mut cursors[..s] {
+                c.part_decoded(1);
+                c.keep(model, n)?;
+            }
+            if pass > 0 {
+                samples[i].push(secs);
+            }
+        }
+    }
+    for c in &mut cursors {
+        c.keep(model, 0)?;
+    }
+    Ok(counts.iter().copied().zip(samples.into_iter().map(median)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +233,21 @@ mod tests {
         assert_eq!(secs, vec![(1, 0.022), (2, 0.024), (8, 0.036)]);
         let curve = CostCurve::from_seconds(secs).unwrap();
         assert!((curve.relative(8) - 36.0 / 22.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn sequences_are_measured_in_one_decode_each() {
+        let clock = MockClock::new();
+        let mut m = MockModel::new(MockSpec::target(1)).with_clock(clock.clone());
+        let secs = measure_seqs(&mut m, &clock, &[2, 4], 2, &[3, 4, 5, 6]).unwrap();
+        // 20 ms a call + 2 ms a token: the mock charges sequences like rows
+        assert_eq!(secs, vec![(2, 0.024), (4, 0.028)]);
+        let multi = m.decode_log.iter().filter(|c| c.len() > 1).count();
+        assert_eq!(multi, 3 * 2, "one decode per count per pass (warm-up included)");
+        assert!(m.decode_log.iter().filter(|c| c.len() > 1).all(|c| c.iter().all(|p| p.1 == 4 && p.2 == 1)));
+        for id in 0..4 {
+            assert!(m.cached(id).is_empty(), "sequence {id} left cells behind");
+        }
     }
 
     #[test]

@@ -233,6 +233,7 @@ fn context<'m>(m: &'m crate::backend::llama::LoadedModel, p: &ModelPlan) -> Resu
         type_k: p.type_k,
         type_v: p.type_v,
         kv_offload: p.kv_offload,
+        kv_unified: p.kv_unified,
     })
 }
 

@@ -60,6 +60,8 @@ pub struct ModelPlan {
     pub type_k: KvType,
     pub type_v: KvType,
     pub kv_offload: bool,
+    /// Sequences in flight share one KV buffer (one ubatch per decode) instead of one stream each.
+    pub kv_unified: bool,
 }
 
 impl ModelPlan {
@@ -67,11 +69,12 @@ impl ModelPlan {
     pub fn placement(&self) -> String {
         let devices = if self.devices.is_empty() { "default devices".to_string() } else { self.devices.join(",") };
         format!(
-            "{devices}, {} GPU layers, KV {}/{}{}, flash attention {}",
+            "{devices}, {} GPU layers, KV {}/{}{}{}, flash attention {}",
             self.n_gpu_layers,
             self.type_k.as_str(),
             self.type_v.as_str(),
             if self.kv_offload { "" } else { " on the host" },
+            if self.kv_unified { "" } else { " per sequence" },
             self.flash_attn.as_str()
         )
     }
@@ -110,9 +113,9 @@ impl Plan {
 }
 
 /// Sequences in flight for `parallel` (`None`: `default`). With `auto`, the N in
-/// {1, 2, 4, 8, 16} (within n_batch) that the calibrated cost curve says decodes the most
-/// tokens per second when every sequence adds one token to a round (N / cost(N)); 4 without a
-/// calibration.
+/// {1, 2, 4, 8, 16} (within n_batch) that the calibration says decodes the most tokens per
+/// second when every sequence adds one token to a round (N / cost of N sequences, as measured
+/// with several sequences when the calibration has them); 4 without a calibration.
 pub fn sequences_in_flight(parallel: Option<crate::settings::Parallel>, plan: &Plan, default: usize) -> usize {
     use crate::settings::Parallel;
     match parallel {
@@ -121,7 +124,7 @@ pub fn sequences_in_flight(parallel: Option<crate::settings::Parallel>, plan: &P
             Some(curve) => [1usize, 2, 4, 8, 16]
                 .into_iter()
                 .filter(|&n| n <= plan.target.n_batch as usize)
-                .max_by(|&a, &b| (a as f64 / curve.relative(a)).total_cmp(&(b as f64 / curve.relative(b))))
+                .max_by(|&a, &b| (a as f64 / curve.relative_seqs(a)).total_cmp(&(b as f64 / curve.relative_seqs(b))))
                 .unwrap_or(1),
             None => {
                 crate::io::note("note: --parallel auto: no calibration for this model (`specrun calibrate`); using 4");
@@ -188,6 +191,7 @@ fn model_plan(name: &str, path: &Path, file: &ModelSettings, cache: &Path, sel: 
         type_k: either(&own.cache_type_k, &file.cache_type_k, KvType::F16),
         type_v: either(&own.cache_type_v, &file.cache_type_v, KvType::F16),
         kv_offload: either(&sel.flags.kv_offload, &file.kv_offload, true),
+        kv_unified: either(&sel.flags.kv_unified, &file.kv_unified, true),
     })
 }
 

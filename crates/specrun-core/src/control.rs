@@ -83,45 +83,94 @@ impl SourceEstimate {
 /// A calibrated cost curve: the cost of one target decode of `b` tokens relative to a decode
 /// of one token, at measured batch sizes (`specrun calibrate`), interpolated linearly between
 /// them and extrapolated along the last segment. Its absolute scale is learned online.
+///
+/// With `seq_points` it also knows what spreading a decode over several sequences costs: a
+/// decode of one token for each of `s` sequences, relative to one token of one sequence. A
+/// decode of `b` rows over `s` sequences is then modelled as `relative(b) × seq_factor(s)`
+/// (the extra cost of `s` separate attention streams, measured at `b = s`, applied to any
+/// row count).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CostCurve {
     /// `(batch size, cost relative to batch size 1)`, sorted by batch size, starting at 1.
     pub points: Vec<(usize, f64)>,
+    /// `(sequences, cost relative to batch size 1)` of a decode of one token for each of that
+    /// many sequences, sorted; empty when not calibrated with several sequences.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seq_points: Vec<(usize, f64)>,
+}
+
+/// Linear interpolation over sorted `(x, y)` points, extrapolated along the last segment (never
+/// downwards); `None` without points.
+fn interpolate(pts: &[(usize, f64)], x: usize) -> Option<f64> {
+    Some(match pts.iter().position(|&(px, _)| px >= x) {
+        Some(0) => pts[0].1,
+        Some(i) if pts[i].0 == x => pts[i].1,
+        Some(i) => {
+            let ((x0, y0), (x1, y1)) = (pts[i - 1], pts[i]);
+            y0 + (y1 - y0) * (x - x0) as f64 / (x1 - x0) as f64
+        }
+        None => match pts.len() {
+            0 => return None,
+            1 => pts[0].1 * x as f64 / pts[0].0.max(1) as f64,
+            n => {
+                let ((x0, y0), (x1, y1)) = (pts[n - 2], pts[n - 1]);
+                let slope = ((y1 - y0) / (x1 - x0) as f64).max(0.0);
+                y1 + slope * (x - x1) as f64
+            }
+        },
+    })
 }
 
 impl CostCurve {
     /// From measured seconds per batch size (any order; must include batch size 1).
-    pub fn from_seconds(mut secs: Vec<(usize, f64)>) -> Option<Self> {
-        secs.retain(|&(b, t)| b >= 1 && t.is_finite() && t > 0.0);
-        secs.sort_by_key(|&(b, _)| b);
-        secs.dedup_by_key(|&mut (b, _)| b);
+    pub fn from_seconds(secs: Vec<(usize, f64)>) -> Option<Self> {
+        Self::from_seconds_with_seqs(secs, Vec::new())
+    }
+
+    /// From measured seconds per batch size (one sequence) and per number of sequences (one
+    /// token each); the second may be empty.
+    pub fn from_seconds_with_seqs(secs: Vec<(usize, f64)>, seq_secs: Vec<(usize, f64)>) -> Option<Self> {
+        fn clean(mut v: Vec<(usize, f64)>) -> Vec<(usize, f64)> {
+            v.retain(|&(b, t)| b >= 1 && t.is_finite() && t > 0.0);
+            v.sort_by_key(|&(b, _)| b);
+            v.dedup_by_key(|&mut (b, _)| b);
+            v
+        }
+        let secs = clean(secs);
         let (b0, t1) = *secs.first()?;
         if b0 != 1 {
             return None;
         }
-        Some(Self { points: secs.into_iter().map(|(b, t)| (b, t / t1)).collect() })
+        let rel = |v: Vec<(usize, f64)>| v.into_iter().map(|(b, t)| (b, t / t1)).collect::<Vec<_>>();
+        Some(Self { points: rel(secs), seq_points: rel(clean(seq_secs)) })
     }
 
-    /// Cost of a `b`-token decode relative to a 1-token decode.
+    /// Cost of a `b`-token decode (one sequence) relative to a 1-token decode.
     pub fn relative(&self, b: usize) -> f64 {
-        let pts = &self.points;
-        match pts.iter().position(|&(x, _)| x >= b) {
-            Some(0) => pts[0].1,
-            Some(i) if pts[i].0 == b => pts[i].1,
-            Some(i) => {
-                let ((x0, y0), (x1, y1)) = (pts[i - 1], pts[i]);
-                y0 + (y1 - y0) * (b - x0) as f64 / (x1 - x0) as f64
-            }
-            None => match pts.len() {
-                0 => b as f64,
-                1 => pts[0].1 * b as f64,
-                n => {
-                    let ((x0, y0), (x1, y1)) = (pts[n - 2], pts[n - 1]);
-                    let slope = ((y1 - y0) / (x1 - x0) as f64).max(0.0);
-                    y1 + slope * (b - x1) as f64
-                }
-            },
+        interpolate(&self.points, b).unwrap_or(b as f64)
+    }
+
+    /// How much more a decode costs when its rows belong to `seqs` sequences rather than one
+    /// (1 for one sequence, or without a several-sequence calibration).
+    pub fn seq_factor(&self, seqs: usize) -> f64 {
+        if seqs <= 1 {
+            return 1.0;
         }
+        match interpolate(&self.seq_points, seqs) {
+            Some(c) => (c / self.relative(seqs)).max(1.0),
+            None => 1.0,
+        }
+    }
+
+    /// Cost of a decode of `rows` rows over `seqs` sequences relative to a 1-token decode.
+    pub fn relative_shared(&self, rows: usize, seqs: usize) -> f64 {
+        self.relative(rows) * self.seq_factor(seqs)
+    }
+
+    /// Cost of a decode of one token for each of `seqs` sequences relative to a 1-token decode
+    /// (measured when calibrated with several sequences, else the one-sequence curve).
+    pub fn relative_seqs(&self, seqs: usize) -> f64 {
+        self.relative_shared(seqs, seqs)
     }
 
     /// The largest batch size measured.
@@ -130,11 +179,11 @@ impl CostCurve {
     }
 }
 
-/// Verification cost by batch size (EMA seconds per target decode of `b` tokens), over a
-/// calibrated [`CostCurve`] when there is one.
+/// Verification cost by batch shape (EMA seconds per target decode of `rows` tokens over
+/// `seqs` sequences), over a calibrated [`CostCurve`] when there is one.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VerifyCosts {
-    by_batch: Vec<Option<f64>>,
+    seen: std::collections::BTreeMap<(usize, usize), f64>,
     curve: Option<std::sync::Arc<CostCurve>>,
 }
 
@@ -152,49 +201,85 @@ fn ema(old: Option<f64>, x: f64) -> f64 {
 }
 
 impl VerifyCosts {
-    /// A decode of `batch` tokens took `secs` seconds.
+    /// A decode of `batch` tokens of one sequence took `secs` seconds.
     pub fn observe(&mut self, batch: usize, secs: f64) {
-        if self.by_batch.len() <= batch {
-            self.by_batch.resize(batch + 1, None);
-        }
-        self.by_batch[batch] = Some(ema(self.by_batch[batch], secs));
+        self.observe_shared(batch, 1, secs);
+    }
+
+    /// A decode of `rows` tokens over `seqs` sequences took `secs` seconds.
+    pub fn observe_shared(&mut self, rows: usize, seqs: usize, secs: f64) {
+        let key = (rows, seqs.max(1));
+        let old = self.seen.get(&key).copied();
+        self.seen.insert(key, ema(old, secs));
     }
 
     /// Costs that follow `curve` for batch sizes not measured yet.
     pub fn with_curve(curve: std::sync::Arc<CostCurve>) -> Self {
-        Self { by_batch: Vec::new(), curve: Some(curve) }
+        Self { seen: Default::default(), curve: Some(curve) }
     }
 
-    /// Estimated seconds to verify `batch` tokens: measured if seen; else, with a calibrated
-    /// curve, the curve scaled to the sizes measured so far (the mean ratio of measured to
-    /// curve); else an affine fit through what was seen (a prior slope of 0.3 of a 1-token
-    /// step per extra token when only one size is known).
+    /// Whether a one-token decode of one sequence was measured.
+    pub fn knows_one_token(&self) -> bool {
+        self.seen.contains_key(&(1, 1))
+    }
+
+    /// Estimated seconds to verify `batch` tokens of one sequence.
     pub fn estimate(&self, batch: usize) -> Option<f64> {
-        if let Some(Some(t)) = self.by_batch.get(batch) {
+        self.estimate_shared(batch, 1)
+    }
+
+    /// Estimated seconds of a decode of `rows` tokens over `seqs` sequences: measured if that
+    /// shape was seen; else, with a calibrated curve, the curve's cost of that shape scaled by
+    /// what was measured **near** it (ratios of measured to curve cost, weighted by closeness
+    /// in rows and sequences: a curve taken at another context depth or machine load is
+    /// corrected locally, and a shape far from anything measured leans on its nearest
+    /// neighbours rather than on an average dominated by small decodes); else an affine fit
+    /// in rows through what was seen (a prior slope of 0.3 of a 1-token step per extra token
+    /// when only one size is known).
+    pub fn estimate_shared(&self, rows: usize, seqs: usize) -> Option<f64> {
+        let seqs = seqs.max(1);
+        if let Some(t) = self.seen.get(&(rows, seqs)) {
             return Some(*t);
         }
-        let seen: Vec<(f64, f64)> = self.by_batch.iter().enumerate().filter_map(|(b, t)| t.map(|t| (b as f64, t))).collect();
-        if let Some(curve) = &self.curve {
-            if seen.is_empty() {
-                return None;
-            }
-            let scale = seen.iter().map(|&(b, t)| t / curve.relative(b as usize)).sum::<f64>() / seen.len() as f64;
-            return Some(scale * curve.relative(batch));
+        if self.seen.is_empty() {
+            return None;
         }
-        match seen.len() {
+        if let Some(curve) = &self.curve {
+            let (mut wsum, mut lsum) = (0.0, 0.0);
+            for (&(r, s), &t) in &self.seen {
+                let d = r.abs_diff(rows) as f64 + 2.0 * s.abs_diff(seqs) as f64;
+                let w = 1.0 / (1.0 + d).powi(2);
+                wsum += w;
+                lsum += w * (t / curve.relative_shared(r, s)).ln();
+            }
+            return Some((lsum / wsum).exp() * curve.relative_shared(rows, seqs));
+        }
+        // without a curve: one point per row count (the mean over sequence counts)
+        let mut by_rows: Vec<(f64, f64, f64)> = Vec::new();
+        for (&(r, _), &t) in &self.seen {
+            match by_rows.last_mut() {
+                Some(last) if last.0 == r as f64 => {
+                    last.1 += t;
+                    last.2 += 1.0;
+                }
+                _ => by_rows.push((r as f64, t, 1.0)),
+            }
+        }
+        let by_rows: Vec<(f64, f64)> = by_rows.into_iter().map(|(r, t, n)| (r, t / n)).collect();
+        match by_rows.len() {
             0 => None,
             1 => {
-                let (b0, t0) = seen[0];
+                let (b0, t0) = by_rows[0];
                 let base = t0 / (1.0 + 0.3 * (b0 - 1.0));
-                Some(base * (1.0 + 0.3 * (batch as f64 - 1.0)))
+                Some(base * (1.0 + 0.3 * (rows as f64 - 1.0)))
             }
             _ => {
-                let n = seen.len() as f64;
-                let (mb, mt) = (seen.iter().map(|s| s.0).sum::<f64>() / n, seen.iter().map(|s| s.1).sum::<f64>() / n);
-                let cov: f64 = seen.iter().map(|s| (s.0 - mb) * (s.1 - mt)).sum();
-                let var: f64 = seen.iter().map(|s| (s.0 - mb).powi(2)).sum();
+                let n = by_rows.len() as f64;
+                let (mb, mt) = (by_rows.iter().map(|s| s.0).sum::<f64>() / n, by_rows.iter().map(|s| s.1).sum::<f64>() / n);
+                let cov: f64 = by_rows.iter().map(|s| (s.0 - mb) * (s.1 - mt)).sum();
+                let var: f64 = by_rows.iter().map(|s| (s.0 - mb).powi(2)).sum();
                 let slope = (cov / var).max(0.0);
-                Some((mt + slope * (batch as f64 - mb)).max(1e-9))
+                Some((mt + slope * (rows as f64 - mb)).max(1e-9))
             }
         }
     }
@@ -212,24 +297,30 @@ pub struct DraftAsk {
     pub base_rows: usize,
     /// Draft at least this much (exploration and probes of its own controller).
     pub min: usize,
+    /// Seconds each drafted token costs before verification (a draft-model step; 0 for
+    /// n-gram lookup).
+    pub draft_cost: f64,
 }
 
 /// Draft lengths for sequences sharing one target decode, for the most expected tokens per
-/// second of that decode: every sequence emits at least one token; the `j`-th drafted token
-/// of a sequence adds `α^j` expected tokens and one row. Tokens are taken in order of their
-/// expected gain, and the number taken is the one that maximises expected tokens over the
-/// estimated cost of the whole batch (`costs`, by total batch size) — so a sequence whose
-/// draft does not pay drafts nothing while others still do. At most `n_batch` rows in all.
-/// Forced drafts (`min`: exploration, probes) are honoured only where the batch has cheap
-/// room — when their rows cost no more each than the batch's mean row — so that probing
-/// never pushes a full decode over a step of the cost curve for nothing (on a CPU, 16 rows
-/// cost 8.6 one-row decodes but 17 cost 9.3). `None` while the costs are unknown.
+/// second of that round: every sequence emits at least one token; the `j`-th drafted token
+/// of a sequence adds `α^j` expected tokens, one row and its drafting cost. Tokens are taken
+/// in order of their expected gain, and the number taken is the one that maximises expected
+/// tokens over the estimated cost of the round (`costs`, by total rows and the sequences
+/// the decode carries, plus drafting) — so a sequence whose draft does not pay drafts nothing
+/// while others still do. At most `n_batch` rows in all. Forced drafts (`min`: exploration,
+/// probes) are honoured only where the batch has cheap room — when their rows cost no more
+/// each than the batch's mean row — so that probing never pushes a full decode over a step
+/// of the cost curve for nothing (on a CPU, 16 rows cost 8.6 one-row decodes but 17 cost
+/// 9.3). `None` while the costs are unknown.
 pub fn allocate_drafts(asks: &[DraftAsk], costs: &VerifyCosts, n_batch: usize) -> Option<Vec<usize>> {
+    let seqs = asks.len().max(1);
+    let verify = |rows: usize| costs.estimate_shared(rows.max(1), seqs);
     let mut ks: Vec<usize> = asks.iter().map(|a| a.min.min(a.cap)).collect();
     let plain_rows: usize = asks.iter().map(|a| a.base_rows).sum();
     let forced: usize = ks.iter().sum();
     if asks.len() > 1 && forced > 0 && plain_rows > 0 {
-        let (without, with) = (costs.estimate(plain_rows)?, costs.estimate(plain_rows + forced)?);
+        let (without, with) = (verify(plain_rows)?, verify(plain_rows + forced)?);
         if with - without > forced as f64 * without / plain_rows as f64 {
             ks.iter_mut().for_each(|k| *k = 0);
         }
@@ -240,19 +331,21 @@ pub fn allocate_drafts(asks: &[DraftAsk], costs: &VerifyCosts, n_batch: usize) -
     }
     let mut expected: f64 =
         asks.len() as f64 + asks.iter().zip(&ks).map(|(a, &k)| (1..=k).map(|j| a.alpha.powi(j as i32)).sum::<f64>()).sum::<f64>();
-    // every further token, best first
+    let mut drafting: f64 = asks.iter().zip(&ks).map(|(a, &k)| a.draft_cost * k as f64).sum();
+    // every further token, best first (gain per unit of its own drafting cost breaks ties)
     let mut gains: Vec<(f64, usize)> = Vec::new();
     for (i, a) in asks.iter().enumerate() {
         for j in ks[i] + 1..=a.cap {
             gains.push((a.alpha.powi(j as i32), i));
         }
     }
-    gains.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
+    gains.sort_by(|x, y| y.0.total_cmp(&x.0).then(asks[x.1].draft_cost.total_cmp(&asks[y.1].draft_cost)).then(x.1.cmp(&y.1)));
     let room = n_batch - base;
-    let mut best = (expected / costs.estimate(base.max(1))?, 0usize);
-    for (n, &(g, _)) in gains.iter().take(room).enumerate() {
+    let mut best = (expected / (verify(base)? + drafting), 0usize);
+    for (n, &(g, i)) in gains.iter().take(room).enumerate() {
         expected += g;
-        let rate = expected / costs.estimate(base + n + 1)?;
+        drafting += asks[i].draft_cost;
+        let rate = expected / (verify(base + n + 1)? + drafting);
         if rate > best.0 * 1.000_001 {
             best = (rate, n + 1);
         }
@@ -436,7 +529,7 @@ impl Controller {
     fn plan_auto(&mut self, source: DraftSource, cap: usize, run: usize) -> usize {
         // Explore first: one plain round (the 1-token cost), then draft at full length until
         // the costs of both are known.
-        if self.verify.by_batch.get(1).copied().flatten().is_none() {
+        if !self.verify.knows_one_token() {
             return 0;
         }
         // Then let each source draft a few rounds at a moderate length, so that its α rests on
@@ -677,14 +770,49 @@ mod tests {
         // a 16-token decode that was this time cheaper than the curve says counts as measured
         v.observe(16, 0.7);
         assert_eq!(v.estimate(16), Some(0.7));
+        // between them, the scale leans on the nearer measurement (weights 1/(1+distance)²)
         let (s1, s16) = (0.1 / 1.0, 0.7 / 8.4);
-        assert!((v.estimate(12).unwrap() - (s1 + s16) / 2.0 * 8.1).abs() < 1e-9);
+        let (w1, w16) = (1.0 / 144.0, 1.0 / 25.0);
+        let scale = ((w1 * f64::ln(s1) + w16 * f64::ln(s16)) / (w1 + w16)).exp();
+        assert!((v.estimate(12).unwrap() - scale * 8.1).abs() < 1e-9);
+        assert!(v.estimate(12).unwrap() < (s1 + s16) / 2.0 * 8.1, "nearer 16's cheaper scale than the mean");
+    }
+
+    #[test]
+    fn several_sequences_cost_what_the_calibration_measured_for_them() {
+        // one sequence: 1, 2, 4, 16 rows cost 1, 1.6, 2.6, 8.6; sixteen sequences with one row each cost 10.2
+        let curve = CostCurve::from_seconds_with_seqs(
+            vec![(1, 0.04), (2, 0.064), (4, 0.104), (16, 0.344)],
+            vec![(2, 0.072), (16, 0.408)],
+        )
+        .unwrap();
+        assert!((curve.seq_factor(1) - 1.0).abs() < 1e-12);
+        assert!((curve.seq_factor(16) - 10.2 / 8.6).abs() < 1e-9);
+        assert!((curve.seq_factor(2) - 1.8 / 1.6).abs() < 1e-9);
+        assert!((curve.relative_seqs(16) - 10.2).abs() < 1e-9);
+        assert!((curve.relative_shared(20, 16) - curve.relative(20) * 10.2 / 8.6).abs() < 1e-9);
+        // without a several-sequence calibration, sequences cost nothing extra
+        assert_eq!(CostCurve::from_seconds(vec![(1, 0.04), (16, 0.344)]).unwrap().seq_factor(16), 1.0);
+        // measured shapes win; unmeasured ones follow the curve, scaled near what was measured
+        let mut v = VerifyCosts::with_curve(std::sync::Arc::new(curve));
+        v.observe_shared(16, 16, 0.5);
+        assert_eq!(v.estimate_shared(16, 16), Some(0.5));
+        let at_20 = v.estimate_shared(20, 16).unwrap();
+        assert!((at_20 - 0.5 / 10.2 * curve_rel(20) * 10.2 / 8.6).abs() < 1e-9, "{at_20}");
+        v.observe(1, 0.04);
+        // one sequence's cost barely moves the estimate for sixteen
+        let at_20_now = v.estimate_shared(20, 16).unwrap();
+        assert!((at_20_now - at_20).abs() / at_20 < 0.01, "{at_20} → {at_20_now}");
+    }
+
+    fn curve_rel(b: usize) -> f64 {
+        CostCurve::from_seconds(vec![(1, 0.04), (2, 0.064), (4, 0.104), (16, 0.344)]).unwrap().relative(b)
     }
 
     #[test]
     fn on_a_flat_curve_auto_drafts_long_and_a_copy_run_lengthens_drafts() {
         // a GPU-like curve: 16 tokens cost 1.2 of one
-        let flat = CostCurve { points: vec![(1, 1.0), (16, 1.2), (64, 2.0)] };
+        let flat = CostCurve { points: vec![(1, 1.0), (16, 1.2), (64, 2.0)], seq_points: vec![] };
         let mut c = Controller::with_curve(AdaptiveMode::Auto, 16, Some(std::sync::Arc::new(flat)));
         c.observe(&Observation {
             source: DraftSource::Ngram,

@@ -28,6 +28,23 @@ pub struct DraftRequest<'a> {
     pub p_min: f32,
 }
 
+/// One sequence's share of a [`Drafter::propose_many`] call: what [`Drafter::propose`] takes
+/// for one sequence.
+pub struct ProposeJob<'a> {
+    pub cursor: &'a mut DraftCursor,
+    pub tokens: &'a mut Vec<Token>,
+    pub q: &'a mut Vec<Dist>,
+    pub req: DraftRequest<'a>,
+    pub rng: &'a mut ChaCha8Rng,
+}
+
+impl ProposeJob<'_> {
+    /// The same job, borrowed again (to hand a subset of jobs on).
+    pub fn reborrow(&mut self) -> ProposeJob<'_> {
+        ProposeJob { cursor: &mut *self.cursor, tokens: &mut *self.tokens, q: &mut *self.q, req: self.req, rng: &mut *self.rng }
+    }
+}
+
 /// Where a round's proposal comes from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -141,6 +158,13 @@ pub trait Drafter {
         scratch: &mut Scratch,
         rng: &mut ChaCha8Rng,
     ) -> Result<DraftReport, ModelError>;
+    /// Draft for several sequences (distinct ids) in one go: the same proposals as
+    /// [`Drafter::propose`] for each, up to batch-shape effects on a model's logits. The
+    /// default drafts one sequence after another; a draft model decodes each draft step of
+    /// every sequence in **one** batch.
+    fn propose_many(&mut self, jobs: &mut [ProposeJob<'_>], scratch: &mut Scratch) -> Result<Vec<DraftReport>, ModelError> {
+        jobs.iter_mut().map(|j| self.propose(j.cursor, j.tokens, j.q, &j.req, scratch, j.rng)).collect()
+    }
     /// The sequence now agrees with what the drafter saw on its first `keep` tokens only.
     fn rollback(&mut self, cursor: &mut DraftCursor, keep: usize) -> Result<(), ModelError>;
     /// A finished sequence's output, for a drafter that learns across sequences (the n-gram
@@ -177,6 +201,9 @@ impl<D: Drafter + ?Sized> Drafter for Box<D> {
         rng: &mut ChaCha8Rng,
     ) -> Result<DraftReport, ModelError> {
         (**self).propose(cursor, tokens, q, req, scratch, rng)
+    }
+    fn propose_many(&mut self, jobs: &mut [ProposeJob<'_>], scratch: &mut Scratch) -> Result<Vec<DraftReport>, ModelError> {
+        (**self).propose_many(jobs, scratch)
     }
     fn rollback(&mut self, cursor: &mut DraftCursor, keep: usize) -> Result<(), ModelError> {
         (**self).rollback(cursor, keep)
@@ -237,6 +264,34 @@ fn top_probability(row: &[f32]) -> f32 {
     1.0 / z
 }
 
+/// Draft one token from logits row `row` of the draft model's last decode: append it (and
+/// its q) unless the draft is too unsure. Returns whether drafting may go on.
+fn take_row<M: Model>(
+    model: &M,
+    row: usize,
+    tokens: &mut Vec<Token>,
+    q: &mut Vec<Dist>,
+    req: &DraftRequest<'_>,
+    scratch: &mut Scratch,
+    rng: &mut ChaCha8Rng,
+) -> bool {
+    let row = model.logits(row);
+    let (token, confidence, dist) = if req.keep_q {
+        let dist = scratch.warp(row, tokens, req.params);
+        (dist.sample(rng), dist.probs[0], Some(dist))
+    } else {
+        let token = scratch.argmax(row, tokens, req.params);
+        let confidence = if req.p_min > 0.0 { top_probability(row) } else { 1.0 };
+        (token, confidence, None)
+    };
+    if confidence < req.p_min {
+        return false;
+    }
+    tokens.push(token);
+    q.extend(dist);
+    !model.is_eog(token)
+}
+
 impl<M: Model> Drafter for ModelDrafter<M> {
     fn name(&self) -> &'static str {
         "model"
@@ -269,25 +324,47 @@ impl<M: Model> Drafter for ModelDrafter<M> {
         for _ in 0..req.max {
             cursor.decode_tail(&mut self.model, tokens, 1)?;
             report.n_steps += 1;
-            let row = self.model.logits(0);
-            let (token, confidence, dist) = if req.keep_q {
-                let dist = scratch.warp(row, tokens, req.params);
-                (dist.sample(rng), dist.probs[0], Some(dist))
-            } else {
-                let token = scratch.argmax(row, tokens, req.params);
-                let confidence = if req.p_min > 0.0 { top_probability(row) } else { 1.0 };
-                (token, confidence, None)
-            };
-            if confidence < req.p_min {
-                break;
-            }
-            tokens.push(token);
-            q.extend(dist);
-            if self.model.is_eog(token) {
+            if !take_row(&self.model, 0, tokens, q, req, scratch, rng) {
                 break;
             }
         }
         Ok(report)
+    }
+
+    fn propose_many(&mut self, jobs: &mut [ProposeJob<'_>], scratch: &mut Scratch) -> Result<Vec<DraftReport>, ModelError> {
+        let mut reports = vec![DraftReport { n_steps: 0, source: DraftSource::Model }; jobs.len()];
+        let starts: Vec<usize> = jobs.iter().map(|j| j.tokens.len()).collect();
+        let mut live: Vec<bool> = jobs.iter().map(|j| j.req.max > 0).collect();
+        // Catch-ups (what a cache missed while n-grams drafted or the draft sat out) go first,
+        // each alone, when the first step would not fit one batch with them.
+        let n_batch = self.model.n_batch();
+        let first: usize = jobs.iter().zip(&live).filter(|(_, &l)| l).map(|(j, _)| j.tokens.len() - j.cursor.n_cached).sum();
+        if first > n_batch {
+            for (j, _) in jobs.iter_mut().zip(&live).filter(|(_, &l)| l) {
+                let head = j.tokens.len() - 1;
+                j.cursor.decode_tail(&mut self.model, &j.tokens[..head], 0)?;
+            }
+        }
+        loop {
+            let idx: Vec<usize> = (0..jobs.len()).filter(|&i| live[i]).collect();
+            if idx.is_empty() {
+                break;
+            }
+            let parts: Vec<_> = idx.iter().map(|&i| jobs[i].cursor.part(jobs[i].tokens, 1)).collect();
+            let lens: Vec<usize> = parts.iter().map(|p| p.tokens.len()).collect();
+            self.model.decode_parts(&parts)?;
+            drop(parts);
+            for (row, (&i, len)) in idx.iter().zip(lens).enumerate() {
+                let j = &mut jobs[i];
+                j.cursor.part_decoded(len);
+                reports[i].n_steps += 1;
+                let more = take_row(&self.model, row, j.tokens, j.q, &j.req, scratch, j.rng);
+                if !more || j.tokens.len() - starts[i] >= j.req.max {
+                    live[i] = false;
+                }
+            }
+        }
+        Ok(reports)
     }
 
     fn rollback(&mut self, cursor: &mut DraftCursor, keep: usize) -> Result<(), ModelError> {

@@ -15,7 +15,7 @@
 //! first token from the prompt batch).
 
 use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, DraftAsk, Observation, VerifyCosts};
-use crate::draft::{DraftCursor, DraftRequest, DraftSource, Drafter};
+use crate::draft::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};
 use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
 use crate::sampling::{Dist, SamplingParams, Scratch};
 use crate::stats::{Clock, FinishReason, GenStats};
@@ -23,6 +23,7 @@ use crate::verify::{verify, VerifyMode};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::ops::Range;
+use std::time::Duration;
 use thiserror::Error;
 
 /// Settings of one generation.
@@ -101,6 +102,25 @@ struct Drafted {
     n_rows: usize,
     t_start: std::time::Duration,
     t_drafted: std::time::Duration,
+}
+
+/// A round's plan, before drafting.
+struct RoundStart {
+    n_hist: usize,
+    source: DraftSource,
+    k_planned: usize,
+    draft_gap: usize,
+    t_start: Duration,
+}
+
+impl RoundStart {
+    fn drafts(&self) -> bool {
+        self.k_planned > 0 && self.source != DraftSource::None
+    }
+
+    fn request_for<'a>(&self, config: &'a GenConfig) -> DraftRequest<'a> {
+        DraftRequest { max: self.k_planned, params: &config.params, keep_q: config.effective_verify().needs_q(), p_min: config.draft_p_min }
+    }
 }
 
 /// One prompt being generated.
@@ -245,7 +265,11 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             let cap = if source == DraftSource::None { 0 } else { seq.config.draft_max.min(limit) };
             let alpha = seq.controller.planning_alpha(source, run);
             let forced = if cap > 0 { seq.controller.forced_len(source, cap) } else { None };
-            asks.push((i, source, DraftAsk { alpha, cap, base_rows: usize::from(seq.prompt_row.is_none()), min: forced.unwrap_or(0) }));
+            let draft_cost = match source {
+                DraftSource::Model => seq.controller.model_step_cost().unwrap_or(0.0),
+                _ => 0.0,
+            };
+            asks.push((i, source, DraftAsk { alpha, cap, base_rows: usize::from(seq.prompt_row.is_none()), min: forced.unwrap_or(0), draft_cost }));
         }
         let budget = self.target.n_batch();
         let ks = allocate_drafts(&asks.iter().map(|a| a.2).collect::<Vec<_>>(), costs, budget);
@@ -254,10 +278,44 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             let k = ks.as_ref().map_or(ask.cap.min(4).max(ask.min), |ks| ks[j]);
             plans[*i] = Some((*source, k));
         }
-        // draft, then one decode for all
+        // draft for all (a draft model: one decode per draft step for every sequence that
+        // drafts from it), then one target decode for all
+        let starts: Vec<Option<RoundStart>> = seqs.iter_mut().enumerate().map(|(i, seq)| self.round_start(seq, plans[i], clock)).collect();
+        let mut reports: Vec<DraftReport> = vec![DraftReport::default(); seqs.len()];
+        {
+            let mut jobs = Vec::new();
+            let mut owners = Vec::new();
+            for (i, (seq, start)) in seqs.iter_mut().zip(&starts).enumerate() {
+                let Some(start) = start.as_ref().filter(|s| s.drafts()) else { continue };
+                let seq: &mut Sequence = seq;
+                let req = start.request_for(&seq.config);
+                jobs.push(ProposeJob { cursor: &mut seq.draft, tokens: &mut seq.tokens, q: &mut seq.q, req, rng: &mut seq.rng });
+                owners.push(i);
+            }
+            if !jobs.is_empty() {
+                for (i, r) in owners.into_iter().zip(self.drafter.propose_many(&mut jobs, &mut self.scratch).map_err(EngineError::Draft)?) {
+                    reports[i] = r;
+                }
+            }
+        }
+        let t_drafted = clock.now();
+        // a shared draft's time belongs to its steps: each sequence bears its share of them
+        let (all_steps, t_drafting) = (
+            reports.iter().map(|r| r.n_steps).sum::<usize>(),
+            starts.iter().flatten().map(|s| t_drafted.saturating_sub(s.t_start)).max().unwrap_or_default(),
+        );
         let mut drafted = Vec::with_capacity(seqs.len());
-        for (i, seq) in seqs.iter_mut().enumerate() {
-            drafted.push(self.draft_phase(seq, plans[i], clock)?);
+        for ((seq, start), report) in seqs.iter_mut().zip(starts).zip(reports) {
+            drafted.push(start.map(|mut start| {
+                if all_steps > 0 && report.n_steps > 0 {
+                    let share = t_drafting.mul_f64(report.n_steps as f64 / all_steps as f64);
+                    start.t_start = t_drafted.saturating_sub(share);
+                } else if report.n_steps == 0 {
+                    // n-gram lookup or nothing: no draft time of its own worth counting
+                    start.t_start = t_drafted;
+                }
+                self.round_drafted(seq, start, report, t_drafted)
+            }));
         }
         let mut parts = Vec::new();
         let mut owners = Vec::new();
@@ -276,7 +334,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         drop(parts);
         let t_verified = clock.now();
         if n_tokens > 0 {
-            costs.observe(n_tokens, (t_verified - t0).as_secs_f64());
+            costs.observe_shared(n_tokens, owners.len(), (t_verified - t0).as_secs_f64());
         }
         self.n_decoded += n_tokens;
         for (&i, len) in owners.iter().zip(lens) {
@@ -307,18 +365,34 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         plan: Option<(DraftSource, usize)>,
         clock: &dyn Clock,
     ) -> Result<Option<Drafted>, EngineError> {
+        let Some(start) = self.round_start(seq, plan, clock) else {
+            return Ok(None);
+        };
+        let mut report = crate::draft::DraftReport::default();
+        if start.drafts() {
+            let req = start.request_for(&seq.config);
+            report = self
+                .drafter
+                .propose(&mut seq.draft, &mut seq.tokens, &mut seq.q, &req, &mut self.scratch, &mut seq.rng)
+                .map_err(EngineError::Draft)?;
+        }
+        let t_drafted = clock.now();
+        Ok(Some(self.round_drafted(seq, start, report, t_drafted)))
+    }
+
+    /// A round's start: `None` when the sequence is finished (or its context is); else the
+    /// source and length to draft (the controller's, or `plan`).
+    fn round_start(&mut self, seq: &mut Sequence, plan: Option<(DraftSource, usize)>, clock: &dyn Clock) -> Option<RoundStart> {
         let n_hist = seq.tokens.len();
         if seq.finish.is_some() {
-            return Ok(None);
+            return None;
         }
         if n_hist > self.target.n_ctx() {
             seq.finish = Some(FinishReason::Context);
-            return Ok(None);
+            return None;
         }
         let t_start = clock.now();
-        let verify_mode = seq.config.effective_verify();
-
-        // 1. draft: the controller picks the length for the source that would propose
+        // the controller picks the length for the source that would propose
         let (source, k_planned) = match plan {
             Some(p) => p,
             None => {
@@ -329,29 +403,25 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             }
         };
         seq.q.clear();
-        let mut report = crate::draft::DraftReport::default();
-        let draft_gap = n_hist - seq.draft.n_cached;
-        if k_planned > 0 && source != DraftSource::None {
-            let params = &seq.config.params;
-            let req = DraftRequest { max: k_planned, params, keep_q: verify_mode.needs_q(), p_min: seq.config.draft_p_min };
-            report = self
-                .drafter
-                .propose(&mut seq.draft, &mut seq.tokens, &mut seq.q, &req, &mut self.scratch, &mut seq.rng)
-                .map_err(EngineError::Draft)?;
-            seq.stats.n_draft_steps += report.n_steps;
-            if seq.tokens.len() - n_hist < seq.config.draft_min.max(1) {
-                // too short to be worth a bigger target batch (llama.cpp's --draft-min)
-                seq.tokens.truncate(n_hist);
-                seq.q.clear();
-            }
+        Some(RoundStart { n_hist, source, k_planned, draft_gap: n_hist - seq.draft.n_cached, t_start })
+    }
+
+    /// After drafting: drop a draft shorter than `draft_min`, and say which rows the target
+    /// decodes.
+    fn round_drafted(&mut self, seq: &mut Sequence, start: RoundStart, report: DraftReport, t_drafted: Duration) -> Drafted {
+        let RoundStart { n_hist, k_planned, draft_gap, t_start, .. } = start;
+        seq.stats.n_draft_steps += report.n_steps;
+        if seq.tokens.len() > n_hist && seq.tokens.len() - n_hist < seq.config.draft_min.max(1) {
+            // too short to be worth a bigger target batch (llama.cpp's --draft-min)
+            seq.tokens.truncate(n_hist);
+            seq.q.clear();
         }
-        let t_drafted = clock.now();
         let n_drafted = seq.tokens.len() - n_hist;
-        // 2. the target decodes the last accepted token and the whole draft (in the first
-        //    round the last token's row comes from the prompt batch: only the draft is decoded)
+        // the target decodes the last accepted token and the whole draft (in the first round
+        // the last token's row comes from the prompt batch: only the draft is decoded)
         let prompt_row = seq.prompt_row.take();
         let n_rows = n_drafted + usize::from(prompt_row.is_none());
-        Ok(Some(Drafted { n_hist, k_planned, n_drafted, report, draft_gap, prompt_row, n_rows, t_start, t_drafted }))
+        Drafted { n_hist, k_planned, n_drafted, report, draft_gap, prompt_row, n_rows, t_start, t_drafted }
     }
 
     /// The second half of a round, after the target decode: verify on rows

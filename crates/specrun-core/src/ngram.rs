@@ -7,7 +7,7 @@
 //! probability `p(x)` and otherwise samples from `p` without `x`.
 
 use crate::draft::DraftCursor;
-use crate::draft::{DraftReport, DraftRequest, DraftSource, Drafter};
+use crate::draft::{DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};
 use crate::model::{ModelError, Token};
 use crate::sampling::{Dist, Scratch};
 use rand_chacha::ChaCha8Rng;
@@ -470,6 +470,23 @@ impl<D: Drafter> Drafter for HybridDrafter<D> {
             return Ok(report);
         }
         self.model.propose(cursor, tokens, q, req, scratch, rng)
+    }
+
+    fn propose_many(&mut self, jobs: &mut [ProposeJob<'_>], scratch: &mut Scratch) -> Result<Vec<DraftReport>, ModelError> {
+        // n-grams first, each sequence alone (free); the draft model for the others, together
+        let mut reports = vec![DraftReport::default(); jobs.len()];
+        let mut to_model = vec![false; jobs.len()];
+        for (i, j) in jobs.iter_mut().enumerate() {
+            let before = j.tokens.len();
+            reports[i] = self.ngram.propose(j.cursor, j.tokens, j.q, &j.req, scratch, j.rng)?;
+            to_model[i] = j.tokens.len() == before;
+        }
+        let mut rest: Vec<ProposeJob<'_>> = jobs.iter_mut().zip(&to_model).filter(|(_, &m)| m).map(|(j, _)| j.reborrow()).collect();
+        let model_reports = self.model.propose_many(&mut rest, scratch)?;
+        for (i, r) in (0..reports.len()).filter(|&i| to_model[i]).zip(model_reports) {
+            reports[i] = r;
+        }
+        Ok(reports)
     }
 
     fn rollback(&mut self, cursor: &mut DraftCursor, keep: usize) -> Result<(), ModelError> {

@@ -198,13 +198,13 @@ fn shared_rounds_draft_only_what_pays_for_the_whole_batch() {
     let cpu = CostCurve::from_seconds(vec![(1, 1.0), (2, 1.5), (4, 2.7), (8, 6.2), (12, 8.1), (16, 8.4), (32, 16.7)]).unwrap();
     let mut costs = VerifyCosts::with_curve(std::sync::Arc::new(cpu));
     costs.observe(1, 0.05);
-    let ask = |alpha, cap| DraftAsk { alpha, cap, base_rows: 1, min: 0 };
+    let ask = |alpha, cap| DraftAsk { alpha, cap, base_rows: 1, min: 0, draft_cost: 0.0 };
     let ks = allocate_drafts(&[ask(0.95, 8), ask(0.2, 8), ask(0.9, 8), ask(0.1, 0)], &costs, 512).unwrap();
     assert_eq!(ks[3], 0, "nothing to draft from");
     assert!(ks[0] >= ks[2] && ks[2] >= ks[1], "better acceptance drafts more: {ks:?}");
     assert_eq!(ks[1], 0, "a poor draft drafts nothing while others do: {ks:?}");
     // on a flat (GPU-like) curve everyone drafts long
-    let flat = CostCurve { points: vec![(1, 1.0), (64, 1.3)] };
+    let flat = CostCurve { points: vec![(1, 1.0), (64, 1.3)], seq_points: vec![] };
     let mut costs = VerifyCosts::with_curve(std::sync::Arc::new(flat));
     costs.observe(1, 0.05);
     let ks = allocate_drafts(&[ask(0.8, 8), ask(0.6, 8)], &costs, 512).unwrap();
@@ -213,7 +213,7 @@ fn shared_rounds_draft_only_what_pays_for_the_whole_batch() {
     let ks = allocate_drafts(&[ask(0.99, 16), ask(0.99, 16)], &costs, 10).unwrap();
     assert!(ks.iter().sum::<usize>() + 2 <= 10, "{ks:?}");
     // exploration minimums are kept
-    let ks = allocate_drafts(&[DraftAsk { alpha: 0.0, cap: 8, base_rows: 1, min: 3 }], &costs, 512).unwrap();
+    let ks = allocate_drafts(&[DraftAsk { alpha: 0.0, cap: 8, base_rows: 1, min: 3, draft_cost: 0.0 }], &costs, 512).unwrap();
     assert_eq!(ks, vec![3]);
     assert_eq!(MockModel::new(target_spec(4)).n_seq_max(), 4);
 }
@@ -290,4 +290,49 @@ fn batch_stats_count_rounds_tokens_and_time() {
     assert!(stats.mean_active() > 1.0 && stats.mean_active() <= 3.0);
     assert!(stats.t_prefill > std::time::Duration::ZERO && stats.t_decode > stats.t_prefill);
     assert!(stats.tokens_per_decode() < stats.mean_active());
+}
+
+#[test]
+fn a_draft_model_drafts_every_sequence_in_one_decode_per_step() {
+    let spec = target_spec(4);
+    let clock = MockClock::new();
+    let target = MockModel::new(spec.clone()).with_clock(clock.clone());
+    let draft = ModelDrafter::new(MockModel::new(MockSpec::draft_of(&spec, 0.7, 3)).with_clock(clock.clone()));
+    let mut engine = Engine::new(target, draft, GenConfig::default());
+    let fixed: Vec<BatchJob<usize>> = jobs()
+        .into_iter()
+        .map(|mut j| {
+            j.config.adaptive = AdaptiveMode::Fixed;
+            j
+        })
+        .collect();
+    let mut steps = 0;
+    let mut stats = BatchStats::default();
+    run_continuous(
+        &mut engine,
+        fixed,
+        3,
+        &mut VerifyCosts::default(),
+        &clock,
+        &|| false,
+        |_, _, _| false,
+        |_, r: Result<Sequence, _>| steps += r.expect("job").stats.n_draft_steps,
+        &mut stats,
+    )
+    .unwrap();
+    // the draft model's decodes after each prompt was read: one per draft step of the round,
+    // carrying every sequence still drafting
+    let log = &engine.drafter.model.decode_log;
+    let step_calls: Vec<&Vec<(i32, usize, usize)>> = log.iter().filter(|c| c.iter().all(|p| p.1 > 0)).collect();
+    let parts: usize = step_calls.iter().map(|c| c.len()).sum();
+    assert_eq!(parts, steps, "every draft step of every sequence is one part of a draft decode");
+    let multi = step_calls.iter().filter(|c| c.len() > 1).count();
+    assert!(multi * 2 > step_calls.len(), "most draft decodes carry several sequences: {multi} of {}", step_calls.len());
+    assert!(step_calls.len() < steps * 2 / 3, "{} draft decodes for {steps} sequence-steps", step_calls.len());
+    for call in &step_calls {
+        let mut ids: Vec<i32> = call.iter().map(|p| p.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), call.len(), "a sequence appears once per draft decode");
+    }
 }
