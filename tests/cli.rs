@@ -267,8 +267,26 @@ fn calibrate_stores_a_curve_that_run_plans_with() {
 #[test]
 fn offload_flags_reach_the_backend_and_the_report() {
     let out = mock_run(&[
-        "--json", "--draft", "model", "-ngl", "7", "-ngld", "0", "-dev", "none", "-devd", "CPU", "-ctk", "q8_0", "-ctvd", "q4_0", "-fa",
-        "on", "-nkvo", "--kv-unified", "off",
+        "--json",
+        "--draft",
+        "model",
+        "-ngl",
+        "7",
+        "-ngld",
+        "0",
+        "-dev",
+        "none",
+        "-devd",
+        "CPU",
+        "-ctk",
+        "q8_0",
+        "-ctvd",
+        "q4_0",
+        "-fa",
+        "on",
+        "-nkvo",
+        "--kv-unified",
+        "off",
     ])
     .output()
     .unwrap();

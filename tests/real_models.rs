@@ -36,6 +36,12 @@ fn model_path(file: &str) -> Option<PathBuf> {
     None
 }
 
+/// Layers of each model to offload: `SPECRUN_TEST_GPU_LAYERS` (e.g. 99 with a GPU build, to
+/// run these tests on the device path), 0 by default.
+fn gpu_layers() -> u32 {
+    std::env::var("SPECRUN_TEST_GPU_LAYERS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 struct Pair {
     target: LoadedModel,
     draft: LoadedModel,
@@ -45,7 +51,7 @@ fn qwen_pair() -> Option<&'static Pair> {
     static PAIR: OnceLock<Option<Pair>> = OnceLock::new();
     PAIR.get_or_init(|| {
         let (t, d) = (model_path(TARGET)?, model_path(DRAFT)?);
-        Some(Pair { target: LoadedModel::load(&t, 0).unwrap(), draft: LoadedModel::load(&d, 0).unwrap() })
+        Some(Pair { target: LoadedModel::load(&t, gpu_layers()).unwrap(), draft: LoadedModel::load(&d, gpu_layers()).unwrap() })
     })
     .as_ref()
 }

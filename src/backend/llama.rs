@@ -135,7 +135,17 @@ pub struct ContextSettings {
 impl ContextSettings {
     /// llama.cpp's defaults for everything but sizes and threads.
     pub fn new(n_ctx: u32, n_batch: u32, threads: i32, n_seq_max: u32) -> Self {
-        Self { n_ctx, n_batch, threads, n_seq_max, flash_attn: FlashAttn::Auto, type_k: KvType::F16, type_v: KvType::F16, kv_offload: true, kv_unified: true }
+        Self {
+            n_ctx,
+            n_batch,
+            threads,
+            n_seq_max,
+            flash_attn: FlashAttn::Auto,
+            type_k: KvType::F16,
+            type_v: KvType::F16,
+            kv_offload: true,
+            kv_unified: true,
+        }
     }
 }
 

@@ -188,7 +188,13 @@ pub fn default_seq_counts(n_batch: usize) -> Vec<usize> {
 /// Median seconds of one decode carrying one token for each of `s` sequences (ids `0..s`,
 /// each holding the same `context`), for each count, `repeat` times each, interleaved. The
 /// model must hold the largest count of sequences.
-pub fn measure_seqs(model: &mut dyn Model, clock: &dyn Clock, counts: &[usize], repeat: usize, context: &[Token]) -> Result<Vec<(usize, f64)>> {
+pub fn measure_seqs(
+    model: &mut dyn Model,
+    clock: &dyn Clock,
+    counts: &[usize],
+    repeat: usize,
+    context: &[Token],
+) -> Result<Vec<(usize, f64)>> {
     let max = counts.iter().copied().max().unwrap_or(0);
     let mut cursors: Vec<KvCursor> = (0..max).map(|i| KvCursor::new(i as i32)).collect();
     for c in &mut cursors {

@@ -5,6 +5,8 @@
 //! prompt is decoded on its own (in `n_batch` chunks) before it joins the shared rounds. On a
 //! CPU a prompt batch is compute-bound and would only stretch the round that carried it, and
 //! it keeps the first token's logits in the prompt batch's shape (as llama.cpp samples it).
+//! Its first token needs no decode, so it is taken (and handed to `on_tokens`) right after
+//! the prompt, before the job joins the shared rounds.
 //! When a sequence finishes, its cells are removed from both caches before the slot is
 //! reused, and what its controller learned about each drafter joins a pool that later
 //! sequences start from ([`SharedPrior`]): they skip exploring a drafter the run already
@@ -169,13 +171,26 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
                 };
                 engine.config = job.config;
                 let t_start = clock.now();
-                let started = engine.start(id as i32, job.prompt, clock);
+                let started = engine.start(id as i32, job.prompt, clock).and_then(|mut seq| {
+                    // the first round needs no decode (its token comes from the prompt's
+                    // logits): run it now, so that the first token is out when the prompt is
+                    let added = engine.step(&mut seq, clock)?;
+                    Ok((seq, added))
+                });
                 stats.t_prefill += clock.now() - t_start;
                 match started {
-                    Ok(seq) if seq.finish.is_some() => on_done(job.tag, Ok(seq)),
-                    Ok(mut seq) => {
-                        seq.controller.seed(&prior);
-                        slots[id] = Some((job.tag, seq));
+                    Ok((mut seq, added)) => {
+                        stats.n_generated += added.len();
+                        if !added.is_empty() && on_tokens(&job.tag, &seq, added) && seq.finish.is_none() {
+                            seq.finish = Some(FinishReason::Stop);
+                        }
+                        if seq.finish.is_some() {
+                            free(engine, &mut seq);
+                            on_done(job.tag, Ok(seq));
+                        } else {
+                            seq.controller.seed(&prior);
+                            slots[id] = Some((job.tag, seq));
+                        }
                     }
                     Err(e) => on_done(job.tag, Err(e)),
                 }

@@ -67,16 +67,31 @@ struct SourceEstimate {
     rounds: usize,
     /// Mean seconds per draft step (EMA); `None` until seen.
     step_cost: Option<f64>,
+    /// Accepted tokens the plans expected (`Σ α^j` over the tokens drafted, at the α each
+    /// plan used) and the tokens actually accepted, decayed alike: their ratio corrects the
+    /// geometric model where acceptance is not geometric (an n-gram copy that breaks off, a
+    /// copy-run rule that was too hopeful).
+    predicted: f64,
+    realized: f64,
 }
+
+/// Bounds of the correction `realized / predicted` (a handful of unlucky rounds must not
+/// switch a drafter off for good, nor lucky ones make it draft without limit).
+const REALISM_MIN: f64 = 0.2;
+const REALISM_MAX: f64 = 1.5;
 
 impl SourceEstimate {
     fn new(prior_alpha: f64) -> Self {
-        // a weak prior worth two tokens
-        Self { accepted: 2.0 * prior_alpha, rejected: 2.0 * (1.0 - prior_alpha), rounds: 0, step_cost: None }
+        // a weak prior worth two tokens, and a correction of 1 worth two tokens
+        Self { accepted: 2.0 * prior_alpha, rejected: 2.0 * (1.0 - prior_alpha), rounds: 0, step_cost: None, predicted: 2.0, realized: 2.0 }
     }
 
     fn alpha(&self) -> f64 {
         (self.accepted / (self.accepted + self.rejected)).clamp(0.0, 0.995)
+    }
+
+    fn realism(&self) -> f64 {
+        (self.realized / self.predicted).clamp(REALISM_MIN, REALISM_MAX)
     }
 }
 
@@ -193,6 +208,9 @@ const PROBE_FIRST: usize = 16;
 /// small CPU that costs ~1/8 of a target step per token, so its probes start far apart.
 const PROBE_FIRST_MODEL: usize = 256;
 const EXPLORE_ROUNDS: usize = 2;
+/// The most that forced drafts (exploration, probes) may add to a shared decode's cost, as a
+/// share of the decode without them.
+pub const PROBE_BUDGET: f64 = 0.1;
 const PROBE_MAX: usize = 1024;
 const DECAY: f64 = 0.97;
 
@@ -211,6 +229,11 @@ impl VerifyCosts {
         let key = (rows, seqs.max(1));
         let old = self.seen.get(&key).copied();
         self.seen.insert(key, ema(old, secs));
+    }
+
+    /// Every decode shape measured so far: `((rows, sequences), EMA seconds)`.
+    pub fn measured(&self) -> Vec<((usize, usize), f64)> {
+        self.seen.iter().map(|(&k, &t)| (k, t)).collect()
     }
 
     /// Costs that follow `curve` for batch sizes not measured yet.
@@ -297,6 +320,9 @@ pub struct DraftAsk {
     pub base_rows: usize,
     /// Draft at least this much (exploration and probes of its own controller).
     pub min: usize,
+    /// What a planned token is worth of its `α^j` (the sequence's measured realised ÷
+    /// predicted acceptance, [`Controller::gain`]; 1 without evidence).
+    pub gain: f64,
     /// Seconds each drafted token costs before verification (a draft-model step; 0 for
     /// n-gram lookup).
     pub draft_cost: f64,
@@ -309,10 +335,12 @@ pub struct DraftAsk {
 /// tokens over the estimated cost of the round (`costs`, by total rows and the sequences
 /// the decode carries, plus drafting) — so a sequence whose draft does not pay drafts nothing
 /// while others still do. At most `n_batch` rows in all. Forced drafts (`min`: exploration,
-/// probes) are honoured only where the batch has cheap room — when their rows cost no more
-/// each than the batch's mean row — so that probing never pushes a full decode over a step
-/// of the cost curve for nothing (on a CPU, 16 rows cost 8.6 one-row decodes but 17 cost
-/// 9.3). `None` while the costs are unknown.
+/// probes) are honoured, in sequence order, only while they add at most
+/// [`PROBE_BUDGET`] to the estimated cost of the plain decode: on a GPU, where rows are
+/// nearly free, every probe goes; on a CPU one or two a round, so that sequences which
+/// started together do not all probe in the same decode (measured here: 16 sequences
+/// probing two tokens each made a 48-row decode that cost 2.5 plain 16-row ones). `None`
+/// while the costs are unknown.
 pub fn allocate_drafts(asks: &[DraftAsk], costs: &VerifyCosts, n_batch: usize) -> Option<Vec<usize>> {
     let seqs = asks.len().max(1);
     let verify = |rows: usize| costs.estimate_shared(rows.max(1), seqs);
@@ -320,9 +348,14 @@ pub fn allocate_drafts(asks: &[DraftAsk], costs: &VerifyCosts, n_batch: usize) -
     let plain_rows: usize = asks.iter().map(|a| a.base_rows).sum();
     let forced: usize = ks.iter().sum();
     if asks.len() > 1 && forced > 0 && plain_rows > 0 {
-        let (without, with) = (verify(plain_rows)?, verify(plain_rows + forced)?);
-        if with - without > forced as f64 * without / plain_rows as f64 {
-            ks.iter_mut().for_each(|k| *k = 0);
+        let without = verify(plain_rows)?;
+        let mut rows = plain_rows;
+        for k in ks.iter_mut().filter(|k| **k > 0) {
+            if verify(rows + *k)? - without <= PROBE_BUDGET * without {
+                rows += *k;
+            } else {
+                *k = 0;
+            }
         }
     }
     let base: usize = plain_rows + ks.iter().sum::<usize>();
@@ -330,13 +363,13 @@ pub fn allocate_drafts(asks: &[DraftAsk], costs: &VerifyCosts, n_batch: usize) -
         return Some(vec![0; asks.len()]);
     }
     let mut expected: f64 =
-        asks.len() as f64 + asks.iter().zip(&ks).map(|(a, &k)| (1..=k).map(|j| a.alpha.powi(j as i32)).sum::<f64>()).sum::<f64>();
+        asks.len() as f64 + asks.iter().zip(&ks).map(|(a, &k)| a.gain * (1..=k).map(|j| a.alpha.powi(j as i32)).sum::<f64>()).sum::<f64>();
     let mut drafting: f64 = asks.iter().zip(&ks).map(|(a, &k)| a.draft_cost * k as f64).sum();
     // every further token, best first (gain per unit of its own drafting cost breaks ties)
     let mut gains: Vec<(f64, usize)> = Vec::new();
     for (i, a) in asks.iter().enumerate() {
         for j in ks[i] + 1..=a.cap {
-            gains.push((a.alpha.powi(j as i32), i));
+            gains.push((a.gain * a.alpha.powi(j as i32), i));
         }
     }
     gains.sort_by(|x, y| y.0.total_cmp(&x.0).then(asks[x.1].draft_cost.total_cmp(&asks[y.1].draft_cost)).then(x.1.cmp(&y.1)));
@@ -381,6 +414,8 @@ pub struct Controller {
     pub verify: VerifyCosts,
     plain_streak: usize,
     rounds: usize,
+    /// The source and acceptance the last plan drafted with (`auto`), for the correction.
+    planned: Option<(DraftSource, f64)>,
 }
 
 /// What the sequences of one continuous-batching run have learned about each source, pooled:
@@ -388,8 +423,19 @@ pub struct Controller {
 /// up when records are short and many).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct SharedPrior {
-    model: (f64, f64, usize, Option<f64>),
-    ngram: (f64, f64, usize, Option<f64>),
+    model: Pool,
+    ngram: Pool,
+}
+
+/// One source's pooled evidence.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Pool {
+    accepted: f64,
+    rejected: f64,
+    rounds: usize,
+    step_cost: Option<f64>,
+    predicted: f64,
+    realized: f64,
 }
 
 /// Tokens of evidence a shared prior is worth to a new sequence (its own rounds soon dominate).
@@ -403,10 +449,12 @@ impl SharedPrior {
                 continue;
             }
             let fresh = SourceEstimate::new(init);
-            pool.0 += (est.accepted - fresh.accepted).max(0.0);
-            pool.1 += (est.rejected - fresh.rejected).max(0.0);
-            pool.2 += est.rounds;
-            pool.3 = est.step_cost.map(|s| ema(pool.3, s)).or(pool.3);
+            pool.accepted += (est.accepted - fresh.accepted).max(0.0);
+            pool.rejected += (est.rejected - fresh.rejected).max(0.0);
+            pool.rounds += est.rounds;
+            pool.step_cost = est.step_cost.map(|s| ema(pool.step_cost, s)).or(pool.step_cost);
+            pool.predicted += (est.predicted - fresh.predicted).max(0.0);
+            pool.realized += (est.realized - fresh.realized).max(0.0);
         }
     }
 }
@@ -418,15 +466,18 @@ impl Controller {
     /// `PRIOR_WEIGHT` tokens.
     pub fn seed(&mut self, prior: &SharedPrior) {
         for (est, pool) in [(&mut self.model, prior.model), (&mut self.ngram, prior.ngram)] {
-            let (acc, rej, rounds, step) = pool;
-            if est.rounds > 0 || rounds < 2 * EXPLORE_ROUNDS || acc + rej <= 0.0 {
+            if est.rounds > 0 || pool.rounds < 2 * EXPLORE_ROUNDS || pool.accepted + pool.rejected <= 0.0 {
                 continue;
             }
-            let alpha = acc / (acc + rej);
+            let alpha = pool.accepted / (pool.accepted + pool.rejected);
             est.accepted = PRIOR_WEIGHT * alpha;
             est.rejected = PRIOR_WEIGHT * (1.0 - alpha);
             est.rounds = EXPLORE_ROUNDS;
-            est.step_cost = est.step_cost.or(step);
+            est.step_cost = est.step_cost.or(pool.step_cost);
+            if pool.predicted > 0.0 {
+                est.predicted = PRIOR_WEIGHT;
+                est.realized = PRIOR_WEIGHT * (pool.realized / pool.predicted).clamp(REALISM_MIN, REALISM_MAX);
+            }
         }
     }
 
@@ -447,6 +498,7 @@ impl Controller {
             verify: curve.map_or_else(VerifyCosts::default, VerifyCosts::with_curve),
             plain_streak: 0,
             rounds: 0,
+            planned: None,
         }
     }
 
@@ -494,6 +546,18 @@ impl Controller {
         alpha.max((run as f64 + 1.0) / (run as f64 + 2.0))
     }
 
+    /// What a planned token of `source` is worth of its `α^j`: tokens accepted ÷ tokens the
+    /// plans expected, over this sequence's rounds (decayed; bounded).
+    pub fn gain(&self, source: DraftSource) -> f64 {
+        self.estimate(source).realism()
+    }
+
+    /// Record the acceptance a shared round's plan used for this sequence (the next
+    /// [`Controller::observe`] compares it with what was accepted).
+    pub fn note_plan(&mut self, source: DraftSource, alpha: f64) {
+        self.planned = Some((source, alpha));
+    }
+
     /// A draft length this controller insists on in a shared round: while it explores a
     /// source (its first rounds) or when a probe is due. `None`: it leaves the length to the
     /// shared plan.
@@ -516,9 +580,11 @@ impl Controller {
         if t1 <= 0.0 {
             return None; // no measurable cost (a clock that does not move)
         }
+        let gain = est.realism();
         let mut best = (0usize, 1.0 / t1);
         for k in 1..=cap {
-            let rate = expected_tokens(alpha, k as f64) / (k as f64 * step + self.verify.estimate(k + 1)?);
+            let expected = 1.0 + gain * (expected_tokens(alpha, k as f64) - 1.0);
+            let rate = expected / (k as f64 * step + self.verify.estimate(k + 1)?);
             if rate > best.1 * 1.000_001 {
                 best = (k, rate);
             }
@@ -537,6 +603,7 @@ impl Controller {
         if self.estimate(source).rounds < EXPLORE_ROUNDS {
             return cap.min(4);
         }
+        self.planned = Some((source, self.planning_alpha(source, run)));
         match self.best_k(source, cap, run) {
             None => cap.min(4),
             Some(0) if self.plain_streak + 1 >= self.probe_interval(source) => {
@@ -555,6 +622,7 @@ impl Controller {
     /// Learn from a finished round.
     pub fn observe(&mut self, o: &Observation) {
         self.rounds += 1;
+        let planned = self.planned.take();
         if o.n_verified > 0 {
             self.verify.observe(o.n_verified, o.t_verify.as_secs_f64());
         }
@@ -575,6 +643,10 @@ impl Controller {
             _ => &mut self.model,
         };
         est.rounds += 1;
+        if let Some((_, alpha)) = planned.filter(|p| p.0 == o.source) {
+            est.predicted = est.predicted * DECAY + (1..=o.n_drafted).map(|j| alpha.powi(j as i32)).sum::<f64>();
+            est.realized = est.realized * DECAY + o.n_accepted as f64;
+        }
         est.accepted = est.accepted * DECAY + o.n_accepted as f64;
         est.rejected = est.rejected * DECAY + if o.n_accepted < o.n_drafted { 1.0 } else { 0.0 };
         if o.n_draft_steps > 0 && o.draft_gap <= 2 {
@@ -779,13 +851,56 @@ mod tests {
     }
 
     #[test]
+    fn plans_that_expected_more_than_was_accepted_count_for_less() {
+        let mut c = Controller::new(AdaptiveMode::Auto, 8);
+        assert_eq!(c.gain(DraftSource::Ngram), 1.0);
+        // each plan expected 0.9 + 0.81 + 0.73 + 0.66 = 3.1 of 4 tokens; 1 was accepted
+        for _ in 0..30 {
+            c.note_plan(DraftSource::Ngram, 0.9);
+            c.observe(&obs(DraftSource::Ngram, 4, 1, 0, 100));
+        }
+        let g = c.gain(DraftSource::Ngram);
+        assert!((REALISM_MIN..0.45).contains(&g), "{g}");
+        assert_eq!(c.gain(DraftSource::Model), 1.0, "per source");
+        // rounds drafted without a plan (fixed lengths, probes) leave it alone
+        c.observe(&obs(DraftSource::Ngram, 4, 4, 0, 100));
+        assert_eq!(c.gain(DraftSource::Ngram), g);
+        // the shared allocation weighs each planned token by it
+        let costs = {
+            let mut v = VerifyCosts::default();
+            v.observe_shared(2, 2, 0.2);
+            v.observe_shared(4, 2, 0.22);
+            v
+        };
+        let ask = |gain| DraftAsk { alpha: 0.9, cap: 4, base_rows: 1, min: 0, draft_cost: 0.0, gain };
+        let hopeful = allocate_drafts(&[ask(1.0), ask(1.0)], &costs, 512).unwrap();
+        let sober = allocate_drafts(&[ask(1.0), ask(g)], &costs, 512).unwrap();
+        assert!(sober[1] < hopeful[1], "{hopeful:?} vs {sober:?}");
+    }
+
+    #[test]
+    fn probes_of_many_sequences_share_a_small_budget_unless_rows_are_free() {
+        let probe = DraftAsk { alpha: 0.1, cap: 4, base_rows: 1, min: 2, draft_cost: 0.0, gain: 1.0 };
+        let asks = vec![probe; 16];
+        // this CPU: 16 rows 9.3, 18 rows ~10.9 one-row decodes
+        let cpu = CostCurve::from_seconds(vec![(1, 1.0), (2, 1.6), (4, 2.6), (8, 6.9), (16, 9.3), (20, 12.5), (48, 23.5)]).unwrap();
+        let mut v = VerifyCosts::with_curve(std::sync::Arc::new(cpu));
+        v.observe_shared(16, 16, 0.34);
+        let ks = allocate_drafts(&asks, &v, 512).unwrap();
+        let honoured = ks.iter().filter(|&&k| k > 0).count();
+        assert!(honoured <= 1, "at most one probe fits 10% of a 16-row decode here: {ks:?}");
+        // a GPU-like curve: everyone probes
+        let flat = CostCurve::from_seconds(vec![(1, 1.0), (64, 1.05)]).unwrap();
+        let mut v = VerifyCosts::with_curve(std::sync::Arc::new(flat));
+        v.observe_shared(16, 16, 0.02);
+        assert!(allocate_drafts(&asks, &v, 512).unwrap().iter().all(|&k| k >= 2));
+    }
+
+    #[test]
     fn several_sequences_cost_what_the_calibration_measured_for_them() {
         // one sequence: 1, 2, 4, 16 rows cost 1, 1.6, 2.6, 8.6; sixteen sequences with one row each cost 10.2
-        let curve = CostCurve::from_seconds_with_seqs(
-            vec![(1, 0.04), (2, 0.064), (4, 0.104), (16, 0.344)],
-            vec![(2, 0.072), (16, 0.408)],
-        )
-        .unwrap();
+        let curve =
+            CostCurve::from_seconds_with_seqs(vec![(1, 0.04), (2, 0.064), (4, 0.104), (16, 0.344)], vec![(2, 0.072), (16, 0.408)]).unwrap();
         assert!((curve.seq_factor(1) - 1.0).abs() < 1e-12);
         assert!((curve.seq_factor(16) - 10.2 / 8.6).abs() < 1e-9);
         assert!((curve.seq_factor(2) - 1.8 / 1.6).abs() < 1e-9);

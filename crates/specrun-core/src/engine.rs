@@ -211,9 +211,12 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         Ok(seq)
     }
 
-    /// How many tokens to draft this round.
+    /// How many tokens to draft this round. Nothing in a sequence's first round: its first
+    /// token comes from the prompt batch's logits with no decode at all, so it is out at once
+    /// (time to first token = prompt time); drafting starts from the second round (a draft
+    /// there is verified together with that token's row, which costs the same rows).
     fn draft_len(&self, seq: &Sequence) -> usize {
-        if !self.drafter.is_active() {
+        if !self.drafter.is_active() || seq.prompt_row.is_some() {
             return 0;
         }
         let n = seq.tokens.len();
@@ -264,12 +267,20 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             let run = if source == DraftSource::None { 0 } else { self.drafter.copy_run(&seq.draft, &seq.tokens) };
             let cap = if source == DraftSource::None { 0 } else { seq.config.draft_max.min(limit) };
             let alpha = seq.controller.planning_alpha(source, run);
+            let gain = seq.controller.gain(source);
+            if source != DraftSource::None {
+                seq.controller.note_plan(source, alpha);
+            }
             let forced = if cap > 0 { seq.controller.forced_len(source, cap) } else { None };
             let draft_cost = match source {
                 DraftSource::Model => seq.controller.model_step_cost().unwrap_or(0.0),
                 _ => 0.0,
             };
-            asks.push((i, source, DraftAsk { alpha, cap, base_rows: usize::from(seq.prompt_row.is_none()), min: forced.unwrap_or(0), draft_cost }));
+            asks.push((
+                i,
+                source,
+                DraftAsk { alpha, cap, base_rows: usize::from(seq.prompt_row.is_none()), min: forced.unwrap_or(0), draft_cost, gain },
+            ));
         }
         let budget = self.target.n_batch();
         let ks = allocate_drafts(&asks.iter().map(|a| a.2).collect::<Vec<_>>(), costs, budget);
