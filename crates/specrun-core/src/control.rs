@@ -59,7 +59,7 @@ pub struct Observation {
 }
 
 /// Learned facts about one draft source.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct SourceEstimate {
     accepted: f64,
     rejected: f64,
@@ -67,31 +67,16 @@ struct SourceEstimate {
     rounds: usize,
     /// Mean seconds per draft step (EMA); `None` until seen.
     step_cost: Option<f64>,
-    /// Accepted tokens the plans expected (`Σ α^j` over the tokens drafted, at the α each
-    /// plan used) and the tokens actually accepted, decayed alike: their ratio corrects the
-    /// geometric model where acceptance is not geometric (an n-gram copy that breaks off, a
-    /// copy-run rule that was too hopeful).
-    predicted: f64,
-    realized: f64,
 }
-
-/// Bounds of the correction `realized / predicted` (a handful of unlucky rounds must not
-/// switch a drafter off for good, nor lucky ones make it draft without limit).
-const REALISM_MIN: f64 = 0.2;
-const REALISM_MAX: f64 = 1.5;
 
 impl SourceEstimate {
     fn new(prior_alpha: f64) -> Self {
-        // a weak prior worth two tokens, and a correction of 1 worth two tokens
-        Self { accepted: 2.0 * prior_alpha, rejected: 2.0 * (1.0 - prior_alpha), rounds: 0, step_cost: None, predicted: 2.0, realized: 2.0 }
+        // a weak prior worth two tokens
+        Self { accepted: 2.0 * prior_alpha, rejected: 2.0 * (1.0 - prior_alpha), rounds: 0, step_cost: None }
     }
 
     fn alpha(&self) -> f64 {
         (self.accepted / (self.accepted + self.rejected)).clamp(0.0, 0.995)
-    }
-
-    fn realism(&self) -> f64 {
-        (self.realized / self.predicted).clamp(REALISM_MIN, REALISM_MAX)
     }
 }
 
@@ -320,9 +305,6 @@ pub struct DraftAsk {
     pub base_rows: usize,
     /// Draft at least this much (exploration and probes of its own controller).
     pub min: usize,
-    /// What a planned token is worth of its `α^j` (the sequence's measured realised ÷
-    /// predicted acceptance, [`Controller::gain`]; 1 without evidence).
-    pub gain: f64,
     /// Seconds each drafted token costs before verification (a draft-model step; 0 for
     /// n-gram lookup).
     pub draft_cost: f64,
@@ -363,13 +345,13 @@ pub fn allocate_drafts(asks: &[DraftAsk], costs: &VerifyCosts, n_batch: usize) -
         return Some(vec![0; asks.len()]);
     }
     let mut expected: f64 =
-        asks.len() as f64 + asks.iter().zip(&ks).map(|(a, &k)| a.gain * (1..=k).map(|j| a.alpha.powi(j as i32)).sum::<f64>()).sum::<f64>();
+        asks.len() as f64 + asks.iter().zip(&ks).map(|(a, &k)| (1..=k).map(|j| a.alpha.powi(j as i32)).sum::<f64>()).sum::<f64>();
     let mut drafting: f64 = asks.iter().zip(&ks).map(|(a, &k)| a.draft_cost * k as f64).sum();
     // every further token, best first (gain per unit of its own drafting cost breaks ties)
     let mut gains: Vec<(f64, usize)> = Vec::new();
     for (i, a) in asks.iter().enumerate() {
         for j in ks[i] + 1..=a.cap {
-            gains.push((a.gain * a.alpha.powi(j as i32), i));
+            gains.push((a.alpha.powi(j as i32), i));
         }
     }
     gains.sort_by(|x, y| y.0.total_cmp(&x.0).then(asks[x.1].draft_cost.total_cmp(&asks[y.1].draft_cost)).then(x.1.cmp(&y.1)));
@@ -414,8 +396,6 @@ pub struct Controller {
     pub verify: VerifyCosts,
     plain_streak: usize,
     rounds: usize,
-    /// The source and acceptance the last plan drafted with (`auto`), for the correction.
-    planned: Option<(DraftSource, f64)>,
 }
 
 /// What the sequences of one continuous-batching run have learned about each source, pooled:
@@ -423,19 +403,9 @@ pub struct Controller {
 /// up when records are short and many).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct SharedPrior {
-    model: Pool,
-    ngram: Pool,
-}
-
-/// One source's pooled evidence.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Pool {
-    accepted: f64,
-    rejected: f64,
-    rounds: usize,
-    step_cost: Option<f64>,
-    predicted: f64,
-    realized: f64,
+    /// Pooled evidence per source (sums over sequences, their priors excluded).
+    model: SourceEstimate,
+    ngram: SourceEstimate,
 }
 
 /// Tokens of evidence a shared prior is worth to a new sequence (its own rounds soon dominate).
@@ -453,8 +423,6 @@ impl SharedPrior {
             pool.rejected += (est.rejected - fresh.rejected).max(0.0);
             pool.rounds += est.rounds;
             pool.step_cost = est.step_cost.map(|s| ema(pool.step_cost, s)).or(pool.step_cost);
-            pool.predicted += (est.predicted - fresh.predicted).max(0.0);
-            pool.realized += (est.realized - fresh.realized).max(0.0);
         }
     }
 }
@@ -474,10 +442,6 @@ impl Controller {
             est.rejected = PRIOR_WEIGHT * (1.0 - alpha);
             est.rounds = EXPLORE_ROUNDS;
             est.step_cost = est.step_cost.or(pool.step_cost);
-            if pool.predicted > 0.0 {
-                est.predicted = PRIOR_WEIGHT;
-                est.realized = PRIOR_WEIGHT * (pool.realized / pool.predicted).clamp(REALISM_MIN, REALISM_MAX);
-            }
         }
     }
 
@@ -498,7 +462,6 @@ impl Controller {
             verify: curve.map_or_else(VerifyCosts::default, VerifyCosts::with_curve),
             plain_streak: 0,
             rounds: 0,
-            planned: None,
         }
     }
 
@@ -546,18 +509,6 @@ impl Controller {
         alpha.max((run as f64 + 1.0) / (run as f64 + 2.0))
     }
 
-    /// What a planned token of `source` is worth of its `α^j`: tokens accepted ÷ tokens the
-    /// plans expected, over this sequence's rounds (decayed; bounded).
-    pub fn gain(&self, source: DraftSource) -> f64 {
-        self.estimate(source).realism()
-    }
-
-    /// Record the acceptance a shared round's plan used for this sequence (the next
-    /// [`Controller::observe`] compares it with what was accepted).
-    pub fn note_plan(&mut self, source: DraftSource, alpha: f64) {
-        self.planned = Some((source, alpha));
-    }
-
     /// A draft length this controller insists on in a shared round: while it explores a
     /// source (its first rounds) or when a probe is due. `None`: it leaves the length to the
     /// shared plan.
@@ -580,11 +531,9 @@ impl Controller {
         if t1 <= 0.0 {
             return None; // no measurable cost (a clock that does not move)
         }
-        let gain = est.realism();
         let mut best = (0usize, 1.0 / t1);
         for k in 1..=cap {
-            let expected = 1.0 + gain * (expected_tokens(alpha, k as f64) - 1.0);
-            let rate = expected / (k as f64 * step + self.verify.estimate(k + 1)?);
+            let rate = expected_tokens(alpha, k as f64) / (k as f64 * step + self.verify.estimate(k + 1)?);
             if rate > best.1 * 1.000_001 {
                 best = (k, rate);
             }
@@ -603,7 +552,6 @@ impl Controller {
         if self.estimate(source).rounds < EXPLORE_ROUNDS {
             return cap.min(4);
         }
-        self.planned = Some((source, self.planning_alpha(source, run)));
         match self.best_k(source, cap, run) {
             None => cap.min(4),
             Some(0) if self.plain_streak + 1 >= self.probe_interval(source) => {
@@ -622,7 +570,6 @@ impl Controller {
     /// Learn from a finished round.
     pub fn observe(&mut self, o: &Observation) {
         self.rounds += 1;
-        let planned = self.planned.take();
         if o.n_verified > 0 {
             self.verify.observe(o.n_verified, o.t_verify.as_secs_f64());
         }
@@ -643,10 +590,6 @@ impl Controller {
             _ => &mut self.model,
         };
         est.rounds += 1;
-        if let Some((_, alpha)) = planned.filter(|p| p.0 == o.source) {
-            est.predicted = est.predicted * DECAY + (1..=o.n_drafted).map(|j| alpha.powi(j as i32)).sum::<f64>();
-            est.realized = est.realized * DECAY + o.n_accepted as f64;
-        }
         est.accepted = est.accepted * DECAY + o.n_accepted as f64;
         est.rejected = est.rejected * DECAY + if o.n_accepted < o.n_drafted { 1.0 } else { 0.0 };
         if o.n_draft_steps > 0 && o.draft_gap <= 2 {
@@ -851,36 +794,8 @@ mod tests {
     }
 
     #[test]
-    fn plans_that_expected_more_than_was_accepted_count_for_less() {
-        let mut c = Controller::new(AdaptiveMode::Auto, 8);
-        assert_eq!(c.gain(DraftSource::Ngram), 1.0);
-        // each plan expected 0.9 + 0.81 + 0.73 + 0.66 = 3.1 of 4 tokens; 1 was accepted
-        for _ in 0..30 {
-            c.note_plan(DraftSource::Ngram, 0.9);
-            c.observe(&obs(DraftSource::Ngram, 4, 1, 0, 100));
-        }
-        let g = c.gain(DraftSource::Ngram);
-        assert!((REALISM_MIN..0.45).contains(&g), "{g}");
-        assert_eq!(c.gain(DraftSource::Model), 1.0, "per source");
-        // rounds drafted without a plan (fixed lengths, probes) leave it alone
-        c.observe(&obs(DraftSource::Ngram, 4, 4, 0, 100));
-        assert_eq!(c.gain(DraftSource::Ngram), g);
-        // the shared allocation weighs each planned token by it
-        let costs = {
-            let mut v = VerifyCosts::default();
-            v.observe_shared(2, 2, 0.2);
-            v.observe_shared(4, 2, 0.22);
-            v
-        };
-        let ask = |gain| DraftAsk { alpha: 0.9, cap: 4, base_rows: 1, min: 0, draft_cost: 0.0, gain };
-        let hopeful = allocate_drafts(&[ask(1.0), ask(1.0)], &costs, 512).unwrap();
-        let sober = allocate_drafts(&[ask(1.0), ask(g)], &costs, 512).unwrap();
-        assert!(sober[1] < hopeful[1], "{hopeful:?} vs {sober:?}");
-    }
-
-    #[test]
     fn probes_of_many_sequences_share_a_small_budget_unless_rows_are_free() {
-        let probe = DraftAsk { alpha: 0.1, cap: 4, base_rows: 1, min: 2, draft_cost: 0.0, gain: 1.0 };
+        let probe = DraftAsk { alpha: 0.1, cap: 4, base_rows: 1, min: 2, draft_cost: 0.0 };
         let asks = vec![probe; 16];
         // this CPU: 16 rows 9.3, 18 rows ~10.9 one-row decodes
         let cpu = CostCurve::from_seconds(vec![(1, 1.0), (2, 1.6), (4, 2.6), (8, 6.9), (16, 9.3), (20, 12.5), (48, 23.5)]).unwrap();

@@ -267,10 +267,6 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             let run = if source == DraftSource::None { 0 } else { self.drafter.copy_run(&seq.draft, &seq.tokens) };
             let cap = if source == DraftSource::None { 0 } else { seq.config.draft_max.min(limit) };
             let alpha = seq.controller.planning_alpha(source, run);
-            let gain = seq.controller.gain(source);
-            if source != DraftSource::None {
-                seq.controller.note_plan(source, alpha);
-            }
             let forced = if cap > 0 { seq.controller.forced_len(source, cap) } else { None };
             let draft_cost = match source {
                 DraftSource::Model => seq.controller.model_step_cost().unwrap_or(0.0),
@@ -279,7 +275,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             asks.push((
                 i,
                 source,
-                DraftAsk { alpha, cap, base_rows: usize::from(seq.prompt_row.is_none()), min: forced.unwrap_or(0), draft_cost, gain },
+                DraftAsk { alpha, cap, base_rows: usize::from(seq.prompt_row.is_none()), min: forced.unwrap_or(0), draft_cost },
             ));
         }
         let budget = self.target.n_batch();
