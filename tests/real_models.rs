@@ -484,3 +484,13 @@ fn the_server_answers_with_the_real_pair() {
         data[..data.len() - 1].iter().map(|d| server::json(d)["choices"][0]["text"].as_str().unwrap_or("").to_string()).collect();
     assert!(!streamed.trim().is_empty(), "{sse}");
 }
+
+/// The fit estimate reads a model's shape without loading its weights (vocabulary-only
+/// load, where llama.cpp has no hyperparameters): from the GGUF metadata.
+#[test]
+fn a_models_shape_comes_from_its_metadata_without_its_weights() {
+    let Some(t) = model_path(TARGET) else { return };
+    let shape = LoadedModel::load_vocab_only(&t).unwrap().shape();
+    // Qwen2.5-Coder-1.5B: 28 layers, 1536 wide, 12 query heads, 2 key/value heads
+    assert_eq!((shape.n_layer, shape.n_embd, shape.n_head, shape.n_head_kv, shape.n_vocab), (28, 1536, 12, 2, 151_936));
+}

@@ -252,14 +252,21 @@ impl LoadedModel {
         })
     }
 
-    /// The model's shape (from its metadata).
+    /// The model's shape, read from its GGUF metadata (`<arch>.block_count`, …), so that it
+    /// also works on a model loaded with [`LoadedModel::load_vocab_only`]: llama.cpp loads no
+    /// hyperparameters then, and asking it for `n_head` aborts the process (found the first
+    /// time the fit estimate ran, on a Vulkan build). A missing key counts as 0 (`head_count_kv`
+    /// as `head_count`), which the estimate then treats as unknown.
     pub fn shape(&self) -> Shape {
         let m = &self.model;
+        let arch = m.meta_val_str("general.architecture").unwrap_or_default();
+        let key = |k: &str| m.meta_val_str(&format!("{arch}.{k}")).ok().and_then(|v| v.trim().parse::<u64>().ok());
+        let n_head = key("attention.head_count").unwrap_or(0);
         Shape {
-            n_layer: u64::from(m.n_layer()),
-            n_embd: m.n_embd().max(0) as u64,
-            n_head: u64::from(m.n_head()),
-            n_head_kv: u64::from(m.n_head_kv()),
+            n_layer: key("block_count").unwrap_or(0),
+            n_embd: key("embedding_length").unwrap_or(0),
+            n_head,
+            n_head_kv: key("attention.head_count_kv").unwrap_or(n_head),
             n_vocab: m.n_vocab().max(0) as u64,
         }
     }
