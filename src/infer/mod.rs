@@ -88,11 +88,9 @@ pub fn generate<T: Model, D: Drafter>(
         }
         Ok(())
     };
-    while seq.finish.is_none() {
-        if cancel() {
-            return Err(Interrupted.into());
-        }
-        let added = engine.step(&mut seq, clock)?;
+    // the first token came with the prompt (`Engine::start`); then one round at a time
+    let mut added = seq.n_prompt..seq.tokens.len();
+    loop {
         // end-of-generation tokens render as nothing (pieces are taken without specials)
         for &t in &seq.tokens[added] {
             let piece = utf8.push(&codec.piece(t));
@@ -102,6 +100,13 @@ pub fn generate<T: Model, D: Drafter>(
             text.truncate(kept.len());
             seq.finish = Some(FinishReason::Stop);
         }
+        if seq.finish.is_some() {
+            break;
+        }
+        if cancel() {
+            return Err(Interrupted.into());
+        }
+        added = engine.step(&mut seq, clock)?;
     }
     if !cut_at_stop(&text, stops).1 {
         let tail = utf8.finish();

@@ -5,8 +5,8 @@
 //! prompt is decoded on its own (in `n_batch` chunks) before it joins the shared rounds. On a
 //! CPU a prompt batch is compute-bound and would only stretch the round that carried it, and
 //! it keeps the first token's logits in the prompt batch's shape (as llama.cpp samples it).
-//! Its first token needs no decode, so it is taken (and handed to `on_tokens`) right after
-//! the prompt, before the job joins the shared rounds.
+//! Its first token needs no decode ([`Engine::start`] takes it), so it is handed to
+//! `on_tokens` right after the prompt, before the job joins the shared rounds.
 //! When a sequence finishes, its cells are removed from both caches before the slot is
 //! reused, and what its controller learned about each drafter joins a pool that later
 //! sequences start from ([`SharedPrior`]): they skip exploring a drafter the run already
@@ -171,15 +171,12 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
                 };
                 engine.config = job.config;
                 let t_start = clock.now();
-                let started = engine.start(id as i32, job.prompt, clock).and_then(|mut seq| {
-                    // the first round needs no decode (its token comes from the prompt's
-                    // logits): run it now, so that the first token is out when the prompt is
-                    let added = engine.step(&mut seq, clock)?;
-                    Ok((seq, added))
-                });
+                let started = engine.start(id as i32, job.prompt, clock);
                 stats.t_prefill += clock.now() - t_start;
                 match started {
-                    Ok((mut seq, added)) => {
+                    Ok(mut seq) => {
+                        // its first token, taken from the prompt batch
+                        let added = seq.n_prompt..seq.tokens.len();
                         stats.n_generated += added.len();
                         if !added.is_empty() && on_tokens(&job.tag, &seq, added) && seq.finish.is_none() {
                             seq.finish = Some(FinishReason::Stop);

@@ -300,9 +300,6 @@ pub struct DraftAsk {
     pub alpha: f64,
     /// Longest draft it may take (0: nothing to draft from).
     pub cap: usize,
-    /// Rows it adds to the decode even without a draft (1; 0 in a first round, whose first
-    /// row came from the prompt batch).
-    pub base_rows: usize,
     /// Draft at least this much (exploration and probes of its own controller).
     pub min: usize,
     /// Seconds each drafted token costs before verification (a draft-model step; 0 for
@@ -327,7 +324,8 @@ pub fn allocate_drafts(asks: &[DraftAsk], costs: &VerifyCosts, n_batch: usize) -
     let seqs = asks.len().max(1);
     let verify = |rows: usize| costs.estimate_shared(rows.max(1), seqs);
     let mut ks: Vec<usize> = asks.iter().map(|a| a.min.min(a.cap)).collect();
-    let plain_rows: usize = asks.iter().map(|a| a.base_rows).sum();
+    // every sequence decodes its last token
+    let plain_rows = asks.len();
     let forced: usize = ks.iter().sum();
     if asks.len() > 1 && forced > 0 && plain_rows > 0 {
         let without = verify(plain_rows)?;
@@ -795,7 +793,7 @@ mod tests {
 
     #[test]
     fn probes_of_many_sequences_share_a_small_budget_unless_rows_are_free() {
-        let probe = DraftAsk { alpha: 0.1, cap: 4, base_rows: 1, min: 2, draft_cost: 0.0 };
+        let probe = DraftAsk { alpha: 0.1, cap: 4, min: 2, draft_cost: 0.0 };
         let asks = vec![probe; 16];
         // this CPU: 16 rows 9.3, 18 rows ~10.9 one-row decodes
         let cpu = CostCurve::from_seconds(vec![(1, 1.0), (2, 1.6), (4, 2.6), (8, 6.9), (16, 9.3), (20, 12.5), (48, 23.5)]).unwrap();

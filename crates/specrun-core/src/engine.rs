@@ -98,7 +98,6 @@ struct Drafted {
     n_drafted: usize,
     report: crate::draft::DraftReport,
     draft_gap: usize,
-    prompt_row: Option<Vec<f32>>,
     n_rows: usize,
     t_start: std::time::Duration,
     t_drafted: std::time::Duration,
@@ -141,9 +140,6 @@ pub struct Sequence {
     /// Chooses each round's draft length.
     pub controller: Controller,
     q: Vec<Dist>,
-    /// The target's logits row for the prompt's last token, from the prompt batch, until the
-    /// first round uses it: the first token comes from the same batch shape as in llama.cpp.
-    prompt_row: Option<Vec<f32>>,
 }
 
 impl Sequence {
@@ -167,9 +163,11 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         Self { target, drafter, config, n_decoded: 0, scratch: Scratch::new() }
     }
 
-    /// Clear sequence `id` in both models and read the prompt: the target decodes all of it in
-    /// one run and keeps the last logits row for the first round (the prompt batch is the first
-    /// verification batch); the drafter reads all but the last token.
+    /// Clear sequence `id` in both models, read the prompt and take the first token: the target
+    /// decodes the whole prompt in one run, and the first token comes from that batch's last
+    /// logits row, read where it lies (no decode, no copy; the same batch shape as in
+    /// llama.cpp), so it is out when the prompt is. The drafter reads all but the prompt's
+    /// last token; drafting starts with the next round.
     pub fn start(&mut self, id: SeqId, prompt: Vec<Token>, clock: &dyn Clock) -> Result<Sequence, EngineError> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
@@ -194,29 +192,38 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             // records before it (so a resumed batch equals an uninterrupted one).
             controller: Controller::with_curve(self.config.adaptive, self.config.draft_max, self.config.cost_curve.clone()),
             q: Vec::new(),
-            prompt_row: None,
         };
         self.target.truncate(id, 0).map_err(EngineError::Target)?;
-        if self.config.max_tokens > 0 {
-            seq.target.decode_tail(&mut self.target, &seq.tokens, 1).map_err(EngineError::Target)?;
-            seq.prompt_row = Some(self.target.logits(0).to_vec());
-        }
         let head = &seq.tokens[..seq.n_prompt - 1];
         self.drafter.begin(&mut seq.draft, head).map_err(EngineError::Draft)?;
         seq.stats.n_prompt = seq.n_prompt;
-        seq.stats.t_prompt = clock.now() - t0;
         if self.config.max_tokens == 0 {
+            seq.stats.t_prompt = clock.now() - t0;
             seq.finish = Some(FinishReason::Length);
+            return Ok(seq);
         }
+        seq.target.decode_tail(&mut self.target, &seq.tokens, 1).map_err(EngineError::Target)?;
+        let t_read = clock.now();
+        seq.stats.t_prompt = t_read - t0;
+        // the first round: nothing drafted, nothing decoded; row 0 of the prompt batch
+        let n_hist = seq.n_prompt;
+        let first = Drafted {
+            n_hist,
+            k_planned: 0,
+            n_drafted: 0,
+            report: DraftReport::default(),
+            draft_gap: n_hist - seq.draft.n_cached,
+            n_rows: 0,
+            t_start: t_read,
+            t_drafted: t_read,
+        };
+        self.finish_phase(&mut seq, first, 0, None, t_read, clock)?;
         Ok(seq)
     }
 
-    /// How many tokens to draft this round. Nothing in a sequence's first round: its first
-    /// token comes from the prompt batch's logits with no decode at all, so it is out at once
-    /// (time to first token = prompt time); drafting starts from the second round (a draft
-    /// there is verified together with that token's row, which costs the same rows).
+    /// How many tokens to draft this round.
     fn draft_len(&self, seq: &Sequence) -> usize {
-        if !self.drafter.is_active() || seq.prompt_row.is_some() {
+        if !self.drafter.is_active() {
             return 0;
         }
         let n = seq.tokens.len();
@@ -272,11 +279,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
                 DraftSource::Model => seq.controller.model_step_cost().unwrap_or(0.0),
                 _ => 0.0,
             };
-            asks.push((
-                i,
-                source,
-                DraftAsk { alpha, cap, base_rows: usize::from(seq.prompt_row.is_none()), min: forced.unwrap_or(0), draft_cost },
-            ));
+            asks.push((i, source, DraftAsk { alpha, cap, min: forced.unwrap_or(0), draft_cost }));
         }
         let budget = self.target.n_batch();
         let ks = allocate_drafts(&asks.iter().map(|a| a.2).collect::<Vec<_>>(), costs, budget);
@@ -314,13 +317,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let mut drafted = Vec::with_capacity(seqs.len());
         for ((seq, start), report) in seqs.iter_mut().zip(starts).zip(reports) {
             drafted.push(start.map(|mut start| {
-                if all_steps > 0 && report.n_steps > 0 {
-                    let share = t_drafting.mul_f64(report.n_steps as f64 / all_steps as f64);
-                    start.t_start = t_drafted.saturating_sub(share);
-                } else if report.n_steps == 0 {
-                    // n-gram lookup or nothing: no draft time of its own worth counting
-                    start.t_start = t_drafted;
-                }
+                // its share of the draft steps (n-gram lookup or nothing: none worth counting)
+                let share = if report.n_steps > 0 { t_drafting.mul_f64(report.n_steps as f64 / all_steps as f64) } else { Duration::ZERO };
+                start.t_start = t_drafted.saturating_sub(share);
                 self.round_drafted(seq, start, report, t_drafted)
             }));
         }
@@ -424,11 +423,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             seq.q.clear();
         }
         let n_drafted = seq.tokens.len() - n_hist;
-        // the target decodes the last accepted token and the whole draft (in the first round
-        // the last token's row comes from the prompt batch: only the draft is decoded)
-        let prompt_row = seq.prompt_row.take();
-        let n_rows = n_drafted + usize::from(prompt_row.is_none());
-        Drafted { n_hist, k_planned, n_drafted, report, draft_gap, prompt_row, n_rows, t_start, t_drafted }
+        // the target decodes the last accepted token and the whole draft
+        Drafted { n_hist, k_planned, n_drafted, report, draft_gap, n_rows: n_drafted + 1, t_start, t_drafted }
     }
 
     /// The second half of a round, after the target decode: verify on rows
@@ -443,26 +439,20 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         t_verified: std::time::Duration,
         clock: &dyn Clock,
     ) -> Result<Range<usize>, EngineError> {
-        let Drafted { n_hist, k_planned, n_drafted, report, draft_gap, prompt_row, n_rows, t_start, t_drafted } = d;
+        let Drafted { n_hist, k_planned, n_drafted, report, draft_gap, n_rows, t_start, t_drafted } = d;
         let verify_mode = seq.config.effective_verify();
         let params = &seq.config.params;
         let target = &self.target;
-        let verdict = match &prompt_row {
-            Some(row0) => {
-                let rows = |i: usize| if i == 0 { row0.as_slice() } else { target.logits(row_base + i - 1) };
-                verify(verify_mode, &rows, &seq.tokens, &seq.tokens[n_hist..], &seq.q, params, &mut self.scratch, &mut seq.rng)
-            }
-            None => verify(
-                verify_mode,
-                &|i| target.logits(row_base + i),
-                &seq.tokens,
-                &seq.tokens[n_hist..],
-                &seq.q,
-                params,
-                &mut self.scratch,
-                &mut seq.rng,
-            ),
-        };
+        let verdict = verify(
+            verify_mode,
+            &|i| target.logits(row_base + i),
+            &seq.tokens,
+            &seq.tokens[n_hist..],
+            &seq.q,
+            params,
+            &mut self.scratch,
+            &mut seq.rng,
+        );
 
         // 3. keep the accepted prefix, add the target's token, stop at EOG / max_tokens
         seq.tokens.truncate(n_hist + verdict.n_accepted);
@@ -506,7 +496,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         Ok(n_hist..seq.tokens.len())
     }
 
-    /// Run rounds until the sequence finishes, handing each round's new tokens to `on_tokens`.
+    /// Run rounds until the sequence finishes, handing each round's new tokens to `on_tokens`
+    /// (the first token, which [`Engine::start`] took, is already in `seq.generated()`).
     pub fn generate(
         &mut self,
         seq: &mut Sequence,

@@ -198,7 +198,7 @@ fn shared_rounds_draft_only_what_pays_for_the_whole_batch() {
     let cpu = CostCurve::from_seconds(vec![(1, 1.0), (2, 1.5), (4, 2.7), (8, 6.2), (12, 8.1), (16, 8.4), (32, 16.7)]).unwrap();
     let mut costs = VerifyCosts::with_curve(std::sync::Arc::new(cpu));
     costs.observe(1, 0.05);
-    let ask = |alpha, cap| DraftAsk { alpha, cap, base_rows: 1, min: 0, draft_cost: 0.0 };
+    let ask = |alpha, cap| DraftAsk { alpha, cap, min: 0, draft_cost: 0.0 };
     let ks = allocate_drafts(&[ask(0.95, 8), ask(0.2, 8), ask(0.9, 8), ask(0.1, 0)], &costs, 512).unwrap();
     assert_eq!(ks[3], 0, "nothing to draft from");
     assert!(ks[0] >= ks[2] && ks[2] >= ks[1], "better acceptance drafts more: {ks:?}");
@@ -213,7 +213,7 @@ fn shared_rounds_draft_only_what_pays_for_the_whole_batch() {
     let ks = allocate_drafts(&[ask(0.99, 16), ask(0.99, 16)], &costs, 10).unwrap();
     assert!(ks.iter().sum::<usize>() + 2 <= 10, "{ks:?}");
     // exploration minimums are kept
-    let ks = allocate_drafts(&[DraftAsk { alpha: 0.0, cap: 8, base_rows: 1, min: 3, draft_cost: 0.0 }], &costs, 512).unwrap();
+    let ks = allocate_drafts(&[DraftAsk { alpha: 0.0, cap: 8, min: 3, draft_cost: 0.0 }], &costs, 512).unwrap();
     assert_eq!(ks, vec![3]);
     assert_eq!(MockModel::new(target_spec(4)).n_seq_max(), 4);
 }
