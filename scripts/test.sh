@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command 2: set up on a bare machine and run the whole test suite: formatting and lints,
 # the pure core and the binary without llama.cpp, then everything (mock and real models) on the
-# optimized build.
+# optimized build, then the GPU code path: a Vulkan build running the greedy fidelity test on
+# Mesa's lavapipe (SPECRUN_SKIP_VULKAN=1 skips it).
 source "$(dirname "$0")/common.sh"
 ensure_system_packages
 ensure_rust_components
@@ -16,3 +17,9 @@ say "pure core and mock backend, without llama.cpp"
 cargo test --release --locked --workspace --no-default-features
 say "full suite, real models required"
 SPECRUN_REQUIRE_MODELS=1 cargo test --release --locked --workspace "$@"
+if [ "${SPECRUN_SKIP_VULKAN:-0}" = 1 ]; then
+    say "skipping the Vulkan check (SPECRUN_SKIP_VULKAN=1)"
+else
+    say "GPU code path: the Vulkan build, greedy fidelity with every layer on lavapipe"
+    bash scripts/build-vulkan.sh check
+fi
