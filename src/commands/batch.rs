@@ -268,6 +268,12 @@ fn run_parallel(
             bstats.mean_active(),
             bstats.tokens_per_decode(),
         ));
+        if bstats.n_pauses > 0 {
+            crate::io::note(format!(
+                "guard     drafting paused {} times, {} rounds in all (drafted rounds measured slower than plain ones)",
+                bstats.n_pauses, bstats.n_paused_rounds
+            ));
+        }
         crate::io::note(format!(
             "time      prefill {:.1} s  decode {:.1} s  {:.2} tok/s aggregate in decode rounds",
             bstats.t_prefill.as_secs_f64(),

@@ -13,9 +13,12 @@
 //! knows (draft lengths only; greedy output does not depend on them beyond batch-shape
 //! near-ties). Each sequence keeps its own settings, RNG and acceptance estimates, so a job's
 //! output does not depend on which jobs share its rounds (greedy: up to batch-shape near-ties;
-//! sampling: its own seed decides).
+//! sampling: its own seed decides). A run-level [`DraftGuard`] sets the drafted rounds
+//! against plain rounds of as many sequences, by measured time and emitted tokens, and pauses
+//! `auto` drafting in rounds of that many sequences when it loses (plans rest on estimates;
+//! this rests on what the rounds took).
 
-use crate::control::{SharedPrior, VerifyCosts};
+use crate::control::{DraftGuard, SharedPrior, VerifyCosts};
 use crate::draft::Drafter;
 use crate::engine::{Engine, EngineError, GenConfig, Sequence};
 use crate::model::{Model, Token};
@@ -55,6 +58,10 @@ pub struct BatchStats {
     /// Time spent reading prompts (between rounds) and in the shared rounds.
     pub t_prefill: Duration,
     pub t_decode: Duration,
+    /// Rounds in which `auto` drafting was paused because drafted rounds measured slower than
+    /// plain ones ([`DraftGuard`]), and how many times it was paused.
+    pub n_paused_rounds: usize,
+    pub n_pauses: usize,
 }
 
 impl BatchStats {
@@ -150,6 +157,8 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
     let mut closed = false;
     // what finished sequences learned about each drafter; new ones start from it
     let mut prior = SharedPrior::default();
+    // whether drafting measured to pay in this run's rounds
+    let mut guard = DraftGuard::default();
     loop {
         if cancel() {
             for (_, seq) in slots.iter_mut().flatten() {
@@ -204,12 +213,18 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
         stats.active_sum += active.len();
         let t_round = clock.now();
         let decoded_before = engine.n_decoded;
+        let drafted_before: usize = slots.iter().flatten().map(|(_, s)| s.stats.n_drafted).sum();
         let ranges = {
             let mut seqs: Vec<&mut Sequence> = slots.iter_mut().flatten().map(|(_, s)| s).collect();
-            engine.step_many(&mut seqs, costs, clock)?
+            engine.step_many(&mut seqs, costs, guard.allows(active.len()), clock)?
         };
+        let secs = clock.now() - t_round;
         stats.n_decoded += engine.n_decoded - decoded_before;
-        stats.t_decode += clock.now() - t_round;
+        stats.t_decode += secs;
+        let drafted = slots.iter().flatten().map(|(_, s)| s.stats.n_drafted).sum::<usize>() - drafted_before;
+        let emitted = ranges.iter().map(|r| r.len()).sum();
+        guard.observe(active.len(), drafted, emitted, secs.as_secs_f64(), costs.estimate_shared(active.len(), active.len()));
+        (stats.n_paused_rounds, stats.n_pauses) = (guard.n_paused_rounds, guard.n_pauses);
         for (slot, range) in slots.iter_mut().flatten().zip(ranges) {
             let (tag, seq) = slot;
             stats.n_generated += range.len();

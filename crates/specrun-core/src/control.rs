@@ -607,6 +607,92 @@ impl Controller {
     }
 }
 
+/// Drafted rounds a [`DraftGuard`] weighs before it judges.
+pub const GUARD_WINDOW: usize = 16;
+/// Shared rounds without drafting after the first verdict against it (doubles after each
+/// further one, up to [`GUARD_MAX_PAUSE`]).
+pub const GUARD_FIRST_PAUSE: usize = 32;
+const GUARD_MAX_PAUSE: usize = 1024;
+
+/// Whether drafting pays in the shared rounds of one run, by what the rounds measured rather
+/// than by what was planned: each round that drafted is set against a plain round of as many
+/// sequences (its measured time, as an EMA per number of sequences, or the cost estimate of
+/// that decode until one was measured): the `tokens` it emitted vs `seqs × secs / plain secs`,
+/// the tokens plain rounds would have emitted in its time. After [`GUARD_WINDOW`] drafted
+/// rounds of one number of sequences, if they emitted fewer than plain rounds would have,
+/// drafting in rounds of that many sequences pauses for [`GUARD_FIRST_PAUSE`] of them
+/// (doubling after each further verdict against it), then is tried again; a verdict for it
+/// resets the pause. Verdicts are kept per number of sequences because what a draft row
+/// costs depends on how full the decode already is: on a 2-core CPU a decode of 16 sequences
+/// is at a step of the cost curve (17–20 rows cost a quarter more) while one of 9 has 7 rows
+/// nearly free. The plans of each sequence's controller rest on acceptance estimates and a
+/// cost model that can both be wrong in ways their own rounds do not reveal; this is the
+/// check that keeps such errors from costing more than a window of rounds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DraftGuard {
+    by_seqs: std::collections::BTreeMap<usize, GuardState>,
+    /// Measured seconds of a plain round, by number of sequences (EMA).
+    plain_secs: std::collections::BTreeMap<usize, f64>,
+    /// Rounds run with drafting paused, in all.
+    pub n_paused_rounds: usize,
+    /// Verdicts against drafting.
+    pub n_pauses: usize,
+}
+
+/// A [`DraftGuard`]'s evidence and verdict for rounds of one number of sequences.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct GuardState {
+    tokens: f64,
+    plain_tokens: f64,
+    rounds: usize,
+    paused: usize,
+    next_pause: usize,
+}
+
+impl DraftGuard {
+    /// Whether the next round, of `seqs` sequences, may draft.
+    pub fn allows(&self, seqs: usize) -> bool {
+        self.by_seqs.get(&seqs).is_none_or(|g| g.paused == 0)
+    }
+
+    /// A shared round of `seqs` sequences ended after `secs` (drafting and verification),
+    /// emitting `tokens`; `drafted` tokens were proposed in it. `estimate` is the estimated
+    /// seconds of a plain decode of `seqs` sequences, used until a plain round of that many was
+    /// measured.
+    pub fn observe(&mut self, seqs: usize, drafted: usize, tokens: usize, secs: f64, estimate: Option<f64>) {
+        if seqs == 0 || secs.is_nan() || secs <= 0.0 {
+            return;
+        }
+        if drafted == 0 {
+            let old = self.plain_secs.get(&seqs).copied();
+            self.plain_secs.insert(seqs, ema(old, secs));
+        }
+        let plain = self.plain_secs.get(&seqs).copied().or(estimate).filter(|&p| p > 0.0);
+        let g = self.by_seqs.entry(seqs).or_default();
+        if g.paused > 0 {
+            // (sequences with a fixed draft length draft on: not judged here)
+            g.paused -= 1;
+            self.n_paused_rounds += 1;
+            return;
+        }
+        let Some(plain) = plain.filter(|_| drafted > 0) else { return };
+        g.tokens += tokens as f64;
+        g.plain_tokens += seqs as f64 * secs / plain;
+        g.rounds += 1;
+        if g.rounds < GUARD_WINDOW {
+            return;
+        }
+        if g.tokens < g.plain_tokens {
+            g.next_pause = if g.next_pause == 0 { GUARD_FIRST_PAUSE } else { (g.next_pause * 2).min(GUARD_MAX_PAUSE) };
+            g.paused = g.next_pause;
+            self.n_pauses += 1;
+        } else {
+            g.next_pause = 0;
+        }
+        (g.tokens, g.plain_tokens, g.rounds) = (0.0, 0.0, 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -879,5 +965,80 @@ mod tests {
         let long = c.best_k(DraftSource::Ngram, 16, 400).unwrap();
         assert!(short <= 4 && long > short, "short {short}, long {long}");
         assert!((c.planning_alpha(DraftSource::Ngram, 400) - 401.0 / 402.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_guard_pauses_drafting_that_measured_slower_than_plain_and_tries_again() {
+        let mut g = DraftGuard::default();
+        // plain rounds of 4 sequences: 0.4 s for 4 tokens
+        g.observe(4, 0, 4, 0.4, None);
+        // drafted rounds: 0.6 s for 5 tokens (plain would give 6 in that time)
+        for _ in 0..GUARD_WINDOW - 1 {
+            g.observe(4, 4, 5, 0.6, None);
+            assert!(g.allows(4));
+        }
+        g.observe(4, 4, 5, 0.6, None);
+        assert!(!g.allows(4));
+        assert_eq!(g.n_pauses, 1);
+        for i in 0..GUARD_FIRST_PAUSE {
+            assert!(!g.allows(4), "paused round {i}");
+            g.observe(4, 0, 4, 0.4, None);
+        }
+        assert!(g.allows(4));
+        assert_eq!(g.n_paused_rounds, GUARD_FIRST_PAUSE);
+        // still slower: twice as long a pause
+        for _ in 0..GUARD_WINDOW {
+            g.observe(4, 4, 5, 0.6, None);
+        }
+        for _ in 0..2 * GUARD_FIRST_PAUSE {
+            assert!(!g.allows(4));
+            g.observe(4, 0, 4, 0.4, None);
+        }
+        assert!(g.allows(4));
+        // drafting that pays (8 tokens where plain gives 6) resets the pause
+        for _ in 0..GUARD_WINDOW {
+            g.observe(4, 4, 8, 0.6, None);
+        }
+        assert!(g.allows(4));
+        for _ in 0..GUARD_WINDOW {
+            g.observe(4, 4, 5, 0.6, None);
+        }
+        for _ in 0..GUARD_FIRST_PAUSE {
+            assert!(!g.allows(4));
+            g.observe(4, 0, 4, 0.4, None);
+        }
+        assert!(g.allows(4));
+    }
+
+    #[test]
+    fn the_guard_compares_with_plain_rounds_of_as_many_sequences() {
+        let mut g = DraftGuard::default();
+        // plain rounds of 2 sequences are fast, of 8 slow; drafted rounds of 8 sequences that
+        // beat plain rounds of 8 keep drafting on, whatever rounds of 2 cost
+        g.observe(2, 0, 2, 0.1, None);
+        g.observe(8, 0, 8, 1.0, None);
+        for _ in 0..GUARD_WINDOW {
+            g.observe(8, 4, 10, 1.1, None);
+        }
+        assert!(g.allows(8));
+        // without a measured plain round of 3 sequences, the estimate stands in (3 tokens in
+        // 0.2 s, so 4.5 in 0.3 s): 4 tokens in 0.3 s lose
+        for _ in 0..GUARD_WINDOW {
+            g.observe(3, 2, 4, 0.3, Some(0.2));
+        }
+        assert!(!g.allows(3));
+        // a verdict about rounds of 3 sequences says nothing about rounds of 8 or 2
+        assert!(g.allows(8) && g.allows(2));
+        // rounds of other sizes do not use up the pause of rounds of 3
+        for _ in 0..2 * GUARD_FIRST_PAUSE {
+            g.observe(8, 0, 8, 1.0, None);
+        }
+        assert!(!g.allows(3));
+        // nothing to compare with: no verdict
+        let mut g = DraftGuard::default();
+        for _ in 0..3 * GUARD_WINDOW {
+            g.observe(3, 2, 1, 9.0, None);
+        }
+        assert!(g.allows(3));
     }
 }

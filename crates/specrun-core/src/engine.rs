@@ -255,11 +255,14 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     /// every active sequence's last token and draft. With `auto` draft lengths, the lengths
     /// are chosen together ([`allocate_drafts`]) for the most expected tokens per second of
     /// the shared decode, along `costs` (the cost of a target decode by total batch size,
-    /// learned here from every shared decode). Returns each sequence's added range.
+    /// learned here from every shared decode). With `allow_drafts` false the `auto` sequences
+    /// decode plainly this round (the run's [`crate::control::DraftGuard`] measured drafting
+    /// not to pay). Returns each sequence's added range.
     pub fn step_many(
         &mut self,
         seqs: &mut [&mut Sequence],
         costs: &mut VerifyCosts,
+        allow_drafts: bool,
         clock: &dyn Clock,
     ) -> Result<Vec<Range<usize>>, EngineError> {
         // plan: each sequence's source, cap and acceptance; then the lengths, together
@@ -267,6 +270,10 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let mut asks = Vec::new();
         for (i, seq) in seqs.iter_mut().enumerate() {
             if seq.finish.is_some() || seq.config.adaptive != AdaptiveMode::Auto {
+                continue;
+            }
+            if !allow_drafts {
+                plans[i] = Some((DraftSource::None, 0));
                 continue;
             }
             let limit = self.draft_len(seq);

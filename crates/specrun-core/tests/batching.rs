@@ -336,3 +336,84 @@ fn a_draft_model_drafts_every_sequence_in_one_decode_per_step() {
         assert_eq!(ids.len(), call.len(), "a sequence appears once per draft decode");
     }
 }
+
+/// A drafter that claims a long verbatim copy run (so its drafts are planned as near-certain)
+/// and proposes tokens the mock target never picks: plans that expect to gain, rounds that lose.
+struct Overconfident;
+
+impl Drafter for Overconfident {
+    fn name(&self) -> &'static str {
+        "overconfident"
+    }
+    fn source(&self, _: &mut specrun_core::draft::DraftCursor, _: &[Token]) -> specrun_core::draft::DraftSource {
+        specrun_core::draft::DraftSource::Ngram
+    }
+    fn copy_run(&self, _: &specrun_core::draft::DraftCursor, _: &[Token]) -> usize {
+        1000
+    }
+    fn begin(&mut self, _: &mut specrun_core::draft::DraftCursor, _: &[Token]) -> Result<(), specrun_core::model::ModelError> {
+        Ok(())
+    }
+    fn propose(
+        &mut self,
+        _: &mut specrun_core::draft::DraftCursor,
+        tokens: &mut Vec<Token>,
+        _: &mut Vec<specrun_core::sampling::Dist>,
+        req: &specrun_core::draft::DraftRequest<'_>,
+        _: &mut specrun_core::sampling::Scratch,
+        _: &mut rand_chacha::ChaCha8Rng,
+    ) -> Result<specrun_core::draft::DraftReport, specrun_core::model::ModelError> {
+        // the mock target's greedy choice is never the token it just emitted again
+        let last = *tokens.last().expect("a prompt");
+        tokens.extend(std::iter::repeat_n(last, req.max));
+        Ok(specrun_core::draft::DraftReport { n_steps: 0, source: specrun_core::draft::DraftSource::Ngram })
+    }
+    fn rollback(&mut self, _: &mut specrun_core::draft::DraftCursor, _: usize) -> Result<(), specrun_core::model::ModelError> {
+        Ok(())
+    }
+}
+
+/// Drafting whose rounds measure slower than plain ones is paused by the run's guard and tried
+/// again less and less often: the run costs far less than drafting every round would (here
+/// about 3 plain rounds' time per drafted round), and the greedy output is unchanged.
+#[test]
+fn drafting_that_measures_slower_than_plain_is_paused() {
+    let spec = MockSpec { behaviour: Behaviour::Target { seed: 7, eog_rate: 0.0 }, ..MockSpec::target(7) };
+    let jobs = || {
+        (0..4)
+            .map(|i| BatchJob {
+                tag: i,
+                config: GenConfig { max_tokens: 300, draft_max: 8, adaptive: AdaptiveMode::Auto, ..GenConfig::default() },
+                prompt: vec![1 + i as Token, 9, 4, 9],
+            })
+            .collect::<Vec<_>>()
+    };
+    let run = |drafter: Box<dyn Drafter>| {
+        let clock = MockClock::new();
+        let target = MockModel::new(MockSpec { n_seq: 4, ..spec.clone() }).with_clock(clock.clone());
+        let mut engine = Engine::new(target, drafter, GenConfig::default());
+        let mut out: Vec<Vec<Token>> = vec![vec![]; 4];
+        let mut stats = BatchStats::default();
+        let t0 = specrun_core::stats::Clock::now(&clock);
+        run_continuous(
+            &mut engine,
+            jobs(),
+            4,
+            &mut VerifyCosts::default(),
+            &clock,
+            &|| false,
+            |_, _, _| false,
+            |tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec(),
+            &mut stats,
+        )
+        .unwrap();
+        (out, specrun_core::stats::Clock::now(&clock) - t0, stats)
+    };
+    let (plain, t_plain, _) = run(Box::new(NoDraft));
+    let (drafted, t_drafted, stats) = run(Box::new(Overconfident));
+    assert_eq!(drafted, plain);
+    assert!(stats.n_pauses >= 2, "{stats:?}");
+    assert!(stats.n_paused_rounds * 3 > stats.n_rounds * 2, "drafting paused in most rounds: {stats:?}");
+    let ratio = t_drafted.as_secs_f64() / t_plain.as_secs_f64();
+    assert!(ratio < 1.6, "drafting every round would take about 3x as long; the guarded run took {ratio:.2}x");
+}
