@@ -60,15 +60,25 @@ fn run(kind: &str, n: usize) -> (Vec<Vec<Token>>, MockModel, BatchStats) {
     let clock = MockClock::new();
     let target = MockModel::new(spec.clone()).with_clock(clock.clone());
     let mut engine = Engine::new(target, drafter(kind, &spec, &clock), GenConfig::default());
-    let mut out: Vec<Vec<Token>> = vec![vec![]; jobs().len()];
-    let mut costs = VerifyCosts::default();
+    let (out, stats) = run_jobs(&mut engine, jobs(), n, &clock);
+    (out, engine.target, stats)
+}
+
+/// Run `jobs` (tags 0..len) to the end with `n` slots: each job's generated tokens, by tag.
+fn run_jobs<D: Drafter>(
+    engine: &mut Engine<MockModel, D>,
+    jobs: Vec<BatchJob<usize>>,
+    n: usize,
+    clock: &MockClock,
+) -> (Vec<Vec<Token>>, BatchStats) {
+    let mut out: Vec<Vec<Token>> = vec![vec![]; jobs.len()];
     let mut stats = BatchStats::default();
     let end = run_continuous(
-        &mut engine,
-        jobs(),
+        engine,
+        jobs,
         n,
-        &mut costs,
-        &clock,
+        &mut VerifyCosts::default(),
+        clock,
         &|| false,
         |_, _, _| false,
         |tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec(),
@@ -76,7 +86,7 @@ fn run(kind: &str, n: usize) -> (Vec<Vec<Token>>, MockModel, BatchStats) {
     )
     .unwrap();
     assert_eq!(end, BatchEnd::Done);
-    (out, engine.target, stats)
+    (out, stats)
 }
 
 #[test]
@@ -392,21 +402,8 @@ fn drafting_that_measures_slower_than_plain_is_paused() {
         let clock = MockClock::new();
         let target = MockModel::new(MockSpec { n_seq: 4, ..spec.clone() }).with_clock(clock.clone());
         let mut engine = Engine::new(target, drafter, GenConfig::default());
-        let mut out: Vec<Vec<Token>> = vec![vec![]; 4];
-        let mut stats = BatchStats::default();
         let t0 = specrun_core::stats::Clock::now(&clock);
-        run_continuous(
-            &mut engine,
-            jobs(),
-            4,
-            &mut VerifyCosts::default(),
-            &clock,
-            &|| false,
-            |_, _, _| false,
-            |tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec(),
-            &mut stats,
-        )
-        .unwrap();
+        let (out, stats) = run_jobs(&mut engine, jobs(), 4, &clock);
         (out, specrun_core::stats::Clock::now(&clock) - t0, stats)
     };
     let (plain, t_plain, _) = run(Box::new(NoDraft));
