@@ -38,12 +38,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 say "Vulkan headers: $(grep -m1 '#define VK_HEADER_VERSION ' /usr/include/vulkan/vulkan_core.h | awk '{print $3}') (system), glslc $(glslc --version | head -1)"
 
+CODENAME="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
+
 # debian_mirror: the mirror this system's apt already uses for its own release
 debian_mirror() {
-    local codename mirror
-    codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
-    mirror="$(apt-cache policy 2>/dev/null | awk -v s="$codename/main" '$3 == s { print $2; exit }')"
-    [ -n "$mirror" ] || { echo "error: no Debian mirror for $codename/main in apt's sources" >&2; exit 1; }
+    local mirror
+    mirror="$(apt-cache policy 2>/dev/null | awk -v s="$CODENAME/main" '$3 == s { print $2; exit }')"
+    [ -n "$mirror" ] || { echo "error: no Debian mirror for $CODENAME/main in apt's sources" >&2; exit 1; }
     echo "$mirror"
 }
 
@@ -73,19 +74,18 @@ newer_headers() {
 # use_lavapipe: point the Vulkan loader at lavapipe only — the system's, or Mesa from the
 # release's backports when the system's is older than 24
 use_lavapipe() {
-    local mesa codename
+    local mesa
     mesa="$(dpkg-query -W -f '${Version}' mesa-vulkan-drivers 2>/dev/null | sed 's/^[0-9]*://; s/\..*//')"
     if [ "${LAVAPIPE:-auto}" = backports ] || { [ "${LAVAPIPE:-auto}" = auto ] && [ "${mesa:-0}" -lt 24 ]; }; then
         local prefix="$CACHE/mesa-backports" lib
-        codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
         lib="$prefix/usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || echo x86_64-linux-gnu)"
         if [ ! -e "$lib/libvulkan_lvp.so" ]; then
-            say "system Mesa $mesa: unpacking Mesa from $codename-backports into $prefix"
-            unpack_from "$codename-backports" "$prefix" mesa-vulkan-drivers libdrm2 libdrm-amdgpu1
+            say "system Mesa $mesa: unpacking Mesa from $CODENAME-backports into $prefix"
+            unpack_from "$CODENAME-backports" "$prefix" mesa-vulkan-drivers libdrm2 libdrm-amdgpu1
         fi
         sed "s#\"libvulkan_lvp.so\"#\"$lib/libvulkan_lvp.so\"#" "$prefix"/usr/share/vulkan/icd.d/lvp_icd*.json >"$prefix/lvp_icd.json"
         export VK_ICD_FILENAMES="$prefix/lvp_icd.json" LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-        say "lavapipe: Mesa $(dpkg-deb -f "$CACHE/apt-$codename-backports"/debs/mesa-vulkan-drivers_*.deb Version 2>/dev/null || echo "from $prefix")"
+        say "lavapipe: Mesa $(dpkg-deb -f "$CACHE/apt-$CODENAME-backports"/debs/mesa-vulkan-drivers_*.deb Version 2>/dev/null || echo "from $prefix")"
     else
         export VK_ICD_FILENAMES="${VK_ICD_FILENAMES:-$(ls /usr/share/vulkan/icd.d/lvp_icd*.json | head -1)}"
         say "lavapipe: system Mesa $mesa"

@@ -631,8 +631,6 @@ const GUARD_MAX_PAUSE: usize = 1024;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DraftGuard {
     by_seqs: std::collections::BTreeMap<usize, GuardState>,
-    /// Measured seconds of a plain round, by number of sequences (EMA).
-    plain_secs: std::collections::BTreeMap<usize, f64>,
     /// Rounds run with drafting paused, in all.
     pub n_paused_rounds: usize,
     /// Verdicts against drafting.
@@ -642,6 +640,8 @@ pub struct DraftGuard {
 /// A [`DraftGuard`]'s evidence and verdict for rounds of one number of sequences.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct GuardState {
+    /// Measured seconds of a plain round (EMA).
+    plain_secs: Option<f64>,
     tokens: f64,
     plain_tokens: f64,
     rounds: usize,
@@ -663,19 +663,17 @@ impl DraftGuard {
         if seqs == 0 || secs.is_nan() || secs <= 0.0 {
             return;
         }
-        if drafted == 0 {
-            let old = self.plain_secs.get(&seqs).copied();
-            self.plain_secs.insert(seqs, ema(old, secs));
-        }
-        let plain = self.plain_secs.get(&seqs).copied().or(estimate).filter(|&p| p > 0.0);
         let g = self.by_seqs.entry(seqs).or_default();
+        if drafted == 0 {
+            g.plain_secs = Some(ema(g.plain_secs, secs));
+        }
         if g.paused > 0 {
             // (sequences with a fixed draft length draft on: not judged here)
             g.paused -= 1;
             self.n_paused_rounds += 1;
             return;
         }
-        let Some(plain) = plain.filter(|_| drafted > 0) else { return };
+        let Some(plain) = g.plain_secs.or(estimate).filter(|&p| p > 0.0 && drafted > 0) else { return };
         g.tokens += tokens as f64;
         g.plain_tokens += seqs as f64 * secs / plain;
         g.rounds += 1;
