@@ -141,6 +141,10 @@ pub struct BenchArgs {
     /// Write each pair's best settings into the models file (comments and layout kept).
     #[arg(long)]
     pub write_best: bool,
+    /// Also show each prompt's own speed-up, acceptance and tokens per round (terminal table
+    /// and Markdown export; the JSON export always has them). One sequence at a time only.
+    #[arg(long)]
+    pub per_prompt: bool,
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
@@ -150,7 +154,7 @@ pub struct BenchArgs {
 pub struct CalibrateArgs {
     #[command(flatten)]
     pub models: ModelArgs,
-    /// Batch sizes to measure (default: 1-6, 8, 10, 12, 14, 16, 20, 24, 32, 48, 64, within n_batch).
+    /// Batch sizes to measure (default: 1-10, 12, 14, 16, 17, 20, 24, 32, 33, 48, 64, within n_batch).
     #[arg(long, value_delimiter = ',', value_name = "B,...")]
     pub sizes: Vec<usize>,
     /// Sequence counts to measure in one decode, one token each (default: 2, 4, 8, 16; 1:

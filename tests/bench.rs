@@ -129,3 +129,51 @@ fn parallel_is_a_bench_dimension_with_aggregate_rates() {
         String::from_utf8_lossy(&bad.stderr)
     );
 }
+
+/// `--per-prompt`: each prompt's own row in a sweep over the whole file equals the sweep of
+/// that prompt alone (one expectation through both paths); the JSON export always has them,
+/// in prompt order, by record id; shared decodes (`--parallel` above 1) have none.
+#[test]
+fn per_prompt_results_equal_benching_each_prompt_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = |prompts: &Path, json: &Path, extra: &[&str]| {
+        let out = Command::cargo_bin("specrun")
+            .unwrap()
+            .args(["bench", "--mock", "--quiet", "--config"])
+            .arg(repo("models.toml"))
+            .arg("--prompts")
+            .arg(prompts)
+            .args(["-n", "12", "--repeat", "2", "--draft-max", "3", "--drafter", "ngram", "--adaptive", "auto", "--export-json"])
+            .arg(json)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+        (String::from_utf8(out.stdout).unwrap(), v)
+    };
+    let all = repo("examples/prompts/prompts.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(&all).unwrap().lines().map(String::from).collect();
+    let md = d.join("all.md");
+    let (stdout, whole) = run(&all, &d.join("all.json"), &["--per-prompt", "--parallel", "1,2", "--export-markdown", md.to_str().unwrap()]);
+    let rows = whole.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let prompts = rows[0]["prompts"].as_array().unwrap();
+    assert!(rows[1].get("prompts").is_none(), "N = 2 shares decodes: no per-prompt rates");
+    assert_eq!(prompts.len(), lines.len());
+    for (i, (line, p)) in lines.iter().zip(prompts).enumerate() {
+        let id = serde_json::from_str::<serde_json::Value>(line).unwrap()["id"].as_str().unwrap().to_string();
+        assert_eq!(p["id"], id.as_str());
+        assert!(stdout.contains(&id), "the terminal table names {id}");
+        let one = d.join(format!("p{i}.jsonl"));
+        std::fs::write(&one, format!("{line}\n")).unwrap();
+        let (_, alone) = run(&one, &d.join(format!("p{i}.json")), &[]);
+        let alone = &alone[0];
+        for key in ["speedup", "speedup_min", "speedup_max", "spec_tok_s", "base_tok_s", "acceptance_rate", "tokens_per_round"] {
+            assert_eq!(p[key], alone[key], "{id}: {key}");
+        }
+    }
+    let markdown = std::fs::read_to_string(&md).unwrap();
+    assert_eq!(markdown.matches("| qwen-coder ngram auto K=3 T=0 |").count(), lines.len(), "{markdown}");
+}

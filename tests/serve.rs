@@ -78,6 +78,15 @@ fn chat_and_text_completions_streamed_and_not_agree() {
     let metrics = agent().get(&format!("{}/metrics", s.base)).call().unwrap().into_string().unwrap();
     assert!(metrics.contains("specrun_requests_total{outcome=\"ok\"} 4"), "{metrics}");
     assert!(metrics.contains("specrun_time_to_first_token_seconds_count 4"), "{metrics}");
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}: {metrics}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    // four requests one after another: every shared round carried one request's token and draft
+    let (rounds, decoded) = (value("specrun_shared_rounds_total"), value("specrun_decoded_tokens_total"));
+    assert!(rounds > 0.0 && decoded >= rounds, "{metrics}");
+    assert!(value("specrun_rounds_total") >= rounds, "{metrics}");
+    assert!(value("specrun_decode_seconds_total") > 0.0, "{metrics}");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use crate::cli::BenchArgs;
 use crate::formats::bench::{BenchConfig, BenchResult, RepeatSample};
-use crate::formats::export::{csv, json, markdown, parse_json, svg_plot, table};
+use crate::formats::export::{csv, json, markdown, markdown_prompts, parse_json, prompt_table, svg_plot, table};
 use crate::formats::models_toml::{write_best, ConfigSource};
 use crate::formats::records::{parse_input, PromptInput};
 use crate::infer::plan::config_source;
@@ -26,6 +26,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 struct Prompt {
+    /// The record's id (a string as it is, anything else as JSON), for per-prompt results.
+    id: String,
     tokens_of: PromptInput,
     max_tokens: Option<usize>,
 }
@@ -68,6 +70,9 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
         let results = parse_json(&text).with_context(|| format!("--from-json {}", saved.display()))?;
         export(args, &results)?;
         out(&table(&results))?;
+        if args.per_prompt {
+            out(&format!("\n{}", prompt_table(&results)))?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     validate_sweep(args)?;
@@ -81,7 +86,11 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
         .map(|r| {
             r.map_err(|b| anyhow!("--prompts {}: {}", prompts_path.display(), b.error)).and_then(|j| {
                 settings::validate(&j.overrides).map_err(|e| anyhow!("--prompts {}: {e}", prompts_path.display()))?;
-                Ok(Prompt { tokens_of: j.input, max_tokens: j.overrides.max_tokens.map(|s| s.value) })
+                let id = match &j.id {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                Ok(Prompt { id, tokens_of: j.input, max_tokens: j.overrides.max_tokens.map(|s| s.value) })
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -96,6 +105,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
         ProgressStyle::with_template("{bar:30} {pos}/{len} configurations  {msg}  [{elapsed_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let ids: Vec<String> = prompts.iter().map(|p| p.id.clone()).collect();
     let mut results: Vec<BenchResult> = Vec::new();
     for pair in &pairs {
         let mut models = args.models.clone();
@@ -159,7 +169,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
                                     measure(target, draft, codec, clock, &plan, drafter, &gen, &prompts)?
                                 });
                             }
-                            let mut result = BenchResult::summarise(config, &samples);
+                            let mut result = BenchResult::summarise(config, &samples, &ids);
                             result.cost_curve = plan.gen.cost_curve.as_deref().cloned();
                             result.placement = Some(super::run::placement(&plan));
                             results.push(result);
@@ -174,10 +184,13 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
     }
     bar.finish_and_clear();
     out(&table(&results))?;
+    if args.per_prompt {
+        out(&format!("\n{}", prompt_table(&results)))?;
+    }
     for (path, render) in [
         (&args.export_json, render_json as fn(&[BenchResult]) -> Result<String>),
         (&args.export_csv, |r: &[BenchResult]| Ok(csv(r))),
-        (&args.export_markdown, |r: &[BenchResult]| Ok(markdown(r))),
+        (&args.export_markdown, if args.per_prompt { markdown_with_prompts } else { |r: &[BenchResult]| Ok(markdown(r)) }),
     ] {
         if path.as_deref().is_some_and(is_stdout) {
             out(&render(&results)?)?;
@@ -240,7 +253,7 @@ fn measure(
             generate(&mut Engine::new(&mut *target, NoDraft, gen.clone()), codec, tokens, clock, None, &[], &crate::io::interrupted)?;
         let d = make_drafter(Some(drafter), plan.ngram, draft.as_mut().map(|m| &mut **m as &mut dyn Model));
         let spec = generate(&mut Engine::new(&mut *target, d, gen), codec, tokens, clock, None, &[], &crate::io::interrupted)?;
-        s.add(&base.stats, &spec.stats);
+        s.add_prompt(&base.stats, &spec.stats);
     }
     Ok(s)
 }
@@ -314,6 +327,10 @@ fn measure_parallel(
     Ok(s)
 }
 
+fn markdown_with_prompts(results: &[BenchResult]) -> Result<String> {
+    Ok(format!("{}\n{}", markdown(results), markdown_prompts(results)))
+}
+
 fn render_json(results: &[BenchResult]) -> Result<String> {
     Ok(json(results)?)
 }
@@ -328,7 +345,7 @@ fn export(args: &BenchArgs, results: &[BenchResult]) -> Result<()> {
     };
     write(&args.export_json, render_json(results)?)?;
     write(&args.export_csv, csv(results))?;
-    write(&args.export_markdown, markdown(results))?;
+    write(&args.export_markdown, if args.per_prompt { markdown_with_prompts(results)? } else { markdown(results) })?;
     if args.plot.is_some() {
         let repeats = results.iter().map(|r| r.repeats).max().unwrap_or(0);
         let title = format!("specrun bench: speed-up vs draft length (repeat {repeats})");

@@ -73,18 +73,26 @@ impl BenchConfig {
 }
 
 /// What one repeat measured, the target-only and the speculative runs each summed over the
-/// prompts.
+/// prompts, and (one sequence at a time) each prompt's own pair of runs.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RepeatSample {
     pub base: GenStats,
     pub spec: GenStats,
+    /// `(target-only, speculative)` per prompt, in prompt order; empty when the prompts shared
+    /// decodes (`--parallel` above 1: a prompt has no decode time of its own).
+    pub prompts: Vec<(GenStats, GenStats)>,
 }
 
 impl RepeatSample {
-    /// Add one prompt's target-only and speculative runs.
+    /// Add the summed runs of prompts that shared their decodes.
     pub fn add(&mut self, base: &GenStats, spec: &GenStats) {
         self.base.merge(base);
         self.spec.merge(spec);
+    }
+    /// Add one prompt's own target-only and speculative runs.
+    pub fn add_prompt(&mut self, base: &GenStats, spec: &GenStats) {
+        self.add(base, spec);
+        self.prompts.push((base.clone(), spec.clone()));
     }
     pub fn spec_tok_s(&self) -> f64 {
         self.spec.decode_tok_per_s()
@@ -127,10 +135,53 @@ pub struct BenchResult {
     /// Where the models ran (device, GPU layers, KV types, flash attention).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<crate::formats::report::Placement>,
+    /// Each prompt's own result, in prompt order (one sequence at a time only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<PromptResult>,
+}
+
+/// One prompt of a configuration, over the repeats: which prompts gain and which lose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptResult {
+    /// The record's `id` (or its line), as `bench` was given it.
+    pub id: String,
+    pub spec_tok_s: f64,
+    pub base_tok_s: f64,
+    /// Median over the repeats of this prompt's speculative ÷ target-only rate.
+    pub speedup: f64,
+    pub speedup_min: f64,
+    pub speedup_max: f64,
+    pub acceptance_rate: f64,
+    pub tokens_per_round: f64,
+}
+
+impl PromptResult {
+    /// Summarise prompt `i` of every repeat (`None` when a repeat lacks it).
+    fn summarise(id: String, i: usize, samples: &[RepeatSample]) -> Option<Self> {
+        let runs: Vec<&(GenStats, GenStats)> = samples.iter().map(|s| s.prompts.get(i)).collect::<Option<_>>()?;
+        let speedups: Vec<f64> = runs.iter().map(|(b, s)| ratio(s.decode_tok_per_s(), b.decode_tok_per_s())).collect();
+        let (lo, hi) = min_max(&speedups);
+        let mut spec = GenStats::default();
+        for (_, s) in &runs {
+            spec.merge(s);
+        }
+        Some(Self {
+            id,
+            spec_tok_s: median(&runs.iter().map(|(_, s)| s.decode_tok_per_s()).collect::<Vec<_>>()),
+            base_tok_s: median(&runs.iter().map(|(b, _)| b.decode_tok_per_s()).collect::<Vec<_>>()),
+            speedup: median(&speedups),
+            speedup_min: lo,
+            speedup_max: hi,
+            acceptance_rate: spec.acceptance_rate(),
+            tokens_per_round: spec.tokens_per_round(),
+        })
+    }
 }
 
 impl BenchResult {
-    pub fn summarise(config: BenchConfig, samples: &[RepeatSample]) -> Self {
+    /// Summarise the repeats of one configuration; `ids` name the prompts (per-prompt results
+    /// are kept when every repeat measured each prompt on its own).
+    pub fn summarise(config: BenchConfig, samples: &[RepeatSample], ids: &[String]) -> Self {
         let speedups: Vec<f64> = samples.iter().map(RepeatSample::speedup).collect();
         let (lo, hi) = min_max(&speedups);
         // ratios from the repeats pooled; speeds as medians over repeats
@@ -167,6 +218,7 @@ impl BenchResult {
             predicted_speedup: if drafted && v > 0.0 { predicted_speedup(alpha, k, c, v) } else { 1.0 },
             cost_curve: None,
             placement: None,
+            prompts: ids.iter().enumerate().map_while(|(i, id)| PromptResult::summarise(id.clone(), i, samples)).collect(),
             config,
         }
     }
@@ -220,7 +272,8 @@ mod tests {
     #[test]
     fn summaries_take_medians_over_repeats_and_measured_ratios() {
         let c = BenchConfig { pair: "p".into(), drafter: "model".into(), adaptive: "fixed".into(), draft_max: 4, temp: 0.0, parallel: 1 };
-        let r = BenchResult::summarise(c, &[sample(10.0, 10.0), sample(5.0, 10.0), sample(20.0, 10.0)]);
+        let r = BenchResult::summarise(c, &[sample(10.0, 10.0), sample(5.0, 10.0), sample(20.0, 10.0)], &[]);
+        assert!(r.prompts.is_empty());
         assert_eq!(r.speedup, 1.0);
         assert_eq!((r.speedup_min, r.speedup_max), (0.5, 2.0));
         assert_eq!(r.acceptance_rate, 0.75);

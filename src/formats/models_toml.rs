@@ -492,7 +492,7 @@ temp = 0.8
         let mk = |k, s: f64| {
             let c =
                 BenchConfig { pair: "p".into(), drafter: "ngram".into(), adaptive: "fixed".into(), draft_max: k, temp: 0.0, parallel: 1 };
-            let mut r = BenchResult::summarise(c, &[RepeatSample::default()]);
+            let mut r = BenchResult::summarise(c, &[RepeatSample::default()], &[]);
             r.speedup = s;
             r
         };

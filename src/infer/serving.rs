@@ -69,6 +69,16 @@ pub struct Metrics {
     pub rounds: AtomicU64,
     pub drafted: AtomicU64,
     pub accepted: AtomicU64,
+    /// Shared rounds (one target decode for every request in flight), the tokens they
+    /// decoded, and the rounds in which the run's guard had paused drafting (and how often it
+    /// paused): what [`BatchStats`] counts, summed over the server's life.
+    pub shared_rounds: AtomicU64,
+    pub decoded_tokens: AtomicU64,
+    pub draft_paused_rounds: AtomicU64,
+    pub draft_pauses: AtomicU64,
+    /// Microseconds spent reading prompts and in shared rounds.
+    pub prefill_us: AtomicU64,
+    pub decode_us: AtomicU64,
     pub queue_depth: AtomicUsize,
     pub in_flight: AtomicUsize,
     /// Time to first token: bucket counts (cumulative at render), sum and count.
@@ -122,6 +132,25 @@ impl Metrics {
         let label = format!("{{drafter=\"{drafter}\"}}");
         counter("drafted_tokens_total", "Draft tokens proposed.", &[(&label, get(&self.drafted))]);
         counter("accepted_tokens_total", "Draft tokens accepted.", &[(&label, get(&self.accepted))]);
+        counter("shared_rounds_total", "Target decodes shared by the requests in flight.", &[("", get(&self.shared_rounds))]);
+        counter(
+            "decoded_tokens_total",
+            "Tokens the shared target decodes carried (last tokens and drafts).",
+            &[("", get(&self.decoded_tokens))],
+        );
+        counter(
+            "draft_paused_rounds_total",
+            "Shared rounds in which drafting was paused because drafted rounds measured slower than plain ones.",
+            &[("", get(&self.draft_paused_rounds))],
+        );
+        counter("draft_pauses_total", "Times drafting was paused by that measurement.", &[("", get(&self.draft_pauses))]);
+        let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e6;
+        for (name, help, v) in [
+            ("prefill_seconds_total", "Time spent reading prompts.", secs(&self.prefill_us)),
+            ("decode_seconds_total", "Time spent in shared rounds.", secs(&self.decode_us)),
+        ] {
+            let _ = writeln!(s, "# HELP specrun_{name} {help}\n# TYPE specrun_{name} counter\nspecrun_{name} {v}");
+        }
         for (name, help, v) in [
             ("queue_depth", "Requests waiting for a slot.", self.queue_depth.load(Ordering::Relaxed)),
             ("requests_in_flight", "Requests being generated.", self.in_flight.load(Ordering::Relaxed)),
@@ -183,6 +212,8 @@ struct Queue<'a> {
     codec: &'a dyn TextCodec,
     plan: &'a Plan,
     metrics: &'a Metrics,
+    /// The run's counters at the last round (the metrics get what changed since).
+    seen: BatchStats,
 }
 
 impl Queue<'_> {
@@ -244,6 +275,20 @@ impl JobSource<Slot> for Queue<'_> {
             }
         }
     }
+
+    fn after_round(&mut self, stats: &BatchStats) {
+        let m = self.metrics;
+        let add = |a: &AtomicU64, now: u64, before: u64| a.fetch_add(now.saturating_sub(before), Ordering::Relaxed);
+        let us = |d: Duration| d.as_micros() as u64;
+        let seen = self.seen;
+        add(&m.shared_rounds, stats.n_rounds as u64, seen.n_rounds as u64);
+        add(&m.decoded_tokens, stats.n_decoded as u64, seen.n_decoded as u64);
+        add(&m.draft_paused_rounds, stats.n_paused_rounds as u64, seen.n_paused_rounds as u64);
+        add(&m.draft_pauses, stats.n_pauses as u64, seen.n_pauses as u64);
+        add(&m.prefill_us, us(stats.t_prefill), us(seen.t_prefill));
+        add(&m.decode_us, us(stats.t_decode), us(seen.t_decode));
+        self.seen = *stats;
+    }
 }
 
 /// Serve requests from `rx` until every sender is gone (or `cancel`), with up to `n_parallel`
@@ -261,7 +306,7 @@ pub fn serve_loop<T: Model, D: Drafter>(
 ) {
     let mut costs = plan.gen.cost_curve.clone().map_or_else(VerifyCosts::default, VerifyCosts::with_curve);
     loop {
-        let mut queue = Queue { rx, codec, plan, metrics };
+        let mut queue = Queue { rx, codec, plan, metrics, seen: BatchStats::default() };
         let mut stats = BatchStats::default();
         let end = run_continuous_from(
             engine,
@@ -384,6 +429,7 @@ mod tests {
         assert!(text.contains("specrun_time_to_first_token_seconds_bucket{le=\"0.1\"} 1"));
         assert!(text.contains("specrun_time_to_first_token_seconds_bucket{le=\"5\"} 2"));
         assert!(text.contains("specrun_time_to_first_token_seconds_count 2"));
+        assert!(text.contains("specrun_draft_paused_rounds_total 0"));
         assert!(text.lines().all(|l| l.starts_with('#') || l.starts_with("specrun_")));
     }
 }

@@ -108,6 +108,10 @@ pub trait JobSource<J> {
     /// then wait for a job (it must return eventually, `Later` included, so that `cancel` is
     /// seen).
     fn next_job(&mut self, idle: bool) -> NextJob<J>;
+
+    /// Told after every shared round, with the run's counters so far (a server shows them
+    /// while the run goes on; a fixed list has no use for them).
+    fn after_round(&mut self, _stats: &BatchStats) {}
 }
 
 struct IterJobs<I>(I);
@@ -232,6 +236,7 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
                 seq.finish = Some(FinishReason::Stop);
             }
         }
+        jobs.after_round(stats);
         for slot in slots.iter_mut() {
             if slot.as_ref().is_some_and(|(_, s)| s.finish.is_some()) {
                 let (tag, mut seq) = slot.take().expect("checked");

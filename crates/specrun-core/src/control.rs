@@ -3,12 +3,15 @@
 //!
 //! The cost-aware rule ([`Adaptive::Auto`]) keeps, per draft source (draft model, n-gram):
 //! an acceptance estimate `α` (accepted tokens over accepted tokens plus rejections, decayed
-//! so it follows the text), the cost of one draft step, and the cost of verifying a batch of
-//! `b` tokens (per batch size, with an affine fit for sizes not yet seen). It then picks the
-//! draft length `k` that maximises expected tokens per unit of time,
-//! `E(k) / T(k)` with `E(k) = (1 − α^(k+1)) / (1 − α)` and `T(k) = k·c_draft + t_verify(k+1)`.
-//! Each source first drafts two rounds at `min(K, 4)` (after one plain round that measures the
-//! 1-token cost), so that α is measured before drafting can be switched off.
+//! so it follows the text) — for n-gram drafts one per copy-run length, since a copy that has
+//! lasted long tends to go on ([`Controller::reach`]) —, the cost of one draft step, and the
+//! cost of verifying a batch of `b` tokens (a calibrated curve scaled by what was measured,
+//! see [`VerifyCosts`]). It then picks the draft length `k` that maximises expected tokens per
+//! unit of time, `E(k) / T(k)` with `E(k) = 1 + Σ_{j≤k} P(first j accepted)` (`(1 −
+//! α^(k+1)) / (1 − α)` for one α) and `T(k) = k·c_draft + t_verify(k+1)`.
+//! A draft model first drafts two rounds at `min(K, 4)` (after one plain round that measures
+//! the 1-token cost), so that α is measured before drafting can be switched off; n-gram drafts
+//! are planned from the copy run's evidence from the first round.
 //! `k = 0` is plain decoding; while it wins, a probe round drafts anyway now and then, so that a
 //! text that turns predictable is noticed. Probes back off exponentially (the interval doubles
 //! after each probe that did not resume drafting). A draft *model* that sat out has to catch up
@@ -45,6 +48,9 @@ pub struct Observation {
     /// Tokens actually proposed (a confidence stop or a short n-gram can give fewer).
     pub n_drafted: usize,
     pub n_accepted: usize,
+    /// How many tokens the n-gram drafter's copy run had lasted when the round was planned
+    /// (0 for other sources): the first drafted token extends the run to `run + 1`.
+    pub run: usize,
     pub n_draft_steps: usize,
     /// Tokens the draft model had to catch up on before its first step (1 normally, 2 after
     /// a fully accepted round, more after rounds it sat out). Such catch-up batches make the
@@ -77,6 +83,68 @@ impl SourceEstimate {
 
     fn alpha(&self) -> f64 {
         (self.accepted / (self.accepted + self.rejected)).clamp(0.0, 0.995)
+    }
+}
+
+/// Upper ends (inclusive) of the copy-run buckets: runs of 0, 1–2, 3–6, 7–14, 15–30 and
+/// over 30 tokens.
+const RUN_BUCKETS: [usize; 5] = [0, 2, 6, 14, 30];
+const N_RUN_BUCKETS: usize = RUN_BUCKETS.len() + 1;
+
+fn run_bucket(run: usize) -> usize {
+    RUN_BUCKETS.iter().position(|&hi| run <= hi).unwrap_or(RUN_BUCKETS.len())
+}
+
+/// The n-gram drafter's acceptance by copy-run length, learned per sequence: the chance that
+/// a drafted token is right given how many tokens the copy it continues has lasted. A verbatim
+/// copy that has run for 20 tokens will usually go on; a 3-token match of a JSON key usually
+/// will not — one α for both drafts the first too short and the second too long. Each bucket
+/// starts from a prior worth two tokens: at run 0 the source's prior, above it Laplace's rule
+/// of succession `(r + 1) / (r + 2)` at the bucket's middle `r`; rounds then move it (decayed
+/// like the source's α).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct RunAcceptance {
+    accepted: [f64; N_RUN_BUCKETS],
+    rejected: [f64; N_RUN_BUCKETS],
+}
+
+impl RunAcceptance {
+    fn new(prior_alpha: f64) -> Self {
+        let mut r = Self { accepted: [0.0; N_RUN_BUCKETS], rejected: [0.0; N_RUN_BUCKETS] };
+        for b in 0..N_RUN_BUCKETS {
+            let alpha = if b == 0 {
+                prior_alpha
+            } else {
+                let lo = RUN_BUCKETS[b - 1] + 1;
+                let mid = RUN_BUCKETS.get(b).map_or(1.5 * lo as f64, |&hi| (lo + hi) as f64 / 2.0);
+                (mid + 1.0) / (mid + 2.0)
+            };
+            r.accepted[b] = 2.0 * alpha;
+            r.rejected[b] = 2.0 * (1.0 - alpha);
+        }
+        r
+    }
+
+    /// Acceptance of a drafted token that extends the copy run to `run + 1`.
+    fn alpha(&self, run: usize) -> f64 {
+        let b = run_bucket(run);
+        (self.accepted[b] / (self.accepted[b] + self.rejected[b])).clamp(0.0, 0.995)
+    }
+
+    /// A round drafted `n_drafted` tokens from a run of `run`, and `n_accepted` were right:
+    /// each accepted token counts for the run length it extended, the first wrong one against
+    /// its own.
+    fn observe(&mut self, run: usize, n_drafted: usize, n_accepted: usize) {
+        for b in 0..N_RUN_BUCKETS {
+            self.accepted[b] *= DECAY;
+            self.rejected[b] *= DECAY;
+        }
+        for i in 0..n_accepted {
+            self.accepted[run_bucket(run + i)] += 1.0;
+        }
+        if n_accepted < n_drafted {
+            self.rejected[run_bucket(run + n_accepted)] += 1.0;
+        }
     }
 }
 
@@ -294,10 +362,11 @@ impl VerifyCosts {
 }
 
 /// One sequence's say in a shared round ([`allocate_drafts`]).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DraftAsk {
-    /// Acceptance to plan with (see [`Controller::planning_alpha`]).
-    pub alpha: f64,
+    /// The chance that its `j`-th drafted token is accepted, for `j` = 1..=`cap` (see
+    /// [`Controller::reach`]); non-increasing.
+    pub reach: Vec<f64>,
     /// Longest draft it may take (0: nothing to draft from).
     pub cap: usize,
     /// Draft at least this much (exploration and probes of its own controller).
@@ -309,7 +378,7 @@ pub struct DraftAsk {
 
 /// Draft lengths for sequences sharing one target decode, for the most expected tokens per
 /// second of that round: every sequence emits at least one token; the `j`-th drafted token
-/// of a sequence adds `α^j` expected tokens, one row and its drafting cost. Tokens are taken
+/// of a sequence adds its `reach[j - 1]` expected tokens, one row and its drafting cost. Tokens are taken
 /// in order of their expected gain, and the number taken is the one that maximises expected
 /// tokens over the estimated cost of the round (`costs`, by total rows and the sequences
 /// the decode carries, plus drafting) — so a sequence whose draft does not pay drafts nothing
@@ -342,14 +411,14 @@ pub fn allocate_drafts(asks: &[DraftAsk], costs: &VerifyCosts, n_batch: usize) -
     if base > n_batch {
         return Some(vec![0; asks.len()]);
     }
-    let mut expected: f64 =
-        asks.len() as f64 + asks.iter().zip(&ks).map(|(a, &k)| (1..=k).map(|j| a.alpha.powi(j as i32)).sum::<f64>()).sum::<f64>();
+    let gain = |a: &DraftAsk, j: usize| a.reach.get(j - 1).copied().unwrap_or(0.0);
+    let mut expected: f64 = asks.len() as f64 + asks.iter().zip(&ks).map(|(a, &k)| (1..=k).map(|j| gain(a, j)).sum::<f64>()).sum::<f64>();
     let mut drafting: f64 = asks.iter().zip(&ks).map(|(a, &k)| a.draft_cost * k as f64).sum();
     // every further token, best first (gain per unit of its own drafting cost breaks ties)
     let mut gains: Vec<(f64, usize)> = Vec::new();
     for (i, a) in asks.iter().enumerate() {
         for j in ks[i] + 1..=a.cap {
-            gains.push((a.alpha.powi(j as i32), i));
+            gains.push((gain(a, j), i));
         }
     }
     gains.sort_by(|x, y| y.0.total_cmp(&x.0).then(asks[x.1].draft_cost.total_cmp(&asks[y.1].draft_cost)).then(x.1.cmp(&y.1)));
@@ -367,6 +436,12 @@ pub fn allocate_drafts(asks: &[DraftAsk], costs: &VerifyCosts, n_batch: usize) -
         ks[i] += 1;
     }
     Some(ks)
+}
+
+/// `[α, α², …, α^cap]`: the chance that each of `cap` drafted tokens is accepted with every
+/// token before it, when each is accepted with probability `alpha` on its own.
+pub fn geometric_reach(alpha: f64, cap: usize) -> Vec<f64> {
+    (1..=cap).map(|j| alpha.powi(j as i32)).collect()
 }
 
 /// Expected tokens from one round drafting `k` tokens with per-token acceptance `alpha`
@@ -391,6 +466,8 @@ pub struct Controller {
     pub probe_every_model: usize,
     model: SourceEstimate,
     ngram: SourceEstimate,
+    /// The n-gram source's acceptance by copy-run length (plans of n-gram drafts use it).
+    ngram_runs: RunAcceptance,
     pub verify: VerifyCosts,
     plain_streak: usize,
     rounds: usize,
@@ -404,15 +481,19 @@ pub struct SharedPrior {
     /// Pooled evidence per source (sums over sequences, their priors excluded).
     model: SourceEstimate,
     ngram: SourceEstimate,
+    ngram_runs: RunAcceptance,
 }
 
 /// Tokens of evidence a shared prior is worth to a new sequence (its own rounds soon dominate).
 const PRIOR_WEIGHT: f64 = 8.0;
+/// Acceptance a source is assumed to have before it drafted (a prior worth two tokens).
+const MODEL_PRIOR: f64 = 0.8;
+const NGRAM_PRIOR: f64 = 0.6;
 
 impl SharedPrior {
     /// Pool a finished sequence's evidence (its prior excluded).
     pub fn add(&mut self, c: &Controller) {
-        for (pool, est, init) in [(&mut self.model, &c.model, 0.8), (&mut self.ngram, &c.ngram, 0.6)] {
+        for (pool, est, init) in [(&mut self.model, &c.model, MODEL_PRIOR), (&mut self.ngram, &c.ngram, NGRAM_PRIOR)] {
             if est.rounds == 0 {
                 continue;
             }
@@ -421,6 +502,13 @@ impl SharedPrior {
             pool.rejected += (est.rejected - fresh.rejected).max(0.0);
             pool.rounds += est.rounds;
             pool.step_cost = est.step_cost.map(|s| ema(pool.step_cost, s)).or(pool.step_cost);
+        }
+        if c.ngram.rounds > 0 {
+            let fresh = RunAcceptance::new(NGRAM_PRIOR);
+            for b in 0..N_RUN_BUCKETS {
+                self.ngram_runs.accepted[b] += (c.ngram_runs.accepted[b] - fresh.accepted[b]).max(0.0);
+                self.ngram_runs.rejected[b] += (c.ngram_runs.rejected[b] - fresh.rejected[b]).max(0.0);
+            }
         }
     }
 }
@@ -431,6 +519,7 @@ impl Controller {
     /// is not explored again, and its acceptance starts at the pooled rate, weighted as
     /// `PRIOR_WEIGHT` tokens.
     pub fn seed(&mut self, prior: &SharedPrior) {
+        let fresh_ngram = self.ngram.rounds == 0;
         for (est, pool) in [(&mut self.model, prior.model), (&mut self.ngram, prior.ngram)] {
             if est.rounds > 0 || pool.rounds < 2 * EXPLORE_ROUNDS || pool.accepted + pool.rejected <= 0.0 {
                 continue;
@@ -440,6 +529,17 @@ impl Controller {
             est.rejected = PRIOR_WEIGHT * (1.0 - alpha);
             est.rounds = EXPLORE_ROUNDS;
             est.step_cost = est.step_cost.or(pool.step_cost);
+        }
+        // the n-gram source's acceptance by run length, where the pool has seen that length
+        if fresh_ngram && self.ngram.rounds == EXPLORE_ROUNDS {
+            for b in 0..N_RUN_BUCKETS {
+                let (a, r) = (prior.ngram_runs.accepted[b], prior.ngram_runs.rejected[b]);
+                if a + r > 0.0 {
+                    let weight = (a + r).min(PRIOR_WEIGHT);
+                    self.ngram_runs.accepted[b] = weight * a / (a + r);
+                    self.ngram_runs.rejected[b] = weight * r / (a + r);
+                }
+            }
         }
     }
 
@@ -455,8 +555,9 @@ impl Controller {
             probe_every: PROBE_FIRST,
             probe_every_model: PROBE_FIRST_MODEL,
             step_k: draft_max.clamp(1, 4),
-            model: SourceEstimate::new(0.8),
-            ngram: SourceEstimate::new(0.6),
+            model: SourceEstimate::new(MODEL_PRIOR),
+            ngram: SourceEstimate::new(NGRAM_PRIOR),
+            ngram_runs: RunAcceptance::new(NGRAM_PRIOR),
             verify: curve.map_or_else(VerifyCosts::default, VerifyCosts::with_curve),
             plain_streak: 0,
             rounds: 0,
@@ -496,31 +597,45 @@ impl Controller {
         }
     }
 
-    /// Acceptance to plan with: the source's own estimate, or, when a copy run has been right
-    /// for `run` tokens in a row, Laplace's rule of succession `(run + 1) / (run + 2)` if
-    /// that is higher (a long verbatim copy is evidence the next token copies too).
-    pub fn planning_alpha(&self, source: DraftSource, run: usize) -> f64 {
-        let alpha = self.estimate(source).alpha();
-        if run == 0 {
-            return alpha;
+    /// The chance that the `j`-th drafted token (`j` = 1..=`cap`) is accepted, every token
+    /// before it too: `α^j` for the draft model; for n-gram drafts the product of the
+    /// acceptance learned for each run length the draft passes through, from a copy run that
+    /// has lasted `run` tokens ([`RunAcceptance`]).
+    pub fn reach(&self, source: DraftSource, run: usize, cap: usize) -> Vec<f64> {
+        if source != DraftSource::Ngram {
+            return geometric_reach(self.estimate(source).alpha(), cap);
         }
-        alpha.max((run as f64 + 1.0) / (run as f64 + 2.0))
+        let mut p = 1.0;
+        (0..cap)
+            .map(|i| {
+                p *= self.ngram_runs.alpha(run + i);
+                p
+            })
+            .collect()
     }
 
     /// A draft length this controller insists on in a shared round: while it explores a
     /// source (its first rounds) or when a probe is due. `None`: it leaves the length to the
     /// shared plan.
     pub fn forced_len(&self, source: DraftSource, cap: usize) -> Option<usize> {
-        if self.estimate(source).rounds < EXPLORE_ROUNDS {
+        if self.explores(source) {
             return Some(cap.min(4));
         }
         (self.plain_streak + 1 >= self.probe_interval(source)).then_some(cap.min(2))
     }
 
+    /// Whether `source` still drafts its first rounds regardless of plans. Only a draft
+    /// model does: n-gram drafts are planned from the copy run's own evidence from the start
+    /// (on a CPU a forced 4-token draft costs nearly three more decodes: two of them are 6%
+    /// of a 96-token answer, spent even on a prompt with nothing to copy).
+    fn explores(&self, source: DraftSource) -> bool {
+        source != DraftSource::Ngram && self.estimate(source).rounds < EXPLORE_ROUNDS
+    }
+
     /// The k in 0..=cap with the most expected tokens per second (None: costs unknown yet).
     pub fn best_k(&self, source: DraftSource, cap: usize, run: usize) -> Option<usize> {
         let est = self.estimate(source);
-        let alpha = self.planning_alpha(source, run);
+        let reach = self.reach(source, run, cap);
         let step = match source {
             DraftSource::Ngram => est.step_cost.unwrap_or(0.0),
             _ => est.step_cost?,
@@ -530,8 +645,10 @@ impl Controller {
             return None; // no measurable cost (a clock that does not move)
         }
         let mut best = (0usize, 1.0 / t1);
+        let mut expected = 1.0;
         for k in 1..=cap {
-            let rate = expected_tokens(alpha, k as f64) / (k as f64 * step + self.verify.estimate(k + 1)?);
+            expected += reach[k - 1];
+            let rate = expected / (k as f64 * step + self.verify.estimate(k + 1)?);
             if rate > best.1 * 1.000_001 {
                 best = (k, rate);
             }
@@ -545,9 +662,9 @@ impl Controller {
         if !self.verify.knows_one_token() {
             return 0;
         }
-        // Then let each source draft a few rounds at a moderate length, so that its α rests on
-        // evidence rather than on the prior before it can be switched off.
-        if self.estimate(source).rounds < EXPLORE_ROUNDS {
+        // Then let a draft model draft a few rounds at a moderate length, so that its α rests
+        // on evidence rather than on the prior before it can be switched off.
+        if self.explores(source) {
             return cap.min(4);
         }
         match self.best_k(source, cap, run) {
@@ -587,6 +704,9 @@ impl Controller {
             DraftSource::Ngram => &mut self.ngram,
             _ => &mut self.model,
         };
+        if o.source == DraftSource::Ngram {
+            self.ngram_runs.observe(o.run, o.n_drafted, o.n_accepted);
+        }
         est.rounds += 1;
         est.accepted = est.accepted * DECAY + o.n_accepted as f64;
         est.rejected = est.rejected * DECAY + if o.n_accepted < o.n_drafted { 1.0 } else { 0.0 };
@@ -701,6 +821,7 @@ mod tests {
             k_planned: k,
             n_drafted: k,
             n_accepted: accepted,
+            run: 0,
             n_draft_steps: if source == DraftSource::Model { k } else { 0 },
             draft_gap: 1,
             n_verified: k + 1,
@@ -749,7 +870,7 @@ mod tests {
         fresh.seed(&prior);
         // the pool holds 4 rounds (= 2 × EXPLORE_ROUNDS) of all-rejected drafts
         assert_eq!(fresh.forced_len(DraftSource::Ngram, 8), None, "no forced exploration");
-        assert!(fresh.planning_alpha(DraftSource::Ngram, 0) < 0.05);
+        assert!(fresh.reach(DraftSource::Ngram, 0, 1)[0] < 0.05);
         assert_eq!(fresh.forced_len(DraftSource::Model, 8), Some(4), "the model drafter was never seen: explored as before");
         // too little evidence: nothing changes
         let mut thin = Controller::new(AdaptiveMode::Auto, 8);
@@ -877,7 +998,7 @@ mod tests {
 
     #[test]
     fn probes_of_many_sequences_share_a_small_budget_unless_rows_are_free() {
-        let probe = DraftAsk { alpha: 0.1, cap: 4, min: 2, draft_cost: 0.0 };
+        let probe = DraftAsk { reach: geometric_reach(0.1, 4), cap: 4, min: 2, draft_cost: 0.0 };
         let asks = vec![probe; 16];
         // this CPU: 16 rows 9.3, 18 rows ~10.9 one-row decodes
         let cpu = CostCurve::from_seconds(vec![(1, 1.0), (2, 1.6), (4, 2.6), (8, 6.9), (16, 9.3), (20, 12.5), (48, 23.5)]).unwrap();
@@ -931,6 +1052,7 @@ mod tests {
             k_planned: 0,
             n_drafted: 0,
             n_accepted: 0,
+            run: 0,
             n_draft_steps: 0,
             draft_gap: 1,
             n_verified: 1,
@@ -938,9 +1060,9 @@ mod tests {
             t_verify: Duration::from_millis(100),
         });
         for _ in 0..4 {
-            c.observe(&obs(DraftSource::Ngram, 4, 3, 0, 110));
+            c.observe(&obs(DraftSource::Model, 4, 3, 0, 110));
         }
-        let k = c.best_k(DraftSource::Ngram, 16, 0).unwrap();
+        let k = c.best_k(DraftSource::Model, 16, 0).unwrap();
         assert!(k >= 8, "a cheap long verification pays at α ≈ 0.75: k = {k}");
         // on this CPU's curve a plain n-gram α of 0.75 drafts short, a long copy run long
         let cpu = CostCurve::from_seconds(vec![(1, 1.0), (2, 1.5), (4, 2.7), (8, 6.2), (12, 8.1), (16, 8.4), (32, 16.7)]).unwrap();
@@ -950,6 +1072,7 @@ mod tests {
             k_planned: 0,
             n_drafted: 0,
             n_accepted: 0,
+            run: 0,
             n_draft_steps: 0,
             draft_gap: 1,
             n_verified: 1,
@@ -962,7 +1085,55 @@ mod tests {
         let short = c.best_k(DraftSource::Ngram, 16, 0).unwrap();
         let long = c.best_k(DraftSource::Ngram, 16, 400).unwrap();
         assert!(short <= 4 && long > short, "short {short}, long {long}");
-        assert!((c.planning_alpha(DraftSource::Ngram, 400) - 401.0 / 402.0).abs() < 1e-12);
+        assert!(c.reach(DraftSource::Ngram, 400, 1)[0] > 0.97, "a long run's prior: Laplace's rule");
+    }
+
+    #[test]
+    fn n_gram_acceptance_is_learned_per_copy_run_length() {
+        let mut c = Controller::new(AdaptiveMode::Auto, 16);
+        // n-gram drafts are planned from the start; a draft model explores its first rounds
+        assert_eq!(c.forced_len(DraftSource::Ngram, 8), None);
+        assert_eq!(c.forced_len(DraftSource::Model, 8), Some(4));
+        // priors: run 0 the source's 0.6; runs 1–2 Laplace at 1.5; runs 3–6 at 4.5
+        let (a1, a2) = (2.5 / 3.5, 5.5 / 6.5);
+        let r = c.reach(DraftSource::Ngram, 0, 4);
+        let want = [0.6, 0.6 * a1, 0.6 * a1 * a1, 0.6 * a1 * a1 * a2];
+        for (got, want) in r.iter().zip(want) {
+            assert!((got - want).abs() < 1e-12, "{r:?}");
+        }
+        // from a run of 1, four drafted, two accepted: runs 1 and 2 count for, run 3 against
+        c.observe(&Observation { run: 1, ..obs(DraftSource::Ngram, 4, 2, 0, 100) });
+        let b1 = (2.0 * a1 * DECAY + 2.0) / (2.0 * DECAY + 2.0);
+        let b2 = 2.0 * a2 * DECAY / (2.0 * DECAY + 1.0);
+        let r = c.reach(DraftSource::Ngram, 1, 3);
+        assert!((r[0] - b1).abs() < 1e-12 && (r[1] - b1 * b1).abs() < 1e-12 && (r[2] - b1 * b1 * b2).abs() < 1e-12, "{r:?}");
+        // the draft model keeps one α
+        let m = c.reach(DraftSource::Model, 7, 3);
+        assert!((m[2] - MODEL_PRIOR.powi(3)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn short_copy_runs_that_fail_stop_drafting_and_long_ones_that_hold_draft_long() {
+        // this CPU's curve: a draft token costs most of a decode, so only sure ones pay
+        let cpu = CostCurve::from_seconds(vec![(1, 1.0), (2, 1.8), (4, 3.2), (8, 7.9), (12, 10.1), (16, 9.9), (32, 17.4)]).unwrap();
+        let mut c = Controller::with_curve(AdaptiveMode::Auto, 16, Some(std::sync::Arc::new(cpu)));
+        c.observe(&obs(DraftSource::Ngram, 0, 0, 0, 100));
+        // before any evidence a 4-token match plans on Laplace's 0.85: one token at most
+        let before = c.best_k(DraftSource::Ngram, 16, 4).unwrap();
+        assert!(before <= 1, "{before}");
+        // a text where 4-token matches (a JSON key, say) are wrong at once, while copies that
+        // reached 20 tokens went on to the end of every draft
+        for _ in 0..6 {
+            c.observe(&Observation { run: 4, ..obs(DraftSource::Ngram, 3, 0, 0, 300) });
+            c.observe(&Observation { run: 20, ..obs(DraftSource::Ngram, 15, 15, 0, 990) });
+        }
+        assert_eq!(c.best_k(DraftSource::Ngram, 16, 4), Some(0), "short runs: plain decoding");
+        let long = c.best_k(DraftSource::Ngram, 16, 20).unwrap();
+        assert!(long >= 15, "long runs: the cheap 16-row decode or longer, got {long}");
+        // one α for the source (most drafted tokens were accepted) would have drafted after a
+        // 4-token match too: one token pays at α above 0.8 here
+        let alpha = c.estimate(DraftSource::Ngram).alpha();
+        assert!(alpha > 0.9, "α {alpha}");
     }
 
     #[test]

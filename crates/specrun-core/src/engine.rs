@@ -95,6 +95,7 @@ pub enum EngineError {
 struct Drafted {
     n_hist: usize,
     k_planned: usize,
+    run: usize,
     n_drafted: usize,
     report: crate::draft::DraftReport,
     draft_gap: usize,
@@ -108,6 +109,8 @@ struct RoundStart {
     n_hist: usize,
     source: DraftSource,
     k_planned: usize,
+    /// The n-gram copy run the plan started from (see [`Observation::run`]).
+    run: usize,
     draft_gap: usize,
     t_start: Duration,
 }
@@ -210,6 +213,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let first = Drafted {
             n_hist,
             k_planned: 0,
+            run: 0,
             n_drafted: 0,
             report: DraftReport::default(),
             draft_gap: n_hist - seq.draft.n_cached,
@@ -280,16 +284,16 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             let source = if limit > 0 { self.drafter.source(&mut seq.draft, &seq.tokens) } else { DraftSource::None };
             let run = if source == DraftSource::None { 0 } else { self.drafter.copy_run(&seq.draft, &seq.tokens) };
             let cap = if source == DraftSource::None { 0 } else { seq.config.draft_max.min(limit) };
-            let alpha = seq.controller.planning_alpha(source, run);
+            let reach = seq.controller.reach(source, run, cap);
             let forced = if cap > 0 { seq.controller.forced_len(source, cap) } else { None };
             let draft_cost = match source {
                 DraftSource::Model => seq.controller.model_step_cost().unwrap_or(0.0),
                 _ => 0.0,
             };
-            asks.push((i, source, DraftAsk { alpha, cap, min: forced.unwrap_or(0), draft_cost }));
+            asks.push((i, source, DraftAsk { reach, cap, min: forced.unwrap_or(0), draft_cost }));
         }
         let budget = self.target.n_batch();
-        let ks = allocate_drafts(&asks.iter().map(|a| a.2).collect::<Vec<_>>(), costs, budget);
+        let ks = allocate_drafts(&asks.iter().map(|a| a.2.clone()).collect::<Vec<_>>(), costs, budget);
         for (j, (i, source, ask)) in asks.iter().enumerate() {
             // costs unknown yet: each drafts what its own controller would explore with
             let k = ks.as_ref().map_or(ask.cap.min(4).max(ask.min), |ks| ks[j]);
@@ -406,23 +410,26 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
         let t_start = clock.now();
         // the controller picks the length for the source that would propose
-        let (source, k_planned) = match plan {
-            Some(p) => p,
+        let (source, k_planned, run) = match plan {
+            Some((source, k)) => {
+                let run = if k > 0 { self.drafter.copy_run(&seq.draft, &seq.tokens) } else { 0 };
+                (source, k, run)
+            }
             None => {
                 let limit = self.draft_len(seq);
                 let source = if limit > 0 { self.drafter.source(&mut seq.draft, &seq.tokens) } else { DraftSource::None };
                 let run = if source == DraftSource::None { 0 } else { self.drafter.copy_run(&seq.draft, &seq.tokens) };
-                (source, seq.controller.plan(source, limit, run))
+                (source, seq.controller.plan(source, limit, run), run)
             }
         };
         seq.q.clear();
-        Some(RoundStart { n_hist, source, k_planned, draft_gap: n_hist - seq.draft.n_cached, t_start })
+        Some(RoundStart { n_hist, source, k_planned, run, draft_gap: n_hist - seq.draft.n_cached, t_start })
     }
 
     /// After drafting: drop a draft shorter than `draft_min`, and say which rows the target
     /// decodes.
     fn round_drafted(&mut self, seq: &mut Sequence, start: RoundStart, report: DraftReport, t_drafted: Duration) -> Drafted {
-        let RoundStart { n_hist, k_planned, draft_gap, t_start, .. } = start;
+        let RoundStart { n_hist, k_planned, run, draft_gap, t_start, .. } = start;
         seq.stats.n_draft_steps += report.n_steps;
         if seq.tokens.len() > n_hist && seq.tokens.len() - n_hist < seq.config.draft_min.max(1) {
             // too short to be worth a bigger target batch (llama.cpp's --draft-min)
@@ -431,7 +438,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
         let n_drafted = seq.tokens.len() - n_hist;
         // the target decodes the last accepted token and the whole draft
-        Drafted { n_hist, k_planned, n_drafted, report, draft_gap, n_rows: n_drafted + 1, t_start, t_drafted }
+        Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows: n_drafted + 1, t_start, t_drafted }
     }
 
     /// The second half of a round, after the target decode: verify on rows
@@ -446,7 +453,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         t_verified: std::time::Duration,
         clock: &dyn Clock,
     ) -> Result<Range<usize>, EngineError> {
-        let Drafted { n_hist, k_planned, n_drafted, report, draft_gap, n_rows, t_start, t_drafted } = d;
+        let Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows, t_start, t_drafted } = d;
         let verify_mode = seq.config.effective_verify();
         let params = &seq.config.params;
         let target = &self.target;
@@ -487,6 +494,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             k_planned,
             n_drafted,
             n_accepted: verdict.n_accepted,
+            run,
             n_draft_steps: report.n_steps,
             draft_gap,
             // a shared decode's cost belongs to the batch, not to this sequence

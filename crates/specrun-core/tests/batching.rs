@@ -203,12 +203,12 @@ fn a_stop_from_the_caller_ends_that_sequence_only_and_cancel_stops_all() {
 
 #[test]
 fn shared_rounds_draft_only_what_pays_for_the_whole_batch() {
-    use specrun_core::control::{allocate_drafts, CostCurve, DraftAsk};
+    use specrun_core::control::{allocate_drafts, geometric_reach, CostCurve, DraftAsk};
     // a CPU-like curve: 16 tokens cost 8.4 of one
     let cpu = CostCurve::from_seconds(vec![(1, 1.0), (2, 1.5), (4, 2.7), (8, 6.2), (12, 8.1), (16, 8.4), (32, 16.7)]).unwrap();
     let mut costs = VerifyCosts::with_curve(std::sync::Arc::new(cpu));
     costs.observe(1, 0.05);
-    let ask = |alpha, cap| DraftAsk { alpha, cap, min: 0, draft_cost: 0.0 };
+    let ask = |alpha, cap| DraftAsk { reach: geometric_reach(alpha, cap), cap, min: 0, draft_cost: 0.0 };
     let ks = allocate_drafts(&[ask(0.95, 8), ask(0.2, 8), ask(0.9, 8), ask(0.1, 0)], &costs, 512).unwrap();
     assert_eq!(ks[3], 0, "nothing to draft from");
     assert!(ks[0] >= ks[2] && ks[2] >= ks[1], "better acceptance drafts more: {ks:?}");
@@ -223,7 +223,7 @@ fn shared_rounds_draft_only_what_pays_for_the_whole_batch() {
     let ks = allocate_drafts(&[ask(0.99, 16), ask(0.99, 16)], &costs, 10).unwrap();
     assert!(ks.iter().sum::<usize>() + 2 <= 10, "{ks:?}");
     // exploration minimums are kept
-    let ks = allocate_drafts(&[DraftAsk { alpha: 0.0, cap: 8, min: 3, draft_cost: 0.0 }], &costs, 512).unwrap();
+    let ks = allocate_drafts(&[DraftAsk { reach: geometric_reach(0.0, 8), cap: 8, min: 3, draft_cost: 0.0 }], &costs, 512).unwrap();
     assert_eq!(ks, vec![3]);
     assert_eq!(MockModel::new(target_spec(4)).n_seq_max(), 4);
 }
@@ -348,7 +348,9 @@ fn a_draft_model_drafts_every_sequence_in_one_decode_per_step() {
 }
 
 /// A drafter that claims a long verbatim copy run (so its drafts are planned as near-certain)
-/// and proposes tokens the mock target never picks: plans that expect to gain, rounds that lose.
+/// and proposes tokens the mock target never picks, and whose rounds are reported as another
+/// source's, so that the controller's per-source learning never sees its failures: plans
+/// that expect to gain, rounds that lose, and only the measured rounds to tell.
 struct Overconfident;
 
 impl Drafter for Overconfident {
@@ -376,7 +378,7 @@ impl Drafter for Overconfident {
         // the mock target's greedy choice is never the token it just emitted again
         let last = *tokens.last().expect("a prompt");
         tokens.extend(std::iter::repeat_n(last, req.max));
-        Ok(specrun_core::draft::DraftReport { n_steps: 0, source: specrun_core::draft::DraftSource::Ngram })
+        Ok(specrun_core::draft::DraftReport { n_steps: 0, source: specrun_core::draft::DraftSource::Model })
     }
     fn rollback(&mut self, _: &mut specrun_core::draft::DraftCursor, _: usize) -> Result<(), specrun_core::model::ModelError> {
         Ok(())

@@ -9,6 +9,6 @@ mod table;
 
 pub use csv::csv;
 pub use json::{json, parse as parse_json};
-pub use markdown::markdown;
+pub use markdown::{markdown, markdown_prompts};
 pub use svg::svg_plot;
-pub use table::table;
+pub use table::{prompt_table, table};

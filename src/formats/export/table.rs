@@ -44,19 +44,51 @@ pub(super) fn row(r: &BenchResult) -> [String; 15] {
     ]
 }
 
-/// An aligned plain-text table for the terminal.
-pub fn table(results: &[BenchResult]) -> String {
-    let rows: Vec<[String; 15]> = results.iter().map(row).collect();
+pub(super) const PROMPT_COLUMNS: [&str; 7] =
+    ["configuration", "prompt", "tok/s", "base tok/s", "speed-up", "min-max", "acceptance / tokens per round"];
+
+/// One row per prompt of every configuration that measured its prompts one at a time.
+pub(super) fn prompt_rows(results: &[BenchResult]) -> Vec<[String; 7]> {
+    results
+        .iter()
+        .flat_map(|r| {
+            r.prompts.iter().map(|p| {
+                [
+                    r.config.label(),
+                    p.id.clone(),
+                    format!("{:.2}", p.spec_tok_s),
+                    format!("{:.2}", p.base_tok_s),
+                    format!("{:.2}x", p.speedup),
+                    format!("{:.2}-{:.2}", p.speedup_min, p.speedup_max),
+                    format!("{:.1}% / {:.2}", 100.0 * p.acceptance_rate, p.tokens_per_round),
+                ]
+            })
+        })
+        .collect()
+}
+
+/// Aligned columns: a header, then the rows.
+fn aligned<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
     let widths: Vec<usize> =
-        (0..COLUMNS.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).chain([COLUMNS[i].len()]).max().unwrap_or(0)).collect();
+        (0..N).map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].chars().count()]).max().unwrap_or(0)).collect();
     let mut out = String::new();
     let line = |cells: Vec<&str>, out: &mut String| {
         let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count()))).collect();
         let _ = writeln!(out, "{}", parts.join("  ").trim_end());
     };
-    line(COLUMNS.to_vec(), &mut out);
-    for r in &rows {
+    line(header.to_vec(), &mut out);
+    for r in rows {
         line(r.iter().map(String::as_str).collect(), &mut out);
     }
     out
+}
+
+/// An aligned plain-text table for the terminal.
+pub fn table(results: &[BenchResult]) -> String {
+    aligned(COLUMNS, &results.iter().map(row).collect::<Vec<_>>())
+}
+
+/// Each prompt's own result, aligned for the terminal (`--per-prompt`).
+pub fn prompt_table(results: &[BenchResult]) -> String {
+    aligned(PROMPT_COLUMNS, &prompt_rows(results))
 }

@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Per-class speed-ups from a `specrun bench --export-json` file of one-sequence runs.
+
+    scripts/bench_classes.py RESULTS.json [CLASS=ID,ID,... ...]
+
+Each configuration's per-prompt results (`prompts`, in every JSON export of runs with one
+sequence at a time) are grouped into classes: by default the classes of the shipped
+evaluation sets (`docs/bench/eval-grounded.jsonl`, `docs/bench/eval-open.jsonl`); any other
+prompt file names its own with CLASS=ID,... arguments. A class's speed-up is the geometric
+mean of its prompts' median speed-ups; the lowest prompt is shown beside it. Prompts in no
+class are listed as "other".
+"""
+import json
+import math
+import sys
+
+DEFAULT = {
+    "code edits": ["edit-rename", "edit-typehints", "edit-js-const", "edit-c-comment"],
+    "copy-heavy": ["quote-answer", "copy-then-add"],
+    "extract / cite": ["extract-actions", "summary-citations"],
+    "reformat": ["json-to-yaml", "yaml-to-json", "csv-to-markdown", "reformat-list"],
+    "open": ["open-fib", "open-hashmap", "open-sql", "open-haiku", "open-rust", "open-tcp", "open-regex", "open-advice"],
+}
+
+
+def main(argv):
+    if len(argv) < 2:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    classes = DEFAULT
+    if len(argv) > 2:
+        classes = {}
+        for arg in argv[2:]:
+            name, _, ids = arg.partition("=")
+            if not ids:
+                print(f"not CLASS=ID,...: {arg}", file=sys.stderr)
+                return 2
+            classes[name] = ids.split(",")
+    with open(argv[1]) as f:
+        results = json.load(f)
+    for r in results:
+        prompts = {p["id"]: p for p in r.get("prompts", [])}
+        if not prompts:
+            continue
+        label = f"{r['pair']} {r['drafter']} {r['adaptive']} K={r['draft_max']} T={r['temp']}"
+        print(f"{label}: all prompts {r['speedup']:.2f}x ({r['speedup_min']:.2f}-{r['speedup_max']:.2f}), {r['repeats']} repeats")
+        seen = set()
+        for name, ids in list(classes.items()) + [("other", [i for i in prompts if not any(i in v for v in classes.values())])]:
+            rows = [prompts[i] for i in ids if i in prompts]
+            if not rows:
+                continue
+            seen.update(p["id"] for p in rows)
+            geo = math.exp(sum(math.log(max(p["speedup"], 1e-9)) for p in rows) / len(rows))
+            low = min(rows, key=lambda p: p["speedup"])
+            print(f"  {name:<15} {geo:.2f}x  ({len(rows)} prompts; lowest {low['id']} {low['speedup']:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
