@@ -104,6 +104,15 @@ struct Drafted {
     t_drafted: std::time::Duration,
 }
 
+/// What a shared round decided for one sequence before drafting: the source, the draft
+/// length, and the copy run the plan started from.
+#[derive(Debug, Clone, Copy)]
+struct RoundPlan {
+    source: DraftSource,
+    k: usize,
+    run: usize,
+}
+
 /// A round's plan, before drafting.
 struct RoundStart {
     n_hist: usize,
@@ -270,14 +279,16 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         clock: &dyn Clock,
     ) -> Result<Vec<Range<usize>>, EngineError> {
         // plan: each sequence's source, cap and acceptance; then the lengths, together
-        let mut plans: Vec<Option<(DraftSource, usize)>> = vec![None; seqs.len()];
-        let mut asks = Vec::new();
+        let mut plans: Vec<Option<RoundPlan>> = vec![None; seqs.len()];
+        let mut asks: Vec<DraftAsk> = Vec::new();
+        // for each ask: the sequence, its source and copy run
+        let mut askers: Vec<(usize, DraftSource, usize)> = Vec::new();
         for (i, seq) in seqs.iter_mut().enumerate() {
             if seq.finish.is_some() || seq.config.adaptive != AdaptiveMode::Auto {
                 continue;
             }
             if !allow_drafts {
-                plans[i] = Some((DraftSource::None, 0));
+                plans[i] = Some(RoundPlan { source: DraftSource::None, k: 0, run: 0 });
                 continue;
             }
             let limit = self.draft_len(seq);
@@ -290,14 +301,15 @@ impl<T: Model, D: Drafter> Engine<T, D> {
                 DraftSource::Model => seq.controller.model_step_cost().unwrap_or(0.0),
                 _ => 0.0,
             };
-            asks.push((i, source, DraftAsk { reach, cap, min: forced.unwrap_or(0), draft_cost }));
+            asks.push(DraftAsk { reach, cap, min: forced.unwrap_or(0), draft_cost });
+            askers.push((i, source, run));
         }
         let budget = self.target.n_batch();
-        let ks = allocate_drafts(&asks.iter().map(|a| a.2.clone()).collect::<Vec<_>>(), costs, budget);
-        for (j, (i, source, ask)) in asks.iter().enumerate() {
+        let ks = allocate_drafts(&asks, costs, budget);
+        for (j, (&(i, source, run), ask)) in askers.iter().zip(&asks).enumerate() {
             // costs unknown yet: each drafts what its own controller would explore with
             let k = ks.as_ref().map_or(ask.cap.min(4).max(ask.min), |ks| ks[j]);
-            plans[*i] = Some((*source, k));
+            plans[i] = Some(RoundPlan { source, k, run });
         }
         // draft for all (a draft model: one decode per draft step for every sequence that
         // drafts from it), then one target decode for all
@@ -376,12 +388,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
 
     /// The first half of a round: stop if finished, choose the draft length (or take `plan`)
     /// and draft.
-    fn draft_phase(
-        &mut self,
-        seq: &mut Sequence,
-        plan: Option<(DraftSource, usize)>,
-        clock: &dyn Clock,
-    ) -> Result<Option<Drafted>, EngineError> {
+    fn draft_phase(&mut self, seq: &mut Sequence, plan: Option<RoundPlan>, clock: &dyn Clock) -> Result<Option<Drafted>, EngineError> {
         let Some(start) = self.round_start(seq, plan, clock) else {
             return Ok(None);
         };
@@ -399,7 +406,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
 
     /// A round's start: `None` when the sequence is finished (or its context is); else the
     /// source and length to draft (the controller's, or `plan`).
-    fn round_start(&mut self, seq: &mut Sequence, plan: Option<(DraftSource, usize)>, clock: &dyn Clock) -> Option<RoundStart> {
+    fn round_start(&mut self, seq: &mut Sequence, plan: Option<RoundPlan>, clock: &dyn Clock) -> Option<RoundStart> {
         let n_hist = seq.tokens.len();
         if seq.finish.is_some() {
             return None;
@@ -411,10 +418,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let t_start = clock.now();
         // the controller picks the length for the source that would propose
         let (source, k_planned, run) = match plan {
-            Some((source, k)) => {
-                let run = if k > 0 { self.drafter.copy_run(&seq.draft, &seq.tokens) } else { 0 };
-                (source, k, run)
-            }
+            Some(RoundPlan { source, k, run }) => (source, k, run),
             None => {
                 let limit = self.draft_len(seq);
                 let source = if limit > 0 { self.drafter.source(&mut seq.draft, &seq.tokens) } else { DraftSource::None };
