@@ -44,12 +44,10 @@ def main(argv):
             continue
         label = f"{r['pair']} {r['drafter']} {r['adaptive']} K={r['draft_max']} T={r['temp']}"
         print(f"{label}: all prompts {r['speedup']:.2f}x ({r['speedup_min']:.2f}-{r['speedup_max']:.2f}), {r['repeats']} repeats")
-        seen = set()
         for name, ids in list(classes.items()) + [("other", [i for i in prompts if not any(i in v for v in classes.values())])]:
             rows = [prompts[i] for i in ids if i in prompts]
             if not rows:
                 continue
-            seen.update(p["id"] for p in rows)
             geo = math.exp(sum(math.log(max(p["speedup"], 1e-9)) for p in rows) / len(rows))
             low = min(rows, key=lambda p: p["speedup"])
             print(f"  {name:<15} {geo:.2f}x  ({len(rows)} prompts; lowest {low['id']} {low['speedup']:.2f}x)")
@@ -57,4 +55,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    try:
+        sys.exit(main(sys.argv))
+    except BrokenPipeError:
+        # the reader went away (`| head`): end quietly, as specrun does
+        sys.stderr.close()
+        sys.exit(0)

@@ -94,15 +94,6 @@ impl RepeatSample {
         self.add(base, spec);
         self.prompts.push((base.clone(), spec.clone()));
     }
-    pub fn spec_tok_s(&self) -> f64 {
-        self.spec.decode_tok_per_s()
-    }
-    pub fn base_tok_s(&self) -> f64 {
-        self.base.decode_tok_per_s()
-    }
-    pub fn speedup(&self) -> f64 {
-        ratio(self.spec_tok_s(), self.base_tok_s())
-    }
 }
 
 /// A configuration's summary over its repeats (also read back by `--from-json`).
@@ -155,23 +146,46 @@ pub struct PromptResult {
     pub tokens_per_round: f64,
 }
 
+/// Over the repeats of one configuration (or one prompt of it): the median speculative and
+/// target-only rates, the median of their ratio and its range.
+struct Rates {
+    spec_tok_s: f64,
+    base_tok_s: f64,
+    speedup: f64,
+    speedup_min: f64,
+    speedup_max: f64,
+}
+
+impl Rates {
+    /// From each repeat's `(target-only, speculative)` stats.
+    fn over<'a>(runs: impl Iterator<Item = (&'a GenStats, &'a GenStats)>) -> Self {
+        let (mut spec, mut base, mut speedups) = (Vec::new(), Vec::new(), Vec::new());
+        for (b, s) in runs {
+            spec.push(s.decode_tok_per_s());
+            base.push(b.decode_tok_per_s());
+            speedups.push(ratio(s.decode_tok_per_s(), b.decode_tok_per_s()));
+        }
+        let (speedup_min, speedup_max) = min_max(&speedups);
+        Self { spec_tok_s: median(&spec), base_tok_s: median(&base), speedup: median(&speedups), speedup_min, speedup_max }
+    }
+}
+
 impl PromptResult {
     /// Summarise prompt `i` of every repeat (`None` when a repeat lacks it).
     fn summarise(id: String, i: usize, samples: &[RepeatSample]) -> Option<Self> {
         let runs: Vec<&(GenStats, GenStats)> = samples.iter().map(|s| s.prompts.get(i)).collect::<Option<_>>()?;
-        let speedups: Vec<f64> = runs.iter().map(|(b, s)| ratio(s.decode_tok_per_s(), b.decode_tok_per_s())).collect();
-        let (lo, hi) = min_max(&speedups);
+        let r = Rates::over(runs.iter().map(|(b, s)| (b, s)));
         let mut spec = GenStats::default();
         for (_, s) in &runs {
             spec.merge(s);
         }
         Some(Self {
             id,
-            spec_tok_s: median(&runs.iter().map(|(_, s)| s.decode_tok_per_s()).collect::<Vec<_>>()),
-            base_tok_s: median(&runs.iter().map(|(b, _)| b.decode_tok_per_s()).collect::<Vec<_>>()),
-            speedup: median(&speedups),
-            speedup_min: lo,
-            speedup_max: hi,
+            spec_tok_s: r.spec_tok_s,
+            base_tok_s: r.base_tok_s,
+            speedup: r.speedup,
+            speedup_min: r.speedup_min,
+            speedup_max: r.speedup_max,
             acceptance_rate: spec.acceptance_rate(),
             tokens_per_round: spec.tokens_per_round(),
         })
@@ -182,8 +196,7 @@ impl BenchResult {
     /// Summarise the repeats of one configuration; `ids` name the prompts (per-prompt results
     /// are kept when every repeat measured each prompt on its own).
     pub fn summarise(config: BenchConfig, samples: &[RepeatSample], ids: &[String]) -> Self {
-        let speedups: Vec<f64> = samples.iter().map(RepeatSample::speedup).collect();
-        let (lo, hi) = min_max(&speedups);
+        let r = Rates::over(samples.iter().map(|s| (&s.base, &s.spec)));
         // ratios from the repeats pooled; speeds as medians over repeats
         let (mut base, mut spec) = (GenStats::default(), GenStats::default());
         for s in samples {
@@ -203,11 +216,11 @@ impl BenchResult {
         let drafted = spec.n_drafted > 0;
         Self {
             repeats: samples.len(),
-            spec_tok_s: median(&samples.iter().map(RepeatSample::spec_tok_s).collect::<Vec<_>>()),
-            base_tok_s: median(&samples.iter().map(RepeatSample::base_tok_s).collect::<Vec<_>>()),
-            speedup: median(&speedups),
-            speedup_min: lo,
-            speedup_max: hi,
+            spec_tok_s: r.spec_tok_s,
+            base_tok_s: r.base_tok_s,
+            speedup: r.speedup,
+            speedup_min: r.speedup_min,
+            speedup_max: r.speedup_max,
             acceptance_rate: spec.acceptance_rate(),
             alpha,
             tokens_per_round: spec.tokens_per_round(),

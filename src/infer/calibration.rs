@@ -147,8 +147,8 @@ pub fn attach(plan: &mut Plan, mock: bool) -> bool {
 
 /// Batch sizes measured by default: every size up to 10 and dense to 16, sparse beyond, and
 /// one row past 16 and past 32, where CPU matrix kernels change path (measured on a 2-core
-/// CPU: 17 rows cost 26% more than 16, 33 rows 21% more than 32 — interpolating from 16 to 20
-/// hid that step, and plans of 16 drafted tokens paid it).
+/// CPU, two calibrations: 17 rows cost 26–29% more than 16, 33 rows 15–21% more than 32 —
+/// interpolating from 16 to 20 hid that step, and plans of 16 drafted tokens paid it).
 pub fn default_sizes(n_batch: usize) -> Vec<usize> {
     [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 14, 16, 17, 20, 24, 32, 33, 48, 64].into_iter().filter(|&b| b <= n_batch).collect()
 }

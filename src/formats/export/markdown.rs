@@ -4,20 +4,21 @@ use super::table::{prompt_rows, row, COLUMNS, PROMPT_COLUMNS};
 use crate::formats::bench::BenchResult;
 use std::fmt::Write as _;
 
-/// A GitHub-flavoured Markdown table.
-pub fn markdown(results: &[BenchResult]) -> String {
-    let mut out = format!("| {} |\n|{}|\n", COLUMNS.join(" | "), vec!["---"; COLUMNS.len()].join("|"));
-    for r in results {
-        let _ = writeln!(out, "| {} |", row(r).join(" | "));
+/// A header row, its separator, then the rows.
+fn md_table<const N: usize>(header: [&str; N], rows: impl IntoIterator<Item = [String; N]>) -> String {
+    let mut out = format!("| {} |\n|{}|\n", header.join(" | "), vec!["---"; N].join("|"));
+    for r in rows {
+        let _ = writeln!(out, "| {} |", r.join(" | "));
     }
     out
 }
 
+/// A GitHub-flavoured Markdown table.
+pub fn markdown(results: &[BenchResult]) -> String {
+    md_table(COLUMNS, results.iter().map(row))
+}
+
 /// Each prompt's own result as a Markdown table (`--per-prompt`).
 pub fn markdown_prompts(results: &[BenchResult]) -> String {
-    let mut out = format!("| {} |\n|{}|\n", PROMPT_COLUMNS.join(" | "), vec!["---"; PROMPT_COLUMNS.len()].join("|"));
-    for r in prompt_rows(results) {
-        let _ = writeln!(out, "| {} |", r.join(" | "));
-    }
-    out
+    md_table(PROMPT_COLUMNS, prompt_rows(results))
 }
