@@ -268,6 +268,15 @@ fn run_parallel(
             bstats.mean_active(),
             bstats.tokens_per_decode(),
         ));
+        let plans = bstats.plan_check;
+        if plans.n_rounds > 0 {
+            crate::io::note(format!(
+                "plans     {} rounds planned with known costs: {:.2} of the tokens and {:.2} of the time they expected",
+                plans.n_rounds,
+                plans.tokens_ratio(),
+                plans.time_ratio(),
+            ));
+        }
         if bstats.n_pauses > 0 {
             crate::io::note(format!(
                 "guard     drafting paused {} times, {} rounds in all (drafted rounds measured slower than plain ones)",

@@ -161,10 +161,11 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
                             };
                             let gen = plan.resolve_with(&sweep)?.gen;
                             let mut samples = Vec::with_capacity(args.repeat);
-                            for _ in 0..args.repeat {
+                            for repeat in 0..args.repeat {
                                 let draft = draft.as_mut().map(|d| &mut **d as &mut dyn Model);
                                 samples.push(if n_parallel > 1 {
-                                    measure_parallel(target, draft, clock, &plan, drafter, &gen, &prompts, n_parallel)?
+                                    let spec_first = repeat % 2 == 1;
+                                    measure_parallel(target, draft, clock, &plan, drafter, &gen, &prompts, n_parallel, spec_first)?
                                 } else {
                                     measure(target, draft, codec, clock, &plan, drafter, &gen, &prompts)?
                                 });
@@ -259,7 +260,8 @@ fn measure(
 }
 
 /// One repeat with `n_parallel` sequences in flight: all prompts target-only through
-/// continuous batching, then all speculative. Each side's stats are its sequences' stats
+/// continuous batching, then all speculative (the other way round with `spec_first`: repeats
+/// alternate, so that a machine drifting during a minute-long run favours neither). Each side's stats are its sequences' stats
 /// merged, with the decode time replaced by the wall time of the shared rounds, so that tok/s
 /// is the aggregate rate (prefill excluded, as for one sequence).
 #[allow(clippy::too_many_arguments)]
@@ -272,6 +274,7 @@ fn measure_parallel(
     gen: &GenConfig,
     prompts: &[(Vec<Token>, usize)],
     n_parallel: usize,
+    spec_first: bool,
 ) -> Result<RepeatSample> {
     let jobs = || {
         prompts
@@ -317,11 +320,19 @@ fn measure_parallel(
             bail!("a prompt failed: {e}");
         }
         merged.t_decode = bstats.t_decode;
+        merged.plan_check = bstats.plan_check;
         Ok(merged)
     }
-    let base = one_run(&mut Engine::new(&mut *target, NoDraft, gen.clone()), jobs(), n_parallel, gen, clock)?;
+    let mut base = None;
+    if !spec_first {
+        base = Some(one_run(&mut Engine::new(&mut *target, NoDraft, gen.clone()), jobs(), n_parallel, gen, clock)?);
+    }
     let d = make_drafter(Some(drafter), plan.ngram, draft.as_mut().map(|m| &mut **m as &mut dyn Model));
     let spec = one_run(&mut Engine::new(&mut *target, d, gen.clone()), jobs(), n_parallel, gen, clock)?;
+    let base = match base {
+        Some(b) => b,
+        None => one_run(&mut Engine::new(&mut *target, NoDraft, gen.clone()), jobs(), n_parallel, gen, clock)?,
+    };
     let mut s = RepeatSample::default();
     s.add(&base, &spec);
     Ok(s)

@@ -120,6 +120,17 @@ pub struct BenchResult {
     /// Leviathan's formula with ideal verification, and with the measured verify cost.
     pub predicted_speedup_ideal: f64,
     pub predicted_speedup: f64,
+    /// The controller's own prediction: the rate its plans expected of the rounds it planned
+    /// with known costs (acceptance estimates for the tokens, the cost model for the time)
+    /// over the measured target-only rate; 0 when nothing was planned so.
+    #[serde(default)]
+    pub planned_speedup: f64,
+    /// Those rounds' emitted ÷ expected tokens and measured ÷ expected seconds (where a plan
+    /// went wrong: acceptance, or cost).
+    #[serde(default)]
+    pub plan_tokens_ratio: f64,
+    #[serde(default)]
+    pub plan_time_ratio: f64,
     /// The target's calibrated cost curve the run planned with (`specrun calibrate`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_curve: Option<specrun_core::control::CostCurve>,
@@ -214,6 +225,8 @@ impl BenchResult {
         let c = ratio(draft_step, base_step);
         let v = ratio(verify_step, base_step);
         let drafted = spec.n_drafted > 0;
+        let plan = spec.plan_check;
+        let base_rate = ratio(base.n_generated as f64, secs(base.t_decode));
         Self {
             repeats: samples.len(),
             spec_tok_s: r.spec_tok_s,
@@ -229,6 +242,9 @@ impl BenchResult {
             verify_cost_ratio: v,
             predicted_speedup_ideal: if drafted { predicted_speedup(alpha, k, c, 1.0) } else { 1.0 },
             predicted_speedup: if drafted && v > 0.0 { predicted_speedup(alpha, k, c, v) } else { 1.0 },
+            planned_speedup: ratio(plan.expected_rate(), base_rate),
+            plan_tokens_ratio: plan.tokens_ratio(),
+            plan_time_ratio: plan.time_ratio(),
             cost_curve: None,
             placement: None,
             prompts: ids.iter().enumerate().map_while(|(i, id)| PromptResult::summarise(id.clone(), i, samples)).collect(),
@@ -275,6 +291,7 @@ mod tests {
             t_draft: Duration::from_secs(4),
             t_verify: Duration::from_secs(6),
             t_verify_drafted: Duration::from_secs(4),
+            plan_check: specrun_core::stats::PlanCheck { n_rounds: 40, expected_tokens: 50.0, expected_secs: 4.0, n_tokens: 40, secs: 5.0 },
             ..GenStats::default()
         };
         let mut s = RepeatSample::default();
@@ -297,5 +314,9 @@ mod tests {
         assert!((r.verify_cost_ratio - 2.0).abs() < 1e-12);
         // k = 240 drafted / 60 drafted rounds = 4
         assert!((r.predicted_speedup - expected_tokens(0.8, 4.0) / 4.0).abs() < 1e-12);
+        // plans: 3 × (50 tokens expected in 4 s; 40 emitted in 5 s); base 300 tokens in 30 s
+        assert!((r.planned_speedup - 12.5 / 10.0).abs() < 1e-12);
+        assert!((r.plan_tokens_ratio - 0.8).abs() < 1e-12);
+        assert!((r.plan_time_ratio - 1.25).abs() < 1e-12);
     }
 }

@@ -22,7 +22,7 @@ use crate::control::{DraftGuard, SharedPrior, VerifyCosts};
 use crate::draft::Drafter;
 use crate::engine::{Engine, EngineError, GenConfig, Sequence};
 use crate::model::{Model, Token};
-use crate::stats::{Clock, FinishReason};
+use crate::stats::{Clock, FinishReason, PlanCheck};
 use std::ops::Range;
 use std::time::Duration;
 
@@ -62,6 +62,8 @@ pub struct BatchStats {
     /// plain ones ([`DraftGuard`]), and how many times it was paused.
     pub n_paused_rounds: usize,
     pub n_pauses: usize,
+    /// The shared rounds' plans against what the rounds did ([`Engine::shared_plan`]).
+    pub plan_check: PlanCheck,
 }
 
 impl BatchStats {
@@ -223,6 +225,7 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
             engine.step_many(&mut seqs, costs, guard.allows(active.len()), clock)?
         };
         let secs = clock.now() - t_round;
+        stats.plan_check.merge(&std::mem::take(&mut engine.shared_plan));
         stats.n_decoded += engine.n_decoded - decoded_before;
         stats.t_decode += secs;
         let drafted = slots.iter().flatten().map(|(_, s)| s.stats.n_drafted).sum::<usize>() - drafted_before;

@@ -656,6 +656,21 @@ impl Controller {
         Some(best.0)
     }
 
+    /// What a round drafting `k` tokens from `source` (a copy run of `run` tokens) is expected
+    /// to give: `(tokens, seconds)` — one token plus each drafted token's [`Self::reach`], and
+    /// the drafting and verification the cost model prices it at. `None` while a cost is
+    /// unknown.
+    pub fn expect(&self, source: DraftSource, run: usize, k: usize) -> Option<(f64, f64)> {
+        let k = if source == DraftSource::None { 0 } else { k };
+        let step = match source {
+            DraftSource::Model if k > 0 => self.model.step_cost?,
+            DraftSource::Ngram => self.ngram.step_cost.unwrap_or(0.0),
+            _ => 0.0,
+        };
+        let tokens = 1.0 + self.reach(source, run, k).iter().sum::<f64>();
+        Some((tokens, k as f64 * step + self.verify.estimate(k + 1)?))
+    }
+
     fn plan_auto(&mut self, source: DraftSource, cap: usize, run: usize) -> usize {
         // Explore first: one plain round (the 1-token cost), then draft at full length until
         // the costs of both are known.

@@ -18,7 +18,7 @@ use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, Draft
 use crate::draft::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};
 use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
 use crate::sampling::{Dist, SamplingParams, Scratch};
-use crate::stats::{Clock, FinishReason, GenStats};
+use crate::stats::{Clock, FinishReason, GenStats, PlanCheck};
 use crate::verify::{verify, VerifyMode};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -102,6 +102,8 @@ struct Drafted {
     n_rows: usize,
     t_start: std::time::Duration,
     t_drafted: std::time::Duration,
+    /// What the plan expected of this round, `(tokens, seconds)` (one sequence's own rounds).
+    expected: Option<(f64, f64)>,
 }
 
 /// What a shared round decided for one sequence before drafting: the source, the draft
@@ -122,6 +124,9 @@ struct RoundStart {
     run: usize,
     draft_gap: usize,
     t_start: Duration,
+    /// What the plan expected, `(tokens, seconds)`: one sequence's own rounds only (a shared
+    /// round is checked as a whole, [`Engine::shared_plan`]).
+    expected: Option<(f64, f64)>,
 }
 
 impl RoundStart {
@@ -167,12 +172,15 @@ pub struct Engine<T, D> {
     pub config: GenConfig,
     /// Tokens decoded by the target in rounds so far (prompts excluded).
     pub n_decoded: usize,
+    /// Shared rounds ([`Engine::step_many`]) planned with known costs: what their plans
+    /// expected, as a whole, against what they emitted and took.
+    pub shared_plan: PlanCheck,
     scratch: Scratch,
 }
 
 impl<T: Model, D: Drafter> Engine<T, D> {
     pub fn new(target: T, drafter: D, config: GenConfig) -> Self {
-        Self { target, drafter, config, n_decoded: 0, scratch: Scratch::new() }
+        Self { target, drafter, config, n_decoded: 0, shared_plan: PlanCheck::default(), scratch: Scratch::new() }
     }
 
     /// Clear sequence `id` in both models, read the prompt and take the first token: the target
@@ -229,6 +237,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             n_rows: 0,
             t_start: t_read,
             t_drafted: t_read,
+            expected: None,
         };
         self.finish_phase(&mut seq, first, 0, None, t_read, clock)?;
         Ok(seq)
@@ -278,6 +287,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         allow_drafts: bool,
         clock: &dyn Clock,
     ) -> Result<Vec<Range<usize>>, EngineError> {
+        let t_round = clock.now();
         // plan: each sequence's source, cap and acceptance; then the lengths, together
         let mut plans: Vec<Option<RoundPlan>> = vec![None; seqs.len()];
         let mut asks: Vec<DraftAsk> = Vec::new();
@@ -311,6 +321,24 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             let k = ks.as_ref().map_or(ask.cap.min(4).max(ask.min), |ks| ks[j]);
             plans[i] = Some(RoundPlan { source, k, run });
         }
+        // what the plans expect of the round as a whole, when every active sequence was
+        // planned here (a plain round of `auto` sequences included) and its costs are known
+        let active = seqs.iter().filter(|s| s.finish.is_none()).count();
+        let expected = (active > 0 && plans.iter().flatten().count() == active)
+            .then(|| {
+                let drafted: Vec<(usize, f64, f64)> = match &ks {
+                    Some(ks) => {
+                        asks.iter().zip(ks).map(|(a, &k)| (k, a.reach.iter().take(k).sum::<f64>(), a.draft_cost * k as f64)).collect()
+                    }
+                    None if askers.is_empty() => Vec::new(),
+                    None => return None,
+                };
+                let rows = active + drafted.iter().map(|d| d.0).sum::<usize>();
+                let tokens = active as f64 + drafted.iter().map(|d| d.1).sum::<f64>();
+                let drafting = drafted.iter().map(|d| d.2).sum::<f64>();
+                Some((tokens, costs.estimate_shared(rows, active)? + drafting))
+            })
+            .flatten();
         // draft for all (a draft model: one decode per draft step for every sequence that
         // drafts from it), then one target decode for all
         let starts: Vec<Option<RoundStart>> = seqs.iter_mut().enumerate().map(|(i, seq)| self.round_start(seq, plans[i], clock)).collect();
@@ -383,6 +411,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
                 }
             }
         }
+        if let Some(expected) = expected {
+            self.shared_plan.add(expected, ranges.iter().map(|r| r.len()).sum(), (clock.now() - t_round).as_secs_f64());
+        }
         Ok(ranges)
     }
 
@@ -417,23 +448,24 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
         let t_start = clock.now();
         // the controller picks the length for the source that would propose
-        let (source, k_planned, run) = match plan {
-            Some(RoundPlan { source, k, run }) => (source, k, run),
+        let (source, k_planned, run, expected) = match plan {
+            Some(RoundPlan { source, k, run }) => (source, k, run, None),
             None => {
                 let limit = self.draft_len(seq);
                 let source = if limit > 0 { self.drafter.source(&mut seq.draft, &seq.tokens) } else { DraftSource::None };
                 let run = if source == DraftSource::None { 0 } else { self.drafter.copy_run(&seq.draft, &seq.tokens) };
-                (source, seq.controller.plan(source, limit, run), run)
+                let k = seq.controller.plan(source, limit, run);
+                (source, k, run, seq.controller.expect(source, run, k))
             }
         };
         seq.q.clear();
-        Some(RoundStart { n_hist, source, k_planned, run, draft_gap: n_hist - seq.draft.n_cached, t_start })
+        Some(RoundStart { n_hist, source, k_planned, run, draft_gap: n_hist - seq.draft.n_cached, t_start, expected })
     }
 
     /// After drafting: drop a draft shorter than `draft_min`, and say which rows the target
     /// decodes.
     fn round_drafted(&mut self, seq: &mut Sequence, start: RoundStart, report: DraftReport, t_drafted: Duration) -> Drafted {
-        let RoundStart { n_hist, k_planned, run, draft_gap, t_start, .. } = start;
+        let RoundStart { n_hist, k_planned, run, draft_gap, t_start, expected, .. } = start;
         seq.stats.n_draft_steps += report.n_steps;
         if seq.tokens.len() > n_hist && seq.tokens.len() - n_hist < seq.config.draft_min.max(1) {
             // too short to be worth a bigger target batch (llama.cpp's --draft-min)
@@ -442,7 +474,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
         let n_drafted = seq.tokens.len() - n_hist;
         // the target decodes the last accepted token and the whole draft
-        Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows: n_drafted + 1, t_start, t_drafted }
+        Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows: n_drafted + 1, t_start, t_drafted, expected }
     }
 
     /// The second half of a round, after the target decode: verify on rows
@@ -457,7 +489,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         t_verified: std::time::Duration,
         clock: &dyn Clock,
     ) -> Result<Range<usize>, EngineError> {
-        let Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows, t_start, t_drafted } = d;
+        let Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows, t_start, t_drafted, expected } = d;
         let verify_mode = seq.config.effective_verify();
         let params = &seq.config.params;
         let target = &self.target;
@@ -512,6 +544,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             seq.stats.t_verify_drafted += t_verified - t_drafted;
         }
         seq.stats.t_decode += t_end - t_start;
+        if let Some(expected) = expected.filter(|_| shared.is_none()) {
+            seq.stats.plan_check.add(expected, seq.tokens.len() - n_hist, (t_end - t_start).as_secs_f64());
+        }
         Ok(n_hist..seq.tokens.len())
     }
 

@@ -69,6 +69,55 @@ pub struct GenStats {
     /// Decode time after the prompt (draft + verify + bookkeeping).
     #[serde(serialize_with = "secs")]
     pub t_decode: Duration,
+    /// The controller's expectations against what its rounds did (rounds it could price).
+    #[serde(skip)]
+    pub plan_check: PlanCheck,
+}
+
+/// What the draft-length plans expected of their rounds — tokens (from the acceptance
+/// estimates) and seconds (from the cost model) — against what those rounds emitted and took.
+/// Only rounds whose costs could be estimated when they were planned count.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PlanCheck {
+    pub n_rounds: usize,
+    pub expected_tokens: f64,
+    pub expected_secs: f64,
+    pub n_tokens: usize,
+    pub secs: f64,
+}
+
+impl PlanCheck {
+    /// One round: `expected` = (tokens, seconds) as planned; `tokens` emitted in `secs`.
+    pub fn add(&mut self, expected: (f64, f64), tokens: usize, secs: f64) {
+        self.n_rounds += 1;
+        self.expected_tokens += expected.0;
+        self.expected_secs += expected.1;
+        self.n_tokens += tokens;
+        self.secs += secs;
+    }
+
+    pub fn merge(&mut self, o: &PlanCheck) {
+        self.n_rounds += o.n_rounds;
+        self.expected_tokens += o.expected_tokens;
+        self.expected_secs += o.expected_secs;
+        self.n_tokens += o.n_tokens;
+        self.secs += o.secs;
+    }
+
+    /// Tokens per second the plans expected (0 without planned rounds).
+    pub fn expected_rate(&self) -> f64 {
+        ratio(self.expected_tokens, self.expected_secs)
+    }
+
+    /// Emitted over expected tokens.
+    pub fn tokens_ratio(&self) -> f64 {
+        ratio(self.n_tokens as f64, self.expected_tokens)
+    }
+
+    /// Measured over expected seconds.
+    pub fn time_ratio(&self) -> f64 {
+        ratio(self.secs, self.expected_secs)
+    }
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -198,6 +247,7 @@ impl GenStats {
         self.t_verify += o.t_verify;
         self.t_verify_drafted += o.t_verify_drafted;
         self.t_decode += o.t_decode;
+        self.plan_check.merge(&o.plan_check);
     }
 }
 
@@ -216,5 +266,20 @@ mod tests {
         assert_eq!(s.acceptance_by_position(), vec![1.0, 0.5, 0.0]);
         assert_eq!(s.n_rounds_undrafted, 1);
         assert!((s.acceptance_rate() - 0.6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn plan_checks_add_merge_and_compare() {
+        let mut a = PlanCheck::default();
+        a.add((3.0, 0.1), 2, 0.12);
+        a.add((1.0, 0.05), 1, 0.05);
+        let mut b = PlanCheck::default();
+        b.add((4.0, 0.2), 5, 0.18);
+        a.merge(&b);
+        assert_eq!((a.n_rounds, a.n_tokens), (3, 8));
+        assert!((a.expected_rate() - 8.0 / 0.35).abs() < 1e-9);
+        assert!((a.tokens_ratio() - 1.0).abs() < 1e-12);
+        assert!((a.time_ratio() - 1.0).abs() < 1e-12);
+        assert_eq!(PlanCheck::default().expected_rate(), 0.0);
     }
 }

@@ -124,3 +124,21 @@ fn auto_keeps_drafting_when_the_draft_is_cheap() {
     assert_eq!(auto.tokens, plain.tokens);
     assert!(s.t_decode.as_secs_f64() < 0.7 * plain.seq.stats.t_decode.as_secs_f64());
 }
+
+/// The controller's plans are checked against their rounds: on scripted (affine) costs the
+/// cost model prices each round almost exactly once it has seen a few sizes, and with a
+/// draft that agrees 80% of the time the tokens it expects are close to what the rounds emit
+/// (measured: 0.87 of them; the estimate of α runs a little ahead of the draft's).
+#[test]
+fn plans_are_checked_against_what_their_rounds_did() {
+    let (target, draft) = costed(5, 2);
+    let clock = MockClock::new();
+    let config = GenConfig { max_tokens: 300, draft_max: 8, adaptive: AdaptiveMode::Auto, ..GenConfig::default() };
+    let out = run_boxed(target, drafter(Kind::Model, &draft, &clock), &config, &[1, 2, 3], &clock);
+    let s = &out.seq.stats;
+    let p = s.plan_check;
+    assert!(p.n_rounds * 10 > s.n_rounds * 9, "{} of {} rounds planned with known costs", p.n_rounds, s.n_rounds);
+    assert!(p.n_tokens < s.n_generated, "only the rounds' tokens count (the first comes with the prompt), planned ones only");
+    assert!((0.95..1.05).contains(&p.time_ratio()), "time realised / expected {:.3}", p.time_ratio());
+    assert!((0.8..1.2).contains(&p.tokens_ratio()), "tokens realised / expected {:.3}", p.tokens_ratio());
+}

@@ -3,7 +3,7 @@
 use crate::formats::bench::BenchResult;
 use std::fmt::Write as _;
 
-pub(super) const COLUMNS: [&str; 15] = [
+pub(super) const COLUMNS: [&str; 16] = [
     "pair",
     "drafter",
     "adaptive",
@@ -19,9 +19,10 @@ pub(super) const COLUMNS: [&str; 15] = [
     "c",
     "verify cost",
     "predicted (ideal / measured verify)",
+    "planned (tokens / time realised)",
 ];
 
-pub(super) fn row(r: &BenchResult) -> [String; 15] {
+pub(super) fn row(r: &BenchResult) -> [String; 16] {
     // with several sequences a decode is shared: per-round cost ratios do not apply
     let shared = r.config.parallel > 1;
     let per_round = |s: String| if shared { "-".to_string() } else { s };
@@ -41,6 +42,11 @@ pub(super) fn row(r: &BenchResult) -> [String; 15] {
         per_round(format!("{:.2}", r.cost_ratio)),
         per_round(format!("{:.2}", r.verify_cost_ratio)),
         per_round(format!("{:.2}x / {:.2}x", r.predicted_speedup_ideal, r.predicted_speedup)),
+        if r.planned_speedup > 0.0 {
+            format!("{:.2}x ({:.2} / {:.2})", r.planned_speedup, r.plan_tokens_ratio, r.plan_time_ratio)
+        } else {
+            "-".to_string()
+        },
     ]
 }
 
