@@ -415,6 +415,11 @@ pub struct RunArgs {
     /// Print one JSON object on stdout instead of text and a stats block.
     #[arg(long)]
     pub json: bool,
+    /// Write one JSON object per round of the speculative run to FILE (`-`: stderr): the
+    /// draft's source and copy run, planned and drafted length, what was accepted, what the
+    /// plan expected and what the round took, and the text drafted and kept.
+    #[arg(long, value_name = "FILE")]
+    pub trace_rounds: Option<PathBuf>,
 }
 
 /// `specrun devices`.

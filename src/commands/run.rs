@@ -4,9 +4,9 @@
 
 use crate::cli::RunArgs;
 use crate::formats::report::CompareReport;
-use crate::infer::{generate, make_drafter, plan, with_backend, Plan};
+use crate::infer::{generate, generate_traced, make_drafter, plan, with_backend, Plan};
 use crate::io::{install_interrupt_handler, interrupted, out, read_text};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use specrun_core::draft::{Drafter, NoDraft};
 use specrun_core::engine::Engine;
 use specrun_core::model::{Model, TextCodec};
@@ -48,11 +48,19 @@ fn execute(
     let tokens = codec.tokenize(&prompt);
     let mut stdout = std::io::stdout();
     let stream: Option<&mut dyn Write> = if args.json { None } else { Some(&mut stdout) };
+    let mut trace_file: Option<Box<dyn Write>> = match &args.trace_rounds {
+        None => None,
+        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stderr())),
+        Some(p) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("--trace-rounds {}: cannot create", p.display()))?,
+        ))),
+    };
+    let trace = trace_file.as_mut().map(|w| w as &mut dyn Write);
     if args.compare {
         let mut baseline = Engine::new(&mut *target, NoDraft, plan.gen.clone());
         let base = generate(&mut baseline, codec, &tokens, clock, None, &[], &interrupted)?;
         let mut engine = Engine::new(&mut *target, drafter, plan.gen.clone());
-        let mut spec = generate(&mut engine, codec, &tokens, clock, stream, &[], &interrupted)?;
+        let mut spec = generate_traced(&mut engine, codec, &tokens, clock, stream, &[], &interrupted, trace)?;
         spec.report.placement = Some(placement(plan));
         let cmp = CompareReport::new(base.report, spec.report);
         if args.json {
@@ -61,16 +69,22 @@ fn execute(
             out("\n")?;
             crate::io::note(format!("{}{}", cmp.speculative.stats_block(), cmp.summary()).trim_end());
         }
+        if let Some(w) = trace_file.as_mut() {
+            w.flush().context("cannot write the round trace")?;
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let mut engine = Engine::new(&mut *target, drafter, plan.gen.clone());
-    let mut generated = generate(&mut engine, codec, &tokens, clock, stream, &[], &interrupted)?;
+    let mut generated = generate_traced(&mut engine, codec, &tokens, clock, stream, &[], &interrupted, trace)?;
     generated.report.placement = Some(placement(plan));
     if args.json {
         out(&(serde_json::to_string(&generated.report)? + "\n"))?;
     } else {
         out("\n")?;
         crate::io::note(generated.report.stats_block().trim_end());
+    }
+    if let Some(w) = trace_file.as_mut() {
+        w.flush().context("cannot write the round trace")?;
     }
     Ok(ExitCode::SUCCESS)
 }

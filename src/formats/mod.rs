@@ -6,6 +6,7 @@
 //!   `specrun serve`.
 //! - [`records`] — batch input records, the output schema, resume scanning.
 //! - [`report`] — the run report (`--json`) and the stats block.
+//! - [`trace`] — the per-round trace of `run --trace-rounds`.
 //! - [`bench`] — bench summaries (medians, min-max, predicted speed-up); [`export`] — one
 //!   exporter per format (table, CSV, Markdown, JSON, SVG).
 
@@ -15,3 +16,4 @@ pub mod models_toml;
 pub mod openai;
 pub mod records;
 pub mod report;
+pub mod trace;

@@ -74,11 +74,29 @@ pub fn generate<T: Model, D: Drafter>(
     codec: &dyn TextCodec,
     prompt: &[Token],
     clock: &dyn Clock,
-    mut stream: Option<&mut dyn Write>,
+    stream: Option<&mut dyn Write>,
     stops: &[String],
     cancel: &dyn Fn() -> bool,
 ) -> Result<Generated> {
+    generate_traced(engine, codec, prompt, clock, stream, stops, cancel, None)
+}
+
+/// [`generate`], writing one JSON line per round to `trace` when given
+/// ([`crate::formats::trace::RoundLine`]).
+#[allow(clippy::too_many_arguments)]
+pub fn generate_traced<T: Model, D: Drafter>(
+    engine: &mut Engine<T, D>,
+    codec: &dyn TextCodec,
+    prompt: &[Token],
+    clock: &dyn Clock,
+    mut stream: Option<&mut dyn Write>,
+    stops: &[String],
+    cancel: &dyn Fn() -> bool,
+    mut trace: Option<&mut dyn Write>,
+) -> Result<Generated> {
     let mut seq = engine.start(0, prompt.to_vec(), clock)?;
+    seq.trace_rounds = trace.is_some();
+    let text_of = |tokens: &[Token]| tokens.iter().map(|&t| String::from_utf8_lossy(&codec.piece(t)).into_owned()).collect::<String>();
     let mut utf8 = Utf8Stream::new();
     let mut text = String::new();
     let mut emit = |piece: &str, text: &mut String| -> Result<()> {
@@ -107,6 +125,16 @@ pub fn generate<T: Model, D: Drafter>(
             return Err(Interrupted.into());
         }
         added = engine.step(&mut seq, clock)?;
+        if let (Some(w), Some(r)) = (trace.as_deref_mut(), seq.last_round.take()) {
+            let line = crate::formats::trace::RoundLine::new(
+                seq.stats.n_rounds,
+                &r,
+                added.len(),
+                text_of(&r.drafted),
+                text_of(&seq.tokens[added.clone()]),
+            );
+            writeln!(w, "{}", serde_json::to_string(&line)?).context("cannot write the round trace")?;
+        }
     }
     if !cut_at_stop(&text, stops).1 {
         let tail = utf8.finish();

@@ -18,7 +18,7 @@ use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, Draft
 use crate::draft::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};
 use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
 use crate::sampling::{Dist, SamplingParams, Scratch};
-use crate::stats::{Clock, FinishReason, GenStats, PlanCheck};
+use crate::stats::{Clock, FinishReason, GenStats, PlanCheck, RoundRecord};
 use crate::verify::{verify, VerifyMode};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -156,6 +156,9 @@ pub struct Sequence {
     pub finish: Option<FinishReason>,
     /// Chooses each round's draft length.
     pub controller: Controller,
+    /// Keep each round's [`RoundRecord`] in `last_round` (a trace; off by default).
+    pub trace_rounds: bool,
+    pub last_round: Option<RoundRecord>,
     q: Vec<Dist>,
 }
 
@@ -211,6 +214,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             // Each sequence learns its own costs: a record's output never depends on the
             // records before it (so a resumed batch equals an uninterrupted one).
             controller: Controller::with_curve(self.config.adaptive, self.config.draft_max, self.config.cost_curve.clone()),
+            trace_rounds: false,
+            last_round: None,
             q: Vec::new(),
         };
         self.target.truncate(id, 0).map_err(EngineError::Target)?;
@@ -490,6 +495,20 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         clock: &dyn Clock,
     ) -> Result<Range<usize>, EngineError> {
         let Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows, t_start, t_drafted, expected } = d;
+        if seq.trace_rounds {
+            seq.last_round = Some(RoundRecord {
+                n_hist,
+                source: if n_drafted > 0 { report.source } else { DraftSource::None },
+                run,
+                k_planned,
+                drafted: seq.tokens[n_hist..n_hist + n_drafted].to_vec(),
+                expected,
+                t_draft: t_drafted - t_start,
+                t_verify: t_verified - t_drafted,
+                n_rows: shared.unwrap_or(n_rows),
+                ..RoundRecord::default()
+            });
+        }
         let verify_mode = seq.config.effective_verify();
         let params = &seq.config.params;
         let target = &self.target;
@@ -523,6 +542,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
 
         let source = if n_drafted > 0 { report.source } else { DraftSource::None };
         seq.stats.record_round(n_drafted, verdict.n_accepted);
+        if let Some(r) = seq.last_round.as_mut().filter(|_| seq.trace_rounds) {
+            r.n_accepted = verdict.n_accepted;
+        }
         seq.stats.record_source(source, k_planned);
         let t_end = clock.now();
         seq.controller.observe(&Observation {

@@ -75,6 +75,28 @@ const MIN_RUN_FOR_EDIT: usize = 6;
 /// Window around the copy pointer searched when re-anchoring after an edit.
 const NEAR_BEHIND: usize = 8;
 const NEAR_AHEAD: usize = 32;
+/// Longest stretch (source or output) that counts as one edit to replay.
+const EDIT_MAX: usize = 8;
+/// Edits remembered per sequence (the most recent replace the oldest).
+const EDITS_MAX: usize = 8;
+
+/// A substitution the output made in what it copied: where the source had `old`, it wrote
+/// `new` (a rename, a changed literal). Later copies of `old` are drafted as `new`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Edit {
+    old: Vec<Token>,
+    new: Vec<Token>,
+}
+
+/// Where the last draft replayed an edit: output `start..end` is the edit's `new`, and the
+/// source goes on at `source_end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Replay {
+    start: usize,
+    end: usize,
+    source_end: usize,
+    edit: usize,
+}
 
 /// One sequence's n-gram state: a hashed index of its tokens, and a copy pointer.
 ///
@@ -89,6 +111,12 @@ const NEAR_AHEAD: usize = 32;
 /// it re-anchors on the nearest short match to the pointer; if there is none it assumes a
 /// substitution and tries the same offset once more, then falls back to the longest suffix
 /// match anywhere (most recent among equals).
+///
+/// **Edits are replayed**: when a copy breaks and resumes a few tokens later (the output
+/// replaced source tokens `old` by `new`), the pair is remembered, and a later draft that
+/// copies `old` again proposes `new` instead — a rename or a changed name repeats through
+/// the rest of the file. An edit whose replay the target rejects is forgotten; one that is
+/// accepted keeps the copy run going (and so its evidence for long drafts).
 #[derive(Debug, Clone, Default)]
 pub struct NgramState {
     index: HashMap<u64, Vec<u32>>,
@@ -101,6 +129,11 @@ pub struct NgramState {
     misses: u8,
     /// The plan for `tokens.len() == .0`: copy from `.1`.
     planned: Option<(usize, usize)>,
+    /// Where the current copy broke, `(output position, source position)`, until it resumes.
+    broke_at: Option<(usize, usize)>,
+    edits: Vec<Edit>,
+    /// The edits the last draft replayed.
+    replays: Vec<Replay>,
 }
 
 fn hash_key(tokens: &[Token]) -> u64 {
@@ -225,8 +258,29 @@ impl NgramState {
         if n < 2 {
             return None;
         }
+        // the last draft's replayed edits: one the target rejected is forgotten; after one it
+        // accepted, the source goes on past the edit's `old`
+        let replays = std::mem::take(&mut self.replays);
+        let mut dropped: Vec<usize> = replays
+            .iter()
+            .filter(|r| r.start < n && n - 1 < r.end && tokens[n - 1] != self.edits[r.edit].new[n - 1 - r.start])
+            .map(|r| r.edit)
+            .collect();
+        let resumed = replays
+            .iter()
+            .rev()
+            .find(|r| {
+                r.end <= n && r.source_end + (n - r.end) <= n - 1 && tokens[r.end..n] == tokens[r.source_end..r.source_end + (n - r.end)]
+            })
+            .map(|r| r.source_end + (n - r.end));
+        dropped.sort_unstable();
+        dropped.dedup();
+        for &e in dropped.iter().rev() {
+            self.edits.remove(e);
+        }
         // the matched tokens count as the run's first evidence
         let anchor = |s: &mut Self, from: usize, matched: usize| {
+            s.learn_edit(tokens, from, matched);
             s.offset = Some(from as isize - n as isize);
             s.run_start = n - matched.min(n);
             s.misses = 0;
@@ -236,9 +290,25 @@ impl NgramState {
             let p = n as isize + d;
             if p >= 1 && (p as usize) < n {
                 let p = p as usize;
+                if let Some(p) = resumed {
+                    // an accepted replay: the same run, the pointer past the edit
+                    self.offset = Some(p as isize - n as isize);
+                    self.misses = 0;
+                    return Some(p);
+                }
                 if tokens[p - 1] == tokens[n - 1] {
                     self.misses = 0;
+                    self.learn_edit(tokens, p, 1);
                     return Some(p); // the run goes on
+                }
+                if let Some(p) = self.through_edit(tokens, p) {
+                    // the output just wrote an edit's `new` where the source has its `old`
+                    self.offset = Some(p as isize - n as isize);
+                    self.misses = 0;
+                    return Some(p);
+                }
+                if self.broke_at.is_none() {
+                    self.broke_at = Some((n - 1, p - 1));
                 }
                 if let Some((j, len)) = self.near(tokens, p) {
                     return anchor(self, j, len);
@@ -252,11 +322,90 @@ impl NgramState {
                 }
             }
         }
-        self.offset = None;
+        // a copy that broke a few tokens ago keeps its pointer: the tokens after an edit's
+        // `new` re-anchor near it (however many tokens `new` takes)
+        if self.broke_at.is_none_or(|(g, _)| n - 1 > g + EDIT_MAX) {
+            self.offset = None;
+            self.broke_at = None;
+        }
         match self.longest_match(tokens, config) {
             Some((from, len)) => anchor(self, from, len),
             None => None,
         }
+    }
+
+    /// With the pointer at `p`: if the output ends with an edit's `new` (not empty) and the
+    /// source, `p` moved past the edit's `old`, ends with `old`, the pointer past it.
+    fn through_edit(&self, tokens: &[Token], p: usize) -> Option<usize> {
+        let n = tokens.len();
+        self.edits.iter().rev().find_map(|e| {
+            let p2 = (p + e.old.len()).checked_sub(e.new.len())?;
+            let aligned =
+                !e.new.is_empty() && p2 < n && p2 >= e.old.len() && tokens.ends_with(&e.new) && tokens[p2 - e.old.len()..p2] == e.old[..];
+            aligned.then_some(p2)
+        })
+    }
+
+    /// The copy resumed: output `..n` agrees with source `..from` over the last `matched`
+    /// tokens. If it broke a few tokens before, what the output wrote instead of the source
+    /// there is an edit to replay.
+    fn learn_edit(&mut self, tokens: &[Token], from: usize, matched: usize) {
+        let Some((g, s)) = self.broke_at else { return };
+        let n = tokens.len();
+        if n - 1 <= g {
+            return; // still at the break
+        }
+        self.broke_at = None;
+        // where the agreement resumed, in the output and in the source: walk back over the
+        // agreeing tokens (at least `matched`), never to before the break
+        let m = matched.min(n - g).min(from.saturating_sub(s));
+        let (mut g2, mut s2) = (n - m, from - m);
+        while g2 > g + 1 && s2 > s + 1 && tokens[g2 - 1] == tokens[s2 - 1] {
+            g2 -= 1;
+            s2 -= 1;
+        }
+        if s2 <= s || s2 - s > EDIT_MAX || g2 < g || g2 - g > EDIT_MAX || s2 > n || s >= g {
+            return;
+        }
+        let edit = Edit { old: tokens[s..s2].to_vec(), new: tokens[g..g2].to_vec() };
+        if edit.old == edit.new {
+            return;
+        }
+        self.edits.retain(|e| e.old != edit.old);
+        if self.edits.len() == EDITS_MAX {
+            self.edits.remove(0);
+        }
+        self.edits.push(edit);
+    }
+
+    /// Append up to `max` tokens copied from `from`, replaying the remembered edits: where the
+    /// source has an edit's `old`, its `new` is drafted instead (the most recent edit first).
+    /// Overlapping copies repeat, as in LZ77. Returns how many tokens were appended.
+    pub fn copy(&mut self, tokens: &mut Vec<Token>, from: usize, max: usize) -> usize {
+        let start = tokens.len();
+        self.replays.clear();
+        let mut i = from;
+        while tokens.len() - start < max && i < tokens.len() {
+            let hit = self.edits.iter().enumerate().rev().find(|(_, e)| tokens.get(i..i + e.old.len()) == Some(&e.old[..]));
+            match hit {
+                Some((k, e)) => {
+                    let at = tokens.len();
+                    let take = e.new.len().min(max - (at - start));
+                    tokens.extend_from_slice(&e.new[..take]);
+                    i += e.old.len();
+                    self.replays.push(Replay { start: at, end: at + e.new.len(), source_end: i, edit: k });
+                    if take < e.new.len() {
+                        break;
+                    }
+                }
+                None => {
+                    let t = tokens[i];
+                    tokens.push(t);
+                    i += 1;
+                }
+            }
+        }
+        tokens.len() - start
     }
 
     /// Tokens the current copy run has lasted (from the match it was anchored on).
@@ -267,16 +416,6 @@ impl NgramState {
             0
         }
     }
-}
-
-/// Append up to `max` tokens copied from `from` (overlapping copies repeat, as in LZ77).
-fn copy_from(tokens: &mut Vec<Token>, from: usize, max: usize) -> usize {
-    let start = tokens.len();
-    for i in 0..max {
-        let t = tokens[from + i];
-        tokens.push(t);
-    }
-    tokens.len() - start
 }
 
 /// A draft cache across sequences: the outputs of earlier sequences (vLLM's suffix decoding,
@@ -402,7 +541,7 @@ impl Drafter for NgramDrafter {
         let start = tokens.len();
         match cursor.ngram.plan(tokens, self.config) {
             Some(from) => {
-                copy_from(tokens, from, req.max);
+                cursor.ngram.copy(tokens, from, req.max);
             }
             None => {
                 if let Some((c, pos)) = self.corpus.as_ref().and_then(|c| c.lookup(tokens).map(|p| (c, p))) {
@@ -547,7 +686,7 @@ mod tests {
         let mut t = tokens.to_vec();
         match state.plan(&t, config) {
             Some(from) => {
-                copy_from(&mut t, from, k);
+                state.copy(&mut t, from, k);
                 t[tokens.len()..].to_vec()
             }
             None => vec![],
@@ -585,6 +724,69 @@ mod tests {
         // and an insertion: a new token, then the source again
         out.extend([115, 777, 116, 117]);
         assert_eq!(propose(&mut st, &history(40, &out), DEFAULT, 2), vec![118, 119]);
+    }
+
+    /// A source in which token 50 (a name) occurs three times among distinct tokens.
+    fn named_source() -> Vec<Token> {
+        let mut t: Vec<Token> = (10..18).collect();
+        t.extend([50, 18, 19, 20, 21, 22, 23, 50, 24, 25, 26, 50, 27, 28, 29]);
+        t.extend([1, 2]); // the output starts after this
+        t
+    }
+
+    #[test]
+    fn a_rename_is_replayed_in_later_copies() {
+        let mut st = NgramState::default();
+        let mut t = named_source();
+        t.extend(10..18);
+        assert_eq!(propose(&mut st, &t, DEFAULT, 4), vec![50, 18, 19, 20]);
+        // the target renames 50 to 60; the run is taken to go on past a substituted token
+        t.push(60);
+        assert_eq!(propose(&mut st, &t, DEFAULT, 4), vec![18, 19, 20, 21]);
+        // the copy resumes: 50 -> 60 is an edit, replayed at the next 50
+        t.extend([18, 19, 20]);
+        assert_eq!(propose(&mut st, &t, DEFAULT, 6), vec![21, 22, 23, 60, 24, 25]);
+        let run = st.run(&t);
+        // accepted, and the target's own token is the next renamed 50: the run goes on
+        t.extend([21, 22, 23, 60, 24, 25, 26, 60]);
+        assert_eq!(propose(&mut st, &t, DEFAULT, 3), vec![27, 28, 29]);
+        assert_eq!(st.run(&t), run + 8, "the replayed edit kept the copy run");
+    }
+
+    #[test]
+    fn a_rename_of_another_length_is_replayed_and_the_pointer_follows() {
+        let mut st = NgramState::default();
+        let mut t = named_source();
+        t.extend(10..18);
+        let _ = propose(&mut st, &t, DEFAULT, 4);
+        // 50 becomes three tokens, one round each (every draft rejected); then two tokens
+        // agreeing near the pointer re-anchor the copy
+        for x in [60, 61, 62, 18] {
+            t.push(x);
+            let _ = propose(&mut st, &t, DEFAULT, 4);
+        }
+        t.push(19);
+        assert_eq!(propose(&mut st, &t, DEFAULT, 8), vec![20, 21, 22, 23, 60, 61, 62, 24]);
+        let run = st.run(&t);
+        // all accepted and the target's own token follows the source: the pointer is past 50
+        t.extend([20, 21, 22, 23, 60, 61, 62, 24, 25]);
+        assert_eq!(propose(&mut st, &t, DEFAULT, 5), vec![26, 60, 61, 62, 27]);
+        assert_eq!(st.run(&t), run + 9);
+    }
+
+    #[test]
+    fn an_edit_whose_replay_is_rejected_is_forgotten() {
+        let mut st = NgramState::default();
+        let mut t = named_source();
+        t.extend(10..18);
+        let _ = propose(&mut st, &t, DEFAULT, 4);
+        t.push(60);
+        let _ = propose(&mut st, &t, DEFAULT, 4);
+        t.extend([18, 19]);
+        assert_eq!(propose(&mut st, &t, DEFAULT, 6), vec![20, 21, 22, 23, 60, 24]);
+        // the target keeps 50 this time: the replay was wrong
+        t.extend([20, 21, 22, 23, 50]);
+        assert_eq!(propose(&mut st, &t, DEFAULT, 5), vec![24, 25, 26, 50, 27], "the source is copied as it is again");
     }
 
     #[test]

@@ -74,6 +74,27 @@ pub struct GenStats {
     pub plan_check: PlanCheck,
 }
 
+/// One round, as it happened (kept when [`crate::engine::Sequence::trace_rounds`] is set): for
+/// seeing why speculation does or does not pay on a prompt.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoundRecord {
+    /// Tokens before the round (prompt and generated).
+    pub n_hist: usize,
+    pub source: crate::draft::DraftSource,
+    /// The copy run the plan started from (n-gram drafts).
+    pub run: usize,
+    pub k_planned: usize,
+    /// The tokens proposed (empty: a plain round).
+    pub drafted: Vec<crate::model::Token>,
+    pub n_accepted: usize,
+    /// What the plan expected, `(tokens, seconds)`, when its costs were known.
+    pub expected: Option<(f64, f64)>,
+    pub t_draft: Duration,
+    pub t_verify: Duration,
+    /// Rows of the target decode (all sequences' when it was shared).
+    pub n_rows: usize,
+}
+
 /// What the draft-length plans expected of their rounds — tokens (from the acceptance
 /// estimates) and seconds (from the cost model) — against what those rounds emitted and took.
 /// Only rounds whose costs could be estimated when they were planned count.
