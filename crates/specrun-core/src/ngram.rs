@@ -269,9 +269,7 @@ impl NgramState {
         let resumed = replays
             .iter()
             .rev()
-            .find(|r| {
-                r.end <= n && r.source_end + (n - r.end) <= n - 1 && tokens[r.end..n] == tokens[r.source_end..r.source_end + (n - r.end)]
-            })
+            .find(|r| r.end <= n && r.source_end + (n - r.end) < n && tokens[r.end..n] == tokens[r.source_end..r.source_end + (n - r.end)])
             .map(|r| r.source_end + (n - r.end));
         dropped.sort_unstable();
         dropped.dedup();
