@@ -14,7 +14,7 @@
 //! batch's last logits row, which the first round verifies with (as llama.cpp samples its
 //! first token from the prompt batch).
 
-use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, DraftAsk, Observation, VerifyCosts};
+use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, DraftAsk, DraftYield, Observation, VerifyCosts};
 use crate::draft::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};
 use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
 use crate::sampling::{Dist, SamplingParams, Scratch};
@@ -178,12 +178,22 @@ pub struct Engine<T, D> {
     /// Shared rounds ([`Engine::step_many`]) planned with known costs: what their plans
     /// expected, as a whole, against what they emitted and took.
     pub shared_plan: PlanCheck,
+    /// What the shared rounds' drafts gave against their plans; scales later plans.
+    pub draft_yield: DraftYield,
     scratch: Scratch,
 }
 
 impl<T: Model, D: Drafter> Engine<T, D> {
     pub fn new(target: T, drafter: D, config: GenConfig) -> Self {
-        Self { target, drafter, config, n_decoded: 0, shared_plan: PlanCheck::default(), scratch: Scratch::new() }
+        Self {
+            target,
+            drafter,
+            config,
+            n_decoded: 0,
+            shared_plan: PlanCheck::default(),
+            draft_yield: DraftYield::default(),
+            scratch: Scratch::new(),
+        }
     }
 
     /// Clear sequence `id` in both models, read the prompt and take the first token: the target
@@ -320,7 +330,16 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             askers.push((i, source, run));
         }
         let budget = self.target.n_batch();
-        let ks = allocate_drafts(&asks, costs, budget);
+        // the gains as the run's drafts have realised them (the plan check keeps the raw ones)
+        let rho = self.draft_yield.factor();
+        let scaled: Vec<DraftAsk>;
+        let for_allocation = if rho < 1.0 {
+            scaled = asks.iter().map(|a| DraftAsk { reach: a.reach.iter().map(|r| r * rho).collect(), ..a.clone() }).collect();
+            &scaled
+        } else {
+            &asks
+        };
+        let ks = allocate_drafts(for_allocation, costs, budget);
         for (j, (&(i, source, run), ask)) in askers.iter().zip(&asks).enumerate() {
             // costs unknown yet: each drafts what its own controller would explore with
             let k = ks.as_ref().map_or(ask.cap.min(4).max(ask.min), |ks| ks[j]);
@@ -417,7 +436,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             }
         }
         if let Some(expected) = expected {
-            self.shared_plan.add(expected, ranges.iter().map(|r| r.len()).sum(), (clock.now() - t_round).as_secs_f64());
+            let emitted: usize = ranges.iter().map(|r| r.len()).sum();
+            self.shared_plan.add(expected, emitted, (clock.now() - t_round).as_secs_f64());
+            self.draft_yield.observe(expected.0 - active as f64, emitted as f64 - active as f64);
         }
         Ok(ranges)
     }

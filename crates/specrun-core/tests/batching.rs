@@ -385,11 +385,14 @@ impl Drafter for Overconfident {
     }
 }
 
-/// Drafting whose rounds measure slower than plain ones is paused by the run's guard and tried
-/// again less and less often: the run costs far less than drafting every round would (here
-/// about 3 plain rounds' time per drafted round), and the greedy output is unchanged.
+/// Drafting that does not pay in what the rounds measured stops, and is tried again less and
+/// less often: the shared rounds' drafts emit far fewer tokens than planned, which scales the
+/// plans' gains down ([`specrun_core::control::DraftYield`]); drafted rounds slower than plain
+/// ones pause drafting ([`specrun_core::control::DraftGuard`]). The run costs far less than
+/// drafting every round would (about 3 plain rounds' time per drafted round here), and the
+/// greedy output is unchanged.
 #[test]
-fn drafting_that_measures_slower_than_plain_is_paused() {
+fn drafting_that_does_not_pay_in_the_measured_rounds_stops() {
     let spec = MockSpec { behaviour: Behaviour::Target { seed: 7, eog_rate: 0.0 }, ..MockSpec::target(7) };
     let jobs = || {
         (0..4)
@@ -411,10 +414,11 @@ fn drafting_that_measures_slower_than_plain_is_paused() {
     let (plain, t_plain, _) = run(Box::new(NoDraft));
     let (drafted, t_drafted, stats) = run(Box::new(Overconfident));
     assert_eq!(drafted, plain);
-    assert!(stats.n_pauses >= 2, "{stats:?}");
-    assert!(stats.n_paused_rounds * 3 > stats.n_rounds * 2, "drafting paused in most rounds: {stats:?}");
-    // the plans' own check shows why: their rounds emitted far fewer tokens than expected
-    assert!(stats.plan_check.n_rounds > 0 && stats.plan_check.tokens_ratio() < 0.6, "{:?}", stats.plan_check);
+    // few draft rows in all: 4 sequences drafting 8 tokens every round would add 8 per row
+    let draft_rows = stats.n_decoded - stats.active_sum;
+    assert!(draft_rows * 3 < stats.active_sum, "{draft_rows} draft rows for {} sequence rows: {stats:?}", stats.active_sum);
+    // the plans' own check shows why: they expected more than the rounds gave
+    assert!(stats.plan_check.expected_tokens > stats.plan_check.n_tokens as f64 + 10.0, "{:?}", stats.plan_check);
     let ratio = t_drafted.as_secs_f64() / t_plain.as_secs_f64();
     assert!(ratio < 1.6, "drafting every round would take about 3x as long; the guarded run took {ratio:.2}x");
 }
