@@ -10,7 +10,8 @@ use specrun_core::stats::RoundRecord;
 /// One round of the trace.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RoundLine {
-    /// 1 for the first round after the prompt.
+    /// The round's number: the first token, taken with the prompt, is round 1, so the first
+    /// traced round is 2.
     pub round: usize,
     /// Tokens before the round (prompt and generated).
     pub position: usize,

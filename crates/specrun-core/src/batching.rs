@@ -16,7 +16,9 @@
 //! sampling: its own seed decides). A run-level [`DraftGuard`] sets the drafted rounds
 //! against plain rounds of as many sequences, by measured time and emitted tokens, and pauses
 //! `auto` drafting in rounds of that many sequences when it loses (plans rest on estimates;
-//! this rests on what the rounds took).
+//! this rests on what the rounds took); and the engine scales the shared drafts' expected
+//! gains by the share of them the run's drafts have realised
+//! ([`crate::control::DraftYield`]).
 
 use crate::control::{DraftGuard, SharedPrior, VerifyCosts};
 use crate::draft::Drafter;

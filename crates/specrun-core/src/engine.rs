@@ -292,7 +292,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     /// every active sequence's last token and draft. With `auto` draft lengths, the lengths
     /// are chosen together ([`allocate_drafts`]) for the most expected tokens per second of
     /// the shared decode, along `costs` (the cost of a target decode by total batch size,
-    /// learned here from every shared decode). With `allow_drafts` false the `auto` sequences
+    /// learned here from every shared decode), with each draft's expected gain scaled by the
+    /// share the run's drafts have realised ([`Engine::draft_yield`]). The round's plan is
+    /// recorded against what it did ([`Engine::shared_plan`]). With `allow_drafts` false the `auto` sequences
     /// decode plainly this round (the run's [`crate::control::DraftGuard`] measured drafting
     /// not to pay). Returns each sequence's added range.
     pub fn step_many(
