@@ -87,6 +87,10 @@ fn chat_and_text_completions_streamed_and_not_agree() {
     assert!(rounds > 0.0 && decoded >= rounds, "{metrics}");
     assert!(value("specrun_rounds_total") >= rounds, "{metrics}");
     assert!(value("specrun_decode_seconds_total") > 0.0, "{metrics}");
+    // the plans of the rounds priced with known costs, against what those rounds did
+    let (expected, emitted) = (value("specrun_planned_tokens_expected_total"), value("specrun_planned_tokens_total"));
+    assert!(expected > 0.0 && emitted > 0.0 && emitted <= value("specrun_completion_tokens_total"), "{metrics}");
+    assert!(value("specrun_planned_seconds_total") > 0.0 && value("specrun_planned_seconds_expected_total") > 0.0, "{metrics}");
 }
 
 #[test]

@@ -79,6 +79,12 @@ pub struct Metrics {
     /// Microseconds spent reading prompts and in shared rounds.
     pub prefill_us: AtomicU64,
     pub decode_us: AtomicU64,
+    /// The shared rounds' plans against what the rounds did ([`BatchStats::plan_check`]):
+    /// expected and emitted tokens (thousandths), expected and measured microseconds.
+    pub plan_expected_mtokens: AtomicU64,
+    pub plan_mtokens: AtomicU64,
+    pub plan_expected_us: AtomicU64,
+    pub plan_us: AtomicU64,
     pub queue_depth: AtomicUsize,
     pub in_flight: AtomicUsize,
     /// Time to first token: bucket counts (cumulative at render), sum and count.
@@ -148,6 +154,14 @@ impl Metrics {
         for (name, help, v) in [
             ("prefill_seconds_total", "Time spent reading prompts.", secs(&self.prefill_us)),
             ("decode_seconds_total", "Time spent in shared rounds.", secs(&self.decode_us)),
+            (
+                "planned_tokens_expected_total",
+                "Tokens the draft-length plans expected of the shared rounds they priced.",
+                self.plan_expected_mtokens.load(Ordering::Relaxed) as f64 / 1e3,
+            ),
+            ("planned_tokens_total", "Tokens those rounds emitted.", self.plan_mtokens.load(Ordering::Relaxed) as f64 / 1e3),
+            ("planned_seconds_expected_total", "Seconds the cost model expected of those rounds.", secs(&self.plan_expected_us)),
+            ("planned_seconds_total", "Seconds those rounds took.", secs(&self.plan_us)),
         ] {
             let _ = writeln!(s, "# HELP specrun_{name} {help}\n# TYPE specrun_{name} counter\nspecrun_{name} {v}");
         }
@@ -287,6 +301,12 @@ impl JobSource<Slot> for Queue<'_> {
         add(&m.draft_pauses, stats.n_pauses as u64, seen.n_pauses as u64);
         add(&m.prefill_us, us(stats.t_prefill), us(seen.t_prefill));
         add(&m.decode_us, us(stats.t_decode), us(seen.t_decode));
+        let (p, q) = (stats.plan_check, seen.plan_check);
+        let milli = |x: f64| (x * 1e3) as u64;
+        add(&m.plan_expected_mtokens, milli(p.expected_tokens), milli(q.expected_tokens));
+        add(&m.plan_mtokens, milli(p.n_tokens as f64), milli(q.n_tokens as f64));
+        add(&m.plan_expected_us, (p.expected_secs * 1e6) as u64, (q.expected_secs * 1e6) as u64);
+        add(&m.plan_us, (p.secs * 1e6) as u64, (q.secs * 1e6) as u64);
         self.seen = *stats;
     }
 }
