@@ -346,3 +346,32 @@ fn devices_lists_the_cpu() {
     let devs = v["devices"].as_array().unwrap();
     assert!(devs.iter().any(|d| d["kind"] == "cpu" && d["memory_total"].as_u64().unwrap() > 0), "{v}");
 }
+
+#[test]
+fn the_round_trace_is_one_json_line_per_round_and_adds_up_to_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rounds.jsonl");
+    let out = mock_run(&["-n", "40", "--json", "--draft", "hybrid", "--adaptive", "fixed", "--trace-rounds"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: RunReport = serde_json::from_slice(&out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect();
+    // every round but the first token's, which came with the prompt
+    assert_eq!(lines.len() + 1, r.n_rounds);
+    let sum = |key: &str| lines.iter().map(|l| l[key].as_u64().unwrap() as usize).sum::<usize>();
+    assert_eq!(sum("n_emitted") + 1, r.n_generated);
+    assert_eq!((sum("n_drafted"), sum("n_accepted")), (r.n_drafted, r.n_accepted));
+    assert!(r.n_drafted > 0, "a fixed hybrid draft drafts every round");
+    let rounds: Vec<u64> = lines.iter().map(|l| l["round"].as_u64().unwrap()).collect();
+    assert_eq!(rounds, (2..2 + lines.len() as u64).collect::<Vec<_>>());
+    for l in &lines {
+        assert!(l["n_accepted"].as_u64() <= l["n_drafted"].as_u64(), "{l}");
+        assert_eq!(l["emitted"].as_str().unwrap().len(), 2 * l["n_emitted"].as_u64().unwrap() as usize, "mock tokens print as two bytes");
+    }
+    // a path that cannot be created: one line naming the flag, nothing generated
+    let out = mock_run(&["--trace-rounds", "/nonexistent-dir/rounds.jsonl"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--trace-rounds") && err.contains("cannot create"), "{err}");
+}
