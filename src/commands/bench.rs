@@ -323,15 +323,13 @@ fn measure_parallel(
         merged.plan_check = bstats.plan_check;
         Ok(merged)
     }
-    let mut base = None;
-    if !spec_first {
-        base = Some(one_run(&mut Engine::new(&mut *target, NoDraft, gen.clone()), jobs(), n_parallel, gen, clock)?);
-    }
+    let plain = |target: &mut dyn Model| one_run(&mut Engine::new(target, NoDraft, gen.clone()), jobs(), n_parallel, gen, clock);
+    let base_first = if spec_first { None } else { Some(plain(&mut *target)?) };
     let d = make_drafter(Some(drafter), plan.ngram, draft.as_mut().map(|m| &mut **m as &mut dyn Model));
     let spec = one_run(&mut Engine::new(&mut *target, d, gen.clone()), jobs(), n_parallel, gen, clock)?;
-    let base = match base {
+    let base = match base_first {
         Some(b) => b,
-        None => one_run(&mut Engine::new(&mut *target, NoDraft, gen.clone()), jobs(), n_parallel, gen, clock)?,
+        None => plain(&mut *target)?,
     };
     let mut s = RepeatSample::default();
     s.add(&base, &spec);

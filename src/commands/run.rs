@@ -69,9 +69,6 @@ fn execute(
             out("\n")?;
             crate::io::note(format!("{}{}", cmp.speculative.stats_block(), cmp.summary()).trim_end());
         }
-        if let Some(w) = trace_file.as_mut() {
-            w.flush().context("cannot write the round trace")?;
-        }
         return Ok(ExitCode::SUCCESS);
     }
     let mut engine = Engine::new(&mut *target, drafter, plan.gen.clone());
@@ -82,9 +79,6 @@ fn execute(
     } else {
         out("\n")?;
         crate::io::note(generated.report.stats_block().trim_end());
-    }
-    if let Some(w) = trace_file.as_mut() {
-        w.flush().context("cannot write the round trace")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -102,11 +102,8 @@ pub struct BenchResult {
     #[serde(flatten)]
     pub config: BenchConfig,
     pub repeats: usize,
-    pub spec_tok_s: f64,
-    pub base_tok_s: f64,
-    pub speedup: f64,
-    pub speedup_min: f64,
-    pub speedup_max: f64,
+    #[serde(flatten)]
+    pub rates: Rates,
     /// Accepted over drafted tokens.
     pub acceptance_rate: f64,
     /// Per-token acceptance of the geometric model (accepted over accepted + rejections).
@@ -147,24 +144,22 @@ pub struct BenchResult {
 pub struct PromptResult {
     /// The record's `id` (or its line), as `bench` was given it.
     pub id: String,
-    pub spec_tok_s: f64,
-    pub base_tok_s: f64,
-    /// Median over the repeats of this prompt's speculative ÷ target-only rate.
-    pub speedup: f64,
-    pub speedup_min: f64,
-    pub speedup_max: f64,
+    #[serde(flatten)]
+    pub rates: Rates,
     pub acceptance_rate: f64,
     pub tokens_per_round: f64,
 }
 
 /// Over the repeats of one configuration (or one prompt of it): the median speculative and
 /// target-only rates, the median of their ratio and its range.
-struct Rates {
-    spec_tok_s: f64,
-    base_tok_s: f64,
-    speedup: f64,
-    speedup_min: f64,
-    speedup_max: f64,
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    pub spec_tok_s: f64,
+    pub base_tok_s: f64,
+    /// Median over the repeats of the speculative ÷ target-only rate.
+    pub speedup: f64,
+    pub speedup_min: f64,
+    pub speedup_max: f64,
 }
 
 impl Rates {
@@ -185,21 +180,12 @@ impl PromptResult {
     /// Summarise prompt `i` of every repeat (`None` when a repeat lacks it).
     fn summarise(id: String, i: usize, samples: &[RepeatSample]) -> Option<Self> {
         let runs: Vec<&(GenStats, GenStats)> = samples.iter().map(|s| s.prompts.get(i)).collect::<Option<_>>()?;
-        let r = Rates::over(runs.iter().map(|(b, s)| (b, s)));
+        let rates = Rates::over(runs.iter().map(|(b, s)| (b, s)));
         let mut spec = GenStats::default();
         for (_, s) in &runs {
             spec.merge(s);
         }
-        Some(Self {
-            id,
-            spec_tok_s: r.spec_tok_s,
-            base_tok_s: r.base_tok_s,
-            speedup: r.speedup,
-            speedup_min: r.speedup_min,
-            speedup_max: r.speedup_max,
-            acceptance_rate: spec.acceptance_rate(),
-            tokens_per_round: spec.tokens_per_round(),
-        })
+        Some(Self { id, rates, acceptance_rate: spec.acceptance_rate(), tokens_per_round: spec.tokens_per_round() })
     }
 }
 
@@ -207,7 +193,7 @@ impl BenchResult {
     /// Summarise the repeats of one configuration; `ids` name the prompts (per-prompt results
     /// are kept when every repeat measured each prompt on its own).
     pub fn summarise(config: BenchConfig, samples: &[RepeatSample], ids: &[String]) -> Self {
-        let r = Rates::over(samples.iter().map(|s| (&s.base, &s.spec)));
+        let rates = Rates::over(samples.iter().map(|s| (&s.base, &s.spec)));
         // ratios from the repeats pooled; speeds as medians over repeats
         let (mut base, mut spec) = (GenStats::default(), GenStats::default());
         for s in samples {
@@ -229,11 +215,7 @@ impl BenchResult {
         let base_rate = ratio(base.n_generated as f64, secs(base.t_decode));
         Self {
             repeats: samples.len(),
-            spec_tok_s: r.spec_tok_s,
-            base_tok_s: r.base_tok_s,
-            speedup: r.speedup,
-            speedup_min: r.speedup_min,
-            speedup_max: r.speedup_max,
+            rates,
             acceptance_rate: spec.acceptance_rate(),
             alpha,
             tokens_per_round: spec.tokens_per_round(),
@@ -304,8 +286,8 @@ mod tests {
         let c = BenchConfig { pair: "p".into(), drafter: "model".into(), adaptive: "fixed".into(), draft_max: 4, temp: 0.0, parallel: 1 };
         let r = BenchResult::summarise(c, &[sample(10.0, 10.0), sample(5.0, 10.0), sample(20.0, 10.0)], &[]);
         assert!(r.prompts.is_empty());
-        assert_eq!(r.speedup, 1.0);
-        assert_eq!((r.speedup_min, r.speedup_max), (0.5, 2.0));
+        assert_eq!(r.rates.speedup, 1.0);
+        assert_eq!((r.rates.speedup_min, r.rates.speedup_max), (0.5, 2.0));
         assert_eq!(r.acceptance_rate, 0.75);
         assert_eq!(r.alpha, 0.8);
         assert_eq!(r.acceptance_by_position, vec![0.9, 0.8, 0.7, 0.6]);

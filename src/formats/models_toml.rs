@@ -315,7 +315,7 @@ pub fn best_per_pair(results: &[BenchResult]) -> Vec<&BenchResult> {
         |r: &&BenchResult| r.config.parallel == 1 || !results.iter().any(|o| o.config.pair == r.config.pair && o.config.parallel == 1);
     for r in results.iter().filter(single) {
         match best.iter_mut().find(|b| b.config.pair == r.config.pair) {
-            Some(b) if r.speedup > b.speedup => *b = r,
+            Some(b) if r.rates.speedup > b.rates.speedup => *b = r,
             Some(_) => {}
             None => best.push(r),
         }
@@ -335,7 +335,7 @@ pub fn write_best(models_toml: &str, results: &[BenchResult], note: &str) -> Res
             .get_mut(&best.config.pair)
             .and_then(|p| p.as_table_like_mut())
             .ok_or_else(|| format!("no pair '{}' in the models file", best.config.pair))?;
-        let pays = best.speedup >= 1.0;
+        let pays = best.rates.speedup >= 1.0;
         pair.insert("draft_max", toml_edit::value(best.config.draft_max as i64));
         pair.insert("drafter", toml_edit::value(best.config.drafter.clone()));
         pair.insert("adaptive", toml_edit::value(if pays { best.config.adaptive.clone() } else { "auto".to_string() }));
@@ -346,14 +346,14 @@ pub fn write_best(models_toml: &str, results: &[BenchResult], note: &str) -> Res
         };
         let by_n: Vec<&BenchResult> = results.iter().filter(same).collect();
         if by_n.iter().any(|r| r.config.parallel > 1) {
-            if let Some(top) = by_n.iter().max_by(|a, b| a.spec_tok_s.total_cmp(&b.spec_tok_s)) {
+            if let Some(top) = by_n.iter().max_by(|a, b| a.rates.spec_tok_s.total_cmp(&b.rates.spec_tok_s)) {
                 pair.insert("parallel", toml_edit::value(top.config.parallel as i64));
             }
         }
         let comment = format!(
             "# tuned by specrun bench ({note}): best {} at {:.2}x target-only{}\n",
             best.config.label(),
-            best.speedup,
+            best.rates.speedup,
             if pays { "" } else { "; nothing beat plain decoding, so adaptive = \"auto\" falls back to it" }
         );
         if let Some(t) = doc.get_mut("pairs").and_then(|p| p.get_mut(&best.config.pair)).and_then(|p| p.as_table_mut()) {
@@ -493,7 +493,7 @@ temp = 0.8
             let c =
                 BenchConfig { pair: "p".into(), drafter: "ngram".into(), adaptive: "fixed".into(), draft_max: k, temp: 0.0, parallel: 1 };
             let mut r = BenchResult::summarise(c, &[RepeatSample::default()], &[]);
-            r.speedup = s;
+            r.rates.speedup = s;
             r
         };
         let out = write_best(toml, &[mk(2, 1.1), mk(6, 1.4)], "2026-11-26, 2 cores").unwrap();
@@ -512,7 +512,7 @@ temp = 0.8
         for (n, rate) in [(2, 30.0), (4, 45.0), (8, 41.0)] {
             let mut r = mk(6, 1.0);
             r.config.parallel = n;
-            r.spec_tok_s = rate;
+            r.rates.spec_tok_s = rate;
             rows.push(r);
         }
         let out = write_best(toml, &rows, "x").unwrap();

@@ -96,7 +96,9 @@ pub fn generate_traced<T: Model, D: Drafter>(
 ) -> Result<Generated> {
     let mut seq = engine.start(0, prompt.to_vec(), clock)?;
     seq.trace_rounds = trace.is_some();
-    let text_of = |tokens: &[Token]| tokens.iter().map(|&t| String::from_utf8_lossy(&codec.piece(t)).into_owned()).collect::<String>();
+    // the pieces' bytes joined before decoding: a character may span two tokens
+    let text_of =
+        |tokens: &[Token]| String::from_utf8_lossy(&tokens.iter().flat_map(|&t| codec.piece(t)).collect::<Vec<u8>>()).into_owned();
     let mut utf8 = Utf8Stream::new();
     let mut text = String::new();
     let mut emit = |piece: &str, text: &mut String| -> Result<()> {
@@ -139,6 +141,9 @@ pub fn generate_traced<T: Model, D: Drafter>(
     if !cut_at_stop(&text, stops).1 {
         let tail = utf8.finish();
         emit(&tail, &mut text)?;
+    }
+    if let Some(w) = trace {
+        w.flush().context("cannot write the round trace")?;
     }
     let finish = seq.finish.expect("loop ends when finished");
     let drafter = engine.drafter.name();

@@ -80,9 +80,10 @@ pub struct Metrics {
     pub prefill_us: AtomicU64,
     pub decode_us: AtomicU64,
     /// The shared rounds' plans against what the rounds did ([`BatchStats::plan_check`]):
-    /// expected and emitted tokens (thousandths), expected and measured microseconds.
+    /// expected tokens (thousandths: an expectation is fractional), emitted tokens, expected
+    /// and measured microseconds.
     pub plan_expected_mtokens: AtomicU64,
-    pub plan_mtokens: AtomicU64,
+    pub plan_tokens: AtomicU64,
     pub plan_expected_us: AtomicU64,
     pub plan_us: AtomicU64,
     pub queue_depth: AtomicUsize,
@@ -159,7 +160,7 @@ impl Metrics {
                 "Tokens the draft-length plans expected of the shared rounds they priced.",
                 self.plan_expected_mtokens.load(Ordering::Relaxed) as f64 / 1e3,
             ),
-            ("planned_tokens_total", "Tokens those rounds emitted.", self.plan_mtokens.load(Ordering::Relaxed) as f64 / 1e3),
+            ("planned_tokens_total", "Tokens those rounds emitted.", self.plan_tokens.load(Ordering::Relaxed) as f64),
             ("planned_seconds_expected_total", "Seconds the cost model expected of those rounds.", secs(&self.plan_expected_us)),
             ("planned_seconds_total", "Seconds those rounds took.", secs(&self.plan_us)),
         ] {
@@ -304,7 +305,7 @@ impl JobSource<Slot> for Queue<'_> {
         let (p, q) = (stats.plan_check, seen.plan_check);
         let milli = |x: f64| (x * 1e3) as u64;
         add(&m.plan_expected_mtokens, milli(p.expected_tokens), milli(q.expected_tokens));
-        add(&m.plan_mtokens, milli(p.n_tokens as f64), milli(q.n_tokens as f64));
+        add(&m.plan_tokens, p.n_tokens as u64, q.n_tokens as u64);
         add(&m.plan_expected_us, (p.expected_secs * 1e6) as u64, (q.expected_secs * 1e6) as u64);
         add(&m.plan_us, (p.secs * 1e6) as u64, (q.secs * 1e6) as u64);
         self.seen = *stats;

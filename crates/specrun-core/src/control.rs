@@ -389,7 +389,10 @@ pub struct DraftAsk {
 /// started together do not all probe in the same decode (measured here: 16 sequences
 /// probing two tokens each made a 48-row decode that cost 2.5 plain 16-row ones). `None`
 /// while the costs are unknown.
-pub fn allocate_drafts(asks: &[DraftAsk], costs: &VerifyCosts, n_batch: usize) -> Option<Vec<usize>> {
+///
+/// `yield_factor` (at most 1) scales every draft token's gain: the share of expected draft
+/// tokens the run's drafts have realised ([`DraftYield::factor`]).
+pub fn allocate_drafts(asks: &[DraftAsk], costs: &VerifyCosts, n_batch: usize, yield_factor: f64) -> Option<Vec<usize>> {
     let seqs = asks.len().max(1);
     let verify = |rows: usize| costs.estimate_shared(rows.max(1), seqs);
     let mut ks: Vec<usize> = asks.iter().map(|a| a.min.min(a.cap)).collect();
@@ -411,7 +414,7 @@ pub fn allocate_drafts(asks: &[DraftAsk], costs: &VerifyCosts, n_batch: usize) -
     if base > n_batch {
         return Some(vec![0; asks.len()]);
     }
-    let gain = |a: &DraftAsk, j: usize| a.reach.get(j - 1).copied().unwrap_or(0.0);
+    let gain = |a: &DraftAsk, j: usize| yield_factor * a.reach.get(j - 1).copied().unwrap_or(0.0);
     let mut expected: f64 = asks.len() as f64 + asks.iter().zip(&ks).map(|(a, &k)| (1..=k).map(|j| gain(a, j)).sum::<f64>()).sum::<f64>();
     let mut drafting: f64 = asks.iter().zip(&ks).map(|(a, &k)| a.draft_cost * k as f64).sum();
     // every further token, best first (gain per unit of its own drafting cost breaks ties)
@@ -677,12 +680,8 @@ impl Controller {
 
     /// The k in 0..=cap with the most expected tokens per second (None: costs unknown yet).
     pub fn best_k(&self, source: DraftSource, cap: usize, run: usize) -> Option<usize> {
-        let est = self.estimate(source);
         let reach = self.reach(source, run, cap);
-        let step = match source {
-            DraftSource::Ngram => est.step_cost.unwrap_or(0.0),
-            _ => est.step_cost?,
-        };
+        let step = self.step_cost(source)?;
         let t1 = self.verify.estimate(1)?;
         if t1 <= 0.0 {
             return None; // no measurable cost (a clock that does not move)
@@ -705,13 +704,18 @@ impl Controller {
     /// unknown.
     pub fn expect(&self, source: DraftSource, run: usize, k: usize) -> Option<(f64, f64)> {
         let k = if source == DraftSource::None { 0 } else { k };
-        let step = match source {
-            DraftSource::Model if k > 0 => self.model.step_cost?,
-            DraftSource::Ngram => self.ngram.step_cost.unwrap_or(0.0),
-            _ => 0.0,
-        };
+        let step = if k > 0 { self.step_cost(source)? } else { 0.0 };
         let tokens = 1.0 + self.reach(source, run, k).iter().sum::<f64>();
         Some((tokens, k as f64 * step + self.verify.estimate(k + 1)?))
+    }
+
+    /// Seconds per drafted token from `source`: measured for the draft model (`None` until
+    /// then), an n-gram lookup's (0 until measured: it costs next to nothing).
+    fn step_cost(&self, source: DraftSource) -> Option<f64> {
+        match source {
+            DraftSource::Ngram => Some(self.ngram.step_cost.unwrap_or(0.0)),
+            _ => self.estimate(source).step_cost,
+        }
     }
 
     fn plan_auto(&mut self, source: DraftSource, cap: usize, run: usize) -> usize {
@@ -1095,14 +1099,14 @@ mod tests {
         let cpu = CostCurve::from_seconds(vec![(1, 1.0), (2, 1.6), (4, 2.6), (8, 6.9), (16, 9.3), (20, 12.5), (48, 23.5)]).unwrap();
         let mut v = VerifyCosts::with_curve(std::sync::Arc::new(cpu));
         v.observe_shared(16, 16, 0.34);
-        let ks = allocate_drafts(&asks, &v, 512).unwrap();
+        let ks = allocate_drafts(&asks, &v, 512, 1.0).unwrap();
         let honoured = ks.iter().filter(|&&k| k > 0).count();
         assert!(honoured <= 1, "at most one probe fits 10% of a 16-row decode here: {ks:?}");
         // a GPU-like curve: everyone probes
         let flat = CostCurve::from_seconds(vec![(1, 1.0), (64, 1.05)]).unwrap();
         let mut v = VerifyCosts::with_curve(std::sync::Arc::new(flat));
         v.observe_shared(16, 16, 0.02);
-        assert!(allocate_drafts(&asks, &v, 512).unwrap().iter().all(|&k| k >= 2));
+        assert!(allocate_drafts(&asks, &v, 512, 1.0).unwrap().iter().all(|&k| k >= 2));
     }
 
     #[test]

@@ -333,15 +333,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
         let budget = self.target.n_batch();
         // the gains as the run's drafts have realised them (the plan check keeps the raw ones)
-        let rho = self.draft_yield.factor();
-        let scaled: Vec<DraftAsk>;
-        let for_allocation = if rho < 1.0 {
-            scaled = asks.iter().map(|a| DraftAsk { reach: a.reach.iter().map(|r| r * rho).collect(), ..a.clone() }).collect();
-            &scaled
-        } else {
-            &asks
-        };
-        let ks = allocate_drafts(for_allocation, costs, budget);
+        let ks = allocate_drafts(&asks, costs, budget, self.draft_yield.factor());
         for (j, (&(i, source, run), ask)) in askers.iter().zip(&asks).enumerate() {
             // costs unknown yet: each drafts what its own controller would explore with
             let k = ks.as_ref().map_or(ask.cap.min(4).max(ask.min), |ks| ks[j]);
@@ -350,21 +342,20 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         // what the plans expect of the round as a whole, when every active sequence was
         // planned here (a plain round of `auto` sequences included) and its costs are known
         let active = seqs.iter().filter(|s| s.finish.is_none()).count();
-        let expected = (active > 0 && plans.iter().flatten().count() == active)
-            .then(|| {
-                let drafted: Vec<(usize, f64, f64)> = match &ks {
-                    Some(ks) => {
-                        asks.iter().zip(ks).map(|(a, &k)| (k, a.reach.iter().take(k).sum::<f64>(), a.draft_cost * k as f64)).collect()
-                    }
-                    None if askers.is_empty() => Vec::new(),
-                    None => return None,
-                };
-                let rows = active + drafted.iter().map(|d| d.0).sum::<usize>();
-                let tokens = active as f64 + drafted.iter().map(|d| d.1).sum::<f64>();
-                let drafting = drafted.iter().map(|d| d.2).sum::<f64>();
-                Some((tokens, costs.estimate_shared(rows, active)? + drafting))
-            })
-            .flatten();
+        let lengths = match &ks {
+            Some(ks) => Some(ks.as_slice()),
+            None if askers.is_empty() => Some(&[][..]),
+            None => None,
+        };
+        let expected = lengths.filter(|_| active > 0 && plans.iter().flatten().count() == active).and_then(|ks| {
+            let (mut rows, mut tokens, mut drafting) = (active, active as f64, 0.0);
+            for (a, &k) in asks.iter().zip(ks) {
+                rows += k;
+                tokens += a.reach[..k].iter().sum::<f64>();
+                drafting += a.draft_cost * k as f64;
+            }
+            Some((tokens, costs.estimate_shared(rows, active)? + drafting))
+        });
         // draft for all (a draft model: one decode per draft step for every sequence that
         // drafts from it), then one target decode for all
         let starts: Vec<Option<RoundStart>> = seqs.iter_mut().enumerate().map(|(i, seq)| self.round_start(seq, plans[i], clock)).collect();
@@ -518,20 +509,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         clock: &dyn Clock,
     ) -> Result<Range<usize>, EngineError> {
         let Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows, t_start, t_drafted, expected } = d;
-        if seq.trace_rounds {
-            seq.last_round = Some(RoundRecord {
-                n_hist,
-                source: if n_drafted > 0 { report.source } else { DraftSource::None },
-                run,
-                k_planned,
-                drafted: seq.tokens[n_hist..n_hist + n_drafted].to_vec(),
-                expected,
-                t_draft: t_drafted - t_start,
-                t_verify: t_verified - t_drafted,
-                n_rows: shared.unwrap_or(n_rows),
-                ..RoundRecord::default()
-            });
-        }
+        // a trace keeps the draft, which verification cuts back to what was accepted
+        let traced_draft = seq.trace_rounds.then(|| seq.tokens[n_hist..n_hist + n_drafted].to_vec());
         let verify_mode = seq.config.effective_verify();
         let params = &seq.config.params;
         let target = &self.target;
@@ -565,8 +544,19 @@ impl<T: Model, D: Drafter> Engine<T, D> {
 
         let source = if n_drafted > 0 { report.source } else { DraftSource::None };
         seq.stats.record_round(n_drafted, verdict.n_accepted);
-        if let Some(r) = seq.last_round.as_mut().filter(|_| seq.trace_rounds) {
-            r.n_accepted = verdict.n_accepted;
+        if let Some(drafted) = traced_draft {
+            seq.last_round = Some(RoundRecord {
+                n_hist,
+                source,
+                run,
+                k_planned,
+                drafted,
+                n_accepted: verdict.n_accepted,
+                expected,
+                t_draft: t_drafted - t_start,
+                t_verify: t_verified - t_drafted,
+                n_rows: shared.unwrap_or(n_rows),
+            });
         }
         seq.stats.record_source(source, k_planned);
         let t_end = clock.now();
@@ -589,7 +579,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             seq.stats.t_verify_drafted += t_verified - t_drafted;
         }
         seq.stats.t_decode += t_end - t_start;
-        if let Some(expected) = expected.filter(|_| shared.is_none()) {
+        // (only a sequence's own rounds carry an expectation; shared ones are checked whole)
+        if let Some(expected) = expected {
             seq.stats.plan_check.add(expected, seq.tokens.len() - n_hist, (t_end - t_start).as_secs_f64());
         }
         Ok(n_hist..seq.tokens.len())

@@ -732,12 +732,18 @@ mod tests {
         t
     }
 
-    #[test]
-    fn a_rename_is_replayed_in_later_copies() {
+    /// The output has copied `named_source` up to the first 50, and the drafter proposes it.
+    fn copying_up_to_the_name() -> (NgramState, Vec<Token>) {
         let mut st = NgramState::default();
         let mut t = named_source();
         t.extend(10..18);
         assert_eq!(propose(&mut st, &t, DEFAULT, 4), vec![50, 18, 19, 20]);
+        (st, t)
+    }
+
+    #[test]
+    fn a_rename_is_replayed_in_later_copies() {
+        let (mut st, mut t) = copying_up_to_the_name();
         // the target renames 50 to 60; the run is taken to go on past a substituted token
         t.push(60);
         assert_eq!(propose(&mut st, &t, DEFAULT, 4), vec![18, 19, 20, 21]);
@@ -753,10 +759,7 @@ mod tests {
 
     #[test]
     fn a_rename_of_another_length_is_replayed_and_the_pointer_follows() {
-        let mut st = NgramState::default();
-        let mut t = named_source();
-        t.extend(10..18);
-        let _ = propose(&mut st, &t, DEFAULT, 4);
+        let (mut st, mut t) = copying_up_to_the_name();
         // 50 becomes three tokens, one round each (every draft rejected); then two tokens
         // agreeing near the pointer re-anchor the copy
         for x in [60, 61, 62, 18] {
@@ -774,10 +777,7 @@ mod tests {
 
     #[test]
     fn an_edit_whose_replay_is_rejected_is_forgotten() {
-        let mut st = NgramState::default();
-        let mut t = named_source();
-        t.extend(10..18);
-        let _ = propose(&mut st, &t, DEFAULT, 4);
+        let (mut st, mut t) = copying_up_to_the_name();
         t.push(60);
         let _ = propose(&mut st, &t, DEFAULT, 4);
         t.extend([18, 19]);

@@ -209,21 +209,25 @@ fn shared_rounds_draft_only_what_pays_for_the_whole_batch() {
     let mut costs = VerifyCosts::with_curve(std::sync::Arc::new(cpu));
     costs.observe(1, 0.05);
     let ask = |alpha, cap| DraftAsk { reach: geometric_reach(alpha, cap), cap, min: 0, draft_cost: 0.0 };
-    let ks = allocate_drafts(&[ask(0.95, 8), ask(0.2, 8), ask(0.9, 8), ask(0.1, 0)], &costs, 512).unwrap();
+    let ks = allocate_drafts(&[ask(0.95, 8), ask(0.2, 8), ask(0.9, 8), ask(0.1, 0)], &costs, 512, 1.0).unwrap();
     assert_eq!(ks[3], 0, "nothing to draft from");
     assert!(ks[0] >= ks[2] && ks[2] >= ks[1], "better acceptance drafts more: {ks:?}");
     assert_eq!(ks[1], 0, "a poor draft drafts nothing while others do: {ks:?}");
+    // gains scaled by a run whose drafts realised a quarter of what was expected: the same
+    // asks draft less
+    let scaled = allocate_drafts(&[ask(0.95, 8), ask(0.2, 8), ask(0.9, 8), ask(0.1, 0)], &costs, 512, 0.25).unwrap();
+    assert!(scaled.iter().zip(&ks).all(|(s, k)| s <= k) && scaled.iter().sum::<usize>() < ks.iter().sum::<usize>(), "{scaled:?} vs {ks:?}");
     // on a flat (GPU-like) curve everyone drafts long
     let flat = CostCurve { points: vec![(1, 1.0), (64, 1.3)], seq_points: vec![] };
     let mut costs = VerifyCosts::with_curve(std::sync::Arc::new(flat));
     costs.observe(1, 0.05);
-    let ks = allocate_drafts(&[ask(0.8, 8), ask(0.6, 8)], &costs, 512).unwrap();
+    let ks = allocate_drafts(&[ask(0.8, 8), ask(0.6, 8)], &costs, 512, 1.0).unwrap();
     assert!(ks.iter().all(|&k| k >= 6), "{ks:?}");
     // never past n_batch
-    let ks = allocate_drafts(&[ask(0.99, 16), ask(0.99, 16)], &costs, 10).unwrap();
+    let ks = allocate_drafts(&[ask(0.99, 16), ask(0.99, 16)], &costs, 10, 1.0).unwrap();
     assert!(ks.iter().sum::<usize>() + 2 <= 10, "{ks:?}");
     // exploration minimums are kept
-    let ks = allocate_drafts(&[DraftAsk { reach: geometric_reach(0.0, 8), cap: 8, min: 3, draft_cost: 0.0 }], &costs, 512).unwrap();
+    let ks = allocate_drafts(&[DraftAsk { reach: geometric_reach(0.0, 8), cap: 8, min: 3, draft_cost: 0.0 }], &costs, 512, 1.0).unwrap();
     assert_eq!(ks, vec![3]);
     assert_eq!(MockModel::new(target_spec(4)).n_seq_max(), 4);
 }

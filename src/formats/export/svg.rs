@@ -24,7 +24,7 @@ pub fn svg_plot(results: &[BenchResult], title: &str) -> String {
     };
     let k_max = *ks.last().unwrap_or(&1) as f64;
     // y from 0 to a multiple of 0.25 above the largest value, ticks every 0.25 (1.0x is one)
-    let y_hi = (results.iter().map(|r| r.speedup_max).fold(1.2f64, f64::max) * 1.05 / 0.25).ceil() * 0.25;
+    let y_hi = (results.iter().map(|r| r.rates.speedup_max).fold(1.2f64, f64::max) * 1.05 / 0.25).ceil() * 0.25;
     let y_lo = 0.0;
     let x = |k: f64| L + (W - L - R) * if k_max > 0.0 { k / k_max } else { 0.0 };
     let y = |v: f64| T + (H - T - B) * (1.0 - (v - y_lo) / (y_hi - y_lo));
@@ -73,17 +73,17 @@ pub fn svg_plot(results: &[BenchResult], title: &str) -> String {
     for (i, (name, pts)) in series.iter_mut().enumerate() {
         pts.sort_by_key(|r| r.config.draft_max);
         let color = colors[i % colors.len()];
-        let path: Vec<String> = pts.iter().map(|r| format!("{:.1},{:.1}", x(r.config.draft_max as f64), y(r.speedup))).collect();
+        let path: Vec<String> = pts.iter().map(|r| format!("{:.1},{:.1}", x(r.config.draft_max as f64), y(r.rates.speedup))).collect();
         let _ = writeln!(s, "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>", path.join(" "));
         for r in pts.iter() {
             let cx = x(r.config.draft_max as f64);
             let _ = writeln!(
                 s,
                 "<line x1=\"{cx:.1}\" x2=\"{cx:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{color}\"/>",
-                y(r.speedup_min),
-                y(r.speedup_max)
+                y(r.rates.speedup_min),
+                y(r.rates.speedup_max)
             );
-            let _ = writeln!(s, "<circle cx=\"{cx:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{color}\"/>", y(r.speedup));
+            let _ = writeln!(s, "<circle cx=\"{cx:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{color}\"/>", y(r.rates.speedup));
         }
         let ly = T + 10.0 + 20.0 * i as f64;
         let _ = writeln!(
