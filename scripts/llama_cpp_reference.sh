@@ -69,15 +69,22 @@ if [ ! -x "$BUILD/bin/llama-speculative-simple" ] || [ ! -x "$BUILD/bin/llama-lo
     cmake --build "$BUILD" -j "$(nproc)" --target llama-speculative-simple llama-lookup llama-bench >/dev/null
 fi
 
-# Chat-wrapped prompts (ChatML, what the Qwen GGUFs' template renders for one user turn).
-mapfile -t PROMPT_TEXTS < <(python3 - "$PROMPTS" <<'EOF'
-import json, sys
-for line in open(sys.argv[1]):
+# The prompts as specrun's chat template renders them (`specrun run --chat --print-prompt`:
+# the GGUF's template, with its default system prompt), so that both tools read, and answer,
+# the same text; each as one JSON string per line.
+build_release >&2
+mapfile -t PROMPT_TEXTS < <(python3 - "$PROMPTS" "$SPECRUN_BIN" "$THREADS" <<'EOF'
+import json, subprocess, sys
+prompts, specrun, threads = sys.argv[1:4]
+for line in open(prompts):
     if not line.strip():
         continue
     r = json.loads(line)
     text = r["messages"][-1]["content"] if "messages" in r else r["prompt"]
-    chat = f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+    chat = subprocess.run(
+        [specrun, "run", "--pair", "qwen-coder", "-t", threads, "--chat", "--print-prompt", "-p", text],
+        check=True, capture_output=True, text=True,
+    ).stdout
     print(json.dumps(chat))
 EOF
 )

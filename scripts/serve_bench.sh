@@ -4,7 +4,9 @@
 #
 # Usage: scripts/serve_bench.sh [CONCURRENCY] [REQUESTS] [MAX_TOKENS]
 #   defaults: 1,4,8  16  64; prompts: docs/bench/batch32.jsonl (PROMPTS=...)
-#   SERVERS: which to run (default "specrun specrun-plain llama-md llama-ngram llama-plain")
+#   SERVERS: which to run (default "specrun specrun-plain llama-md llama-ngram llama-plain";
+#   also specrun-between: prompts read between rounds, --prefill-chunk 0; specrun-auto:
+#   --prefill-chunk auto)
 # Output: one Markdown table on stdout (scripts/serve_load.py's rows).
 source "$(dirname "$0")/common.sh"
 ensure_system_packages
@@ -55,14 +57,18 @@ run_server() {
     wait "$pid" 2>/dev/null || true
 }
 
-echo "| server | clients | requests | tok/s | TTFT p50 / p95 (s) | ITL p50 / p95 (ms) | failed |"
-echo "|---|---|---|---|---|---|---|"
+echo "| server | clients | requests | tok/s | TTFT p50 / p95 (s) | ITL p50 / p95 (ms) | longest gap p95 / max (s) | failed |"
+echo "|---|---|---|---|---|---|---|---|"
 for s in $SERVERS; do
     case "$s" in
         specrun) run_server "specrun serve (pair default: n-gram, auto)" \
             "$SPECRUN_BIN" serve -t "$THREADS" -c "$CTX" --parallel "$SLOTS" --port "$PORT" --temp 0 ;;
         specrun-plain) run_server "specrun serve --no-draft" \
             "$SPECRUN_BIN" serve -t "$THREADS" -c "$CTX" --parallel "$SLOTS" --port "$PORT" --temp 0 --no-draft ;;
+        specrun-auto) run_server "specrun serve --prefill-chunk auto (paced rounds)" \
+            "$SPECRUN_BIN" serve -t "$THREADS" -c "$CTX" --parallel "$SLOTS" --port "$PORT" --temp 0 --prefill-chunk auto ;;
+        specrun-between) run_server "specrun serve --prefill-chunk 0 (prompts between rounds)" \
+            "$SPECRUN_BIN" serve -t "$THREADS" -c "$CTX" --parallel "$SLOTS" --port "$PORT" --temp 0 --prefill-chunk 0 ;;
         llama-md) run_server "llama-server -md (draft model)" \
             "$LLAMA_SERVER" -m "$TARGET" -md "$DRAFT" -t "$THREADS" -c $((CTX * SLOTS)) -np "$SLOTS" -ngl 0 -ngld 0 --port "$PORT" ;;
         llama-ngram) run_server "llama-server n-gram" \

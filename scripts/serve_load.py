@@ -4,7 +4,9 @@
 For each concurrency C, C clients send streamed chat completions (greedy) for the prompts of a
 JSON Lines file, each prompt once per level, and the script reports per level: aggregate
 completion tok/s (all tokens / wall time), p50/p95 time to first token, p50/p95 inter-token
-latency (per request: (t_last - t_first) / (tokens - 1)), and the requests that failed.
+latency (per request: (t_last - t_first) / (tokens - 1)), p95/max of each request's longest
+wait between two streamed chunks (a stream stalled while the server read another request's
+prompt shows here), and the requests that failed.
 
 Only the standard library (threads and http.client), so it runs anywhere Python does.
 
@@ -31,7 +33,7 @@ def percentile(xs, p):
 
 
 def one_request(url, messages, max_tokens, api_key, timeout):
-    """One streamed chat completion: (tokens, ttft, itl) or raises."""
+    """One streamed chat completion: (tokens, ttft, itl, longest gap) or raises."""
     u = urllib.parse.urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     body = json.dumps(
@@ -52,6 +54,7 @@ def one_request(url, messages, max_tokens, api_key, timeout):
     if resp.status != 200:
         raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:200]!r}")
     t_first = t_last = None
+    gap = 0.0
     tokens = None
     n_chunks = 0
     for raw in resp:
@@ -67,6 +70,8 @@ def one_request(url, messages, max_tokens, api_key, timeout):
         for c in ev.get("choices") or []:
             if (c.get("delta") or {}).get("content"):
                 now = time.perf_counter()
+                if t_last is not None:
+                    gap = max(gap, now - t_last)
                 t_first = t_first or now
                 t_last = now
                 n_chunks += 1
@@ -76,7 +81,7 @@ def one_request(url, messages, max_tokens, api_key, timeout):
     if tokens is None:
         tokens = n_chunks  # a server without usage in streams: one token per chunk
     itl = (t_last - t_first) / (tokens - 1) if tokens > 1 else 0.0
-    return tokens, t_first - t0, itl
+    return tokens, t_first - t0, itl, gap
 
 
 def level(url, prompts, concurrency, max_tokens, api_key, timeout):
@@ -124,6 +129,8 @@ def level(url, prompts, concurrency, max_tokens, api_key, timeout):
         "ttft_p95": percentile([r[1] for r in results], 0.95),
         "itl_p50": percentile([r[2] for r in results], 0.5),
         "itl_p95": percentile([r[2] for r in results], 0.95),
+        "gap_p95": percentile([r[3] for r in results], 0.95),
+        "gap_max": max([r[3] for r in results], default=float("nan")),
         "errors": failures[:3],
     }
 
@@ -149,8 +156,8 @@ def main():
                 prompts.append(r["messages"] if "messages" in r else [{"role": "user", "content": r["prompt"]}])
     prompts = prompts[: a.requests]
     if a.header and not a.json:
-        print("| server | clients | requests | tok/s | TTFT p50 / p95 (s) | ITL p50 / p95 (ms) | failed |")
-        print("|---|---|---|---|---|---|---|")
+        print("| server | clients | requests | tok/s | TTFT p50 / p95 (s) | ITL p50 / p95 (ms) | longest gap p95 / max (s) | failed |")
+        print("|---|---|---|---|---|---|---|---|")
     for c in [int(x) for x in a.concurrency.split(",")]:
         r = level(a.url, prompts, c, a.max_tokens, a.api_key, a.timeout)
         r["label"] = a.label
@@ -159,7 +166,7 @@ def main():
         else:
             print(
                 f"| {a.label} | {c} | {r['requests']} | {r['tok_s']:.2f} | {r['ttft_p50']:.2f} / {r['ttft_p95']:.2f} | "
-                f"{1000 * r['itl_p50']:.0f} / {1000 * r['itl_p95']:.0f} | {r['failed']} |",
+                f"{1000 * r['itl_p50']:.0f} / {1000 * r['itl_p95']:.0f} | {r['gap_p95']:.2f} / {r['gap_max']:.2f} | {r['failed']} |",
                 flush=True,
             )
         if r["errors"]:

@@ -192,6 +192,12 @@ pub struct BatchArgs {
     /// Output stays in input order.
     #[arg(long, value_name = "N|auto", value_parser = parse_parallel)]
     pub parallel: Option<Parallel>,
+    /// With --parallel: read new records' prompts inside the shared rounds, at most N prompt
+    /// tokens a round beside the running records' tokens (`auto`: as many as fit a round of
+    /// about half a second, by the measured cost); 0 (the default) reads each prompt alone
+    /// between rounds.
+    #[arg(long, default_value = "0", value_name = "N|auto", value_parser = parse_prefill_chunk)]
+    pub prefill_chunk: PrefillChunk,
     /// Let n-grams of earlier records' outputs propose drafts for later ones (a draft cache;
     /// verification is unchanged, so greedy output is too, up to batch-shape near-ties).
     #[arg(long)]
@@ -214,7 +220,11 @@ pub struct BatchArgs {
     pub shard: Option<Shard>,
 }
 
-pub use crate::settings::{FlashAttn, KvType, Parallel};
+pub use crate::settings::{FlashAttn, KvType, Parallel, PrefillChunk};
+
+fn parse_prefill_chunk(s: &str) -> Result<PrefillChunk, String> {
+    s.parse()
+}
 
 fn parse_parallel(s: &str) -> Result<Parallel, String> {
     s.parse()
@@ -420,6 +430,10 @@ pub struct RunArgs {
     /// plan expected and what the round took, and the text drafted and kept.
     #[arg(long, value_name = "FILE")]
     pub trace_rounds: Option<PathBuf>,
+    /// Print the prompt as the target reads it (after --chat's template) and exit without
+    /// generating: what to give another tool to compare the same text.
+    #[arg(long, conflicts_with_all = ["compare", "json", "trace_rounds"])]
+    pub print_prompt: bool,
 }
 
 /// `specrun devices`.
@@ -447,6 +461,12 @@ pub struct ServeArgs {
     /// or `auto` (from the calibrated cost curve); default: the pair's `parallel`, else 4.
     #[arg(long, value_name = "N|auto", value_parser = parse_parallel)]
     pub parallel: Option<Parallel>,
+    /// Prompt tokens read a round beside the running requests' tokens: a long prompt is read in
+    /// chunks while the other streams go on. `auto`: as many as fit a round of about half a
+    /// second, by the measured cost of earlier prompt rounds (shorter pauses, slower prompts
+    /// on a CPU); 0 reads each prompt alone between rounds (the running streams wait for it).
+    #[arg(long, default_value = "256", value_name = "N|auto", value_parser = parse_prefill_chunk)]
+    pub prefill_chunk: PrefillChunk,
     /// Requests that may wait for a slot; beyond that the server answers 503 with Retry-After.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub queue: usize,

@@ -47,6 +47,35 @@ impl std::str::FromStr for Parallel {
     }
 }
 
+/// `--prefill-chunk`: how many prompt tokens a shared round reads beside the running
+/// sequences' rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefillChunk {
+    /// As many as fit a round of a set time, by the measured cost of prompt rounds.
+    Auto,
+    /// At most this many a round (0: each prompt read alone, between rounds).
+    Tokens(usize),
+}
+
+impl std::fmt::Display for PrefillChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Tokens(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for PrefillChunk {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            _ => s.parse().map(Self::Tokens).map_err(|_| format!("expected a number of tokens or auto, got {s:?}")),
+        }
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for Parallel {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(serde::Deserialize)]

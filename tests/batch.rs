@@ -210,9 +210,10 @@ fn parallel_records_give_the_same_file_as_one_at_a_time() {
     let one = dir.path().join("one.jsonl");
     let args = ["--draft", "ngram", "--adaptive", "fixed", "--draft-max", "3"];
     assert_eq!(batch(&input, &one, &args).status.code(), Some(1), "one bad record");
-    for n in ["2", "3", "4"] {
-        let many = dir.path().join(format!("p{n}.jsonl"));
-        let out = batch(&input, &many, &[&args[..], &["--parallel", n]].concat());
+    // prompts read between rounds, and inside them a few tokens a round
+    for (n, chunk) in [("2", "0"), ("3", "0"), ("4", "0"), ("3", "4"), ("4", "256")] {
+        let many = dir.path().join(format!("p{n}-{chunk}.jsonl"));
+        let out = batch(&input, &many, &[&args[..], &["--parallel", n, "--prefill-chunk", chunk]].concat());
         assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
         let strip = |p: &Path| {
             records(p)
@@ -223,7 +224,7 @@ fn parallel_records_give_the_same_file_as_one_at_a_time() {
                 })
                 .collect::<Vec<_>>()
         };
-        assert_eq!(strip(&many), strip(&one), "--parallel {n}");
+        assert_eq!(strip(&many), strip(&one), "--parallel {n} --prefill-chunk {chunk}");
     }
     // greedy records with the cost-aware policy too
     let auto_one = dir.path().join("auto1.jsonl");

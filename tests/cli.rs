@@ -375,3 +375,16 @@ fn the_round_trace_is_one_json_line_per_round_and_adds_up_to_the_report() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("--trace-rounds") && err.contains("cannot create"), "{err}");
 }
+
+/// `--print-prompt` prints the text the target reads (the chat template applied with `--chat`)
+/// and generates nothing.
+#[test]
+fn print_prompt_shows_the_templated_text_and_generates_nothing() {
+    let out = mock_run(&["--chat", "--print-prompt"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "<user>hello world<assistant>");
+    let out = mock_run(&["--print-prompt"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("tok/s"), "no generation report");
+    mock_run(&["--print-prompt", "--compare"]).assert().code(2);
+}

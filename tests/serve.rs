@@ -82,9 +82,13 @@ fn chat_and_text_completions_streamed_and_not_agree() {
         let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}: {metrics}"));
         line[name.len() + 1..].parse().unwrap()
     };
-    // four requests one after another: every shared round carried one request's token and draft
+    // four requests one after another: each one's prompt read in a shared round of its own
+    // (nothing else running), then every round carried its token and draft
     let (rounds, decoded) = (value("specrun_shared_rounds_total"), value("specrun_decoded_tokens_total"));
-    assert!(rounds > 0.0 && decoded >= rounds, "{metrics}");
+    let prompt_rounds = value("specrun_prompt_rounds_total");
+    assert_eq!(prompt_rounds, 4.0, "{metrics}");
+    assert_eq!(value("specrun_prompt_in_rounds_tokens_total"), value("specrun_prompt_tokens_total"), "{metrics}");
+    assert!(rounds > prompt_rounds && decoded >= rounds - prompt_rounds, "{metrics}");
     assert!(value("specrun_rounds_total") >= rounds, "{metrics}");
     assert!(value("specrun_decode_seconds_total") > 0.0, "{metrics}");
     // the plans of the rounds priced with known costs, against what those rounds did

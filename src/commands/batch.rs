@@ -121,7 +121,7 @@ fn run_parallel(
     sink: &mut Sink,
     n_parallel: usize,
 ) -> Result<ExitCode> {
-    use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats};
+    use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats, Slots};
     use std::collections::BTreeMap;
     let out_name = args.output.display().to_string();
     let t0 = clock.now();
@@ -158,7 +158,7 @@ fn run_parallel(
     let end = run_continuous(
         &mut engine,
         jobs,
-        n_parallel,
+        Slots { n_parallel, prefill: crate::infer::plan::prefill(args.prefill_chunk) },
         &mut costs,
         clock,
         &interrupted,
@@ -281,6 +281,12 @@ fn run_parallel(
             crate::io::note(format!(
                 "guard     drafting paused {} times, {} rounds in all (drafted rounds measured slower than plain ones)",
                 bstats.n_pauses, bstats.n_paused_rounds
+            ));
+        }
+        if bstats.n_prompt_rounds > 0 {
+            crate::io::note(format!(
+                "prompts   {} tokens read inside {} shared rounds (--prefill-chunk {})",
+                bstats.n_prompt_in_rounds, bstats.n_prompt_rounds, args.prefill_chunk
             ));
         }
         crate::io::note(format!(

@@ -45,6 +45,10 @@ fn execute(
     plan: &Plan,
 ) -> Result<ExitCode> {
     let prompt = if args.chat { codec.chat(&[("user".into(), prompt.to_string())]).map_err(|e| anyhow!(e))? } else { prompt.to_string() };
+    if args.print_prompt {
+        out(&prompt)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let tokens = codec.tokenize(&prompt);
     let mut stdout = std::io::stdout();
     let stream: Option<&mut dyn Write> = if args.json { None } else { Some(&mut stdout) };

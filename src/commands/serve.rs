@@ -10,7 +10,7 @@
 
 use crate::cli::ServeArgs;
 use crate::formats::openai::{chunk, parse_request, response, ApiError, CompletionRequest, Endpoint, Meta, Usage};
-use crate::infer::plan::sequences_in_flight;
+use crate::infer::plan::{prefill, sequences_in_flight};
 use crate::infer::serving::{serve_loop, Event, Failure, Metrics, ServeRequest};
 use crate::infer::{make_drafter, plan, with_backend};
 use anyhow::{anyhow, Context as _, Result};
@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use specrun_core::batching::Slots;
 use specrun_core::engine::Engine;
 use specrun_core::stats::FinishReason;
 use std::convert::Infallible;
@@ -65,6 +66,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
     let mut plan = plan(&args.models.selection(), &args.gen.overrides())?;
     crate::infer::calibration::attach(&mut plan, args.models.mock);
     let n_parallel = sequences_in_flight(args.parallel.or(plan.parallel), &plan, 4);
+    let slots = Slots { n_parallel, prefill: prefill(args.prefill_chunk) };
     plan.target.n_seq = n_parallel as u32;
     if let Some(d) = &mut plan.draft {
         d.n_seq = n_parallel as u32;
@@ -83,7 +85,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
                 let drafter = make_drafter(plan.drafter, plan.ngram, draft);
                 let mut engine = Engine::new(target, drafter, plan.gen.clone());
                 let _ = ready_tx.send(Ready { n_ctx: engine.target.n_ctx(), drafter: engine.drafter.name() });
-                serve_loop(&mut engine, codec, clock, &plan, &queue_rx, n_parallel, &cancel, &metrics);
+                serve_loop(&mut engine, codec, clock, &plan, &queue_rx, slots, &cancel, &metrics);
                 Ok(ExitCode::SUCCESS)
             })
         })?

@@ -253,6 +253,24 @@ pub fn plan(sel: &ModelSelection, flags: &Overrides) -> Result<Plan> {
     })
 }
 
+/// Where new prompts are read with several sequences in flight: `--prefill-chunk N` reads at
+/// most N prompt tokens a round inside the shared rounds, `auto` as many as fit a round of
+/// [`PACED_ROUND_SECS`], 0 reads each prompt alone between rounds.
+pub fn prefill(chunk: settings::PrefillChunk) -> specrun_core::batching::Prefill {
+    use settings::PrefillChunk;
+    use specrun_core::batching::Prefill;
+    match chunk {
+        PrefillChunk::Tokens(0) => Prefill::Between,
+        PrefillChunk::Tokens(chunk) => Prefill::Inside { chunk },
+        PrefillChunk::Auto => Prefill::Paced { round_secs: PACED_ROUND_SECS },
+    }
+}
+
+/// How long a round that reads prompt tokens beside running streams may take with
+/// `--prefill-chunk auto`: what a person reading a stream sees as a pause, not a property of
+/// the machine (the chunk that fits it is measured).
+pub const PACED_ROUND_SECS: f64 = 0.5;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 use crate::formats::records::PromptInput;
 use crate::infer::{cut_at_stop, Plan};
 use crate::settings::Overrides;
-use specrun_core::batching::{run_continuous_from, BatchEnd, BatchJob, BatchStats, JobSource, NextJob};
+use specrun_core::batching::{run_continuous_from, BatchEnd, BatchJob, BatchStats, JobSource, NextJob, Slots};
 use specrun_core::control::VerifyCosts;
 use specrun_core::detok::Utf8Stream;
 use specrun_core::draft::Drafter;
@@ -74,6 +74,9 @@ pub struct Metrics {
     /// paused): what [`BatchStats`] counts, summed over the server's life.
     pub shared_rounds: AtomicU64,
     pub decoded_tokens: AtomicU64,
+    /// Prompt tokens read inside the shared rounds, and the rounds that carried some.
+    pub prompt_in_rounds_tokens: AtomicU64,
+    pub prompt_rounds: AtomicU64,
     pub draft_paused_rounds: AtomicU64,
     pub draft_pauses: AtomicU64,
     /// Microseconds spent reading prompts and in shared rounds.
@@ -146,6 +149,12 @@ impl Metrics {
             &[("", get(&self.decoded_tokens))],
         );
         counter(
+            "prompt_in_rounds_tokens_total",
+            "Prompt tokens read inside the shared rounds, beside the running requests' tokens.",
+            &[("", get(&self.prompt_in_rounds_tokens))],
+        );
+        counter("prompt_rounds_total", "Shared rounds that read prompt tokens.", &[("", get(&self.prompt_rounds))]);
+        counter(
             "draft_paused_rounds_total",
             "Shared rounds in which drafting was paused because drafted rounds measured slower than plain ones.",
             &[("", get(&self.draft_paused_rounds))],
@@ -153,8 +162,8 @@ impl Metrics {
         counter("draft_pauses_total", "Times drafting was paused by that measurement.", &[("", get(&self.draft_pauses))]);
         let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e6;
         for (name, help, v) in [
-            ("prefill_seconds_total", "Time spent reading prompts.", secs(&self.prefill_us)),
-            ("decode_seconds_total", "Time spent in shared rounds.", secs(&self.decode_us)),
+            ("prefill_seconds_total", "Time spent reading prompts between rounds (and admitting requests).", secs(&self.prefill_us)),
+            ("decode_seconds_total", "Time spent in shared rounds (with the prompt chunks read in them).", secs(&self.decode_us)),
             (
                 "planned_tokens_expected_total",
                 "Tokens the draft-length plans expected of the shared rounds they priced.",
@@ -298,6 +307,8 @@ impl JobSource<Slot> for Queue<'_> {
         let seen = self.seen;
         add(&m.shared_rounds, stats.n_rounds as u64, seen.n_rounds as u64);
         add(&m.decoded_tokens, stats.n_decoded as u64, seen.n_decoded as u64);
+        add(&m.prompt_in_rounds_tokens, stats.n_prompt_in_rounds as u64, seen.n_prompt_in_rounds as u64);
+        add(&m.prompt_rounds, stats.n_prompt_rounds as u64, seen.n_prompt_rounds as u64);
         add(&m.draft_paused_rounds, stats.n_paused_rounds as u64, seen.n_paused_rounds as u64);
         add(&m.draft_pauses, stats.n_pauses as u64, seen.n_pauses as u64);
         add(&m.prefill_us, us(stats.t_prefill), us(seen.t_prefill));
@@ -321,7 +332,7 @@ pub fn serve_loop<T: Model, D: Drafter>(
     clock: &dyn Clock,
     plan: &Plan,
     rx: &Receiver<ServeRequest>,
-    n_parallel: usize,
+    slots: Slots,
     cancel: &AtomicBool,
     metrics: &Metrics,
 ) {
@@ -332,11 +343,15 @@ pub fn serve_loop<T: Model, D: Drafter>(
         let end = run_continuous_from(
             engine,
             &mut queue,
-            n_parallel,
+            slots,
             &mut costs,
             clock,
             &|| cancel.load(Ordering::Relaxed),
             |slot, seq, added| {
+                if added.is_empty() {
+                    // a prompt still being read: a client gone ends it now
+                    return slot.events.is_closed();
+                }
                 let mut st = slot.text.borrow_mut();
                 if seq.stats.n_generated == added.len() && added.start == seq.n_prompt {
                     metrics.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -1,12 +1,27 @@
 //! Continuous batching: several sequences in flight on one engine, one target decode per
 //! round for all of them ([`Engine::step_many`]), a finished sequence's slot refilled at once.
 //!
-//! Slots are sequence ids `0..n_parallel`. A new job is **prefilled between rounds**: its
-//! prompt is decoded on its own (in `n_batch` chunks) before it joins the shared rounds. On a
-//! CPU a prompt batch is compute-bound and would only stretch the round that carried it, and
-//! it keeps the first token's logits in the prompt batch's shape (as llama.cpp samples it).
-//! Its first token needs no decode ([`Engine::start`] takes it), so it is handed to
-//! `on_tokens` right after the prompt, before the job joins the shared rounds.
+//! Slots are sequence ids `0..n_parallel`. Where a new job's prompt is read is a choice
+//! ([`Prefill`]):
+//! - **between rounds** ([`Prefill::Between`]): the prompt is decoded on its own (in `n_batch`
+//!   chunks) before the job joins the shared rounds, and its first token comes from that
+//!   batch's last row ([`Engine::start`]), handed to `on_tokens` at once. The sequences in
+//!   flight wait for the whole prompt; the first token's logits have the prompt batch's shape
+//!   (as llama.cpp's tools sample it). For batch runs, where no one watches a stream.
+//! - **inside the rounds** ([`Prefill::Inside`], [`Prefill::Paced`]): the job is admitted
+//!   ([`Engine::admit`]) and its prompt rides in the shared rounds' decodes, a chunk a round,
+//!   beside the running sequences' tokens and drafts ([`Engine::step_many`]; prompts read in
+//!   the same round share it evenly); the round that reads its last token gives its first
+//!   token.
+//!   A long prompt no longer stops the running streams: they go on getting tokens every round
+//!   while it is read (as llama.cpp's server mixes prompts into its running batch). For the
+//!   server (the draft model, if any, still reads a new prompt when the job is admitted).
+//!   The chunk is a number of tokens, or paced: as many as the measured cost of
+//!   earlier prompt rounds says fit a round of a given time ([`PromptPacer`]), so it follows
+//!   the machine (tens of tokens on a small CPU, whole prompts on a GPU) and a long prompt's
+//!   growing attention cost. When nothing else is generating, the budget is `n_batch` (no
+//!   one waits).
+//!
 //! When a sequence finishes, its cells are removed from both caches before the slot is
 //! reused, and what its controller learned about each drafter joins a pool that later
 //! sequences start from ([`SharedPrior`]): they skip exploring a drafter the run already
@@ -27,6 +42,63 @@ use crate::model::{Model, Token};
 use crate::stats::{Clock, FinishReason, PlanCheck};
 use std::ops::Range;
 use std::time::Duration;
+
+/// Where the prompts of new jobs are read (see the module documentation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Prefill {
+    /// Alone, between rounds: the sequences in flight wait.
+    Between,
+    /// Inside the shared rounds, at most `chunk` prompt tokens a round (all prompts together).
+    Inside { chunk: usize },
+    /// Inside the shared rounds, as many prompt tokens as fit a round of about `round_secs`
+    /// by the measured cost of earlier prompt rounds ([`PromptPacer`]).
+    Paced { round_secs: f64 },
+}
+
+/// Sizes the prompt chunks of [`Prefill::Paced`] rounds from what rounds that read prompts
+/// took: seconds per row (the chunk's tokens and the running sequences' rows alike), the
+/// latest rounds weighing most, so that the chunk follows the machine and the attention cost
+/// that grows as a long prompt is read.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PromptPacer {
+    secs_per_row: Option<f64>,
+}
+
+impl PromptPacer {
+    /// The chunk before any prompt round was measured.
+    pub const FIRST_CHUNK: usize = 32;
+
+    /// Prompt tokens for a round of about `round_secs` that also carries `other_rows`.
+    pub fn chunk(&self, round_secs: f64, other_rows: usize) -> usize {
+        match self.secs_per_row {
+            None => Self::FIRST_CHUNK,
+            Some(c) => ((round_secs / c).min(1e9) as usize).saturating_sub(other_rows).max(1),
+        }
+    }
+
+    /// A round that read prompt tokens decoded `rows` rows in all and took `secs`.
+    pub fn observe(&mut self, rows: usize, secs: f64) {
+        if rows == 0 || !secs.is_finite() || secs <= 0.0 {
+            return;
+        }
+        let c = secs / rows as f64;
+        self.secs_per_row = Some(self.secs_per_row.map_or(c, |old| 0.5 * old + 0.5 * c));
+    }
+}
+
+/// How many jobs are in flight at once, and where their prompts are read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slots {
+    pub n_parallel: usize,
+    pub prefill: Prefill,
+}
+
+impl From<usize> for Slots {
+    /// `n_parallel` slots, prompts read between rounds.
+    fn from(n_parallel: usize) -> Self {
+        Self { n_parallel, prefill: Prefill::Between }
+    }
+}
 
 /// One job to run.
 #[derive(Debug, Clone)]
@@ -57,9 +129,13 @@ pub struct BatchStats {
     pub n_decoded: usize,
     /// Tokens the shared rounds added to the sequences.
     pub n_generated: usize,
-    /// Time spent reading prompts (between rounds) and in the shared rounds.
+    /// Time spent reading prompts between rounds, and in the shared rounds (with the prompt
+    /// chunks read inside them, [`Prefill::Inside`]).
     pub t_prefill: Duration,
     pub t_decode: Duration,
+    /// Prompt tokens read inside shared rounds, and the rounds that carried some.
+    pub n_prompt_in_rounds: usize,
+    pub n_prompt_rounds: usize,
     /// Rounds in which `auto` drafting was paused because drafted rounds measured slower than
     /// plain ones ([`DraftGuard`]), and how many times it was paused.
     pub n_paused_rounds: usize,
@@ -85,7 +161,7 @@ impl BatchStats {
             self.n_decoded as f64 / self.n_rounds as f64
         }
     }
-    /// Generated tokens per second of shared rounds (prefill excluded).
+    /// Generated tokens per second of shared rounds (prompts read between rounds excluded).
     pub fn decode_tok_per_s(&self) -> f64 {
         let t = self.t_decode.as_secs_f64();
         if t > 0.0 {
@@ -126,7 +202,8 @@ impl<J, I: Iterator<Item = BatchJob<J>>> JobSource<J> for IterJobs<I> {
     }
 }
 
-/// Run `jobs` (a fixed list) with up to `n_parallel` in flight. `on_tokens(tag, seq, added)` sees each
+/// Run `jobs` (a fixed list) with up to `slots.n_parallel` in flight (a number: prompts read
+/// between rounds). `on_tokens(tag, seq, added)` sees each
 /// round's new tokens and may end the sequence (return `true`: stop, e.g. at a stop string);
 /// `on_done(tag, result)` gets every job once, finished or failed (a job that fails alone —
 /// its prompt does not fit — does not stop the others). `Err` only when a shared decode fails.
@@ -134,7 +211,7 @@ impl<J, I: Iterator<Item = BatchJob<J>>> JobSource<J> for IterJobs<I> {
 pub fn run_continuous<T: Model, D: Drafter, J>(
     engine: &mut Engine<T, D>,
     jobs: impl IntoIterator<Item = BatchJob<J>>,
-    n_parallel: usize,
+    slots: impl Into<Slots>,
     costs: &mut VerifyCosts,
     clock: &dyn Clock,
     cancel: &dyn Fn() -> bool,
@@ -142,7 +219,7 @@ pub fn run_continuous<T: Model, D: Drafter, J>(
     on_done: impl FnMut(J, Result<Sequence, EngineError>),
     stats: &mut BatchStats,
 ) -> Result<BatchEnd, EngineError> {
-    run_continuous_from(engine, &mut IterJobs(jobs.into_iter()), n_parallel, costs, clock, cancel, on_tokens, on_done, stats)
+    run_continuous_from(engine, &mut IterJobs(jobs.into_iter()), slots, costs, clock, cancel, on_tokens, on_done, stats)
 }
 
 /// [`run_continuous`] over a [`JobSource`]: the run ends when the source is closed and every
@@ -152,7 +229,7 @@ pub fn run_continuous<T: Model, D: Drafter, J>(
 pub fn run_continuous_from<T: Model, D: Drafter, J>(
     engine: &mut Engine<T, D>,
     jobs: &mut dyn JobSource<J>,
-    n_parallel: usize,
+    slots: impl Into<Slots>,
     costs: &mut VerifyCosts,
     clock: &dyn Clock,
     cancel: &dyn Fn() -> bool,
@@ -160,6 +237,7 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
     mut on_done: impl FnMut(J, Result<Sequence, EngineError>),
     stats: &mut BatchStats,
 ) -> Result<BatchEnd, EngineError> {
+    let Slots { n_parallel, prefill } = slots.into();
     let n_parallel = n_parallel.max(1);
     let mut slots: Vec<Option<(J, Sequence)>> = (0..n_parallel).map(|_| None).collect();
     let mut closed = false;
@@ -167,6 +245,7 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
     let mut prior = SharedPrior::default();
     // whether drafting measured to pay in this run's rounds
     let mut guard = DraftGuard::default();
+    let mut pacer = PromptPacer::default();
     loop {
         if cancel() {
             for (_, seq) in slots.iter_mut().flatten() {
@@ -174,7 +253,7 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
             }
             return Ok(BatchEnd::Cancelled);
         }
-        // fill free slots (prefill between rounds)
+        // fill free slots (reading prompts now, or admitting them to the rounds)
         'fill: for id in 0..n_parallel {
             while slots[id].is_none() && !closed {
                 let idle = slots.iter().all(Option::is_none);
@@ -188,7 +267,10 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
                 };
                 engine.config = job.config;
                 let t_start = clock.now();
-                let started = engine.start(id as i32, job.prompt, clock);
+                let started = match prefill {
+                    Prefill::Between => engine.start(id as i32, job.prompt, clock),
+                    Prefill::Inside { .. } | Prefill::Paced { .. } => engine.admit(id as i32, job.prompt, clock),
+                };
                 stats.t_prefill += clock.now() - t_start;
                 match started {
                     Ok(mut seq) => {
@@ -220,19 +302,37 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
         stats.n_rounds += 1;
         stats.active_sum += active.len();
         let t_round = clock.now();
-        let decoded_before = engine.n_decoded;
+        // the sequences that decode tokens of their own this round (not reading a prompt)
+        let generating = slots.iter().flatten().filter(|(_, s)| !s.reading_prompt()).count();
+        let (decoded_before, prefilled_before) = (engine.n_decoded, engine.n_prefilled);
+        let prompt_budget = match prefill {
+            Prefill::Between => 0,
+            // nothing generating: nothing waits for the prompt
+            _ if generating == 0 => engine.target.n_batch(),
+            Prefill::Inside { chunk } => chunk.max(1),
+            Prefill::Paced { round_secs } => pacer.chunk(round_secs, generating),
+        };
         let drafted_before: usize = slots.iter().flatten().map(|(_, s)| s.stats.n_drafted).sum();
         let ranges = {
             let mut seqs: Vec<&mut Sequence> = slots.iter_mut().flatten().map(|(_, s)| s).collect();
-            engine.step_many(&mut seqs, costs, guard.allows(active.len()), clock)?
+            engine.step_many(&mut seqs, costs, guard.allows(generating), prompt_budget, clock)?
         };
         let secs = clock.now() - t_round;
         stats.plan_check.merge(&std::mem::take(&mut engine.shared_plan));
         stats.n_decoded += engine.n_decoded - decoded_before;
         stats.t_decode += secs;
+        let prefilled = engine.n_prefilled - prefilled_before;
+        stats.n_prompt_in_rounds += prefilled;
+        stats.n_prompt_rounds += usize::from(prefilled > 0);
+        if prefilled > 0 {
+            pacer.observe(prefilled + engine.n_decoded - decoded_before, secs.as_secs_f64());
+        }
         let drafted = slots.iter().flatten().map(|(_, s)| s.stats.n_drafted).sum::<usize>() - drafted_before;
         let emitted = ranges.iter().map(|r| r.len()).sum();
-        guard.observe(active.len(), drafted, emitted, secs.as_secs_f64(), costs.estimate_shared(active.len(), active.len()));
+        // a round that read prompts says nothing of what drafting costs
+        if prefilled == 0 {
+            guard.observe(generating, drafted, emitted, secs.as_secs_f64(), costs.estimate_shared(generating, generating));
+        }
         (stats.n_paused_rounds, stats.n_pauses) = (guard.n_paused_rounds, guard.n_pauses);
         for (slot, range) in slots.iter_mut().flatten().zip(ranges) {
             let (tag, seq) = slot;

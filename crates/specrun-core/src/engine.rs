@@ -12,7 +12,11 @@
 //! decoded by the next round's target batch — with one exception: right after
 //! [`Engine::start`] the target has decoded the whole prompt and the sequence holds that
 //! batch's last logits row, which the first round verifies with (as llama.cpp samples its
-//! first token from the prompt batch).
+//! first token from the prompt batch). A sequence taken in by [`Engine::admit`] instead has
+//! its prompt read by the shared rounds ([`Engine::step_many`]), a chunk a round: until the
+//! round that reads its last prompt token (and takes the first token from that row), it is
+//! [`Sequence::reading_prompt`], drafts nothing, and its target cursor lies anywhere in the
+//! prompt.
 
 use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, DraftAsk, DraftYield, Observation, VerifyCosts};
 use crate::draft::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};
@@ -160,11 +164,28 @@ pub struct Sequence {
     pub trace_rounds: bool,
     pub last_round: Option<RoundRecord>,
     q: Vec<Dist>,
+    /// When [`Engine::admit`] took the sequence in (its prompt time runs from here).
+    t_admitted: Duration,
 }
 
 impl Sequence {
     pub fn generated(&self) -> &[Token] {
         &self.tokens[self.n_prompt..]
+    }
+
+    /// Whether the target is still reading the prompt (admitted by [`Engine::admit`], no token
+    /// generated yet).
+    pub fn reading_prompt(&self) -> bool {
+        self.finish.is_none() && self.tokens.len() == self.n_prompt
+    }
+
+    /// Prompt tokens the target has not read yet.
+    pub fn prompt_left(&self) -> usize {
+        if self.reading_prompt() {
+            self.n_prompt - self.target.n_cached
+        } else {
+            0
+        }
     }
 }
 
@@ -175,6 +196,8 @@ pub struct Engine<T, D> {
     pub config: GenConfig,
     /// Tokens decoded by the target in rounds so far (prompts excluded).
     pub n_decoded: usize,
+    /// Prompt tokens the shared rounds read (of sequences taken in by [`Engine::admit`]).
+    pub n_prefilled: usize,
     /// Shared rounds ([`Engine::step_many`]) planned with known costs: what their plans
     /// expected, as a whole, against what they emitted and took.
     pub shared_plan: PlanCheck,
@@ -190,6 +213,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             drafter,
             config,
             n_decoded: 0,
+            n_prefilled: 0,
             shared_plan: PlanCheck::default(),
             draft_yield: DraftYield::default(),
             scratch: Scratch::new(),
@@ -202,6 +226,23 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     /// llama.cpp), so it is out when the prompt is. The drafter reads all but the prompt's
     /// last token; drafting starts with the next round.
     pub fn start(&mut self, id: SeqId, prompt: Vec<Token>, clock: &dyn Clock) -> Result<Sequence, EngineError> {
+        let mut seq = self.admit(id, prompt, clock)?;
+        if seq.finish.is_some() {
+            return Ok(seq);
+        }
+        seq.target.decode_tail(&mut self.target, &seq.tokens, 1).map_err(EngineError::Target)?;
+        let t_read = clock.now();
+        seq.stats.t_prompt = t_read - seq.t_admitted;
+        self.first_token(&mut seq, 0, None, t_read, clock)?;
+        Ok(seq)
+    }
+
+    /// Clear sequence `id` in both models and let the drafter read the prompt, but leave the
+    /// target's reading of it to the shared rounds: [`Engine::step_many`] decodes it there, a
+    /// chunk a round, beside the other sequences' tokens, and the round that reads its last
+    /// token takes the first token from that row. The sequence is
+    /// [`Sequence::reading_prompt`] until then (finished at once when `max_tokens` is 0).
+    pub fn admit(&mut self, id: SeqId, prompt: Vec<Token>, clock: &dyn Clock) -> Result<Sequence, EngineError> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -227,6 +268,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             trace_rounds: false,
             last_round: None,
             q: Vec::new(),
+            t_admitted: t0,
         };
         self.target.truncate(id, 0).map_err(EngineError::Target)?;
         let head = &seq.tokens[..seq.n_prompt - 1];
@@ -235,12 +277,20 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         if self.config.max_tokens == 0 {
             seq.stats.t_prompt = clock.now() - t0;
             seq.finish = Some(FinishReason::Length);
-            return Ok(seq);
         }
-        seq.target.decode_tail(&mut self.target, &seq.tokens, 1).map_err(EngineError::Target)?;
-        let t_read = clock.now();
-        seq.stats.t_prompt = t_read - t0;
-        // the first round: nothing drafted, nothing decoded; row 0 of the prompt batch
+        Ok(seq)
+    }
+
+    /// The first token, from row `row` of the decode that read the prompt's last token:
+    /// the first round, with nothing drafted and nothing decoded of its own.
+    fn first_token(
+        &mut self,
+        seq: &mut Sequence,
+        row: usize,
+        shared: Option<usize>,
+        t_read: Duration,
+        clock: &dyn Clock,
+    ) -> Result<Range<usize>, EngineError> {
         let n_hist = seq.n_prompt;
         let first = Drafted {
             n_hist,
@@ -254,8 +304,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             t_drafted: t_read,
             expected: None,
         };
-        self.finish_phase(&mut seq, first, 0, None, t_read, clock)?;
-        Ok(seq)
+        self.finish_phase(seq, first, row, shared, t_read, clock)
     }
 
     /// How many tokens to draft this round.
@@ -296,12 +345,21 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     /// share the run's drafts have realised ([`Engine::draft_yield`]). The round's plan is
     /// recorded against what it did ([`Engine::shared_plan`]). With `allow_drafts` false the `auto` sequences
     /// decode plainly this round (the run's [`crate::control::DraftGuard`] measured drafting
-    /// not to pay). Returns each sequence's added range.
+    /// not to pay).
+    ///
+    /// Sequences still [`Sequence::reading_prompt`] draft nothing: up to `prompt_budget` of
+    /// their prompt tokens (in slot order, within what `n_batch` leaves after the others' rows)
+    /// ride in the same decode, and one whose last prompt token is read takes its first token
+    /// from that row. A round that carries prompt tokens is left out of what the run learns
+    /// about decode costs and of the plan check: its time is mostly the prompt's.
+    ///
+    /// Returns each sequence's added range (empty for one whose prompt is not read to the end).
     pub fn step_many(
         &mut self,
         seqs: &mut [&mut Sequence],
         costs: &mut VerifyCosts,
         allow_drafts: bool,
+        prompt_budget: usize,
         clock: &dyn Clock,
     ) -> Result<Vec<Range<usize>>, EngineError> {
         let t_round = clock.now();
@@ -311,7 +369,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         // for each ask: the sequence, its source and copy run
         let mut askers: Vec<(usize, DraftSource, usize)> = Vec::new();
         for (i, seq) in seqs.iter_mut().enumerate() {
-            if seq.finish.is_some() || seq.config.adaptive != AdaptiveMode::Auto {
+            if seq.finish.is_some() || seq.reading_prompt() || seq.config.adaptive != AdaptiveMode::Auto {
                 continue;
             }
             if !allow_drafts {
@@ -331,7 +389,12 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             asks.push(DraftAsk { reach, cap, min: forced.unwrap_or(0), draft_cost });
             askers.push((i, source, run));
         }
-        let budget = self.target.n_batch();
+        // the prompts being read come before drafts (a draft is optional, a prompt is not)
+        let n_batch = self.target.n_batch();
+        let decoding = seqs.iter().filter(|s| s.finish.is_none() && !s.reading_prompt()).count();
+        let prompt_room = |rows: usize| prompt_budget.min(n_batch.saturating_sub(rows));
+        let reserved = prompt_room(decoding).min(seqs.iter().map(|s| s.prompt_left()).sum());
+        let budget = n_batch - reserved;
         // the gains as the run's drafts have realised them (the plan check keeps the raw ones)
         let ks = allocate_drafts(&asks, costs, budget, self.draft_yield.factor());
         for (j, (&(i, source, run), ask)) in askers.iter().zip(&asks).enumerate() {
@@ -341,7 +404,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
         // what the plans expect of the round as a whole, when every active sequence was
         // planned here (a plain round of `auto` sequences included) and its costs are known
-        let active = seqs.iter().filter(|s| s.finish.is_none()).count();
+        let active = decoding;
         let lengths = match &ks {
             Some(ks) => Some(ks.as_slice()),
             None if askers.is_empty() => Some(&[][..]),
@@ -358,7 +421,11 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         });
         // draft for all (a draft model: one decode per draft step for every sequence that
         // drafts from it), then one target decode for all
-        let starts: Vec<Option<RoundStart>> = seqs.iter_mut().enumerate().map(|(i, seq)| self.round_start(seq, plans[i], clock)).collect();
+        let starts: Vec<Option<RoundStart>> = seqs
+            .iter_mut()
+            .enumerate()
+            .map(|(i, seq)| if seq.reading_prompt() { None } else { self.round_start(seq, plans[i], clock) })
+            .collect();
         let mut reports: Vec<DraftReport> = vec![DraftReport::default(); seqs.len()];
         {
             let mut jobs = Vec::new();
@@ -391,44 +458,70 @@ impl<T: Model, D: Drafter> Engine<T, D> {
                 self.round_drafted(seq, start, report, t_drafted)
             }));
         }
+        // the prompts' share: what n_batch leaves after the decoding rows, up to the budget,
+        // shared evenly (a prompt that needs less than its share leaves the rest to the
+        // longer ones): a short prompt gets its first token soon, a long one is never starved
+        let mut room = prompt_room(drafted.iter().flatten().map(|d| d.n_rows).sum());
+        let mut takes: Vec<usize> = vec![0; seqs.len()];
+        let mut reading: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].prompt_left() > 0).collect();
+        reading.sort_by_key(|&i| seqs[i].prompt_left());
+        for (n, &i) in reading.iter().enumerate() {
+            let share = room.div_ceil(reading.len() - n);
+            takes[i] = seqs[i].prompt_left().min(share);
+            room -= takes[i];
+        }
+        // one decode: each sequence's rows (its last token and draft, or a prompt chunk), in
+        // slot order
         let mut parts = Vec::new();
         let mut owners = Vec::new();
+        let mut row_bases: Vec<usize> = vec![0; seqs.len()];
+        let mut n_rows_all = 0;
         for (i, d) in drafted.iter().enumerate() {
-            if let Some(d) = d.as_ref().filter(|d| d.n_rows > 0) {
-                parts.push(seqs[i].target.part(&seqs[i].tokens, d.n_rows));
-                owners.push(i);
-            }
+            let seq = &seqs[i];
+            let part = match d {
+                Some(d) if d.n_rows > 0 => seq.target.part(&seq.tokens, d.n_rows),
+                _ if takes[i] > 0 => {
+                    let end = seq.target.n_cached + takes[i];
+                    seq.target.part_upto(&seq.tokens, end, usize::from(end == seq.n_prompt))
+                }
+                _ => continue,
+            };
+            row_bases[i] = n_rows_all;
+            n_rows_all += part.tokens.len() - part.logits_from;
+            parts.push(part);
+            owners.push(i);
         }
         let lens: Vec<usize> = parts.iter().map(|p| p.tokens.len()).collect();
         let n_tokens: usize = lens.iter().sum();
+        let n_prompt_tokens: usize = takes.iter().sum();
         let t0 = clock.now();
         if !parts.is_empty() {
             self.target.decode_parts(&parts).map_err(EngineError::Target)?;
         }
         drop(parts);
         let t_verified = clock.now();
-        if n_tokens > 0 {
+        if n_tokens > 0 && n_prompt_tokens == 0 {
             costs.observe_shared(n_tokens, owners.len(), (t_verified - t0).as_secs_f64());
         }
-        self.n_decoded += n_tokens;
+        self.n_decoded += n_tokens - n_prompt_tokens;
+        self.n_prefilled += n_prompt_tokens;
         for (&i, len) in owners.iter().zip(lens) {
             seqs[i].target.part_decoded(len);
         }
-        // verify each sequence on its own rows
+        // verify each sequence on its own rows; a prompt read to its end gives the first token
         let mut ranges = Vec::with_capacity(seqs.len());
-        let mut row_base = 0;
         for (i, d) in drafted.into_iter().enumerate() {
             let seq = &mut *seqs[i];
             match d {
-                None => ranges.push(seq.tokens.len()..seq.tokens.len()),
-                Some(d) => {
-                    let rows = d.n_rows;
-                    ranges.push(self.finish_phase(seq, d, row_base, Some(n_tokens), t_verified, clock)?);
-                    row_base += rows;
+                None if takes[i] > 0 && seq.target.n_cached == seq.n_prompt => {
+                    seq.stats.t_prompt = t_verified.saturating_sub(seq.t_admitted);
+                    ranges.push(self.first_token(seq, row_bases[i], Some(n_tokens), t_verified, clock)?);
                 }
+                None => ranges.push(seq.tokens.len()..seq.tokens.len()),
+                Some(d) => ranges.push(self.finish_phase(seq, d, row_bases[i], Some(n_tokens), t_verified, clock)?),
             }
         }
-        if let Some(expected) = expected {
+        if let Some(expected) = expected.filter(|_| n_prompt_tokens == 0) {
             let emitted: usize = ranges.iter().map(|r| r.len()).sum();
             self.shared_plan.add(expected, emitted, (clock.now() - t_round).as_secs_f64());
             self.draft_yield.observe(expected.0 - active as f64, emitted as f64 - active as f64);

@@ -134,7 +134,13 @@ impl KvCursor {
     /// `tokens` the cache has not seen, keeping rows for the last `n_rows` of them. Once that
     /// decode succeeded, [`KvCursor::part_decoded`] records it.
     pub fn part<'t>(&self, tokens: &'t [Token], n_rows: usize) -> DecodePart<'t> {
-        let tail = &tokens[self.n_cached..];
+        self.part_upto(tokens, tokens.len(), n_rows)
+    }
+
+    /// [`KvCursor::part`] of `tokens[..end]`: the unseen tokens before `end` (a chunk of a
+    /// prompt), keeping rows for the last `n_rows` of them (none: a chunk that is not the last).
+    pub fn part_upto<'t>(&self, tokens: &'t [Token], end: usize, n_rows: usize) -> DecodePart<'t> {
+        let tail = &tokens[self.n_cached..end];
         DecodePart { seq: self.seq, pos: self.n_cached, tokens: tail, logits_from: tail.len() - n_rows.min(tail.len()) }
     }
 
