@@ -70,7 +70,7 @@ if [ ! -x "$BUILD/bin/llama-speculative-simple" ] || [ ! -x "$BUILD/bin/llama-lo
 fi
 
 # The prompts as specrun's chat template renders them (`specrun run --chat --print-prompt`:
-# the GGUF's template, with its default system prompt), so that both tools read, and answer,
+# the GGUF's own template), so that both tools read, and answer,
 # the same text; each as one JSON string per line.
 build_release >&2
 mapfile -t PROMPT_TEXTS < <(python3 - "$PROMPTS" "$SPECRUN_BIN" "$THREADS" <<'EOF'
@@ -82,7 +82,7 @@ for line in open(prompts):
     r = json.loads(line)
     text = r["messages"][-1]["content"] if "messages" in r else r["prompt"]
     chat = subprocess.run(
-        [specrun, "run", "--pair", "qwen-coder", "-t", threads, "--chat", "--print-prompt", "-p", text],
+        [specrun, "run", "--pair", "qwen-coder", "-t", threads, "--chat", "--print-prompt", "--prompt", text],
         check=True, capture_output=True, text=True,
     ).stdout
     print(json.dumps(chat))
@@ -95,7 +95,11 @@ run_tool() {
     local tokens=0 secs=0 out i=0
     for p in "${PROMPT_TEXTS[@]}"; do
         i=$((i + 1))
-        out=$("$@" -p "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]), end="")' "$p")" 2>&1) || { echo "error: $1 failed" >&2; echo "$out" | tail -5 >&2; return 1; }
+        # the text exactly: command substitution drops trailing newlines, and a chat prompt
+        # ends in one ("<|im_start|>assistant\n"), so a sentinel goes after it and is cut off
+        text=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1]), end="")' "$p"; printf x)
+        text="${text%x}"
+        out=$("$@" -p "$text" 2>&1) || { echo "error: $1 failed" >&2; echo "$out" | tail -5 >&2; return 1; }
         read -r t s < <(echo "$out" | sed -n 's/.*decoded *\([0-9]*\) tokens in *\([0-9.]*\) seconds.*/\1 \2/p' | tail -1)
         tokens=$((tokens + t))
         secs=$(python3 -c "print($secs + $s)")
