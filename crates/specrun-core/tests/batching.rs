@@ -3,6 +3,8 @@
 //! round is one target decode over every sequence in flight, finished sequences leave no
 //! cells behind and their slots are reused.
 
+mod util;
+
 use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats};
 use specrun_core::control::{AdaptiveMode, VerifyCosts};
 use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
@@ -10,36 +12,18 @@ use specrun_core::engine::{Engine, GenConfig, Sequence};
 use specrun_core::mock::{Behaviour, MockClock, MockModel, MockSpec};
 use specrun_core::model::{Model, Token};
 use specrun_core::ngram::{HybridDrafter, NgramDrafter};
-use specrun_core::sampling::SamplingParams;
-use specrun_core::verify::VerifyMode;
 
 fn target_spec(n_seq: usize) -> MockSpec {
     MockSpec { n_seq, behaviour: Behaviour::Target { seed: 7, eog_rate: 0.02 }, ..MockSpec::target(7) }
 }
 
-/// Mixed jobs: lengths, prompts, greedy and sampled (own seeds), auto and fixed drafting.
-/// Sampled jobs draft a fixed length: with rejection sampling the draws a job consumes depend
-/// on its draft lengths, and `auto` chooses those from costs that the other jobs in the batch
-/// change, so only fixed-length sampled jobs are independent of the slot count.
+/// Mixed jobs: lengths, prompts, greedy and sampled (own seeds), auto and fixed drafting
+/// ([`util::mixed_job`]).
 fn jobs() -> Vec<BatchJob<usize>> {
     (0..9)
         .map(|i| {
-            let sampled = i % 3 == 2;
-            let config = GenConfig {
-                max_tokens: 10 + 7 * i,
-                draft_max: 2 + i % 5,
-                adaptive: if i % 2 == 0 && !sampled { AdaptiveMode::Auto } else { AdaptiveMode::Fixed },
-                params: if sampled {
-                    SamplingParams { temp: 0.9, top_k: 20, ..SamplingParams::greedy() }
-                } else {
-                    SamplingParams::greedy()
-                },
-                verify: if sampled { VerifyMode::Rejection } else { VerifyMode::Greedy },
-                seed: 100 + i as u64,
-                ..GenConfig::default()
-            };
             let prompt: Vec<Token> = (0..(3 + i % 4)).map(|j| ((i * 7 + j * 3) % 60 + 1) as Token).chain([5, 6, 7, 5, 6]).collect();
-            BatchJob { tag: i, config, prompt }
+            util::mixed_job(i, prompt, 10 + 7 * i)
         })
         .collect()
 }
@@ -71,22 +55,8 @@ fn run_jobs<D: Drafter>(
     n: usize,
     clock: &MockClock,
 ) -> (Vec<Vec<Token>>, BatchStats) {
-    let mut out: Vec<Vec<Token>> = vec![vec![]; jobs.len()];
-    let mut stats = BatchStats::default();
-    let end = run_continuous(
-        engine,
-        jobs,
-        n,
-        &mut VerifyCosts::default(),
-        clock,
-        &|| false,
-        |_, _, _| false,
-        |tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec(),
-        &mut stats,
-    )
-    .unwrap();
-    assert_eq!(end, BatchEnd::Done);
-    (out, stats)
+    let n_jobs = jobs.len();
+    util::run_all(engine, &mut util::ListJobs(jobs.into_iter()), n_jobs, n, clock)
 }
 
 #[test]
@@ -237,7 +207,7 @@ fn shared_rounds_draft_only_what_pays_for_the_whole_batch() {
 /// run ends only when the source is closed and the last job finished.
 #[test]
 fn jobs_arriving_during_the_run_join_free_slots() {
-    use specrun_core::batching::{run_continuous_from, JobSource, NextJob};
+    use specrun_core::batching::{JobSource, NextJob};
     struct Trickle {
         jobs: std::collections::VecDeque<BatchJob<usize>>,
         calls: usize,
@@ -266,21 +236,7 @@ fn jobs_arriving_during_the_run_join_free_slots() {
     let mut engine =
         Engine::new(MockModel::new(spec.clone()).with_clock(clock.clone()), drafter("ngram", &spec, &clock), GenConfig::default());
     let mut source = Trickle { jobs: jobs().into(), calls: 0, idle_waits: 0 };
-    let mut out: Vec<Vec<Token>> = vec![vec![]; jobs().len()];
-    let mut stats = BatchStats::default();
-    let end = run_continuous_from(
-        &mut engine,
-        &mut source,
-        3,
-        &mut VerifyCosts::default(),
-        &clock,
-        &|| false,
-        |_, _, _| false,
-        |tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec(),
-        &mut stats,
-    )
-    .unwrap();
-    assert_eq!(end, BatchEnd::Done);
+    let (out, _) = util::run_all(&mut engine, &mut source, jobs().len(), 3, &clock);
     assert!(source.jobs.is_empty());
     assert!(source.idle_waits > 0, "the source was told when nothing was in flight");
     for (i, (a, b)) in alone.iter().zip(&out).enumerate() {

@@ -4,16 +4,16 @@
 //! go on generating in the same decodes, and a sequence ended while its prompt is read leaves
 //! no cells behind.
 
-use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats, Prefill, PromptPacer, Slots};
+mod util;
+
+use specrun_core::batching::{run_continuous, BatchJob, BatchStats, Prefill, PromptPacer, Slots};
 use specrun_core::control::{AdaptiveMode, VerifyCosts};
 use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
 use specrun_core::engine::{Engine, GenConfig, Sequence};
 use specrun_core::mock::{Behaviour, MockClock, MockModel, MockSpec};
 use specrun_core::model::Token;
 use specrun_core::ngram::NgramDrafter;
-use specrun_core::sampling::SamplingParams;
 use specrun_core::stats::FinishReason;
-use specrun_core::verify::VerifyMode;
 
 /// The mock's record of decodes: per decode, each part's sequence, position and token count.
 type DecodeLog = Vec<Vec<(i32, usize, usize)>>;
@@ -22,27 +22,13 @@ fn target_spec(n_seq: usize, n_batch: usize) -> MockSpec {
     MockSpec { n_seq, n_batch, behaviour: Behaviour::Target { seed: 11, eog_rate: 0.02 }, ..MockSpec::target(11) }
 }
 
-/// Jobs with prompts from 2 to 61 tokens, greedy and sampled, auto and fixed drafting.
+/// Jobs with prompts from 2 to 61 tokens, greedy and sampled, auto and fixed drafting
+/// ([`util::mixed_job`]).
 fn jobs() -> Vec<BatchJob<usize>> {
     (0..8)
         .map(|i| {
-            let sampled = i % 3 == 1;
-            let config = GenConfig {
-                max_tokens: 6 + 5 * i,
-                draft_max: 2 + i % 4,
-                adaptive: if i % 2 == 0 && !sampled { AdaptiveMode::Auto } else { AdaptiveMode::Fixed },
-                params: if sampled {
-                    SamplingParams { temp: 0.8, top_k: 12, ..SamplingParams::greedy() }
-                } else {
-                    SamplingParams::greedy()
-                },
-                verify: if sampled { VerifyMode::Rejection } else { VerifyMode::Greedy },
-                seed: 40 + i as u64,
-                ..GenConfig::default()
-            };
             let n_prompt = [2, 61, 9, 33, 17, 4, 48, 25][i];
-            let prompt: Vec<Token> = (0..n_prompt).map(|j| ((i * 5 + j * 7) % 50 + 1) as Token).collect();
-            BatchJob { tag: i, config, prompt }
+            util::mixed_job(i, (0..n_prompt).map(|j| ((i * 5 + j * 7) % 50 + 1) as Token).collect(), 6 + 5 * i)
         })
         .collect()
 }
@@ -61,21 +47,7 @@ fn run(kind: &str, slots: Slots, n_batch: usize) -> (Vec<Vec<Token>>, MockModel,
     let clock = MockClock::new();
     let target = MockModel::new(spec.clone()).with_clock(clock.clone());
     let mut engine = Engine::new(target, drafter(kind, &spec, &clock), GenConfig::default());
-    let mut out: Vec<Vec<Token>> = vec![vec![]; jobs().len()];
-    let mut stats = BatchStats::default();
-    let end = run_continuous(
-        &mut engine,
-        jobs(),
-        slots,
-        &mut VerifyCosts::default(),
-        &clock,
-        &|| false,
-        |_, _, _| false,
-        |tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec(),
-        &mut stats,
-    )
-    .unwrap();
-    assert_eq!(end, BatchEnd::Done);
+    let (out, stats) = util::run_all(&mut engine, &mut util::ListJobs(jobs().into_iter()), jobs().len(), slots, &clock);
     (out, engine.target, stats)
 }
 

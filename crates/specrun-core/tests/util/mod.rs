@@ -147,3 +147,61 @@ pub fn run_boxed(target: MockSpec, drafter: Box<dyn Drafter>, config: &GenConfig
     }
     Output { tokens: seq.generated().to_vec(), finish: seq.finish.unwrap(), seq }
 }
+
+/// Job `i` of a mixed list for continuous batching: every third sampled (its own seed, a fixed
+/// draft length: with rejection sampling the draws a job consumes depend on its draft lengths,
+/// and `auto` chooses those from costs that the other jobs in the batch change, so only
+/// fixed-length sampled jobs are independent of the slot count), the even greedy ones `auto`.
+pub fn mixed_job(i: usize, prompt: Vec<Token>, max_tokens: usize) -> specrun_core::batching::BatchJob<usize> {
+    use specrun_core::control::AdaptiveMode;
+    use specrun_core::sampling::SamplingParams;
+    use specrun_core::verify::VerifyMode;
+    let sampled = i % 3 == 2;
+    let config = GenConfig {
+        max_tokens,
+        draft_max: 2 + i % 5,
+        adaptive: if i % 2 == 0 && !sampled { AdaptiveMode::Auto } else { AdaptiveMode::Fixed },
+        params: if sampled { SamplingParams { temp: 0.9, top_k: 20, ..SamplingParams::greedy() } } else { SamplingParams::greedy() },
+        verify: if sampled { VerifyMode::Rejection } else { VerifyMode::Greedy },
+        seed: 100 + i as u64,
+        ..GenConfig::default()
+    };
+    specrun_core::batching::BatchJob { tag: i, config, prompt }
+}
+
+/// Run every job of `source` (tags `0..n_jobs`) to the end: each job's generated tokens, by
+/// tag, and the run's counters. A fixed list goes in as `&mut ListJobs(list.into_iter())`.
+pub fn run_all<D: Drafter>(
+    engine: &mut Engine<MockModel, D>,
+    source: &mut dyn specrun_core::batching::JobSource<usize>,
+    n_jobs: usize,
+    slots: impl Into<specrun_core::batching::Slots>,
+    clock: &MockClock,
+) -> (Vec<Vec<Token>>, specrun_core::batching::BatchStats) {
+    use specrun_core::batching::{run_continuous_from, BatchEnd, BatchStats};
+    let mut out: Vec<Vec<Token>> = vec![vec![]; n_jobs];
+    let mut stats = BatchStats::default();
+    let end = run_continuous_from(
+        engine,
+        source,
+        slots,
+        &mut specrun_core::control::VerifyCosts::default(),
+        clock,
+        &|| false,
+        |_, _, _| false,
+        |tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec(),
+        &mut stats,
+    )
+    .unwrap();
+    assert_eq!(end, BatchEnd::Done);
+    (out, stats)
+}
+
+/// A fixed list as a [`specrun_core::batching::JobSource`].
+pub struct ListJobs<I>(pub I);
+
+impl<I: Iterator<Item = specrun_core::batching::BatchJob<usize>>> specrun_core::batching::JobSource<usize> for ListJobs<I> {
+    fn next_job(&mut self, _idle: bool) -> specrun_core::batching::NextJob<usize> {
+        self.0.next().map_or(specrun_core::batching::NextJob::Closed, specrun_core::batching::NextJob::Job)
+    }
+}
