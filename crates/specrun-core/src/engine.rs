@@ -232,7 +232,6 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
         seq.target.decode_tail(&mut self.target, &seq.tokens, 1).map_err(EngineError::Target)?;
         let t_read = clock.now();
-        seq.stats.t_prompt = t_read - seq.t_admitted;
         self.first_token(&mut seq, 0, None, t_read, clock)?;
         Ok(seq)
     }
@@ -281,8 +280,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         Ok(seq)
     }
 
-    /// The first token, from row `row` of the decode that read the prompt's last token:
-    /// the first round, with nothing drafted and nothing decoded of its own.
+    /// The first token, from row `row` of the decode that read the prompt's last token (at
+    /// `t_read`, which ends the prompt's time): the first round, with nothing drafted and
+    /// nothing decoded of its own.
     fn first_token(
         &mut self,
         seq: &mut Sequence,
@@ -291,6 +291,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         t_read: Duration,
         clock: &dyn Clock,
     ) -> Result<Range<usize>, EngineError> {
+        seq.stats.t_prompt = t_read.saturating_sub(seq.t_admitted);
         let n_hist = seq.n_prompt;
         let first = Drafted {
             n_hist,
@@ -348,10 +349,11 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     /// not to pay).
     ///
     /// Sequences still [`Sequence::reading_prompt`] draft nothing: up to `prompt_budget` of
-    /// their prompt tokens (in slot order, within what `n_batch` leaves after the others' rows)
-    /// ride in the same decode, and one whose last prompt token is read takes its first token
+    /// their prompt tokens (within what `n_batch` leaves after the others' rows, shared evenly
+    /// among them) ride in the same decode, and one whose last prompt token is read takes its first token
     /// from that row. A round that carries prompt tokens is left out of what the run learns
-    /// about decode costs and of the plan check: its time is mostly the prompt's.
+    /// about decode costs, of the plan check and of the draft yield: its time is mostly the
+    /// prompt's.
     ///
     /// Returns each sequence's added range (empty for one whose prompt is not read to the end).
     pub fn step_many(
@@ -514,8 +516,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             let seq = &mut *seqs[i];
             match d {
                 None if takes[i] > 0 && seq.target.n_cached == seq.n_prompt => {
-                    seq.stats.t_prompt = t_verified.saturating_sub(seq.t_admitted);
-                    ranges.push(self.first_token(seq, row_bases[i], Some(n_tokens), t_verified, clock)?);
+                    ranges.push(self.first_token(seq, row_bases[i], Some(n_tokens), t_verified, clock)?)
                 }
                 None => ranges.push(seq.tokens.len()..seq.tokens.len()),
                 Some(d) => ranges.push(self.finish_phase(seq, d, row_bases[i], Some(n_tokens), t_verified, clock)?),
