@@ -7,7 +7,10 @@ cd "$ROOT"
 # One target dir outside the clone, reused by every checkout, script and CI run when it exists
 # (llama.cpp takes minutes to compile per profile).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${SPECRUN_TARGET_DIR:-$HOME/.cache/specrun/target}}"
-SPECRUN_BIN="$CARGO_TARGET_DIR/release/specrun"
+# SPECRUN_BIN names a binary built before (a copy, so that a long benchmark does not run what a
+# later build replaces): then build_release builds nothing.
+SPECRUN_BIN_GIVEN="${SPECRUN_BIN:-}"
+SPECRUN_BIN="${SPECRUN_BIN:-$CARGO_TARGET_DIR/release/specrun}"
 
 say() { printf '==> %s\n' "$*" >&2; }
 
@@ -122,6 +125,10 @@ ensure_python_tools() {
 }
 
 build_release() {
+    if [ -n "$SPECRUN_BIN_GIVEN" ]; then
+        say "using $SPECRUN_BIN_GIVEN"
+        return
+    fi
     say "building specrun (release) in $CARGO_TARGET_DIR"
     cargo build --release --locked
 }

@@ -6,7 +6,7 @@
 #   defaults: 1,4,8  16  64; prompts: docs/bench/batch32.jsonl (PROMPTS=...)
 #   SERVERS: which to run (default "specrun specrun-plain llama-md llama-ngram llama-plain";
 #   also specrun-between: prompts read between rounds, --prefill-chunk 0; specrun-auto:
-#   --prefill-chunk auto)
+#   --prefill-chunk auto; specrun-nocache: --prompt-cache off)
 # Output: one Markdown table on stdout (scripts/serve_load.py's rows).
 source "$(dirname "$0")/common.sh"
 ensure_system_packages
@@ -67,6 +67,8 @@ for s in $SERVERS; do
             "$SPECRUN_BIN" serve -t "$THREADS" -c "$CTX" --parallel "$SLOTS" --port "$PORT" --temp 0 --no-draft ;;
         specrun-auto) run_server "specrun serve --prefill-chunk auto (paced rounds)" \
             "$SPECRUN_BIN" serve -t "$THREADS" -c "$CTX" --parallel "$SLOTS" --port "$PORT" --temp 0 --prefill-chunk auto ;;
+        specrun-nocache) run_server "specrun serve --prompt-cache off" \
+            "$SPECRUN_BIN" serve -t "$THREADS" -c "$CTX" --parallel "$SLOTS" --port "$PORT" --temp 0 --prompt-cache off ;;
         specrun-between) run_server "specrun serve --prefill-chunk 0 (prompts between rounds)" \
             "$SPECRUN_BIN" serve -t "$THREADS" -c "$CTX" --parallel "$SLOTS" --port "$PORT" --temp 0 --prefill-chunk 0 ;;
         llama-md) run_server "llama-server -md (draft model)" \

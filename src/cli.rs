@@ -198,6 +198,12 @@ pub struct BatchArgs {
     /// between rounds.
     #[arg(long, default_value = "0", value_name = "N|auto", value_parser = parse_prefill_chunk)]
     pub prefill_chunk: PrefillChunk,
+    /// With --parallel: a slot keeps a finished record's cells, and a record whose prompt
+    /// begins like the one before it in a slot (a shared system prompt) reads only the rest.
+    /// Off by default: each record's prompt is read whole, so its output does not depend on
+    /// the records before it even at batch-shape near-ties.
+    #[arg(long, default_value = "off", value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub prompt_cache: bool,
     /// Let n-grams of earlier records' outputs propose drafts for later ones (a draft cache;
     /// verification is unchanged, so greedy output is too, up to batch-shape near-ties).
     #[arg(long)]
@@ -467,6 +473,12 @@ pub struct ServeArgs {
     /// on a CPU); 0 reads each prompt alone between rounds (the running streams wait for it).
     #[arg(long, default_value = "256", value_name = "N|auto", value_parser = parse_prefill_chunk)]
     pub prefill_chunk: PrefillChunk,
+    /// A slot keeps a finished request's cells (not those of a request whose client left), and
+    /// a new request goes to the free slot that shares the longest prefix with its prompt and
+    /// reads only the rest: a chat's next turn, or requests with one system prompt (as
+    /// llama-server's `cache_prompt`). Greedy output may differ at batch-shape near-ties.
+    #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    pub prompt_cache: bool,
     /// Requests that may wait for a slot; beyond that the server answers 503 with Retry-After.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub queue: usize,

@@ -210,10 +210,20 @@ fn parallel_records_give_the_same_file_as_one_at_a_time() {
     let one = dir.path().join("one.jsonl");
     let args = ["--draft", "ngram", "--adaptive", "fixed", "--draft-max", "3"];
     assert_eq!(batch(&input, &one, &args).status.code(), Some(1), "one bad record");
-    // prompts read between rounds, and inside them a few tokens a round
-    for (n, chunk) in [("2", "0"), ("3", "0"), ("4", "0"), ("3", "4"), ("4", "256")] {
-        let many = dir.path().join(format!("p{n}-{chunk}.jsonl"));
-        let out = batch(&input, &many, &[&args[..], &["--parallel", n, "--prefill-chunk", chunk]].concat());
+    // prompts read between rounds, and inside them a few tokens a round; with a slot's prompt
+    // cache (the records share their first tokens)
+    let cases = [
+        ("2", "0", "off"),
+        ("3", "0", "off"),
+        ("4", "0", "off"),
+        ("3", "4", "off"),
+        ("4", "256", "off"),
+        ("2", "0", "on"),
+        ("3", "4", "on"),
+    ];
+    for (n, chunk, cache) in cases {
+        let many = dir.path().join(format!("p{n}-{chunk}-{cache}.jsonl"));
+        let out = batch(&input, &many, &[&args[..], &["--parallel", n, "--prefill-chunk", chunk, "--prompt-cache", cache]].concat());
         assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
         let strip = |p: &Path| {
             records(p)
@@ -224,7 +234,7 @@ fn parallel_records_give_the_same_file_as_one_at_a_time() {
                 })
                 .collect::<Vec<_>>()
         };
-        assert_eq!(strip(&many), strip(&one), "--parallel {n} --prefill-chunk {chunk}");
+        assert_eq!(strip(&many), strip(&one), "--parallel {n} --prefill-chunk {chunk} --prompt-cache {cache}");
     }
     // greedy records with the cost-aware policy too
     let auto_one = dir.path().join("auto1.jsonl");

@@ -72,6 +72,10 @@ fn chat_and_text_completions_streamed_and_not_agree() {
         assert_eq!(streamed, text, "{path}: streamed chunks joined equal the whole response");
         assert_eq!(finish, "length");
         assert!(sse.contains("\"completion_tokens\":30"), "the usage chunk: {sse}");
+        // the same prompt again: its slot kept all of it but the last token (--prompt-cache on)
+        let n_prompt = whole["usage"]["prompt_tokens"].as_u64().unwrap();
+        assert_eq!(whole["usage"]["prompt_tokens_details"]["cached_tokens"], 0, "{whole}");
+        assert!(sse.contains(&format!("\"cached_tokens\":{}", n_prompt - 1)), "the usage chunk: {sse}");
     }
     let (code, models) = (200, agent().get(&format!("{}/v1/models", s.base)).call().unwrap().into_string().unwrap());
     assert_eq!((code, json(&models)["data"][0]["id"].as_str()), (200, Some("qwen-coder")));
@@ -87,7 +91,9 @@ fn chat_and_text_completions_streamed_and_not_agree() {
     let (rounds, decoded) = (value("specrun_shared_rounds_total"), value("specrun_decoded_tokens_total"));
     let prompt_rounds = value("specrun_prompt_rounds_total");
     assert_eq!(prompt_rounds, 4.0, "{metrics}");
-    assert_eq!(value("specrun_prompt_in_rounds_tokens_total"), value("specrun_prompt_tokens_total"), "{metrics}");
+    let cached = value("specrun_prompt_cached_tokens_total");
+    assert!(cached > 0.0, "{metrics}");
+    assert_eq!(value("specrun_prompt_in_rounds_tokens_total") + cached, value("specrun_prompt_tokens_total"), "{metrics}");
     assert!(rounds > prompt_rounds && decoded >= rounds - prompt_rounds, "{metrics}");
     assert!(value("specrun_rounds_total") >= rounds, "{metrics}");
     assert!(value("specrun_decode_seconds_total") > 0.0, "{metrics}");

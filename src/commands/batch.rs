@@ -158,7 +158,7 @@ fn run_parallel(
     let end = run_continuous(
         &mut engine,
         jobs,
-        Slots { n_parallel, prefill: crate::infer::plan::prefill(args.prefill_chunk) },
+        Slots { n_parallel, prefill: crate::infer::plan::prefill(args.prefill_chunk), prompt_cache: args.prompt_cache },
         &mut costs,
         clock,
         &interrupted,
@@ -281,6 +281,12 @@ fn run_parallel(
             crate::io::note(format!(
                 "guard     drafting paused {} times, {} rounds in all (drafted rounds measured slower than plain ones)",
                 bstats.n_pauses, bstats.n_paused_rounds
+            ));
+        }
+        if bstats.n_prompt_cached > 0 {
+            crate::io::note(format!(
+                "prompts   {} tokens kept from the record before in the slot (--prompt-cache)",
+                bstats.n_prompt_cached
             ));
         }
         if bstats.n_prompt_rounds > 0 {

@@ -66,7 +66,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
     let mut plan = plan(&args.models.selection(), &args.gen.overrides())?;
     crate::infer::calibration::attach(&mut plan, args.models.mock);
     let n_parallel = sequences_in_flight(args.parallel.or(plan.parallel), &plan, 4);
-    let slots = Slots { n_parallel, prefill: prefill(args.prefill_chunk) };
+    let slots = Slots { n_parallel, prefill: prefill(args.prefill_chunk), prompt_cache: args.prompt_cache };
     plan.target.n_seq = n_parallel as u32;
     if let Some(d) = &mut plan.draft {
         d.n_seq = n_parallel as u32;
@@ -329,6 +329,7 @@ async fn complete(state: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap,
 fn usage(n_prompt: usize, stats: &specrun_core::stats::GenStats, drafter: String) -> Usage {
     Usage {
         prompt_tokens: n_prompt,
+        cached_tokens: stats.n_prompt_cached,
         completion_tokens: stats.n_generated,
         drafter,
         n_drafted: stats.n_drafted,

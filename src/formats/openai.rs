@@ -317,6 +317,9 @@ fn parse_stop(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Usage {
     pub prompt_tokens: usize,
+    /// Prompt tokens whose cells a slot kept from the request before (OpenAI's
+    /// `prompt_tokens_details.cached_tokens`).
+    pub cached_tokens: usize,
     pub completion_tokens: usize,
     /// The `specrun` extension: drafter, acceptance and tokens per round.
     pub drafter: String,
@@ -333,6 +336,7 @@ impl Usage {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": { "cached_tokens": self.cached_tokens },
             "specrun": {
                 "drafter": self.drafter,
                 "n_drafted": self.n_drafted,
@@ -464,10 +468,19 @@ mod tests {
     #[test]
     fn chunks_and_responses_have_the_openai_shape() {
         let meta = Meta { id: "chatcmpl-1".into(), created: 7, model: "m".into() };
-        let usage = Usage { prompt_tokens: 3, completion_tokens: 4, drafter: "ngram".into(), n_drafted: 4, n_accepted: 2, n_rounds: 2 };
+        let usage = Usage {
+            prompt_tokens: 3,
+            cached_tokens: 2,
+            completion_tokens: 4,
+            drafter: "ngram".into(),
+            n_drafted: 4,
+            n_accepted: 2,
+            n_rounds: 2,
+        };
         let r = response(Endpoint::Chat, &meta, "hey", "stop", &usage);
         assert_eq!(r["choices"][0]["message"]["content"], "hey");
         assert_eq!(r["usage"]["total_tokens"], 7);
+        assert_eq!(r["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
         assert_eq!(r["usage"]["specrun"]["acceptance_rate"], 0.5);
         let c = chunk(Endpoint::Chat, &meta, Some("he"), true, None, None);
         assert_eq!(c["choices"][0]["delta"], json!({"role": "assistant", "content": "he"}));

@@ -76,6 +76,7 @@ pub struct Metrics {
     pub decoded_tokens: AtomicU64,
     /// Prompt tokens read inside the shared rounds, and the rounds that carried some.
     pub prompt_in_rounds_tokens: AtomicU64,
+    pub prompt_cached_tokens: AtomicU64,
     pub prompt_rounds: AtomicU64,
     pub draft_paused_rounds: AtomicU64,
     pub draft_pauses: AtomicU64,
@@ -152,6 +153,11 @@ impl Metrics {
             "prompt_in_rounds_tokens_total",
             "Prompt tokens read inside the shared rounds, beside the running requests' tokens.",
             &[("", get(&self.prompt_in_rounds_tokens))],
+        );
+        counter(
+            "prompt_cached_tokens_total",
+            "Prompt tokens not read because a slot kept them from the request before (--prompt-cache).",
+            &[("", get(&self.prompt_cached_tokens))],
         );
         counter("prompt_rounds_total", "Shared rounds that read prompt tokens.", &[("", get(&self.prompt_rounds))]);
         counter(
@@ -308,6 +314,7 @@ impl JobSource<Slot> for Queue<'_> {
         add(&m.shared_rounds, stats.n_rounds as u64, seen.n_rounds as u64);
         add(&m.decoded_tokens, stats.n_decoded as u64, seen.n_decoded as u64);
         add(&m.prompt_in_rounds_tokens, stats.n_prompt_in_rounds as u64, seen.n_prompt_in_rounds as u64);
+        add(&m.prompt_cached_tokens, stats.n_prompt_cached as u64, seen.n_prompt_cached as u64);
         add(&m.prompt_rounds, stats.n_prompt_rounds as u64, seen.n_prompt_rounds as u64);
         add(&m.draft_paused_rounds, stats.n_paused_rounds as u64, seen.n_paused_rounds as u64);
         add(&m.draft_pauses, stats.n_pauses as u64, seen.n_pauses as u64);

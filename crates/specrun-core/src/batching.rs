@@ -37,7 +37,7 @@
 
 use crate::control::{DraftGuard, SharedPrior, VerifyCosts};
 use crate::draft::Drafter;
-use crate::engine::{Engine, EngineError, GenConfig, Sequence};
+use crate::engine::{Engine, EngineError, GenConfig, KeptCells, Sequence};
 use crate::model::{Model, Token};
 use crate::stats::{Clock, FinishReason, PlanCheck};
 use std::ops::Range;
@@ -86,17 +86,23 @@ impl PromptPacer {
     }
 }
 
-/// How many jobs are in flight at once, and where their prompts are read.
+/// How many jobs are in flight at once, where their prompts are read, and whether a slot
+/// keeps its last sequence's cells for the next prompt.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Slots {
     pub n_parallel: usize,
     pub prefill: Prefill,
+    /// A sequence that finished on its own leaves its cells in its slot ([`KeptCells`]); a new
+    /// job goes to the free slot whose kept tokens share the longest prefix with its prompt
+    /// and reads only the rest. A sequence the caller ended (`on_tokens` said stop: a client
+    /// gone, a stop string), cancelled or failed leaves nothing. Off: every slot starts empty.
+    pub prompt_cache: bool,
 }
 
 impl From<usize> for Slots {
-    /// `n_parallel` slots, prompts read between rounds.
+    /// `n_parallel` slots, prompts read between rounds, no prompt cache.
     fn from(n_parallel: usize) -> Self {
-        Self { n_parallel, prefill: Prefill::Between }
+        Self { n_parallel, prefill: Prefill::Between, prompt_cache: false }
     }
 }
 
@@ -133,6 +139,8 @@ pub struct BatchStats {
     /// chunks read inside them, [`Prefill::Inside`]).
     pub t_prefill: Duration,
     pub t_decode: Duration,
+    /// Prompt tokens not read because a slot's kept cells held them ([`Slots::prompt_cache`]).
+    pub n_prompt_cached: usize,
     /// Prompt tokens read inside shared rounds, and the rounds that carried some.
     pub n_prompt_in_rounds: usize,
     pub n_prompt_rounds: usize,
@@ -237,9 +245,13 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
     mut on_done: impl FnMut(J, Result<Sequence, EngineError>),
     stats: &mut BatchStats,
 ) -> Result<BatchEnd, EngineError> {
-    let Slots { n_parallel, prefill } = slots.into();
+    let Slots { n_parallel, prefill, prompt_cache } = slots.into();
     let n_parallel = n_parallel.max(1);
     let mut slots: Vec<Option<(J, Sequence)>> = (0..n_parallel).map(|_| None).collect();
+    // what each free slot's caches still hold (with `prompt_cache`)
+    let mut kept: Vec<KeptCells> = vec![KeptCells::default(); n_parallel];
+    // the sequences in flight that `on_tokens` ended (they leave no cells)
+    let mut ended_by_caller = vec![false; n_parallel];
     let mut closed = false;
     // what finished sequences learned about each drafter; new ones start from it
     let mut prior = SharedPrior::default();
@@ -254,42 +266,48 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
             return Ok(BatchEnd::Cancelled);
         }
         // fill free slots (reading prompts now, or admitting them to the rounds)
-        'fill: for id in 0..n_parallel {
-            while slots[id].is_none() && !closed {
-                let idle = slots.iter().all(Option::is_none);
-                let job = match jobs.next_job(idle) {
-                    NextJob::Job(job) => job,
-                    NextJob::Later => break 'fill,
-                    NextJob::Closed => {
-                        closed = true;
-                        break;
-                    }
-                };
-                engine.config = job.config;
-                let t_start = clock.now();
-                let started = match prefill {
-                    Prefill::Between => engine.start(id as i32, job.prompt, clock),
-                    Prefill::Inside { .. } | Prefill::Paced { .. } => engine.admit(id as i32, job.prompt, clock),
-                };
-                stats.t_prefill += clock.now() - t_start;
-                match started {
-                    Ok(mut seq) => {
-                        // its first token, taken from the prompt batch
-                        let added = seq.n_prompt..seq.tokens.len();
-                        stats.n_generated += added.len();
-                        if !added.is_empty() && on_tokens(&job.tag, &seq, added) && seq.finish.is_none() {
-                            seq.finish = Some(FinishReason::Stop);
-                        }
-                        if seq.finish.is_some() {
-                            free(engine, &mut seq);
-                            on_done(job.tag, Ok(seq));
-                        } else {
-                            seq.controller.seed(&prior);
-                            slots[id] = Some((job.tag, seq));
-                        }
-                    }
-                    Err(e) => on_done(job.tag, Err(e)),
+        while !closed && slots.iter().any(Option::is_none) {
+            let idle = slots.iter().all(Option::is_none);
+            let job = match jobs.next_job(idle) {
+                NextJob::Job(job) => job,
+                NextJob::Later => break,
+                NextJob::Closed => {
+                    closed = true;
+                    break;
                 }
+            };
+            let id = pick_slot(&slots, &kept, &job.prompt);
+            engine.config = job.config;
+            let t_start = clock.now();
+            let cells = std::mem::take(&mut kept[id]);
+            let cells = (!cells.is_empty()).then_some(&cells);
+            let started = match prefill {
+                Prefill::Between => engine.start_after(id as i32, job.prompt, cells, clock),
+                Prefill::Inside { .. } | Prefill::Paced { .. } => engine.admit_after(id as i32, job.prompt, cells, clock),
+            };
+            stats.t_prefill += clock.now() - t_start;
+            match started {
+                Ok(mut seq) => {
+                    stats.n_prompt_cached += seq.stats.n_prompt_cached;
+                    // its first token, taken from the prompt batch
+                    let added = seq.n_prompt..seq.tokens.len();
+                    stats.n_generated += added.len();
+                    let mut by_caller = false;
+                    if !added.is_empty() && on_tokens(&job.tag, &seq, added) && seq.finish.is_none() {
+                        seq.finish = Some(FinishReason::Stop);
+                        by_caller = true;
+                    }
+                    if seq.finish.is_some() {
+                        kept[id] = release(engine, &mut seq, prompt_cache && !by_caller);
+                        on_done(job.tag, Ok(seq));
+                    } else {
+                        seq.controller.seed(&prior);
+                        ended_by_caller[id] = false;
+                        slots[id] = Some((job.tag, seq));
+                    }
+                }
+                // what the slot kept is forgotten (the next start there clears its caches)
+                Err(e) => on_done(job.tag, Err(e)),
             }
         }
         let active: Vec<usize> = (0..n_parallel).filter(|&i| slots[i].is_some()).collect();
@@ -334,26 +352,51 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
             guard.observe(generating, drafted, emitted, secs.as_secs_f64(), costs.estimate_shared(generating, generating));
         }
         (stats.n_paused_rounds, stats.n_pauses) = (guard.n_paused_rounds, guard.n_pauses);
-        for (slot, range) in slots.iter_mut().flatten().zip(ranges) {
-            let (tag, seq) = slot;
+        let in_flight = slots.iter_mut().enumerate().filter_map(|(id, s)| s.as_mut().map(|s| (id, s)));
+        for ((id, (tag, seq)), range) in in_flight.zip(ranges) {
             stats.n_generated += range.len();
             if on_tokens(tag, seq, range) && seq.finish.is_none() {
                 seq.finish = Some(FinishReason::Stop);
+                ended_by_caller[id] = true;
             }
         }
         jobs.after_round(stats);
-        for slot in slots.iter_mut() {
+        for (id, slot) in slots.iter_mut().enumerate() {
             if slot.as_ref().is_some_and(|(_, s)| s.finish.is_some()) {
                 let (tag, mut seq) = slot.take().expect("checked");
                 prior.add(&seq.controller);
-                free(engine, &mut seq);
+                kept[id] = release(engine, &mut seq, prompt_cache && !ended_by_caller[id]);
                 on_done(tag, Ok(seq));
             }
         }
     }
 }
 
-/// Remove a finished sequence's cells from both caches, so its slot starts empty.
+/// The free slot for a job: with a prompt cache, the one whose kept cells share the longest
+/// prefix with its prompt (ties: the one that keeps least, then the lowest id); otherwise the
+/// lowest free id.
+fn pick_slot<J>(slots: &[Option<(J, Sequence)>], kept: &[KeptCells], prompt: &[Token]) -> usize {
+    let head = &prompt[..prompt.len().saturating_sub(1)];
+    (0..slots.len())
+        .filter(|&i| slots[i].is_none())
+        .max_by_key(|&i| {
+            let (t, _) = kept[i].reusable(head);
+            (t, std::cmp::Reverse(kept[i].len()), std::cmp::Reverse(i))
+        })
+        .expect("a free slot")
+}
+
+/// A finished sequence's slot: its cells stay for the next prompt (`keep`), or are removed
+/// from both caches so that the slot starts empty.
+fn release<T: Model, D: Drafter>(engine: &mut Engine<T, D>, seq: &mut Sequence, keep: bool) -> KeptCells {
+    if keep {
+        return seq.kept_cells();
+    }
+    free(engine, seq);
+    KeptCells::default()
+}
+
+/// Remove a sequence's cells from both caches.
 fn free<T: Model, D: Drafter>(engine: &mut Engine<T, D>, seq: &mut Sequence) {
     let _ = seq.target.keep(&mut engine.target, 0);
     let _ = engine.drafter.rollback(&mut seq.draft, 0);

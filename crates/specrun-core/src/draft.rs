@@ -146,7 +146,9 @@ pub trait Drafter {
     fn copy_run(&self, _cursor: &DraftCursor, _tokens: &[Token]) -> usize {
         0
     }
-    /// Forget the sequence and read its prompt (all tokens but the last).
+    /// Forget the sequence and read its prompt (all tokens but the last). The cursor's
+    /// `n_cached` cells are the prompt's first tokens, kept from the sequence before in this
+    /// slot (0: none); a draft model removes its cells after them and reads the rest.
     fn begin(&mut self, cursor: &mut DraftCursor, prompt: &[Token]) -> Result<(), ModelError>;
     /// Append up to `req.max` tokens to `tokens` and, with `req.keep_q`, their q to `q`.
     fn propose(
@@ -302,12 +304,15 @@ impl<M: Model> Drafter for ModelDrafter<M> {
     }
 
     fn begin(&mut self, cursor: &mut DraftCursor, prompt: &[Token]) -> Result<(), ModelError> {
-        self.model.truncate(cursor.seq, 0)?;
-        cursor.n_cached = 0;
         if prompt.len() >= self.model.n_ctx() {
             // The draft cannot hold this prompt; the engine drafts nothing for it.
+            self.model.truncate(cursor.seq, 0)?;
+            cursor.kv.n_cached = 0;
             return Ok(());
         }
+        let keep = cursor.n_cached.min(prompt.len());
+        self.model.truncate(cursor.seq, keep)?;
+        cursor.kv.n_cached = keep;
         cursor.decode_tail(&mut self.model, prompt, 0)
     }
 

@@ -143,6 +143,36 @@ impl RoundStart {
     }
 }
 
+/// What a finished sequence left in its slot's caches ([`Sequence::kept_cells`]): the tokens
+/// whose cells the target and the draft model still hold for that sequence id. The next
+/// prompt read in the slot keeps the cells it shares with them ([`Engine::admit_after`]), as
+/// llama.cpp's server reuses a slot's prompt cache: a chat's next turn, or requests with one
+/// system prompt, read only what is new.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeptCells {
+    tokens: Vec<Token>,
+    n_target: usize,
+    n_draft: usize,
+}
+
+impl KeptCells {
+    /// Nothing kept (a cleared slot).
+    pub fn is_empty(&self) -> bool {
+        self.n_target == 0 && self.n_draft == 0
+    }
+
+    /// Tokens kept in either cache.
+    pub fn len(&self) -> usize {
+        self.n_target.max(self.n_draft)
+    }
+
+    /// How many leading tokens of `head` the target's and the draft model's kept cells hold.
+    pub fn reusable(&self, head: &[Token]) -> (usize, usize) {
+        let common = self.tokens.iter().zip(head).take_while(|(a, b)| a == b).count();
+        (common.min(self.n_target), common.min(self.n_draft))
+    }
+}
+
 /// One prompt being generated.
 #[derive(Debug, Clone)]
 pub struct Sequence {
@@ -177,6 +207,12 @@ impl Sequence {
     /// generated yet).
     pub fn reading_prompt(&self) -> bool {
         self.finish.is_none() && self.tokens.len() == self.n_prompt
+    }
+
+    /// What this sequence leaves in its slot's caches when it ends (see [`KeptCells`]).
+    pub fn kept_cells(&self) -> KeptCells {
+        let (n_target, n_draft) = (self.target.n_cached, self.draft.n_cached);
+        KeptCells { tokens: self.tokens[..n_target.max(n_draft).min(self.tokens.len())].to_vec(), n_target, n_draft }
     }
 
     /// Prompt tokens the target has not read yet.
@@ -226,7 +262,19 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     /// llama.cpp), so it is out when the prompt is. The drafter reads all but the prompt's
     /// last token; drafting starts with the next round.
     pub fn start(&mut self, id: SeqId, prompt: Vec<Token>, clock: &dyn Clock) -> Result<Sequence, EngineError> {
-        let mut seq = self.admit(id, prompt, clock)?;
+        self.start_after(id, prompt, None, clock)
+    }
+
+    /// [`Engine::start`] in a slot whose caches still hold `kept` (what the sequence before
+    /// left there): the cells the prompt shares with it are kept, and only the rest is read.
+    pub fn start_after(
+        &mut self,
+        id: SeqId,
+        prompt: Vec<Token>,
+        kept: Option<&KeptCells>,
+        clock: &dyn Clock,
+    ) -> Result<Sequence, EngineError> {
+        let mut seq = self.admit_after(id, prompt, kept, clock)?;
         if seq.finish.is_some() {
             return Ok(seq);
         }
@@ -242,6 +290,22 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     /// token takes the first token from that row. The sequence is
     /// [`Sequence::reading_prompt`] until then (finished at once when `max_tokens` is 0).
     pub fn admit(&mut self, id: SeqId, prompt: Vec<Token>, clock: &dyn Clock) -> Result<Sequence, EngineError> {
+        self.admit_after(id, prompt, None, clock)
+    }
+
+    /// [`Engine::admit`] in a slot whose caches still hold `kept`: the target keeps the cells
+    /// of the prompt's longest common prefix with it (all but the prompt's last token, whose
+    /// row gives the first token), the draft model likewise, and the rest of both caches is
+    /// removed. Without `kept` the slot's caches are cleared. A model that refuses to cut a
+    /// sequence's cells part way (llama.cpp's recurrent and some sliding-window caches) reads
+    /// the whole prompt.
+    pub fn admit_after(
+        &mut self,
+        id: SeqId,
+        prompt: Vec<Token>,
+        kept: Option<&KeptCells>,
+        clock: &dyn Clock,
+    ) -> Result<Sequence, EngineError> {
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
@@ -269,10 +333,26 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             q: Vec::new(),
             t_admitted: t0,
         };
-        self.target.truncate(id, 0).map_err(EngineError::Target)?;
-        let head = &seq.tokens[..seq.n_prompt - 1];
-        self.drafter.begin(&mut seq.draft, head).map_err(EngineError::Draft)?;
+        let head_len = seq.n_prompt - 1;
+        let (reuse_target, reuse_draft) = kept.map_or((0, 0), |k| k.reusable(&seq.tokens[..head_len]));
+        seq.target.n_cached = if reuse_target > 0 && self.target.truncate(id, reuse_target).is_ok() {
+            reuse_target
+        } else {
+            self.target.truncate(id, 0).map_err(EngineError::Target)?;
+            0
+        };
+        // the drafter keeps the cells before its cursor and removes the rest (see `Drafter::begin`)
+        seq.draft.kv.n_cached = reuse_draft;
+        let head = &seq.tokens[..head_len];
+        if let Err(e) = self.drafter.begin(&mut seq.draft, head) {
+            if reuse_draft == 0 {
+                return Err(EngineError::Draft(e));
+            }
+            seq.draft.kv.n_cached = 0;
+            self.drafter.begin(&mut seq.draft, head).map_err(EngineError::Draft)?;
+        }
         seq.stats.n_prompt = seq.n_prompt;
+        seq.stats.n_prompt_cached = seq.target.n_cached;
         if self.config.max_tokens == 0 {
             seq.stats.t_prompt = clock.now() - t0;
             seq.finish = Some(FinishReason::Length);

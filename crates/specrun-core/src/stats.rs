@@ -37,6 +37,8 @@ impl FinishReason {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GenStats {
     pub n_prompt: usize,
+    /// Prompt tokens whose cells an earlier sequence in the same slot left (not read again).
+    pub n_prompt_cached: usize,
     pub n_generated: usize,
     /// Target decodes after the prompt (one per round).
     pub n_rounds: usize,
@@ -241,6 +243,7 @@ impl GenStats {
     /// Add another generation's counters and times to these.
     pub fn merge(&mut self, o: &GenStats) {
         self.n_prompt += o.n_prompt;
+        self.n_prompt_cached += o.n_prompt_cached;
         self.n_generated += o.n_generated;
         self.n_rounds += o.n_rounds;
         self.n_drafted += o.n_drafted;
