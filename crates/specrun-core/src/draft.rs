@@ -310,8 +310,14 @@ impl<M: Model> Drafter for ModelDrafter<M> {
             cursor.kv.n_cached = 0;
             return Ok(());
         }
-        let keep = cursor.n_cached.min(prompt.len());
-        self.model.truncate(cursor.seq, keep)?;
+        let mut keep = cursor.n_cached.min(prompt.len());
+        // a cache that cannot be cut part way reads the prompt whole
+        if keep > 0 && self.model.truncate(cursor.seq, keep).is_err() {
+            keep = 0;
+        }
+        if keep == 0 {
+            self.model.truncate(cursor.seq, 0)?;
+        }
         cursor.kv.n_cached = keep;
         cursor.decode_tail(&mut self.model, prompt, 0)
     }

@@ -343,14 +343,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         };
         // the drafter keeps the cells before its cursor and removes the rest (see `Drafter::begin`)
         seq.draft.kv.n_cached = reuse_draft;
-        let head = &seq.tokens[..head_len];
-        if let Err(e) = self.drafter.begin(&mut seq.draft, head) {
-            if reuse_draft == 0 {
-                return Err(EngineError::Draft(e));
-            }
-            seq.draft.kv.n_cached = 0;
-            self.drafter.begin(&mut seq.draft, head).map_err(EngineError::Draft)?;
-        }
+        self.drafter.begin(&mut seq.draft, &seq.tokens[..head_len]).map_err(EngineError::Draft)?;
         seq.stats.n_prompt = seq.n_prompt;
         seq.stats.n_prompt_cached = seq.target.n_cached;
         if self.config.max_tokens == 0 {

@@ -225,7 +225,8 @@ impl GenStats {
     }
 
     pub fn prompt_tok_per_s(&self) -> f64 {
-        ratio(self.n_prompt as f64, self.t_prompt.as_secs_f64())
+        // tokens a slot's prompt cache held were not read
+        ratio((self.n_prompt - self.n_prompt_cached) as f64, self.t_prompt.as_secs_f64())
     }
 
     /// Decode time that was neither drafting nor verifying.

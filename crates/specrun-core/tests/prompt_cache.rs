@@ -220,3 +220,22 @@ fn a_model_that_cannot_cut_cells_part_way_reads_prompts_whole() {
     assert_eq!(out, alone);
     assert!(cached.iter().all(|&c| c == 0), "{cached:?}");
 }
+
+/// A draft model that cannot cut its cells part way reads the prompt whole; the target still
+/// keeps what it shares.
+#[test]
+fn a_draft_model_that_cannot_cut_cells_part_way_reads_the_prompt_whole() {
+    let spec = target_spec();
+    let clock = MockClock::new();
+    let mut draft_spec = MockSpec::draft_of(&spec, 0.7, 5);
+    draft_spec.refuse_partial_removal = true;
+    let mut engine = Engine::new(MockModel::new(spec), ModelDrafter::new(MockModel::new(draft_spec)), GenConfig::default());
+    let prompt = with_system(&[7, 8, 9]);
+    let first = engine.admit(0, prompt.clone(), &clock).expect("admit");
+    let kept = first.kept_cells();
+    assert!(kept.len() == prompt.len() - 1, "the draft model read the prompt's head");
+    let second = engine.admit_after(0, prompt.clone(), Some(&kept), &clock).expect("admit again");
+    assert_eq!(second.draft.n_cached, prompt.len() - 1, "read whole again");
+    assert_eq!(engine.drafter.model.decode_log.iter().flatten().filter(|&&(_, pos, _)| pos == 0).count(), 2);
+    assert_eq!(second.stats.n_prompt_cached, 0, "the target had read nothing of it yet");
+}
