@@ -517,6 +517,9 @@ pub struct Controller {
     pub verify: VerifyCosts,
     plain_streak: usize,
     rounds: usize,
+    /// Rounds that drafted nothing where the n-gram drafter had a proposal, and the target's
+    /// token was compared with its first token ([`Controller::observe_peek`]).
+    ngram_peeks: usize,
 }
 
 /// What the sequences of one continuous-batching run have learned about each source, pooled:
@@ -549,7 +552,7 @@ impl SharedPrior {
             pool.rounds += est.rounds;
             pool.step_cost = est.step_cost.map(|s| ema(pool.step_cost, s)).or(pool.step_cost);
         }
-        if c.ngram.rounds > 0 {
+        if c.ngram.rounds > 0 || c.ngram_peeks > 0 {
             let fresh = RunAcceptance::new(NGRAM_PRIOR);
             for b in 0..N_RUN_BUCKETS {
                 self.ngram_runs.accepted[b] += (c.ngram_runs.accepted[b] - fresh.accepted[b]).max(0.0);
@@ -563,9 +566,11 @@ impl Controller {
     /// Start from what other sequences of the same run learned: a source with enough pooled
     /// evidence (as many rounds as exploring would take, from at least two sequences' worth)
     /// is not explored again, and its acceptance starts at the pooled rate, weighted as
-    /// `PRIOR_WEIGHT` tokens.
+    /// `PRIOR_WEIGHT` tokens. The n-gram source's acceptance by copy-run length starts from
+    /// the pool's wherever the pool saw that length at least as often as the prior counts
+    /// (drafted tokens and peeks alike).
     pub fn seed(&mut self, prior: &SharedPrior) {
-        let fresh_ngram = self.ngram.rounds == 0;
+        let fresh_ngram = self.ngram.rounds == 0 && self.ngram_peeks == 0;
         for (est, pool) in [(&mut self.model, prior.model), (&mut self.ngram, prior.ngram)] {
             if est.rounds > 0 || pool.rounds < 2 * EXPLORE_ROUNDS || pool.accepted + pool.rejected <= 0.0 {
                 continue;
@@ -577,10 +582,11 @@ impl Controller {
             est.step_cost = est.step_cost.or(pool.step_cost);
         }
         // the n-gram source's acceptance by run length, where the pool has seen that length
-        if fresh_ngram && self.ngram.rounds == EXPLORE_ROUNDS {
+        // at least as often as the prior counts (drafted tokens and peeks alike)
+        if fresh_ngram {
             for b in 0..N_RUN_BUCKETS {
                 let (a, r) = (prior.ngram_runs.accepted[b], prior.ngram_runs.rejected[b]);
-                if a + r > 0.0 {
+                if a + r >= 2.0 {
                     let weight = (a + r).min(PRIOR_WEIGHT);
                     self.ngram_runs.accepted[b] = weight * a / (a + r);
                     self.ngram_runs.rejected[b] = weight * r / (a + r);
@@ -607,6 +613,7 @@ impl Controller {
             verify: curve.map_or_else(VerifyCosts::default, VerifyCosts::with_curve),
             plain_streak: 0,
             rounds: 0,
+            ngram_peeks: 0,
         }
     }
 
@@ -667,7 +674,7 @@ impl Controller {
         if self.explores(source) {
             return Some(cap.min(4));
         }
-        (self.plain_streak + 1 >= self.probe_interval(source)).then_some(cap.min(2))
+        (self.probes(source) && self.plain_streak + 1 >= self.probe_interval(source)).then_some(cap.min(2))
     }
 
     /// Whether `source` still drafts its first rounds regardless of plans. Only a draft
@@ -676,6 +683,14 @@ impl Controller {
     /// of a 96-token answer, spent even on a prompt with nothing to copy).
     fn explores(&self, source: DraftSource) -> bool {
         source != DraftSource::Ngram && self.estimate(source).rounds < EXPLORE_ROUNDS
+    }
+
+    /// Whether plain rounds are interrupted by short drafts of `source` to see whether its
+    /// acceptance went up: not for n-gram drafts once their acceptance is learned from the
+    /// rounds that drafted nothing ([`Controller::observe_peek`]) — a probe would spend rows
+    /// on what the peeks already tell for free.
+    fn probes(&self, source: DraftSource) -> bool {
+        source != DraftSource::Ngram || self.ngram_peeks == 0
     }
 
     /// The k in 0..=cap with the most expected tokens per second (None: costs unknown yet).
@@ -731,7 +746,7 @@ impl Controller {
         }
         match self.best_k(source, cap, run) {
             None => cap.min(4),
-            Some(0) if self.plain_streak + 1 >= self.probe_interval(source) => {
+            Some(0) if self.probes(source) && self.plain_streak + 1 >= self.probe_interval(source) => {
                 // probe: a short draft that tells us whether acceptance went up
                 cap.min(2)
             }
@@ -742,6 +757,17 @@ impl Controller {
                 k
             }
         }
+    }
+
+    /// A round that drafted nothing, where an n-gram draft from a copy run of `run` tokens
+    /// would have begun with a token that the target's own token equalled (`agreed`) or not:
+    /// the same evidence a one-token draft would have given, at no cost. (With sampling the
+    /// target's token equals a proposed `x` with probability `p(x)`, the chance rejection
+    /// sampling accepts `x`.) Unlike drafted rounds, peeks are not chosen by the estimate
+    /// they update, so acceptance at copy runs that plans turn down is learned too.
+    pub fn observe_peek(&mut self, run: usize, agreed: bool) {
+        self.ngram_peeks += 1;
+        self.ngram_runs.observe(run, 1, usize::from(agreed));
     }
 
     /// Learn from a finished round.

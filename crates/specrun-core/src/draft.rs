@@ -146,6 +146,13 @@ pub trait Drafter {
     fn copy_run(&self, _cursor: &DraftCursor, _tokens: &[Token]) -> usize {
         0
     }
+    /// The first token a proposal after `tokens` would be, where knowing it costs nothing
+    /// (an n-gram lookup; `None` for a draft model, or when there is nothing to propose).
+    /// Asked after [`Drafter::source`], in rounds that draft nothing: the controller learns
+    /// the source's acceptance from whether the target's own token agreed.
+    fn peek(&self, _cursor: &DraftCursor, _tokens: &[Token]) -> Option<Token> {
+        None
+    }
     /// Forget the sequence and read its prompt (all tokens but the last). The cursor's
     /// `n_cached` cells are the prompt's first tokens, kept from the sequence before in this
     /// slot (0: none); a draft model removes its cells after them and reads the rest.
@@ -189,6 +196,9 @@ impl<D: Drafter + ?Sized> Drafter for Box<D> {
     }
     fn copy_run(&self, cursor: &DraftCursor, tokens: &[Token]) -> usize {
         (**self).copy_run(cursor, tokens)
+    }
+    fn peek(&self, cursor: &DraftCursor, tokens: &[Token]) -> Option<Token> {
+        (**self).peek(cursor, tokens)
     }
     fn begin(&mut self, cursor: &mut DraftCursor, prompt: &[Token]) -> Result<(), ModelError> {
         (**self).begin(cursor, prompt)

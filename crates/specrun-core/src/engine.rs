@@ -108,6 +108,8 @@ struct Drafted {
     t_drafted: std::time::Duration,
     /// What the plan expected of this round, `(tokens, seconds)` (one sequence's own rounds).
     expected: Option<(f64, f64)>,
+    /// The n-gram drafter's first token, in a round that drafted nothing ([`Drafter::peek`]).
+    peek: Option<Token>,
 }
 
 /// What a shared round decided for one sequence before drafting: the source, the draft
@@ -131,6 +133,8 @@ struct RoundStart {
     /// What the plan expected, `(tokens, seconds)`: one sequence's own rounds only (a shared
     /// round is checked as a whole, [`Engine::shared_plan`]).
     expected: Option<(f64, f64)>,
+    /// The n-gram drafter's first token when the plan drafts nothing ([`Drafter::peek`]).
+    peek: Option<Token>,
 }
 
 impl RoundStart {
@@ -377,6 +381,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             t_start: t_read,
             t_drafted: t_read,
             expected: None,
+            peek: None,
         };
         self.finish_phase(seq, first, row, shared, t_read, clock)
     }
@@ -644,14 +649,18 @@ impl<T: Model, D: Drafter> Engine<T, D> {
                 (source, k, run, seq.controller.expect(source, run, k))
             }
         };
+        // a round that will not draft still learns what an n-gram draft would have given
+        let peek = (k_planned == 0 && source == DraftSource::Ngram && seq.config.adaptive == AdaptiveMode::Auto)
+            .then(|| self.drafter.peek(&seq.draft, &seq.tokens))
+            .flatten();
         seq.q.clear();
-        Some(RoundStart { n_hist, source, k_planned, run, draft_gap: n_hist - seq.draft.n_cached, t_start, expected })
+        Some(RoundStart { n_hist, source, k_planned, run, draft_gap: n_hist - seq.draft.n_cached, t_start, expected, peek })
     }
 
     /// After drafting: drop a draft shorter than `draft_min`, and say which rows the target
     /// decodes.
     fn round_drafted(&mut self, seq: &mut Sequence, start: RoundStart, report: DraftReport, t_drafted: Duration) -> Drafted {
-        let RoundStart { n_hist, k_planned, run, draft_gap, t_start, expected, .. } = start;
+        let RoundStart { n_hist, k_planned, run, draft_gap, t_start, expected, peek, .. } = start;
         seq.stats.n_draft_steps += report.n_steps;
         if seq.tokens.len() > n_hist && seq.tokens.len() - n_hist < seq.config.draft_min.max(1) {
             // too short to be worth a bigger target batch (llama.cpp's --draft-min)
@@ -660,7 +669,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
         let n_drafted = seq.tokens.len() - n_hist;
         // the target decodes the last accepted token and the whole draft
-        Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows: n_drafted + 1, t_start, t_drafted, expected }
+        let peek = peek.filter(|_| n_drafted == 0);
+        Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows: n_drafted + 1, t_start, t_drafted, expected, peek }
     }
 
     /// The second half of a round, after the target decode: verify on rows
@@ -675,7 +685,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         t_verified: std::time::Duration,
         clock: &dyn Clock,
     ) -> Result<Range<usize>, EngineError> {
-        let Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows, t_start, t_drafted, expected } = d;
+        let Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows, t_start, t_drafted, expected, peek } = d;
         // a trace keeps the draft, which verification cuts back to what was accepted
         let traced_draft = seq.trace_rounds.then(|| seq.tokens[n_hist..n_hist + n_drafted].to_vec());
         let verify_mode = seq.config.effective_verify();
@@ -740,6 +750,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             t_draft: t_drafted - t_start,
             t_verify: t_verified - t_drafted,
         });
+        if let Some(t) = peek {
+            seq.controller.observe_peek(run, t == verdict.next);
+        }
         seq.stats.t_draft += t_drafted - t_start;
         seq.stats.t_verify += t_verified - t_drafted;
         if n_drafted > 0 {

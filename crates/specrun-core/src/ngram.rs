@@ -406,6 +406,24 @@ impl NgramState {
         tokens.len() - start
     }
 
+    /// The first token [`NgramState::copy`] would append after `tokens` from the position
+    /// [`NgramState::plan`] chose for them (`None` if it chose none or the tokens moved on).
+    pub fn peek(&self, tokens: &[Token]) -> Option<Token> {
+        let (at, mut i) = self.planned?;
+        if at != tokens.len() {
+            return None;
+        }
+        while i < tokens.len() {
+            match self.edits.iter().rev().find(|e| tokens.get(i..i + e.old.len()) == Some(&e.old[..])) {
+                Some(e) if !e.new.is_empty() => return Some(e.new[0]),
+                // a deletion: the copy goes on after it
+                Some(e) => i += e.old.len().max(1),
+                None => return Some(tokens[i]),
+            }
+        }
+        None
+    }
+
     /// Tokens the current copy run has lasted (from the match it was anchored on).
     pub fn run(&self, tokens: &[Token]) -> usize {
         if self.offset.is_some() {
@@ -522,6 +540,17 @@ impl Drafter for NgramDrafter {
         cursor.ngram.run(tokens)
     }
 
+    fn peek(&self, cursor: &DraftCursor, tokens: &[Token]) -> Option<Token> {
+        match cursor.ngram.peek(tokens) {
+            Some(t) => Some(t),
+            None if cursor.ngram.planned.is_some_and(|(at, _)| at == tokens.len()) => None,
+            None => {
+                let c = self.corpus.as_ref()?;
+                c.lookup(tokens).and_then(|pos| c.tokens.get(pos).copied()).filter(|&t| t != SEPARATOR)
+            }
+        }
+    }
+
     fn begin(&mut self, cursor: &mut DraftCursor, _: &[Token]) -> Result<(), ModelError> {
         cursor.ngram.reset();
         Ok(())
@@ -583,6 +612,10 @@ impl<D: Drafter> Drafter for HybridDrafter<D> {
 
     fn copy_run(&self, cursor: &DraftCursor, tokens: &[Token]) -> usize {
         self.ngram.copy_run(cursor, tokens)
+    }
+
+    fn peek(&self, cursor: &DraftCursor, tokens: &[Token]) -> Option<Token> {
+        self.ngram.peek(cursor, tokens)
     }
 
     fn begin(&mut self, cursor: &mut DraftCursor, prompt: &[Token]) -> Result<(), ModelError> {
@@ -680,14 +713,23 @@ mod tests {
         t
     }
 
+    /// What the drafter proposes after `tokens`; every proposal also checks that
+    /// [`NgramState::peek`] foretold its first token (what rounds that draft nothing learn from).
     fn propose(state: &mut NgramState, tokens: &[Token], config: NgramConfig, k: usize) -> Vec<Token> {
         let mut t = tokens.to_vec();
         match state.plan(&t, config) {
             Some(from) => {
+                let peeked = state.peek(&t);
+                let mut first = t.clone();
+                state.clone().copy(&mut first, from, 1);
+                assert_eq!(peeked, first.get(tokens.len()).copied(), "the peek is the proposal's first token");
                 state.copy(&mut t, from, k);
                 t[tokens.len()..].to_vec()
             }
-            None => vec![],
+            None => {
+                assert_eq!(state.peek(&t), None, "no plan, nothing to peek");
+                vec![]
+            }
         }
     }
 
@@ -739,6 +781,18 @@ mod tests {
         t.extend(10..18);
         assert_eq!(propose(&mut st, &t, DEFAULT, 4), vec![50, 18, 19, 20]);
         (st, t)
+    }
+
+    #[test]
+    fn a_peek_foretells_a_replayed_edit() {
+        let (mut st, mut t) = copying_up_to_the_name();
+        t.push(60);
+        propose(&mut st, &t, DEFAULT, 4);
+        t.extend([18, 19, 20, 21, 22, 23]);
+        assert!(st.plan(&t, DEFAULT).is_some());
+        assert_eq!(st.peek(&t), Some(60), "the source has 50 next; the edit says 60");
+        t.push(60);
+        assert_eq!(st.peek(&t), None, "a peek is of the tokens the plan was made for");
     }
 
     #[test]

@@ -4,12 +4,15 @@
 
 mod util;
 
-use specrun_core::control::AdaptiveMode;
-use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
+use rand_chacha::ChaCha8Rng;
+use specrun_core::control::{AdaptiveMode, CostCurve};
+use specrun_core::draft::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter, ModelDrafter, NoDraft};
 use specrun_core::engine::GenConfig;
 use specrun_core::mock::{MockClock, MockModel, MockSpec};
-use specrun_core::model::Token;
+use specrun_core::model::{ModelError, Token};
 use specrun_core::ngram::{HybridDrafter, NgramConfig, NgramDrafter};
+use specrun_core::sampling::{Dist, Scratch};
+use std::sync::Arc;
 use std::time::Duration;
 use util::{run_boxed, Quality};
 
@@ -141,4 +144,116 @@ fn plans_are_checked_against_what_their_rounds_did() {
     assert!(p.n_tokens < s.n_generated, "only the rounds' tokens count (the first comes with the prompt), planned ones only");
     assert!((0.95..1.05).contains(&p.time_ratio()), "time realised / expected {:.3}", p.time_ratio());
     assert!((0.8..1.2).contains(&p.tokens_ratio()), "tokens realised / expected {:.3}", p.tokens_ratio());
+}
+
+/// A drafter the test scripts: it claims an n-gram copy run of `run` tokens and proposes the
+/// continuation of `oracle` (the target's own greedy text: always right) or, without one, the
+/// last token again (the mock target's greedy choice never repeats its last token: always
+/// wrong). With `peeks` it tells the engine its first token in rounds that draft nothing.
+struct Scripted {
+    run: usize,
+    peeks: bool,
+    oracle: Option<Vec<Token>>,
+}
+
+impl Scripted {
+    fn next(&self, tokens: &[Token], max: usize) -> Vec<Token> {
+        match &self.oracle {
+            Some(o) => o.iter().skip(tokens.len()).take(max).copied().collect(),
+            None => vec![*tokens.last().expect("a prompt"); max],
+        }
+    }
+}
+
+impl Drafter for Scripted {
+    fn name(&self) -> &'static str {
+        "scripted"
+    }
+    fn source(&self, _: &mut DraftCursor, _: &[Token]) -> DraftSource {
+        DraftSource::Ngram
+    }
+    fn copy_run(&self, _: &DraftCursor, _: &[Token]) -> usize {
+        self.run
+    }
+    fn peek(&self, _: &DraftCursor, tokens: &[Token]) -> Option<Token> {
+        self.peeks.then(|| self.next(tokens, 1).first().copied()).flatten()
+    }
+    fn begin(&mut self, _: &mut DraftCursor, _: &[Token]) -> Result<(), ModelError> {
+        Ok(())
+    }
+    fn propose(
+        &mut self,
+        _: &mut DraftCursor,
+        tokens: &mut Vec<Token>,
+        q: &mut Vec<Dist>,
+        req: &DraftRequest<'_>,
+        _: &mut Scratch,
+        _: &mut ChaCha8Rng,
+    ) -> Result<DraftReport, ModelError> {
+        let next = self.next(tokens, req.max);
+        if req.keep_q {
+            q.extend(next.iter().map(|&t| Dist::one_hot(t)));
+        }
+        tokens.extend(next);
+        Ok(DraftReport { n_steps: 0, source: DraftSource::Ngram })
+    }
+    fn rollback(&mut self, _: &mut DraftCursor, _: usize) -> Result<(), ModelError> {
+        Ok(())
+    }
+}
+
+/// Costs like this CPU's: a decode of two tokens costs 1.85 of one, of four 3.55 — a drafted
+/// token pays only when it is accepted more than ~85% of the time — with the curve that
+/// calibration would have measured.
+fn cpu_like() -> (MockSpec, GenConfig) {
+    let (target, _) = costed(0, 85);
+    let ms = |rows: usize| (15.0 + 85.0 * rows as f64) / 1000.0;
+    let curve = CostCurve::from_seconds([1, 2, 4, 8, 16, 32].iter().map(|&r| (r, ms(r))).collect()).expect("a curve");
+    let config = GenConfig { draft_max: 8, adaptive: AdaptiveMode::Auto, cost_curve: Some(Arc::new(curve)), ..GenConfig::default() };
+    (target, config)
+}
+
+/// Rounds that draft nothing still tell whether an n-gram draft would have been right: the
+/// target's own token is compared with the drafter's first ([`Drafter::peek`]). A copy whose
+/// short run the prior finds too uncertain to pay for is learned to be right from those
+/// rounds and drafted after a few of them — without peeks only the first probe (after 16
+/// plain rounds) finds out.
+#[test]
+fn plain_rounds_teach_the_controller_an_n_gram_source_it_did_not_draft_from() {
+    let (target, config) = cpu_like();
+    let config = GenConfig { max_tokens: 120, ..config };
+    let prompt = [1, 2, 3];
+    let plain = run_boxed(target.clone(), Box::new(NoDraft), &config, &prompt, &MockClock::new());
+    let oracle: Vec<Token> = prompt.iter().chain(&plain.tokens).copied().collect();
+    let run = |peeks: bool| {
+        let clock = MockClock::new();
+        run_boxed(target.clone(), Box::new(Scripted { run: 1, peeks, oracle: Some(oracle.clone()) }), &config, &prompt, &clock)
+    };
+    let (with, without) = (run(true), run(false));
+    assert_eq!(with.tokens, plain.tokens);
+    assert_eq!(without.tokens, plain.tokens);
+    let (w, wo) = (&with.seq.stats, &without.seq.stats);
+    assert!(w.n_rounds_undrafted < 10, "with peeks: {} plain rounds before drafting: {w:?}", w.n_rounds_undrafted);
+    assert!(wo.n_rounds_undrafted >= 15, "without peeks drafting waits for the first probe: {wo:?}");
+    assert!(w.t_decode < wo.t_decode, "{:?} vs {:?}", w.t_decode, wo.t_decode);
+}
+
+/// And a source that plain rounds show to be wrong is never probed: without peeks the
+/// controller spends a short draft every 16, 32, 64, … plain rounds to see whether acceptance
+/// went up; with them it already knows.
+#[test]
+fn an_n_gram_source_that_plain_rounds_show_wrong_is_never_probed() {
+    let (target, config) = cpu_like();
+    let config = GenConfig { max_tokens: 300, ..config };
+    let prompt = [1, 2, 3];
+    let plain = run_boxed(target.clone(), Box::new(NoDraft), &config, &prompt, &MockClock::new());
+    let run =
+        |peeks: bool| run_boxed(target.clone(), Box::new(Scripted { run: 3, peeks, oracle: None }), &config, &prompt, &MockClock::new());
+    let (with, without) = (run(true), run(false));
+    assert_eq!(with.tokens, plain.tokens);
+    assert_eq!(without.tokens, plain.tokens);
+    let (w, wo) = (&with.seq.stats, &without.seq.stats);
+    assert!(wo.n_drafted > 0 && wo.n_accepted == 0, "without peeks, probes (all rejected): {wo:?}");
+    assert_eq!(w.n_drafted, 0, "with peeks: {w:?}");
+    assert!(w.t_decode < wo.t_decode);
 }
