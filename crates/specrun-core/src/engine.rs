@@ -108,7 +108,7 @@ struct Drafted {
     t_drafted: std::time::Duration,
     /// What the plan expected of this round, `(tokens, seconds)` (one sequence's own rounds).
     expected: Option<(f64, f64)>,
-    /// The n-gram drafter's first token, in a round that drafted nothing ([`Drafter::peek`]).
+    /// The n-gram drafter's first token, in a round that planned no draft ([`Drafter::peek`]).
     peek: Option<Token>,
 }
 
@@ -669,7 +669,6 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
         let n_drafted = seq.tokens.len() - n_hist;
         // the target decodes the last accepted token and the whole draft
-        let peek = peek.filter(|_| n_drafted == 0);
         Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows: n_drafted + 1, t_start, t_drafted, expected, peek }
     }
 

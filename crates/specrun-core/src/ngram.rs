@@ -136,6 +136,12 @@ pub struct NgramState {
     replays: Vec<Replay>,
 }
 
+/// The most recent edit whose `old` starts at `tokens[i]`, with its index: what a copy
+/// through position `i` replays.
+fn edit_at<'a>(edits: &'a [Edit], tokens: &[Token], i: usize) -> Option<(usize, &'a Edit)> {
+    edits.iter().enumerate().rev().find(|(_, e)| tokens.get(i..i + e.old.len()) == Some(&e.old[..]))
+}
+
 fn hash_key(tokens: &[Token]) -> u64 {
     // FxHash-style mixing: fast, and collisions are harmless (candidates are verified)
     tokens.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &t| (h.rotate_left(5) ^ t as u32 as u64).wrapping_mul(0x517c_c1b7_2722_0a95))
@@ -384,8 +390,7 @@ impl NgramState {
         self.replays.clear();
         let mut i = from;
         while tokens.len() - start < max && i < tokens.len() {
-            let hit = self.edits.iter().enumerate().rev().find(|(_, e)| tokens.get(i..i + e.old.len()) == Some(&e.old[..]));
-            match hit {
+            match edit_at(&self.edits, tokens, i) {
                 Some((k, e)) => {
                     let at = tokens.len();
                     let take = e.new.len().min(max - (at - start));
@@ -406,18 +411,22 @@ impl NgramState {
         tokens.len() - start
     }
 
+    /// The position [`NgramState::plan`] chose to copy from after exactly these `tokens`
+    /// (`None` if it chose none, or the tokens moved on since).
+    pub fn planned_from(&self, tokens: &[Token]) -> Option<usize> {
+        self.planned.filter(|&(at, _)| at == tokens.len()).map(|(_, from)| from)
+    }
+
     /// The first token [`NgramState::copy`] would append after `tokens` from the position
-    /// [`NgramState::plan`] chose for them (`None` if it chose none or the tokens moved on).
+    /// [`NgramState::plan`] chose for them, without copying (`None`: no plan for these tokens,
+    /// or nothing after it).
     pub fn peek(&self, tokens: &[Token]) -> Option<Token> {
-        let (at, mut i) = self.planned?;
-        if at != tokens.len() {
-            return None;
-        }
+        let mut i = self.planned_from(tokens)?;
         while i < tokens.len() {
-            match self.edits.iter().rev().find(|e| tokens.get(i..i + e.old.len()) == Some(&e.old[..])) {
-                Some(e) if !e.new.is_empty() => return Some(e.new[0]),
-                // a deletion: the copy goes on after it
-                Some(e) => i += e.old.len().max(1),
+            match edit_at(&self.edits, tokens, i) {
+                Some((_, e)) if !e.new.is_empty() => return Some(e.new[0]),
+                // a deletion: the copy goes on after it (an edit's `old` is never empty)
+                Some((_, e)) => i += e.old.len(),
                 None => return Some(tokens[i]),
             }
         }
@@ -541,14 +550,12 @@ impl Drafter for NgramDrafter {
     }
 
     fn peek(&self, cursor: &DraftCursor, tokens: &[Token]) -> Option<Token> {
-        match cursor.ngram.peek(tokens) {
-            Some(t) => Some(t),
-            None if cursor.ngram.planned.is_some_and(|(at, _)| at == tokens.len()) => None,
-            None => {
-                let c = self.corpus.as_ref()?;
-                c.lookup(tokens).and_then(|pos| c.tokens.get(pos).copied()).filter(|&t| t != SEPARATOR)
-            }
+        // as `propose`: the sequence's own plan, else the draft cache
+        if cursor.ngram.planned_from(tokens).is_some() {
+            return cursor.ngram.peek(tokens);
         }
+        let c = self.corpus.as_ref()?;
+        c.lookup(tokens).map(|pos| c.tokens[pos])
     }
 
     fn begin(&mut self, cursor: &mut DraftCursor, _: &[Token]) -> Result<(), ModelError> {
@@ -905,6 +912,7 @@ mod tests {
         // this record's context has no match of its own, but ends in 60 61 62
         let tokens: Vec<Token> = vec![1, 2, 3, 60, 61, 62];
         assert_eq!(d.source(&mut cursor, &tokens), DraftSource::Ngram);
+        assert_eq!(d.peek(&cursor, &tokens), Some(63), "a peek foretells the cache's proposal");
         let mut t = tokens.clone();
         let req = DraftRequest { max: 4, params: &crate::sampling::SamplingParams::greedy(), keep_q: false, p_min: 0.0 };
         let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
@@ -913,6 +921,8 @@ mod tests {
         // a proposal stops at the end of an earlier output
         let mut t = vec![9, 77, 78, 79];
         let mut cursor = DraftCursor::new(1);
+        d.source(&mut cursor, &t);
+        assert_eq!(d.peek(&cursor, &t), None, "nothing to foretell at an output's end");
         d.propose(&mut cursor, &mut t, &mut vec![], &req, &mut Scratch::new(), &mut rng).unwrap();
         assert_eq!(t.len(), 4, "nothing after 79 in the cache: {t:?}");
         // without the cache nothing is proposed
