@@ -263,8 +263,9 @@ fn run_parallel(
     if !args.quiet {
         print_summary(&totals, n_skipped, (clock.now() - t0).as_secs_f64());
         crate::io::note(format!(
-            "batching  {n_parallel} slots  {} shared rounds  {:.2} records in flight on average  {:.2} tokens per target decode",
+            "batching  {n_parallel} slots  {} shared rounds ({} in the tail, no record left to take a free slot)  {:.2} records in flight on average  {:.2} tokens per target decode",
             bstats.n_rounds,
+            bstats.n_tail_rounds,
             bstats.mean_active(),
             bstats.tokens_per_decode(),
         ));

@@ -148,6 +148,9 @@ pub struct BatchStats {
     /// plain ones ([`DraftGuard`]), and how many times it was paused.
     pub n_paused_rounds: usize,
     pub n_pauses: usize,
+    /// Shared rounds in the run's tail: no job was left to take a slot that freed
+    /// ([`JobSource::exhausted`]).
+    pub n_tail_rounds: usize,
     /// The shared rounds' plans against what the rounds did ([`Engine::shared_plan`]).
     pub plan_check: PlanCheck,
 }
@@ -197,16 +200,26 @@ pub trait JobSource<J> {
     /// seen).
     fn next_job(&mut self, idle: bool) -> NextJob<J>;
 
+    /// True once no job will ever come (a fixed list that has handed out its last): the run's
+    /// tail, where slots that free stay empty and the rounds thin out
+    /// ([`BatchStats::n_tail_rounds`]). A queue that may still grow never says so.
+    fn exhausted(&mut self) -> bool {
+        false
+    }
+
     /// Told after every shared round, with the run's counters so far (a server shows them
     /// while the run goes on; a fixed list has no use for them).
     fn after_round(&mut self, _stats: &BatchStats) {}
 }
 
-struct IterJobs<I>(I);
+struct IterJobs<I: Iterator>(std::iter::Peekable<I>);
 
 impl<J, I: Iterator<Item = BatchJob<J>>> JobSource<J> for IterJobs<I> {
     fn next_job(&mut self, _idle: bool) -> NextJob<J> {
         self.0.next().map_or(NextJob::Closed, NextJob::Job)
+    }
+    fn exhausted(&mut self) -> bool {
+        self.0.peek().is_none()
     }
 }
 
@@ -227,7 +240,7 @@ pub fn run_continuous<T: Model, D: Drafter, J>(
     on_done: impl FnMut(J, Result<Sequence, EngineError>),
     stats: &mut BatchStats,
 ) -> Result<BatchEnd, EngineError> {
-    run_continuous_from(engine, &mut IterJobs(jobs.into_iter()), slots, costs, clock, cancel, on_tokens, on_done, stats)
+    run_continuous_from(engine, &mut IterJobs(jobs.into_iter().peekable()), slots, costs, clock, cancel, on_tokens, on_done, stats)
 }
 
 /// [`run_continuous`] over a [`JobSource`]: the run ends when the source is closed and every
@@ -331,6 +344,7 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
             Prefill::Paced { round_secs } => pacer.chunk(round_secs, generating),
         };
         let drafted_before: usize = slots.iter().flatten().map(|(_, s)| s.stats.n_drafted).sum();
+        stats.n_tail_rounds += usize::from(closed || jobs.exhausted());
         let ranges = {
             let mut seqs: Vec<&mut Sequence> = slots.iter_mut().flatten().map(|(_, s)| s).collect();
             engine.step_many(&mut seqs, costs, guard.allows(generating), prompt_budget, clock)?

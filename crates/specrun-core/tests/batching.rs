@@ -382,3 +382,118 @@ fn drafting_that_does_not_pay_in_the_measured_rounds_stops() {
     let ratio = t_drafted.as_secs_f64() / t_plain.as_secs_f64();
     assert!(ratio < 1.6, "drafting every round would take about 3x as long; the guarded run took {ratio:.2}x");
 }
+
+/// Drafts the target's own greedy text (from a plain run) for the jobs it knows, by their
+/// first prompt token, with every `period`-th position wrong (copy runs of `period - 1`).
+struct Oracle {
+    texts: std::collections::HashMap<Token, (Vec<Token>, usize)>,
+}
+
+impl Oracle {
+    fn next(&self, tokens: &[Token], max: usize) -> Vec<Token> {
+        let Some((text, period)) = self.texts.get(&tokens[0]) else { return vec![] };
+        let at = |p: usize| if p % period == 0 { (text[p] + 1) % 64 } else { text[p] };
+        (tokens.len()..text.len()).take(max).map(at).collect()
+    }
+}
+
+impl Drafter for Oracle {
+    fn name(&self) -> &'static str {
+        "oracle"
+    }
+    fn source(&self, _: &mut specrun_core::draft::DraftCursor, tokens: &[Token]) -> specrun_core::draft::DraftSource {
+        if self.texts.contains_key(&tokens[0]) {
+            specrun_core::draft::DraftSource::Ngram
+        } else {
+            specrun_core::draft::DraftSource::None
+        }
+    }
+    fn copy_run(&self, _: &specrun_core::draft::DraftCursor, _: &[Token]) -> usize {
+        8
+    }
+    fn peek(&self, _: &specrun_core::draft::DraftCursor, tokens: &[Token]) -> Option<Token> {
+        self.next(tokens, 1).first().copied()
+    }
+    fn begin(&mut self, _: &mut specrun_core::draft::DraftCursor, _: &[Token]) -> Result<(), specrun_core::model::ModelError> {
+        Ok(())
+    }
+    fn propose(
+        &mut self,
+        _: &mut specrun_core::draft::DraftCursor,
+        tokens: &mut Vec<Token>,
+        q: &mut Vec<specrun_core::sampling::Dist>,
+        req: &specrun_core::draft::DraftRequest<'_>,
+        _: &mut specrun_core::sampling::Scratch,
+        _: &mut rand_chacha::ChaCha8Rng,
+    ) -> Result<specrun_core::draft::DraftReport, specrun_core::model::ModelError> {
+        let next = self.next(tokens, req.max);
+        if req.keep_q {
+            q.extend(next.iter().map(|&t| specrun_core::sampling::Dist::one_hot(t)));
+        }
+        tokens.extend(next);
+        Ok(specrun_core::draft::DraftReport { n_steps: 0, source: specrun_core::draft::DraftSource::Ngram })
+    }
+    fn rollback(&mut self, _: &mut specrun_core::draft::DraftCursor, _: usize) -> Result<(), specrun_core::model::ModelError> {
+        Ok(())
+    }
+}
+
+/// This CPU's cost curve (one-token decodes of 40 ms, by tokens in the decode: 16 cost about
+/// what 12 do), as the mock's decode cost and as the calibrated curve the run plans with.
+fn cpu_curve() -> (Vec<(usize, std::time::Duration)>, std::sync::Arc<specrun_core::control::CostCurve>) {
+    let steps = [(1, 1.0), (2, 1.6), (4, 2.6), (8, 6.9), (12, 9.0), (16, 9.3), (20, 12.5), (32, 17.0), (64, 30.0)];
+    let mock = steps.iter().map(|&(n, c)| (n, std::time::Duration::from_secs_f64(0.04 * c))).collect();
+    let curve = specrun_core::control::CostCurve::from_seconds(steps.iter().map(|&(n, c)| (n, 0.04 * c)).collect()).expect("a curve");
+    (mock, std::sync::Arc::new(curve))
+}
+
+/// Every decode's parts: sequence id, position, tokens.
+type DecodeLog = Vec<Vec<(i32, usize, usize)>>;
+
+/// `n_jobs` fixed-length jobs (64 tokens, `auto` drafts up to 16) on 16 slots with the CPU
+/// curve: each job's tokens, the run's counters and every decode's parts.
+fn run_on_cpu_curve(n_jobs: usize, drafter: Box<dyn Drafter>) -> (Vec<Vec<Token>>, BatchStats, DecodeLog) {
+    let (mock_curve, curve) = cpu_curve();
+    let spec =
+        MockSpec { n_seq: 16, cost_curve: mock_curve, behaviour: Behaviour::Target { seed: 7, eog_rate: 0.0 }, ..MockSpec::target(7) };
+    let config =
+        GenConfig { max_tokens: 64, draft_max: 16, adaptive: AdaptiveMode::Auto, cost_curve: Some(curve.clone()), ..GenConfig::default() };
+    let jobs: Vec<BatchJob<usize>> =
+        (0..n_jobs).map(|i| BatchJob { tag: i, config: config.clone(), prompt: vec![1 + i as Token, 9, 4, 9] }).collect();
+    let clock = MockClock::new();
+    let target = MockModel::new(spec).with_clock(clock.clone());
+    let mut engine = Engine::new(target, drafter, GenConfig::default());
+    let (out, stats) =
+        util::run_all_with(&mut engine, &mut util::ListJobs(jobs.into_iter()), n_jobs, 16, &clock, VerifyCosts::with_curve(curve));
+    (out, stats, engine.target.decode_log.clone())
+}
+
+/// An oracle for the jobs of a plain run's output: job `i` right but at every `period(i)`-th
+/// position.
+fn oracle_for(plain: &[Vec<Token>], period: impl Fn(usize) -> usize) -> Oracle {
+    let texts = (0..plain.len())
+        .map(|i| {
+            let prompt = [1 + i as Token, 9, 4, 9];
+            (prompt[0], (prompt.iter().chain(&plain[i]).copied().collect(), period(i)))
+        })
+        .collect();
+    Oracle { texts }
+}
+
+/// Before any shared decode was measured, sequences sharing one decode draft nothing: the
+/// first round measures a plain decode of them all (16 sequences each drafting what its own
+/// controller would explore with made a decode of ~4 plain ones); the rounds after it draft
+/// where the costs say it pays.
+#[test]
+fn the_first_shared_round_decodes_plainly_and_measures_the_cost() {
+    let (plain, _, _) = run_on_cpu_curve(16, Box::new(NoDraft));
+    let (out, stats, log) = run_on_cpu_curve(16, Box::new(oracle_for(&plain, |_| 8)));
+    assert_eq!(out, plain);
+    let rows: Vec<usize> = log.iter().map(|parts| parts.iter().map(|p| p.2).sum()).collect();
+    // 16 prompts read alone, then the shared rounds
+    assert!(rows[..16].iter().all(|&r| r == 4), "{rows:?}");
+    assert_eq!(rows[16], 16, "the first shared decode carries one row a sequence: {rows:?}");
+    assert!(stats.n_decoded > stats.active_sum, "later rounds draft: {stats:?}");
+    // no job waits at any time: every round is in the run's tail
+    assert_eq!(stats.n_tail_rounds, stats.n_rounds);
+}

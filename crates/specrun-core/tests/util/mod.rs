@@ -178,6 +178,18 @@ pub fn run_all<D: Drafter>(
     slots: impl Into<specrun_core::batching::Slots>,
     clock: &MockClock,
 ) -> (Vec<Vec<Token>>, specrun_core::batching::BatchStats) {
+    run_all_with(engine, source, n_jobs, slots, clock, specrun_core::control::VerifyCosts::default())
+}
+
+/// [`run_all`] with the run's decode costs starting from `costs` (a calibrated curve, say).
+pub fn run_all_with<D: Drafter>(
+    engine: &mut Engine<MockModel, D>,
+    source: &mut dyn specrun_core::batching::JobSource<usize>,
+    n_jobs: usize,
+    slots: impl Into<specrun_core::batching::Slots>,
+    clock: &MockClock,
+    mut costs: specrun_core::control::VerifyCosts,
+) -> (Vec<Vec<Token>>, specrun_core::batching::BatchStats) {
     use specrun_core::batching::{run_continuous_from, BatchEnd, BatchStats};
     let mut out: Vec<Vec<Token>> = vec![vec![]; n_jobs];
     let mut stats = BatchStats::default();
@@ -185,7 +197,7 @@ pub fn run_all<D: Drafter>(
         engine,
         source,
         slots,
-        &mut specrun_core::control::VerifyCosts::default(),
+        &mut costs,
         clock,
         &|| false,
         |_, _, _| false,
@@ -200,8 +212,11 @@ pub fn run_all<D: Drafter>(
 /// A fixed list as a [`specrun_core::batching::JobSource`].
 pub struct ListJobs<I>(pub I);
 
-impl<I: Iterator<Item = specrun_core::batching::BatchJob<usize>>> specrun_core::batching::JobSource<usize> for ListJobs<I> {
+impl<I: ExactSizeIterator<Item = specrun_core::batching::BatchJob<usize>>> specrun_core::batching::JobSource<usize> for ListJobs<I> {
     fn next_job(&mut self, _idle: bool) -> specrun_core::batching::NextJob<usize> {
         self.0.next().map_or(specrun_core::batching::NextJob::Closed, specrun_core::batching::NextJob::Job)
+    }
+    fn exhausted(&mut self) -> bool {
+        self.0.len() == 0
     }
 }
