@@ -169,7 +169,7 @@ pub struct CostCurve {
 
 /// Linear interpolation over sorted `(x, y)` points, extrapolated along the last segment (never
 /// downwards); `None` without points.
-fn interpolate(pts: &[(usize, f64)], x: usize) -> Option<f64> {
+pub(crate) fn interpolate(pts: &[(usize, f64)], x: usize) -> Option<f64> {
     Some(match pts.iter().position(|&(px, _)| px >= x) {
         Some(0) => pts[0].1,
         Some(i) if pts[i].0 == x => pts[i].1,

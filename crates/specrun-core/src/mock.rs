@@ -44,10 +44,10 @@ pub struct MockSpec {
     /// Simulated cost of one decode call, and of each token in it.
     pub cost_per_call: Duration,
     pub cost_per_token: Duration,
-    /// When not empty, the cost of a decode by its tokens instead: straight lines between
+    /// When not empty, the seconds of a decode by its tokens instead: straight lines between
     /// these points (tokens ascending; beyond the last, its last segment's slope goes on), for
     /// curves with steps, like a CPU's faster kernel path for larger batches.
-    pub cost_curve: Vec<(usize, Duration)>,
+    pub cost_curve: Vec<(usize, f64)>,
     /// Refuse to remove part of a sequence, as recurrent memory does.
     pub refuse_partial_removal: bool,
     /// Sequences the context holds (ids `0..n_seq`), each with `n_ctx` positions.
@@ -89,17 +89,10 @@ impl MockSpec {
 
     /// What a decode of `n_tokens` costs ([`MockSpec::cost_curve`], else per call and token).
     pub fn decode_cost(&self, n_tokens: usize) -> Duration {
-        let curve = &self.cost_curve;
-        if curve.is_empty() {
-            return self.cost_per_call + self.cost_per_token * n_tokens as u32;
+        match crate::control::interpolate(&self.cost_curve, n_tokens) {
+            Some(secs) => Duration::from_secs_f64(secs.max(0.0)),
+            None => self.cost_per_call + self.cost_per_token * n_tokens as u32,
         }
-        if curve.len() == 1 {
-            return curve[0].1;
-        }
-        let i = curve.iter().position(|&(n, _)| n >= n_tokens).unwrap_or(curve.len() - 1).clamp(1, curve.len() - 1);
-        let ((n0, t0), (n1, t1)) = (curve[i - 1], curve[i]);
-        let slope = (t1.as_secs_f64() - t0.as_secs_f64()) / (n1 as f64 - n0 as f64).max(1.0);
-        Duration::from_secs_f64((t0.as_secs_f64() + slope * (n_tokens as f64 - n0 as f64)).max(0.0))
     }
 
     /// The target seed and EOG rate this spec is (or is derived from).
@@ -352,13 +345,14 @@ mod tests {
         let rate = agree as f64 / 500.0;
         assert!((rate - 0.7).abs() < 0.07, "agreement {rate}");
     }
+
     #[test]
     fn a_cost_curve_prices_a_decode_by_its_tokens() {
-        let ms = Duration::from_millis;
-        let spec = MockSpec { cost_curve: vec![(1, ms(10)), (8, ms(40)), (16, ms(44))], ..MockSpec::target(1) };
-        assert_eq!(spec.decode_cost(1), ms(10));
-        assert_eq!(spec.decode_cost(12), ms(42));
-        assert_eq!(spec.decode_cost(24), ms(48), "the last slope goes on");
+        let spec = MockSpec { cost_curve: vec![(1, 0.010), (8, 0.040), (16, 0.044)], ..MockSpec::target(1) };
+        let ms = |n: usize| spec.decode_cost(n).as_secs_f64() * 1e3;
+        assert!((ms(1) - 10.0).abs() < 1e-6);
+        assert!((ms(12) - 42.0).abs() < 1e-6, "{}", ms(12));
+        assert!((ms(24) - 48.0).abs() < 1e-6, "the last slope goes on: {}", ms(24));
         let plain = MockSpec::target(1);
         assert_eq!(plain.decode_cost(3), plain.cost_per_call + plain.cost_per_token * 3);
     }

@@ -384,15 +384,15 @@ fn drafting_that_does_not_pay_in_the_measured_rounds_stops() {
 }
 
 /// Drafts the target's own greedy text (from a plain run) for the jobs it knows, by their
-/// first prompt token, with every `period`-th position wrong (copy runs of `period - 1`).
+/// first prompt token, with every 8th position wrong (copy runs of 7).
 struct Oracle {
-    texts: std::collections::HashMap<Token, (Vec<Token>, usize)>,
+    texts: std::collections::HashMap<Token, Vec<Token>>,
 }
 
 impl Oracle {
     fn next(&self, tokens: &[Token], max: usize) -> Vec<Token> {
-        let Some((text, period)) = self.texts.get(&tokens[0]) else { return vec![] };
-        let at = |p: usize| if p % period == 0 { (text[p] + 1) % 64 } else { text[p] };
+        let Some(text) = self.texts.get(&tokens[0]) else { return vec![] };
+        let at = |p: usize| if p % 8 == 0 { (text[p] + 1) % 64 } else { text[p] };
         (tokens.len()..text.len()).take(max).map(at).collect()
     }
 }
@@ -438,13 +438,14 @@ impl Drafter for Oracle {
     }
 }
 
-/// This CPU's cost curve (one-token decodes of 40 ms, by tokens in the decode: 16 cost about
-/// what 12 do), as the mock's decode cost and as the calibrated curve the run plans with.
-fn cpu_curve() -> (Vec<(usize, std::time::Duration)>, std::sync::Arc<specrun_core::control::CostCurve>) {
-    let steps = [(1, 1.0), (2, 1.6), (4, 2.6), (8, 6.9), (12, 9.0), (16, 9.3), (20, 12.5), (32, 17.0), (64, 30.0)];
-    let mock = steps.iter().map(|&(n, c)| (n, std::time::Duration::from_secs_f64(0.04 * c))).collect();
-    let curve = specrun_core::control::CostCurve::from_seconds(steps.iter().map(|&(n, c)| (n, 0.04 * c)).collect()).expect("a curve");
-    (mock, std::sync::Arc::new(curve))
+/// This CPU's cost curve (one-token decodes of 40 ms, in seconds by tokens in the decode: 16
+/// cost about what 12 do), as the mock's decode cost and as the calibrated curve the run
+/// plans with.
+fn cpu_curve() -> Vec<(usize, f64)> {
+    [(1, 1.0), (2, 1.6), (4, 2.6), (8, 6.9), (12, 9.0), (16, 9.3), (20, 12.5), (32, 17.0), (64, 30.0)]
+        .iter()
+        .map(|&(n, c)| (n, 0.04 * c))
+        .collect()
 }
 
 /// Every decode's parts: sequence id, position, tokens.
@@ -453,9 +454,9 @@ type DecodeLog = Vec<Vec<(i32, usize, usize)>>;
 /// `n_jobs` fixed-length jobs (64 tokens, `auto` drafts up to 16) on 16 slots with the CPU
 /// curve: each job's tokens, the run's counters and every decode's parts.
 fn run_on_cpu_curve(n_jobs: usize, drafter: Box<dyn Drafter>) -> (Vec<Vec<Token>>, BatchStats, DecodeLog) {
-    let (mock_curve, curve) = cpu_curve();
+    let curve = std::sync::Arc::new(specrun_core::control::CostCurve::from_seconds(cpu_curve()).expect("a curve"));
     let spec =
-        MockSpec { n_seq: 16, cost_curve: mock_curve, behaviour: Behaviour::Target { seed: 7, eog_rate: 0.0 }, ..MockSpec::target(7) };
+        MockSpec { n_seq: 16, cost_curve: cpu_curve(), behaviour: Behaviour::Target { seed: 7, eog_rate: 0.0 }, ..MockSpec::target(7) };
     let config =
         GenConfig { max_tokens: 64, draft_max: 16, adaptive: AdaptiveMode::Auto, cost_curve: Some(curve.clone()), ..GenConfig::default() };
     let jobs: Vec<BatchJob<usize>> =
@@ -468,15 +469,9 @@ fn run_on_cpu_curve(n_jobs: usize, drafter: Box<dyn Drafter>) -> (Vec<Vec<Token>
     (out, stats, engine.target.decode_log.clone())
 }
 
-/// An oracle for the jobs of a plain run's output: job `i` right but at every `period(i)`-th
-/// position.
-fn oracle_for(plain: &[Vec<Token>], period: impl Fn(usize) -> usize) -> Oracle {
-    let texts = (0..plain.len())
-        .map(|i| {
-            let prompt = [1 + i as Token, 9, 4, 9];
-            (prompt[0], (prompt.iter().chain(&plain[i]).copied().collect(), period(i)))
-        })
-        .collect();
+/// An oracle for the jobs of a plain run's output (prompts as [`run_on_cpu_curve`] makes them).
+fn oracle_for(plain: &[Vec<Token>]) -> Oracle {
+    let texts = (0..plain.len()).map(|i| (1 + i as Token, [1 + i as Token, 9, 4, 9].iter().chain(&plain[i]).copied().collect())).collect();
     Oracle { texts }
 }
 
@@ -487,7 +482,7 @@ fn oracle_for(plain: &[Vec<Token>], period: impl Fn(usize) -> usize) -> Oracle {
 #[test]
 fn the_first_shared_round_decodes_plainly_and_measures_the_cost() {
     let (plain, _, _) = run_on_cpu_curve(16, Box::new(NoDraft));
-    let (out, stats, log) = run_on_cpu_curve(16, Box::new(oracle_for(&plain, |_| 8)));
+    let (out, stats, log) = run_on_cpu_curve(16, Box::new(oracle_for(&plain)));
     assert_eq!(out, plain);
     let rows: Vec<usize> = log.iter().map(|parts| parts.iter().map(|p| p.2).sum()).collect();
     // 16 prompts read alone, then the shared rounds
