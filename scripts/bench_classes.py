@@ -5,21 +5,30 @@
 
 Each configuration's per-prompt results (`prompts`, in every JSON export of runs with one
 sequence at a time) are grouped into classes: by default the classes of the shipped
-evaluation sets (`docs/bench/eval-grounded.jsonl`, `docs/bench/eval-open.jsonl`); any other
+evaluation sets (`docs/bench/eval-*.jsonl`); any other
 prompt file names its own with CLASS=ID,... arguments. A class's speed-up is the geometric
 mean of its prompts' median speed-ups; the lowest prompt is shown beside it. Prompts in no
-class are listed as "other".
+class are listed as "other". The held-out sets (`eval-holdout.jsonl`, `eval-holdout2.jsonl`)
+are classed by default too.
 """
 import json
 import math
 import sys
 
 DEFAULT = {
-    "code edits": ["edit-rename", "edit-typehints", "edit-js-const", "edit-c-comment"],
-    "copy-heavy": ["quote-answer", "copy-then-add"],
-    "extract / cite": ["extract-actions", "summary-citations"],
-    "reformat": ["json-to-yaml", "yaml-to-json", "csv-to-markdown", "reformat-list"],
-    "open": ["open-fib", "open-hashmap", "open-sql", "open-haiku", "open-rust", "open-tcp", "open-regex", "open-advice"],
+    "code edits": [
+        "edit-rename", "edit-typehints", "edit-js-const", "edit-c-comment",
+        "ho-edit-rename-py", "ho-edit-fix-js",
+        "h2-docstring-py", "h2-logging-go", "h2-errcheck-rs", "h2-rename-ts", "h2-sql-index", "h2-java-final", "h2-yaml-edit",
+    ],
+    "copy-heavy": ["quote-answer", "copy-then-add", "h2-quote-lines"],
+    "extract / cite": ["extract-actions", "summary-citations", "ho-quote", "ho-extract-names"],
+    "reformat": ["json-to-yaml", "yaml-to-json", "csv-to-markdown", "reformat-list", "ho-json-rename", "ho-md-to-csv"],
+    "open": [
+        "open-fib", "open-hashmap", "open-sql", "open-haiku", "open-rust", "open-tcp", "open-regex", "open-advice",
+        "ho-open-thread", "ho-open-bash", "ho-open-tests", "ho-open-go", "ho-open-deadlock", "ho-open-bottle",
+        "h2-open-binary", "h2-open-py", "h2-open-git", "h2-open-cache",
+    ],
 }
 
 
