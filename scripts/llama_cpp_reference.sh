@@ -14,8 +14,8 @@
 # TOOLS=batched: llama-batched-bench (plain decoding of several sequences per decode) on the
 #   target, -npp NPP (default 128) -ntg MAX_TOKENS -npl NPL (default 1,2,4,8,16); its table on
 #   stdout. TOOLS=server: only build llama-server (for scripts/serve_load.py).
-#   Both are built with GGML_NATIVE=OFF (AVX2, the flags llama-cpp-2 builds specrun's
-#   llama.cpp with), in their own build dir, so that rates compare like for like.
+#   Every tool is built with GGML_NATIVE=OFF (AVX2, the flags llama-cpp-2 builds specrun's
+#   llama.cpp with), in one build dir, so that rates compare like for like.
 source "$(dirname "$0")/common.sh"
 ensure_system_packages
 fetch_models qwen-coder-0.5b qwen-coder-1.5b
@@ -61,12 +61,21 @@ if [[ "${TOOLS:-}" == batched || "${TOOLS:-}" == server ]]; then
         -npp "$NPP" -ntg "$N" -npl "$NPL" 2>/dev/null
     exit 0
 fi
-BUILD="$CACHE/build-$VERSION"
-if [ ! -x "$BUILD/bin/llama-speculative-simple" ] || [ ! -x "$BUILD/bin/llama-lookup" ] || [ ! -x "$BUILD/bin/llama-bench" ]; then
-    say "building llama-speculative-simple, llama-lookup, llama-bench (minutes)"
+# the same build as above (GGML_NATIVE=OFF: AVX2, as specrun's llama.cpp): a native build
+# compares unlike with specrun, and on one machine of this kind it died on an illegal
+# instruction (the CPU the compiler saw offered more than the one that ran it)
+BUILD="$CACHE/build-$VERSION-avx2"
+TARGETS=()
+[[ "${TOOLS:-speculative,lookup}" == *speculative* ]] && TARGETS+=(llama-speculative-simple)
+[[ "${TOOLS:-speculative,lookup}" == *lookup* ]] && TARGETS+=(llama-lookup)
+TARGETS+=(llama-bench)
+missing=()
+for t in "${TARGETS[@]}"; do [ -x "$BUILD/bin/$t" ] || missing+=("$t"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "building ${missing[*]} with GGML_NATIVE=OFF (minutes)"
     cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-        -DLLAMA_BUILD_SERVER=OFF -DGGML_NATIVE=ON >/dev/null
-    cmake --build "$BUILD" -j "$(nproc)" --target llama-speculative-simple llama-lookup llama-bench >/dev/null
+        -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=OFF >/dev/null
+    cmake --build "$BUILD" -j "$(nproc)" --target "${missing[@]}" >/dev/null
 fi
 
 # The prompts as specrun's chat template renders them (`specrun run --chat --print-prompt`:
