@@ -40,20 +40,26 @@ if [ ! -d "$SRC" ]; then
     tar -xzf "$CACHE/llama_cpp_python-$VERSION.tar.gz" -C "$CACHE"
     mv "$CACHE/llama_cpp_python-$VERSION" "$CACHE/llama-cpp-python-$VERSION"
 fi
-if [[ "${TOOLS:-}" == batched || "${TOOLS:-}" == server ]]; then
-    BUILD="$CACHE/build-$VERSION-avx2"
-    tool="llama-batched-bench"
-    [[ "$TOOLS" == server ]] && tool="llama-server"
-    if [ ! -x "$BUILD/bin/$tool" ]; then
-        say "building $tool with GGML_NATIVE=OFF (minutes)"
-        cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-            -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=OFF >/dev/null
-        cmake --build "$BUILD" -j "$(nproc)" --target "$tool" >/dev/null
-    fi
-    if [[ "$TOOLS" == server ]]; then
-        echo "$BUILD/bin/llama-server"
-        exit 0
-    fi
+# Every tool in one build, GGML_NATIVE=OFF (AVX2, as specrun's llama.cpp): a native build
+# compares unlike with specrun, and on one machine of this kind its llama-lookup died on an
+# illegal instruction (the CPU the compiler saw offered more than the one that ran it).
+BUILD="$CACHE/build-$VERSION-avx2"
+build_tools() {
+    local missing=() t
+    for t in "$@"; do [ -x "$BUILD/bin/$t" ] || missing+=("$t"); done
+    [ ${#missing[@]} -gt 0 ] || return 0
+    say "building ${missing[*]} with GGML_NATIVE=OFF (minutes)"
+    cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+        -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=OFF >/dev/null
+    cmake --build "$BUILD" -j "$(nproc)" --target "${missing[@]}" >/dev/null
+}
+if [[ "${TOOLS:-}" == server ]]; then
+    build_tools llama-server
+    echo "$BUILD/bin/llama-server"
+    exit 0
+fi
+if [[ "${TOOLS:-}" == batched ]]; then
+    build_tools llama-batched-bench
     NPL="${NPL:-1,2,4,8,16}"
     NPP="${NPP:-128}"
     max_npl=$(echo "$NPL" | tr ',' '\n' | sort -n | tail -1)
@@ -61,22 +67,12 @@ if [[ "${TOOLS:-}" == batched || "${TOOLS:-}" == server ]]; then
         -npp "$NPP" -ntg "$N" -npl "$NPL" 2>/dev/null
     exit 0
 fi
-# the same build as above (GGML_NATIVE=OFF: AVX2, as specrun's llama.cpp): a native build
-# compares unlike with specrun, and on one machine of this kind it died on an illegal
-# instruction (the CPU the compiler saw offered more than the one that ran it)
-BUILD="$CACHE/build-$VERSION-avx2"
-TARGETS=()
-[[ "${TOOLS:-speculative,lookup}" == *speculative* ]] && TARGETS+=(llama-speculative-simple)
-[[ "${TOOLS:-speculative,lookup}" == *lookup* ]] && TARGETS+=(llama-lookup)
-TARGETS+=(llama-bench)
-missing=()
-for t in "${TARGETS[@]}"; do [ -x "$BUILD/bin/$t" ] || missing+=("$t"); done
-if [ ${#missing[@]} -gt 0 ]; then
-    say "building ${missing[*]} with GGML_NATIVE=OFF (minutes)"
-    cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-        -DLLAMA_BUILD_SERVER=ON -DGGML_NATIVE=OFF >/dev/null
-    cmake --build "$BUILD" -j "$(nproc)" --target "${missing[@]}" >/dev/null
-fi
+# TOOLS=lookup skips llama-speculative-simple (and TOOLS=speculative the lookup tool)
+TOOLS="${TOOLS:-speculative,lookup}"
+tools=(llama-bench)
+[[ "$TOOLS" == *speculative* ]] && tools+=(llama-speculative-simple)
+[[ "$TOOLS" == *lookup* ]] && tools+=(llama-lookup)
+build_tools "${tools[@]}"
 
 # The prompts as specrun's chat template renders them (`specrun run --chat --print-prompt`:
 # the GGUF's own template), so that both tools read, and answer,
@@ -124,8 +120,6 @@ plain=$("$BUILD/bin/llama-bench" -m "$TARGET" -p 0 -n "$N" -t "$THREADS" -ngl 0 
 echo "| tool | setting | decode tok/s | vs llama-bench |"
 echo "|---|---|---|---|"
 echo "| llama-bench (plain target) | -p 0 -n $N | $plain | 1.00x |"
-# TOOLS=lookup skips llama-speculative-simple (and TOOLS=speculative the lookup tool)
-TOOLS="${TOOLS:-speculative,lookup}"
 [[ "$TOOLS" == *speculative* ]] && for k in "${KS[@]}"; do
     ts=$(run_tool "$BUILD/bin/llama-speculative-simple" "${COMMON[@]}" -md "$DRAFT" -ngld 0 --spec-type draft-simple --spec-draft-n-max "$k" --spec-draft-n-min 0)
     echo "| llama-speculative-simple | --spec-draft-n-max $k | $ts | $(python3 -c "print(f'{$ts / $plain:.2f}x')") |"
