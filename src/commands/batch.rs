@@ -278,6 +278,12 @@ fn run_parallel(
                 plans.time_ratio(),
             ));
         }
+        if bstats.n_held_rounds > 0 {
+            crate::io::note(format!(
+                "outlook   drafts held in {} rounds (played to the end, the work left ended sooner plainly)",
+                bstats.n_held_rounds
+            ));
+        }
         if bstats.n_pauses > 0 {
             crate::io::note(format!(
                 "guard     drafting paused {} times, {} rounds in all (drafted rounds measured slower than plain ones)",

@@ -33,13 +33,18 @@
 //! `auto` drafting in rounds of that many sequences when it loses (plans rest on estimates;
 //! this rests on what the rounds took); and the engine scales the shared drafts' expected
 //! gains by the share of them the run's drafts have realised
-//! ([`crate::control::DraftYield`]).
+//! ([`crate::control::DraftYield`]). A fixed list of jobs says what is queued
+//! ([`JobSource::upcoming`]), and each planned round's drafts go ahead only where playing the
+//! work left to the end says drafting ends it sooner than plain decoding ([`Outlook`]): near
+//! a run's end, its slowest chain of jobs on one slot sets its length, not a round's rate.
 
 use crate::control::{DraftGuard, SharedPrior, VerifyCosts};
 use crate::draft::Drafter;
-use crate::engine::{Engine, EngineError, GenConfig, KeptCells, Sequence};
+use crate::engine::{Engine, EngineError, GenConfig, KeptCells, PlannedPace, Sequence};
 use crate::model::{Model, Token};
+use crate::outlook::{Outlook, Pace};
 use crate::stats::{Clock, FinishReason, PlanCheck};
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -151,6 +156,9 @@ pub struct BatchStats {
     /// Shared rounds in the run's tail: no job was left to take a slot that freed
     /// ([`JobSource::exhausted`]).
     pub n_tail_rounds: usize,
+    /// Rounds whose planned drafts were held because the run's [`Outlook`] played the work
+    /// left to end sooner plainly.
+    pub n_held_rounds: usize,
     /// The shared rounds' plans against what the rounds did ([`Engine::shared_plan`]).
     pub plan_check: PlanCheck,
 }
@@ -210,16 +218,37 @@ pub trait JobSource<J> {
     /// Told after every shared round, with the run's counters so far (a server shows them
     /// while the run goes on; a fixed list has no use for them).
     fn after_round(&mut self, _stats: &BatchStats) {}
+
+    /// The settings of the next jobs, up to `n`, in the order they will be handed out — all
+    /// of them when fewer are left; `None` when the source cannot say (a queue that may
+    /// grow). The run's [`Outlook`] plays the work left with them.
+    fn upcoming(&mut self, _n: usize) -> Option<Vec<GenConfig>> {
+        None
+    }
 }
 
-struct IterJobs<I: Iterator>(std::iter::Peekable<I>);
+struct IterJobs<I: Iterator> {
+    iter: I,
+    /// Jobs taken from `iter` to be looked at, handed out first.
+    ahead: VecDeque<I::Item>,
+}
 
 impl<J, I: Iterator<Item = BatchJob<J>>> JobSource<J> for IterJobs<I> {
     fn next_job(&mut self, _idle: bool) -> NextJob<J> {
-        self.0.next().map_or(NextJob::Closed, NextJob::Job)
+        self.ahead.pop_front().or_else(|| self.iter.next()).map_or(NextJob::Closed, NextJob::Job)
     }
     fn exhausted(&mut self) -> bool {
-        self.0.peek().is_none()
+        if self.ahead.is_empty() {
+            self.ahead.extend(self.iter.next());
+        }
+        self.ahead.is_empty()
+    }
+    fn upcoming(&mut self, n: usize) -> Option<Vec<GenConfig>> {
+        while self.ahead.len() < n {
+            let Some(job) = self.iter.next() else { break };
+            self.ahead.push_back(job);
+        }
+        Some(self.ahead.iter().take(n).map(|j| j.config.clone()).collect())
     }
 }
 
@@ -240,7 +269,8 @@ pub fn run_continuous<T: Model, D: Drafter, J>(
     on_done: impl FnMut(J, Result<Sequence, EngineError>),
     stats: &mut BatchStats,
 ) -> Result<BatchEnd, EngineError> {
-    run_continuous_from(engine, &mut IterJobs(jobs.into_iter().peekable()), slots, costs, clock, cancel, on_tokens, on_done, stats)
+    let mut jobs = IterJobs { iter: jobs.into_iter(), ahead: VecDeque::new() };
+    run_continuous_from(engine, &mut jobs, slots, costs, clock, cancel, on_tokens, on_done, stats)
 }
 
 /// [`run_continuous`] over a [`JobSource`]: the run ends when the source is closed and every
@@ -271,6 +301,10 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
     // whether drafting measured to pay in this run's rounds
     let mut guard = DraftGuard::default();
     let mut pacer = PromptPacer::default();
+    // what the finished sequences' drafting gave per round, and how much of its token budget
+    // a job that may end on its own used: the run's outlook plays queued jobs like them
+    let mut finished_paces: Vec<Pace> = Vec::new();
+    let mut used = LengthShare::default();
     loop {
         if cancel() {
             for (_, seq) in slots.iter_mut().flatten() {
@@ -345,10 +379,18 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
         };
         let drafted_before: usize = slots.iter().flatten().map(|(_, s)| s.stats.n_drafted).sum();
         stats.n_tail_rounds += usize::from(closed || jobs.exhausted());
+        let queued = jobs.upcoming(LOOKAHEAD_PER_SLOT * n_parallel);
+        let mut held = false;
         let ranges = {
             let mut seqs: Vec<&mut Sequence> = slots.iter_mut().flatten().map(|(_, s)| s).collect();
-            engine.step_many(&mut seqs, costs, guard.allows(generating), prompt_budget, clock)?
+            let mut check = |planned: &[PlannedPace], costs: &VerifyCosts| {
+                let pays = drafts_pay(n_parallel, planned, queued.as_deref(), &finished_paces, used, costs);
+                held = !pays;
+                pays
+            };
+            engine.step_many(&mut seqs, costs, guard.allows(generating), &mut check, prompt_budget, clock)?
         };
+        stats.n_held_rounds += usize::from(held);
         let secs = clock.now() - t_round;
         stats.plan_check.merge(&std::mem::take(&mut engine.shared_plan));
         stats.n_decoded += engine.n_decoded - decoded_before;
@@ -379,11 +421,84 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
             if slot.as_ref().is_some_and(|(_, s)| s.finish.is_some()) {
                 let (tag, mut seq) = slot.take().expect("checked");
                 prior.add(&seq.controller);
+                finished_paces.extend(seq.pace_mean.mean());
+                if !seq.config.ignore_eos && seq.config.max_tokens > 0 {
+                    used.add(seq.generated().len() as f64 / seq.config.max_tokens as f64);
+                }
                 kept[id] = release(engine, &mut seq, prompt_cache && !ended_by_caller[id]);
                 on_done(tag, Ok(seq));
             }
         }
     }
+}
+
+/// How many queued jobs per slot the run's outlook plays beyond the jobs in flight. The tail
+/// it weighs against drafting's faster rounds is about one job per slot; eight more per slot
+/// make the play long enough that a long queue drafts as a steady run would (the tail then
+/// a ninth of it), at a few thousand steps a round.
+pub const LOOKAHEAD_PER_SLOT: usize = 8;
+
+/// The mean share of their token budget that finished jobs which may end on their own used
+/// (1 before any finished: a budget is all that is known of a job's length).
+#[derive(Debug, Clone, Copy, Default)]
+struct LengthShare {
+    sum: f64,
+    n: usize,
+}
+
+impl LengthShare {
+    fn add(&mut self, share: f64) {
+        self.sum += share.clamp(0.0, 1.0);
+        self.n += 1;
+    }
+    fn share(&self) -> f64 {
+        if self.n == 0 {
+            1.0
+        } else {
+            self.sum / self.n as f64
+        }
+    }
+}
+
+/// Whether a shared round's planned drafts pay by the run's [`Outlook`]: the jobs in flight
+/// (tokens left: the budget with `ignore_eos`, else the budget times the share finished jobs
+/// used) and the queued ones played to the end, plainly and at the planned paces. True when
+/// it cannot tell: the source does not say what is queued, a sequence's drafts are not `auto`,
+/// or a cost is unknown.
+fn drafts_pay(
+    n_parallel: usize,
+    planned: &[PlannedPace],
+    queued: Option<&[GenConfig]>,
+    finished: &[Pace],
+    used: LengthShare,
+    costs: &VerifyCosts,
+) -> bool {
+    let Some(queued) = queued else { return true };
+    if planned.iter().any(|p| !p.auto) {
+        return true;
+    }
+    let length = |max_tokens: usize, ignore_eos: bool| {
+        if ignore_eos {
+            max_tokens as f64
+        } else {
+            (max_tokens as f64 * used.share()).max(1.0)
+        }
+    };
+    let in_flight = planned
+        .iter()
+        .map(|p| {
+            let budget_left = p.max_tokens.saturating_sub(p.n_generated).max(1) as f64;
+            let left = (length(p.max_tokens, p.ignore_eos) - p.n_generated as f64).clamp(1.0, budget_left);
+            (left, p.pace)
+        })
+        .collect();
+    let outlook = Outlook {
+        slots: n_parallel,
+        in_flight,
+        queued: queued.iter().map(|c| length(c.max_tokens, c.ignore_eos)).collect(),
+        paces: finished.iter().copied().chain(planned.iter().filter_map(|p| p.mean)).collect(),
+    };
+    outlook.drafting_pays(&|rows, seqs| costs.estimate_shared(rows, seqs)).unwrap_or(true)
 }
 
 /// The free slot for a job: with a prompt cache, the one whose kept cells share the longest

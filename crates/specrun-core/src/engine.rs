@@ -21,6 +21,7 @@
 use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, DraftAsk, DraftYield, Observation, VerifyCosts};
 use crate::draft::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};
 use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
+use crate::outlook::{Pace, PaceMean};
 use crate::sampling::{Dist, SamplingParams, Scratch};
 use crate::stats::{Clock, FinishReason, GenStats, PlanCheck, RoundRecord};
 use crate::verify::{verify, VerifyMode};
@@ -121,6 +122,37 @@ struct RoundPlan {
     run: usize,
 }
 
+/// One sequence of a shared round as its plan left it, for a check of the round's drafts by
+/// the run as a whole ([`Engine::step_many`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlannedPace {
+    /// What the round gives it at its plan ([`Pace::PLAIN`]: no draft planned, or it reads its
+    /// prompt).
+    pub pace: Pace,
+    /// Its planned paces on the whole so far (`None` before its first planned round).
+    pub mean: Option<Pace>,
+    /// Tokens it has generated, and at most may.
+    pub n_generated: usize,
+    pub max_tokens: usize,
+    /// It goes on past end-of-generation: its length is `max_tokens`.
+    pub ignore_eos: bool,
+    /// Its draft lengths are `auto` (the drafts a check may hold).
+    pub auto: bool,
+}
+
+impl PlannedPace {
+    fn plain(seq: &Sequence) -> Self {
+        Self {
+            pace: Pace::PLAIN,
+            mean: seq.pace_mean.mean(),
+            n_generated: seq.tokens.len() - seq.n_prompt,
+            max_tokens: seq.config.max_tokens,
+            ignore_eos: seq.config.ignore_eos,
+            auto: seq.config.adaptive == AdaptiveMode::Auto,
+        }
+    }
+}
+
 /// A round's plan, before drafting.
 struct RoundStart {
     n_hist: usize,
@@ -200,6 +232,9 @@ pub struct Sequence {
     q: Vec<Dist>,
     /// When [`Engine::admit`] took the sequence in (its prompt time runs from here).
     t_admitted: Duration,
+    /// Its shared rounds' planned paces (whether or not the round drafted), on the whole: what
+    /// a job like it may give ([`crate::outlook`]).
+    pub pace_mean: PaceMean,
 }
 
 impl Sequence {
@@ -336,6 +371,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             last_round: None,
             q: Vec::new(),
             t_admitted: t0,
+            pace_mean: PaceMean::default(),
         };
         let head_len = seq.n_prompt - 1;
         let (reuse_target, reuse_draft) = kept.map_or((0, 0), |k| k.reusable(&seq.tokens[..head_len]));
@@ -425,7 +461,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     /// recorded against what it did ([`Engine::shared_plan`]); before any shared decode was
     /// measured, several sequences decode plainly (that round measures it). With `allow_drafts` false the `auto` sequences
     /// decode plainly this round (the run's [`crate::control::DraftGuard`] measured drafting
-    /// not to pay).
+    /// not to pay). Once planned, the round's drafts are put to `check` (each sequence's
+    /// [`PlannedPace`], in `seqs` order, and the costs): false holds them all this round (the
+    /// run's [`crate::outlook::Outlook`] found plain decoding ends the run sooner).
     ///
     /// Sequences still [`Sequence::reading_prompt`] draft nothing: up to `prompt_budget` of
     /// their prompt tokens (within what `n_batch` leaves after the others' rows, shared evenly
@@ -440,6 +478,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         seqs: &mut [&mut Sequence],
         costs: &mut VerifyCosts,
         allow_drafts: bool,
+        check: &mut dyn FnMut(&[PlannedPace], &VerifyCosts) -> bool,
         prompt_budget: usize,
         clock: &dyn Clock,
     ) -> Result<Vec<Range<usize>>, EngineError> {
@@ -477,7 +516,25 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let reserved = prompt_room(decoding).min(seqs.iter().map(|s| s.prompt_left()).sum());
         let budget = n_batch - reserved;
         // the gains as the run's drafts have realised them (the plan check keeps the raw ones)
-        let ks = allocate_drafts(&asks, costs, budget, self.draft_yield.factor());
+        let yield_factor = self.draft_yield.factor();
+        let mut ks = allocate_drafts(&asks, costs, budget, yield_factor);
+        // what each plan gives its sequence this round; the run may hold every draft (each
+        // keeps its source: an n-gram one still peeks)
+        if let Some(ks) = ks.as_mut() {
+            let mut planned: Vec<PlannedPace> = seqs.iter().map(|s| PlannedPace::plain(s)).collect();
+            for (&k, (&(i, _, _), ask)) in ks.iter().zip(askers.iter().zip(&asks)) {
+                let pace = Pace {
+                    tokens: 1.0 + yield_factor * ask.reach[..k].iter().sum::<f64>(),
+                    rows: 1.0 + k as f64,
+                    draft_secs: ask.draft_cost * k as f64,
+                };
+                seqs[i].pace_mean.add(pace);
+                planned[i] = PlannedPace { pace, mean: seqs[i].pace_mean.mean(), ..planned[i] };
+            }
+            if ks.iter().any(|&k| k > 0) && !check(&planned, costs) {
+                ks.iter_mut().for_each(|k| *k = 0);
+            }
+        }
         for (j, (&(i, source, run), ask)) in askers.iter().zip(&asks).enumerate() {
             // costs unknown yet: one sequence drafts what its own controller would explore
             // with; several decode plainly, once, and the round measures what their decode

@@ -15,6 +15,8 @@
 //! - [`batching`] — continuous batching: slots, prefill between rounds, refill at once.
 //! - [`draft`], [`ngram`] — drafters: a draft model, n-gram lookup, hybrid.
 //! - [`control`] — how long each draft is (fixed, step, cost-aware auto).
+//! - [`outlook`] — whether a batch run's drafts end it sooner than plain decoding, played to
+//!   the end.
 //! - [`verify`], [`sampling`] — greedy and rejection-sampling verification, the warp.
 //! - [`stats`], [`vocab`], [`detok`] — counters and timings, pair compatibility, UTF-8 streaming.
 
@@ -26,6 +28,7 @@ pub mod engine;
 pub mod mock;
 pub mod model;
 pub mod ngram;
+pub mod outlook;
 pub mod sampling;
 pub mod stats;
 pub mod verify;

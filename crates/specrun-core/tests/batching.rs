@@ -492,3 +492,51 @@ fn the_first_shared_round_decodes_plainly_and_measures_the_cost() {
     // no job waits at any time: every round is in the run's tail
     assert_eq!(stats.n_tail_rounds, stats.n_rounds);
 }
+
+/// `n_jobs` jobs of 64 tokens on `slots` slots along the CPU curve, where every fourth job
+/// copies well (the oracle drafts it) and the rest have nothing to draft from: each job's
+/// tokens, the run's counters and the seconds the run took on the mock clock.
+fn run_mix(n_jobs: usize, slots: usize, drafts: bool) -> (Vec<Vec<Token>>, BatchStats, f64) {
+    let curve = std::sync::Arc::new(specrun_core::control::CostCurve::from_seconds(cpu_curve()).expect("a curve"));
+    let spec =
+        MockSpec { n_seq: slots, cost_curve: cpu_curve(), behaviour: Behaviour::Target { seed: 7, eog_rate: 0.0 }, ..MockSpec::target(7) };
+    let config =
+        GenConfig { max_tokens: 64, draft_max: 16, adaptive: AdaptiveMode::Auto, cost_curve: Some(curve.clone()), ..GenConfig::default() };
+    let jobs: Vec<BatchJob<usize>> =
+        (0..n_jobs).map(|i| BatchJob { tag: i, config: config.clone(), prompt: vec![1 + i as Token, 9, 4, 9] }).collect();
+    let drafter: Box<dyn Drafter> = if drafts {
+        let (plain, _, _) = run_mix(n_jobs, slots, false);
+        let mut oracle = oracle_for(&plain);
+        oracle.texts.retain(|&first, _| (first - 1) % 4 == 0);
+        Box::new(oracle)
+    } else {
+        Box::new(NoDraft)
+    };
+    let clock = MockClock::new();
+    let target = MockModel::new(spec).with_clock(clock.clone());
+    let mut engine = Engine::new(target, drafter, GenConfig::default());
+    let (out, stats) =
+        util::run_all_with(&mut engine, &mut util::ListJobs(jobs.into_iter()), n_jobs, slots, &clock, VerifyCosts::with_curve(curve));
+    (out, stats, specrun_core::stats::Clock::now(&clock).as_secs_f64())
+}
+
+/// With one job per slot waiting, a run lasts as long as its slowest slot's chain of jobs, and
+/// here most jobs draft nothing: drafts for the few that copy would end those early, thin the
+/// last rounds and make the first ones dearer. The run's outlook holds them, and the run is not
+/// slower than plain decoding. With four jobs per slot waiting, the same mix drafts and is
+/// faster.
+#[test]
+fn drafts_are_held_when_the_work_left_ends_sooner_plainly() {
+    let (plain, _, t_plain) = run_mix(32, 16, false);
+    let (out, stats, t_drafting) = run_mix(32, 16, true);
+    assert_eq!(out, plain);
+    assert!(stats.n_held_rounds > 0, "{stats:?}");
+    assert!(t_drafting <= t_plain * 1.001, "drafting {t_drafting} s, plain {t_plain} s: {stats:?}");
+
+    // (the mock's prompts tell jobs apart by their first token: at most 63 jobs)
+    let (plain, _, t_plain) = run_mix(12 * 5, 12, false);
+    let (out, stats, t_drafting) = run_mix(12 * 5, 12, true);
+    assert_eq!(out, plain);
+    assert!(stats.n_decoded > stats.active_sum, "it drafts: {stats:?}");
+    assert!(t_drafting < t_plain, "drafting {t_drafting} s, plain {t_plain} s: {stats:?}");
+}

@@ -209,14 +209,20 @@ pub fn run_all_with<D: Drafter>(
     (out, stats)
 }
 
-/// A fixed list as a [`specrun_core::batching::JobSource`].
+/// A fixed list as a [`specrun_core::batching::JobSource`] (that says what is queued, as
+/// `run_continuous`'s own does).
 pub struct ListJobs<I>(pub I);
 
-impl<I: ExactSizeIterator<Item = specrun_core::batching::BatchJob<usize>>> specrun_core::batching::JobSource<usize> for ListJobs<I> {
+impl<I: ExactSizeIterator<Item = specrun_core::batching::BatchJob<usize>> + Clone> specrun_core::batching::JobSource<usize>
+    for ListJobs<I>
+{
     fn next_job(&mut self, _idle: bool) -> specrun_core::batching::NextJob<usize> {
         self.0.next().map_or(specrun_core::batching::NextJob::Closed, specrun_core::batching::NextJob::Job)
     }
     fn exhausted(&mut self) -> bool {
         self.0.len() == 0
+    }
+    fn upcoming(&mut self, n: usize) -> Option<Vec<specrun_core::engine::GenConfig>> {
+        Some(self.0.clone().take(n).map(|j| j.config).collect())
     }
 }
