@@ -1,5 +1,6 @@
 //! Criterion benches of the pure core on a 151,936-token vocabulary (Qwen2.5's): one verified
-//! round's CPU work outside the models — warp, verification, bookkeeping.
+//! round's CPU work outside the models — warp, verification, bookkeeping —, n-gram lookups,
+//! and one shared round's outlook (what the continuous-batching runner adds to a round).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use rand::{Rng, SeedableRng};
