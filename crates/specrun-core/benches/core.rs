@@ -98,27 +98,32 @@ fn ngram(c: &mut Criterion) {
     c.bench_function("ngram lookup, 32k context, scan (per round)", |b| b.iter(|| black_box(lookup(&tokens[..32_768], config, 8).len())));
 }
 
-/// One shared round's outlook at the widest batch `specrun batch` plays: 16 sequences in
-/// flight, 8 queued jobs per slot, paces drawn from 32 sequences so far, on a CPU-like curve.
+/// One shared round's outlook at N = 16 as the runner calls it: 16 sequences in flight, 8
+/// queued jobs per slot, paces drawn from 32 sequences so far, the decode cost from the run's
+/// `VerifyCosts` (a calibrated CPU curve, corrected by 64 measured shapes).
 fn outlook(c: &mut Criterion) {
+    use specrun_core::control::{CostCurve, VerifyCosts};
     use specrun_core::outlook::{Outlook, Pace};
+    use std::sync::Arc;
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let mut pace = || {
+    let pace = |rng: &mut ChaCha8Rng| {
         let k = rng.gen_range(0..=8) as f64;
         Pace { tokens: 1.0 + 0.6 * k, rows: 1.0 + k, draft_secs: 0.0 }
     };
-    let in_flight: Vec<(f64, Pace)> = (0..16).map(|i| (8.0 + 4.0 * i as f64, pace())).collect();
-    let paces: Vec<Pace> = (0..32).map(|_| pace()).collect();
+    let in_flight: Vec<(f64, Pace)> = (0..16).map(|i| (8.0 + 4.0 * i as f64, pace(&mut rng))).collect();
+    let paces: Vec<Pace> = (0..32).map(|_| pace(&mut rng)).collect();
     let outlook = Outlook { slots: 16, in_flight, queued: vec![64.0; 128], paces };
     // seconds of a decode by rows: llama-bench's steps on 2 cores, 90 ms a token
-    let curve = [(1, 0.09), (2, 0.135), (4, 0.243), (8, 0.558), (12, 0.729), (16, 0.756), (32, 1.503)];
-    let cost = |rows: usize, _seqs: usize| {
-        let i = curve.iter().position(|&(r, _)| r >= rows).unwrap_or(curve.len() - 1).max(1);
-        let ((r0, c0), (r1, c1)) = (curve[i - 1], curve[i]);
-        Some(c0 + (c1 - c0) * (rows as f64 - r0 as f64) / (r1 - r0) as f64)
-    };
+    let steps = [(1, 1.0), (2, 1.5), (4, 2.7), (8, 6.2), (12, 8.1), (16, 8.4), (32, 16.7)];
+    let curve = CostCurve::from_seconds(steps.iter().map(|&(r, c)| (r, 0.09 * c)).collect()).expect("a curve");
+    let mut costs = VerifyCosts::with_curve(Arc::new(curve));
+    for _ in 0..64 {
+        let seqs = rng.gen_range(1..=16);
+        let rows = seqs + rng.gen_range(0..=3 * seqs);
+        costs.observe_shared(rows, seqs, 0.09 * rows as f64 * rng.gen_range(0.4..0.8));
+    }
     c.bench_function("outlook of one shared round, 16 in flight + 128 queued (32 plays)", |b| {
-        b.iter(|| black_box(outlook.drafting_pays(&cost)))
+        b.iter(|| black_box(outlook.drafting_pays(&|rows, seqs| costs.estimate_shared(rows, seqs))))
     });
 }
 
