@@ -10,6 +10,7 @@
 //! * [`crate::ngram::NgramDrafter`], [`crate::ngram::HybridDrafter`]: prompt lookup, alone or
 //!   in front of a draft model.
 
+use crate::constraint::Guide;
 use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
 use crate::ngram::NgramState;
 use crate::sampling::{Dist, SamplingParams, Scratch};
@@ -36,12 +37,22 @@ pub struct ProposeJob<'a> {
     pub q: &'a mut Vec<Dist>,
     pub req: DraftRequest<'a>,
     pub rng: &'a mut ChaCha8Rng,
+    /// The sequence's constraint: a draft model samples from its masked rows (the guide
+    /// follows the draft; the engine brings it back after).
+    pub guide: Option<&'a mut Guide>,
 }
 
 impl ProposeJob<'_> {
     /// The same job, borrowed again (to hand a subset of jobs on).
     pub fn reborrow(&mut self) -> ProposeJob<'_> {
-        ProposeJob { cursor: &mut *self.cursor, tokens: &mut *self.tokens, q: &mut *self.q, req: self.req, rng: &mut *self.rng }
+        ProposeJob {
+            cursor: &mut *self.cursor,
+            tokens: &mut *self.tokens,
+            q: &mut *self.q,
+            req: self.req,
+            rng: &mut *self.rng,
+            guide: self.guide.as_deref_mut(),
+        }
     }
 }
 
@@ -276,18 +287,22 @@ fn top_probability(row: &[f32]) -> f32 {
     1.0 / z
 }
 
-/// Draft one token from logits row `row` of the draft model's last decode: append it (and
-/// its q) unless the draft is too unsure. Returns whether drafting may go on.
-fn take_row<M: Model>(
-    model: &M,
-    row: usize,
-    tokens: &mut Vec<Token>,
-    q: &mut Vec<Dist>,
-    req: &DraftRequest<'_>,
-    scratch: &mut Scratch,
-    rng: &mut ChaCha8Rng,
-) -> bool {
-    let row = model.logits(row);
+/// Draft one token from logits row `row` of the draft model's last decode (masked by the
+/// sequence's constraint, when it has one): append it (and its q) unless the draft is too
+/// unsure. Returns whether drafting may go on.
+fn take_row<M: Model>(model: &M, row: usize, job: &mut ProposeJob<'_>, scratch: &mut Scratch) -> bool {
+    let ProposeJob { tokens, q, req, rng, guide, .. } = job;
+    let mut masked = Vec::new();
+    let row = match guide.as_deref_mut().map(|g| g.mask_after(tokens, &|t| model.is_eog(t))) {
+        None => model.logits(row),
+        Some(Ok(mask)) => {
+            masked.extend_from_slice(model.logits(row));
+            mask.apply(&mut masked);
+            &masked
+        }
+        // the grammar broke: no draft (verification reports it)
+        Some(Err(_)) => return false,
+    };
     let (token, confidence, dist) = if req.keep_q {
         let dist = scratch.warp(row, tokens, req.params);
         (dist.sample(rng), dist.probs[0], Some(dist))
@@ -296,7 +311,7 @@ fn take_row<M: Model>(
         let confidence = if req.p_min > 0.0 { top_probability(row) } else { 1.0 };
         (token, confidence, None)
     };
-    if confidence < req.p_min {
+    if confidence < req.p_min || !row.get(token as usize).is_some_and(|l| l.is_finite()) {
         return false;
     }
     tokens.push(token);
@@ -342,10 +357,11 @@ impl<M: Model> Drafter for ModelDrafter<M> {
         rng: &mut ChaCha8Rng,
     ) -> Result<DraftReport, ModelError> {
         let mut report = DraftReport { n_steps: 0, source: DraftSource::Model };
+        let mut job = ProposeJob { cursor, tokens, q, req: *req, rng, guide: None };
         for _ in 0..req.max {
-            cursor.decode_tail(&mut self.model, tokens, 1)?;
+            job.cursor.decode_tail(&mut self.model, job.tokens, 1)?;
             report.n_steps += 1;
-            if !take_row(&self.model, 0, tokens, q, req, scratch, rng) {
+            if !take_row(&self.model, 0, &mut job, scratch) {
                 break;
             }
         }
@@ -379,7 +395,7 @@ impl<M: Model> Drafter for ModelDrafter<M> {
                 let j = &mut jobs[i];
                 j.cursor.part_decoded(len);
                 reports[i].n_steps += 1;
-                let more = take_row(&self.model, row, j.tokens, j.q, &j.req, scratch, j.rng);
+                let more = take_row(&self.model, row, j, scratch);
                 if !more || j.tokens.len() - starts[i] >= j.req.max {
                     live[i] = false;
                 }

@@ -18,13 +18,14 @@
 //! [`Sequence::reading_prompt`], drafts nothing, and its target cursor lies anywhere in the
 //! prompt.
 
+use crate::constraint::{ConstraintError, ConstraintSpec, Guide};
 use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, DraftAsk, DraftYield, Observation, VerifyCosts};
 use crate::draft::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};
 use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
 use crate::outlook::{Pace, PaceMean};
 use crate::sampling::{Dist, SamplingParams, Scratch};
 use crate::stats::{Clock, FinishReason, GenStats, PlanCheck, RoundRecord};
-use crate::verify::{verify, VerifyMode};
+use crate::verify::{verify, RowFn, Rows, VerifyMode};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::ops::Range;
@@ -50,8 +51,16 @@ pub struct GenConfig {
     /// draft lengths along it (otherwise it extrapolates from the sizes it has seen).
     pub cost_curve: Option<std::sync::Arc<CostCurve>>,
     /// Go on past end-of-generation tokens (for benchmarks: every run generates `max_tokens`).
+    /// A constrained sequence still ends where its grammar does.
     pub ignore_eos: bool,
+    /// The grammar the output must follow (each sequence gets its own matcher).
+    pub constraint: Option<ConstraintSpec>,
 }
+
+/// Most tokens a constraint's forced span puts into one round's draft (ahead of any drafter's
+/// tokens). Forced tokens are nearly always accepted, so a long span is worth one decode on a
+/// flat (GPU) cost curve and still about two on a CPU's; longer spans go on next round.
+pub const FORCED_MAX: usize = 32;
 
 impl Default for GenConfig {
     fn default() -> Self {
@@ -66,6 +75,7 @@ impl Default for GenConfig {
             seed: 0,
             cost_curve: None,
             ignore_eos: false,
+            constraint: None,
         }
     }
 }
@@ -94,6 +104,8 @@ pub enum EngineError {
     Target(ModelError),
     #[error("draft model: {0}")]
     Draft(ModelError),
+    #[error("{0}")]
+    Constraint(ConstraintError),
 }
 
 /// The drafting half of a round, handed to the verifying half.
@@ -111,6 +123,8 @@ struct Drafted {
     expected: Option<(f64, f64)>,
     /// The n-gram drafter's first token, in a round that planned no draft ([`Drafter::peek`]).
     peek: Option<Token>,
+    /// Of the drafted tokens, how many the constraint forced (they come first).
+    n_forced: usize,
 }
 
 /// What a shared round decided for one sequence before drafting: the source, the draft
@@ -179,6 +193,38 @@ impl RoundStart {
     }
 }
 
+/// The target's rows of one round under a constraint: row `i` masked by the grammar's state
+/// after the history and the first `i` drafted tokens (a mask is computed only for the rows
+/// verification reads).
+struct MaskedRows<'a, T> {
+    target: &'a T,
+    row_base: usize,
+    guide: &'a mut Guide,
+    tokens: &'a [Token],
+    n_hist: usize,
+    buf: Vec<f32>,
+    error: Option<ConstraintError>,
+}
+
+impl<T: Model> Rows for MaskedRows<'_, T> {
+    fn row(&mut self, i: usize) -> &[f32] {
+        let raw = self.target.logits(self.row_base + i);
+        let target = self.target;
+        match self.guide.mask_after(&self.tokens[..self.n_hist + i], &|t| target.is_eog(t)) {
+            Ok(mask) => {
+                self.buf.clear();
+                self.buf.extend_from_slice(raw);
+                mask.apply(&mut self.buf);
+                &self.buf
+            }
+            Err(e) => {
+                self.error.get_or_insert(e);
+                raw
+            }
+        }
+    }
+}
+
 /// What a finished sequence left in its slot's caches ([`Sequence::kept_cells`]): the tokens
 /// whose cells the target and the draft model still hold for that sequence id. The next
 /// prompt read in the slot keeps the cells it shares with them ([`Engine::admit_after`]), as
@@ -235,6 +281,10 @@ pub struct Sequence {
     /// Its shared rounds' planned paces (whether or not the round drafted), on the whole: what
     /// a job like it may give ([`crate::outlook`]).
     pub pace_mean: PaceMean,
+    /// The grammar its output follows, in step with its tokens.
+    pub guide: Option<Guide>,
+    /// Tokens the constraint forced at the end of `tokens` this round (drafted, not verified).
+    forced: usize,
 }
 
 impl Sequence {
@@ -372,7 +422,10 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             q: Vec::new(),
             t_admitted: t0,
             pace_mean: PaceMean::default(),
+            guide: None,
+            forced: 0,
         };
+        seq.guide = self.config.constraint.as_ref().map(|c| Guide::new(c.start(), seq.n_prompt));
         let head_len = seq.n_prompt - 1;
         let (reuse_target, reuse_draft) = kept.map_or((0, 0), |k| k.reusable(&seq.tokens[..head_len]));
         seq.target.n_cached = if reuse_target > 0 && self.target.truncate(id, reuse_target).is_ok() {
@@ -418,6 +471,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             t_drafted: t_read,
             expected: None,
             peek: None,
+            n_forced: 0,
         };
         self.finish_phase(seq, first, row, shared, t_read, clock)
     }
@@ -427,13 +481,14 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         if !self.drafter.is_active() {
             return 0;
         }
+        // tokens already forced this round come before the draft
         let n = seq.tokens.len();
-        let remaining = seq.config.max_tokens - seq.stats.n_generated;
+        let remaining = (seq.config.max_tokens - seq.stats.n_generated).saturating_sub(seq.forced);
         seq.config
             .draft_max
             .min(remaining.saturating_sub(1))
-            // the target batch (last token + draft) must fit n_batch and the context
-            .min(self.target.n_batch().saturating_sub(1))
+            // the target batch (last token, forced tokens, draft) must fit n_batch and the context
+            .min(self.target.n_batch().saturating_sub(1 + seq.forced))
             .min(self.target.n_ctx().saturating_sub(n))
             // the draft decodes up to position n + k - 2
             .min(self.drafter.n_ctx().saturating_add(1).saturating_sub(n))
@@ -441,6 +496,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
 
     /// Run one round. Returns the range of `seq.tokens` it added (empty once finished).
     pub fn step(&mut self, seq: &mut Sequence, clock: &dyn Clock) -> Result<Range<usize>, EngineError> {
+        self.open_round(seq, FORCED_MAX)?;
         let Some(d) = self.draft_phase(seq, None, clock)? else {
             return Ok(seq.tokens.len()..seq.tokens.len());
         };
@@ -483,6 +539,14 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         clock: &dyn Clock,
     ) -> Result<Vec<Range<usize>>, EngineError> {
         let t_round = clock.now();
+        // forced tokens first, each sequence's within its share of n_batch beside the others'
+        // largest drafts
+        let decoding = seqs.iter().filter(|s| s.finish.is_none() && !s.reading_prompt()).count().max(1);
+        let share = (self.target.n_batch() / decoding).saturating_sub(1 + self.config.draft_max).min(FORCED_MAX);
+        for seq in seqs.iter_mut() {
+            self.open_round(seq, share)?;
+        }
+        let n_forced_all: usize = seqs.iter().map(|s| s.forced).sum();
         // plan: each sequence's source, cap and acceptance; then the lengths, together
         let mut plans: Vec<Option<RoundPlan>> = vec![None; seqs.len()];
         let mut asks: Vec<DraftAsk> = Vec::new();
@@ -514,7 +578,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let decoding = seqs.iter().filter(|s| s.finish.is_none() && !s.reading_prompt()).count();
         let prompt_room = |rows: usize| prompt_budget.min(n_batch.saturating_sub(rows));
         let reserved = prompt_room(decoding).min(seqs.iter().map(|s| s.prompt_left()).sum());
-        let budget = n_batch - reserved;
+        let budget = (n_batch - reserved).saturating_sub(n_forced_all);
         // the gains as the run's drafts have realised them (the plan check keeps the raw ones)
         let yield_factor = self.draft_yield.factor();
         let mut ks = allocate_drafts(&asks, costs, budget, yield_factor);
@@ -552,7 +616,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             None => None,
         };
         let expected = lengths.filter(|_| active > 0 && plans.iter().flatten().count() == active).and_then(|ks| {
-            let (mut rows, mut tokens, mut drafting) = (active, active as f64, 0.0);
+            let (mut rows, mut tokens, mut drafting) = (active + n_forced_all, (active + n_forced_all) as f64, 0.0);
             for (a, &k) in asks.iter().zip(ks) {
                 rows += k;
                 tokens += a.reach[..k].iter().sum::<f64>();
@@ -575,7 +639,14 @@ impl<T: Model, D: Drafter> Engine<T, D> {
                 let Some(start) = start.as_ref().filter(|s| s.drafts()) else { continue };
                 let seq: &mut Sequence = seq;
                 let req = start.request_for(&seq.config);
-                jobs.push(ProposeJob { cursor: &mut seq.draft, tokens: &mut seq.tokens, q: &mut seq.q, req, rng: &mut seq.rng });
+                jobs.push(ProposeJob {
+                    cursor: &mut seq.draft,
+                    tokens: &mut seq.tokens,
+                    q: &mut seq.q,
+                    req,
+                    rng: &mut seq.rng,
+                    guide: seq.guide.as_mut(),
+                });
                 owners.push(i);
             }
             if !jobs.is_empty() {
@@ -669,6 +740,33 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         Ok(ranges)
     }
 
+    /// Before a round is planned: forget the last round's draft distributions and, under a
+    /// constraint, draft the tokens the grammar forces (at most `cap`, within the sequence's
+    /// budget, context and batch): they lead the round's draft, whatever the drafter adds.
+    /// Target-only decoding (no active drafter, or `draft_max` 0) forces nothing.
+    fn open_round(&mut self, seq: &mut Sequence, cap: usize) -> Result<(), EngineError> {
+        seq.q.clear();
+        seq.forced = 0;
+        if seq.finish.is_some() || seq.reading_prompt() || !self.drafter.is_active() || seq.config.draft_max == 0 {
+            return Ok(());
+        }
+        let n = seq.tokens.len();
+        let remaining = seq.config.max_tokens - seq.stats.n_generated;
+        let cap =
+            cap.min(remaining.saturating_sub(1)).min(self.target.n_batch().saturating_sub(1)).min(self.target.n_ctx().saturating_sub(n));
+        let Some(guide) = seq.guide.as_mut().filter(|_| cap > 0) else {
+            return Ok(());
+        };
+        let target = &self.target;
+        let forced = guide.forced_after(&seq.tokens, cap, &|t| target.is_eog(t)).map_err(EngineError::Constraint)?;
+        if seq.config.effective_verify().needs_q() {
+            seq.q.extend(forced.iter().map(|&t| Dist::one_hot(t)));
+        }
+        seq.forced = forced.len();
+        seq.tokens.extend(forced);
+        Ok(())
+    }
+
     /// The first half of a round: stop if finished, choose the draft length (or take `plan`)
     /// and draft.
     fn draft_phase(&mut self, seq: &mut Sequence, plan: Option<RoundPlan>, clock: &dyn Clock) -> Result<Option<Drafted>, EngineError> {
@@ -678,10 +776,24 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let mut report = crate::draft::DraftReport::default();
         if start.drafts() {
             let req = start.request_for(&seq.config);
-            report = self
-                .drafter
-                .propose(&mut seq.draft, &mut seq.tokens, &mut seq.q, &req, &mut self.scratch, &mut seq.rng)
-                .map_err(EngineError::Draft)?;
+            report = match seq.guide.as_mut() {
+                // a constrained sequence drafts through the batch path, which carries its guide
+                Some(guide) => {
+                    let job = ProposeJob {
+                        cursor: &mut seq.draft,
+                        tokens: &mut seq.tokens,
+                        q: &mut seq.q,
+                        req,
+                        rng: &mut seq.rng,
+                        guide: Some(guide),
+                    };
+                    self.drafter.propose_many(&mut [job], &mut self.scratch).map_err(EngineError::Draft)?.remove(0)
+                }
+                None => self
+                    .drafter
+                    .propose(&mut seq.draft, &mut seq.tokens, &mut seq.q, &req, &mut self.scratch, &mut seq.rng)
+                    .map_err(EngineError::Draft)?,
+            };
         }
         let t_drafted = clock.now();
         Ok(Some(self.round_drafted(seq, start, report, t_drafted)))
@@ -690,7 +802,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     /// A round's start: `None` when the sequence is finished (or its context is); else the
     /// source and length to draft (the controller's, or `plan`).
     fn round_start(&mut self, seq: &mut Sequence, plan: Option<RoundPlan>, clock: &dyn Clock) -> Option<RoundStart> {
-        let n_hist = seq.tokens.len();
+        let n_hist = seq.tokens.len() - seq.forced;
         if seq.finish.is_some() {
             return None;
         }
@@ -714,7 +826,6 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let peek = (k_planned == 0 && source == DraftSource::Ngram && seq.config.adaptive == AdaptiveMode::Auto)
             .then(|| self.drafter.peek(&seq.draft, &seq.tokens))
             .flatten();
-        seq.q.clear();
         Some(RoundStart { n_hist, source, k_planned, run, draft_gap: n_hist - seq.draft.n_cached, t_start, expected, peek })
     }
 
@@ -722,15 +833,38 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     /// decodes.
     fn round_drafted(&mut self, seq: &mut Sequence, start: RoundStart, report: DraftReport, t_drafted: Duration) -> Drafted {
         let RoundStart { n_hist, k_planned, run, draft_gap, t_start, expected, peek, .. } = start;
+        let n_forced = std::mem::take(&mut seq.forced);
+        let own = n_hist + n_forced;
         seq.stats.n_draft_steps += report.n_steps;
-        if seq.tokens.len() > n_hist && seq.tokens.len() - n_hist < seq.config.draft_min.max(1) {
+        if let Some(guide) = seq.guide.as_mut().filter(|_| seq.tokens.len() > own) {
+            // a drafter's tokens end at the first the grammar refuses (a draft model sampled
+            // under the mask already; n-gram drafts may leave the grammar)
+            let target = &self.target;
+            let allowed = guide.allowed_prefix(&seq.tokens[..own], &seq.tokens[own..], &|t| target.is_eog(t)).unwrap_or(0);
+            seq.tokens.truncate(own + allowed);
+            seq.q.truncate(n_forced + allowed);
+        }
+        if seq.tokens.len() > own && seq.tokens.len() - own < seq.config.draft_min.max(1) {
             // too short to be worth a bigger target batch (llama.cpp's --draft-min)
-            seq.tokens.truncate(n_hist);
-            seq.q.clear();
+            seq.tokens.truncate(own);
+            seq.q.truncate(n_forced);
         }
         let n_drafted = seq.tokens.len() - n_hist;
         // the target decodes the last accepted token and the whole draft
-        Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows: n_drafted + 1, t_start, t_drafted, expected, peek }
+        Drafted {
+            n_hist,
+            k_planned,
+            run,
+            n_drafted,
+            report,
+            draft_gap,
+            n_rows: n_drafted + 1,
+            t_start,
+            t_drafted,
+            expected,
+            peek,
+            n_forced,
+        }
     }
 
     /// The second half of a round, after the target decode: verify on rows
@@ -745,27 +879,38 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         t_verified: std::time::Duration,
         clock: &dyn Clock,
     ) -> Result<Range<usize>, EngineError> {
-        let Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows, t_start, t_drafted, expected, peek } = d;
+        let Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows, t_start, t_drafted, expected, peek, n_forced } = d;
         // a trace keeps the draft, which verification cuts back to what was accepted
         let traced_draft = seq.trace_rounds.then(|| seq.tokens[n_hist..n_hist + n_drafted].to_vec());
         let verify_mode = seq.config.effective_verify();
         let params = &seq.config.params;
         let target = &self.target;
-        let verdict = verify(
-            verify_mode,
-            &|i| target.logits(row_base + i),
-            &seq.tokens,
-            &seq.tokens[n_hist..],
-            &seq.q,
-            params,
-            &mut self.scratch,
-            &mut seq.rng,
-        );
+        let plain_row = |i: usize| target.logits(row_base + i);
+        let mut plain = RowFn(&plain_row);
+        let mut masked = seq.guide.as_mut().map(|guide| MaskedRows {
+            target,
+            row_base,
+            guide,
+            tokens: &seq.tokens,
+            n_hist,
+            buf: Vec::new(),
+            error: None,
+        });
+        let rows: &mut dyn Rows = match masked.as_mut() {
+            Some(m) => m,
+            None => &mut plain,
+        };
+        let verdict = verify(verify_mode, rows, &seq.tokens, &seq.tokens[n_hist..], &seq.q, params, &mut self.scratch, &mut seq.rng);
+        if let Some(e) = masked.and_then(|m| m.error) {
+            return Err(EngineError::Constraint(e));
+        }
 
-        // 3. keep the accepted prefix, add the target's token, stop at EOG / max_tokens
+        // 3. keep the accepted prefix, add the target's token, stop at EOG / max_tokens (a
+        // constrained sequence ends where its grammar lets the target end it)
         seq.tokens.truncate(n_hist + verdict.n_accepted);
         seq.tokens.push(verdict.next);
-        if let Some(i) = seq.tokens[n_hist..].iter().position(|&t| !seq.config.ignore_eos && self.target.is_eog(t)) {
+        let ends_at_eog = !seq.config.ignore_eos || seq.guide.is_some();
+        if let Some(i) = seq.tokens[n_hist..].iter().position(|&t| ends_at_eog && self.target.is_eog(t)) {
             seq.tokens.truncate(n_hist + i + 1);
             seq.finish = Some(FinishReason::Stop);
         }
@@ -779,14 +924,23 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         seq.target.keep(&mut self.target, keep).map_err(EngineError::Target)?;
         self.drafter.rollback(&mut seq.draft, keep).map_err(EngineError::Draft)?;
 
-        let source = if n_drafted > 0 { report.source } else { DraftSource::None };
+        // forced tokens are the grammar's, not a drafter's: the controller learns from the
+        // drafter's tokens after them (none when a forced token was refused)
+        let n_forced_accepted = verdict.n_accepted.min(n_forced);
+        let (own_drafted, own_accepted) =
+            if n_forced_accepted == n_forced { (n_drafted - n_forced, verdict.n_accepted - n_forced) } else { (0, 0) };
+        let source = if own_drafted > 0 { report.source } else { DraftSource::None };
         seq.stats.record_round(n_drafted, verdict.n_accepted);
+        seq.stats.n_forced += n_forced;
+        seq.stats.n_forced_accepted += n_forced_accepted;
+        seq.stats.n_masks = seq.guide.as_ref().map_or(0, |g| g.n_masks);
         if let Some(drafted) = traced_draft {
             seq.last_round = Some(RoundRecord {
                 n_hist,
                 source,
                 run,
                 k_planned,
+                n_forced,
                 drafted,
                 n_accepted: verdict.n_accepted,
                 expected,
@@ -800,8 +954,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         seq.controller.observe(&Observation {
             source,
             k_planned,
-            n_drafted,
-            n_accepted: verdict.n_accepted,
+            n_drafted: own_drafted,
+            n_accepted: own_accepted,
             run,
             n_draft_steps: report.n_steps,
             draft_gap,

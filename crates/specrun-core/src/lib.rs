@@ -21,6 +21,7 @@
 //! - [`stats`], [`vocab`], [`detok`] — counters and timings, pair compatibility, UTF-8 streaming.
 
 pub mod batching;
+pub mod constraint;
 pub mod control;
 pub mod detok;
 pub mod draft;

@@ -376,3 +376,136 @@ impl crate::model::TextCodec for MockCodec {
         Ok(messages.iter().map(|(r, c)| format!("<{r}>{c}")).collect::<String>() + "<assistant>")
     }
 }
+
+/// One piece of a [`MockGrammar`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MockSegment {
+    /// Exactly these tokens (what a grammar forces: keys, punctuation).
+    Literal(Vec<Token>),
+    /// Between `min` and `max` tokens from `allowed` (a value); after `min` the next piece may
+    /// start instead. The next piece's first token should not be in `allowed`.
+    Choice { allowed: Vec<Token>, min: usize, max: usize },
+}
+
+/// A small deterministic grammar over token ids implementing [`crate::constraint::Constraint`]:
+/// pieces in order, then only `eog`. Forced tokens are the rest of a literal piece and the
+/// literal pieces right after it, so every engine path under a constraint is testable without
+/// llguidance.
+#[derive(Debug, Clone)]
+pub struct MockGrammar {
+    pieces: Arc<Vec<MockSegment>>,
+    eog: Token,
+    n_vocab: usize,
+    /// (piece, tokens taken in it) after each consumed token; the start state below it.
+    states: Vec<(usize, usize)>,
+}
+
+impl MockGrammar {
+    pub fn new(pieces: Vec<MockSegment>, eog: Token, n_vocab: usize) -> Self {
+        Self { pieces: Arc::new(pieces), eog, n_vocab, states: vec![(0, 0)] }
+    }
+
+    fn state(&self) -> (usize, usize) {
+        *self.states.last().unwrap_or(&(0, 0))
+    }
+
+    /// A choice that took its maximum ends, a literal taken whole ends.
+    fn settle(&self, (mut i, mut n): (usize, usize)) -> (usize, usize) {
+        while let Some(p) = self.pieces.get(i) {
+            let full = match p {
+                MockSegment::Literal(l) => n >= l.len(),
+                MockSegment::Choice { max, .. } => n >= *max,
+            };
+            if !full {
+                break;
+            }
+            (i, n) = (i + 1, 0);
+        }
+        (i, n)
+    }
+
+    /// The state after `t` from `(i, n)`, if the grammar allows it.
+    fn step(&self, (i, n): (usize, usize), t: Token) -> Option<(usize, usize)> {
+        match self.pieces.get(i)? {
+            MockSegment::Literal(l) => (l[n] == t).then(|| self.settle((i, n + 1))),
+            MockSegment::Choice { allowed, min, .. } => {
+                if allowed.contains(&t) {
+                    Some(self.settle((i, n + 1)))
+                } else if n >= *min {
+                    self.step(self.settle((i + 1, 0)), t)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    fn allowed(&self, (i, n): (usize, usize), out: &mut crate::constraint::TokenMask) {
+        match self.pieces.get(i) {
+            None => out.allow(self.eog),
+            Some(MockSegment::Literal(l)) => out.allow(l[n]),
+            Some(MockSegment::Choice { allowed, min, .. }) => {
+                allowed.iter().for_each(|&t| out.allow(t));
+                if n >= *min {
+                    self.allowed(self.settle((i + 1, 0)), out);
+                }
+            }
+        }
+    }
+}
+
+impl crate::constraint::Constraint for MockGrammar {
+    fn mask(&mut self) -> Result<crate::constraint::TokenMask, crate::constraint::ConstraintError> {
+        let mut m = crate::constraint::TokenMask::none(self.n_vocab);
+        self.allowed(self.state(), &mut m);
+        Ok(m)
+    }
+
+    fn forced(&mut self) -> Vec<Token> {
+        let (mut i, mut n) = self.state();
+        let mut out = Vec::new();
+        while let Some(MockSegment::Literal(l)) = self.pieces.get(i) {
+            out.extend_from_slice(&l[n..]);
+            (i, n) = self.settle((i + 1, 0));
+        }
+        out
+    }
+
+    fn validate(&mut self, tokens: &[Token]) -> usize {
+        let mut s = self.state();
+        for (k, &t) in tokens.iter().enumerate() {
+            if t == self.eog {
+                return k + usize::from(s.0 >= self.pieces.len());
+            }
+            match self.step(s, t) {
+                Some(next) => s = next,
+                None => return k,
+            }
+        }
+        tokens.len()
+    }
+
+    fn consume(&mut self, tokens: &[Token]) -> Result<(), crate::constraint::ConstraintError> {
+        for &t in tokens {
+            let next = self.step(self.state(), t).ok_or_else(|| crate::constraint::ConstraintError(format!("token {t} refused")))?;
+            self.states.push(next);
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self, n: usize) -> Result<(), crate::constraint::ConstraintError> {
+        if n >= self.states.len() {
+            return Err(crate::constraint::ConstraintError(format!("cannot roll back {n} tokens")));
+        }
+        self.states.truncate(self.states.len() - n);
+        Ok(())
+    }
+
+    fn is_accepting(&mut self) -> bool {
+        self.state().0 >= self.pieces.len()
+    }
+
+    fn boxed_clone(&self) -> Box<dyn crate::constraint::Constraint> {
+        Box::new(self.clone())
+    }
+}

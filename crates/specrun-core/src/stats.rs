@@ -59,6 +59,12 @@ pub struct GenStats {
     pub k_planned: Vec<usize>,
     /// Draft-model forward passes (one per drafted token, plus catch-up batches).
     pub n_draft_steps: usize,
+    /// Tokens a constraint forced and the rounds drafted ahead of any drafter's (counted in
+    /// `n_drafted` too), and how many of them the target accepted.
+    pub n_forced: usize,
+    pub n_forced_accepted: usize,
+    /// Grammar masks computed (drafting and verification).
+    pub n_masks: usize,
     #[serde(serialize_with = "secs")]
     pub t_prompt: Duration,
     #[serde(serialize_with = "secs")]
@@ -86,6 +92,8 @@ pub struct RoundRecord {
     /// The copy run the plan started from (n-gram drafts).
     pub run: usize,
     pub k_planned: usize,
+    /// Of the tokens proposed, how many a constraint forced (they come first).
+    pub n_forced: usize,
     /// The tokens proposed (empty: a plain round).
     pub drafted: Vec<crate::model::Token>,
     pub n_accepted: usize,
@@ -252,6 +260,9 @@ impl GenStats {
         self.n_rejections += o.n_rejections;
         self.n_rounds_undrafted += o.n_rounds_undrafted;
         self.n_draft_steps += o.n_draft_steps;
+        self.n_forced += o.n_forced;
+        self.n_forced_accepted += o.n_forced_accepted;
+        self.n_masks += o.n_masks;
         self.n_rounds_model += o.n_rounds_model;
         self.n_rounds_ngram += o.n_rounds_ngram;
         if self.k_planned.len() < o.k_planned.len() {

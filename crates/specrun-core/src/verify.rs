@@ -46,6 +46,22 @@ impl VerifyMode {
     }
 }
 
+/// The target's logits rows of one round, read in order: row `i` is the prediction after the
+/// history and the first `i` drafted tokens. A constrained round masks each row as it is read
+/// (the grammar's state follows the draft), so rows are asked for one at a time.
+pub trait Rows {
+    fn row(&mut self, i: usize) -> &[f32];
+}
+
+/// Rows read straight from a function (a model's logits), unmasked.
+pub struct RowFn<'r>(pub &'r dyn Fn(usize) -> &'r [f32]);
+
+impl Rows for RowFn<'_> {
+    fn row(&mut self, i: usize) -> &[f32] {
+        (self.0)(i)
+    }
+}
+
 /// The result of checking one draft.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
@@ -59,9 +75,9 @@ pub struct Verdict {
 /// target rows `row(0..=draft.len())`. `history` holds the accepted tokens followed by the draft,
 /// so that penalties see exactly the tokens before each position.
 #[allow(clippy::too_many_arguments)]
-pub fn verify<'r, R: Rng + ?Sized>(
+pub fn verify<R: Rng + ?Sized>(
     mode: VerifyMode,
-    row: &dyn Fn(usize) -> &'r [f32],
+    rows: &mut dyn Rows,
     history: &[Token],
     draft: &[Token],
     q: &[Dist],
@@ -73,7 +89,7 @@ pub fn verify<'r, R: Rng + ?Sized>(
     let n_hist = history.len() - k;
     debug_assert!(!mode.needs_q() || q.len() == k, "rejection sampling needs q for every drafted token");
     for i in 0..=k {
-        let logits = row(i);
+        let logits = rows.row(i);
         let hist = &history[..n_hist + i];
         let drafted = draft.get(i).copied();
         let (accepted, target_choice) = match mode {
@@ -127,16 +143,33 @@ mod tests {
         let rows: Vec<Vec<f32>> = [1, 2, 3, 4].iter().map(|&t| one_hot_row(10, t)).collect();
         let history = [7, 7, 1, 2, 9];
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let v =
-            verify(VerifyMode::Greedy, &|i| &rows[i], &history, &[1, 2, 9], &[], &SamplingParams::greedy(), &mut Scratch::new(), &mut rng);
+        let v = verify(
+            VerifyMode::Greedy,
+            &mut RowFn(&|i| &rows[i]),
+            &history,
+            &[1, 2, 9],
+            &[],
+            &SamplingParams::greedy(),
+            &mut Scratch::new(),
+            &mut rng,
+        );
         assert_eq!(v, Verdict { n_accepted: 2, next: 3 });
         // fully accepted draft gets the bonus token from the last row
         let history = [7, 7, 1, 2, 3];
-        let v =
-            verify(VerifyMode::Greedy, &|i| &rows[i], &history, &[1, 2, 3], &[], &SamplingParams::greedy(), &mut Scratch::new(), &mut rng);
+        let v = verify(
+            VerifyMode::Greedy,
+            &mut RowFn(&|i| &rows[i]),
+            &history,
+            &[1, 2, 3],
+            &[],
+            &SamplingParams::greedy(),
+            &mut Scratch::new(),
+            &mut rng,
+        );
         assert_eq!(v, Verdict { n_accepted: 3, next: 4 });
         // empty draft: plain decoding
-        let v = verify(VerifyMode::Greedy, &|i| &rows[i], &[7], &[], &[], &SamplingParams::greedy(), &mut Scratch::new(), &mut rng);
+        let v =
+            verify(VerifyMode::Greedy, &mut RowFn(&|i| &rows[i]), &[7], &[], &[], &SamplingParams::greedy(), &mut Scratch::new(), &mut rng);
         assert_eq!(v, Verdict { n_accepted: 0, next: 1 });
     }
 
@@ -148,8 +181,16 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for _ in 0..500 {
             let x = q.sample(&mut rng);
-            let v =
-                verify(VerifyMode::Rejection, &|_| &logits, &[x], &[x], std::slice::from_ref(&q), &params, &mut Scratch::new(), &mut rng);
+            let v = verify(
+                VerifyMode::Rejection,
+                &mut RowFn(&|_| &logits),
+                &[x],
+                &[x],
+                std::slice::from_ref(&q),
+                &params,
+                &mut Scratch::new(),
+                &mut rng,
+            );
             assert_eq!(v.n_accepted, 1);
         }
     }
@@ -162,8 +203,16 @@ mod tests {
         let q = Dist::one_hot(0);
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         for _ in 0..200 {
-            let v =
-                verify(VerifyMode::Rejection, &|_| &logits, &[0], &[0], std::slice::from_ref(&q), &params, &mut Scratch::new(), &mut rng);
+            let v = verify(
+                VerifyMode::Rejection,
+                &mut RowFn(&|_| &logits),
+                &[0],
+                &[0],
+                std::slice::from_ref(&q),
+                &params,
+                &mut Scratch::new(),
+                &mut rng,
+            );
             assert_eq!(v, Verdict { n_accepted: 0, next: 3 });
         }
     }

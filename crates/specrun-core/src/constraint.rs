@@ -1,0 +1,237 @@
+//! The seam for constrained output: a grammar (JSON schema, regex, CFG) that says which tokens
+//! may come next.
+//!
+//! A [`Constraint`] is a matcher over token sequences with rollback, the shape of llguidance's
+//! `Matcher`: the tokens it allows next ([`Constraint::mask`]), the tokens it forces
+//! ([`Constraint::forced`]), how much of a draft it accepts ([`Constraint::validate`]), and
+//! consume / rollback. The core never sees how a grammar is written: the binary crate implements
+//! the seam over llguidance, [`crate::mock::MockGrammar`] implements it for tests.
+//!
+//! [`Guide`] is one sequence's constraint kept in step with its generated tokens: whatever the
+//! round drafted, verified or rolled back, [`Guide::sync`] brings the matcher to a prefix of the
+//! tokens by rolling back to the common prefix and consuming the rest, so the engine never
+//! tracks the matcher's position by hand.
+//!
+//! Exactness: the target's rows and the draft model's rows are masked the same way before the
+//! warp (the mask comes first, then penalties, temperature and the cuts), so greedy takes the
+//! masked argmax and rejection sampling compares the masked, renormalised distributions — the
+//! output is what target-only constrained decoding gives.
+
+use crate::model::Token;
+use std::fmt;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// A constraint failed (the grammar refused a token it should have allowed, or its matcher
+/// broke): the sequence cannot go on under it.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("constraint: {0}")]
+pub struct ConstraintError(pub String);
+
+/// Which tokens a constraint allows, one bit per token id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenMask {
+    words: Vec<u32>,
+    n_vocab: usize,
+}
+
+impl TokenMask {
+    /// No token allowed.
+    pub fn none(n_vocab: usize) -> Self {
+        Self { words: vec![0; n_vocab.div_ceil(32)], n_vocab }
+    }
+
+    /// A mask from 32-bit words (bit `i % 32` of word `i / 32` allows token `i`), as llguidance
+    /// stores them; bits past `n_vocab` are ignored.
+    pub fn from_words(mut words: Vec<u32>, n_vocab: usize) -> Self {
+        words.resize(n_vocab.div_ceil(32), 0);
+        Self { words, n_vocab }
+    }
+
+    pub fn allow(&mut self, token: Token) {
+        if let Some(w) = usize::try_from(token).ok().filter(|&t| t < self.n_vocab).map(|t| &mut self.words[t / 32]) {
+            *w |= 1 << (token as usize % 32);
+        }
+    }
+
+    pub fn allows(&self, token: Token) -> bool {
+        usize::try_from(token).ok().filter(|&t| t < self.n_vocab).is_some_and(|t| self.words[t / 32] >> (t % 32) & 1 == 1)
+    }
+
+    /// How many tokens are allowed.
+    pub fn count(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Set every disallowed token's logit to -inf (tokens past the mask's vocabulary too).
+    pub fn apply(&self, row: &mut [f32]) {
+        for (i, chunk) in row.chunks_mut(32).enumerate() {
+            let w = self.words.get(i).copied().unwrap_or(0);
+            if w == u32::MAX && chunk.len() == 32 {
+                continue;
+            }
+            for (b, l) in chunk.iter_mut().enumerate() {
+                if w >> b & 1 == 0 {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+}
+
+/// A grammar matcher over tokens, with rollback (llguidance's `Matcher` is the model).
+///
+/// Architecture invariant: the engine consumes only tokens the constraint allowed (masked
+/// choices, drafts cut by [`Constraint::validate`]), never an end-of-generation token, and
+/// rolls back at most what it consumed.
+pub trait Constraint: Send {
+    /// The tokens allowed after what was consumed (only end-of-generation tokens once the
+    /// grammar is complete).
+    fn mask(&mut self) -> Result<TokenMask, ConstraintError>;
+    /// Tokens the grammar forces next, whatever the model prefers (may be empty).
+    fn forced(&mut self) -> Vec<Token>;
+    /// How many leading tokens of `tokens` the grammar allows, in order, without consuming any.
+    fn validate(&mut self, tokens: &[Token]) -> usize;
+    /// Advance over `tokens` (each allowed).
+    fn consume(&mut self, tokens: &[Token]) -> Result<(), ConstraintError>;
+    /// Undo the last `n` consumed tokens.
+    fn rollback(&mut self, n: usize) -> Result<(), ConstraintError>;
+    /// Whether the output so far is complete under the grammar (it may end here).
+    fn is_accepting(&mut self) -> bool;
+    /// A fresh copy in the same state (for a sequence copied whole).
+    fn boxed_clone(&self) -> Box<dyn Constraint>;
+}
+
+/// Makes one fresh [`Constraint`] per sequence from a grammar compiled once; it travels with a
+/// job's settings ([`crate::engine::GenConfig::constraint`]). Equal when it is the same
+/// compiled grammar.
+#[derive(Clone)]
+pub struct ConstraintSpec {
+    /// What the grammar is, for reports ("json_schema", "regex", ...).
+    pub kind: String,
+    make: Arc<dyn Fn() -> Box<dyn Constraint> + Send + Sync>,
+}
+
+impl ConstraintSpec {
+    pub fn new(kind: impl Into<String>, make: impl Fn() -> Box<dyn Constraint> + Send + Sync + 'static) -> Self {
+        Self { kind: kind.into(), make: Arc::new(make) }
+    }
+
+    /// A matcher at the grammar's start.
+    pub fn start(&self) -> Box<dyn Constraint> {
+        (self.make)()
+    }
+}
+
+impl fmt::Debug for ConstraintSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConstraintSpec({})", self.kind)
+    }
+}
+
+impl PartialEq for ConstraintSpec {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.make, &other.make)
+    }
+}
+
+/// One sequence's constraint, in step with the tokens it generated. Its methods take the
+/// sequence's whole token list (prompt first; the guide skips the prompt's `n_prompt` tokens),
+/// so any state of a round — drafted, verified, rolled back — is reached by [`Guide::sync`].
+pub struct Guide {
+    matcher: Box<dyn Constraint>,
+    n_prompt: usize,
+    /// The generated tokens the matcher has consumed, in order.
+    consumed: Vec<Token>,
+    /// Masks computed, for the statistics.
+    pub n_masks: usize,
+}
+
+impl Clone for Guide {
+    fn clone(&self) -> Self {
+        Self { matcher: self.matcher.boxed_clone(), n_prompt: self.n_prompt, consumed: self.consumed.clone(), n_masks: self.n_masks }
+    }
+}
+
+impl fmt::Debug for Guide {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Guide({} tokens consumed)", self.consumed.len())
+    }
+}
+
+impl Guide {
+    /// A guide for a sequence whose first `n_prompt` tokens are its prompt.
+    pub fn new(matcher: Box<dyn Constraint>, n_prompt: usize) -> Self {
+        Self { matcher, n_prompt, consumed: Vec::new(), n_masks: 0 }
+    }
+
+    /// Bring the matcher to the state after `tokens` (end-of-generation tokens excluded:
+    /// they end the output, the grammar never consumes them).
+    pub fn sync(&mut self, tokens: &[Token], is_eog: &dyn Fn(Token) -> bool) -> Result<(), ConstraintError> {
+        let generated = &tokens[self.n_prompt.min(tokens.len())..];
+        let generated = match generated.iter().position(|&t| is_eog(t)) {
+            Some(i) => &generated[..i],
+            None => generated,
+        };
+        let common = self.consumed.iter().zip(generated).take_while(|(a, b)| a == b).count();
+        if common < self.consumed.len() {
+            self.matcher.rollback(self.consumed.len() - common)?;
+            self.consumed.truncate(common);
+        }
+        if common < generated.len() {
+            self.matcher.consume(&generated[common..])?;
+            self.consumed.extend_from_slice(&generated[common..]);
+        }
+        Ok(())
+    }
+
+    /// The mask after `tokens`.
+    pub fn mask_after(&mut self, tokens: &[Token], is_eog: &dyn Fn(Token) -> bool) -> Result<TokenMask, ConstraintError> {
+        self.sync(tokens, is_eog)?;
+        self.n_masks += 1;
+        self.matcher.mask()
+    }
+
+    /// Up to `max` tokens the grammar forces after `tokens`.
+    pub fn forced_after(&mut self, tokens: &[Token], max: usize, is_eog: &dyn Fn(Token) -> bool) -> Result<Vec<Token>, ConstraintError> {
+        self.sync(tokens, is_eog)?;
+        let mut forced = self.matcher.forced();
+        forced.truncate(max);
+        Ok(forced)
+    }
+
+    /// How many leading tokens of `draft` the grammar allows after `tokens`.
+    pub fn allowed_prefix(&mut self, tokens: &[Token], draft: &[Token], is_eog: &dyn Fn(Token) -> bool) -> Result<usize, ConstraintError> {
+        self.sync(tokens, is_eog)?;
+        Ok(self.matcher.validate(draft))
+    }
+
+    /// Whether the output in `tokens` is complete under the grammar.
+    pub fn accepts(&mut self, tokens: &[Token], is_eog: &dyn Fn(Token) -> bool) -> Result<bool, ConstraintError> {
+        self.sync(tokens, is_eog)?;
+        Ok(self.matcher.is_accepting())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mask_sends_disallowed_logits_to_minus_infinity() {
+        let mut m = TokenMask::none(70);
+        m.allow(3);
+        m.allow(64);
+        m.allow(500); // past the vocabulary: ignored
+        assert_eq!(m.count(), 2);
+        assert!(m.allows(3) && m.allows(64) && !m.allows(4) && !m.allows(-1) && !m.allows(500));
+        let mut row = vec![1.0f32; 70];
+        m.apply(&mut row);
+        assert_eq!(row.iter().filter(|l| l.is_finite()).count(), 2);
+        assert!(row[3] == 1.0 && row[64] == 1.0);
+        let all = TokenMask::from_words(vec![u32::MAX; 3], 70);
+        let mut row = vec![1.0f32; 70];
+        all.apply(&mut row);
+        assert!(row.iter().all(|l| *l == 1.0));
+    }
+}

@@ -1,0 +1,299 @@
+//! Constrained decoding on mock models: speculative output under a grammar is target-only
+//! constrained output (token for token when greedy, in distribution when sampling), forced
+//! tokens are drafted ahead of the drafter's and accepted, every output follows the grammar,
+//! and shared rounds carry one matcher per sequence.
+
+mod util;
+
+use specrun_core::constraint::{Constraint, ConstraintSpec};
+use specrun_core::control::AdaptiveMode;
+use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
+use specrun_core::engine::{Engine, GenConfig};
+use specrun_core::mock::{Behaviour, MockClock, MockGrammar, MockModel, MockSegment, MockSpec};
+use specrun_core::model::{KvCursor, Model, Token};
+use specrun_core::ngram::{HybridDrafter, NgramConfig, NgramDrafter};
+use specrun_core::sampling::{SamplingParams, Scratch};
+use specrun_core::stats::FinishReason;
+use specrun_core::verify::VerifyMode;
+use std::collections::HashMap;
+use util::{run_all, run_checked, ListJobs, Output, Quality};
+
+/// A record-like grammar: keys and punctuation forced, values free within a range.
+fn record_grammar(n_vocab: usize) -> MockGrammar {
+    use MockSegment::{Choice, Literal};
+    MockGrammar::new(
+        vec![
+            Literal(vec![10, 11, 12]),
+            Choice { allowed: (20..40).collect(), min: 1, max: 6 },
+            Literal(vec![13, 14, 15, 16]),
+            Choice { allowed: (40..60).collect(), min: 0, max: 8 },
+            Literal(vec![17]),
+            Choice { allowed: (20..30).collect(), min: 2, max: 3 },
+            Literal(vec![18, 19]),
+        ],
+        0,
+        n_vocab,
+    )
+}
+
+fn spec_of(g: &MockGrammar) -> ConstraintSpec {
+    let g = g.clone();
+    ConstraintSpec::new("mock", move || Box::new(g.clone()))
+}
+
+/// The output follows the grammar: every token allowed in turn, and a stop only where the
+/// grammar is complete.
+fn assert_follows(g: &MockGrammar, out: &Output) {
+    let mut m = g.clone();
+    let body = match out.finish {
+        FinishReason::Stop => &out.tokens[..out.tokens.len() - 1],
+        _ => &out.tokens[..],
+    };
+    assert_eq!(m.validate(body), body.len(), "output leaves the grammar: {:?}", out.tokens);
+    m.consume(body).unwrap();
+    if out.finish == FinishReason::Stop {
+        assert!(m.is_accepting(), "stopped before the grammar was complete: {:?}", out.tokens);
+    }
+}
+
+fn constrained(config: &GenConfig, g: &MockGrammar) -> GenConfig {
+    GenConfig { constraint: Some(spec_of(g)), ..config.clone() }
+}
+
+#[test]
+fn greedy_constrained_speculation_equals_constrained_target_only() {
+    let target = MockSpec::target(7);
+    let g = record_grammar(target.n_vocab);
+    let base = GenConfig { max_tokens: 40, ..GenConfig::default() };
+    let mut cases = 0;
+    for prompt in [vec![5, 6, 7], vec![9], (1..30).collect::<Vec<Token>>()] {
+        let config = constrained(&base, &g);
+        let mut e = Engine::new(MockModel::new(target.clone()), NoDraft, config.clone());
+        let expected = run_checked(&mut e, &prompt, |_, _| None);
+        assert_follows(&g, &expected);
+        assert_eq!(expected.seq.stats.n_forced, 0, "target-only decoding forces nothing");
+        for k in [0, 1, 2, 4, 8] {
+            for q in Quality::ALL {
+                let config = GenConfig { draft_max: k, ..config.clone() };
+                let mut e = Engine::new(MockModel::new(target.clone()), ModelDrafter::new(MockModel::new(q.spec(&target))), config);
+                let got = run_checked(&mut e, &prompt, |d, seq| Some(d.model.cached(seq).to_vec()));
+                assert_eq!(got.tokens, expected.tokens, "K={k} quality={q:?} prompt={prompt:?}");
+                assert_eq!(got.finish, expected.finish);
+                if k > 0 {
+                    assert!(got.seq.stats.n_forced > 0, "no forced tokens drafted (K={k})");
+                    assert_eq!(got.seq.stats.n_forced_accepted, got.seq.stats.n_forced, "a forced token was rejected");
+                }
+                cases += 1;
+            }
+            // n-gram and hybrid drafters: drafts cut where the grammar refuses them
+            let config = GenConfig { draft_max: k, ..config.clone() };
+            let drafters: Vec<Box<dyn Drafter>> = vec![
+                Box::new(NgramDrafter::new(NgramConfig::default())),
+                Box::new(HybridDrafter {
+                    ngram: NgramDrafter::new(NgramConfig::default()),
+                    model: ModelDrafter::new(MockModel::new(Quality::Agree(0.7).spec(&target))),
+                }),
+            ];
+            for d in drafters {
+                let mut e = Engine::new(MockModel::new(target.clone()), d, config.clone());
+                let got = run_checked(&mut e, &prompt, |_, _| None);
+                assert_eq!(got.tokens, expected.tokens, "K={k} n-gram prompt={prompt:?}");
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, 3 * 5 * 7);
+}
+
+#[test]
+fn forced_spans_make_few_decodes_and_are_not_a_drafters_misses() {
+    let target = MockSpec::target(3);
+    let g = record_grammar(target.n_vocab);
+    let config = constrained(&GenConfig { max_tokens: 40, draft_max: 4, adaptive: AdaptiveMode::Auto, ..GenConfig::default() }, &g);
+    let mut plain = Engine::new(MockModel::new(target.clone()), NoDraft, config.clone());
+    let expected = run_checked(&mut plain, &[1, 2, 3], |_, _| None);
+    // a draft model that never agrees: only the forced tokens are accepted
+    let mut e = Engine::new(MockModel::new(target.clone()), ModelDrafter::new(MockModel::new(Quality::Agree(0.0).spec(&target))), config);
+    let got = run_checked(&mut e, &[1, 2, 3], |d, seq| Some(d.model.cached(seq).to_vec()));
+    assert_eq!(got.tokens, expected.tokens);
+    let s = &got.seq.stats;
+    // 10 literal tokens, each forced once its piece begins
+    assert!(s.n_forced >= 8, "forced {}", s.n_forced);
+    assert!(s.n_rounds < expected.seq.stats.n_rounds, "{} rounds against {} plain", s.n_rounds, expected.seq.stats.n_rounds);
+    assert!(s.n_masks > 0);
+}
+
+#[test]
+fn a_grammar_that_does_not_end_is_cut_by_max_tokens_and_ends_when_complete() {
+    use MockSegment::{Choice, Literal};
+    let target = MockSpec { behaviour: Behaviour::Target { seed: 4, eog_rate: 0.0 }, ..MockSpec::target(4) };
+    let long = MockGrammar::new(vec![Literal(vec![3]), Choice { allowed: (20..40).collect(), min: 0, max: 1000 }], 0, target.n_vocab);
+    let config = constrained(&GenConfig { max_tokens: 25, draft_max: 4, ..GenConfig::default() }, &long);
+    let mut e = Engine::new(MockModel::new(target.clone()), ModelDrafter::new(MockModel::new(Quality::Agree(0.7).spec(&target))), config);
+    let out = run_checked(&mut e, &[1, 2], |_, _| None);
+    assert_eq!(out.finish, FinishReason::Length);
+    assert_eq!(out.tokens.len(), 25);
+    assert_follows(&long, &out);
+    // a target that never chooses EOG on its own still ends where the grammar does, even
+    // with ignore_eos (the grammar's end is the output's end)
+    let short = MockGrammar::new(vec![Literal(vec![3, 4, 5])], 0, target.n_vocab);
+    let config = constrained(&GenConfig { max_tokens: 25, draft_max: 4, ignore_eos: true, ..GenConfig::default() }, &short);
+    let mut e = Engine::new(MockModel::new(target.clone()), ModelDrafter::new(MockModel::new(Quality::Agree(0.7).spec(&target))), config);
+    let out = run_checked(&mut e, &[1, 2], |_, _| None);
+    assert_eq!(out.tokens, vec![3, 4, 5, 0]);
+    assert_eq!(out.finish, FinishReason::Stop);
+}
+
+#[test]
+fn shared_rounds_carry_one_matcher_per_sequence() {
+    let target = MockSpec::target(9);
+    let g = record_grammar(target.n_vocab);
+    let jobs = |n: usize| {
+        (0..n)
+            .map(|i| {
+                let mut job = util::mixed_job(i, vec![1 + i as Token, 2, 3], 30);
+                if i % 4 != 3 {
+                    job.config.constraint = Some(spec_of(&g));
+                }
+                job
+            })
+            .collect::<Vec<_>>()
+    };
+    let run = |slots: usize, with_draft: bool| {
+        let clock = MockClock::new();
+        let config = GenConfig::default();
+        if with_draft {
+            let mut e = Engine::new(
+                MockModel::new(target.clone()).with_clock(clock.clone()),
+                ModelDrafter::new(MockModel::new(Quality::Agree(0.7).spec(&target)).with_clock(clock.clone())),
+                config,
+            );
+            run_all(&mut e, &mut ListJobs(jobs(12).into_iter()), 12, slots, &clock).0
+        } else {
+            let mut e = Engine::new(MockModel::new(target.clone()).with_clock(clock.clone()), NoDraft, config);
+            run_all(&mut e, &mut ListJobs(jobs(12).into_iter()), 12, slots, &clock).0
+        }
+    };
+    let alone = run(1, false);
+    for (i, out) in alone.iter().enumerate() {
+        if i % 4 != 3 {
+            let mut m = g.clone();
+            let body: Vec<Token> = out.iter().copied().take_while(|&t| t != 0).collect();
+            assert_eq!(m.validate(&body), body.len(), "job {i} leaves the grammar");
+        }
+    }
+    // greedy jobs give the target-only text at any slot count with drafting; sampled jobs
+    // (every third, fixed draft lengths) the same text at any slot count
+    let drafted_alone = run(1, true);
+    for slots in [1, 4] {
+        let got = run(slots, true);
+        for i in 0..12 {
+            if i % 3 == 2 {
+                assert_eq!(got[i], drafted_alone[i], "sampled job {i} at {slots} slots");
+            } else {
+                assert_eq!(got[i], alone[i], "greedy job {i} at {slots} slots with drafting");
+            }
+        }
+    }
+}
+
+const PROMPT: [Token; 3] = [3, 1, 4];
+
+fn sampling_target() -> MockSpec {
+    MockSpec { n_vocab: 12, scale: 5.0, eog: -1, behaviour: Behaviour::Target { seed: 21, eog_rate: 0.0 }, ..MockSpec::target(21) }
+}
+
+/// Three tokens: a free one from {1..6}, a forced 7, a free one from {2..9} (never 7: its
+/// literal comes first).
+fn sampling_grammar() -> MockGrammar {
+    use MockSegment::{Choice, Literal};
+    MockGrammar::new(
+        vec![
+            Choice { allowed: (1..6).collect(), min: 1, max: 1 },
+            Literal(vec![7]),
+            Choice { allowed: vec![2, 3, 5, 8, 9], min: 1, max: 1 },
+        ],
+        11,
+        12,
+    )
+}
+
+/// The exact constrained target-only distribution of the first and third tokens: each row
+/// masked by the grammar, then warped.
+fn exact(target: &MockSpec, g: &MockGrammar, params: &SamplingParams) -> HashMap<(Token, Token), f64> {
+    let mut m = MockModel::new(target.clone());
+    let mut scratch = Scratch::new();
+    let mut masked_dist = |ctx: &[Token], m: &mut MockModel| {
+        m.truncate(0, 0).unwrap();
+        let mut c = KvCursor::new(0);
+        c.decode_tail(m, ctx, 1).unwrap();
+        let mut row = m.logits(0).to_vec();
+        let mut gm = g.clone();
+        gm.consume(&ctx[PROMPT.len()..]).unwrap();
+        gm.mask().unwrap().apply(&mut row);
+        scratch.warp(&row, ctx, params)
+    };
+    let mut out = HashMap::new();
+    let d1 = masked_dist(&PROMPT, &mut m);
+    for (&t1, &p1) in d1.ids.iter().zip(&d1.probs) {
+        let ctx = [&PROMPT[..], &[t1, 7]].concat();
+        let d3 = masked_dist(&ctx, &mut m);
+        for (&t3, &p3) in d3.ids.iter().zip(&d3.probs) {
+            *out.entry((t1, t3)).or_insert(0.0) += f64::from(p1) * f64::from(p3);
+        }
+    }
+    out
+}
+
+#[test]
+fn rejection_sampling_under_a_grammar_keeps_the_constrained_distribution() {
+    const N: u64 = 100_000;
+    let target = sampling_target();
+    let g = sampling_grammar();
+    let params = SamplingParams { temp: 1.0, ..SamplingParams::greedy() };
+    let ex = exact(&target, &g, &params);
+    assert!(ex.len() > 10, "the test needs a spread-out distribution: {ex:?}");
+    let (target_seed, target_eog_rate) = target.target_params();
+    let drafts = [
+        (
+            "good",
+            MockSpec::draft_of(&target, 1.0, 5).with_behaviour(Behaviour::Draft {
+                target_seed,
+                target_eog_rate,
+                agree: 1.0,
+                noise: 0.5,
+                salt: 5,
+            }),
+        ),
+        ("disjoint", MockSpec::draft_of(&target, 0.0, 7).with_behaviour(Behaviour::Anti { target_seed, target_eog_rate })),
+    ];
+    for (name, draft) in drafts {
+        let config = GenConfig {
+            max_tokens: 3,
+            draft_max: 3,
+            params: params.clone(),
+            verify: VerifyMode::Rejection,
+            constraint: Some(spec_of(&g)),
+            ..GenConfig::default()
+        };
+        let mut e = Engine::new(MockModel::new(target.clone()), ModelDrafter::new(MockModel::new(draft)), config);
+        let clock = MockClock::new();
+        let mut counts: HashMap<(Token, Token), u64> = HashMap::new();
+        for seed in 0..N {
+            e.config.seed = seed;
+            let mut seq = e.start(0, PROMPT.to_vec(), &clock).unwrap();
+            e.generate(&mut seq, &clock, |_| {}).unwrap();
+            let out = seq.generated();
+            assert_eq!(out[1], 7, "the forced token");
+            *counts.entry((out[0], out[2])).or_insert(0) += 1;
+        }
+        let mut tv = 0.0;
+        for (k, &p) in &ex {
+            tv += (p - *counts.get(k).unwrap_or(&0) as f64 / N as f64).abs();
+        }
+        tv += counts.iter().filter(|(k, _)| !ex.contains_key(k)).map(|(_, &c)| c as f64 / N as f64).sum::<f64>();
+        tv /= 2.0;
+        eprintln!("{name} draft under a grammar: TV {tv:.4}");
+        assert!(tv < 0.01, "{name}: total variation {tv}");
+    }
+}
