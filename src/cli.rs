@@ -410,12 +410,39 @@ pub struct GenArgs {
     pub verify: Option<VerifyMode>,
 }
 
+/// What the output must follow (llama.cpp's flag names; one at most).
+#[derive(Debug, Clone, Default, Args)]
+#[group(multiple = false)]
+pub struct ConstraintArgs {
+    /// Output valid against this JSON schema (inline JSON). Also spelled -j.
+    #[arg(short = 'j', long, value_name = "SCHEMA")]
+    pub json_schema: Option<String>,
+    /// Output valid against the JSON schema in FILE. Also spelled -jf.
+    #[arg(long, value_name = "FILE")]
+    pub json_schema_file: Option<PathBuf>,
+    /// Output that is one JSON object, any keys.
+    #[arg(long)]
+    pub json_object: bool,
+    /// Output following this grammar: llama.cpp's GBNF (`root ::= ...`) or llguidance's
+    /// Lark syntax (`start: ...`).
+    #[arg(long, value_name = "GRAMMAR")]
+    pub grammar: Option<String>,
+    /// Output following the grammar in FILE (GBNF or Lark).
+    #[arg(long, value_name = "FILE")]
+    pub grammar_file: Option<PathBuf>,
+    /// Output matching this regular expression, whole.
+    #[arg(long, value_name = "REGEX")]
+    pub regex: Option<String>,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub models: ModelArgs,
     #[command(flatten)]
     pub gen: GenArgs,
+    #[command(flatten)]
+    pub constraint: ConstraintArgs,
     /// The prompt.
     #[arg(long, value_name = "TEXT", conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
     pub prompt: Option<String>,
@@ -557,6 +584,30 @@ impl GenArgs {
     }
 }
 
+impl ConstraintArgs {
+    /// The constraint asked for, read and parsed (files are read here); errors name the flag.
+    pub fn grammar(&self) -> anyhow::Result<Option<crate::constraint::Grammar>> {
+        use crate::constraint::Grammar;
+        use anyhow::anyhow;
+        let read = |flag: &str, p: &PathBuf| crate::io::read_text(p, 16 << 20).map_err(|e| anyhow!("{flag} {e}"));
+        Ok(Some(if let Some(s) = &self.json_schema {
+            Grammar::schema_from_text(s).map_err(|e| anyhow!("--json-schema: {e}"))?
+        } else if let Some(p) = &self.json_schema_file {
+            Grammar::schema_from_text(&read("--json-schema-file", p)?).map_err(|e| anyhow!("--json-schema-file {}: {e}", p.display()))?
+        } else if self.json_object {
+            Grammar::JsonObject
+        } else if let Some(g) = &self.grammar {
+            Grammar::from_text(g).map_err(|e| anyhow!("--grammar: {e}"))?
+        } else if let Some(p) = &self.grammar_file {
+            Grammar::from_text(&read("--grammar-file", p)?).map_err(|e| anyhow!("--grammar-file {}: {e}", p.display()))?
+        } else if let Some(r) = &self.regex {
+            Grammar::Regex(r.clone())
+        } else {
+            return Ok(None);
+        }))
+    }
+}
+
 /// Map llama.cpp's single-dash long flags onto specrun's.
 pub fn normalize_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Vec<std::ffi::OsString> {
     args.into_iter()
@@ -573,6 +624,7 @@ pub fn normalize_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Ve
             Some("-ctvd") => "--cache-type-v-draft".into(),
             Some("-nkvo") => "--no-kv-offload".into(),
             Some("-kvu") => "--kv-unified=on".into(),
+            Some("-jf") => "--json-schema-file".into(),
             _ => a,
         })
         .collect()

@@ -16,6 +16,7 @@
 pub mod backend;
 pub mod cli;
 pub mod commands;
+pub mod constraint;
 pub mod formats;
 pub mod infer;
 pub mod io;

@@ -22,7 +22,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn rank(module: &str) -> Option<usize> {
     Some(match module {
         "io" | "settings" => 0,
-        "backend" => 1,
+        "backend" | "constraint" => 1,
         "formats" => 2,
         "infer" => 3,
         "cli" => 4,

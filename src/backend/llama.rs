@@ -554,6 +554,9 @@ impl specrun_core::model::TextCodec for LoadedModel {
     fn chat(&self, messages: &[(String, String)]) -> Result<String, String> {
         self.chat_messages(messages).map_err(|e| e.to_string())
     }
+    fn special_piece(&self, token: Token) -> Vec<u8> {
+        self.model.vocab().token_to_piece(LlamaToken(token), true, None)
+    }
 }
 
 #[cfg(test)]

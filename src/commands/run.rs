@@ -3,6 +3,7 @@
 //! to stdout with `--json`.
 
 use crate::cli::RunArgs;
+use crate::constraint::Vocabulary;
 use crate::formats::report::CompareReport;
 use crate::infer::{generate, generate_traced, make_drafter, plan, with_backend, Plan};
 use crate::io::{install_interrupt_handler, interrupted, out, read_text};
@@ -29,8 +30,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let mut plan = plan(&args.models.selection(), &args.gen.overrides())?;
     crate::infer::calibration::attach(&mut plan, args.models.mock);
     let prompt = read_prompt(args)?;
+    let grammar = args.constraint.grammar()?;
     install_interrupt_handler();
     with_backend(&plan, args.models.mock, &mut |target, draft, codec, clock| {
+        let mut plan = plan.clone();
+        if let Some(g) = &grammar {
+            let vocab = Vocabulary::of(codec, target.n_vocab(), &|t| target.is_eog(t))?;
+            plan.gen.constraint = Some(vocab.compile(g)?);
+        }
         execute(target, make_drafter(plan.drafter, plan.ngram, draft), codec, clock, &prompt, args, &plan)
     })
 }

@@ -21,6 +21,8 @@
 //! | `acceptance_by_position` | [float] | acceptance at draft positions 1..K |
 //! | `rounds_model`, `rounds_ngram`, `rounds_plain` | int | rounds drafted by each source, and rounds without a draft (fallback) |
 //! | `mean_k` | float | mean draft length chosen per round |
+//! | `n_forced`, `n_forced_accepted` | int | tokens a constraint forced (drafted ahead of any drafter's, counted in `n_drafted`), and accepted |
+//! | `n_masks` | int | grammar masks computed (0 without a constraint) |
 //! | `t_prompt_s`, `t_draft_s`, `t_verify_s`, `t_other_s`, `t_decode_s` | float | seconds |
 //! | `decode_tok_per_s`, `prompt_tok_per_s` | float | throughput |
 //! | `placement` | object | `target` (and `draft`): device(s), GPU layers, KV cache types, flash attention |
@@ -53,6 +55,12 @@ pub struct RunReport {
     pub rounds_ngram: usize,
     pub rounds_plain: usize,
     pub mean_k: f64,
+    #[serde(default)]
+    pub n_forced: usize,
+    #[serde(default)]
+    pub n_forced_accepted: usize,
+    #[serde(default)]
+    pub n_masks: usize,
     pub t_prompt_s: f64,
     pub t_draft_s: f64,
     pub t_verify_s: f64,
@@ -112,6 +120,9 @@ impl RunReport {
             rounds_ngram: s.n_rounds_ngram,
             rounds_plain: s.n_rounds_undrafted,
             mean_k: s.mean_k_planned(),
+            n_forced: s.n_forced,
+            n_forced_accepted: s.n_forced_accepted,
+            n_masks: s.n_masks,
             t_prompt_s: s.t_prompt.as_secs_f64(),
             t_draft_s: s.t_draft.as_secs_f64(),
             t_verify_s: s.t_verify.as_secs_f64(),
@@ -152,6 +163,9 @@ impl RunReport {
                 "  rounds by drafter: model {}  ngram {}  plain {}   mean draft length {:.2}",
                 self.rounds_model, self.rounds_ngram, self.rounds_plain, self.mean_k
             );
+        }
+        if self.n_masks > 0 {
+            let _ = writeln!(o, "  grammar    forced {} tokens, {} accepted   masks {}", self.n_forced, self.n_forced_accepted, self.n_masks);
         }
         let _ = writeln!(o, "  time       draft {:.2} s  verify {:.2} s  other {:.2} s", self.t_draft_s, self.t_verify_s, self.t_other_s);
         if let Some(p) = &self.placement {

@@ -192,12 +192,14 @@ pub fn with_backend(plan: &Plan, mock: bool, job: Job<'_>) -> Result<ExitCode> {
             n_ctx: plan.target.n_ctx as usize,
             n_batch: plan.target.n_batch as usize,
             n_seq: plan.target.n_seq as usize,
+            // printable text (97 tokens, see `MockCodec::text`), so that grammars run on it
+            n_vocab: 97,
             ..MockSpec::target(1)
         };
         let clock = MockClock::new();
         let mut target = Slow { inner: MockModel::new(spec.clone()).with_clock(clock.clone()), delay: plan.mock_delay };
         let mut draft = plan.draft.as_ref().map(|_| MockModel::new(MockSpec::draft_of(&spec, 0.8, 1)).with_clock(clock.clone()));
-        let codec = MockCodec { n_vocab: spec.n_vocab };
+        let codec = MockCodec { n_vocab: spec.n_vocab, text: true };
         return job(&mut target, draft.as_mut().map(|d| d as &mut dyn Model), &codec, &clock);
     }
     with_llama(plan, job)

@@ -359,18 +359,33 @@ mod tests {
 }
 
 /// A byte-level codec for mock models: each byte of a prompt is one token in `1..n_vocab`,
-/// and token `t` prints as a lowercase letter followed by a space.
+/// and token `t` prints as a lowercase letter followed by a space (or, with `text`, as one
+/// printable character).
 #[derive(Debug, Clone, Copy)]
 pub struct MockCodec {
     pub n_vocab: usize,
+    /// Printable text: tokens `1..=95` are the ASCII characters `' '..='~'` and token 96 is
+    /// `\n` (a model with at least 97 tokens), so grammars over text can be tested on mocks.
+    pub text: bool,
 }
 
 impl crate::model::TextCodec for MockCodec {
     fn tokenize(&self, text: &str) -> Vec<Token> {
-        text.bytes().map(|b| 1 + (b as usize % (self.n_vocab - 1)) as Token).collect()
+        text.bytes()
+            .map(|b| match b {
+                b' '..=b'~' if self.text => 1 + (b - b' ') as Token,
+                b'\n' if self.text => 96,
+                _ => 1 + (b as usize % (self.n_vocab - 1)) as Token,
+            })
+            .collect()
     }
     fn piece(&self, token: Token) -> Vec<u8> {
-        vec![b'a' + (token % 26) as u8, b' ']
+        match token {
+            1..=95 if self.text => vec![b' ' + (token - 1) as u8],
+            96 if self.text => vec![b'\n'],
+            _ if self.text => Vec::new(),
+            _ => vec![b'a' + (token % 26) as u8, b' '],
+        }
     }
     fn chat(&self, messages: &[(String, String)]) -> Result<String, String> {
         Ok(messages.iter().map(|(r, c)| format!("<{r}>{c}")).collect::<String>() + "<assistant>")

@@ -182,6 +182,11 @@ pub trait TextCodec {
     fn piece(&self, token: Token) -> Vec<u8>;
     /// Wrap chat messages `(role, content)` in the model's chat template.
     fn chat(&self, messages: &[(String, String)]) -> Result<String, String>;
+    /// The text of a control token (`<|im_end|>`), whose [`TextCodec::piece`] is empty;
+    /// empty for every other token.
+    fn special_piece(&self, _token: Token) -> Vec<u8> {
+        Vec::new()
+    }
 }
 
 impl<M: Model + ?Sized> Model for &mut M {

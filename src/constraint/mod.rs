@@ -1,0 +1,192 @@
+//! Structured output: what a user asks for (a JSON schema, any JSON object, a GBNF or Lark
+//! grammar, a regex) compiled by llguidance into the core's [`Constraint`] seam.
+//!
+//! [`Grammar`] is the request, parsed and checked without a model; [`Vocabulary`] is the
+//! target's token table as llguidance sees it (built once per process and model);
+//! [`Vocabulary::compile`] turns a grammar into a [`ConstraintSpec`] that makes one matcher per
+//! sequence. JSON schemas and `json_object` produce compact one-line JSON with `", "` and
+//! `": "` separators (Python's `json.dumps` style), so keys and punctuation are forced tokens; a
+//! schema's `x-guidance` object overrides that (llguidance's JSON options).
+
+pub mod gbnf;
+
+use anyhow::{anyhow, bail, Result};
+use llguidance::api::TopLevelGrammar;
+use llguidance::toktrie::{InferenceCapabilities, TokRxInfo, TokTrie, TokenizerEnv};
+use llguidance::{Matcher, ParserFactory};
+use serde_json::{json, Value};
+use specrun_core::constraint::{Constraint, ConstraintError, ConstraintSpec, TokenMask};
+use specrun_core::model::{TextCodec, Token};
+use std::sync::Arc;
+
+/// A constraint as a user asks for it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Grammar {
+    /// Output valid against this JSON schema.
+    JsonSchema(Value),
+    /// Any JSON object (OpenAI's `json_object`).
+    JsonObject,
+    /// llguidance's Lark-like grammar (GBNF is translated into it).
+    Lark(String),
+    /// Output matching this regular expression, whole.
+    Regex(String),
+}
+
+impl Grammar {
+    /// What kind of constraint it is, for reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Grammar::JsonSchema(_) => "json_schema",
+            Grammar::JsonObject => "json_object",
+            Grammar::Lark(_) => "grammar",
+            Grammar::Regex(_) => "regex",
+        }
+    }
+
+    /// A grammar's text: llama.cpp's GBNF when it defines rules with `::=` (translated), else
+    /// llguidance's Lark syntax.
+    pub fn from_text(text: &str) -> Result<Self> {
+        if gbnf::is_gbnf(text) {
+            return gbnf::to_lark(text).map(Grammar::Lark).map_err(|e| anyhow!("GBNF {e}"));
+        }
+        Ok(Grammar::Lark(text.to_string()))
+    }
+
+    /// A JSON schema given as text.
+    pub fn schema_from_text(text: &str) -> Result<Self> {
+        let v: Value = serde_json::from_str(text).map_err(|e| anyhow!("not valid JSON: {e}"))?;
+        if !(v.is_object() || v.is_boolean()) {
+            bail!("a JSON schema is an object");
+        }
+        Ok(Grammar::JsonSchema(v))
+    }
+
+    fn top_level(&self) -> TopLevelGrammar {
+        let compact = |mut schema: Value| {
+            if let Some(o) = schema.as_object_mut() {
+                o.entry("x-guidance").or_insert_with(|| json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}));
+            }
+            schema
+        };
+        match self {
+            Grammar::JsonSchema(s) => TopLevelGrammar::from_json_schema(compact(s.clone())),
+            Grammar::JsonObject => TopLevelGrammar::from_json_schema(compact(json!({"type": "object"}))),
+            Grammar::Lark(g) => TopLevelGrammar::from_lark(g.clone()),
+            Grammar::Regex(r) => TopLevelGrammar::from_regex(r),
+        }
+    }
+}
+
+/// The target's tokens as llguidance sees them, and its parser factory.
+#[derive(Clone)]
+pub struct Vocabulary {
+    factory: Arc<ParserFactory>,
+    n_vocab: usize,
+}
+
+/// Bytes to tokens for forced text: the longest-match tokenization over the vocabulary's
+/// trie. Forced tokens are drafts that the target verifies, so a tokenization the model would
+/// not choose costs acceptance, never exactness.
+struct TrieEnv {
+    trie: TokTrie,
+}
+
+impl TokenizerEnv for TrieEnv {
+    fn tok_trie(&self) -> &TokTrie {
+        &self.trie
+    }
+    fn tokenize_bytes(&self, s: &[u8]) -> Vec<u32> {
+        self.trie.greedy_tokenize(s)
+    }
+    fn tokenize_is_canonical(&self) -> bool {
+        true
+    }
+}
+
+impl Vocabulary {
+    /// The vocabulary of `codec`'s model: `n_vocab` tokens, control tokens by their text,
+    /// `is_eog` the tokens that end generation (allowed where the grammar is complete).
+    pub fn of(codec: &dyn TextCodec, n_vocab: usize, is_eog: &dyn Fn(Token) -> bool) -> Result<Self> {
+        let mut words = Vec::with_capacity(n_vocab);
+        let mut eog = Vec::new();
+        for t in 0..n_vocab as Token {
+            if is_eog(t) {
+                eog.push(t as u32);
+            }
+            let piece = codec.piece(t);
+            if piece.is_empty() {
+                let special = codec.special_piece(t);
+                words.push(if special.is_empty() { special } else { [&[TokTrie::SPECIAL_TOKEN_MARKER][..], &special].concat() });
+            } else {
+                words.push(piece);
+            }
+        }
+        let eos = *eog.first().ok_or_else(|| anyhow!("the model has no end-of-generation token: its output cannot end under a grammar"))?;
+        let trie = TokTrie::from(&TokRxInfo::new(n_vocab as u32, eos), &words).with_eos_tokens(&eog);
+        let env: llguidance::toktrie::TokEnv = Arc::new(TrieEnv { trie });
+        let caps = InferenceCapabilities { ff_tokens: true, ..InferenceCapabilities::default() };
+        let mut factory = ParserFactory::new(&env, caps, &llguidance::earley::SlicedBiasComputer::general_slices())
+            .map_err(|e| anyhow!("cannot set up structured output: {e}"))?;
+        factory.quiet();
+        Ok(Self { factory: Arc::new(factory), n_vocab })
+    }
+
+    /// Compile `grammar` for this vocabulary: a schema, grammar or regex that does not compile
+    /// is an error naming the reason.
+    pub fn compile(&self, grammar: &Grammar) -> Result<ConstraintSpec> {
+        let parser = self.factory.create_parser(grammar.top_level()).map_err(|e| anyhow!("{}: {}", grammar.kind(), first_line(&e.to_string())))?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            bail!("{}: {}", grammar.kind(), first_line(&e));
+        }
+        let n_vocab = self.n_vocab;
+        Ok(ConstraintSpec::new(grammar.kind(), move || Box::new(LlgConstraint { matcher: matcher.deep_clone(), n_vocab })))
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// llguidance's matcher behind the core's seam.
+struct LlgConstraint {
+    matcher: Matcher,
+    n_vocab: usize,
+}
+
+fn failed(e: impl std::fmt::Display) -> ConstraintError {
+    ConstraintError(first_line(&e.to_string()))
+}
+
+impl Constraint for LlgConstraint {
+    fn mask(&mut self) -> Result<TokenMask, ConstraintError> {
+        let vob = self.matcher.compute_mask_or_eos().map_err(failed)?;
+        Ok(TokenMask::from_words(vob.as_slice().to_vec(), self.n_vocab))
+    }
+
+    fn forced(&mut self) -> Vec<Token> {
+        self.matcher.compute_ff_tokens().into_iter().map(|t| t as Token).collect()
+    }
+
+    fn validate(&mut self, tokens: &[Token]) -> usize {
+        let tokens: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
+        self.matcher.validate_tokens(&tokens).unwrap_or(0)
+    }
+
+    fn consume(&mut self, tokens: &[Token]) -> Result<(), ConstraintError> {
+        let tokens: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
+        self.matcher.consume_tokens(&tokens).map_err(failed)
+    }
+
+    fn rollback(&mut self, n: usize) -> Result<(), ConstraintError> {
+        self.matcher.rollback(n).map_err(failed)
+    }
+
+    fn is_accepting(&mut self) -> bool {
+        self.matcher.is_accepting().unwrap_or(false)
+    }
+
+    fn boxed_clone(&self) -> Box<dyn Constraint> {
+        Box::new(LlgConstraint { matcher: self.matcher.deep_clone(), n_vocab: self.n_vocab })
+    }
+}
