@@ -10,6 +10,7 @@
 
 use super::{EXIT_INTERRUPTED, EXIT_NEGATIVE};
 use crate::cli::BatchArgs;
+use crate::constraint::LazyVocabulary;
 use crate::formats::records::{
     check_unique_ids, id_key, parse_input, scan_output, BadRecord, ErrorRecord, Header, InputFormat, Job, OkRecord, OutputRecord,
     PromptInput,
@@ -126,6 +127,7 @@ fn run_parallel(
     let out_name = args.output.display().to_string();
     let t0 = clock.now();
     let bar = progress_bar(args, todo.len());
+    let vocab = LazyVocabulary::new(codec, &*target);
     let mut engine = Engine::new(target, drafter, plan.gen.clone());
     let mut ready: BTreeMap<usize, OutputRecord> = BTreeMap::new();
     let mut jobs = Vec::new();
@@ -134,7 +136,7 @@ fn run_parallel(
             Err(bad) => {
                 ready.insert(i, OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error.clone() }));
             }
-            Ok(job) => match prepare_job(codec, plan, args, job) {
+            Ok(job) => match prepare_job(codec, &vocab, plan, args, job) {
                 Ok((config, prompt)) => jobs.push(BatchJob { tag: i, config, prompt }),
                 Err(e) => {
                     ready.insert(i, OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: e }));
@@ -315,11 +317,15 @@ fn run_parallel(
 /// A record's settings and prompt tokens, or the error record's message.
 fn prepare_job(
     codec: &dyn TextCodec,
+    vocab: &LazyVocabulary<'_>,
     plan: &Plan,
     args: &BatchArgs,
     job: &Job,
 ) -> Result<(specrun_core::engine::GenConfig, Vec<specrun_core::model::Token>), String> {
-    let config = plan.resolve_with(&job.overrides).map_err(|e| e.to_string())?.gen;
+    let mut config = plan.resolve_with(&job.overrides).map_err(|e| e.to_string())?.gen;
+    if let Some(g) = &job.grammar {
+        config.constraint = Some(vocab.compile(g).map_err(|e| format!("line {}: {e}", job.line))?);
+    }
     let prompt = match &job.input {
         PromptInput::Text(t) if args.chat => codec.chat(&[("user".into(), t.clone())]),
         PromptInput::Text(t) => Ok(t.clone()),
@@ -469,6 +475,7 @@ fn run_records(
     let out_name = args.output.display().to_string();
     let t0 = clock.now();
     let bar = progress_bar(args, todo.len());
+    let vocab = LazyVocabulary::new(codec, &*target);
     let mut engine = Engine::new(target, drafter, plan.gen.clone());
     let mut totals = Totals { ok: 0, failed: 0, stats: GenStats::default() };
     for (i, rec) in todo.iter().enumerate() {
@@ -480,7 +487,7 @@ fn run_records(
             std::process::abort();
         }
         let record = match rec {
-            Ok(job) => match run_job(&mut engine, codec, plan, args, job, clock) {
+            Ok(job) => match run_job(&mut engine, codec, &vocab, plan, args, job, clock) {
                 Ok((r, generated)) => {
                     if let Some(tokens) = generated {
                         engine.drafter.learn(&tokens);
@@ -553,16 +560,18 @@ fn progress_bar(args: &BatchArgs, n: usize) -> ProgressBar {
 /// One record: its own settings over the plan's, a fresh sequence, stop strings. A record
 /// that fails (bad settings, a prompt too long for the context, a model error) becomes an
 /// error record; only an interruption is returned as `Err`.
+#[allow(clippy::too_many_arguments)]
 fn run_job<T: Model, D: Drafter>(
     engine: &mut Engine<T, D>,
     codec: &dyn TextCodec,
+    vocab: &LazyVocabulary<'_>,
     plan: &Plan,
     args: &BatchArgs,
     job: &Job,
     clock: &dyn Clock,
 ) -> Result<(OutputRecord, Option<Vec<specrun_core::model::Token>>)> {
     let fail = |e: String| Ok((OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: e }), None));
-    let (config, tokens) = match prepare_job(codec, plan, args, job) {
+    let (config, tokens) = match prepare_job(codec, vocab, plan, args, job) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };

@@ -185,7 +185,8 @@ impl Parser {
             }
             Some('{') => {
                 let at = self.i;
-                let end = self.s[self.i..].iter().position(|&c| c == '}').map(|p| self.i + p).ok_or_else(|| self.error(at, "unclosed '{'"))?;
+                let end =
+                    self.s[self.i..].iter().position(|&c| c == '}').map(|p| self.i + p).ok_or_else(|| self.error(at, "unclosed '{'"))?;
                 let body: String = self.s[self.i + 1..end].iter().filter(|c| !c.is_whitespace()).collect();
                 let (min, max) = match body.split_once(',') {
                     None => (body.clone(), Some(body.clone())),
@@ -297,7 +298,10 @@ digitRun ::= [0-9]{1,}
         assert!(lark.contains(r#"g_greeting: "Hi \"you\"\n" | "yo""#), "{lark}");
         assert!(lark.contains(r#"g_ws: "" | " " | "\n" (/[\x{20}\x{9}]/){0,3}"#), "{lark}");
         assert!(lark.contains(r#"g_items: ((g_item ((",") g_item)*))?"#), "{lark}");
-        assert!(lark.contains(r#"g_item: /[\x{61}-\x{7A}\x{41}-\x{5A}\x{5F}]/ (/[^\x{0}-\x{1F}\x{2028}]/)+ /(?s:.)/ (g_digit_run){2,2}"#), "{lark}");
+        assert!(
+            lark.contains(r#"g_item: /[\x{61}-\x{7A}\x{41}-\x{5A}\x{5F}]/ (/[^\x{0}-\x{1F}\x{2028}]/)+ /(?s:.)/ (g_digit_run){2,2}"#),
+            "{lark}"
+        );
         assert!(lark.contains(r#"g_digit_run: (/[\x{30}-\x{39}]/){1,}"#), "{lark}");
         assert!(is_gbnf(g) && !is_gbnf("start: \"a\" | /[0-9]+/"));
     }

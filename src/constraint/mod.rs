@@ -64,7 +64,8 @@ impl Grammar {
     fn top_level(&self) -> TopLevelGrammar {
         let compact = |mut schema: Value| {
             if let Some(o) = schema.as_object_mut() {
-                o.entry("x-guidance").or_insert_with(|| json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}));
+                o.entry("x-guidance")
+                    .or_insert_with(|| json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}));
             }
             schema
         };
@@ -134,13 +135,67 @@ impl Vocabulary {
     /// Compile `grammar` for this vocabulary: a schema, grammar or regex that does not compile
     /// is an error naming the reason.
     pub fn compile(&self, grammar: &Grammar) -> Result<ConstraintSpec> {
-        let parser = self.factory.create_parser(grammar.top_level()).map_err(|e| anyhow!("{}: {}", grammar.kind(), first_line(&e.to_string())))?;
+        let parser =
+            self.factory.create_parser(grammar.top_level()).map_err(|e| anyhow!("{}: {}", grammar.kind(), first_line(&e.to_string())))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
             bail!("{}: {}", grammar.kind(), first_line(&e));
         }
         let n_vocab = self.n_vocab;
         Ok(ConstraintSpec::new(grammar.kind(), move || Box::new(LlgConstraint { matcher: matcher.deep_clone(), n_vocab })))
+    }
+}
+
+/// A [`Vocabulary`] built on first use (most runs never ask for a constraint) and the
+/// grammars compiled so far, by their text (a batch file usually repeats one schema).
+pub struct LazyVocabulary<'a> {
+    codec: &'a dyn TextCodec,
+    n_vocab: usize,
+    eog: Vec<Token>,
+    vocab: std::cell::OnceCell<std::result::Result<Vocabulary, String>>,
+    compiled: std::cell::RefCell<std::collections::HashMap<String, ConstraintSpec>>,
+}
+
+impl<'a> LazyVocabulary<'a> {
+    pub fn new(codec: &'a dyn TextCodec, model: &dyn specrun_core::model::Model) -> Self {
+        let n_vocab = model.n_vocab();
+        let eog = (0..n_vocab as Token).filter(|&t| model.is_eog(t)).collect();
+        Self { codec, n_vocab, eog, vocab: Default::default(), compiled: Default::default() }
+    }
+
+    /// [`Vocabulary::compile`], once per distinct grammar.
+    pub fn compile(&self, grammar: &Grammar) -> Result<ConstraintSpec> {
+        let key = format!("{grammar:?}");
+        if let Some(spec) = self.compiled.borrow().get(&key) {
+            return Ok(spec.clone());
+        }
+        let vocab = self
+            .vocab
+            .get_or_init(|| Vocabulary::of(self.codec, self.n_vocab, &|t| self.eog.contains(&t)).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| anyhow!("{e}"))?;
+        let spec = vocab.compile(grammar)?;
+        self.compiled.borrow_mut().insert(key, spec.clone());
+        Ok(spec)
+    }
+}
+
+/// OpenAI's `response_format` (`{"type": "text" | "json_object" | "json_schema", ...}`) as a
+/// grammar (`None` for text), or what is wrong with it.
+pub fn response_format(v: &Value) -> std::result::Result<Option<Grammar>, String> {
+    let kind = v.get("type").and_then(Value::as_str).ok_or("response_format needs a string \"type\"")?;
+    match kind {
+        "text" => Ok(None),
+        "json_object" => Ok(Some(Grammar::JsonObject)),
+        "json_schema" => {
+            let js = v.get("json_schema").ok_or("response_format of type json_schema needs a \"json_schema\" object")?;
+            let schema = js.get("schema").cloned().unwrap_or_else(|| json!({}));
+            if !(schema.is_object() || schema.is_boolean()) {
+                return Err("response_format.json_schema.schema must be an object".into());
+            }
+            Ok(Some(Grammar::JsonSchema(schema)))
+        }
+        other => Err(format!("response_format type \"{other}\" is not supported (text, json_object, json_schema)")),
     }
 }
 
@@ -160,7 +215,13 @@ fn failed(e: impl std::fmt::Display) -> ConstraintError {
 
 impl Constraint for LlgConstraint {
     fn mask(&mut self) -> Result<TokenMask, ConstraintError> {
-        let vob = self.matcher.compute_mask_or_eos().map_err(failed)?;
+        let vob = self.matcher.compute_mask_or_eos().map_err(|e| {
+            if e.to_string().contains("NoExtensionBias") {
+                ConstraintError("the grammar allows no token of this model's vocabulary here".into())
+            } else {
+                failed(e)
+            }
+        })?;
         Ok(TokenMask::from_words(vob.as_slice().to_vec(), self.n_vocab))
     }
 

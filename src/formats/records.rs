@@ -10,6 +10,10 @@
 //! ```
 //!
 //! Exactly one of `prompt` (raw text) and `messages` (wrapped in the target's chat template).
+//! At most one constraint on the output: `response_format` exactly as OpenAI's
+//! (`{"type": "json_object"}`, `{"type": "json_schema", "json_schema": {"name": …, "schema":
+//! {…}, "strict": true}}`), `json_schema` (a schema object), `grammar` (GBNF or Lark text) or
+//! `regex`; one that does not compile is an error record naming the line and the reason.
 //! `id` is a string or a number; without one the record's line number is its id. Every other
 //! field is optional; unknown fields are errors. With `--input-format txt` each non-blank line is
 //! one prompt, its id the line number.
@@ -49,6 +53,7 @@
 //! newline) is cut away before appending. Any other line that is not a record is an error: a
 //! resume never truncates what this program did not write.
 
+use crate::constraint::Grammar;
 use crate::settings::{Origin, Overrides, Setting};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -75,6 +80,14 @@ pub struct InputRecord {
     pub top_k: Option<usize>,
     pub seed: Option<u64>,
     pub stop: Option<Vec<String>>,
+    /// OpenAI's `response_format` (`json_object`, `json_schema`).
+    pub response_format: Option<Value>,
+    /// A JSON schema the output must follow.
+    pub json_schema: Option<Value>,
+    /// A grammar the output must follow (GBNF or Lark).
+    pub grammar: Option<String>,
+    /// A regular expression the output must match.
+    pub regex: Option<String>,
 }
 
 /// What to generate from.
@@ -94,11 +107,13 @@ pub struct Job {
     /// The record's own generation settings, located at its line (validated when merged).
     pub overrides: Overrides,
     pub stop: Vec<String>,
+    /// What the output must follow.
+    pub grammar: Option<Grammar>,
 }
 
 impl Job {
     fn plain(id: Value, line: usize, input: PromptInput) -> Self {
-        Self { id, line, input, overrides: Overrides::default(), stop: vec![] }
+        Self { id, line, input, overrides: Overrides::default(), stop: vec![], grammar: None }
     }
 }
 
@@ -187,7 +202,20 @@ fn check(rec: InputRecord, line: usize) -> Result<Job, BadRecord> {
         seed: rec.seed.map(|v| Setting::new(v, at("seed"))),
         ..Overrides::default()
     };
-    Ok(Job { id, line, input, overrides, stop: rec.stop.unwrap_or_default() })
+    let grammars = [rec.response_format.is_some(), rec.json_schema.is_some(), rec.grammar.is_some(), rec.regex.is_some()];
+    if grammars.iter().filter(|&&g| g).count() > 1 {
+        return Err(bad("give at most one of response_format, json_schema, grammar, regex".into()));
+    }
+    let grammar = if let Some(rf) = &rec.response_format {
+        crate::constraint::response_format(rf).map_err(bad)?
+    } else if let Some(schema) = rec.json_schema {
+        Some(Grammar::schema_from_text(&schema.to_string()).map_err(|e| bad(format!("json_schema: {e}")))?)
+    } else if let Some(g) = &rec.grammar {
+        Some(Grammar::from_text(g).map_err(|e| bad(format!("grammar: {e}")))?)
+    } else {
+        rec.regex.map(Grammar::Regex)
+    };
+    Ok(Job { id, line, input, overrides, stop: rec.stop.unwrap_or_default(), grammar })
 }
 
 /// Parse a whole input file. Blank lines are skipped; a line that is not a valid record

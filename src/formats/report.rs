@@ -165,7 +165,8 @@ impl RunReport {
             );
         }
         if self.n_masks > 0 {
-            let _ = writeln!(o, "  grammar    forced {} tokens, {} accepted   masks {}", self.n_forced, self.n_forced_accepted, self.n_masks);
+            let _ =
+                writeln!(o, "  grammar    forced {} tokens, {} accepted   masks {}", self.n_forced, self.n_forced_accepted, self.n_masks);
         }
         let _ = writeln!(o, "  time       draft {:.2} s  verify {:.2} s  other {:.2} s", self.t_draft_s, self.t_verify_s, self.t_other_s);
         if let Some(p) = &self.placement {
