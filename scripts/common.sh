@@ -108,18 +108,19 @@ fetch_models() {
 }
 
 # ensure_python_tools: a virtual environment in the cache with the official `openai` client
-# (PyPI), which tests/serve.rs drives against `specrun serve`; exports SPECRUN_PYTHON.
+# (PyPI), which tests/serve.rs drives against `specrun serve`, and `jsonschema`, the
+# independent validator of structured output; exports SPECRUN_PYTHON.
 ensure_python_tools() {
     local venv="${SPECRUN_VENV:-$HOME/.cache/specrun/venv}"
-    if ! "$venv/bin/python" -c "import openai" >/dev/null 2>&1; then
-        say "installing the openai Python client into $venv"
+    if ! "$venv/bin/python" -c "import openai, jsonschema" >/dev/null 2>&1; then
+        say "installing the openai Python client and jsonschema into $venv"
         python3 -m venv "$venv" 2>/dev/null || {
             local sudo=""
             [ "$(id -u)" -eq 0 ] || sudo="sudo"
             DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
             python3 -m venv "$venv"
         }
-        "$venv/bin/pip" install -q "openai>=1.40,<3"
+        "$venv/bin/pip" install -q "openai>=1.40,<3" "jsonschema>=4,<5"
     fi
     export SPECRUN_PYTHON="$venv/bin/python"
 }

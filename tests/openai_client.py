@@ -51,5 +51,49 @@ try:
 except openai.AuthenticationError:
     pass
 
+# structured output: the client's parse() with a pydantic model (response_format json_schema,
+# strict), checked by jsonschema independently of the server
+import json
+
+import jsonschema
+from pydantic import BaseModel, Field
+
+
+class Person(BaseModel):
+    name: str = Field(max_length=12)
+    age: int = Field(ge=0, le=120)
+    member: bool
+
+
+parsed = client.chat.completions.parse(
+    model="qwen-coder",
+    messages=[{"role": "user", "content": "Ada, 36, is a member."}],
+    response_format=Person,
+    max_tokens=200,
+)
+choice = parsed.choices[0]
+assert choice.finish_reason == "stop", choice
+assert isinstance(choice.message.parsed, Person), choice.message
+jsonschema.validate(json.loads(choice.message.content), Person.model_json_schema())
+
+obj = client.chat.completions.create(
+    model="qwen-coder",
+    messages=[{"role": "user", "content": "any object"}],
+    response_format={"type": "json_object"},
+    max_tokens=200,
+)
+if obj.choices[0].finish_reason == "stop":
+    assert isinstance(json.loads(obj.choices[0].message.content), dict), obj.choices[0].message.content
+
+try:
+    client.chat.completions.create(
+        model="qwen-coder",
+        messages=[{"role": "user", "content": "x"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "bad", "schema": {"type": "nonsense"}}},
+    )
+    raise SystemExit("a schema that does not compile was accepted")
+except openai.BadRequestError as e:
+    assert e.status_code == 400 and e.body["param"] == "response_format", e.body
+
 assert [m.id for m in client.models.list()] == ["qwen-coder"]
 print("openai client: ok")

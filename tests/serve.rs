@@ -259,6 +259,48 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// Structured output on both routes: response_format (json_schema, json_object) and
+/// llama-server's json_schema / grammar fields; every finished output follows its constraint;
+/// one that does not compile is a 400 naming the field.
+#[test]
+fn constrained_requests_follow_their_schema_and_bad_ones_are_named() {
+    let s = start(&[]);
+    let schema = r#"{"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0, "maximum": 999}, "tag": {"enum": ["x", "y"]}}, "required": ["ok", "n", "tag"], "additionalProperties": false}"#;
+    let rf = format!(
+        r#", "max_tokens": 100, "response_format": {{"type": "json_schema", "json_schema": {{"name": "r", "schema": {schema}, "strict": true}}}}"#
+    );
+    for (path, body) in [
+        ("/v1/chat/completions", chat_body("give json", &rf)),
+        ("/v1/completions", format!(r#"{{"prompt": "give json"{rf}}}"#)),
+        ("/v1/chat/completions", chat_body("give json", &format!(r#", "max_tokens": 100, "json_schema": {schema}"#))),
+    ] {
+        let (code, text) = post(&s, path, &body);
+        assert_eq!(code, 200, "{text}");
+        let v = json(&text);
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{text}");
+        let out: serde_json::Value = serde_json::from_str(&text_of(&v)).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+        assert!(out["ok"].is_boolean() && out["n"].as_u64().is_some_and(|n| n <= 999) && (out["tag"] == "x" || out["tag"] == "y"), "{out}");
+        assert_eq!(out.as_object().unwrap().len(), 3, "{out}");
+    }
+    let (code, text) = post(&s, "/v1/chat/completions", &chat_body("yes or no", r#", "grammar": "root ::= \"yes\" | \"no\"""#));
+    assert_eq!(code, 200, "{text}");
+    assert!(["yes", "no"].contains(&text_of(&json(&text)).as_str()), "{text}");
+    for (extra, param) in [
+        (
+            r#", "response_format": {"type": "json_schema", "json_schema": {"name": "b", "schema": {"type": "nonsense"}}}"#,
+            "response_format",
+        ),
+        (r#", "response_format": {"type": "xml"}"#, "response_format"),
+        (r#", "grammar": "root ::= <[5]>""#, "grammar"),
+        (r#", "json_schema": 5"#, "json_schema"),
+        (r#", "grammar": "root ::= \"a\"", "json_schema": {}"#, "grammar"),
+    ] {
+        let (code, text) = post(&s, "/v1/chat/completions", &chat_body("x", extra));
+        assert_eq!(code, 400, "{extra}: {text}");
+        assert_eq!(json(&text)["error"]["param"], param, "{extra}: {text}");
+    }
+}
+
 /// The official `openai` Python client against the server (skipped when the package is
 /// missing, unless `SPECRUN_REQUIRE_MODELS=1`, as in CI).
 #[test]

@@ -274,7 +274,7 @@ async fn complete(state: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap,
     };
     let (tx, mut rx) = unbounded_channel();
     let (stream, include_usage) = (req.stream, req.include_usage);
-    let job = ServeRequest { prompt: req.prompt, overrides: req.overrides, stops: req.stops, events: tx };
+    let job = ServeRequest { prompt: req.prompt, overrides: req.overrides, grammar: req.grammar, stops: req.stops, events: tx };
     state.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = state.queue.try_send(job) {
         state.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
@@ -355,6 +355,7 @@ fn failure(f: Failure) -> ApiError {
             code: Some("context_length_exceeded"),
         },
         Failure::Invalid(m) => ApiError::new(400, "invalid_request_error", None, m),
+        Failure::InvalidField { param, message } => ApiError::invalid(param, message),
         Failure::Model(m) => ApiError::new(500, "server_error", Some("model_error"), m),
     }
 }

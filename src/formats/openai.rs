@@ -5,6 +5,7 @@
 //! Pure: no HTTP, no clock (the caller passes `created`), no model. A request is read from a
 //! `serde_json::Value` rather than derived, so that every wrong field is named in `param`.
 
+use crate::constraint::Grammar;
 use crate::formats::records::PromptInput;
 use crate::settings::{self, Origin, Overrides, Setting};
 use serde_json::{json, Map, Value};
@@ -65,6 +66,9 @@ pub struct CompletionRequest {
     /// Settings over the server's (sampling, `max_tokens`, draft length).
     pub overrides: Overrides,
     pub speculative: Speculative,
+    /// What the output must follow, and the field that asked: `response_format`, or
+    /// llama-server's `json_schema` / `grammar`.
+    pub grammar: Option<(&'static str, Grammar)>,
 }
 
 fn get_f32(obj: &Map<String, Value>, key: &'static str) -> Result<Option<f32>, ApiError> {
@@ -115,7 +119,9 @@ const NEUTRAL: [(&str, IsNeutral); 6] = [
 ];
 
 /// Fields read elsewhere or harmless to ignore.
-const KNOWN: [&str; 21] = [
+const KNOWN: [&str; 23] = [
+    "json_schema",
+    "grammar",
     "ignore_eos",
     "model",
     "messages",
@@ -152,11 +158,10 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
             return Err(ApiError::invalid(key, format!("unknown field {key}")));
         }
     }
-    for key in ["logit_bias", "response_format"] {
-        if obj.get(key).is_some_and(|v| !v.is_null() && v != &json!({}) && v != &json!({"type": "text"})) {
-            return Err(ApiError::invalid(key, format!("{key} is not supported by specrun serve")));
-        }
+    if obj.get("logit_bias").is_some_and(|v| !v.is_null() && v != &json!({})) {
+        return Err(ApiError::invalid("logit_bias", "logit_bias is not supported by specrun serve"));
     }
+    let grammar = parse_grammar(obj)?;
     let model = get_str(obj, "model")?.map(str::to_string);
     let prompt = match endpoint {
         Endpoint::Chat => PromptInput::Chat(parse_messages(obj.get("messages"))?),
@@ -235,7 +240,34 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
         };
         ApiError::invalid(&param, e.to_string())
     })?;
-    Ok(CompletionRequest { endpoint, model, prompt, stream, include_usage, stops, overrides: o, speculative })
+    Ok(CompletionRequest { endpoint, model, prompt, stream, include_usage, stops, overrides: o, speculative, grammar })
+}
+
+/// The request's constraint: OpenAI's `response_format`, or llama-server's `json_schema` (an
+/// object) or `grammar` (GBNF or Lark text); at most one.
+fn parse_grammar(obj: &Map<String, Value>) -> Result<Option<(&'static str, Grammar)>, ApiError> {
+    let given: Vec<&str> =
+        ["response_format", "json_schema", "grammar"].into_iter().filter(|k| obj.get(*k).is_some_and(|v| !v.is_null())).collect();
+    if given.len() > 1 {
+        return Err(ApiError::invalid(given[1], format!("give at most one of {}", given.join(", "))));
+    }
+    Ok(match given.first().copied() {
+        None => None,
+        Some("response_format") => crate::constraint::response_format(&obj["response_format"])
+            .map_err(|e| ApiError::invalid("response_format", e))?
+            .map(|g| ("response_format", g)),
+        Some("json_schema") => Some((
+            "json_schema",
+            Grammar::schema_from_text(&obj["json_schema"].to_string())
+                .map_err(|e| ApiError::invalid("json_schema", format!("json_schema: {e}")))?,
+        )),
+        Some(_) => match &obj["grammar"] {
+            Value::String(g) => {
+                Some(("grammar", Grammar::from_text(g).map_err(|e| ApiError::invalid("grammar", format!("grammar: {e}")))?))
+            }
+            _ => return Err(ApiError::invalid("grammar", "grammar must be a string")),
+        },
+    })
 }
 
 fn parse_messages(v: Option<&Value>) -> Result<Vec<(String, String)>, ApiError> {

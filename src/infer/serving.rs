@@ -31,6 +31,8 @@ use tokio::sync::mpsc::UnboundedSender;
 pub struct ServeRequest {
     pub prompt: PromptInput,
     pub overrides: Overrides,
+    /// The constraint, and the request field that asked for it.
+    pub grammar: Option<(&'static str, crate::constraint::Grammar)>,
     pub stops: Vec<String>,
     pub events: UnboundedSender<Event>,
 }
@@ -52,6 +54,8 @@ pub enum Failure {
     TooLong { n_prompt: usize, n_ctx: usize },
     /// A setting out of range (the message names it), a chat template that failed, an empty prompt.
     Invalid(String),
+    /// A request field that cannot be used (a grammar that does not compile).
+    InvalidField { param: &'static str, message: String },
     /// The model failed.
     Model(String),
 }
@@ -240,6 +244,7 @@ fn safe_len(text: &str, stops: &[String]) -> usize {
 struct Queue<'a> {
     rx: &'a Receiver<ServeRequest>,
     codec: &'a dyn TextCodec,
+    vocab: &'a crate::constraint::LazyVocabulary<'a>,
     plan: &'a Plan,
     metrics: &'a Metrics,
     /// The run's counters at the last round (the metrics get what changed since).
@@ -267,6 +272,12 @@ impl Queue<'_> {
         let mut config = resolved.gen;
         if resolved.drafter.is_none() {
             config.draft_max = 0;
+        }
+        if let Some((param, g)) = &r.grammar {
+            match self.vocab.compile(g) {
+                Ok(spec) => config.constraint = Some(spec),
+                Err(e) => return fail(Failure::InvalidField { param, message: format!("{e:#}") }),
+            }
         }
         let prompt = self.codec.tokenize(&text);
         let slot = Slot {
@@ -344,8 +355,9 @@ pub fn serve_loop<T: Model, D: Drafter>(
     metrics: &Metrics,
 ) {
     let mut costs = plan.gen.cost_curve.clone().map_or_else(VerifyCosts::default, VerifyCosts::with_curve);
+    let vocab = crate::constraint::LazyVocabulary::new(codec, &engine.target);
     loop {
-        let mut queue = Queue { rx, codec, plan, metrics, seen: BatchStats::default() };
+        let mut queue = Queue { rx, codec, vocab: &vocab, plan, metrics, seen: BatchStats::default() };
         let mut stats = BatchStats::default();
         let end = run_continuous_from(
             engine,
