@@ -349,6 +349,8 @@ fn ok_record(job: &Job, r: crate::formats::report::RunReport) -> OkRecord {
         t_draft_s: r.t_draft_s,
         t_verify_s: r.t_verify_s,
         decode_tok_per_s: r.decode_tok_per_s,
+        n_forced: r.n_forced,
+        n_forced_accepted: r.n_forced_accepted,
     }
 }
 

@@ -34,6 +34,7 @@
 //! | `tokens_per_round` | float | generated tokens per target decode |
 //! | `t_draft_s`, `t_verify_s` | float | seconds drafting and verifying |
 //! | `decode_tok_per_s` | float | generated tokens per second of decoding |
+//! | `n_forced`, `n_forced_accepted` | int | tokens the record's constraint forced, and accepted (only with a constraint) |
 //!
 //! The first line of an output file is a [`Header`]:
 //! `{"specrun_batch": {"format": 1, "input_sha256": "…", "settings": {…}}}` — what the file was
@@ -148,6 +149,16 @@ pub struct OkRecord {
     pub t_draft_s: f64,
     pub t_verify_s: f64,
     pub decode_tok_per_s: f64,
+    /// Tokens the record's constraint forced (drafted ahead of the drafter's) and how many
+    /// were accepted; absent without a constraint.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub n_forced: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub n_forced_accepted: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// A failed record.

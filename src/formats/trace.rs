@@ -20,6 +20,9 @@ pub struct RoundLine {
     pub copy_run: usize,
     pub k_planned: usize,
     pub n_drafted: usize,
+    /// Of the drafted tokens, how many a constraint forced (they come first; absent when 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub n_forced: usize,
     pub n_accepted: usize,
     /// Tokens the round added (accepted draft and the target's own).
     pub n_emitted: usize,
@@ -36,6 +39,10 @@ pub struct RoundLine {
     pub emitted: String,
 }
 
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 impl RoundLine {
     /// Round `round` from its record, the number of tokens it added and the text of its
     /// draft and of what it added.
@@ -48,6 +55,7 @@ impl RoundLine {
             copy_run: r.run,
             k_planned: r.k_planned,
             n_drafted: r.drafted.len(),
+            n_forced: r.n_forced,
             n_accepted: r.n_accepted,
             n_emitted,
             expected_tokens: r.expected.map(|e| (e.0 * 1e3).round() / 1e3),
@@ -73,6 +81,7 @@ mod tests {
             source: DraftSource::Ngram,
             run: 7,
             k_planned: 4,
+            n_forced: 0,
             drafted: vec![1, 2, 3, 4],
             n_accepted: 2,
             expected: Some((3.25, 0.0612345)),

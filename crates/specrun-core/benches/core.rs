@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use specrun_core::model::Token;
 use specrun_core::sampling::{SamplingParams, Scratch};
 use specrun_core::stats::GenStats;
-use specrun_core::verify::{verify, VerifyMode};
+use specrun_core::verify::{verify, RowFn, VerifyMode};
 
 const N_VOCAB: usize = 151_936;
 const K: usize = 4;
@@ -35,7 +35,7 @@ fn bench(c: &mut Criterion) {
             let mut hist = history.clone();
             let draft_tokens: Vec<Token> = draft.iter().map(|r| scratch.argmax(r, &hist, &greedy)).collect();
             hist.extend(&draft_tokens);
-            let v = verify(VerifyMode::Greedy, &|i| &target[i], &hist, &draft_tokens, &[], &greedy, &mut scratch, &mut rng);
+            let v = verify(VerifyMode::Greedy, &mut RowFn(&|i| &target[i]), &hist, &draft_tokens, &[], &greedy, &mut scratch, &mut rng);
             let mut stats = GenStats::default();
             stats.record_round(K, v.n_accepted);
             black_box((v, stats))
@@ -55,7 +55,7 @@ fn bench(c: &mut Criterion) {
                 draft_tokens.push(x);
                 q.push(d);
             }
-            black_box(verify(VerifyMode::Rejection, &|i| &target[i], &hist, &draft_tokens, &q, &params, &mut scratch, &mut rng))
+            black_box(verify(VerifyMode::Rejection, &mut RowFn(&|i| &target[i]), &hist, &draft_tokens, &q, &params, &mut scratch, &mut rng))
         })
     });
 
