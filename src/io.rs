@@ -22,10 +22,24 @@ pub fn install_interrupt_handler() {
     ONCE.call_once(|| {
         let _ = ctrlc::set_handler(|| {
             if INTERRUPTS.fetch_add(1, Ordering::SeqCst) >= 1 {
-                std::process::exit(130);
+                exit_now(130);
             }
         });
     });
+}
+
+/// End the process at once, from any thread, without running exit handlers or static
+/// destructors: llama.cpp's threads may be inside a decode, and tearing down its globals under
+/// them crashes (`process::exit` runs `atexit`/`_fini`). Everything complete was flushed when it
+/// was written (records, exports, traces are written whole and flushed).
+pub fn exit_now(code: i32) -> ! {
+    #[cfg(unix)]
+    // SAFETY: `_exit` takes no pointers and never returns; skipping destructors is the point.
+    unsafe {
+        libc::_exit(code)
+    }
+    #[cfg(not(unix))]
+    std::process::exit(code)
 }
 
 /// Whether Ctrl-C was pressed.

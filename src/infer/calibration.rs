@@ -170,6 +170,10 @@ pub fn measure(model: &mut dyn Model, clock: &dyn Clock, sizes: &[usize], repeat
     // one warm-up pass, then the measured ones
     for pass in 0..=repeat {
         for (i, &b) in sizes.iter().enumerate() {
+            // Ctrl-C ends a calibration between decodes: nothing is stored
+            if crate::io::interrupted() {
+                return Err(crate::infer::Interrupted.into());
+            }
             let tokens: Vec<Token> = context.iter().copied().chain(context.iter().copied().cycle().take(b)).collect();
             let t0 = clock.now();
             cursor.decode_tail(model, &tokens, b)?;
@@ -209,6 +213,9 @@ pub fn measure_seqs(
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
     for pass in 0..=repeat {
         for (i, &s) in counts.iter().enumerate() {
+            if crate::io::interrupted() {
+                return Err(crate::infer::Interrupted.into());
+            }
             let parts: Vec<_> = cursors[..s].iter().map(|c| c.part(&tokens, 1)).collect();
             let t0 = clock.now();
             model.decode_parts(&parts)?;
