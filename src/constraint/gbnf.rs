@@ -297,7 +297,7 @@ digitRun ::= [0-9]{1,}
         assert!(lark.starts_with("start: g_root\n"), "{lark}");
         assert!(lark.contains(r#"g_greeting: "Hi \"you\"\n" | "yo""#), "{lark}");
         assert!(lark.contains(r#"g_ws: "" | " " | "\n" (/[\x{20}\x{9}]/){0,3}"#), "{lark}");
-        assert!(lark.contains(r#"g_items: ((g_item ((",") g_item)*))?"#), "{lark}");
+        assert!(lark.contains(r#"g_items: ((g_item (("," g_item))*))?"#), "{lark}");
         assert!(
             lark.contains(r#"g_item: /[\x{61}-\x{7A}\x{41}-\x{5A}\x{5F}]/ (/[^\x{0}-\x{1F}\x{2028}]/)+ /(?s:.)/ (g_digit_run){2,2}"#),
             "{lark}"

@@ -251,3 +251,73 @@ impl Constraint for LlgConstraint {
         Box::new(LlgConstraint { matcher: self.matcher.deep_clone(), n_vocab: self.n_vocab })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use specrun_core::mock::MockCodec;
+
+    fn vocab() -> Vocabulary {
+        Vocabulary::of(&MockCodec { n_vocab: 97, text: true }, 97, &|t| t == 0).unwrap()
+    }
+
+    fn tokens(s: &str) -> Vec<Token> {
+        MockCodec { n_vocab: 97, text: true }.tokenize(s)
+    }
+
+    #[test]
+    fn grammars_of_every_kind_compile_and_follow_their_text() {
+        let v = vocab();
+        let cases = [
+            (Grammar::from_text("root ::= \"id-\" [0-9]{3} (\"-a\" | \"-b\")\n").unwrap(), "id-042-b", "id-4a"),
+            (Grammar::from_text("start: \"x\" /[0-9]+/").unwrap(), "x123", "y1"),
+            (Grammar::Regex("[A-Z]{2}-[0-9]{2}".into()), "AB-12", "AB-1x"),
+            (
+                Grammar::schema_from_text(
+                    r#"{"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": false}"#,
+                )
+                .unwrap(),
+                r#"{"ok": true}"#,
+                r#"{"ok":true}"#,
+            ),
+            (Grammar::JsonObject, r#"{"a": [1, 2]}"#, "[1]"),
+        ];
+        for (g, good, bad) in cases {
+            let spec = v.compile(&g).unwrap();
+            let mut m = spec.start();
+            let good = tokens(good);
+            assert_eq!(m.validate(&good), good.len(), "{g:?}");
+            m.consume(&good).unwrap();
+            assert!(m.is_accepting(), "{g:?}");
+            assert!(m.mask().unwrap().allows(0), "{g:?}: the end is allowed once complete");
+            let bad = tokens(bad);
+            assert!(spec.start().validate(&bad) < bad.len(), "{g:?}");
+        }
+        // keys and punctuation of a schema are forced
+        let spec = v
+            .compile(
+                &Grammar::schema_from_text(r#"{"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}"#)
+                    .unwrap(),
+            )
+            .unwrap();
+        let mut m = spec.start();
+        assert_eq!(m.forced(), tokens(r#"{"name": ""#));
+    }
+
+    #[test]
+    fn what_does_not_compile_says_why_in_one_line() {
+        let v = vocab();
+        for g in
+            [Grammar::Lark("start: undefined_rule".into()), Grammar::JsonSchema(json!({"type": "nonsense"})), Grammar::Regex("(".into())]
+        {
+            let e = v.compile(&g).unwrap_err().to_string();
+            assert!(e.starts_with(g.kind()) && !e.contains('\n'), "{e}");
+        }
+        assert!(Grammar::schema_from_text("[1]").is_err());
+        assert!(Grammar::from_text("root ::= <[3]>").unwrap_err().to_string().starts_with("GBNF line 1, column 10"));
+        assert_eq!(response_format(&json!({"type": "text"})), Ok(None));
+        assert_eq!(response_format(&json!({"type": "json_object"})), Ok(Some(Grammar::JsonObject)));
+        assert!(response_format(&json!({"type": "json_schema"})).is_err());
+        assert!(response_format(&json!({"type": "json_schema", "json_schema": {"schema": 3}})).is_err());
+    }
+}
