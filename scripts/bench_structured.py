@@ -38,8 +38,11 @@ def main():
     ap.add_argument("records")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--bin", default=os.environ.get("SPECRUN_BIN", os.path.expanduser("~/.cache/specrun/target/release/specrun")))
-    ap.add_argument("extra", nargs="*")
-    a = ap.parse_args()
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    a = ap.parse_args(argv)
+    a.extra = extra
     recs = [json.loads(l) for l in open(a.records) if l.strip()]
     schema = {r["id"]: r["response_format"]["json_schema"]["schema"] for r in recs}
     klass = {r["id"]: r["response_format"]["json_schema"]["name"] for r in recs}
