@@ -56,6 +56,22 @@ impl TextCodec for Words {
     }
 }
 
+/// A mask at a new state each time (a state's mask may be cached): one of `next` on, masked,
+/// back.
+fn mask_at_new_states(c: &mut Criterion, name: &str, m: &mut dyn specrun_core::constraint::Constraint, next: &[u8]) {
+    let next: Vec<Token> = next.iter().map(|&b| b as Token).collect();
+    let mut i = 0;
+    c.bench_function(name, |b| {
+        b.iter(|| {
+            i = (i + 1) % next.len();
+            m.consume(&next[i..=i]).unwrap();
+            let mask = black_box(m.mask().unwrap());
+            m.rollback(1).unwrap();
+            mask
+        })
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let words = Words::new();
     let vocab = Vocabulary::of(&words, N_VOCAB, &|t| t as usize == N_VOCAB - 1).unwrap();
@@ -69,31 +85,10 @@ fn bench(c: &mut Criterion) {
     let prefix: Vec<Token> = br#"{"name": "Maria Lopez", "age": 34, "city": "Ma"#.iter().map(|&b| b as Token).collect();
     let mut m = spec.start();
     m.consume(&prefix).unwrap();
-    // a mask at a new state each time (a state's mask may be cached): one token on, masked,
-    // back
-    let next: Vec<Token> = b"drid a,x".iter().map(|&b| b as Token).collect();
-    let mut i = 0;
-    c.bench_function("constraint/mask inside a string value (151,936 tokens)", |b| {
-        b.iter(|| {
-            i = (i + 1) % next.len();
-            m.consume(&next[i..=i]).unwrap();
-            let mask = black_box(m.mask().unwrap());
-            m.rollback(1).unwrap();
-            mask
-        })
-    });
     let mut at_key = spec.start();
     at_key.consume(&prefix[..prefix.len() - 11]).unwrap(); // after `34`
-    let digits: Vec<Token> = b"0123456789".iter().map(|&b| b as Token).collect();
-    c.bench_function("constraint/mask after a number (151,936 tokens)", |b| {
-        b.iter(|| {
-            i = (i + 1) % digits.len();
-            at_key.consume(&digits[i..=i]).unwrap();
-            let mask = black_box(at_key.mask().unwrap());
-            at_key.rollback(1).unwrap();
-            mask
-        })
-    });
+    mask_at_new_states(c, "constraint/mask inside a string value (151,936 tokens)", &mut *m, b"drid a,x");
+    mask_at_new_states(c, "constraint/mask after a number (151,936 tokens)", &mut *at_key, b"0123456789");
     let mut after_value = spec.start();
     after_value.consume(&br#"{"name": "Maria""#.iter().map(|&b| b as Token).collect::<Vec<_>>()).unwrap();
     c.bench_function("constraint/forced tokens after a value", |b| b.iter(|| black_box(after_value.forced())));

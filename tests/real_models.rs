@@ -533,6 +533,13 @@ fn a_models_shape_comes_from_its_metadata_without_its_weights() {
     assert_eq!((shape.n_layer, shape.n_embd, shape.n_head, shape.n_head_kv, shape.n_vocab), (28, 1536, 12, 2, 151_936));
 }
 
+/// The binary with `args` and the repository's models.toml.
+fn specrun_with_models_toml(args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("specrun"));
+    cmd.args(args).arg("--config").arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models.toml"));
+    cmd
+}
+
 /// A second Ctrl-C while llama.cpp decodes exits with 130 at once, never a crash: the exit
 /// runs no static destructors under the decoding threads (it crashed in 7 of 49 tries with
 /// `process::exit`). Ten tries on the Qwen pair's calibration, which decodes without pause.
@@ -542,12 +549,9 @@ fn a_second_ctrl_c_during_calibration_never_crashes() {
     if model_path(TARGET).is_none() {
         return;
     }
-    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models.toml");
     let cache = tempfile::tempdir().unwrap();
     for i in 0..10 {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("specrun"))
-            .args(["calibrate", "--pair", "qwen-coder", "-t", "2", "--config"])
-            .arg(&config)
+        let mut child = specrun_with_models_toml(&["calibrate", "--pair", "qwen-coder", "-t", "2"])
             .env("SPECRUN_CACHE", cache.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -572,13 +576,9 @@ fn constrained_speculation_equals_constrained_target_only_on_the_qwen_pair() {
     if model_path(TARGET).is_none() {
         return;
     }
-    let config = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models.toml");
     let schema = r#"{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"},"city":{"type":"string"}},"required":["name","age","city"],"additionalProperties":false}"#;
     let run = |extra: &[&str]| {
-        let out = assert_cmd::Command::cargo_bin("specrun")
-            .unwrap()
-            .args(["run", "--pair", "qwen-coder", "-t", "2", "--chat", "-n", "60", "--json", "-j", schema, "--config"])
-            .arg(&config)
+        let out = specrun_with_models_toml(&["run", "--pair", "qwen-coder", "-t", "2", "--chat", "-n", "60", "--json", "-j", schema])
             .args(["--prompt", "Maria Lopez, 34, works as a nurse in Madrid. Give her as JSON."])
             .args(extra)
             .output()

@@ -45,6 +45,9 @@ impl TokenMask {
     /// stores them; bits past `n_vocab` are ignored.
     pub fn from_words(mut words: Vec<u32>, n_vocab: usize) -> Self {
         words.resize(n_vocab.div_ceil(32), 0);
+        if let Some(last) = words.last_mut().filter(|_| n_vocab % 32 != 0) {
+            *last &= (1u32 << (n_vocab % 32)) - 1;
+        }
         Self { words, n_vocab }
     }
 
@@ -138,18 +141,39 @@ impl PartialEq for ConstraintSpec {
 /// One sequence's constraint, in step with the tokens it generated. Its methods take the
 /// sequence's whole token list (prompt first; the guide skips the prompt's `n_prompt` tokens),
 /// so any state of a round — drafted, verified, rolled back — is reached by [`Guide::sync`].
+///
+/// Masks are kept for the states of the current path (at most [`MASKS_KEPT`]): a draft
+/// model's masks are the verification's masks at the same states, computed once.
 pub struct Guide {
     matcher: Box<dyn Constraint>,
     n_prompt: usize,
     /// The generated tokens the matcher has consumed, in order.
     consumed: Vec<Token>,
-    /// Masks computed, for the statistics.
+    /// The generated tokens the kept masks were computed along, and the masks by how many of
+    /// them came before.
+    path: Vec<Token>,
+    masks: std::collections::VecDeque<(usize, TokenMask)>,
+    /// A logits row with the mask applied (one buffer, reused).
+    row: Vec<f32>,
+    /// Masks computed (not counting those reused), for the statistics.
     pub n_masks: usize,
 }
 
+/// Masks a [`Guide`] keeps: more than one round's states (forced tokens, a draft, the bonus
+/// row).
+pub const MASKS_KEPT: usize = 64;
+
 impl Clone for Guide {
     fn clone(&self) -> Self {
-        Self { matcher: self.matcher.boxed_clone(), n_prompt: self.n_prompt, consumed: self.consumed.clone(), n_masks: self.n_masks }
+        Self {
+            matcher: self.matcher.boxed_clone(),
+            n_prompt: self.n_prompt,
+            consumed: self.consumed.clone(),
+            path: self.path.clone(),
+            masks: self.masks.clone(),
+            row: Vec::new(),
+            n_masks: self.n_masks,
+        }
     }
 }
 
@@ -162,7 +186,7 @@ impl fmt::Debug for Guide {
 impl Guide {
     /// A guide for a sequence whose first `n_prompt` tokens are its prompt.
     pub fn new(matcher: Box<dyn Constraint>, n_prompt: usize) -> Self {
-        Self { matcher, n_prompt, consumed: Vec::new(), n_masks: 0 }
+        Self { matcher, n_prompt, consumed: Vec::new(), path: Vec::new(), masks: Default::default(), row: Vec::new(), n_masks: 0 }
     }
 
     /// Bring the matcher to the state after `tokens` (end-of-generation tokens excluded:
@@ -185,11 +209,45 @@ impl Guide {
         Ok(())
     }
 
-    /// The mask after `tokens`.
-    pub fn mask_after(&mut self, tokens: &[Token], is_eog: &dyn Fn(Token) -> bool) -> Result<TokenMask, ConstraintError> {
+    /// The mask after `tokens` (computed once per state of the current path).
+    pub fn mask_after(&mut self, tokens: &[Token], is_eog: &dyn Fn(Token) -> bool) -> Result<&TokenMask, ConstraintError> {
+        let i = self.mask_slot(tokens, is_eog)?;
+        Ok(&self.masks[i].1)
+    }
+
+    /// `row` (a logits row at the state after `tokens`) with every token the grammar refuses
+    /// at -inf, in the guide's own buffer.
+    pub fn masked_row(&mut self, tokens: &[Token], row: &[f32], is_eog: &dyn Fn(Token) -> bool) -> Result<&[f32], ConstraintError> {
+        let i = self.mask_slot(tokens, is_eog)?;
+        self.row.clear();
+        self.row.extend_from_slice(row);
+        self.masks[i].1.apply(&mut self.row);
+        Ok(&self.row)
+    }
+
+    /// Where the mask after `tokens` is kept, computing it unless it was.
+    fn mask_slot(&mut self, tokens: &[Token], is_eog: &dyn Fn(Token) -> bool) -> Result<usize, ConstraintError> {
         self.sync(tokens, is_eog)?;
+        // masks kept along another path are stale past where the two part; along this one
+        // (a prefix of it, or one it extends) they all hold
+        let common = self.path.iter().zip(&self.consumed).take_while(|(a, b)| a == b).count();
+        if common < self.path.len() && common < self.consumed.len() {
+            self.masks.retain(|(n, _)| *n <= common);
+            self.path.truncate(common);
+        }
+        if self.consumed.len() > self.path.len() {
+            self.path.extend_from_slice(&self.consumed[self.path.len()..]);
+        }
+        let n = self.consumed.len();
+        if let Some(i) = self.masks.iter().position(|(m, _)| *m == n) {
+            return Ok(i);
+        }
+        if self.masks.len() == MASKS_KEPT {
+            self.masks.pop_front();
+        }
+        self.masks.push_back((n, self.matcher.mask()?));
         self.n_masks += 1;
-        self.matcher.mask()
+        Ok(self.masks.len() - 1)
     }
 
     /// Up to `max` tokens the grammar forces after `tokens`.
@@ -230,8 +288,38 @@ mod tests {
         assert_eq!(row.iter().filter(|l| l.is_finite()).count(), 2);
         assert!(row[3] == 1.0 && row[64] == 1.0);
         let all = TokenMask::from_words(vec![u32::MAX; 3], 70);
+        assert_eq!(all.count(), 70);
         let mut row = vec![1.0f32; 70];
         all.apply(&mut row);
         assert!(row.iter().all(|l| *l == 1.0));
+    }
+
+    #[test]
+    fn a_state_is_masked_once_along_one_path_and_again_along_another() {
+        use crate::mock::{MockGrammar, MockSegment};
+        let g = MockGrammar::new(vec![MockSegment::Choice { allowed: vec![3, 4, 5], min: 1, max: 4 }], 0, 8);
+        let mut guide = Guide::new(Box::new(g), 2);
+        let no_eog = |t: Token| t == 0;
+        let prompt = [9, 9];
+        let draft = [9, 9, 3, 4, 5];
+        for n in 2..=5 {
+            guide.mask_after(&draft[..n], &no_eog).unwrap();
+        }
+        assert_eq!(guide.n_masks, 4);
+        // verification walks the same states again: nothing recomputed
+        for n in 2..=5 {
+            guide.mask_after(&draft[..n], &no_eog).unwrap();
+        }
+        assert_eq!(guide.n_masks, 4);
+        // another token at the second step: the states after it are new
+        let other = [9, 9, 3, 5, 5];
+        for n in 2..=5 {
+            guide.mask_after(&other[..n], &no_eog).unwrap();
+        }
+        assert_eq!(guide.n_masks, 6);
+        let mut row = vec![0.0f32; 8];
+        row[7] = 9.0;
+        let masked = guide.masked_row(&prompt, &row, &no_eog).unwrap();
+        assert_eq!(masked.iter().map(|l| l.is_finite()).collect::<Vec<_>>(), [false, false, false, true, true, true, false, false]);
     }
 }

@@ -292,14 +292,9 @@ fn top_probability(row: &[f32]) -> f32 {
 /// unsure. Returns whether drafting may go on.
 fn take_row<M: Model>(model: &M, row: usize, job: &mut ProposeJob<'_>, scratch: &mut Scratch) -> bool {
     let ProposeJob { tokens, q, req, rng, guide, .. } = job;
-    let mut masked = Vec::new();
-    let row = match guide.as_deref_mut().map(|g| g.mask_after(tokens, &|t| model.is_eog(t))) {
+    let row = match guide.as_deref_mut().map(|g| g.masked_row(tokens, model.logits(row), &|t| model.is_eog(t))) {
         None => model.logits(row),
-        Some(Ok(mask)) => {
-            masked.extend_from_slice(model.logits(row));
-            mask.apply(&mut masked);
-            &masked
-        }
+        Some(Ok(masked)) => masked,
         // the grammar broke: no draft (verification reports it)
         Some(Err(_)) => return false,
     };

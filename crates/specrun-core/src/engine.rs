@@ -202,23 +202,19 @@ struct MaskedRows<'a, T> {
     guide: &'a mut Guide,
     tokens: &'a [Token],
     n_hist: usize,
-    buf: Vec<f32>,
     error: Option<ConstraintError>,
 }
 
 impl<T: Model> Rows for MaskedRows<'_, T> {
     fn row(&mut self, i: usize) -> &[f32] {
-        let raw = self.target.logits(self.row_base + i);
-        let target = self.target;
-        match self.guide.mask_after(&self.tokens[..self.n_hist + i], &|t| target.is_eog(t)) {
-            Ok(mask) => {
-                self.buf.clear();
-                self.buf.extend_from_slice(raw);
-                mask.apply(&mut self.buf);
-                &self.buf
-            }
+        let (target, raw) = (self.target, self.target.logits(self.row_base + i));
+        if self.error.is_some() {
+            return raw;
+        }
+        match self.guide.masked_row(&self.tokens[..self.n_hist + i], raw, &|t| target.is_eog(t)) {
+            Ok(masked) => masked,
             Err(e) => {
-                self.error.get_or_insert(e);
+                self.error = Some(e);
                 raw
             }
         }
@@ -542,7 +538,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         // forced tokens first, each sequence's within its share of n_batch beside the others'
         // largest drafts
         let decoding = seqs.iter().filter(|s| s.finish.is_none() && !s.reading_prompt()).count().max(1);
-        let share = (self.target.n_batch() / decoding).saturating_sub(1 + self.config.draft_max).min(FORCED_MAX);
+        let draft_max = seqs.iter().map(|s| s.config.draft_max).max().unwrap_or(0);
+        let share = (self.target.n_batch() / decoding).saturating_sub(1 + draft_max).min(FORCED_MAX);
         for seq in seqs.iter_mut() {
             self.open_round(seq, share)?;
         }
@@ -887,15 +884,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let target = &self.target;
         let plain_row = |i: usize| target.logits(row_base + i);
         let mut plain = RowFn(&plain_row);
-        let mut masked = seq.guide.as_mut().map(|guide| MaskedRows {
-            target,
-            row_base,
-            guide,
-            tokens: &seq.tokens,
-            n_hist,
-            buf: Vec::new(),
-            error: None,
-        });
+        let mut masked = seq.guide.as_mut().map(|guide| MaskedRows { target, row_base, guide, tokens: &seq.tokens, n_hist, error: None });
         let rows: &mut dyn Rows = match masked.as_mut() {
             Some(m) => m,
             None => &mut plain,
