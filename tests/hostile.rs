@@ -150,7 +150,7 @@ fn unbounded_and_special_files_are_refused_at_once() {
 #[test]
 fn duplicate_ids_stop_the_batch_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
-    // the example: x, x, y, (no id on line 4), 4
+    // the example: x, x, y, (no id on line 4), 4
     let text = "{\"id\":\"x\",\"prompt\":\"a\"}\n{\"id\":\"x\",\"prompt\":\"b\"}\n{\"id\":\"y\",\"prompt\":\"c\"}\n{\"prompt\":\"d\"}\n{\"id\":4,\"prompt\":\"e\"}\n";
     let input = write(dir.path(), "dup.jsonl", text);
     let out = dir.path().join("o.jsonl");

@@ -1026,7 +1026,7 @@ mod tests {
         assert!((v.estimate(9).unwrap() - 0.320).abs() < 1e-9);
     }
 
-    /// The brief's CPU: a draft step costs 0.5 of a target step, verifying 5 tokens 2.1x one.
+    /// A 2-core CPU's costs: a draft step costs 0.5 of a target step, verifying 5 tokens 2.1x one.
     fn slow_draft_costs(c: &mut Controller, accepted_of_4: usize, rounds: usize) {
         c.observe(&obs(DraftSource::Model, 0, 0, 0, 100));
         for _ in 0..rounds {
