@@ -404,12 +404,12 @@ pub fn resolve(sources: &[&Overrides]) -> Result<Resolved, SettingError> {
     Ok(r)
 }
 
-/// Greedy verification at temperature 0; otherwise the requested stochastic mode (rejection
-/// sampling unless `match` was asked for).
+/// Greedy verification at temperature 0; otherwise the requested stochastic mode (seeded,
+/// whose text a seed reproduces, unless `rejection` or `match` was asked for).
 pub fn effective_verify(params: &SamplingParams, asked: VerifyMode) -> VerifyMode {
     match (params.is_greedy(), asked) {
         (true, _) => VerifyMode::Greedy,
-        (false, VerifyMode::Greedy) => VerifyMode::Rejection,
+        (false, VerifyMode::Greedy) => VerifyMode::Seeded,
         (false, m) => m,
     }
 }
@@ -437,8 +437,8 @@ mod tests {
         assert_eq!(r.gen.max_tokens, 9);
         assert_eq!(r.gen.adaptive, AdaptiveMode::Auto);
         assert_eq!(r.drafter, Some(DrafterKind::Hybrid));
-        // sampling upgrades greedy verification to rejection sampling, in this one place
-        assert_eq!(r.gen.verify, VerifyMode::Rejection);
+        // sampling upgrades greedy verification to seeded sampling, in this one place
+        assert_eq!(r.gen.verify, VerifyMode::Seeded);
         let greedy =
             resolve(&[&Overrides { verify: Some(Setting::new(VerifyMode::Match, Origin::Flag("--verify"))), ..Default::default() }])
                 .unwrap();

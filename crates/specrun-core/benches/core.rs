@@ -35,7 +35,7 @@ fn bench(c: &mut Criterion) {
             let mut hist = history.clone();
             let draft_tokens: Vec<Token> = draft.iter().map(|r| scratch.argmax(r, &hist, &greedy)).collect();
             hist.extend(&draft_tokens);
-            let v = verify(VerifyMode::Greedy, &mut RowFn(&|i| &target[i]), &hist, &draft_tokens, &[], &greedy, &mut scratch, &mut rng);
+            let v = verify(VerifyMode::Greedy, 0, &mut RowFn(&|i| &target[i]), &hist, &draft_tokens, &[], &greedy, &mut scratch, &mut rng);
             let mut stats = GenStats::default();
             stats.record_round(K, v.n_accepted);
             black_box((v, stats))
@@ -55,7 +55,17 @@ fn bench(c: &mut Criterion) {
                 draft_tokens.push(x);
                 q.push(d);
             }
-            black_box(verify(VerifyMode::Rejection, &mut RowFn(&|i| &target[i]), &hist, &draft_tokens, &q, &params, &mut scratch, &mut rng))
+            black_box(verify(
+                VerifyMode::Rejection,
+                0,
+                &mut RowFn(&|i| &target[i]),
+                &hist,
+                &draft_tokens,
+                &q,
+                &params,
+                &mut scratch,
+                &mut rng,
+            ))
         })
     });
 

@@ -27,6 +27,9 @@ pub struct DraftRequest<'a> {
     pub keep_q: bool,
     /// Stop drafting when the draft's top probability falls below this.
     pub p_min: f32,
+    /// Draw each token with the target's keyed noise for its position
+    /// ([`crate::sampling::Dist::sample_keyed`], seeded verification): the seed.
+    pub key: Option<u64>,
 }
 
 /// One sequence's share of a [`Drafter::propose_many`] call: what [`Drafter::propose`] takes
@@ -298,7 +301,10 @@ fn take_row<M: Model>(model: &M, row: usize, job: &mut ProposeJob<'_>, scratch: 
         // the grammar broke: no draft (verification reports it)
         Some(Err(_)) => return false,
     };
-    let (token, confidence, dist) = if req.keep_q {
+    let (token, confidence, dist) = if let Some(seed) = req.key {
+        let dist = scratch.warp(row, tokens, req.params);
+        (dist.sample_keyed(seed, tokens.len()), dist.probs[0], None)
+    } else if req.keep_q {
         let dist = scratch.warp(row, tokens, req.params);
         (dist.sample(rng), dist.probs[0], Some(dist))
     } else {

@@ -87,7 +87,7 @@ impl GenConfig {
         if self.params.is_greedy() {
             VerifyMode::Greedy
         } else if self.verify == VerifyMode::Greedy {
-            VerifyMode::Rejection
+            VerifyMode::Seeded
         } else {
             self.verify
         }
@@ -189,7 +189,14 @@ impl RoundStart {
     }
 
     fn request_for<'a>(&self, config: &'a GenConfig) -> DraftRequest<'a> {
-        DraftRequest { max: self.k_planned, params: &config.params, keep_q: config.effective_verify().needs_q(), p_min: config.draft_p_min }
+        let verify = config.effective_verify();
+        DraftRequest {
+            max: self.k_planned,
+            params: &config.params,
+            keep_q: verify.needs_q(),
+            p_min: config.draft_p_min,
+            key: (verify == VerifyMode::Seeded).then_some(config.seed),
+        }
     }
 }
 
@@ -889,7 +896,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             Some(m) => m,
             None => &mut plain,
         };
-        let verdict = verify(verify_mode, rows, &seq.tokens, &seq.tokens[n_hist..], &seq.q, params, &mut self.scratch, &mut seq.rng);
+        let verdict =
+            verify(verify_mode, seq.config.seed, rows, &seq.tokens, &seq.tokens[n_hist..], &seq.q, params, &mut self.scratch, &mut seq.rng);
         if let Some(e) = masked.and_then(|m| m.error) {
             return Err(EngineError::Constraint(e));
         }

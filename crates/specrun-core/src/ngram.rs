@@ -914,7 +914,7 @@ mod tests {
         assert_eq!(d.source(&mut cursor, &tokens), DraftSource::Ngram);
         assert_eq!(d.peek(&cursor, &tokens), Some(63), "a peek foretells the cache's proposal");
         let mut t = tokens.clone();
-        let req = DraftRequest { max: 4, params: &crate::sampling::SamplingParams::greedy(), keep_q: false, p_min: 0.0 };
+        let req = DraftRequest { max: 4, params: &crate::sampling::SamplingParams::greedy(), keep_q: false, p_min: 0.0, key: None };
         let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
         d.propose(&mut cursor, &mut t, &mut vec![], &req, &mut Scratch::new(), &mut rng).unwrap();
         assert_eq!(&t[6..], &[63, 64, 65, 66]);

@@ -100,6 +100,38 @@ impl Dist {
     pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> Token {
         sample_weighted(&self.ids, &self.probs, rng)
     }
+
+    /// Draw the token for position `pos` of a sequence sampled with `seed`: the Gumbel-max
+    /// choice `argmax_t log p(t) + g(seed, pos, t)`, its noise a pure function of the three
+    /// (so the draw at a position never depends on what was drawn, drafted or decoded before).
+    /// Distributed as `p`; equal seeds, positions and distributions give equal tokens. Written
+    /// as the exponential race `argmin_t E(seed, pos, t) / p(t)`, which is the same choice.
+    pub fn sample_keyed(&self, seed: u64, pos: usize) -> Token {
+        let mut best = (f64::INFINITY, self.ids[0]);
+        for (&t, &p) in self.ids.iter().zip(&self.probs) {
+            if p > 0.0 {
+                let arrival = exponential(seed, pos as u64, t) / f64::from(p);
+                if arrival < best.0 {
+                    best = (arrival, t);
+                }
+            }
+        }
+        best.1
+    }
+}
+
+/// A unit exponential draw that is a pure function of (seed, position, token): splitmix64 over
+/// the three, then `-ln(u)` with `u` in (0, 1].
+fn exponential(seed: u64, pos: u64, token: Token) -> f64 {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let z = mix(mix(mix(seed) ^ pos) ^ u64::from(token as u32));
+    let u = ((z >> 11) + 1) as f64 / (1u64 << 53) as f64;
+    -u.ln()
 }
 
 /// Draw from unnormalised non-negative weights (the last id absorbs rounding).

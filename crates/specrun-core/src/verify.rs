@@ -12,6 +12,11 @@
 //!   from `p_{K+1}`. The emitted text is distributed exactly as target-only sampling.
 //! * [`VerifyMode::Match`]: sample `y_i ~ p_i` and accept while `y_i == x_i` (what llama.cpp's
 //!   server does). Also exact, but accepts less.
+//! * [`VerifyMode::Seeded`]: the target's token at position `i` is the Gumbel-max draw of
+//!   `p_i` keyed by (seed, position) ([`Dist::sample_keyed`]), accepted while it equals the
+//!   draft's. Exact like match, and the text depends only on the prompt, the settings and the
+//!   seed: not on draft lengths, on other sequences, or on timing. A draft model drawing with
+//!   the same keys proposes the target's own choice wherever the two agree on it.
 
 use crate::model::Token;
 use crate::sampling::{Dist, SamplingParams, Scratch};
@@ -29,6 +34,9 @@ pub enum VerifyMode {
     Rejection,
     /// Sample the target and compare (exact, lower acceptance).
     Match,
+    /// Draw each position's token from noise keyed by (seed, position) and compare (exact;
+    /// the same seed gives the same text whatever was drafted; the default when sampling).
+    Seeded,
 }
 
 impl VerifyMode {
@@ -37,6 +45,7 @@ impl VerifyMode {
             VerifyMode::Greedy => "greedy",
             VerifyMode::Rejection => "rejection",
             VerifyMode::Match => "match",
+            VerifyMode::Seeded => "seeded",
         }
     }
 
@@ -72,11 +81,12 @@ pub struct Verdict {
 }
 
 /// Check `draft` (with its draft distributions `q` when `mode` is rejection sampling) against
-/// target rows `row(0..=draft.len())`. `history` holds the accepted tokens followed by the draft,
+/// target rows `row(0..=draft.len())`; `seed` keys [`VerifyMode::Seeded`]'s draws. `history` holds the accepted tokens followed by the draft,
 /// so that penalties see exactly the tokens before each position.
 #[allow(clippy::too_many_arguments)]
 pub fn verify<R: Rng + ?Sized>(
     mode: VerifyMode,
+    seed: u64,
     rows: &mut dyn Rows,
     history: &[Token],
     draft: &[Token],
@@ -99,6 +109,10 @@ pub fn verify<R: Rng + ?Sized>(
             }
             VerifyMode::Match => {
                 let y = scratch.warp(logits, hist, params).sample(rng);
+                (drafted == Some(y), y)
+            }
+            VerifyMode::Seeded => {
+                let y = scratch.warp(logits, hist, params).sample_keyed(seed, hist.len());
                 (drafted == Some(y), y)
             }
             VerifyMode::Rejection => {
@@ -145,6 +159,7 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let v = verify(
             VerifyMode::Greedy,
+            0,
             &mut RowFn(&|i| &rows[i]),
             &history,
             &[1, 2, 9],
@@ -158,6 +173,7 @@ mod tests {
         let history = [7, 7, 1, 2, 3];
         let v = verify(
             VerifyMode::Greedy,
+            0,
             &mut RowFn(&|i| &rows[i]),
             &history,
             &[1, 2, 3],
@@ -168,8 +184,17 @@ mod tests {
         );
         assert_eq!(v, Verdict { n_accepted: 3, next: 4 });
         // empty draft: plain decoding
-        let v =
-            verify(VerifyMode::Greedy, &mut RowFn(&|i| &rows[i]), &[7], &[], &[], &SamplingParams::greedy(), &mut Scratch::new(), &mut rng);
+        let v = verify(
+            VerifyMode::Greedy,
+            0,
+            &mut RowFn(&|i| &rows[i]),
+            &[7],
+            &[],
+            &[],
+            &SamplingParams::greedy(),
+            &mut Scratch::new(),
+            &mut rng,
+        );
         assert_eq!(v, Verdict { n_accepted: 0, next: 1 });
     }
 
@@ -183,6 +208,7 @@ mod tests {
             let x = q.sample(&mut rng);
             let v = verify(
                 VerifyMode::Rejection,
+                0,
                 &mut RowFn(&|_| &logits),
                 &[x],
                 &[x],
@@ -205,6 +231,7 @@ mod tests {
         for _ in 0..200 {
             let v = verify(
                 VerifyMode::Rejection,
+                0,
                 &mut RowFn(&|_| &logits),
                 &[0],
                 &[0],

@@ -159,6 +159,20 @@ fn rejection_sampling_keeps_the_target_distribution() {
 }
 
 #[test]
+fn seeded_verification_keeps_the_target_distribution() {
+    let target = target_spec();
+    for params in [settings()[0].clone(), settings()[2].clone()] {
+        let ex = exact(&target, &params);
+        for (quality, draft) in drafts(&target) {
+            let config =
+                GenConfig { max_tokens: 2, draft_max: 3, params: params.clone(), verify: VerifyMode::Seeded, ..GenConfig::default() };
+            let mut e = Engine::new(MockModel::new(target.clone()), ModelDrafter::new(MockModel::new(draft)), config);
+            check(&format!("seeded, {quality} draft, {params:?}"), &ex, &empirical(&mut e));
+        }
+    }
+}
+
+#[test]
 fn match_verification_keeps_the_target_distribution() {
     let target = target_spec();
     let params = settings()[1].clone();
