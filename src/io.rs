@@ -60,11 +60,15 @@ pub enum ReadError {
     NotUtf8 { path: String, offset: usize },
 }
 
-/// Read a regular text file of at most `limit` bytes.
+/// Read a regular text file of at most `limit` bytes. The file type is checked before the file
+/// is opened, and it is opened without blocking: a FIFO or a device never hangs the command.
 pub fn read_text(path: &Path, limit: u64) -> Result<String, ReadError> {
     let name = path.display().to_string();
     let io = |e: std::io::Error| ReadError::Io { path: name.clone(), reason: e.to_string() };
-    let file = std::fs::File::open(path).map_err(io)?;
+    if !std::fs::metadata(path).map_err(io)?.is_file() {
+        return Err(ReadError::NotRegular { path: name });
+    }
+    let file = open_nonblocking(path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
         return Err(ReadError::NotRegular { path: name });
@@ -83,6 +87,44 @@ pub fn read_text(path: &Path, limit: u64) -> Result<String, ReadError> {
         text.drain(..'\u{feff}'.len_utf8());
     }
     Ok(text)
+}
+
+#[cfg(unix)]
+fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)
+}
+
+#[cfg(not(unix))]
+fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path)
+}
+
+/// Refuse to write any of `outputs` (flag, path) over one of `inputs` (flag, path) of the same
+/// run: the same file, also through `./`, a symlink or a hard link. `-` (stdout) is never an
+/// input.
+pub fn refuse_output_onto_input(outputs: &[(&str, &Path)], inputs: &[(&str, &Path)]) -> anyhow::Result<()> {
+    for (out_flag, out) in outputs.iter().filter(|(_, p)| !is_stdout(p)) {
+        for (in_flag, input) in inputs {
+            if same_file::is_same_file(out, input).unwrap_or(false) {
+                anyhow::bail!("{out_flag} {} is the {in_flag} file of this run; refusing to overwrite an input", out.display());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Write a whole file: to a temporary file beside it, then renamed over it, so that a crash,
+/// a full disk or Ctrl-C never leaves half of it (or destroys what was there).
+pub fn write_whole(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.specrun-{}.tmp", std::process::id()));
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Whether an error (or anything in its chain) is a broken pipe.

@@ -103,6 +103,86 @@ fn the_output_is_never_the_input() {
 }
 
 #[test]
+fn no_output_of_any_command_overwrites_an_input_and_exports_are_written_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = write(dir.path(), "p.jsonl", TWO);
+    let prompt = write(dir.path(), "prompt.txt", "hello there");
+    let config = write(dir.path(), "c.toml", &std::fs::read_to_string(models_toml()).unwrap());
+    std::os::unix::fs::symlink(&prompts, dir.path().join("link.jsonl")).unwrap();
+    let p = prompts.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["bench", "--mock", "--prompts", p, "--export-json", p, "-n", "2"], "--export-json"),
+        (vec!["bench", "--mock", "--prompts", p, "--export-csv", "./p.jsonl", "-n", "2"], "--export-csv"),
+        (vec!["bench", "--mock", "--prompts", p, "--export-markdown", "link.jsonl", "-n", "2"], "--export-markdown"),
+        (vec!["bench", "--mock", "--prompts", p, "--plot", p, "-n", "2"], "--plot"),
+        (vec!["run", "--mock", "-f", "prompt.txt", "--trace-rounds", "prompt.txt"], "--trace-rounds"),
+    ] {
+        let o = specrun(&args).current_dir(dir.path()).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&o).contains(needle) && stderr(&o).contains("refusing to overwrite an input"), "{args:?}: {}", stderr(&o));
+    }
+    // the models file given with --config, through its own flag
+    let o = Command::cargo_bin("specrun")
+        .unwrap()
+        .args(["run", "--mock", "--prompt", "x", "--config", "c.toml", "--trace-rounds", "c.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&prompts).unwrap(), TWO);
+    assert_eq!(std::fs::read_to_string(&prompt).unwrap(), "hello there");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), std::fs::read_to_string(models_toml()).unwrap());
+    // an export is renamed into place whole: no temporary file stays beside it
+    let json = dir.path().join("r.json");
+    let o = run(&["bench", "--mock", "--prompts", p, "--export-json", json.to_str().unwrap(), "-n", "2", "--draft-max", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(&json).unwrap().trim_start().starts_with('['));
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+    // and a saved run's exports reach stdout too (one writer for files and `-`)
+    let o = run(&["bench", "--mock", "--from-json", json.to_str().unwrap(), "--export-markdown", "-"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.matches("| pair").count() >= 1 && stdout.contains("|---"), "{stdout}");
+}
+
+#[test]
+fn a_fifo_as_input_is_refused_at_once() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("f");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let f = fifo.to_str().unwrap();
+    let out = dir.path().join("o.jsonl");
+    for args in [
+        vec!["batch", "--mock", f, "-o", out.to_str().unwrap()],
+        vec!["run", "--mock", "-f", f],
+        vec!["bench", "--mock", "--prompts", f],
+        vec!["bench", "--mock", "--from-json", f],
+        vec!["run", "--mock", "--prompt", "x", "--json-schema-file", f],
+    ] {
+        let mut child = specrun(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("{args:?} hangs on a FIFO");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("not a regular file"), "{args:?}: {err}");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
 fn resume_never_truncates_a_file_it_did_not_write() {
     let dir = tempfile::tempdir().unwrap();
     let input = write(dir.path(), "in.jsonl", TWO);
@@ -357,4 +437,19 @@ fn messages_are_one_line_and_conventions_are_shared() {
     // --resume needs a file
     let o = run(&["batch", "--mock", input.to_str().unwrap(), "-o", "-", "--resume"]);
     assert!(stderr(&o).contains("--resume needs an output file"), "{}", stderr(&o));
+}
+
+/// `-m ./x.gguf` is the working directory's file, as in every CLI (the models cache is for bare
+/// names); a device is "not a regular file", not "not found".
+#[cfg(feature = "llama")]
+#[test]
+fn model_paths_on_the_command_line_are_read_as_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = specrun(&["run", "-m", "./absent.gguf", "--draft", "ngram", "--prompt", "x"]).current_dir(dir.path()).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let cwd = dir.path().canonicalize().unwrap();
+    assert!(stderr(&o).contains(&format!("model file not found: {}", cwd.join("./absent.gguf").display())), "{}", stderr(&o));
+    let o = run(&["run", "-m", "/dev/zero", "--draft", "ngram", "--prompt", "x"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("model file is not a regular file: /dev/zero"), "{}", stderr(&o));
 }

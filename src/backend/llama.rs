@@ -356,6 +356,42 @@ impl LoadedModel {
         self.model.apply_chat_template(&tmpl, &msgs, true).map_err(|e| anyhow!("cannot apply the chat template: {e}"))
     }
 
+    /// [`LoadedModel::chat_messages`] as tokens, each message's content tokenized as text: the
+    /// template is rendered with a placeholder for each content, its own text tokenized with
+    /// control tokens, the contents without (so a message cannot write a turn marker).
+    pub fn chat_message_tokens(&self, messages: &[(String, String)]) -> Result<Vec<Token>> {
+        let marker = |i: usize| format!("\u{1}specrun-content-{i}\u{1}");
+        let placeholders: Vec<(String, String)> = messages.iter().enumerate().map(|(i, (r, _))| (r.clone(), marker(i))).collect();
+        let rendered = self.chat_messages(&placeholders)?;
+        let vocab = self.model.vocab();
+        let mut tokens = Vec::new();
+        let mut push = |text: &str, special: bool| {
+            let bos = tokens.is_empty() && vocab.should_add_bos();
+            tokens.extend(vocab.tokenize(text.as_bytes(), bos, special).into_iter().map(|t| t.0));
+        };
+        // each content in order, once; a template that rewrites, drops or repeats contents
+        // gets its text tokenized as before
+        let mut cuts = Vec::with_capacity(messages.len());
+        let mut from = 0;
+        for i in 0..messages.len() {
+            match rendered[from..].find(&marker(i)) {
+                Some(at) if rendered.matches(&marker(i)).count() == 1 => {
+                    cuts.push((from + at, from + at + marker(i).len()));
+                    from += at + marker(i).len();
+                }
+                _ => return Ok(self.tokenize(&self.chat_messages(messages)?)),
+            }
+        }
+        let mut rest = 0;
+        for ((start, end), (_, content)) in cuts.into_iter().zip(messages) {
+            push(&rendered[rest..start], true);
+            push(content, false);
+            rest = end;
+        }
+        push(&rendered[rest..], true);
+        Ok(tokens)
+    }
+
     /// The facts llama.cpp's draft-compatibility rules look at.
     pub fn vocab_facts(&self) -> VocabFacts {
         let vocab = self.model.vocab();
@@ -553,6 +589,13 @@ impl specrun_core::model::TextCodec for LoadedModel {
     }
     fn chat(&self, messages: &[(String, String)]) -> Result<String, String> {
         self.chat_messages(messages).map_err(|e| e.to_string())
+    }
+    fn chat_tokens(&self, messages: &[(String, String)]) -> Result<Vec<Token>, String> {
+        self.chat_message_tokens(messages).map_err(|e| e.to_string())
+    }
+    fn tokenize_plain(&self, text: &str) -> Vec<Token> {
+        let vocab = self.model.vocab();
+        vocab.tokenize(text.as_bytes(), vocab.should_add_bos(), false).into_iter().map(|t| t.0).collect()
     }
     fn special_piece(&self, token: Token) -> Vec<u8> {
         self.model.vocab().token_to_piece(LlamaToken(token), true, None)

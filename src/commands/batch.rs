@@ -326,13 +326,15 @@ fn prepare_job(
     if let Some(g) = &job.grammar {
         config.constraint = Some(vocab.compile(g).map_err(|e| format!("line {}: {e}", job.line))?);
     }
-    let prompt = match &job.input {
-        PromptInput::Text(t) if args.chat => codec.chat(&[("user".into(), t.clone())]),
-        PromptInput::Text(t) => Ok(t.clone()),
-        PromptInput::Chat(m) => codec.chat(m),
+    // messages' contents are text (a turn marker written in one stays characters); a raw
+    // `prompt` is the file's own text, control tokens included
+    let tokens = match &job.input {
+        PromptInput::Text(t) if args.chat => codec.chat_tokens(&[("user".into(), t.clone())]),
+        PromptInput::Text(t) => Ok(codec.tokenize(t)),
+        PromptInput::Chat(m) => codec.chat_tokens(m),
     }
     .map_err(|e| format!("line {}: {e}", job.line))?;
-    Ok((config, codec.tokenize(&prompt)))
+    Ok((config, tokens))
 }
 
 fn ok_record(job: &Job, r: crate::formats::report::RunReport) -> OkRecord {

@@ -65,14 +65,15 @@ fn validate_sweep(args: &BenchArgs) -> Result<()> {
 }
 
 pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
+    refuse_exports_onto_inputs(args)?;
     if let Some(saved) = &args.from_json {
         let text = read_text(saved, MAX_JSON_BYTES).map_err(|e| anyhow!("--from-json {e}"))?;
         let results = parse_json(&text).with_context(|| format!("--from-json {}", saved.display()))?;
-        export(args, &results)?;
         out(&table(&results))?;
         if args.per_prompt {
             out(&format!("\n{}", prompt_table(&results)))?;
         }
+        export(args, &results, true)?;
         return Ok(ExitCode::SUCCESS);
     }
     validate_sweep(args)?;
@@ -132,11 +133,11 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
             let prompts: Vec<(Vec<Token>, usize)> = prompts
                 .iter()
                 .map(|p| {
-                    let text = match &p.tokens_of {
-                        PromptInput::Text(t) => Ok(t.clone()),
-                        PromptInput::Chat(m) => codec.chat(m).map_err(|e| anyhow!(e)),
-                    }?;
-                    Ok((codec.tokenize(&text), p.max_tokens.unwrap_or(args.max_tokens)))
+                    let tokens = match &p.tokens_of {
+                        PromptInput::Text(t) => codec.tokenize(t),
+                        PromptInput::Chat(m) => codec.chat_tokens(m).map_err(|e| anyhow!(e))?,
+                    };
+                    Ok((tokens, p.max_tokens.unwrap_or(args.max_tokens)))
                 })
                 .collect::<Result<_>>()?;
             for &drafter in &args.drafter {
@@ -174,7 +175,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
                             result.cost_curve = plan.gen.cost_curve.as_deref().cloned();
                             result.placement = Some(super::run::placement(&plan));
                             results.push(result);
-                            export(args, &results)?;
+                            export(args, &results, false)?;
                             bar.inc(1);
                         }
                     }
@@ -188,15 +189,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
     if args.per_prompt {
         out(&format!("\n{}", prompt_table(&results)))?;
     }
-    for (path, render) in [
-        (&args.export_json, render_json as fn(&[BenchResult]) -> Result<String>),
-        (&args.export_csv, |r: &[BenchResult]| Ok(csv(r))),
-        (&args.export_markdown, if args.per_prompt { markdown_with_prompts } else { |r: &[BenchResult]| Ok(markdown(r)) }),
-    ] {
-        if path.as_deref().is_some_and(is_stdout) {
-            out(&render(&results)?)?;
-        }
-    }
+    export(args, &results, true)?;
     if let Some(path) = write_best_to {
         let text = read_text(&path, crate::formats::models_toml::MAX_CONFIG_BYTES)?;
         let note = format!("{}, {} cores", today(), std::thread::available_parallelism().map_or(0, |n| n.get()));
@@ -344,23 +337,47 @@ fn render_json(results: &[BenchResult]) -> Result<String> {
     Ok(json(results)?)
 }
 
-/// Rewrite every export file (not `-`, which is printed once at the end).
-fn export(args: &BenchArgs, results: &[BenchResult]) -> Result<()> {
-    let write = |path: &Option<std::path::PathBuf>, text: String| -> Result<()> {
+/// The one writer of exports: every export file rewritten whole (written beside and renamed,
+/// so a file is never half written), and with `to_stdout` (once, at the end) the ones named
+/// `-` printed.
+fn export(args: &BenchArgs, results: &[BenchResult], to_stdout: bool) -> Result<()> {
+    let write = |path: &Option<std::path::PathBuf>, render: &dyn Fn() -> Result<String>| -> Result<()> {
         match path {
-            Some(p) if !is_stdout(p) => std::fs::write(p, text).with_context(|| format!("{}: cannot write", p.display())),
-            _ => Ok(()),
+            Some(p) if is_stdout(p) => {
+                if to_stdout {
+                    out(&render()?)?;
+                }
+                Ok(())
+            }
+            Some(p) => crate::io::write_whole(p, &render()?).with_context(|| format!("{}: cannot write", p.display())),
+            None => Ok(()),
         }
     };
-    write(&args.export_json, render_json(results)?)?;
-    write(&args.export_csv, csv(results))?;
-    write(&args.export_markdown, if args.per_prompt { markdown_with_prompts(results)? } else { markdown(results) })?;
-    if args.plot.is_some() {
-        let repeats = results.iter().map(|r| r.repeats).max().unwrap_or(0);
-        let title = format!("specrun bench: speed-up vs draft length (repeat {repeats})");
-        write(&args.plot, svg_plot(results, &title))?;
-    }
+    write(&args.export_json, &|| render_json(results))?;
+    write(&args.export_csv, &|| Ok(csv(results)))?;
+    write(&args.export_markdown, &|| if args.per_prompt { markdown_with_prompts(results) } else { Ok(markdown(results)) })?;
+    let repeats = results.iter().map(|r| r.repeats).max().unwrap_or(0);
+    write(&args.plot, &|| Ok(svg_plot(results, &format!("specrun bench: speed-up vs draft length (repeat {repeats})"))))?;
     Ok(())
+}
+
+/// No export may be written over a file this run reads.
+fn refuse_exports_onto_inputs(args: &BenchArgs) -> Result<()> {
+    let outputs: Vec<(&str, &std::path::Path)> = [
+        ("--export-json", &args.export_json),
+        ("--export-csv", &args.export_csv),
+        ("--export-markdown", &args.export_markdown),
+        ("--plot", &args.plot),
+    ]
+    .into_iter()
+    .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+    .collect();
+    let inputs: Vec<(&str, &std::path::Path)> =
+        [("--prompts", &args.prompts), ("--from-json", &args.from_json), ("--config", &args.models.config)]
+            .into_iter()
+            .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+            .collect();
+    crate::io::refuse_output_onto_input(&outputs, &inputs)
 }
 
 /// Today's date (UTC) as YYYY-MM-DD, from the system clock (civil-from-days).

@@ -27,6 +27,19 @@ fn read_prompt(args: &RunArgs) -> Result<String> {
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    if let Some(trace) = &args.trace_rounds {
+        let c = &args.constraint;
+        let inputs: Vec<(&str, &std::path::Path)> = [
+            ("--prompt-file", &args.prompt_file),
+            ("--config", &args.models.config),
+            ("--json-schema-file", &c.json_schema_file),
+            ("--grammar-file", &c.grammar_file),
+        ]
+        .into_iter()
+        .filter_map(|(flag, p)| p.as_deref().map(|p| (flag, p)))
+        .collect();
+        crate::io::refuse_output_onto_input(&[("--trace-rounds", trace)], &inputs)?;
+    }
     let mut plan = plan(&args.models.selection(), &args.gen.overrides())?;
     crate::infer::calibration::attach(&mut plan, args.models.mock);
     let prompt = read_prompt(args)?;
@@ -51,12 +64,13 @@ fn execute(
     args: &RunArgs,
     plan: &Plan,
 ) -> Result<ExitCode> {
-    let prompt = if args.chat { codec.chat(&[("user".into(), prompt.to_string())]).map_err(|e| anyhow!(e))? } else { prompt.to_string() };
+    let messages = [("user".to_string(), prompt.to_string())];
     if args.print_prompt {
-        out(&prompt)?;
+        out(&if args.chat { codec.chat(&messages).map_err(|e| anyhow!(e))? } else { prompt.to_string() })?;
         return Ok(ExitCode::SUCCESS);
     }
-    let tokens = codec.tokenize(&prompt);
+    // --chat: the prompt is a message's content, text inside the template's markers
+    let tokens = if args.chat { codec.chat_tokens(&messages).map_err(|e| anyhow!(e))? } else { codec.tokenize(prompt) };
     let mut stdout = std::io::stdout();
     let stream: Option<&mut dyn Write> = if args.json { None } else { Some(&mut stdout) };
     let mut trace_file: Option<Box<dyn Write>> = match &args.trace_rounds {

@@ -255,6 +255,9 @@ impl<M: Model> Model for Slow<M> {
 
 #[cfg(feature = "llama")]
 fn load(p: &ModelPlan) -> Result<crate::backend::llama::LoadedModel> {
+    if p.path.exists() && !p.path.is_file() {
+        bail!("model file is not a regular file: {} (model '{}')", p.path.display(), p.name);
+    }
     if !p.path.is_file() {
         bail!("model file not found: {} (model '{}'; fetch the default models with scripts/fetch_models.py)", p.path.display(), p.name);
     }

@@ -195,6 +195,16 @@ fn model_plan(name: &str, path: &Path, file: &ModelSettings, cache: &Path, sel: 
     })
 }
 
+/// A model path given on the command line, as every CLI reads one: relative to the working
+/// directory. Only a bare file name that is not there is looked up in the models cache.
+fn flag_path(path: &std::path::Path) -> std::path::PathBuf {
+    let bare = path.parent().is_none_or(|d| d.as_os_str().is_empty());
+    if path.is_absolute() || (bare && !path.exists()) {
+        return path.to_path_buf();
+    }
+    std::env::current_dir().map_or_else(|_| path.to_path_buf(), |cwd| cwd.join(path))
+}
+
 /// Resolve a selection and the flags' generation overrides into a plan.
 pub fn plan(sel: &ModelSelection, flags: &Overrides) -> Result<Plan> {
     let cache = sel.models_dir.clone().unwrap_or_else(models_toml::models_cache);
@@ -203,8 +213,9 @@ pub fn plan(sel: &ModelSelection, flags: &Overrides) -> Result<Plan> {
             bail!("--pair and -m/--model exclude each other");
         }
         let none = ModelSettings::default();
-        let target = model_plan("target", target_path, &none, &cache, sel, &sel.flags)?;
-        let draft = sel.model_draft.as_ref().map(|p| model_plan("draft", p, &none, &cache, sel, &sel.draft_flags)).transpose()?;
+        let target = model_plan("target", &flag_path(target_path), &none, &cache, sel, &sel.flags)?;
+        let draft =
+            sel.model_draft.as_ref().map(|p| model_plan("draft", &flag_path(p), &none, &cache, sel, &sel.draft_flags)).transpose()?;
         (target, draft, None, Overrides::default(), None)
     } else {
         if sel.model_draft.is_some() {

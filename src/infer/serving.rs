@@ -258,9 +258,10 @@ impl Queue<'_> {
             let _ = r.events.send(Event::Failed(f));
             None
         };
-        let text = match &r.prompt {
-            PromptInput::Text(t) => t.clone(),
-            PromptInput::Chat(m) => match self.codec.chat(m) {
+        // a request's text is text: spellings of control tokens in it stay characters
+        let prompt = match &r.prompt {
+            PromptInput::Text(t) => self.codec.tokenize_plain(t),
+            PromptInput::Chat(m) => match self.codec.chat_tokens(m) {
                 Ok(t) => t,
                 Err(e) => return fail(Failure::Invalid(format!("the chat template failed: {e}"))),
             },
@@ -279,7 +280,6 @@ impl Queue<'_> {
                 Err(e) => return fail(Failure::InvalidField { param, message: format!("{e:#}") }),
             }
         }
-        let prompt = self.codec.tokenize(&text);
         let slot = Slot {
             events: r.events,
             stops: r.stops,

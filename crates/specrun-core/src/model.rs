@@ -182,6 +182,17 @@ pub trait TextCodec {
     fn piece(&self, token: Token) -> Vec<u8>;
     /// Wrap chat messages `(role, content)` in the model's chat template.
     fn chat(&self, messages: &[(String, String)]) -> Result<String, String>;
+    /// Chat messages in the model's chat template, as tokens: the template's own markers are
+    /// control tokens, the messages' contents are text — a `<|im_end|>` written in a message
+    /// is those characters, never the control token (it cannot close a turn).
+    fn chat_tokens(&self, messages: &[(String, String)]) -> Result<Vec<Token>, String> {
+        Ok(self.tokenize(&self.chat(messages)?))
+    }
+    /// Tokenize text from someone other than the operator (a request's prompt): BOS where the
+    /// model wants it, special-token spellings kept as text.
+    fn tokenize_plain(&self, text: &str) -> Vec<Token> {
+        self.tokenize(text)
+    }
     /// The text of a control token (`<|im_end|>`), whose [`TextCodec::piece`] is empty;
     /// empty for every other token.
     fn special_piece(&self, _token: Token) -> Vec<u8> {
