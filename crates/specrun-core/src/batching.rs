@@ -346,6 +346,7 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
                     }
                     if seq.finish.is_some() {
                         kept[id] = release(engine, &mut seq, prompt_cache && !by_caller);
+                        engine.drafter.learn(seq.generated());
                         on_done(job.tag, Ok(seq));
                     } else {
                         seq.controller.seed(&prior);
@@ -426,6 +427,8 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
                     used.add(seq.generated().len() as f64 / seq.config.max_tokens as f64);
                 }
                 kept[id] = release(engine, &mut seq, prompt_cache && !ended_by_caller[id]);
+                // a drafter that learns across sequences (the draft cache) sees every output
+                engine.drafter.learn(seq.generated());
                 on_done(tag, Ok(seq));
             }
         }

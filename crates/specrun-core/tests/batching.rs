@@ -540,3 +540,63 @@ fn drafts_are_held_when_the_work_left_ends_sooner_plainly() {
     assert!(stats.n_decoded > stats.active_sum, "it drafts: {stats:?}");
     assert!(t_drafting < t_plain, "drafting {t_drafting} s, plain {t_plain} s: {stats:?}");
 }
+
+/// A drafter that remembers what it was taught (what the n-gram draft cache learns from).
+#[derive(Default)]
+struct Learner(Vec<Vec<Token>>);
+
+impl Drafter for Learner {
+    fn name(&self) -> &'static str {
+        "learner"
+    }
+    fn is_active(&self) -> bool {
+        false
+    }
+    fn begin(&mut self, _: &mut specrun_core::draft::DraftCursor, _: &[Token]) -> Result<(), specrun_core::model::ModelError> {
+        Ok(())
+    }
+    fn propose(
+        &mut self,
+        _: &mut specrun_core::draft::DraftCursor,
+        _: &mut Vec<Token>,
+        _: &mut Vec<specrun_core::sampling::Dist>,
+        _: &specrun_core::draft::DraftRequest<'_>,
+        _: &mut specrun_core::sampling::Scratch,
+        _: &mut rand_chacha::ChaCha8Rng,
+    ) -> Result<specrun_core::draft::DraftReport, specrun_core::model::ModelError> {
+        Ok(specrun_core::draft::DraftReport::default())
+    }
+    fn rollback(&mut self, _: &mut specrun_core::draft::DraftCursor, _: usize) -> Result<(), specrun_core::model::ModelError> {
+        Ok(())
+    }
+    fn learn(&mut self, generated: &[Token]) {
+        self.0.push(generated.to_vec());
+    }
+}
+
+#[test]
+fn a_drafter_learns_every_finished_output_of_a_continuous_run() {
+    let clock = MockClock::new();
+    let mut e = Engine::new(MockModel::new(MockSpec::target(4)).with_clock(clock.clone()), Learner::default(), GenConfig::default());
+    let jobs: Vec<BatchJob<usize>> = (0..7)
+        .map(|i| BatchJob { tag: i, config: GenConfig { max_tokens: 5 + i, ..GenConfig::default() }, prompt: vec![1 + i as Token, 2] })
+        .collect();
+    let mut outputs = vec![Vec::new(); 7];
+    let end = run_continuous(
+        &mut e,
+        jobs,
+        3,
+        &mut VerifyCosts::default(),
+        &clock,
+        &|| false,
+        |_, _, _| false,
+        |tag, r: Result<Sequence, _>| outputs[tag] = r.unwrap().generated().to_vec(),
+        &mut BatchStats::default(),
+    )
+    .unwrap();
+    assert_eq!(end, BatchEnd::Done);
+    let mut learned = e.drafter.0.clone();
+    learned.sort();
+    outputs.sort();
+    assert_eq!(learned, outputs);
+}
