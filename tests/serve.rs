@@ -259,6 +259,39 @@ fn sigterm_lets_the_request_in_flight_finish_then_exits_0() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// A client that sends half a request (or nothing) cannot hold a connection: the server closes
+/// it once the header timeout passes, and answers others meanwhile; a body too large, a wrong
+/// method and a content type that only begins like JSON's get the JSON error object.
+#[test]
+fn slow_clients_are_closed_and_every_refusal_is_json() {
+    use std::io::{Read, Write};
+    let s = start(&[]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(b"POST /v1/chat/compl").unwrap();
+    let idle = std::net::TcpStream::connect(&addr).unwrap();
+    let (code, _) = post(&s, "/v1/chat/completions", &chat_body("still served", r#", "max_tokens": 2"#));
+    assert_eq!(code, 200);
+    let t0 = std::time::Instant::now();
+    for mut c in [half, idle] {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        let mut buf = Vec::new();
+        let _ = c.read_to_end(&mut buf);
+        assert!(t0.elapsed() < std::time::Duration::from_secs(25), "a stalled connection was held {:?}", t0.elapsed());
+    }
+    let big = format!(r#"{{"messages": [{{"role": "user", "content": "{}"}}]}}"#, "x".repeat(9 << 20));
+    let (code, text) = post(&s, "/v1/chat/completions", &big);
+    assert_eq!((code, json(&text)["error"]["code"].as_str()), (413, Some("request_too_large")), "{}", &text[..text.len().min(200)]);
+    let r = agent().get(&format!("{}/v1/chat/completions", s.base)).call();
+    let Err(ureq::Error::Status(405, r)) = r else { panic!("GET on a POST route: {r:?}") };
+    assert_eq!(json(&r.into_string().unwrap())["error"]["code"], "method_not_allowed");
+    let r = agent()
+        .post(&format!("{}/v1/chat/completions", s.base))
+        .set("Content-Type", "application/jsonEVIL")
+        .send_string(&chat_body("x", ""));
+    let Err(ureq::Error::Status(415, _)) = r else { panic!("application/jsonEVIL: {r:?}") };
+}
+
 /// Structured output on both routes: response_format (json_schema, json_object) and
 /// llama-server's json_schema / grammar fields; every finished output follows its constraint;
 /// one that does not compile is a 400 naming the field.

@@ -36,6 +36,10 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 /// Largest request body.
 const MAX_BODY_BYTES: usize = 8 << 20;
+/// How long a client may take to send a request's headers (a new request on a kept-alive
+/// connection included: an idle connection is closed after this), and its body.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most requests that may wait for a slot (`--queue`).
 const MAX_QUEUE: usize = 4096;
 
@@ -90,7 +94,21 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
             })
         })?
     };
-    let Ok(ready) = ready_rx.recv() else {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("cannot start the async runtime")?;
+    // Ctrl-C or SIGTERM while the models load ends the command (the load cannot be stopped
+    // part way: exit without tearing llama.cpp down under the loading thread)
+    let loaded = runtime.block_on(async {
+        tokio::select! {
+            ready = tokio::task::spawn_blocking(move || ready_rx.recv()) => Some(ready),
+            _ = shutdown_signal() => None,
+        }
+    });
+    let Some(Ok(Ok(ready))) = loaded else {
+        if loaded.is_none() {
+            crate::io::note("interrupted while the models loaded");
+            crate::io::exit_now(crate::commands::EXIT_INTERRUPTED.into());
+        }
         // the models did not load: the worker's error says why
         return match worker.join() {
             Ok(Err(e)) => Err(e),
@@ -106,8 +124,6 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         api_key: args.api_key.clone(),
         next_id: AtomicU64::new(1),
     });
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("cannot start the async runtime")?;
     let served = runtime.block_on(run_http(args, state, n_parallel));
     // every handler is gone, so is the queue's sender: the model thread finishes and returns
     cancel.store(served.as_ref().map_or(true, |graceful| !graceful), Ordering::Relaxed);
@@ -129,23 +145,35 @@ async fn run_http(args: &ServeArgs, state: Arc<AppState>, n_parallel: usize) -> 
         args.queue.max(1)
     ));
     let app = router(state);
-    let stopping = Arc::new(tokio::sync::Notify::new());
-    let signal = {
-        let stopping = stopping.clone();
-        async move {
-            shutdown_signal().await;
-            crate::io::note("specrun serve: stopping (no new connections; requests in flight may finish)");
-            stopping.notify_one();
+    // HTTP/1 connections whose headers must arrive within HEADER_TIMEOUT: a client that sends
+    // half a request, or keeps an idle connection, cannot hold a socket or delay shutdown
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                // out of descriptors or a reset before accept: go on with the next
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let conn = connections.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = &mut signal => break,
         }
-    };
-    let server = axum::serve(listener, app).with_graceful_shutdown(signal);
-    let grace = Duration::from_secs(args.grace);
+    }
+    drop(listener);
+    crate::io::note("specrun serve: stopping (no new connections; requests in flight may finish)");
     tokio::select! {
-        r = server => {
-            r.context("the server failed")?;
-            Ok(true)
-        }
-        _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+        _ = connections.shutdown() => Ok(true),
+        _ = tokio::time::sleep(Duration::from_secs(args.grace)) => {
             crate::io::note("specrun serve: grace period over; cancelling the requests still in flight");
             Ok(false)
         }
@@ -184,7 +212,11 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .merge(api)
         .fallback(|| async { error(ApiError::new(404, "invalid_request_error", Some("not_found"), "no such route")) })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .method_not_allowed_fallback(|| async {
+            error(ApiError::new(405, "invalid_request_error", Some("method_not_allowed"), "this route does not take that method"))
+        })
+        // bodies are read by the handlers (bounded, with a timeout, refused as JSON)
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -218,18 +250,48 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     r
 }
 
-async fn chat(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn chat(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (headers, body) = match read_body(req).await {
+        Ok(x) => x,
+        Err(e) => return error(e),
+    };
     complete(state, Endpoint::Chat, &headers, body).await
 }
 
-async fn completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (headers, body) = match read_body(req).await {
+        Ok(x) => x,
+        Err(e) => return error(e),
+    };
     complete(state, Endpoint::Completions, &headers, body).await
+}
+
+/// A request's headers and whole body: at most [`MAX_BODY_BYTES`] (413), within
+/// [`BODY_TIMEOUT`] (408), each refusal OpenAI's JSON error.
+async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => Ok((parts.headers, bytes)),
+        Ok(Err(_)) => Err(ApiError::new(
+            413,
+            "invalid_request_error",
+            Some("request_too_large"),
+            format!("the body is larger than {MAX_BODY_BYTES} bytes (or broke off)"),
+        )),
+        Err(_) => Err(ApiError::new(
+            408,
+            "invalid_request_error",
+            Some("request_timeout"),
+            format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+        )),
+    }
 }
 
 /// Check the body as JSON of the endpoint's shape.
 fn check(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<CompletionRequest, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
-        if !ct.starts_with("application/json") {
+        let media = ct.split(';').next().unwrap_or("").trim();
+        if !media.eq_ignore_ascii_case("application/json") {
             return Err(ApiError::new(415, "invalid_request_error", None, format!("Content-Type must be application/json, got {ct}")));
         }
     }
