@@ -453,3 +453,23 @@ fn model_paths_on_the_command_line_are_read_as_given() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("model file is not a regular file: /dev/zero"), "{}", stderr(&o));
 }
+
+/// `calibrate --show` tells a corrupt stored calibration (and where it is) from none stored.
+#[test]
+fn a_corrupt_stored_calibration_is_named_as_such() {
+    let cache = tempfile::tempdir().unwrap();
+    let show = || specrun(&["calibrate", "--mock", "--show"]).env("SPECRUN_CACHE", cache.path()).output().unwrap();
+    let o = show();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no stored calibration"), "{}", stderr(&o));
+    let o = specrun(&["calibrate", "--mock", "--repeat", "1"]).env("SPECRUN_CACHE", cache.path()).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dir = cache.path().join("calibration");
+    let file = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+    assert!(show().status.success());
+    std::fs::write(&file, "{ not json").unwrap();
+    let o = show();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("corrupt") && stderr(&o).contains(&file.display().to_string()), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1);
+}

@@ -208,6 +208,13 @@ fn bad_input_gets_an_openai_error_and_the_server_stays_up() {
     }
     let too_long = post(&s, "/v1/chat/completions", &chat_body(&long, ""));
     assert_eq!(json(&too_long.1)["error"]["code"], "context_length_exceeded");
+    // messages say the bound, and name the field the client wrote
+    let long_text = post(&s, "/v1/completions", &format!(r#"{{"prompt": "{long}"}}"#));
+    assert_eq!(json(&long_text.1)["error"]["param"], "prompt", "{}", long_text.1);
+    let (_, text) = post(&s, "/v1/chat/completions", &chat_body("hi", r#", "max_tokens": 1e30"#));
+    assert!(json(&text)["error"]["message"].as_str().unwrap().contains("in [1, 256]"), "{text}");
+    let (_, text) = post(&s, "/v1/chat/completions", &chat_body("hi", r#", "seed": 18446744073709551616"#));
+    assert!(json(&text)["error"]["message"].as_str().unwrap().contains("18446744073709551615"), "{text}");
     let (code, _) = post(&s, "/v1/chat/completions", &chat_body("still here?", r#", "max_tokens": 3"#));
     assert_eq!(code, 200);
 }

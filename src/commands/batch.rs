@@ -437,7 +437,7 @@ fn prepare_output(args: &BatchArgs, header: &Header) -> Result<(Sink, HashSet<St
     let mut keep = 0u64;
     if existed && args.resume {
         let text = read_text(out, MAX_OUTPUT_BYTES)?;
-        let state = scan_output(&text).map_err(|e| anyhow!("{name}: {e}"))?;
+        let state = scan_output(&text).map_err(|e| anyhow!("{name}: {e}; refusing to resume (is -o the right file?)"))?;
         if let Some(old) = &state.header {
             if let Some(why) = old.mismatch(header) {
                 bail!("{name} cannot be resumed: {why} (run with the same input and settings, or --overwrite)");

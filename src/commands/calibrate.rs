@@ -28,7 +28,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<ExitCode> {
     let mut plan = plan;
     let key = calibration::key(&plan, args.models.mock);
     if args.show {
-        match calibration::load(&key) {
+        match calibration::load_checked(&key)? {
             Some(c) => out(&render(&c))?,
             None => bail!("no stored calibration for {} with these settings; run `specrun calibrate` first", plan.target.name),
         }

@@ -52,6 +52,8 @@ struct AppState {
     n_ctx: usize,
     api_key: Option<String>,
     next_id: AtomicU64,
+    /// Shutdown began: a request whose events end early was cut by the grace period.
+    stopping: AtomicBool,
 }
 
 /// What the model thread reports once the models are loaded.
@@ -123,6 +125,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         n_ctx: ready.n_ctx,
         api_key: args.api_key.clone(),
         next_id: AtomicU64::new(1),
+        stopping: AtomicBool::new(false),
     });
     let served = runtime.block_on(run_http(args, state, n_parallel));
     // every handler is gone, so is the queue's sender: the model thread finishes and returns
@@ -144,7 +147,7 @@ async fn run_http(args: &ServeArgs, state: Arc<AppState>, n_parallel: usize) -> 
         state.drafter,
         args.queue.max(1)
     ));
-    let app = router(state);
+    let app = router(state.clone());
     // HTTP/1 connections whose headers must arrive within HEADER_TIMEOUT: a client that sends
     // half a request, or keeps an idle connection, cannot hold a socket or delay shutdown
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -170,6 +173,7 @@ async fn run_http(args: &ServeArgs, state: Arc<AppState>, n_parallel: usize) -> 
         }
     }
     drop(listener);
+    state.stopping.store(true, Ordering::Relaxed);
     crate::io::note("specrun serve: stopping (no new connections; requests in flight may finish)");
     tokio::select! {
         _ = connections.shutdown() => Ok(true),
@@ -356,8 +360,8 @@ async fn complete(state: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap,
     // the first event says whether the request runs
     let n_prompt = match rx.recv().await {
         Some(Event::Started { n_prompt }) => n_prompt,
-        Some(Event::Failed(f)) => return error(failure(f)),
-        _ => return error(ApiError::new(500, "server_error", Some("model_error"), "the model failed while this request was in flight")),
+        Some(Event::Failed(f)) => return error(failure(f, endpoint)),
+        _ => return error(ended_early(&state)),
     };
     let drafter = state.drafter.to_string();
     if stream {
@@ -379,11 +383,9 @@ async fn complete(state: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap,
                 let usage = usage(n_prompt, &stats, drafter);
                 return Json(response(endpoint, &meta, &text, finish_str(finish), &usage)).into_response();
             }
-            Some(Event::Failed(f)) => return error(failure(f)),
+            Some(Event::Failed(f)) => return error(failure(f, endpoint)),
             Some(Event::Started { .. }) => {}
-            None => {
-                return error(ApiError::new(500, "server_error", Some("model_error"), "the model failed while this request was in flight"))
-            }
+            None => return error(ended_early(&state)),
         }
     }
 }
@@ -407,13 +409,28 @@ fn finish_str(f: FinishReason) -> &'static str {
     }
 }
 
-fn failure(f: Failure) -> ApiError {
+/// Why a request's events ended without an answer: the grace period of a shutdown, or the
+/// model thread failing.
+fn ended_early(state: &AppState) -> ApiError {
+    if state.stopping.load(Ordering::Relaxed) {
+        ApiError::new(
+            503,
+            "server_error",
+            Some("shutting_down"),
+            "the server stopped before this request finished (its grace period ended)",
+        )
+    } else {
+        ApiError::new(500, "server_error", Some("model_error"), "the model failed while this request was in flight")
+    }
+}
+
+fn failure(f: Failure, endpoint: Endpoint) -> ApiError {
     match f {
         Failure::TooLong { n_prompt, n_ctx } => ApiError {
             status: 400,
             message: format!("the prompt has {n_prompt} tokens but the context holds {n_ctx}"),
             kind: "invalid_request_error",
-            param: Some("messages".into()),
+            param: Some(if endpoint == Endpoint::Chat { "messages" } else { "prompt" }.into()),
             code: Some("context_length_exceeded"),
         },
         Failure::Invalid(m) => ApiError::new(400, "invalid_request_error", None, m),
@@ -476,13 +493,12 @@ fn relay(
                         st.done = true;
                     }
                     Some(Event::Failed(f)) => {
-                        st.tail = vec!["[DONE]".to_string(), failure(f).body().to_string()];
+                        st.tail = vec!["[DONE]".to_string(), failure(f, endpoint).body().to_string()];
                         st.done = true;
                     }
                     Some(Event::Started { .. }) => {}
                     None => {
-                        let e =
-                            ApiError::new(500, "server_error", Some("model_error"), "the model failed while this request was in flight");
+                        let e = ended_early(&state);
                         st.tail = vec!["[DONE]".to_string(), e.body().to_string()];
                         st.done = true;
                     }

@@ -183,14 +183,21 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
     let stops = parse_stop(obj.get("stop"))?;
     let req = |key: &'static str| Origin::Request { key };
     let mut o = Overrides::default();
-    let max_tokens = match (get_uint(obj, "max_tokens")?, get_uint(obj, "max_completion_tokens")?) {
+    // a number that is no whole u64 (1e+30, -1, 2.5) is out of the same bound
+    let bounded = |key: &'static str| match obj.get(key) {
+        Some(Value::Number(n)) if n.as_u64().is_none() => {
+            Err(ApiError::invalid(key, format!("{key} must be a whole number in [1, {n_ctx}] (the context size), got {n}")))
+        }
+        _ => get_uint(obj, key),
+    };
+    let max_tokens = match (bounded("max_tokens")?, bounded("max_completion_tokens")?) {
         (Some(m), _) => Some(("max_tokens", m)),
         (None, Some(m)) => Some(("max_completion_tokens", m)),
         (None, None) => None,
     };
     if let Some((key, m)) = max_tokens {
         if m == 0 || m > n_ctx as u64 {
-            return Err(ApiError::invalid(key, format!("{key} must be in [1, {n_ctx}] (the context size), got {m}")));
+            return Err(ApiError::invalid(key, format!("{key} must be a whole number in [1, {n_ctx}] (the context size), got {m}")));
         }
         o.max_tokens = Some(Setting::new(m as usize, req(if key == "max_tokens" { "max_tokens" } else { "max_completion_tokens" })));
     }
@@ -203,7 +210,9 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
         None | Some(Value::Null) => None,
         // OpenAI's seed is a signed integer: take its bits
         Some(Value::Number(n)) => Some(Setting::new(
-            n.as_u64().or_else(|| n.as_i64().map(|i| i as u64)).ok_or_else(|| ApiError::invalid("seed", "seed must be an integer"))?,
+            n.as_u64().or_else(|| n.as_i64().map(|i| i as u64)).ok_or_else(|| {
+                ApiError::invalid("seed", format!("seed must be a whole number from {} to {}, got {n}", i64::MIN, u64::MAX))
+            })?,
             req("seed"),
         )),
         Some(_) => return Err(ApiError::invalid("seed", "seed must be an integer")),

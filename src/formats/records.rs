@@ -325,9 +325,9 @@ pub struct ResumeState {
 /// Why an existing file cannot be resumed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScanError {
-    #[error("line 1 is not a specrun batch header; refusing to resume a file this program did not write")]
+    #[error("line 1 is not a specrun batch header (this program did not write the file)")]
     NoHeader,
-    #[error("line {line} is not a specrun output record; refusing to resume (is -o the right file?)")]
+    #[error("line {line} is not a specrun output record")]
     NotARecord { line: usize },
 }
 

@@ -117,10 +117,20 @@ fn file_for(key: &CurveKey) -> Option<PathBuf> {
 
 /// The stored calibration for `key`, if any (a damaged file counts as none).
 pub fn load(key: &CurveKey) -> Option<Calibration> {
-    let path = file_for(key)?;
-    let text = crate::io::read_text(&path, 1 << 20).ok()?;
-    let c: Calibration = serde_json::from_str(&text).ok()?;
-    (c.key == *key).then_some(c)
+    load_checked(key).ok().flatten()
+}
+
+/// [`load`], telling "none stored" (`Ok(None)`) from a stored file that cannot be read or
+/// is corrupt (the error names the file).
+pub fn load_checked(key: &CurveKey) -> Result<Option<Calibration>> {
+    let Some(path) = file_for(key) else { return Ok(None) };
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = crate::io::read_text(&path, 1 << 20)?;
+    let c: Calibration = serde_json::from_str(&text)
+        .with_context(|| format!("{}: the stored calibration is corrupt (run `specrun calibrate` again)", path.display()))?;
+    Ok((c.key == *key).then_some(c))
 }
 
 /// Store a calibration; returns the file.
