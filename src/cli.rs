@@ -48,6 +48,13 @@ pub enum Command {
     /// Show or create the models file (`path`, `init`).
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `specrun man > specrun.1`.
+    Man,
 }
 
 impl Command {
@@ -244,6 +251,19 @@ fn parse_kv_type(s: &str) -> Result<KvType, String> {
     s.parse()
 }
 
+/// GPU layers: a number, `all` or -1 (every layer), `auto` (every layer when this build has a
+/// GPU backend, else none).
+fn parse_gpu_layers(s: &str) -> Result<u32, String> {
+    match s {
+        "all" | "-1" => Ok(ALL_LAYERS),
+        "auto" => Ok(if cfg!(any(feature = "cuda", feature = "vulkan", feature = "metal")) { ALL_LAYERS } else { 0 }),
+        _ => s.parse().map_err(|_| format!("expected a number of layers, all, auto or -1, got {s:?}")),
+    }
+}
+
+/// More layers than any model has: llama.cpp offloads every layer and the output layer.
+pub const ALL_LAYERS: u32 = 999;
+
 fn parse_on_off(s: &str) -> Result<bool, String> {
     match s {
         "on" | "true" | "1" => Ok(true),
@@ -285,8 +305,9 @@ pub struct ShardsArgs {
 /// Which models to use and how to load them.
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
-    /// Pair from the models file (default: its `default_pair`).
-    #[arg(short, long)]
+    /// Pair from the models file (default: its `default_pair`). `-p` is the prompt, as in
+    /// llama.cpp.
+    #[arg(short = 'P', long)]
     pub pair: Option<String>,
     /// Target GGUF file (instead of a pair).
     #[arg(short = 'm', long = "model", value_name = "TARGET.gguf")]
@@ -301,11 +322,12 @@ pub struct ModelArgs {
     /// Where relative model paths point (default: $SPECRUN_MODELS or ~/.cache/specrun/models).
     #[arg(long, value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
-    /// Layers of the target to offload to the GPU. Also spelled -ngl.
-    #[arg(allow_negative_numbers = true, long = "n-gpu-layers", value_name = "N")]
+    /// Layers of the target to offload to the GPU: N, `all` (also -1), or `auto` (all on a
+    /// GPU build, none on a CPU build; the fit check refuses what does not fit). Also -ngl.
+    #[arg(allow_negative_numbers = true, long = "n-gpu-layers", value_name = "N|all|auto", value_parser = parse_gpu_layers)]
     pub n_gpu_layers: Option<u32>,
-    /// Layers of the draft to offload to the GPU. Also spelled -ngld.
-    #[arg(allow_negative_numbers = true, long = "n-gpu-layers-draft", value_name = "N")]
+    /// Layers of the draft to offload to the GPU (as --n-gpu-layers). Also spelled -ngld.
+    #[arg(allow_negative_numbers = true, long = "n-gpu-layers-draft", value_name = "N|all|auto", value_parser = parse_gpu_layers)]
     pub n_gpu_layers_draft: Option<u32>,
     /// Devices for the target, by the names `specrun devices` prints (comma-separated), or
     /// `none` (CPU only). Also spelled -dev.
@@ -314,8 +336,8 @@ pub struct ModelArgs {
     /// Devices for the draft (e.g. `none` to keep it on the CPU). Also spelled -devd.
     #[arg(long = "device-draft", value_delimiter = ',', value_name = "DEV,...")]
     pub device_draft: Option<Vec<String>>,
-    /// Flash attention for both models: on, off or auto. Also spelled -fa.
-    #[arg(long = "flash-attn", value_name = "on|off|auto", value_parser = parse_flash_attn)]
+    /// Flash attention for both models: on, off or auto (bare: on). Also spelled -fa.
+    #[arg(long = "flash-attn", value_name = "on|off|auto", value_parser = parse_flash_attn, num_args = 0..=1, default_missing_value = "on")]
     pub flash_attn: Option<FlashAttn>,
     /// KV cache type of the target's keys (f16, q8_0, q4_0, …). Also spelled -ctk.
     #[arg(long = "cache-type-k", value_name = "TYPE", value_parser = parse_kv_type)]
@@ -360,8 +382,9 @@ pub struct GenArgs {
     /// Tokens to generate at most.
     #[arg(allow_negative_numbers = true, short = 'n', long = "max-tokens", value_name = "N")]
     pub max_tokens: Option<usize>,
-    /// Largest draft per round (default: the pair's draft_max, else 4).
-    #[arg(allow_negative_numbers = true, long, value_name = "K")]
+    /// Largest draft per round (default: the pair's draft_max, else 4). Also spelled
+    /// --spec-draft-n-max (llama.cpp).
+    #[arg(allow_negative_numbers = true, long, alias = "spec-draft-n-max", value_name = "K")]
     pub draft_max: Option<usize>,
     /// Stop drafting when the draft's top probability falls below P.
     #[arg(allow_negative_numbers = true, long, value_name = "P")]
@@ -403,7 +426,7 @@ pub struct GenArgs {
     #[arg(allow_negative_numbers = true, long, value_name = "X")]
     pub repeat_penalty: Option<f32>,
     /// RNG seed for sampling.
-    #[arg(allow_negative_numbers = true, long, value_name = "N")]
+    #[arg(allow_negative_numbers = true, short = 's', long, value_name = "N")]
     pub seed: Option<u64>,
     /// How the target checks drafts when sampling.
     #[arg(long, value_enum, value_name = "MODE")]
@@ -443,8 +466,8 @@ pub struct RunArgs {
     pub gen: GenArgs,
     #[command(flatten)]
     pub constraint: ConstraintArgs,
-    /// The prompt.
-    #[arg(long, value_name = "TEXT", conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
+    /// The prompt (-p as in llama.cpp; the pair is -P).
+    #[arg(short = 'p', long, value_name = "TEXT", conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
     pub prompt: Option<String>,
     /// Read one (long) prompt from a file.
     #[arg(short = 'f', long, value_name = "FILE")]
@@ -608,10 +631,52 @@ impl ConstraintArgs {
     }
 }
 
+/// llama.cpp flags specrun has no counterpart for, refused by name (clap would read `-hf` as
+/// `-h -f` and print help, or `-ot` as `-o t`).
+const UNSUPPORTED: [&str; 26] = [
+    "-hf",
+    "-hfr",
+    "-hfd",
+    "-hff",
+    "--hf-repo",
+    "--hf-file",
+    "-ot",
+    "--override-tensor",
+    "-sm",
+    "--split-mode",
+    "-ts",
+    "--tensor-split",
+    "-mg",
+    "--main-gpu",
+    "-ub",
+    "--ubatch-size",
+    "-cd",
+    "--ctx-size-draft",
+    "-td",
+    "--threads-draft",
+    "-tb",
+    "--threads-batch",
+    "--mlock",
+    "--no-mmap",
+    "--spec-type",
+    "-cnv",
+];
+
+/// An argument that is a llama.cpp flag specrun does not support, with the one line to say.
+pub fn unsupported_flag(args: &[std::ffi::OsString]) -> Option<String> {
+    args.iter()
+        .skip(1)
+        .filter_map(|a| a.to_str())
+        .map(|a| a.split('=').next().unwrap_or(a))
+        .find(|a| UNSUPPORTED.contains(a))
+        .map(|a| format!("error: {a} is a llama.cpp flag specrun does not support (see `specrun help` for what it has)"))
+}
+
 /// Map llama.cpp's single-dash long flags onto specrun's.
 pub fn normalize_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Vec<std::ffi::OsString> {
     args.into_iter()
         .map(|a| match a.to_str() {
+            Some("-np") => "--parallel".into(),
             Some("-md") => "--model-draft".into(),
             Some("-ngl") => "--n-gpu-layers".into(),
             Some("-ngld") => "--n-gpu-layers-draft".into(),

@@ -7,7 +7,17 @@ use specrun::commands::{dispatch, EXIT_ERROR, EXIT_INTERRUPTED};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(normalize_args(std::env::args_os())) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(line) = specrun::cli::unsupported_flag(&args) {
+        specrun::io::note(line);
+        return ExitCode::from(EXIT_ERROR);
+    }
+    // the version says which llama.cpp and backends this build has
+    if args.len() == 2 && matches!(args[1].to_str(), Some("--version" | "-V")) {
+        println!("specrun {}", specrun::commands::long_version());
+        return ExitCode::SUCCESS;
+    }
+    let cli = match Cli::try_parse_from(normalize_args(args)) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();

@@ -14,6 +14,13 @@ fn specrun() -> Command {
     Command::cargo_bin("specrun").unwrap()
 }
 
+/// A command line with the mock backend and the repository's models file added.
+fn mock(args: &[&str]) -> Command {
+    let mut c = specrun();
+    c.args(args).args(["--mock", "--config"]).arg(models_toml());
+    c
+}
+
 fn mock_run(extra: &[&str]) -> Command {
     let mut c = specrun();
     c.args(["run", "--mock", "--config"]).arg(models_toml()).args(["--prompt", "hello world"]).args(extra);
@@ -301,7 +308,7 @@ fn offload_flags_reach_the_backend_and_the_report() {
     assert!(err.contains("target on  default devices, 0 GPU layers, KV f16/f16, flash attention auto"), "{err}");
     for (flags, msg) in [
         (vec!["-ctk", "q3"], "invalid value 'q3' for '--cache-type-k <TYPE>': expected a KV cache type (f32, f16, bf16, q8_0"),
-        (vec!["-fa", "maybe"], "invalid value 'maybe' for '--flash-attn <on|off|auto>': expected on, off or auto"),
+        (vec!["-fa", "maybe"], "invalid value 'maybe' for '--flash-attn [<on|off|auto>]': expected on, off or auto"),
         (vec!["--kv-unified", "yes"], "invalid value 'yes' for '--kv-unified <on|off>': expected on or off"),
     ] {
         let out = mock_run(&flags).output().unwrap();
@@ -389,4 +396,52 @@ fn print_prompt_shows_the_templated_text_and_generates_nothing() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("tok/s"), "no generation report");
     mock_run(&["--print-prompt", "--compare"]).assert().code(2);
+}
+
+/// llama.cpp's command-line conventions: its flag spellings run (on the mock), and its flags
+/// specrun has no counterpart for are refused with one line naming them — never help and 0.
+#[test]
+fn llama_cpp_command_lines_run_or_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let prompt = dir.path().join("p.txt");
+    std::fs::write(&prompt, "Building a website can be done in 10 simple steps:").unwrap();
+    let p = prompt.to_str().unwrap();
+    for line in [
+        vec!["run", "-p", "I believe the meaning of life is", "-n", "8", "-c", "512", "-t", "2", "-s", "42", "--temp", "0.7"],
+        vec!["run", "-f", p, "-n", "8", "-b", "256", "-ngl", "all", "-fa"],
+        vec!["run", "-p", "hi", "-n", "4", "-ngl", "-1", "-ngld", "auto", "--spec-draft-n-max", "8", "-fa", "off"],
+        vec!["run", "-p", "hi", "-n", "4", "-ctk", "q8_0", "-ctv", "q8_0", "-nkvo"],
+        vec!["batch", p, "-o", dir.path().join("o.jsonl").to_str().unwrap(), "-np", "2", "-n", "4"],
+    ] {
+        let o = mock(&line).output().unwrap();
+        assert!(o.status.success(), "{line:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    for flag in
+        ["-hf", "-hfd", "-ot", "--override-tensor", "-sm", "-ts", "-mg", "-ub", "-cd", "-td", "-tb", "--mlock", "--no-mmap", "--spec-type"]
+    {
+        let o = mock(&["run", "-p", "hi", flag, "x"]).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flag}");
+        assert!(o.stdout.is_empty(), "{flag}: no help on stdout");
+        assert_eq!(
+            err.trim_end(),
+            format!("error: {flag} is a llama.cpp flag specrun does not support (see `specrun help` for what it has)")
+        );
+    }
+    // the pair is -P, the prompt -p
+    let o = mock(&["run", "-P", "qwen-coder", "-p", "hi", "-n", "2", "--json"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn version_completions_and_man_page() {
+    let o = Command::cargo_bin("specrun").unwrap().arg("--version").output().unwrap();
+    let v = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && v.starts_with("specrun 0.1.0\nllama.cpp: ") && v.contains("\nbackends: "), "{v}");
+    for shell in ["bash", "zsh", "fish"] {
+        let o = Command::cargo_bin("specrun").unwrap().args(["completions", shell]).output().unwrap();
+        assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("specrun"), "{shell}");
+    }
+    let o = Command::cargo_bin("specrun").unwrap().arg("man").output().unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains(".TH specrun 1"));
 }

@@ -102,6 +102,13 @@ pub fn backend() -> Result<&'static LlamaBackend> {
     Ok(BACKEND.get_or_init(|| b))
 }
 
+/// What llama.cpp says of this build and CPU (its compiled backends' features).
+pub fn system_info() -> String {
+    // SAFETY: llama.cpp returns a pointer to a static, NUL-terminated string
+    let info = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
+    info.to_string_lossy().trim().to_string()
+}
+
 /// Whether this build can offload layers to a GPU.
 pub fn supports_gpu_offload() -> bool {
     backend().map(|b| b.supports_gpu_offload()).unwrap_or(false)

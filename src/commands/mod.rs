@@ -56,6 +56,34 @@ fn init_logging(verbose: u8) {
 }
 
 /// Run the command `cli` names. `Err` is one line for the user and exit code 2.
+/// `specrun --version`: specrun's version, the llama.cpp it links (the version of the
+/// llama-cpp-sys-2 crate that vendors it) and the compiled backends.
+pub fn long_version() -> String {
+    let backends: Vec<&str> = [("llama", "cpu"), ("cuda", "cuda"), ("vulkan", "vulkan"), ("metal", "metal")]
+        .into_iter()
+        .filter(|(f, _)| match *f {
+            "llama" => cfg!(feature = "llama"),
+            "cuda" => cfg!(feature = "cuda"),
+            "vulkan" => cfg!(feature = "vulkan"),
+            _ => cfg!(feature = "metal"),
+        })
+        .map(|(_, b)| b)
+        .collect();
+    #[cfg(feature = "llama")]
+    let system = crate::backend::llama::system_info();
+    #[cfg(not(feature = "llama"))]
+    let system = "built without the llama.cpp backend (cargo feature `llama`)".to_string();
+    format!(
+        "{}\nllama.cpp: as vendored by llama-cpp-sys-2 {}\nbackends: {}\nsystem: {system}",
+        env!("CARGO_PKG_VERSION"),
+        LLAMA_CPP_SYS_VERSION,
+        if backends.is_empty() { "none (mock only)".to_string() } else { backends.join("+") }
+    )
+}
+
+/// The llama-cpp-sys-2 version pinned in Cargo.toml (the llama.cpp build it vendors).
+const LLAMA_CPP_SYS_VERSION: &str = "0.1.161";
+
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     init_logging(cli.verbose);
     match cli.command {
@@ -68,5 +96,18 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Serve(args) => serve::serve(&args),
         Command::Devices(args) => devices::devices(&args),
         Command::Config(c) => config::config(&c),
+        Command::Completions { shell } => {
+            let mut cmd = <crate::cli::Cli as clap::CommandFactory>::command();
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "specrun", &mut text);
+            crate::io::out(&String::from_utf8_lossy(&text))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(<crate::cli::Cli as clap::CommandFactory>::command()).render(&mut page)?;
+            crate::io::out(&String::from_utf8_lossy(&page))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
