@@ -539,9 +539,13 @@ pub struct ServeArgs {
     /// Seconds in-flight requests may take to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub grace: u64,
-    /// The model name clients use (default: the pair's name, or the target file's stem).
+    /// The model name the server lists (default: the pair's name, or the target file's stem).
     #[arg(long, value_name = "NAME")]
     pub alias: Option<String>,
+    /// Answer 404 to a request whose `model` is not that name (by default any name is served
+    /// by the one pair, as llama-server does).
+    #[arg(long)]
+    pub strict_model: bool,
 }
 
 fn flag<T>(v: Option<T>, name: &'static str) -> Option<Setting<T>> {

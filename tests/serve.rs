@@ -184,7 +184,9 @@ fn bad_input_gets_an_openai_error_and_the_server_stays_up() {
         ("/v1/chat/completions", chat_body("hi", r#", "max_tokens": 100000000000"#).into_bytes(), 400, Some("max_tokens")),
         ("/v1/chat/completions", chat_body("hi", r#", "temperature": -2"#).into_bytes(), 400, Some("temperature")),
         ("/v1/chat/completions", chat_body("hi", r#", "n": 3"#).into_bytes(), 400, Some("n")),
-        ("/v1/chat/completions", chat_body("hi", r#", "model": "gpt-4""#).into_bytes(), 404, Some("model")),
+        ("/v1/chat/completions", chat_body("hi", r#", "logprobs": true"#).into_bytes(), 400, Some("logprobs")),
+        ("/v1/chat/completions", chat_body("hi", r#", "tool_choice": "required""#).into_bytes(), 400, Some("tool_choice")),
+        ("/v1/chat/completions", chat_body("hi", r#", "presence_penalty": 0.5"#).into_bytes(), 400, Some("presence_penalty")),
         ("/v1/chat/completions", chat_body(&long, "").into_bytes(), 400, Some("messages")),
         ("/v1/completions", b"{\"prompt\": \"\xff\xfe\"}".to_vec(), 400, None),
         ("/v1/completions", br#"{"prompt": 5}"#.to_vec(), 400, Some("prompt")),
@@ -217,6 +219,14 @@ fn bad_input_gets_an_openai_error_and_the_server_stays_up() {
     assert!(json(&text)["error"]["message"].as_str().unwrap().contains("18446744073709551615"), "{text}");
     let (code, _) = post(&s, "/v1/chat/completions", &chat_body("still here?", r#", "max_tokens": 3"#));
     assert_eq!(code, 200);
+    // what clients send by default and does not change the text is accepted; any model name
+    // is served by the one pair unless --strict-model
+    let extras = r#", "max_tokens": 2, "model": "gpt-4o", "metadata": {"a": "b"}, "store": false, "parallel_tool_calls": true, "tool_choice": "auto", "service_tier": "auto""#;
+    let (code, text) = post(&s, "/v1/chat/completions", &chat_body("hi", extras));
+    assert_eq!(code, 200, "{text}");
+    let strict = start(&["--strict-model"]);
+    let (code, text) = post(&strict, "/v1/chat/completions", &chat_body("hi", r#", "model": "gpt-4""#));
+    assert_eq!((code, json(&text)["error"]["param"].as_str()), (404, Some("model")), "{text}");
 }
 
 #[test]

@@ -51,6 +51,7 @@ struct AppState {
     drafter: &'static str,
     n_ctx: usize,
     api_key: Option<String>,
+    strict_model: bool,
     next_id: AtomicU64,
     /// Shutdown began: a request whose events end early was cut by the grace period.
     stopping: AtomicBool,
@@ -124,6 +125,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         drafter: ready.drafter,
         n_ctx: ready.n_ctx,
         api_key: args.api_key.clone(),
+        strict_model: args.strict_model,
         next_id: AtomicU64::new(1),
         stopping: AtomicBool::new(false),
     });
@@ -304,7 +306,7 @@ fn check(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, body: &[u8])
     let value: Value = serde_json::from_str(text)
         .map_err(|e| ApiError::new(400, "invalid_request_error", Some("invalid_json"), format!("the body is not valid JSON: {e}")))?;
     let req = parse_request(endpoint, &value, state.n_ctx)?;
-    if let Some(m) = &req.model {
+    if let Some(m) = req.model.as_ref().filter(|_| state.strict_model) {
         if *m != state.model {
             return Err(ApiError {
                 status: 404,

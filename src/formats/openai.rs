@@ -109,17 +109,23 @@ fn get_str<'a>(obj: &'a Map<String, Value>, key: &'static str) -> Result<Option<
 
 /// Fields OpenAI defines that specrun does not implement: accepted only at their neutral value.
 type IsNeutral = fn(&Value) -> bool;
-const NEUTRAL: [(&str, IsNeutral); 6] = [
-    ("frequency_penalty", |v| v.as_f64() == Some(0.0)),
-    ("presence_penalty", |v| v.as_f64() == Some(0.0)),
+/// These change what comes back, so any other value is refused rather than ignored.
+const NEUTRAL: [(&str, IsNeutral); 10] = [
+    ("frequency_penalty", |v| v.is_null() || v.as_f64() == Some(0.0)),
+    ("presence_penalty", |v| v.is_null() || v.as_f64() == Some(0.0)),
     ("logprobs", |v| v.as_bool() == Some(false) || v.is_null()),
-    ("echo", |v| v.as_bool() == Some(false)),
-    ("best_of", |v| v.as_u64() == Some(1)),
-    ("tools", |v| v.as_array().is_some_and(Vec::is_empty)),
+    ("top_logprobs", |v| v.is_null() || v.as_u64() == Some(0)),
+    ("echo", |v| v.as_bool() == Some(false) || v.is_null()),
+    ("best_of", |v| v.is_null() || v.as_u64() == Some(1)),
+    ("tools", |v| v.is_null() || v.as_array().is_some_and(Vec::is_empty)),
+    ("functions", |v| v.is_null() || v.as_array().is_some_and(Vec::is_empty)),
+    // with no tools there is nothing to call: only "none" and "auto" mean what they say
+    ("tool_choice", |v| v.is_null() || v.as_str().is_some_and(|s| s == "none" || s == "auto")),
+    ("suffix", |v| v.is_null() || v.as_str() == Some("")),
 ];
 
-/// Fields read elsewhere or harmless to ignore.
-const KNOWN: [&str; 23] = [
+/// Fields read here.
+const KNOWN: [&str; 22] = [
     "json_schema",
     "grammar",
     "ignore_eos",
@@ -141,7 +147,6 @@ const KNOWN: [&str; 23] = [
     "speculative",
     "user",
     "logit_bias",
-    "tool_choice",
     "response_format",
 ];
 
@@ -155,7 +160,9 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
                 return Err(ApiError::invalid(key, format!("{key} is not supported by specrun serve")));
             }
         } else if !KNOWN.contains(&key.as_str()) {
-            return Err(ApiError::invalid(key, format!("unknown field {key}")));
+            // newer OpenAI fields and clients' extras (metadata, store, parallel_tool_calls,
+            // service_tier, …) do not change the text: accepted, and said at debug level
+            tracing::debug!("ignoring the request field {key}");
         }
     }
     if obj.get("logit_bias").is_some_and(|v| !v.is_null() && v != &json!({})) {
@@ -490,13 +497,19 @@ mod tests {
             ("messages", json!([]), "messages"),
             ("messages", json!("hi"), "messages"),
             ("frequency_penalty", json!(0.5), "frequency_penalty"),
-            ("bogus", json!(1), "bogus"),
+            ("tool_choice", json!("required"), "tool_choice"),
+            ("top_logprobs", json!(3), "top_logprobs"),
             ("speculative", json!({"k": 1}), "speculative"),
         ] {
             let e = with(k, v.clone());
             assert_eq!((e.status, e.param.as_deref()), (400, Some(param)), "{k}={v}: {e:?}");
             assert!(!e.message.is_empty() && !e.message.ends_with('.'), "{}", e.message);
         }
+        // a field that does not change the text is accepted
+        let mut extra = base.clone();
+        extra["bogus"] = json!(1);
+        extra["metadata"] = json!({"x": "y"});
+        assert!(chat(extra).is_ok());
         let e = chat(json!([1, 2])).unwrap_err();
         assert_eq!(e.status, 400);
         let e = parse_request(Endpoint::Completions, &json!({"prompt": ["a", "b"]}), 4096).unwrap_err();
