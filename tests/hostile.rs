@@ -473,3 +473,23 @@ fn a_corrupt_stored_calibration_is_named_as_such() {
     assert!(stderr(&o).contains("corrupt") && stderr(&o).contains(&file.display().to_string()), "{}", stderr(&o));
     assert_eq!(stderr(&o).lines().count(), 1);
 }
+
+/// A prompt too long for the context is refused before it is tokenized, by its size in bytes:
+/// a 40 MB one-line prompt is one line at once, not seconds of tokenizing and gigabytes.
+#[test]
+fn a_huge_prompt_is_refused_before_tokenizing() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = write(dir.path(), "big.txt", &"word ".repeat(8 << 20));
+    let t0 = Instant::now();
+    let o = run(&["run", "--mock", "-f", big.to_str().unwrap(), "-c", "1024"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("more than the context's 1024 tokens can hold"), "{}", stderr(&o));
+    let line = format!("{{\"id\": 1, \"prompt\": \"{}\"}}\n{{\"id\": 2, \"prompt\": \"hi\"}}\n", "word ".repeat(4 << 20));
+    let input = write(dir.path(), "in.jsonl", &line);
+    let out = dir.path().join("o.jsonl");
+    let o = run(&["batch", "--mock", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-c", "1024", "-n", "2"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("line 1: the prompt has") && text.contains("\"id\":2,\"text\""), "{}", &text[..text.len().min(400)]);
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+}

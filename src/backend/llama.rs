@@ -118,6 +118,8 @@ pub fn supports_gpu_offload() -> bool {
 pub struct LoadedModel {
     model: LlamaModel,
     pub path: PathBuf,
+    /// The longest token's text in bytes (computed when first asked).
+    longest_piece: std::sync::OnceLock<usize>,
 }
 
 /// Settings of one context.
@@ -296,7 +298,7 @@ impl LoadedModel {
         let backend = backend()?;
         take_last_error();
         match LlamaModel::load_from_file(backend, path, &params) {
-            Ok(model) => Ok(Self { model, path: path.to_path_buf() }),
+            Ok(model) => Ok(Self { model, path: path.to_path_buf(), longest_piece: std::sync::OnceLock::new() }),
             Err(_) => {
                 let why = take_last_error().unwrap_or_else(|| "truncated or corrupted GGUF".to_string());
                 Err(anyhow!("cannot load model {}: {why}", path.display()))
@@ -599,6 +601,12 @@ impl specrun_core::model::TextCodec for LoadedModel {
     }
     fn chat_tokens(&self, messages: &[(String, String)]) -> Result<Vec<Token>, String> {
         self.chat_message_tokens(messages).map_err(|e| e.to_string())
+    }
+    fn longest_piece(&self) -> usize {
+        *self.longest_piece.get_or_init(|| {
+            let vocab = self.model.vocab();
+            (0..vocab.n_tokens()).map(|t| vocab.token_to_piece(LlamaToken(t), true, None).len()).max().unwrap_or(1).max(1)
+        })
     }
     fn tokenize_plain(&self, text: &str) -> Vec<Token> {
         let vocab = self.model.vocab();

@@ -326,6 +326,11 @@ fn prepare_job(
     if let Some(g) = &job.grammar {
         config.constraint = Some(vocab.compile(g).map_err(|e| format!("line {}: {e}", job.line))?);
     }
+    let bytes = match &job.input {
+        PromptInput::Text(t) => t.len(),
+        PromptInput::Chat(m) => m.iter().map(|(r, c)| r.len() + c.len()).sum(),
+    };
+    crate::infer::check_prompt_bytes(codec, bytes, plan.target.n_ctx as usize).map_err(|e| format!("line {}: {e}", job.line))?;
     // messages' contents are text (a turn marker written in one stays characters); a raw
     // `prompt` is the file's own text, control tokens included
     let tokens = match &job.input {

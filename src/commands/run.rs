@@ -64,6 +64,7 @@ fn execute(
     args: &RunArgs,
     plan: &Plan,
 ) -> Result<ExitCode> {
+    crate::infer::check_prompt_bytes(codec, prompt.len(), target.n_ctx()).map_err(|e| anyhow!(e))?;
     let messages = [("user".to_string(), prompt.to_string())];
     if args.print_prompt {
         out(&if args.chat { codec.chat(&messages).map_err(|e| anyhow!(e))? } else { prompt.to_string() })?;

@@ -61,6 +61,22 @@ pub fn cut_at_stop<'a>(text: &'a str, stops: &[String]) -> (&'a str, bool) {
     }
 }
 
+/// Refuse a prompt text that cannot fit `n_ctx` tokens before tokenizing it (a huge prompt
+/// would cost time and memory only to be refused): more bytes than `n_ctx` of the longest
+/// token. The longest token is only looked up for texts longer than 8 bytes a token.
+pub fn check_prompt_bytes(codec: &dyn TextCodec, bytes: usize, n_ctx: usize) -> Result<(), String> {
+    if bytes <= n_ctx.saturating_mul(8) {
+        return Ok(());
+    }
+    let longest = codec.longest_piece();
+    if bytes > n_ctx.saturating_mul(longest) {
+        return Err(format!(
+            "the prompt has {bytes} bytes, more than the context's {n_ctx} tokens can hold (at most {longest} bytes a token)"
+        ));
+    }
+    Ok(())
+}
+
 /// A generation stopped by Ctrl-C (nothing of it is reported; the command exits 130).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("interrupted")]

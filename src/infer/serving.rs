@@ -258,6 +258,14 @@ impl Queue<'_> {
             let _ = r.events.send(Event::Failed(f));
             None
         };
+        let bytes = match &r.prompt {
+            PromptInput::Text(t) => t.len(),
+            PromptInput::Chat(m) => m.iter().map(|(role, c)| role.len() + c.len()).sum(),
+        };
+        if let Err(message) = crate::infer::check_prompt_bytes(self.codec, bytes, self.plan.target.n_ctx as usize) {
+            let param = if matches!(r.prompt, PromptInput::Text(_)) { "prompt" } else { "messages" };
+            return fail(Failure::InvalidField { param, message });
+        }
         // a request's text is text: spellings of control tokens in it stay characters
         let prompt = match &r.prompt {
             PromptInput::Text(t) => self.codec.tokenize_plain(t),

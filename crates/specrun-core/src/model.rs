@@ -193,6 +193,11 @@ pub trait TextCodec {
     fn tokenize_plain(&self, text: &str) -> Vec<Token> {
         self.tokenize(text)
     }
+    /// The longest text one token stands for, in bytes: a text longer than `n × this` cannot
+    /// fit `n` tokens, known before tokenizing it.
+    fn longest_piece(&self) -> usize {
+        64
+    }
     /// The text of a control token (`<|im_end|>`), whose [`TextCodec::piece`] is empty;
     /// empty for every other token.
     fn special_piece(&self, _token: Token) -> Vec<u8> {
