@@ -7,7 +7,7 @@ a structured-output set (greedy, the record's max_tokens), takes llama-server's 
 (`timings.predicted_per_second`), and checks every finished output with `jsonschema`. Prints
 one table row per server and class.
 
-Usage: structured_vs_llama.py RECORDS LLAMA_SERVER TARGET.gguf DRAFT.gguf [--threads N]
+Usage: structured_vs_llama.py RECORDS LLAMA_SERVER TARGET.gguf DRAFT.gguf [--threads N] [--only NAME]
 Example (after `TOOLS=server scripts/llama_cpp_reference.sh` printed the server's path):
   scripts/structured_vs_llama.py docs/eval/structured.jsonl PATH/llama-server \
       ~/.cache/specrun/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf \
@@ -58,12 +58,14 @@ def main():
     ap.add_argument("target")
     ap.add_argument("draft")
     ap.add_argument("--threads", default="2")
+    ap.add_argument("--only", help='one server: "llama-server" or "llama-server -md"')
     a = ap.parse_args()
     recs = [json.loads(l) for l in open(a.records) if l.strip()]
     klass = {r["id"]: r["response_format"]["json_schema"]["name"] for r in recs}
     schema = {r["id"]: r["response_format"]["json_schema"]["schema"] for r in recs}
     common = ["-m", a.target, "-t", a.threads, "-c", "4096", "-np", "1", "--temp", "0"]
-    servers = [("llama-server", common), ("llama-server -md", common + ["-md", a.draft, "--draft-max", "16"])]
+    servers = [("llama-server", common), ("llama-server -md", common + ["-md", a.draft, "--spec-draft-n-max", "16"])]
+    servers = [s for s in servers if a.only is None or s[0] == a.only]
     print("| server | class | records | valid / finished | decode tok/s |")
     print("|---|---|---|---|---|")
     for name, args in servers:

@@ -160,6 +160,16 @@ fn shards_split_the_input_and_the_check_finds_gaps_and_doubles() {
     assert!(String::from_utf8_lossy(&gap.stdout).contains("missing: "), "{}", String::from_utf8_lossy(&gap.stdout));
     let twice = check(&[&outs[0], &outs[1], &outs[2], &outs[0]]);
     assert!(String::from_utf8_lossy(&twice.stdout).contains("more than once: "));
+    // shards made with different settings are not one run's output
+    let other = dir.path().join("other.jsonl");
+    assert!(batch(&input, &other, &["--shard", "1/3", "--temp", "0.7"]).status.success());
+    let mixed = check(&[&outs[0], &other, &outs[2]]);
+    assert_eq!(mixed.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&mixed.stdout).contains("were made with different settings"),
+        "{}",
+        String::from_utf8_lossy(&mixed.stdout)
+    );
     // bad shard specs are refused by the parser
     let bad = batch(&input, &dir.path().join("x.jsonl"), &["--shard", "3/3"]);
     assert_eq!(bad.status.code(), Some(2));

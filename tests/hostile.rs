@@ -493,3 +493,37 @@ fn a_huge_prompt_is_refused_before_tokenizing() {
     assert!(text.contains("line 1: the prompt has") && text.contains("\"id\":2,\"text\""), "{}", &text[..text.len().min(400)]);
     assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
 }
+
+/// One validation path for records and requests: a role the server refuses, or max_tokens 0,
+/// is an error record in a batch too; a resume refuses an output holding ids twice or ids the
+/// input does not have; calibrate says a cache it cannot write before measuring.
+#[test]
+fn records_resumes_and_caches_are_checked_like_everything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(
+        dir.path(),
+        "in.jsonl",
+        "{\"id\": \"a\", \"messages\": [{\"role\": \"wizard\", \"content\": \"hi\"}]}\n{\"id\": \"b\", \"prompt\": \"x\", \"max_tokens\": 0}\n{\"id\": \"c\", \"prompt\": \"x\"}\n",
+    );
+    let out = dir.path().join("o.jsonl");
+    let o = run(&["batch", "--mock", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-n", "3"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("line 1: unsupported role \\\"wizard\\\"") && text.contains("line 2: max_tokens must be at least 1"), "{text}");
+    // a record repeated in the output, or one the input lacks: refused, the file untouched
+    let lines: Vec<&str> = text.lines().collect();
+    for edited in [format!("{text}{}\n", lines[3]), format!("{text}{}\n", lines[3].replace("\"id\":\"c\"", "\"id\":\"zz\""))] {
+        std::fs::write(&out, &edited).unwrap();
+        let o = run(&["batch", "--mock", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-n", "3", "--resume"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("repeats id") || stderr(&o).contains("not in the input"), "{}", stderr(&o));
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), edited);
+    }
+    // a cache that cannot be written (here: a file where the directory should be) is said
+    // before anything is measured
+    let cache = write(dir.path(), "not-a-dir", "");
+    let o = specrun(&["calibrate", "--mock"]).env("SPECRUN_CACHE", &cache).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("cannot create the calibration cache"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("measur"), "{}", stderr(&o));
+}

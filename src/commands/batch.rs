@@ -73,6 +73,11 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
     crate::infer::calibration::attach(&mut plan, args.models.mock);
     let header = Header::new(format!("{:x}", Sha256::digest(text.as_bytes())), fingerprint(&plan, args, format));
     let (mut sink, done) = prepare_output(args, &header)?;
+    // an output whose header matches holds only this input's ids, unless it was edited
+    let ids: HashSet<String> = records.iter().map(|r| id_key(&record_id(r))).collect();
+    if let Some(stranger) = done.iter().find(|d| !ids.contains(*d)) {
+        bail!("{}: holds id {stranger}, which is not in the input; refusing to resume", args.output.display());
+    }
     let todo: Vec<_> = records.into_iter().filter(|r| !done.contains(&id_key(&record_id(r)))).collect();
     install_interrupt_handler();
     let n_parallel = parallelism(args, &plan);

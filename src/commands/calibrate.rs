@@ -34,6 +34,7 @@ pub fn calibrate(args: &CalibrateArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    calibration::check_writable()?;
     let n_batch = plan.target.n_batch as usize;
     let sizes: Vec<usize> = if args.sizes.is_empty() { calibration::default_sizes(n_batch) } else { args.sizes.clone() };
     if let Some(&b) = sizes.iter().find(|&&b| b == 0 || b > n_batch) {

@@ -24,6 +24,10 @@ pub fn shards(args: &ShardsArgs) -> Result<ExitCode> {
     let records = parse_input(&text, input_format(&args.input, args.input_format));
     let mut count: HashMap<String, usize> = records.iter().map(|r| (id_key(&id_of(r)), 0)).collect();
     let mut unknown = Vec::new();
+    // the shards must have been made alike: the settings that change results, by output
+    let mut settings: Option<(&std::path::Path, crate::formats::records::Header)> = None;
+    let mut mixed = None;
+    let mut failed = 0usize;
     for o in &args.outputs {
         let t = read_text(o, MAX_OUTPUT_BYTES)?;
         let state = scan_output(&t).map_err(|e| anyhow!("{}: {e}", o.display()))?;
@@ -34,6 +38,18 @@ pub fn shards(args: &ShardsArgs) -> Result<ExitCode> {
         if state.valid_len < t.len() {
             bail!("{}: its last record was cut off; finish it with `batch --resume`", o.display());
         }
+        // each shard names its own share; everything else must agree
+        let mut header = header;
+        header.specrun_batch.settings.remove("shard");
+        match &settings {
+            None => settings = Some((o, header)),
+            Some((first, h)) => {
+                if let Some(why) = h.mismatch(&header) {
+                    mixed.get_or_insert(format!("{} and {} were made with different settings: {why}", first.display(), o.display()));
+                }
+            }
+        }
+        failed += t.lines().skip(1).filter(|l| l.starts_with("{\"id\"") && l.contains("\"error\":")).count();
         for id in state.done {
             match count.get_mut(&id) {
                 Some(n) => *n += 1,
@@ -47,8 +63,13 @@ pub fn shards(args: &ShardsArgs) -> Result<ExitCode> {
         .filter_map(|k| count.get_key_value(&k).filter(|(_, n)| **n == 0).map(|(k, _)| k))
         .collect();
     let doubled: Vec<String> = count.iter().filter(|(_, n)| **n > 1).map(|(k, n)| format!("{k} ({n} times)")).collect();
+    if let Some(why) = mixed {
+        out(&format!("{why}\n"))?;
+        return Ok(ExitCode::from(super::EXIT_NEGATIVE));
+    }
     if missing.is_empty() && doubled.is_empty() && unknown.is_empty() {
-        out(&format!("complete: {} records in {} outputs, each exactly once\n", records.len(), args.outputs.len()))?;
+        let failures = if failed > 0 { format!(" ({failed} of them error records)") } else { String::new() };
+        out(&format!("complete: {} records in {} outputs, each exactly once{failures}\n", records.len(), args.outputs.len()))?;
         return Ok(ExitCode::SUCCESS);
     }
     let show = |v: Vec<String>| if v.len() > 10 { format!("{} … ({} in all)", v[..10].join(", "), v.len()) } else { v.join(", ") };

@@ -302,7 +302,7 @@ fn parse_messages(v: Option<&Value>) -> Result<Vec<(String, String)>, ApiError> 
             let param = format!("messages[{i}]");
             let o = m.as_object().ok_or_else(|| ApiError::invalid(&param, format!("{param} must be an object")))?;
             let role = match o.get("role") {
-                Some(Value::String(r)) if ["system", "user", "assistant", "developer"].contains(&r.as_str()) => {
+                Some(Value::String(r)) if crate::formats::records::CHAT_ROLES.contains(&r.as_str()) => {
                     if r == "developer" {
                         "system".to_string()
                     } else {

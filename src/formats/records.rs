@@ -91,6 +91,9 @@ pub struct InputRecord {
     pub regex: Option<String>,
 }
 
+/// The chat roles a message may have (`developer` is OpenAI's newer name for `system`).
+pub const CHAT_ROLES: [&str; 4] = ["system", "user", "assistant", "developer"];
+
 /// What to generate from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PromptInput {
@@ -197,9 +200,18 @@ fn check(rec: InputRecord, line: usize) -> Result<Job, BadRecord> {
     if !matches!(id, Value::String(_) | Value::Number(_)) {
         return Err(bad("id must be a string or a number".into()));
     }
+    // the same rules as the server's: a known role, at least one token
+    if let Some(m) = rec.messages.iter().flatten().find(|m| !CHAT_ROLES.contains(&m.role.as_str())) {
+        return Err(bad(format!("unsupported role {:?} (system, user, assistant, developer)", m.role)));
+    }
+    if rec.max_tokens == Some(0) {
+        return Err(bad("max_tokens must be at least 1".into()));
+    }
     let input = match (rec.prompt, rec.messages) {
         (Some(p), None) => PromptInput::Text(p),
-        (None, Some(m)) if !m.is_empty() => PromptInput::Chat(m.into_iter().map(|m| (m.role, m.content)).collect()),
+        (None, Some(m)) if !m.is_empty() => PromptInput::Chat(
+            m.into_iter().map(|m| (if m.role == "developer" { "system".to_string() } else { m.role }, m.content)).collect(),
+        ),
         (None, Some(_)) => return Err(bad("messages is empty".into())),
         (Some(_), Some(_)) => return Err(bad("give prompt or messages, not both".into())),
         (None, None) => return Err(bad("missing prompt or messages".into())),
@@ -329,6 +341,8 @@ pub enum ScanError {
     NoHeader,
     #[error("line {line} is not a specrun output record")]
     NotARecord { line: usize },
+    #[error("line {line} repeats id {id} (an output holds each record once)")]
+    DuplicateId { line: usize, id: String },
 }
 
 /// Scan an earlier output file for resuming. Only a last line without its newline (a write
@@ -346,7 +360,9 @@ pub fn scan_output(text: &str) -> Result<ResumeState, ScanError> {
             state.header = Some(serde_json::from_str::<Header>(body).map_err(|_| ScanError::NoHeader)?);
         } else {
             let rec = serde_json::from_str::<OutputRecord>(body).map_err(|_| ScanError::NotARecord { line: i + 1 })?;
-            state.done.insert(id_key(rec.id()));
+            if !state.done.insert(id_key(rec.id())) {
+                return Err(ScanError::DuplicateId { line: i + 1, id: id_key(rec.id()) });
+            }
             state.n_records += 1;
         }
         pos += line.len();

@@ -133,6 +133,17 @@ pub fn load_checked(key: &CurveKey) -> Result<Option<Calibration>> {
     Ok((c.key == *key).then_some(c))
 }
 
+/// Whether a calibration could be stored, checked before one is measured (a read-only cache
+/// should not be found out after a minute of measuring).
+pub fn check_writable() -> Result<()> {
+    let dir = dir().context("no cache directory (is $HOME set?)")?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create the calibration cache", dir.display()))?;
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("{}: cannot write the calibration cache", dir.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
 /// Store a calibration; returns the file.
 pub fn store(c: &Calibration) -> Result<PathBuf> {
     let path = file_for(&c.key).context("no cache directory (is $HOME set?)")?;
