@@ -309,6 +309,24 @@ fn slow_clients_are_closed_and_every_refusal_is_json() {
     let Err(ureq::Error::Status(415, _)) = r else { panic!("application/jsonEVIL: {r:?}") };
 }
 
+/// A request that ends on a stop string leaves its prompt's cells: the same prompt again reads
+/// only its last token.
+#[test]
+fn a_request_ended_by_a_stop_string_leaves_its_prompt_cached() {
+    let s = start(&["--parallel", "1"]);
+    let (_, text) = post(&s, "/v1/chat/completions", &chat_body("tell me something long", r#", "max_tokens": 24"#));
+    let full = text_of(&json(&text));
+    let stop: String = full.chars().nth(12).expect("24 tokens of text").to_string();
+    let with_stop = format!(r#", "max_tokens": 24, "stop": [{}]"#, serde_json::to_string(&stop).unwrap());
+    let first = json(&post(&s, "/v1/chat/completions", &chat_body("tell me something long", &with_stop)).1);
+    assert_eq!(first["choices"][0]["finish_reason"], "stop", "{first}");
+    let again = json(&post(&s, "/v1/chat/completions", &chat_body("tell me something long", &with_stop)).1);
+    let (prompt, cached) =
+        (again["usage"]["prompt_tokens"].as_u64().unwrap(), again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap());
+    assert_eq!(cached, prompt - 1, "{again}");
+    assert_eq!(text_of(&again), text_of(&first));
+}
+
 /// Structured output on both routes: response_format (json_schema, json_object) and
 /// llama-server's json_schema / grammar fields; every finished output follows its constraint;
 /// one that does not compile is a 400 naming the field.

@@ -100,7 +100,8 @@ pub struct Slots {
     /// A sequence that finished on its own leaves its cells in its slot ([`KeptCells`]); a new
     /// job goes to the free slot whose kept tokens share the longest prefix with its prompt
     /// and reads only the rest. A sequence the caller ended (`on_tokens` said stop: a client
-    /// gone, a stop string), cancelled or failed leaves nothing. Off: every slot starts empty.
+    /// gone, a stop string) leaves its prompt's cells only; one cancelled or failed leaves
+    /// nothing. Off: every slot starts empty.
     pub prompt_cache: bool,
 }
 
@@ -345,7 +346,7 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
                         by_caller = true;
                     }
                     if seq.finish.is_some() {
-                        kept[id] = release(engine, &mut seq, prompt_cache && !by_caller);
+                        kept[id] = release(engine, &mut seq, prompt_cache, by_caller);
                         engine.drafter.learn(seq.generated());
                         on_done(job.tag, Ok(seq));
                     } else {
@@ -426,7 +427,7 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
                 if !seq.config.ignore_eos && seq.config.max_tokens > 0 {
                     used.add(seq.generated().len() as f64 / seq.config.max_tokens as f64);
                 }
-                kept[id] = release(engine, &mut seq, prompt_cache && !ended_by_caller[id]);
+                kept[id] = release(engine, &mut seq, prompt_cache, ended_by_caller[id]);
                 // a drafter that learns across sequences (the draft cache) sees every output
                 engine.drafter.learn(seq.generated());
                 on_done(tag, Ok(seq));
@@ -520,12 +521,21 @@ fn pick_slot<J>(slots: &[Option<(J, Sequence)>], kept: &[KeptCells], prompt: &[T
 
 /// A finished sequence's slot: its cells stay for the next prompt (`keep`), or are removed
 /// from both caches so that the slot starts empty.
-fn release<T: Model, D: Drafter>(engine: &mut Engine<T, D>, seq: &mut Sequence, keep: bool) -> KeptCells {
-    if keep {
-        return seq.kept_cells();
+fn release<T: Model, D: Drafter>(engine: &mut Engine<T, D>, seq: &mut Sequence, prompt_cache: bool, by_caller: bool) -> KeptCells {
+    if !prompt_cache {
+        free(engine, seq);
+        return KeptCells::default();
     }
-    free(engine, seq);
-    KeptCells::default()
+    if by_caller {
+        // cut short (a stop string, a client gone): what it generated goes, its prompt's cells
+        // stay for the next prompt that begins the same way
+        let n = seq.n_prompt;
+        if seq.target.keep(&mut engine.target, n).is_err() || engine.drafter.rollback(&mut seq.draft, n).is_err() {
+            free(engine, seq);
+            return KeptCells::default();
+        }
+    }
+    seq.kept_cells()
 }
 
 /// Remove a sequence's cells from both caches.

@@ -2,7 +2,7 @@
 //! positions as strictly as llama.cpp and computes logits from the whole cached prefix: every
 //! job's output equals reading its prompt whole; a prompt that begins like the sequence before
 //! it in a slot (a shared system prompt, a chat's next turn) reads only the rest; a new job
-//! goes to the free slot it shares most with; a sequence its caller ended leaves nothing.
+//! goes to the free slot it shares most with; a sequence its caller ended leaves its prompt.
 
 mod util;
 
@@ -180,10 +180,10 @@ fn a_job_goes_to_the_free_slot_that_shares_most_with_its_prompt() {
     }
 }
 
-/// A sequence its caller ends (a client gone) leaves no cells in either cache; one that
-/// finished keeps them for the next prompt.
+/// A sequence its caller ends (a stop string, a client gone) leaves its prompt's cells in
+/// both caches and nothing it generated; one that finished keeps them all for the next prompt.
 #[test]
-fn a_sequence_the_caller_ended_leaves_nothing_behind() {
+fn a_sequence_the_caller_ended_leaves_only_its_prompt_behind() {
     let jobs: Vec<_> = (0..2).map(|i| util::mixed_job(i, with_system(&[i as Token + 3]), 12)).collect();
     let spec = target_spec();
     let clock = MockClock::new();
@@ -202,8 +202,12 @@ fn a_sequence_the_caller_ended_leaves_nothing_behind() {
         &mut BatchStats::default(),
     )
     .unwrap();
-    assert!(engine.target.cached(0).is_empty(), "the ended sequence's target cells are gone");
-    assert!(engine.drafter.model.cached(0).is_empty(), "and its draft cells");
+    let prompt0 = with_system(&[3]);
+    assert_eq!(engine.target.cached(0), &prompt0[..], "the ended sequence keeps exactly its prompt's target cells");
+    assert!(
+        engine.drafter.model.cached(0).len() <= prompt0.len() && prompt0.starts_with(engine.drafter.model.cached(0)),
+        "and no generated draft cells"
+    );
     assert!(engine.target.cached(1).len() > 25, "the finished one's stay for the next prompt");
     assert!(engine.drafter.model.cached(1).len() > 20);
 }
