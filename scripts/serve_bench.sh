@@ -6,7 +6,10 @@
 #   defaults: 1,4,8  16  64; prompts: docs/bench/batch32.jsonl (PROMPTS=...)
 #   SERVERS: which to run (default "specrun specrun-plain llama-md llama-ngram llama-plain";
 #   also specrun-between: prompts read between rounds, --prefill-chunk 0; specrun-auto:
-#   --prefill-chunk auto; specrun-nocache: --prompt-cache off)
+#   --prefill-chunk auto; specrun-nocache: --prompt-cache off; specrun-noram: --cache-ram 0;
+#   llama-noram: llama-server --cache-ram 0)
+#   NONCE=level: requests of a level may share prefixes (repeated prompts, one document);
+#   the default gives every request its own first line
 # Output: one Markdown table on stdout (scripts/serve_load.py's rows).
 source "$(dirname "$0")/common.sh"
 ensure_system_packages
@@ -49,7 +52,7 @@ run_server() {
     local pid=$!
     if wait_ready "$pid"; then
         python3 scripts/serve_load.py "http://127.0.0.1:$PORT/v1" --concurrency "$CONC" --requests "$REQUESTS" \
-            --max-tokens "$N" --prompts "$PROMPTS" --label "$label"
+            --max-tokens "$N" --prompts "$PROMPTS" --label "$label" --nonce "${NONCE:-request}"
     else
         tail -5 /tmp/serve_bench_server.log >&2
     fi
@@ -69,6 +72,12 @@ for s in $SERVERS; do
             "$SPECRUN_BIN" serve -t "$THREADS" -c "$CTX" --parallel "$SLOTS" --port "$PORT" --temp 0 --prefill-chunk auto ;;
         specrun-nocache) run_server "specrun serve --prompt-cache off" \
             "$SPECRUN_BIN" serve -t "$THREADS" -c "$CTX" --parallel "$SLOTS" --port "$PORT" --temp 0 --prompt-cache off ;;
+        specrun-noram) run_server "specrun serve --cache-ram 0" \
+            "$SPECRUN_BIN" serve -t "$THREADS" -c "$CTX" --parallel "$SLOTS" --port "$PORT" --temp 0 --cache-ram 0 ;;
+        specrun-plain-noram) run_server "specrun serve --no-draft --cache-ram 0" \
+            "$SPECRUN_BIN" serve -t "$THREADS" -c "$CTX" --parallel "$SLOTS" --port "$PORT" --temp 0 --no-draft --cache-ram 0 ;;
+        llama-noram) run_server "llama-server --cache-ram 0 (plain)" \
+            "$LLAMA_SERVER" -m "$TARGET" -t "$THREADS" -c $((CTX * SLOTS)) -np "$SLOTS" -ngl 0 --port "$PORT" --cache-ram 0 ;;
         specrun-between) run_server "specrun serve --prefill-chunk 0 (prompts between rounds)" \
             "$SPECRUN_BIN" serve -t "$THREADS" -c "$CTX" --parallel "$SLOTS" --port "$PORT" --temp 0 --prefill-chunk 0 ;;
         llama-md) run_server "llama-server -md (draft model)" \

@@ -12,6 +12,7 @@ Only the standard library (threads and http.client), so it runs anywhere Python 
 
 Usage: serve_load.py URL [--concurrency 1,4,8] [--prompts docs/bench/batch32.jsonl]
                          [--requests N] [--max-tokens 64] [--label NAME] [--api-key KEY]
+                         [--nonce request|level]
 Prints one Markdown table row per level (with --header, the header first).
 """
 import argparse
@@ -84,14 +85,17 @@ def one_request(url, messages, max_tokens, api_key, timeout):
     return tokens, t_first - t0, itl, gap
 
 
-def level(url, prompts, concurrency, max_tokens, api_key, timeout):
-    # a request-unique first line, so that no server answers from a prompt cache filled by an
-    # earlier level (every level sends the same prompts)
+def level(url, prompts, concurrency, max_tokens, api_key, timeout, nonce_per="request"):
+    # a unique first line, so that no server answers from a prompt cache filled by an earlier
+    # level (every level sends the same prompts): per request (no two requests share a
+    # prefix), or per level (requests that repeat a prompt or share a system prompt inside the
+    # level do, as a prefix cache would see them in use)
     nonce = time.time_ns()
     todo = []
     for i, messages in enumerate(prompts):
         m = [dict(x) for x in messages]
-        m[0]["content"] = f"[request {nonce}-{i}]\n" + m[0]["content"]
+        tag = f"[request {nonce}-{i}]" if nonce_per == "request" else f"[run {nonce}]"
+        m[0]["content"] = tag + "\n" + m[0]["content"]
         todo.append(m)
     lock = threading.Lock()
     results, failures = [], []
@@ -147,6 +151,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--header", action="store_true")
     ap.add_argument("--json", action="store_true", help="JSON lines instead of Markdown rows")
+    ap.add_argument("--nonce", choices=["request", "level"], default="request",
+                    help="a unique first line per request (no shared prefixes) or per level (repeats and shared system prompts stay shared)")
     a = ap.parse_args()
     prompts = []
     with open(a.prompts, encoding="utf-8") as f:
@@ -159,7 +165,7 @@ def main():
         print("| server | clients | requests | tok/s | TTFT p50 / p95 (s) | ITL p50 / p95 (ms) | longest gap p95 / max (s) | failed |")
         print("|---|---|---|---|---|---|---|---|")
     for c in [int(x) for x in a.concurrency.split(",")]:
-        r = level(a.url, prompts, c, a.max_tokens, a.api_key, a.timeout)
+        r = level(a.url, prompts, c, a.max_tokens, a.api_key, a.timeout, a.nonce)
         r["label"] = a.label
         if a.json:
             print(json.dumps(r), flush=True)

@@ -185,11 +185,14 @@ pub struct BatchArgs {
     /// Prompt file (JSON Lines records, or one prompt per line with --input-format txt).
     #[arg(value_name = "INPUT")]
     pub input: PathBuf,
-    /// Output file, one JSON object per input record.
+    /// Output file, one JSON object per input record (its settings go beside it, in
+    /// FILE.specrun.json, for --resume).
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: PathBuf,
-    /// Input format (default: by extension, `.txt` is txt, anything else JSON Lines).
-    #[arg(long, value_enum, value_name = "FORMAT")]
+    /// Input format (default: by extension, `.txt` is txt; otherwise `openai` when the first
+    /// record has a `custom_id` — the OpenAI Batch API's lines, answered in its output
+    /// format — else specrun's JSON Lines records). Also spelled --format.
+    #[arg(long, alias = "format", value_enum, value_name = "FORMAT")]
     pub input_format: Option<InputFormat>,
     /// Wrap `prompt` records (and txt lines) in the target's chat template too.
     #[arg(long)]
@@ -211,6 +214,15 @@ pub struct BatchArgs {
     /// the records before it even at batch-shape near-ties.
     #[arg(long, default_value = "off", value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub prompt_cache: bool,
+    /// Host memory (MiB) for finished records' cells: a record whose prompt begins like an
+    /// earlier one's (a shared instruction, a shared document) restores that prefix instead of
+    /// reading it again. At most half the memory available at start; 0 turns it off. Greedy
+    /// output may differ at batch-shape near-ties unless --deterministic. Also spelled -cram.
+    #[arg(long, default_value_t = DEFAULT_CACHE_RAM_MIB, value_name = "MiB")]
+    pub cache_ram: u64,
+    /// The same as --cache-ram 0.
+    #[arg(long)]
+    pub no_prefix_cache: bool,
     /// Let n-grams of earlier records' outputs propose drafts for later ones (a draft cache;
     /// verification is unchanged, so greedy output is too, up to batch-shape near-ties).
     #[arg(long)]
@@ -358,6 +370,12 @@ pub struct ModelArgs {
     /// (off), for both models. Also spelled -kvu (= on).
     #[arg(long = "kv-unified", value_name = "on|off", value_parser = parse_on_off)]
     pub kv_unified: Option<bool>,
+    /// Batch-invariant decoding: the target's logits for a token do not depend on what else
+    /// shares the decode, so greedy speculative output is the target-only output bit for bit
+    /// and identical requests get identical answers under any load. Runs the target on the
+    /// CPU with flash attention; costs decode speed (docs/guide/exactness.md).
+    #[arg(long)]
+    pub deterministic: bool,
     /// CPU threads for both models (default: per model, else all cores).
     #[arg(allow_negative_numbers = true, short = 't', long, value_name = "N")]
     pub threads: Option<u32>,
@@ -529,6 +547,11 @@ pub struct ServeArgs {
     /// llama-server's `cache_prompt`). Greedy output may differ at batch-shape near-ties.
     #[arg(long, default_value = "on", value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
     pub prompt_cache: bool,
+    /// Host memory (MiB) for finished requests' cells (llama-server's --cache-ram): a request
+    /// whose prompt begins like an earlier one's restores that prefix into whichever slot it
+    /// gets. At most half the memory available at start; 0 turns it off. Also spelled -cram.
+    #[arg(long, default_value_t = DEFAULT_CACHE_RAM_MIB, value_name = "MiB")]
+    pub cache_ram: u64,
     /// Requests that may wait for a slot; beyond that the server answers 503 with Retry-After.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub queue: usize,
@@ -572,6 +595,7 @@ impl ModelArgs {
                 cache_type_v: flag(self.cache_type_v, "--cache-type-v"),
                 kv_offload: self.no_kv_offload.then(|| Setting::new(false, Origin::Flag("--no-kv-offload"))),
                 kv_unified: flag(self.kv_unified, "--kv-unified"),
+                deterministic: self.deterministic.then(|| Setting::new(true, Origin::Flag("--deterministic"))),
             },
             draft_flags: ModelSettings {
                 n_gpu_layers: flag(self.n_gpu_layers_draft, "--n-gpu-layers-draft"),
@@ -666,6 +690,9 @@ const UNSUPPORTED: [&str; 26] = [
     "-cnv",
 ];
 
+/// `--cache-ram`'s default, llama-server's (an upper bound: entries are kept as they come).
+pub const DEFAULT_CACHE_RAM_MIB: u64 = 8192;
+
 /// An argument that is a llama.cpp flag specrun does not support, with the one line to say.
 pub fn unsupported_flag(args: &[std::ffi::OsString]) -> Option<String> {
     args.iter()
@@ -694,6 +721,7 @@ pub fn normalize_args<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Ve
             Some("-nkvo") => "--no-kv-offload".into(),
             Some("-kvu") => "--kv-unified=on".into(),
             Some("-jf") => "--json-schema-file".into(),
+            Some("-cram") => "--cache-ram".into(),
             _ => a,
         })
         .collect()

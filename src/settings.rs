@@ -300,6 +300,22 @@ macro_rules! each_field {
 }
 
 impl Overrides {
+    /// `self` with every value a request set located at `line` of a batch file instead (an
+    /// OpenAI batch line's `body`).
+    pub fn at_line(mut self, line: usize) -> Overrides {
+        macro_rules! relocate {
+            ($($f:ident),*) => {$(
+                if let Some(s) = &mut self.$f {
+                    if let Origin::Request { key } = s.origin {
+                        s.origin = Origin::Record { line, key };
+                    }
+                }
+            )*};
+        }
+        each_field!(relocate);
+        self
+    }
+
     /// `self` with every value `later` sets replaced by `later`'s.
     pub fn then(mut self, later: &Overrides) -> Overrides {
         macro_rules! take {

@@ -22,14 +22,14 @@ fn batch(input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// The header, then every line parses into exactly one of the two record types (unknown
-/// fields are errors).
+/// The settings beside the output, and every line of it parses into exactly one of the two
+/// record types (unknown fields are errors): the output holds records only.
 fn records(output: &Path) -> Vec<OutputRecord> {
-    let text = std::fs::read_to_string(output).unwrap();
-    let mut lines = text.lines();
-    let header: Header = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let sidecar = std::fs::read_to_string(specrun::formats::records::sidecar_path(output)).unwrap();
+    let header: Header = serde_json::from_str(&sidecar).unwrap();
     assert_eq!(header.specrun_batch.input_sha256.len(), 64);
-    lines
+    let text = std::fs::read_to_string(output).unwrap();
+    text.lines()
         .map(|l| {
             serde_json::from_str::<OkRecord>(l)
                 .map(OutputRecord::Ok)
@@ -99,7 +99,7 @@ fn resume_after_a_crash_gives_the_uninterrupted_output_byte_for_byte() {
     let crashed = batch(&input, &cut, &["--debug-crash-after", "3"]);
     assert!(!crashed.status.success(), "the simulated crash must abort");
     let partial = std::fs::read_to_string(&cut).unwrap();
-    assert_eq!(partial.lines().count(), 5, "the header, three records and a cut-off line: {partial}");
+    assert_eq!(partial.lines().count(), 4, "three records and a cut-off line: {partial}");
     assert!(!partial.ends_with('\n'));
 
     let refused = batch(&input, &cut, &[]);
@@ -306,4 +306,79 @@ fn a_killed_parallel_batch_resumes_to_the_one_at_a_time_file() {
             .collect::<Vec<_>>()
     };
     assert_eq!(strip(&out), strip(&one));
+}
+
+const OPENAI_BATCH: &str = r#"{"custom_id": "chat-1", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}], "max_tokens": 7, "metadata": {"k": "v"}}}
+{"custom_id": "text-2", "method": "POST", "url": "/v1/completions", "body": {"model": "x", "prompt": "def f(", "max_tokens": 5, "temperature": 0.7, "seed": 3}}
+{"custom_id": "emb-3", "method": "POST", "url": "/v1/embeddings", "body": {"model": "x", "input": "hi"}}
+{"custom_id": "bad-4", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}}
+{"custom_id": "json-5", "url": "/v1/chat/completions", "body": {"messages": [{"role": "user", "content": "a json object"}], "max_tokens": 40, "response_format": {"type": "json_object"}}}
+"#;
+
+/// An OpenAI Batch API input file is recognised by its `custom_id`s and answered line for
+/// line in the Batch API's output format; bad lines are 400 responses naming the field.
+#[test]
+fn openai_batch_files_are_read_and_answered_in_their_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("requests.jsonl"), dir.path().join("results.jsonl"));
+    std::fs::write(&input, OPENAI_BATCH).unwrap();
+    let out = batch(&input, &output, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&output).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 5, "records only: {text}");
+    let ids: Vec<&str> = lines.iter().map(|l| l["custom_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["chat-1", "text-2", "emb-3", "bad-4", "json-5"]);
+    for l in &lines {
+        assert!(l["id"].as_str().unwrap().starts_with("batch_req_"), "{l}");
+        assert!(l["error"].is_null());
+        assert!(l["response"]["request_id"].is_string());
+    }
+    let chat = &lines[0]["response"];
+    assert_eq!(chat["status_code"], 200);
+    assert_eq!(chat["body"]["object"], "chat.completion");
+    assert!(chat["body"]["choices"][0]["message"]["content"].is_string());
+    assert_eq!(chat["body"]["usage"]["completion_tokens"], 7);
+    assert_eq!(lines[1]["response"]["body"]["object"], "text_completion");
+    assert!(lines[1]["response"]["body"]["choices"][0]["text"].is_string());
+    let emb = &lines[2]["response"];
+    assert_eq!(emb["status_code"], 400);
+    assert!(emb["body"]["error"]["message"].as_str().unwrap().contains("line 3: url \"/v1/embeddings\" is not supported"), "{emb}");
+    assert!(lines[3]["response"]["body"]["error"]["message"].as_str().unwrap().contains("line 4: body.max_tokens"), "{}", lines[3]);
+    let json = lines[4]["response"]["body"]["choices"][0]["message"]["content"].as_str().unwrap();
+    let finish = lines[4]["response"]["body"]["choices"][0]["finish_reason"].as_str().unwrap();
+    if finish == "stop" {
+        assert!(serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(json).is_ok(), "{json}");
+    }
+    // resumable like any output: a finished file resumes to itself (nothing runs: exit 0)
+    let before = std::fs::read(&output).unwrap();
+    assert_eq!(batch(&input, &output, &["--resume"]).status.code(), Some(0));
+    assert_eq!(std::fs::read(&output).unwrap(), before);
+}
+
+#[test]
+fn an_openai_batch_resumes_after_a_crash_to_the_same_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("requests.jsonl");
+    let text: String = (0..5)
+        .map(|i| format!("{{\"custom_id\": \"r{i}\", \"method\": \"POST\", \"url\": \"/v1/completions\", \"body\": {{\"prompt\": \"p {i}\", \"max_tokens\": {}}}}}\n", 4 + i))
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let whole = dir.path().join("whole.jsonl");
+    assert!(batch(&input, &whole, &[]).status.success());
+    let cut = dir.path().join("cut.jsonl");
+    assert!(!batch(&input, &cut, &["--debug-crash-after", "2"]).status.success());
+    assert!(batch(&input, &cut, &["--resume"]).status.success());
+    // the same answers; ids and timestamps are per run
+    let strip = |p: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                serde_json::json!([v["custom_id"], v["response"]["body"]["choices"], v["response"]["body"]["usage"]["completion_tokens"]])
+            })
+            .collect()
+    };
+    assert_eq!(strip(&cut), strip(&whole));
 }

@@ -70,7 +70,7 @@ fn a_closed_pipe_ends_quietly_with_success() {
         format!("$S batch --mock --config $C {} -o {} --overwrite 2>&1 | true", input.display(), dir.path().join("o.jsonl").display());
     let (rc, err) = sh(&line);
     assert_eq!(rc, 0, "{err}");
-    assert_eq!(std::fs::read_to_string(dir.path().join("o.jsonl")).unwrap().lines().count(), 3, "header and both records");
+    assert_eq!(std::fs::read_to_string(dir.path().join("o.jsonl")).unwrap().lines().count(), 2, "both records");
     let line = format!("$S bench --mock --config $C --prompts {} --repeat 1 --draft-max 1 -n 4 | true", input.display());
     assert_eq!(sh(&line).0, 0);
 }
@@ -190,7 +190,7 @@ fn resume_never_truncates_a_file_it_did_not_write() {
     let foreign = write(dir.path(), "notes.jsonl", foreign_text);
     let o = run(&["batch", "--mock", input.to_str().unwrap(), "-o", foreign.to_str().unwrap(), "--resume"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("not a specrun batch header"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("line 1 is not a specrun output record"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(&foreign).unwrap(), foreign_text);
     // a damaged line in the middle of a real output is refused too, not cut away
     let out = dir.path().join("out.jsonl");
@@ -281,9 +281,10 @@ fn a_second_batch_on_the_same_output_fails_at_once() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-    // wait for the first to hold the file (its header is written after the lock)
+    // wait for the first to hold the file (its settings are written beside it after the lock)
     let t0 = Instant::now();
-    while std::fs::read_to_string(&out).map_or(true, |t| t.is_empty()) && t0.elapsed() < Duration::from_secs(20) {
+    let sidecar = specrun::formats::records::sidecar_path(&out);
+    while !sidecar.exists() && t0.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let t1 = Instant::now();
@@ -293,7 +294,7 @@ fn a_second_batch_on_the_same_output_fails_at_once() {
     assert!(t1.elapsed() < Duration::from_secs(10));
     assert!(first.wait().unwrap().success());
     let text = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(text.lines().count(), 3, "each record once: {text}");
+    assert_eq!(text.lines().count(), 2, "each record once: {text}");
 }
 
 #[test]
@@ -365,7 +366,7 @@ fn ctrl_c_stops_at_the_next_round_and_writes_nothing_partial() {
         .spawn()
         .unwrap();
     let t0 = Instant::now();
-    while std::fs::read_to_string(&out).map_or(0, |t| t.lines().count()) < 2 && t0.elapsed() < Duration::from_secs(20) {
+    while std::fs::read_to_string(&out).map_or(0, |t| t.lines().count()) < 1 && t0.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -375,7 +376,7 @@ fn ctrl_c_stops_at_the_next_round_and_writes_nothing_partial() {
     assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
     assert!(t1.elapsed() < Duration::from_secs(3), "stopped at the next round, not at the end of the record ({:?})", t1.elapsed());
     let text = std::fs::read_to_string(&out).unwrap();
-    assert_eq!(text.lines().count(), 2, "the header and the finished record only: {text}");
+    assert_eq!(text.lines().count(), 1, "the finished record only: {text}");
     assert!(text.ends_with('\n'));
     assert!(stderr(&o).contains("nothing partial was written"), "{}", stderr(&o));
     // and it resumes where it stopped

@@ -372,7 +372,7 @@ fn a_real_batch_of_three_short_records() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // line 1 is the header; then one record per input line
     let lines: Vec<specrun::formats::records::OkRecord> =
-        std::fs::read_to_string(&output).unwrap().lines().skip(1).map(|l| serde_json::from_str(l).unwrap()).collect();
+        std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.iter().map(|r| r.id.as_str().unwrap()).collect::<Vec<_>>(), ["py", "raw", "fr"]);
     assert!(lines.iter().all(|r| r.n_generated > 0 && !r.text.is_empty()));
 }

@@ -387,3 +387,40 @@ fn the_openai_python_client_works() {
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("openai client: ok"));
 }
+
+/// llama-server's text routes answer from the tokenizer without a slot: `/tokenize` and
+/// `/detokenize` round-trip, `/apply-template` gives the prompt a chat completion reads,
+/// `/props` says what runs; bad fields are JSON errors naming them.
+#[test]
+fn the_text_routes_tokenize_detokenize_and_apply_the_template() {
+    let s = start(&["--parallel", "3"]);
+    let (code, body) = post(&s, "/tokenize", r#"{"content": "hello world"}"#);
+    assert_eq!(code, 200, "{body}");
+    let tokens = json(&body)["tokens"].clone();
+    assert!(tokens.as_array().is_some_and(|t| !t.is_empty()), "{body}");
+    let (code, body) = post(&s, "/detokenize", &serde_json::json!({ "tokens": tokens }).to_string());
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body)["content"], "hello world");
+    let (_, body) = post(&s, "/tokenize", r#"{"content": "ab", "with_pieces": true}"#);
+    let pieces: String = json(&body)["tokens"].as_array().unwrap().iter().map(|p| p["piece"].as_str().unwrap().to_string()).collect();
+    assert_eq!(pieces, "ab");
+    let (code, body) = post(&s, "/apply-template", r#"{"messages": [{"role": "user", "content": "hi"}]}"#);
+    assert_eq!(code, 200, "{body}");
+    assert!(json(&body)["prompt"].as_str().unwrap().contains("hi"), "{body}");
+    let props = json(&agent().get(&format!("{}/props", s.base)).call().unwrap().into_string().unwrap());
+    assert_eq!(props["total_slots"], 3);
+    assert!(props["build_info"].as_str().unwrap().contains(env!("CARGO_PKG_VERSION")));
+    for (path, body, field) in [
+        ("/tokenize", r#"{"content": 5}"#, "content"),
+        ("/detokenize", r#"{"tokens": [1, -2]}"#, "tokens"),
+        ("/detokenize", r#"{"tokens": [99999999]}"#, "tokens"),
+        ("/apply-template", r#"{"messages": [{"role": "wizard", "content": "x"}]}"#, "messages"),
+    ] {
+        let (code, text) = post(&s, path, body);
+        assert_eq!(code, 400, "{path} {body}: {text}");
+        assert_eq!(json(&text)["error"]["param"], field, "{text}");
+    }
+    let (code, text) = post(&s, "/tokenize", "{not json");
+    assert_eq!(code, 400);
+    assert!(json(&text)["error"]["message"].as_str().unwrap().contains("not valid JSON"));
+}

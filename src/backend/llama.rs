@@ -73,13 +73,7 @@ fn take_last_error() -> Option<String> {
         .or_else(|| errors.into_iter().next())
 }
 
-/// Bytes of memory the system can still give (Linux `MemAvailable`), if known.
-fn mem_available() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+use super::mem_available;
 
 /// The KV cache a context of `n_ctx` cells needs (f16 keys and values, every layer).
 pub fn kv_cache_bytes(n_layer: u64, n_embd: u64, n_head: u64, n_head_kv: u64, n_ctx: u64) -> u64 {
@@ -224,6 +218,37 @@ pub struct LoadSettings {
     pub n_gpu_layers: u32,
     /// Device names; `["none"]` keeps every layer on the CPU.
     pub devices: Vec<String>,
+    /// Batch-invariant weights: layers kept on the CPU stay in llama.cpp's plain CPU buffer
+    /// instead of the repacked one, whose batched kernels sum in another order than its
+    /// one-row kernel (see `docs/guide/exactness.md`).
+    pub batch_invariant: bool,
+}
+
+/// How [`LoadedModel::load_with`] asks llama.cpp for the weights.
+enum Weights<'a> {
+    Params(&'a LlamaModelParams),
+    /// Every layer on the CPU in llama.cpp's plain buffer (`use_extra_bufts = false`): no
+    /// repacked weights, whose batched kernel sums in another order than their one-row kernel.
+    PlainCpu,
+}
+
+/// Load a model on the CPU without llama.cpp's extra (repacking) buffer types. llama-cpp-2
+/// does not wrap `use_extra_bufts`, so this calls llama.cpp directly and wraps the pointer.
+fn load_plain_cpu(path: &Path) -> Option<LlamaModel> {
+    // `LlamaModel` is `repr(transparent)` over llama-cpp-2's `Ptr`, itself `repr(transparent)`
+    // over `NonNull<llama_model>` (the version is pinned in Cargo.toml)
+    const _: () = assert!(std::mem::size_of::<LlamaModel>() == std::mem::size_of::<std::ptr::NonNull<llama_cpp_sys_2::llama_model>>());
+    let c_path = std::ffi::CString::new(path.to_str()?).ok()?;
+    // SAFETY: default parameters with two plain fields changed; the path outlives the call
+    let raw = unsafe {
+        let mut p = llama_cpp_sys_2::llama_model_default_params();
+        p.n_gpu_layers = 0;
+        p.use_extra_bufts = false;
+        llama_cpp_sys_2::llama_model_load_from_file(c_path.as_ptr(), p)
+    };
+    let ptr = std::ptr::NonNull::new(raw)?;
+    // SAFETY: same layout (asserted above); the model is freed by `LlamaModel`'s drop
+    Some(unsafe { std::mem::transmute::<std::ptr::NonNull<llama_cpp_sys_2::llama_model>, LlamaModel>(ptr) })
 }
 
 /// Hyperparameters read from a GGUF's metadata.
@@ -239,7 +264,7 @@ pub struct Shape {
 impl LoadedModel {
     /// Load weights, offloading `n_gpu_layers` layers where the build supports it.
     pub fn load(path: &Path, n_gpu_layers: u32) -> Result<Self> {
-        Self::load_on(path, &LoadSettings { n_gpu_layers, devices: Vec::new() })
+        Self::load_on(path, &LoadSettings { n_gpu_layers, ..LoadSettings::default() })
     }
 
     /// Load weights with `s`'s offload (layers, devices).
@@ -251,7 +276,15 @@ impl LoadedModel {
             params =
                 params.with_devices(&idx).map_err(|e| anyhow!("{}: cannot use devices {}: {e}", path.display(), s.devices.join(",")))?;
         }
-        Self::load_with(path, params).map_err(|e| {
+        let cpu_only = none || s.n_gpu_layers == 0;
+        if s.batch_invariant {
+            // ggml's tiled CPU matmul takes over from the one-row kernel at larger batches and
+            // sums in another order; it reads this switch once, at its first matmul, so it is
+            // set before any weights are loaded (no llama.cpp thread runs yet)
+            std::env::set_var("GGML_CPU_TILED_MM", "0");
+        }
+        let how = if s.batch_invariant && cpu_only { Weights::PlainCpu } else { Weights::Params(&params) };
+        Self::load_with(path, how).map_err(|e| {
             if s.n_gpu_layers > 0 && !none {
                 let on = if s.devices.is_empty() { "the default device".to_string() } else { s.devices.join(",") };
                 e.context(format!("offloading {} layers to {on}", s.n_gpu_layers))
@@ -282,10 +315,10 @@ impl LoadedModel {
 
     /// Load only the vocabulary (fast: no weights are read).
     pub fn load_vocab_only(path: &Path) -> Result<Self> {
-        Self::load_with(path, LlamaModelParams::default().with_vocab_only(true))
+        Self::load_with(path, Weights::Params(&LlamaModelParams::default().with_vocab_only(true)))
     }
 
-    fn load_with(path: &Path, params: LlamaModelParams) -> Result<Self> {
+    fn load_with(path: &Path, how: Weights<'_>) -> Result<Self> {
         if !path.is_file() {
             return Err(anyhow!("model file not found: {}", path.display()));
         }
@@ -297,9 +330,13 @@ impl LoadedModel {
         }
         let backend = backend()?;
         take_last_error();
-        match LlamaModel::load_from_file(backend, path, &params) {
-            Ok(model) => Ok(Self { model, path: path.to_path_buf(), longest_piece: std::sync::OnceLock::new() }),
-            Err(_) => {
+        let loaded = match how {
+            Weights::Params(params) => LlamaModel::load_from_file(backend, path, params).ok(),
+            Weights::PlainCpu => load_plain_cpu(path),
+        };
+        match loaded {
+            Some(model) => Ok(Self { model, path: path.to_path_buf(), longest_piece: std::sync::OnceLock::new() }),
+            None => {
                 let why = take_last_error().unwrap_or_else(|| "truncated or corrupted GGUF".to_string());
                 Err(anyhow!("cannot load model {}: {why}", path.display()))
             }
@@ -586,6 +623,20 @@ impl Model for LlamaRunner<'_> {
             }
         }
         self.ctx.kv_cache_seq_rm(seq, Some(len as u32), None).map_err(|_| ModelError::TruncateRefused { seq, len })
+    }
+    fn snapshot(&mut self, seq: SeqId) -> Option<specrun_core::model::Snapshot> {
+        let state = self.ctx.state_seq_get(seq, llama_cpp_2::context::session::LlamaStateSeqFlags::empty()).ok()?;
+        let bytes = state.byte_len();
+        Some(specrun_core::model::Snapshot::new(state, bytes))
+    }
+    fn restore(&mut self, seq: SeqId, snapshot: &specrun_core::model::Snapshot) -> Result<(), ModelError> {
+        let state = snapshot
+            .data::<llama_cpp_2::context::session::SeqState>()
+            .ok_or_else(|| ModelError::Restore("not a llama.cpp sequence state".into()))?;
+        if let Some(c) = usize::try_from(seq).ok().and_then(|i| self.rows_checked.get_mut(i)) {
+            *c = false;
+        }
+        self.ctx.state_seq_set(state, seq).map_err(|e| ModelError::Restore(e.to_string()))
     }
 }
 

@@ -11,11 +11,12 @@
 use super::{EXIT_INTERRUPTED, EXIT_NEGATIVE};
 use crate::cli::BatchArgs;
 use crate::constraint::LazyVocabulary;
+use crate::formats::openai::{self, ApiError, Endpoint, Meta, Usage};
 use crate::formats::records::{
-    check_unique_ids, id_key, parse_input, scan_output, BadRecord, ErrorRecord, Header, InputFormat, Job, OkRecord, OutputRecord,
-    PromptInput,
+    check_unique_ids, detect_format, id_key, parse_input, read_output, sidecar_path, BadRecord, ErrorRecord, Header, InputFormat, Job,
+    OkRecord, OutputRecord, PromptInput,
 };
-use crate::infer::{generate, make_drafter_with_cache, plan, with_backend, Interrupted, Plan};
+use crate::infer::{generate_cached, make_drafter_with_cache, plan, with_backend, Interrupted, Plan};
 use crate::io::{install_interrupt_handler, interrupted, is_stdout, read_text};
 use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -24,6 +25,7 @@ use sha2::{Digest, Sha256};
 use specrun_core::draft::Drafter;
 use specrun_core::engine::Engine;
 use specrun_core::model::{Model, TextCodec};
+use specrun_core::prefix_cache::PrefixCache;
 use specrun_core::stats::{Clock, GenStats};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -36,30 +38,97 @@ pub const MAX_INPUT_BYTES: u64 = 1 << 30;
 /// An output file larger than this is not resumed.
 pub const MAX_OUTPUT_BYTES: u64 = 4 << 30;
 
-/// The input format `--input-format` names, else by extension (`.txt`: one prompt per line).
-pub fn input_format(path: &Path, flag: Option<InputFormat>) -> InputFormat {
-    flag.unwrap_or(if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")) { InputFormat::Txt } else { InputFormat::Jsonl })
+/// The input format `--input-format` names, else by extension (`.txt`: one prompt per line),
+/// else by the first record (OpenAI batch lines have a `custom_id`).
+pub fn input_format(path: &Path, flag: Option<InputFormat>, text: &str) -> InputFormat {
+    flag.unwrap_or_else(|| {
+        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")) {
+            InputFormat::Txt
+        } else {
+            detect_format(text)
+        }
+    })
 }
 
-/// Where records go.
-enum Sink {
+/// Where records go, and in which format.
+struct Sink {
+    out: Out,
+    /// For an OpenAI batch input: its output lines instead of specrun's records.
+    openai: Option<OpenAiLines>,
+}
+
+enum Out {
     File(File),
     Stdout,
 }
 
 impl Sink {
+    fn new(out: Out) -> Self {
+        Self { out, openai: None }
+    }
+
     fn write_line(&mut self, line: &str) -> std::io::Result<()> {
-        match self {
-            Sink::File(f) => f.write_all(line.as_bytes()).and_then(|_| f.flush()),
-            Sink::Stdout => crate::io::out(line),
+        match &mut self.out {
+            Out::File(f) => f.write_all(line.as_bytes()).and_then(|_| f.flush()),
+            Out::Stdout => crate::io::out(line),
         }
+    }
+
+    /// One record, written whole; `job` is the input record it answers (when it could be read).
+    fn write_record(&mut self, rec: &OutputRecord, job: Option<&Job>) -> std::io::Result<()> {
+        let line = match &mut self.openai {
+            None => serde_json::to_string(rec).expect("records serialise"),
+            Some(o) => o.line(rec, job.and_then(|j| j.openai)).to_string(),
+        };
+        self.write_line(&(line + "\n"))
+    }
+}
+
+/// OpenAI Batch API output lines: `{"id", "custom_id", "response": {"status_code",
+/// "request_id", "body"}, "error"}`, the body the endpoint's response object.
+struct OpenAiLines {
+    model: String,
+    drafter: &'static str,
+    created: u64,
+    /// Prefix of request ids (the input's sha256, shortened).
+    run: String,
+    n: usize,
+}
+
+impl OpenAiLines {
+    fn line(&mut self, rec: &OutputRecord, endpoint: Option<Endpoint>) -> Value {
+        self.n += 1;
+        let request_id = format!("req_{}_{}", self.run, self.n);
+        let response = match rec {
+            OutputRecord::Ok(r) => {
+                let usage = Usage {
+                    prompt_tokens: r.n_prompt,
+                    cached_tokens: r.n_prompt_cached,
+                    completion_tokens: r.n_generated,
+                    drafter: self.drafter.to_string(),
+                    n_drafted: r.n_drafted,
+                    n_accepted: r.n_accepted,
+                    n_rounds: if r.tokens_per_round > 0.0 { (r.n_generated as f64 / r.tokens_per_round).round() as usize } else { 0 },
+                };
+                // specrun's "context" (the context filled) is a length cut to OpenAI
+                let finish = if r.finish_reason == "context" { "length" } else { r.finish_reason.as_str() };
+                let meta = Meta { id: request_id.clone(), created: self.created, model: self.model.clone() };
+                let body = openai::response(endpoint.unwrap_or(Endpoint::Chat), &meta, &r.text, finish, &usage);
+                serde_json::json!({"status_code": 200, "request_id": request_id, "body": body})
+            }
+            OutputRecord::Error(e) => {
+                let body = ApiError::new(400, "invalid_request_error", None, e.error.clone()).body();
+                serde_json::json!({"status_code": 400, "request_id": request_id, "body": body})
+            }
+        };
+        serde_json::json!({"id": format!("batch_{request_id}"), "custom_id": rec.id(), "response": response, "error": null})
     }
 }
 
 /// `specrun batch`. Fatal errors are returned (one line, exit 2).
 pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
     let text = read_text(&args.input, MAX_INPUT_BYTES)?;
-    let format = input_format(&args.input, args.input_format);
+    let format = input_format(&args.input, args.input_format, &text);
     let records = parse_input(&text, format);
     if records.is_empty() {
         bail!("{}: no records (the file is empty)", args.input.display());
@@ -73,6 +142,15 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
     crate::infer::calibration::attach(&mut plan, args.models.mock);
     let header = Header::new(format!("{:x}", Sha256::digest(text.as_bytes())), fingerprint(&plan, args, format));
     let (mut sink, done) = prepare_output(args, &header)?;
+    if format == InputFormat::Openai {
+        sink.openai = Some(OpenAiLines {
+            model: plan.pair.clone().unwrap_or_else(|| plan.target.name.clone()),
+            drafter: plan.drafter.map_or("none", |d| d.as_str()),
+            created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            run: header.specrun_batch.input_sha256[..12].to_string(),
+            n: done.len(),
+        });
+    }
     // an output whose header matches holds only this input's ids, unless it was edited
     let ids: HashSet<String> = records.iter().map(|r| id_key(&record_id(r))).collect();
     if let Some(stranger) = done.iter().find(|d| !ids.contains(*d)) {
@@ -97,6 +175,15 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
         }
         run_records(target, drafter, codec, clock, &plan, args, &todo, done.len(), &mut sink)
     })
+}
+
+/// The prefix cache's budget: `--cache-ram`, none with `--no-prefix-cache`.
+fn prefix_cache_bytes(args: &BatchArgs) -> usize {
+    if args.no_prefix_cache {
+        0
+    } else {
+        crate::backend::prefix_cache_bytes(args.cache_ram)
+    }
 }
 
 /// Records in flight: `--parallel`, else the pair's `parallel`, else 1.
@@ -165,7 +252,12 @@ fn run_parallel(
     let end = run_continuous(
         &mut engine,
         jobs,
-        Slots { n_parallel, prefill: crate::infer::plan::prefill(args.prefill_chunk), prompt_cache: args.prompt_cache },
+        Slots {
+            n_parallel,
+            prefill: crate::infer::plan::prefill(args.prefill_chunk),
+            prompt_cache: args.prompt_cache,
+            prefix_cache_bytes: prefix_cache_bytes(args),
+        },
         &mut costs,
         clock,
         &interrupted,
@@ -232,8 +324,7 @@ fn run_parallel(
                     }
                     OutputRecord::Error(_) => totals.failed += 1,
                 }
-                let line = serde_json::to_string(&rec).expect("records serialise") + "\n";
-                if let Err(e) = sink.write_line(&line) {
+                if let Err(e) = sink.write_record(&rec, todo[next].as_ref().ok()) {
                     write_error = Some(anyhow::Error::new(e).context(format!("{out_name}: cannot write")));
                 }
                 next += 1;
@@ -251,7 +342,7 @@ fn run_parallel(
             OutputRecord::Ok(_) => totals.ok += 1,
             OutputRecord::Error(_) => totals.failed += 1,
         }
-        sink.write_line(&(serde_json::to_string(&rec)? + "\n")).with_context(|| format!("{out_name}: cannot write"))?;
+        sink.write_record(&rec, todo[next].as_ref().ok()).with_context(|| format!("{out_name}: cannot write"))?;
         next += 1;
     }
     bar.finish_and_clear();
@@ -297,10 +388,15 @@ fn run_parallel(
                 bstats.n_pauses, bstats.n_paused_rounds
             ));
         }
-        if bstats.n_prompt_cached > 0 {
+        let from_slots = bstats.n_prompt_cached - bstats.n_prompt_restored;
+        if from_slots > 0 {
+            crate::io::note(format!("prompts   {from_slots} tokens kept from the record before in the slot (--prompt-cache)"));
+        }
+        if bstats.n_prompt_restored > 0 {
+            let p = &bstats.prefix_cache;
             crate::io::note(format!(
-                "prompts   {} tokens kept from the record before in the slot (--prompt-cache)",
-                bstats.n_prompt_cached
+                "prompts   {} tokens restored from the prefix cache in {} records ({} entries kept, {} evicted; --cache-ram)",
+                bstats.n_prompt_restored, p.n_restores, p.n_saved, p.n_evicted
             ));
         }
         if bstats.n_prompt_rounds > 0 {
@@ -353,6 +449,7 @@ fn ok_record(job: &Job, r: crate::formats::report::RunReport) -> OkRecord {
         text: r.text,
         finish_reason: r.finish_reason,
         n_prompt: r.n_prompt,
+        n_prompt_cached: r.n_prompt_cached,
         n_generated: r.n_generated,
         n_drafted: r.n_drafted,
         n_accepted: r.n_accepted,
@@ -415,14 +512,11 @@ fn record_id(r: &Result<Job, BadRecord>) -> Value {
 /// and the ids it already holds.
 fn prepare_output(args: &BatchArgs, header: &Header) -> Result<(Sink, HashSet<String>)> {
     let out = &args.output;
-    let header_line = serde_json::to_string(header)? + "\n";
     if is_stdout(out) {
         if args.resume {
             bail!("--resume needs an output file, not - (stdout)");
         }
-        let mut sink = Sink::Stdout;
-        sink.write_line(&header_line).context("cannot write the output")?;
-        return Ok((sink, HashSet::new()));
+        return Ok((Sink::new(Out::Stdout), HashSet::new()));
     }
     let name = out.display().to_string();
     let existed = match std::fs::metadata(out) {
@@ -447,7 +541,7 @@ fn prepare_output(args: &BatchArgs, header: &Header) -> Result<(Sink, HashSet<St
     let mut keep = 0u64;
     if existed && args.resume {
         let text = read_text(out, MAX_OUTPUT_BYTES)?;
-        let state = scan_output(&text).map_err(|e| anyhow!("{name}: {e}; refusing to resume (is -o the right file?)"))?;
+        let state = read_output(out, &text).map_err(|e| anyhow!("{name}: {e}; refusing to resume (is -o the right file?)"))?;
         if let Some(old) = &state.header {
             if let Some(why) = old.mismatch(header) {
                 bail!("{name} cannot be resumed: {why} (run with the same input and settings, or --overwrite)");
@@ -461,11 +555,22 @@ fn prepare_output(args: &BatchArgs, header: &Header) -> Result<(Sink, HashSet<St
     }
     file.set_len(keep).with_context(|| format!("{name}: cannot write"))?;
     file.seek(SeekFrom::End(0)).with_context(|| format!("{name}: cannot write"))?;
-    let mut sink = Sink::File(file);
     if keep == 0 {
-        sink.write_line(&header_line).with_context(|| format!("{name}: cannot write"))?;
+        write_sidecar(out, header)?;
     }
-    Ok((sink, done))
+    Ok((Sink::new(Out::File(file)), done))
+}
+
+/// The output's settings, beside it ([`sidecar_path`]), written whole or not at all.
+fn write_sidecar(out: &Path, header: &Header) -> Result<()> {
+    let path = sidecar_path(out);
+    let name = path.display().to_string();
+    if same_file::is_same_file(&path, out).unwrap_or(false) {
+        bail!("{name} is the output itself");
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(header)? + "\n").with_context(|| format!("{name}: cannot write"))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("{name}: cannot write"))
 }
 
 struct Totals {
@@ -491,17 +596,18 @@ fn run_records(
     let bar = progress_bar(args, todo.len());
     let vocab = LazyVocabulary::new(codec, &*target);
     let mut engine = Engine::new(target, drafter, plan.gen.clone());
+    let mut store = PrefixCache::new(prefix_cache_bytes(args));
     let mut totals = Totals { ok: 0, failed: 0, stats: GenStats::default() };
     for (i, rec) in todo.iter().enumerate() {
         if args.debug_crash_after == Some(i) {
-            if let Sink::File(f) = sink {
+            if let Out::File(f) = &mut sink.out {
                 f.write_all(b"{\"id\": \"half a rec")?;
                 f.flush()?;
             }
             std::process::abort();
         }
         let record = match rec {
-            Ok(job) => match run_job(&mut engine, codec, &vocab, plan, args, job, clock) {
+            Ok(job) => match run_job(&mut engine, codec, &vocab, plan, args, job, &mut store, clock) {
                 Ok((r, generated)) => {
                     if let Some(tokens) = generated {
                         engine.drafter.learn(&tokens);
@@ -525,8 +631,7 @@ fn run_records(
             OutputRecord::Ok(_) => totals.ok += 1,
             OutputRecord::Error(_) => totals.failed += 1,
         }
-        let line = serde_json::to_string(&record)? + "\n";
-        sink.write_line(&line).with_context(|| format!("{out_name}: cannot write"))?;
+        sink.write_record(&record, rec.as_ref().ok()).with_context(|| format!("{out_name}: cannot write"))?;
         if let OutputRecord::Ok(r) = &record {
             totals.stats.n_generated += r.n_generated;
             totals.stats.n_drafted += r.n_drafted;
@@ -543,6 +648,13 @@ fn run_records(
     bar.finish_and_clear();
     if !args.quiet {
         print_summary(&totals, n_skipped, (clock.now() - t0).as_secs_f64());
+        let p = &store.stats;
+        if p.n_restores > 0 {
+            crate::io::note(format!(
+                "prompts   {} tokens restored from the prefix cache in {} records ({} entries kept, {} evicted; --cache-ram)",
+                p.n_restored_tokens, p.n_restores, p.n_saved, p.n_evicted
+            ));
+        }
     }
     Ok(if totals.failed > 0 { ExitCode::from(EXIT_NEGATIVE) } else { ExitCode::SUCCESS })
 }
@@ -582,6 +694,7 @@ fn run_job<T: Model, D: Drafter>(
     plan: &Plan,
     args: &BatchArgs,
     job: &Job,
+    store: &mut PrefixCache,
     clock: &dyn Clock,
 ) -> Result<(OutputRecord, Option<Vec<specrun_core::model::Token>>)> {
     let fail = |e: String| Ok((OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: e }), None));
@@ -590,7 +703,7 @@ fn run_job<T: Model, D: Drafter>(
         Err(e) => return fail(e),
     };
     engine.config = config;
-    let g = generate(engine, codec, &tokens, clock, None, &job.stop, &interrupted)?;
+    let g = generate_cached(engine, codec, &tokens, store, clock, &job.stop, &interrupted)?;
     let record = OutputRecord::Ok(ok_record(job, g.report));
     Ok((record, Some(g.tokens)))
 }

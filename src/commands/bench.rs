@@ -81,7 +81,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
     let write_best_to = if args.write_best { Some(write_best_target(args)?) } else { None };
     let prompts_path = args.prompts.as_deref().ok_or_else(|| anyhow!("--prompts is required"))?;
     let text = read_text(prompts_path, super::batch::MAX_INPUT_BYTES).map_err(|e| anyhow!("--prompts {e}"))?;
-    let format = super::batch::input_format(prompts_path, None);
+    let format = super::batch::input_format(prompts_path, None, &text);
     let prompts = parse_input(&text, format)
         .into_iter()
         .map(|r| {

@@ -18,6 +18,7 @@ pub mod config;
 pub mod devices;
 pub mod run;
 pub mod serve;
+mod serve_text;
 pub mod shards;
 
 use crate::cli::{Cli, Command};

@@ -8,6 +8,7 @@
 //! port opens; SIGINT/SIGTERM stop accepting, let requests in flight finish within `--grace`
 //! seconds, then cancel what is left and exit 0.
 
+use super::serve_text::TextRoutes;
 use crate::cli::ServeArgs;
 use crate::formats::openai::{chunk, parse_request, response, ApiError, CompletionRequest, Endpoint, Meta, Usage};
 use crate::infer::plan::{prefill, sequences_in_flight};
@@ -55,6 +56,8 @@ struct AppState {
     next_id: AtomicU64,
     /// Shutdown began: a request whose events end early was cut by the grace period.
     stopping: AtomicBool,
+    /// `/tokenize`, `/detokenize`, `/apply-template`, `/props`.
+    text: TextRoutes,
 }
 
 /// What the model thread reports once the models are loaded.
@@ -73,12 +76,18 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
     let mut plan = plan(&args.models.selection(), &args.gen.overrides())?;
     crate::infer::calibration::attach(&mut plan, args.models.mock);
     let n_parallel = sequences_in_flight(args.parallel.or(plan.parallel), &plan, 4);
-    let slots = Slots { n_parallel, prefill: prefill(args.prefill_chunk), prompt_cache: args.prompt_cache };
+    let slots = Slots {
+        n_parallel,
+        prefill: prefill(args.prefill_chunk),
+        prompt_cache: args.prompt_cache,
+        prefix_cache_bytes: crate::backend::prefix_cache_bytes(args.cache_ram),
+    };
     plan.target.n_seq = n_parallel as u32;
     if let Some(d) = &mut plan.draft {
         d.n_seq = n_parallel as u32;
     }
     let model = args.alias.clone().or_else(|| plan.pair.clone()).unwrap_or_else(|| plan.target.name.clone());
+    let text = text_routes(&plan, mock_of(args), &model, n_parallel, args)?;
     let metrics = Arc::new(Metrics::default());
     let cancel = Arc::new(AtomicBool::new(false));
     // a queue of at least one: a request is either in a slot, waiting here, or refused
@@ -128,6 +137,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         strict_model: args.strict_model,
         next_id: AtomicU64::new(1),
         stopping: AtomicBool::new(false),
+        text,
     });
     let served = runtime.block_on(run_http(args, state, n_parallel));
     // every handler is gone, so is the queue's sender: the model thread finishes and returns
@@ -213,6 +223,10 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/metrics", get(metrics))
+        .route("/tokenize", post(|s: State<Arc<AppState>>, r: Request| text_route(s, r, TextRoutes::tokenize)))
+        .route("/detokenize", post(|s: State<Arc<AppState>>, r: Request| text_route(s, r, TextRoutes::detokenize)))
+        .route("/apply-template", post(|s: State<Arc<AppState>>, r: Request| text_route(s, r, TextRoutes::apply_template)))
+        .route("/props", get(|State(state): State<Arc<AppState>>| async move { Json(state.text.props.clone()) }))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
@@ -248,6 +262,61 @@ async fn require_key(State(state): State<Arc<AppState>>, req: Request, next: Nex
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({"object": "list", "data": [{"id": state.model, "object": "model", "created": 0, "owned_by": "specrun"}]}))
+}
+
+/// The tokenizer the text routes use (a vocabulary-only copy of the target, no weights) and
+/// what `/props` says.
+fn text_routes(plan: &crate::infer::Plan, mock: bool, model: &str, n_parallel: usize, args: &ServeArgs) -> Result<TextRoutes> {
+    let (codec, n_vocab): (Box<dyn specrun_core::model::TextCodec + Send + Sync>, usize) = if mock {
+        (Box::new(specrun_core::mock::MockCodec { n_vocab: crate::infer::MOCK_VOCAB, text: true }), crate::infer::MOCK_VOCAB)
+    } else {
+        vocab_only(plan)?
+    };
+    let props = json!({
+        "model": model,
+        "model_path": plan.target.path.file_name().map(|n| n.to_string_lossy().into_owned()),
+        "total_slots": n_parallel,
+        "n_ctx": plan.target.n_ctx,
+        "drafter": plan.drafter.map_or("none", |d| d.as_str()),
+        "deterministic": plan.target.batch_invariant,
+        "cache_ram_mib": args.cache_ram,
+        "build_info": crate::commands::long_version(),
+    });
+    Ok(TextRoutes { codec, n_vocab, props })
+}
+
+#[cfg(feature = "llama")]
+fn vocab_only(plan: &crate::infer::Plan) -> Result<(Box<dyn specrun_core::model::TextCodec + Send + Sync>, usize)> {
+    let m = crate::backend::llama::LoadedModel::load_vocab_only(&plan.target.path)?;
+    let n = m.n_vocab();
+    Ok((Box::new(m), n))
+}
+
+#[cfg(not(feature = "llama"))]
+fn vocab_only(_plan: &crate::infer::Plan) -> Result<(Box<dyn specrun_core::model::TextCodec + Send + Sync>, usize)> {
+    Err(anyhow!("this build has no llama.cpp backend (use --mock)"))
+}
+
+fn mock_of(args: &ServeArgs) -> bool {
+    args.models.mock
+}
+
+/// A text route: the body as JSON, answered by `f` (a JSON error naming the field otherwise).
+async fn text_route(State(state): State<Arc<AppState>>, req: Request, f: fn(&TextRoutes, &Value) -> Result<Value, ApiError>) -> Response {
+    let (_, body) = match read_body(req).await {
+        Ok(x) => x,
+        Err(e) => return error(e),
+    };
+    let value = match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error(ApiError::new(400, "invalid_request_error", Some("invalid_json"), format!("the body is not valid JSON: {e}")))
+        }
+    };
+    match f(&state.text, &value) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(e),
+    }
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

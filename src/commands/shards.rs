@@ -4,7 +4,7 @@
 
 use super::batch::{input_format, MAX_INPUT_BYTES, MAX_OUTPUT_BYTES};
 use crate::cli::ShardsArgs;
-use crate::formats::records::{id_key, parse_input, scan_output, BadRecord, Job};
+use crate::formats::records::{id_key, parse_input, read_output, BadRecord, Job};
 use crate::io::{out, read_text};
 use anyhow::{anyhow, bail, Result};
 use sha2::{Digest, Sha256};
@@ -21,7 +21,7 @@ fn id_of(r: &Result<Job, BadRecord>) -> serde_json::Value {
 pub fn shards(args: &ShardsArgs) -> Result<ExitCode> {
     let text = read_text(&args.input, MAX_INPUT_BYTES)?;
     let sha = format!("{:x}", Sha256::digest(text.as_bytes()));
-    let records = parse_input(&text, input_format(&args.input, args.input_format));
+    let records = parse_input(&text, input_format(&args.input, args.input_format, &text));
     let mut count: HashMap<String, usize> = records.iter().map(|r| (id_key(&id_of(r)), 0)).collect();
     let mut unknown = Vec::new();
     // the shards must have been made alike: the settings that change results, by output
@@ -30,7 +30,7 @@ pub fn shards(args: &ShardsArgs) -> Result<ExitCode> {
     let mut failed = 0usize;
     for o in &args.outputs {
         let t = read_text(o, MAX_OUTPUT_BYTES)?;
-        let state = scan_output(&t).map_err(|e| anyhow!("{}: {e}", o.display()))?;
+        let state = read_output(o, &t).map_err(|e| anyhow!("{}: {e}", o.display()))?;
         let Some(header) = state.header else { bail!("{}: empty, or its header was cut off", o.display()) };
         if header.specrun_batch.input_sha256 != sha {
             bail!("{} was made from another input than {} (sha256 differs)", o.display(), args.input.display());
@@ -49,7 +49,7 @@ pub fn shards(args: &ShardsArgs) -> Result<ExitCode> {
                 }
             }
         }
-        failed += t.lines().skip(1).filter(|l| l.starts_with("{\"id\"") && l.contains("\"error\":")).count();
+        failed += state.n_failed;
         for id in state.done {
             match count.get_mut(&id) {
                 Some(n) => *n += 1,

@@ -53,6 +53,9 @@ pub struct ModelEntry {
     pub kv_offload: Option<Spanned<bool>>,
     /// One KV buffer for all sequences in flight (default true) or one per sequence.
     pub kv_unified: Option<Spanned<bool>>,
+    /// Batch-invariant decoding (default false): a token's logits do not depend on what else
+    /// is in the decode. Applies to the target; runs it on the CPU.
+    pub deterministic: Option<Spanned<bool>>,
 }
 
 /// A draft/target pair with optional generation defaults. Every value keeps its location in
@@ -182,6 +185,7 @@ impl Config {
             cache_type_v: self.setting(&m.cache_type_v, "cache_type_v"),
             kv_offload: self.setting(&m.kv_offload, "kv_offload"),
             kv_unified: self.setting(&m.kv_unified, "kv_unified"),
+            deterministic: self.setting(&m.deterministic, "deterministic"),
         }
     }
 
@@ -245,6 +249,7 @@ pub struct ModelSettings {
     pub cache_type_v: Option<Setting<crate::settings::KvType>>,
     pub kv_offload: Option<Setting<bool>>,
     pub kv_unified: Option<Setting<bool>>,
+    pub deterministic: Option<Setting<bool>>,
 }
 
 /// Where the models file comes from.

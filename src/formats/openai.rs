@@ -286,7 +286,7 @@ fn parse_grammar(obj: &Map<String, Value>) -> Result<Option<(&'static str, Gramm
     })
 }
 
-fn parse_messages(v: Option<&Value>) -> Result<Vec<(String, String)>, ApiError> {
+pub fn parse_messages(v: Option<&Value>) -> Result<Vec<(String, String)>, ApiError> {
     let arr = match v {
         Some(Value::Array(a)) if !a.is_empty() => a,
         Some(Value::Array(_)) => return Err(ApiError::invalid("messages", "messages must not be empty")),

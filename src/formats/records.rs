@@ -36,10 +36,19 @@
 //! | `decode_tok_per_s` | float | generated tokens per second of decoding |
 //! | `n_forced`, `n_forced_accepted` | int | tokens the record's constraint forced, and accepted (only with a constraint) |
 //!
-//! The first line of an output file is a [`Header`]:
-//! `{"specrun_batch": {"format": 1, "input_sha256": "…", "settings": {…}}}` — what the file was
-//! made from. Every later line is one record; readers that only want records skip line 1 (or
-//! keep the lines that have an `id`).
+//! The output holds records only. What it was made from, a [`Header`]
+//! (`{"specrun_batch": {"format": 1, "input_sha256": "…", "settings": {…}}}`), is written
+//! beside it, to `OUT.specrun.json` ([`sidecar_path`]); outputs written before that carried it
+//! on their first line, which resuming still reads.
+//!
+//! # OpenAI Batch API files
+//!
+//! A JSON Lines input whose first record has a `custom_id` is an OpenAI batch input
+//! ([`detect_format`]; `--input-format openai` says so): `{"custom_id", "method": "POST",
+//! "url": "/v1/chat/completions" | "/v1/completions", "body": {…}}`, the body checked as the
+//! server checks a request. Its output lines are the Batch API's (`{"id", "custom_id",
+//! "response": {"status_code", "request_id", "body"}, "error"}`); resuming reads them by
+//! `custom_id`.
 //!
 //! # Ids
 //!
@@ -49,12 +58,13 @@
 //!
 //! # Resuming
 //!
-//! [`scan_output`] reads an earlier output file: its header must match this run's input and
-//! settings, the ids it holds are skipped, and only a last line cut off by a crash (no final
+//! [`read_output`] reads an earlier output file and its sidecar: the header must match this
+//! run's input and settings, the ids it holds are skipped, and only a last line cut off by a crash (no final
 //! newline) is cut away before appending. Any other line that is not a record is an error: a
 //! resume never truncates what this program did not write.
 
 use crate::constraint::Grammar;
+use crate::formats::openai::{parse_request, Endpoint};
 use crate::settings::{Origin, Overrides, Setting};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -113,11 +123,13 @@ pub struct Job {
     pub stop: Vec<String>,
     /// What the output must follow.
     pub grammar: Option<Grammar>,
+    /// The endpoint of an OpenAI batch line (its output is that endpoint's response object).
+    pub openai: Option<Endpoint>,
 }
 
 impl Job {
     fn plain(id: Value, line: usize, input: PromptInput) -> Self {
-        Self { id, line, input, overrides: Overrides::default(), stop: vec![], grammar: None }
+        Self { id, line, input, overrides: Overrides::default(), stop: vec![], grammar: None, openai: None }
     }
 }
 
@@ -132,8 +144,72 @@ pub struct BadRecord {
 /// The input file's format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum InputFormat {
+    /// specrun's records (below).
     Jsonl,
+    /// One prompt per line.
     Txt,
+    /// The OpenAI Batch API's input: `{"custom_id", "method", "url", "body"}` a line.
+    Openai,
+}
+
+/// A JSON Lines file's format by its first record: OpenAI batch lines have a `custom_id`.
+pub fn detect_format(text: &str) -> InputFormat {
+    let first = text.lines().find(|l| !l.trim().is_empty());
+    let openai = first.and_then(|l| serde_json::from_str::<Value>(l).ok()).is_some_and(|v| v.get("custom_id").is_some());
+    if openai {
+        InputFormat::Openai
+    } else {
+        InputFormat::Jsonl
+    }
+}
+
+/// The endpoints an OpenAI batch line may name in `url`.
+const OPENAI_URLS: [(&str, Endpoint); 2] = [("/v1/chat/completions", Endpoint::Chat), ("/v1/completions", Endpoint::Completions)];
+
+/// One line of an OpenAI batch input file: its `body` is checked as the server checks a request.
+fn check_openai(raw: &str, line: usize) -> Result<Job, BadRecord> {
+    let value: Value = serde_json::from_str(raw).map_err(|e| {
+        let msg = e.to_string();
+        let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m).to_string();
+        BadRecord { id: Value::from(line), line, error: format!("line {line}, column {}: {msg}", e.column()) }
+    })?;
+    let id = value.get("custom_id").cloned().filter(Value::is_string).unwrap_or_else(|| Value::from(line));
+    let bad = |error: String| BadRecord { id: id.clone(), line, error: format!("line {line}: {error}") };
+    let obj = value.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
+    if let Some(k) = obj.keys().find(|k| !["custom_id", "method", "url", "body"].contains(&k.as_str())) {
+        return Err(bad(format!("unknown field `{k}` (an OpenAI batch line has custom_id, method, url, body)")));
+    }
+    if !obj.get("custom_id").is_some_and(Value::is_string) {
+        return Err(bad("custom_id must be a string".into()));
+    }
+    if let Some(m) = obj.get("method").filter(|m| m.as_str() != Some("POST")) {
+        return Err(bad(format!("method must be \"POST\", got {m}")));
+    }
+    let url = obj.get("url").and_then(Value::as_str).ok_or_else(|| bad("url must be a string".into()))?;
+    let endpoint = OPENAI_URLS
+        .iter()
+        .find(|(u, _)| *u == url)
+        .map(|(_, e)| *e)
+        .ok_or_else(|| bad(format!("url {url:?} is not supported (/v1/chat/completions, /v1/completions)")))?;
+    let body = obj.get("body").ok_or_else(|| bad("missing body".into()))?;
+    let req = parse_request(endpoint, body, u32::MAX as usize).map_err(|e| match &e.param {
+        Some(p) if !p.is_empty() => bad(format!("body.{p}: {}", e.message)),
+        _ => bad(format!("body: {}", e.message)),
+    })?;
+    if let PromptInput::Chat(m) = &req.prompt {
+        if m.is_empty() {
+            return Err(bad("body.messages is empty".into()));
+        }
+    }
+    Ok(Job {
+        id,
+        line,
+        input: req.prompt,
+        overrides: req.overrides.at_line(line),
+        stop: req.stops,
+        grammar: req.grammar.map(|(_, g)| g),
+        openai: Some(endpoint),
+    })
 }
 
 /// A finished record.
@@ -144,6 +220,11 @@ pub struct OkRecord {
     pub text: String,
     pub finish_reason: String,
     pub n_prompt: usize,
+    /// Prompt tokens not read (restored from the prefix cache, or kept in the slot): reported
+    /// in OpenAI batch output, not in records, whose bytes must not depend on what an earlier
+    /// record of the run left (a resumed run equals an uninterrupted one).
+    #[serde(skip)]
+    pub n_prompt_cached: usize,
     pub n_generated: usize,
     pub n_drafted: usize,
     pub n_accepted: usize,
@@ -238,7 +319,7 @@ fn check(rec: InputRecord, line: usize) -> Result<Job, BadRecord> {
     } else {
         rec.regex.map(Grammar::Regex)
     };
-    Ok(Job { id, line, input, overrides, stop: rec.stop.unwrap_or_default(), grammar })
+    Ok(Job { id, line, input, overrides, stop: rec.stop.unwrap_or_default(), grammar, openai: None })
 }
 
 /// Parse a whole input file. Blank lines are skipped; a line that is not a valid record
@@ -252,6 +333,7 @@ pub fn parse_input(text: &str, format: InputFormat) -> Vec<Result<Job, BadRecord
         }
         out.push(match format {
             InputFormat::Txt => Ok(Job::plain(Value::from(line), line, PromptInput::Text(raw.to_string()))),
+            InputFormat::Openai => check_openai(raw, line),
             InputFormat::Jsonl => match serde_json::from_str::<InputRecord>(raw) {
                 Ok(rec) => check(rec, line),
                 Err(e) => {
@@ -330,15 +412,18 @@ pub struct ResumeState {
     pub done: HashSet<String>,
     /// Bytes of the file that are whole lines; anything after is a cut-off line to remove.
     pub valid_len: usize,
-    /// Whole records kept.
+    /// Whole records kept, and how many of them are errors.
     pub n_records: usize,
+    pub n_failed: usize,
 }
 
 /// Why an existing file cannot be resumed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScanError {
-    #[error("line 1 is not a specrun batch header (this program did not write the file)")]
-    NoHeader,
+    #[error("{sidecar} is missing (this program did not write the file, or not its settings)")]
+    NoHeader { sidecar: String },
+    #[error("{sidecar} is not a specrun batch settings file")]
+    BadSidecar { sidecar: String },
     #[error("line {line} is not a specrun output record")]
     NotARecord { line: usize },
     #[error("line {line} repeats id {id} (an output holds each record once)")]
@@ -356,17 +441,65 @@ pub fn scan_output(text: &str) -> Result<ResumeState, ScanError> {
             break; // cut off mid-write: redone
         }
         let body = line.trim_end();
-        if i == 0 {
-            state.header = Some(serde_json::from_str::<Header>(body).map_err(|_| ScanError::NoHeader)?);
+        // outputs written before the settings moved to a sidecar begin with them
+        let legacy_header = if i == 0 { serde_json::from_str::<Header>(body).ok() } else { None };
+        if legacy_header.is_some() {
+            state.header = legacy_header;
         } else {
-            let rec = serde_json::from_str::<OutputRecord>(body).map_err(|_| ScanError::NotARecord { line: i + 1 })?;
-            if !state.done.insert(id_key(rec.id())) {
-                return Err(ScanError::DuplicateId { line: i + 1, id: id_key(rec.id()) });
+            let (id, failed) = output_line_id(body).ok_or(ScanError::NotARecord { line: i + 1 })?;
+            if !state.done.insert(id_key(&id)) {
+                return Err(ScanError::DuplicateId { line: i + 1, id: id_key(&id) });
             }
             state.n_records += 1;
+            state.n_failed += usize::from(failed);
         }
         pos += line.len();
         state.valid_len = pos;
+    }
+    Ok(state)
+}
+
+/// The id of an output line (a specrun record, or an OpenAI batch output line by its
+/// `custom_id`) and whether it is an error.
+fn output_line_id(line: &str) -> Option<(Value, bool)> {
+    if let Ok(rec) = serde_json::from_str::<OutputRecord>(line) {
+        return Some((rec.id().clone(), matches!(rec, OutputRecord::Error(_))));
+    }
+    let v: OpenAiOutputLine = serde_json::from_str(line).ok()?;
+    let failed =
+        v.error.is_some_and(|e| !e.is_null()) || v.response.and_then(|r| r.get("status_code").and_then(Value::as_u64)) != Some(200);
+    Some((Value::String(v.custom_id), failed))
+}
+
+/// An OpenAI batch output line, as far as resuming reads it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenAiOutputLine {
+    #[allow(dead_code)]
+    id: String,
+    custom_id: String,
+    response: Option<Value>,
+    error: Option<Value>,
+}
+
+/// Where an output file's settings live: beside it, `OUT.specrun.json`, so that the output
+/// itself holds records only.
+pub fn sidecar_path(output: &std::path::Path) -> std::path::PathBuf {
+    let mut name = output.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".specrun.json");
+    output.with_file_name(name)
+}
+
+/// An earlier output and its settings: the sidecar's header (or, for older outputs, the one
+/// on the output's first line); none at all is an error once the output holds anything.
+pub fn read_output(output: &std::path::Path, text: &str) -> Result<ResumeState, ScanError> {
+    let mut state = scan_output(text)?;
+    let sidecar = sidecar_path(output);
+    let name = sidecar.display().to_string();
+    match std::fs::read_to_string(&sidecar) {
+        Ok(s) => state.header = Some(serde_json::from_str(&s).map_err(|_| ScanError::BadSidecar { sidecar: name })?),
+        Err(_) if state.header.is_none() && !text.is_empty() => return Err(ScanError::NoHeader { sidecar: name }),
+        Err(_) => {}
     }
     Ok(state)
 }
@@ -448,9 +581,62 @@ mod tests {
 
     #[test]
     fn resume_never_truncates_lines_it_did_not_write() {
-        assert_eq!(scan_output("{\"id\": 1, \"prompt\": \"an input file\"}\n"), Err(ScanError::NoHeader));
+        assert_eq!(scan_output("{\"id\": 1, \"prompt\": \"an input file\"}\n"), Err(ScanError::NotARecord { line: 1 }));
         let text = format!("{}{{\"id\":1,\"error\":\"x\"}}\nsomething else\n{{\"id\":2,\"error\":\"x\"}}\n", header());
         assert_eq!(scan_output(&text), Err(ScanError::NotARecord { line: 3 }));
+    }
+
+    #[test]
+    fn an_output_without_its_settings_is_not_resumed_and_one_with_them_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.jsonl");
+        assert_eq!(sidecar_path(&out), dir.path().join("out.jsonl.specrun.json"));
+        let records = "{\"id\":\"a\",\"error\":\"boom\"}\n";
+        assert!(matches!(read_output(&out, records), Err(ScanError::NoHeader { .. })));
+        // nothing written yet: nothing to check
+        assert_eq!(read_output(&out, "").unwrap().header, None);
+        std::fs::write(sidecar_path(&out), "not json").unwrap();
+        assert!(matches!(read_output(&out, records), Err(ScanError::BadSidecar { .. })));
+        std::fs::write(sidecar_path(&out), header()).unwrap();
+        let state = read_output(&out, records).unwrap();
+        assert_eq!(state.header.unwrap().specrun_batch.input_sha256, "abc");
+        assert_eq!((state.n_records, state.n_failed), (1, 1));
+    }
+
+    #[test]
+    fn openai_batch_lines_become_jobs_and_their_outputs_resume() {
+        let text = concat!(
+            r#"{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 9, "stop": "\n", "store": true}}"#,
+            "\n",
+            r#"{"custom_id": "b", "url": "/v1/completions", "body": {"prompt": "x", "temperature": -1}}"#,
+            "\n",
+            r#"{"custom_id": "c", "method": "GET", "url": "/v1/completions", "body": {"prompt": "x"}}"#,
+            "\n",
+            r#"{"custom_id": "d", "url": "/v1/completions", "body": {"prompt": "x"}, "extra": 1}"#,
+            "\n",
+        );
+        assert_eq!(detect_format(text), InputFormat::Openai);
+        assert_eq!(detect_format("{\"id\": 1, \"prompt\": \"p\"}\n"), InputFormat::Jsonl);
+        let jobs = parse_input(text, InputFormat::Openai);
+        let a = jobs[0].as_ref().unwrap();
+        assert_eq!((a.id.clone(), a.openai), (Value::from("a"), Some(Endpoint::Chat)));
+        assert_eq!(a.overrides.max_tokens, Some(Setting::new(9, Origin::Record { line: 1, key: "max_tokens" })));
+        assert_eq!(a.stop, vec!["\n".to_string()]);
+        let err = |i: usize| jobs[i].as_ref().unwrap_err().error.clone();
+        assert!(err(1).starts_with("line 2: body.temperature"), "{}", err(1));
+        assert_eq!(err(2), "line 3: method must be \"POST\", got \"GET\"");
+        assert!(err(3).starts_with("line 4: unknown field `extra`"), "{}", err(3));
+        assert_eq!(jobs[3].as_ref().unwrap_err().id, Value::from("d"));
+        // their output lines resume by custom_id; a 400 counts as failed
+        let out = concat!(
+            r#"{"id": "batch_1", "custom_id": "a", "response": {"status_code": 200, "request_id": "r1", "body": {}}, "error": null}"#,
+            "\n",
+            r#"{"id": "batch_2", "custom_id": "b", "response": {"status_code": 400, "request_id": "r2", "body": {}}, "error": null}"#,
+            "\n",
+        );
+        let state = scan_output(out).unwrap();
+        assert_eq!((state.n_records, state.n_failed), (2, 1));
+        assert!(state.done.contains("\"a\"") && state.done.contains("\"b\""));
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct RunReport {
     pub verify: String,
     pub draft_max: usize,
     pub n_prompt: usize,
+    /// Prompt tokens not read: kept in the slot or restored from the prefix cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub n_prompt_cached: usize,
     pub n_generated: usize,
     pub n_rounds: usize,
     pub n_drafted: usize,
@@ -122,6 +125,7 @@ impl RunReport {
             mean_k: s.mean_k_planned(),
             n_forced: s.n_forced,
             n_forced_accepted: s.n_forced_accepted,
+            n_prompt_cached: s.n_prompt_cached,
             n_masks: s.n_masks,
             t_prompt_s: s.t_prompt.as_secs_f64(),
             t_draft_s: s.t_draft.as_secs_f64(),
@@ -195,4 +199,8 @@ impl CompareReport {
             if self.identical { "identical" } else { "DIFFER" }
         )
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }

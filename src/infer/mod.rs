@@ -15,10 +15,11 @@ use crate::formats::report::RunReport;
 use anyhow::{bail, Context as _, Result};
 use specrun_core::detok::Utf8Stream;
 use specrun_core::draft::{Drafter, DrafterKind, ModelDrafter, NoDraft};
-use specrun_core::engine::Engine;
+use specrun_core::engine::{Engine, KeptCells};
 use specrun_core::mock::{MockClock, MockCodec, MockModel, MockSpec};
 use specrun_core::model::{Model, TextCodec, Token};
 use specrun_core::ngram::{HybridDrafter, NgramConfig, NgramDrafter};
+use specrun_core::prefix_cache::PrefixCache;
 use specrun_core::stats::{Clock, FinishReason, GenStats};
 use std::io::Write;
 use std::process::ExitCode;
@@ -105,12 +106,50 @@ pub fn generate_traced<T: Model, D: Drafter>(
     codec: &dyn TextCodec,
     prompt: &[Token],
     clock: &dyn Clock,
+    stream: Option<&mut dyn Write>,
+    stops: &[String],
+    cancel: &dyn Fn() -> bool,
+    trace: Option<&mut dyn Write>,
+) -> Result<Generated> {
+    Ok(generate_after(engine, codec, prompt, None, clock, stream, stops, cancel, trace)?.0)
+}
+
+/// [`generate`] with a prefix cache: the prompt starts from the longest prefix `store`
+/// holds, and what the sequence leaves is stored for the prompts after it.
+pub fn generate_cached<T: Model, D: Drafter>(
+    engine: &mut Engine<T, D>,
+    codec: &dyn TextCodec,
+    prompt: &[Token],
+    store: &mut PrefixCache,
+    clock: &dyn Clock,
+    stops: &[String],
+    cancel: &dyn Fn() -> bool,
+) -> Result<Generated> {
+    let head = &prompt[..prompt.len().saturating_sub(1)];
+    let cells = store.restore(engine, 0, head, KeptCells::default());
+    let restored = !cells.is_empty();
+    let (mut g, left) = generate_after(engine, codec, prompt, restored.then_some(&cells), clock, None, stops, cancel, None)?;
+    store.save(engine, 0, &left);
+    if restored {
+        g.stats.n_prompt_restored = g.stats.n_prompt_cached;
+    }
+    Ok(g)
+}
+
+/// [`generate_traced`] in a slot holding `kept`: also returns what the sequence leaves there.
+#[allow(clippy::too_many_arguments)]
+fn generate_after<T: Model, D: Drafter>(
+    engine: &mut Engine<T, D>,
+    codec: &dyn TextCodec,
+    prompt: &[Token],
+    kept: Option<&KeptCells>,
+    clock: &dyn Clock,
     mut stream: Option<&mut dyn Write>,
     stops: &[String],
     cancel: &dyn Fn() -> bool,
     mut trace: Option<&mut dyn Write>,
-) -> Result<Generated> {
-    let mut seq = engine.start(0, prompt.to_vec(), clock)?;
+) -> Result<(Generated, KeptCells)> {
+    let mut seq = engine.start_after(0, prompt.to_vec(), kept, clock)?;
     seq.trace_rounds = trace.is_some();
     // the pieces' bytes joined before decoding: a character may span two tokens
     let text_of =
@@ -166,7 +205,8 @@ pub fn generate_traced<T: Model, D: Drafter>(
     let verify = engine.config.effective_verify();
     let draft_max = if engine.drafter.is_active() { engine.config.draft_max } else { 0 };
     let report = RunReport::new(text, finish, drafter, engine.config.adaptive, verify.as_str(), draft_max, &seq.stats);
-    Ok(Generated { report, tokens: seq.generated().to_vec(), stats: seq.stats })
+    let kept = seq.kept_cells();
+    Ok((Generated { report, tokens: seq.generated().to_vec(), stats: seq.stats }, kept))
 }
 
 /// The drafter a plan asks for, over an already created draft model (if it needs one).
@@ -202,14 +242,17 @@ pub type Job<'a> = &'a mut dyn FnMut(&mut dyn Model, Option<&mut dyn Model>, &dy
 /// Load the plan's models (or mock ones) once and hand them to `job`. The mock honours the
 /// plan's context and batch sizes, and with `plan.mock_delay` sleeps in every target decode
 /// (so that tests can interrupt a long record).
+/// The mock backend's vocabulary: 97 printable tokens ([`MockCodec`]'s text mode).
+pub const MOCK_VOCAB: usize = 97;
+
 pub fn with_backend(plan: &Plan, mock: bool, job: Job<'_>) -> Result<ExitCode> {
     if mock {
         let spec = MockSpec {
             n_ctx: plan.target.n_ctx as usize,
             n_batch: plan.target.n_batch as usize,
             n_seq: plan.target.n_seq as usize,
-            // printable text (97 tokens, see `MockCodec::text`), so that grammars run on it
-            n_vocab: 97,
+            // printable text (see `MockCodec::text`), so that grammars run on it
+            n_vocab: MOCK_VOCAB,
             ..MockSpec::target(1)
         };
         let clock = MockClock::new();
@@ -277,7 +320,11 @@ fn load(p: &ModelPlan) -> Result<crate::backend::llama::LoadedModel> {
     if !p.path.is_file() {
         bail!("model file not found: {} (model '{}'; fetch the default models with scripts/fetch_models.py)", p.path.display(), p.name);
     }
-    let s = crate::backend::llama::LoadSettings { n_gpu_layers: p.n_gpu_layers, devices: p.devices.clone() };
+    let s = crate::backend::llama::LoadSettings {
+        n_gpu_layers: p.n_gpu_layers,
+        devices: p.devices.clone(),
+        batch_invariant: p.batch_invariant,
+    };
     crate::backend::llama::LoadedModel::load_on(&p.path, &s).with_context(|| format!("model '{}'", p.name))
 }
 

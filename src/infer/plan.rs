@@ -62,6 +62,9 @@ pub struct ModelPlan {
     pub kv_offload: bool,
     /// Sequences in flight share one KV buffer (one ubatch per decode) instead of one stream each.
     pub kv_unified: bool,
+    /// Batch-invariant decoding (`--deterministic`): plain CPU weights, flash attention, no
+    /// batch-size-dependent kernels.
+    pub batch_invariant: bool,
 }
 
 impl ModelPlan {
@@ -69,13 +72,14 @@ impl ModelPlan {
     pub fn placement(&self) -> String {
         let devices = if self.devices.is_empty() { "default devices".to_string() } else { self.devices.join(",") };
         format!(
-            "{devices}, {} GPU layers, KV {}/{}{}{}, flash attention {}",
+            "{devices}, {} GPU layers, KV {}/{}{}{}, flash attention {}{}",
             self.n_gpu_layers,
             self.type_k.as_str(),
             self.type_v.as_str(),
             if self.kv_offload { "" } else { " on the host" },
             if self.kv_unified { "" } else { " per sequence" },
-            self.flash_attn.as_str()
+            self.flash_attn.as_str(),
+            if self.batch_invariant { ", batch-invariant" } else { "" }
         )
     }
 }
@@ -178,20 +182,57 @@ fn model_plan(name: &str, path: &Path, file: &ModelSettings, cache: &Path, sel: 
         let at = origin.map_or(String::new(), |o| format!("{o}: "));
         bail!("{at}devices must be at most {MAX_DEVICES} names as `specrun devices` prints them (or none)");
     }
+    let batch_invariant = either(&own.deterministic, &file.deterministic, false);
+    let flash_attn = either(&sel.flags.flash_attn, &file.flash_attn, FlashAttn::Auto);
+    if batch_invariant && flash_attn == FlashAttn::Off {
+        let at = sel.flags.flash_attn.as_ref().or(file.flash_attn.as_ref()).map_or(String::new(), |s| format!("{}: ", s.origin));
+        bail!("{at}flash attention off cannot be batch-invariant (--deterministic needs flash attention on or auto)");
+    }
+    // flash attention over an f16/f32 cache has batch-shaped paths (tiles of 64 query rows, a
+    // single row's cells split over threads); over a quantized cache it has one
+    let kv = |flag: &Option<Setting<KvType>>, file: &Option<Setting<KvType>>| -> Result<KvType> {
+        let chosen = flag.as_ref().or(file.as_ref());
+        match chosen {
+            Some(s) if batch_invariant && matches!(s.value, KvType::F16 | KvType::F32) => {
+                bail!(
+                    "{}: a {} KV cache cannot be batch-invariant (--deterministic uses q8_0; give a quantized type)",
+                    s.origin,
+                    s.value.as_str()
+                )
+            }
+            Some(s) => Ok(s.value),
+            None if batch_invariant => Ok(KvType::Q8_0),
+            None => Ok(KvType::F16),
+        }
+    };
+    let (type_k, type_v) = (kv(&own.cache_type_k, &file.cache_type_k)?, kv(&own.cache_type_v, &file.cache_type_v)?);
+    // attention sums a query's cells in cell order: in one buffer shared by several sequences a
+    // sequence's cells can come out of position order after another's rollback
+    let unified = sel.flags.kv_unified.as_ref().or(file.kv_unified.as_ref());
+    if let Some(s) = unified.filter(|s| batch_invariant && s.value) {
+        bail!("{}: one KV buffer for all sequences cannot be batch-invariant (--deterministic keeps one per sequence)", s.origin);
+    }
+    let kv_unified = !batch_invariant && unified.is_none_or(|s| s.value);
+    let mut n_gpu_layers = pick(&own.n_gpu_layers, &file.n_gpu_layers, 0, 0, 100_000)?;
+    if batch_invariant && n_gpu_layers > 0 {
+        crate::io::note(format!("note: --deterministic: {name} runs on the CPU (its batch-invariant kernels are the CPU's)"));
+        n_gpu_layers = 0;
+    }
     Ok(ModelPlan {
         name: name.to_string(),
         path: models_toml::resolve(path, cache),
-        n_gpu_layers: pick(&own.n_gpu_layers, &file.n_gpu_layers, 0, 0, 100_000)?,
+        n_gpu_layers,
         n_ctx: pick(&sel.flags.n_ctx, &file.n_ctx, 4096, MIN_N_CTX, MAX_N_CTX)?,
         n_batch: pick(&sel.flags.n_batch, &file.n_batch, 512, 1, MAX_N_BATCH)?,
         threads: pick(&sel.flags.threads, &file.threads, default_threads(), 1, MAX_THREADS)?,
         n_seq: 1,
         devices,
-        flash_attn: either(&sel.flags.flash_attn, &file.flash_attn, FlashAttn::Auto),
-        type_k: either(&own.cache_type_k, &file.cache_type_k, KvType::F16),
-        type_v: either(&own.cache_type_v, &file.cache_type_v, KvType::F16),
+        flash_attn: if batch_invariant { FlashAttn::On } else { flash_attn },
+        type_k,
+        type_v,
         kv_offload: either(&sel.flags.kv_offload, &file.kv_offload, true),
-        kv_unified: either(&sel.flags.kv_unified, &file.kv_unified, true),
+        kv_unified,
+        batch_invariant,
     })
 }
 

@@ -81,6 +81,9 @@ pub struct Metrics {
     /// Prompt tokens read inside the shared rounds, and the rounds that carried some.
     pub prompt_in_rounds_tokens: AtomicU64,
     pub prompt_cached_tokens: AtomicU64,
+    /// Of those, the ones the prefix cache restored, and the bytes it holds now.
+    pub prompt_restored_tokens: AtomicU64,
+    pub prefix_cache_bytes: AtomicU64,
     pub prompt_rounds: AtomicU64,
     pub draft_paused_rounds: AtomicU64,
     pub draft_pauses: AtomicU64,
@@ -160,8 +163,13 @@ impl Metrics {
         );
         counter(
             "prompt_cached_tokens_total",
-            "Prompt tokens not read because a slot kept them from the request before (--prompt-cache).",
+            "Prompt tokens not read: a slot kept them from the request before (--prompt-cache) or the prefix cache restored them (--cache-ram).",
             &[("", get(&self.prompt_cached_tokens))],
+        );
+        counter(
+            "prompt_restored_tokens_total",
+            "Prompt tokens the host-memory prefix cache restored into a slot (--cache-ram).",
+            &[("", get(&self.prompt_restored_tokens))],
         );
         counter("prompt_rounds_total", "Shared rounds that read prompt tokens.", &[("", get(&self.prompt_rounds))]);
         counter(
@@ -188,6 +196,11 @@ impl Metrics {
         for (name, help, v) in [
             ("queue_depth", "Requests waiting for a slot.", self.queue_depth.load(Ordering::Relaxed)),
             ("requests_in_flight", "Requests being generated.", self.in_flight.load(Ordering::Relaxed)),
+            (
+                "prefix_cache_bytes",
+                "Host memory the prefix cache holds (--cache-ram).",
+                self.prefix_cache_bytes.load(Ordering::Relaxed) as usize,
+            ),
         ] {
             let _ = writeln!(s, "# HELP specrun_{name} {help}\n# TYPE specrun_{name} gauge\nspecrun_{name} {v}");
         }
@@ -334,6 +347,8 @@ impl JobSource<Slot> for Queue<'_> {
         add(&m.decoded_tokens, stats.n_decoded as u64, seen.n_decoded as u64);
         add(&m.prompt_in_rounds_tokens, stats.n_prompt_in_rounds as u64, seen.n_prompt_in_rounds as u64);
         add(&m.prompt_cached_tokens, stats.n_prompt_cached as u64, seen.n_prompt_cached as u64);
+        add(&m.prompt_restored_tokens, stats.n_prompt_restored as u64, seen.n_prompt_restored as u64);
+        m.prefix_cache_bytes.store(stats.prefix_cache_bytes as u64, Ordering::Relaxed);
         add(&m.prompt_rounds, stats.n_prompt_rounds as u64, seen.n_prompt_rounds as u64);
         add(&m.draft_paused_rounds, stats.n_paused_rounds as u64, seen.n_paused_rounds as u64);
         add(&m.draft_pauses, stats.n_pauses as u64, seen.n_pauses as u64);

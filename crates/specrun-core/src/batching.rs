@@ -43,6 +43,7 @@ use crate::draft::Drafter;
 use crate::engine::{Engine, EngineError, GenConfig, KeptCells, PlannedPace, Sequence};
 use crate::model::{Model, Token};
 use crate::outlook::{Outlook, Pace};
+use crate::prefix_cache::{PrefixCache, PrefixCacheStats};
 use crate::stats::{Clock, FinishReason, PlanCheck};
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -103,12 +104,15 @@ pub struct Slots {
     /// gone, a stop string) leaves its prompt's cells only; one cancelled or failed leaves
     /// nothing. Off: every slot starts empty.
     pub prompt_cache: bool,
+    /// Host memory for finished sequences' cells ([`PrefixCache`]), in bytes (0: none): a
+    /// prompt restores the longest cached prefix into whichever slot it gets.
+    pub prefix_cache_bytes: usize,
 }
 
 impl From<usize> for Slots {
     /// `n_parallel` slots, prompts read between rounds, no prompt cache.
     fn from(n_parallel: usize) -> Self {
-        Self { n_parallel, prefill: Prefill::Between, prompt_cache: false }
+        Self { n_parallel, prefill: Prefill::Between, prompt_cache: false, prefix_cache_bytes: 0 }
     }
 }
 
@@ -145,8 +149,14 @@ pub struct BatchStats {
     /// chunks read inside them, [`Prefill::Inside`]).
     pub t_prefill: Duration,
     pub t_decode: Duration,
-    /// Prompt tokens not read because a slot's kept cells held them ([`Slots::prompt_cache`]).
+    /// Prompt tokens not read because a slot's kept cells held them ([`Slots::prompt_cache`])
+    /// or the prefix cache restored them ([`Slots::prefix_cache_bytes`]).
     pub n_prompt_cached: usize,
+    /// Of those, the ones the prefix cache restored; its counters at the run's end.
+    pub n_prompt_restored: usize,
+    pub prefix_cache: PrefixCacheStats,
+    /// Host memory the prefix cache holds.
+    pub prefix_cache_bytes: usize,
     /// Prompt tokens read inside shared rounds, and the rounds that carried some.
     pub n_prompt_in_rounds: usize,
     pub n_prompt_rounds: usize,
@@ -289,7 +299,8 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
     mut on_done: impl FnMut(J, Result<Sequence, EngineError>),
     stats: &mut BatchStats,
 ) -> Result<BatchEnd, EngineError> {
-    let Slots { n_parallel, prefill, prompt_cache } = slots.into();
+    let Slots { n_parallel, prefill, prompt_cache, prefix_cache_bytes } = slots.into();
+    let mut store = PrefixCache::new(prefix_cache_bytes);
     let n_parallel = n_parallel.max(1);
     let mut slots: Vec<Option<(J, Sequence)>> = (0..n_parallel).map(|_| None).collect();
     // what each free slot's caches still hold (with `prompt_cache`)
@@ -327,7 +338,11 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
             let id = pick_slot(&slots, &kept, &job.prompt);
             engine.config = job.config;
             let t_start = clock.now();
-            let cells = std::mem::take(&mut kept[id]);
+            let head = &job.prompt[..job.prompt.len().saturating_sub(1)];
+            let in_slot = std::mem::take(&mut kept[id]);
+            let from_slot = in_slot.reusable(head).0;
+            let cells = store.restore(engine, id as i32, head, in_slot);
+            let restored = cells.reusable(head).0 > from_slot;
             let cells = (!cells.is_empty()).then_some(&cells);
             let started = match prefill {
                 Prefill::Between => engine.start_after(id as i32, job.prompt, cells, clock),
@@ -337,6 +352,10 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
             match started {
                 Ok(mut seq) => {
                     stats.n_prompt_cached += seq.stats.n_prompt_cached;
+                    if restored {
+                        seq.stats.n_prompt_restored = seq.stats.n_prompt_cached;
+                        stats.n_prompt_restored += seq.stats.n_prompt_cached;
+                    }
                     // its first token, taken from the prompt batch
                     let added = seq.n_prompt..seq.tokens.len();
                     stats.n_generated += added.len();
@@ -346,7 +365,7 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
                         by_caller = true;
                     }
                     if seq.finish.is_some() {
-                        kept[id] = release(engine, &mut seq, prompt_cache, by_caller);
+                        kept[id] = release(engine, &mut seq, prompt_cache, by_caller, &mut store);
                         engine.drafter.learn(seq.generated());
                         on_done(job.tag, Ok(seq));
                     } else {
@@ -359,6 +378,7 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
                 Err(e) => on_done(job.tag, Err(e)),
             }
         }
+        (stats.prefix_cache, stats.prefix_cache_bytes) = (store.stats, store.bytes());
         let active: Vec<usize> = (0..n_parallel).filter(|&i| slots[i].is_some()).collect();
         if active.is_empty() {
             if closed {
@@ -427,7 +447,7 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
                 if !seq.config.ignore_eos && seq.config.max_tokens > 0 {
                     used.add(seq.generated().len() as f64 / seq.config.max_tokens as f64);
                 }
-                kept[id] = release(engine, &mut seq, prompt_cache, ended_by_caller[id]);
+                kept[id] = release(engine, &mut seq, prompt_cache, ended_by_caller[id], &mut store);
                 // a drafter that learns across sequences (the draft cache) sees every output
                 engine.drafter.learn(seq.generated());
                 on_done(tag, Ok(seq));
@@ -521,8 +541,14 @@ fn pick_slot<J>(slots: &[Option<(J, Sequence)>], kept: &[KeptCells], prompt: &[T
 
 /// A finished sequence's slot: its cells stay for the next prompt (`keep`), or are removed
 /// from both caches so that the slot starts empty.
-fn release<T: Model, D: Drafter>(engine: &mut Engine<T, D>, seq: &mut Sequence, prompt_cache: bool, by_caller: bool) -> KeptCells {
-    if !prompt_cache {
+fn release<T: Model, D: Drafter>(
+    engine: &mut Engine<T, D>,
+    seq: &mut Sequence,
+    prompt_cache: bool,
+    by_caller: bool,
+    store: &mut PrefixCache,
+) -> KeptCells {
+    if !prompt_cache && !store.is_enabled() {
         free(engine, seq);
         return KeptCells::default();
     }
@@ -535,7 +561,13 @@ fn release<T: Model, D: Drafter>(engine: &mut Engine<T, D>, seq: &mut Sequence, 
             return KeptCells::default();
         }
     }
-    seq.kept_cells()
+    let cells = seq.kept_cells();
+    store.save(engine, seq.id, &cells);
+    if !prompt_cache {
+        free(engine, seq);
+        return KeptCells::default();
+    }
+    cells
 }
 
 /// Remove a sequence's cells from both caches.

@@ -11,7 +11,7 @@
 //!   in front of a draft model.
 
 use crate::constraint::Guide;
-use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
+use crate::model::{KvCursor, Model, ModelError, SeqId, Snapshot, Token};
 use crate::ngram::NgramState;
 use crate::sampling::{Dist, SamplingParams, Scratch};
 use rand_chacha::ChaCha8Rng;
@@ -193,6 +193,15 @@ pub trait Drafter {
     /// A finished sequence's output, for a drafter that learns across sequences (the n-gram
     /// draft cache); the default forgets it.
     fn learn(&mut self, _generated: &[Token]) {}
+    /// A draft model's cells of sequence `seq` in host memory ([`Model::snapshot`]); `None`
+    /// for drafters without a model.
+    fn snapshot(&mut self, _seq: SeqId) -> Option<Snapshot> {
+        None
+    }
+    /// Put a [`Drafter::snapshot`] back into sequence `seq` ([`Model::restore`]).
+    fn restore(&mut self, _seq: SeqId, _snapshot: &Snapshot) -> Result<(), ModelError> {
+        Err(ModelError::Restore("this drafter has no model".into()))
+    }
 }
 
 impl<D: Drafter + ?Sized> Drafter for Box<D> {
@@ -236,6 +245,12 @@ impl<D: Drafter + ?Sized> Drafter for Box<D> {
     }
     fn learn(&mut self, generated: &[Token]) {
         (**self).learn(generated)
+    }
+    fn snapshot(&mut self, seq: SeqId) -> Option<Snapshot> {
+        (**self).snapshot(seq)
+    }
+    fn restore(&mut self, seq: SeqId, snapshot: &Snapshot) -> Result<(), ModelError> {
+        (**self).restore(seq, snapshot)
     }
 }
 
@@ -323,6 +338,14 @@ fn take_row<M: Model>(model: &M, row: usize, job: &mut ProposeJob<'_>, scratch: 
 impl<M: Model> Drafter for ModelDrafter<M> {
     fn name(&self) -> &'static str {
         "model"
+    }
+
+    fn snapshot(&mut self, seq: SeqId) -> Option<Snapshot> {
+        self.model.snapshot(seq)
+    }
+
+    fn restore(&mut self, seq: SeqId, snapshot: &Snapshot) -> Result<(), ModelError> {
+        self.model.restore(seq, snapshot)
     }
 
     fn n_ctx(&self) -> usize {

@@ -241,6 +241,26 @@ pub struct KeptCells {
 }
 
 impl KeptCells {
+    /// Cells holding `tokens[..n_target]` in the target and `tokens[..n_draft]` in the draft model.
+    pub(crate) fn new(tokens: Vec<Token>, n_target: usize, n_draft: usize) -> Self {
+        Self { tokens, n_target, n_draft }
+    }
+
+    /// The tokens the cells hold (the longer of the two models' runs).
+    pub fn tokens(&self) -> &[Token] {
+        &self.tokens
+    }
+
+    /// Tokens the target's cells hold.
+    pub fn n_target(&self) -> usize {
+        self.n_target
+    }
+
+    /// Tokens the draft model's cells hold.
+    pub fn n_draft(&self) -> usize {
+        self.n_draft
+    }
+
     /// Nothing kept (a cleared slot).
     pub fn is_empty(&self) -> bool {
         self.n_target == 0 && self.n_draft == 0

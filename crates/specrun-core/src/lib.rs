@@ -13,6 +13,8 @@
 //! - [`engine`] — one round (`Engine::step`, or `Engine::step_many` for several sequences in
 //!   one target decode) and per-sequence state (`Sequence`).
 //! - [`batching`] — continuous batching: slots, prefill between rounds, refill at once.
+//! - [`prefix_cache`] — finished sequences' cells in host memory, restored for prompts that
+//!   begin the same way.
 //! - [`draft`], [`ngram`] — drafters: a draft model, n-gram lookup, hybrid.
 //! - [`control`] — how long each draft is (fixed, step, cost-aware auto).
 //! - [`outlook`] — whether a batch run's drafts end it sooner than plain decoding, played to
@@ -30,6 +32,7 @@ pub mod mock;
 pub mod model;
 pub mod ngram;
 pub mod outlook;
+pub mod prefix_cache;
 pub mod sampling;
 pub mod stats;
 pub mod verify;

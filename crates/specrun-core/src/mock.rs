@@ -145,7 +145,12 @@ pub struct MockModel {
     pub max_batch_seen: usize,
     /// Every decode call: `(seq, pos, n_tokens)` of each part, in order.
     pub decode_log: Vec<Vec<(SeqId, usize, usize)>>,
+    /// Snapshots put back ([`Model::restore`]).
+    pub n_restores: usize,
 }
+
+/// Host memory a mock snapshot counts per cell (a round number for budget tests).
+pub const MOCK_CELL_BYTES: usize = 1024;
 
 const EMPTY_HASH: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -173,7 +178,16 @@ fn argmax(row: &[f32]) -> usize {
 
 impl MockModel {
     pub fn new(spec: MockSpec) -> Self {
-        Self { spec, caches: HashMap::new(), rows: Vec::new(), clock: None, n_decode_calls: 0, max_batch_seen: 0, decode_log: Vec::new() }
+        Self {
+            spec,
+            caches: HashMap::new(),
+            rows: Vec::new(),
+            clock: None,
+            n_decode_calls: 0,
+            max_batch_seen: 0,
+            decode_log: Vec::new(),
+            n_restores: 0,
+        }
     }
 
     pub fn with_clock(mut self, clock: MockClock) -> Self {
@@ -294,6 +308,22 @@ impl Model for MockModel {
 
     fn logits(&self, row: usize) -> &[f32] {
         &self.rows[row]
+    }
+
+    fn snapshot(&mut self, seq: SeqId) -> Option<crate::model::Snapshot> {
+        let cache = self.caches.get(&seq).cloned().unwrap_or_default();
+        let bytes = cache.tokens.len() * MOCK_CELL_BYTES;
+        Some(crate::model::Snapshot::new(cache, bytes))
+    }
+
+    fn restore(&mut self, seq: SeqId, snapshot: &crate::model::Snapshot) -> Result<(), ModelError> {
+        let cache = snapshot.data::<SeqCache>().ok_or_else(|| ModelError::Restore("not a mock snapshot".into()))?;
+        if cache.tokens.len() > self.spec.n_ctx {
+            return Err(ModelError::Restore("snapshot longer than the context".into()));
+        }
+        self.caches.insert(seq, cache.clone());
+        self.n_restores += 1;
+        Ok(())
     }
 
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ModelError> {

@@ -39,6 +39,40 @@ pub enum ModelError {
     /// A logits row holds NaN or infinity: the weights are corrupted (or the backend broken).
     #[error("the model produced non-finite logits (corrupted weights?)")]
     NonFinite,
+    /// Cells copied out by [`Model::snapshot`] could not be put back.
+    #[error("cannot restore cached cells: {0}")]
+    Restore(String),
+}
+
+/// A sequence's cells copied out of a model into host memory ([`Model::snapshot`]). The core
+/// sees only its size; the model that made it reads it back ([`Model::restore`]) into any of
+/// its sequences.
+pub struct Snapshot {
+    bytes: usize,
+    data: Box<dyn std::any::Any>,
+}
+
+impl Snapshot {
+    /// Wrap a model's own copy of a sequence, `bytes` long in memory.
+    pub fn new<T: std::any::Any>(data: T, bytes: usize) -> Self {
+        Self { bytes, data: Box::new(data) }
+    }
+
+    /// Host memory it holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The model's own copy, when it is a `T`.
+    pub fn data<T: std::any::Any>(&self) -> Option<&T> {
+        self.data.downcast_ref()
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").field("bytes", &self.bytes).finish_non_exhaustive()
+    }
 }
 
 /// One sequence's share of a decode that carries several sequences.
@@ -75,6 +109,15 @@ pub trait Model {
     /// How many sequences (ids `0..n`) the model's context holds, each with `n_ctx` positions.
     fn n_seq_max(&self) -> usize {
         1
+    }
+    /// Copy sequence `seq`'s cells into host memory (`None`: this model cannot).
+    fn snapshot(&mut self, _seq: SeqId) -> Option<Snapshot> {
+        None
+    }
+    /// Replace sequence `seq`'s cells with a [`Model::snapshot`] of this model (taken from any
+    /// of its sequences). On error the sequence's cells are unspecified: truncate it to 0.
+    fn restore(&mut self, _seq: SeqId, _snapshot: &Snapshot) -> Result<(), ModelError> {
+        Err(ModelError::Restore("this model keeps no snapshots".into()))
     }
     /// Decode several sequences' tokens in one call (at most `n_batch` tokens in all, each
     /// sequence at most once). The rows kept are every part's, in part order: rows

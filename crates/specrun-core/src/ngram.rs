@@ -673,6 +673,14 @@ impl<D: Drafter> Drafter for HybridDrafter<D> {
     fn learn(&mut self, generated: &[Token]) {
         self.ngram.learn(generated);
     }
+
+    fn snapshot(&mut self, seq: crate::model::SeqId) -> Option<crate::model::Snapshot> {
+        self.model.snapshot(seq)
+    }
+
+    fn restore(&mut self, seq: crate::model::SeqId, snapshot: &crate::model::Snapshot) -> Result<(), ModelError> {
+        self.model.restore(seq, snapshot)
+    }
 }
 
 #[cfg(test)]

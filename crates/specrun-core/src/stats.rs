@@ -37,8 +37,11 @@ impl FinishReason {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GenStats {
     pub n_prompt: usize,
-    /// Prompt tokens whose cells an earlier sequence in the same slot left (not read again).
+    /// Prompt tokens whose cells an earlier sequence in the same slot left, or the prefix cache
+    /// restored (not read again).
     pub n_prompt_cached: usize,
+    /// Of those, the ones the prefix cache restored.
+    pub n_prompt_restored: usize,
     pub n_generated: usize,
     /// Target decodes after the prompt (one per round).
     pub n_rounds: usize,

@@ -59,7 +59,7 @@ fn prompts_read_inside_the_rounds_give_what_reading_them_alone_gives() {
         for n_parallel in 1..=4 {
             let paced = Prefill::Paced { round_secs: 0.08 };
             for prefill in [Prefill::Inside { chunk: 1 }, Prefill::Inside { chunk: 5 }, Prefill::Inside { chunk: 64 }, paced] {
-                let (out, target, stats) = run(kind, Slots { n_parallel, prefill, prompt_cache: false }, 64);
+                let (out, target, stats) = run(kind, Slots { n_parallel, prefill, prompt_cache: false, prefix_cache_bytes: 0 }, 64);
                 assert_eq!(out, alone, "{kind}, {n_parallel} slots, {prefill:?}");
                 let n_prompt: usize = jobs().iter().map(|j| j.prompt.len()).sum();
                 assert_eq!(stats.n_prompt_in_rounds, n_prompt, "every prompt token was read inside a round");
@@ -153,7 +153,7 @@ fn long_prompt_beside_a_running_job(n_prompt: usize, n_batch: usize, prefill: Pr
     run_continuous_from(
         &mut engine,
         &mut Arrivals(vec![Some(running), Some(long)], 0),
-        Slots { n_parallel: 2, prefill, prompt_cache: false },
+        Slots { n_parallel: 2, prefill, prompt_cache: false, prefix_cache_bytes: 0 },
         &mut VerifyCosts::default(),
         &clock,
         &|| false,
@@ -187,7 +187,7 @@ fn a_sequence_ended_while_its_prompt_is_read_is_freed() {
     run_continuous(
         &mut engine,
         jobs(),
-        Slots { n_parallel: 3, prefill: Prefill::Inside { chunk: 4 }, prompt_cache: false },
+        Slots { n_parallel: 3, prefill: Prefill::Inside { chunk: 4 }, prompt_cache: false, prefix_cache_bytes: 0 },
         &mut VerifyCosts::default(),
         &clock,
         &|| false,
@@ -226,7 +226,7 @@ fn prompts_read_together_share_the_round_evenly() {
     run_continuous(
         &mut engine,
         vec![job(0, 3), job(1, 60), job(2, 4)],
-        Slots { n_parallel: 3, prefill: Prefill::Inside { chunk: 64 }, prompt_cache: false },
+        Slots { n_parallel: 3, prefill: Prefill::Inside { chunk: 64 }, prompt_cache: false, prefix_cache_bytes: 0 },
         &mut VerifyCosts::default(),
         &clock,
         &|| false,

@@ -102,7 +102,7 @@ fn a_prompt_reads_only_what_its_slot_did_not_keep_and_gives_what_reading_it_whol
         assert!(uncached.iter().all(|&c| c == 0), "no cache, nothing kept");
         for n_parallel in 1..=3 {
             for prefill in [Prefill::Between, Prefill::Inside { chunk: 5 }] {
-                let slots = Slots { n_parallel, prefill, prompt_cache: true };
+                let slots = Slots { n_parallel, prefill, prompt_cache: true, prefix_cache_bytes: 0 };
                 let (out, cached, _, cells, stats) = run(kind, all.clone(), slots, target_spec());
                 let case = format!("{kind}, {n_parallel} slots, {prefill:?}");
                 assert_eq!(out, alone, "{case}");
@@ -155,7 +155,7 @@ fn a_job_goes_to_the_free_slot_that_shares_most_with_its_prompt() {
     run_continuous_from(
         &mut engine,
         &mut TwoWaves(jobs, 0),
-        Slots { n_parallel: 2, prefill: Prefill::Between, prompt_cache: true },
+        Slots { n_parallel: 2, prefill: Prefill::Between, prompt_cache: true, prefix_cache_bytes: 0 },
         &mut VerifyCosts::default(),
         &clock,
         &|| false,
@@ -192,7 +192,7 @@ fn a_sequence_the_caller_ended_leaves_only_its_prompt_behind() {
     run_continuous(
         &mut engine,
         jobs,
-        Slots { n_parallel: 2, prefill: Prefill::Inside { chunk: 8 }, prompt_cache: true },
+        Slots { n_parallel: 2, prefill: Prefill::Inside { chunk: 8 }, prompt_cache: true, prefix_cache_bytes: 0 },
         &mut VerifyCosts::default(),
         &clock,
         &|| false,
@@ -220,7 +220,8 @@ fn a_model_that_cannot_cut_cells_part_way_reads_prompts_whole() {
     let first = first_output("none");
     let all = jobs(&first);
     let (alone, _, _, _, _) = run("none", all.clone(), 1.into(), target_spec());
-    let (out, cached, _, _, _) = run("none", all, Slots { n_parallel: 2, prefill: Prefill::Between, prompt_cache: true }, spec);
+    let (out, cached, _, _, _) =
+        run("none", all, Slots { n_parallel: 2, prefill: Prefill::Between, prompt_cache: true, prefix_cache_bytes: 0 }, spec);
     assert_eq!(out, alone);
     assert!(cached.iter().all(|&c| c == 0), "{cached:?}");
 }

@@ -1,0 +1,172 @@
+//! The host-memory prefix cache ([`Slots::prefix_cache_bytes`]) in continuous batching, on the
+//! mock (which computes logits from the whole cached prefix and checks positions like
+//! llama.cpp): outputs equal reading every prompt whole, with or without slots keeping cells,
+//! for every drafter; a prompt that begins like any earlier finished one restores it in
+//! whichever slot it gets, in the target and the draft model; the budget is never exceeded.
+
+mod util;
+
+use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats, Prefill, Slots};
+use specrun_core::control::VerifyCosts;
+use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
+use specrun_core::engine::{Engine, GenConfig, Sequence};
+use specrun_core::mock::{Behaviour, MockClock, MockModel, MockSpec, MOCK_CELL_BYTES};
+use specrun_core::model::Token;
+use specrun_core::ngram::NgramDrafter;
+
+fn target_spec() -> MockSpec {
+    MockSpec { n_seq: 4, n_batch: 64, behaviour: Behaviour::Target { seed: 29, eog_rate: 0.02 }, ..MockSpec::target(29) }
+}
+
+fn drafter(kind: &str, spec: &MockSpec, clock: &MockClock) -> Box<dyn Drafter> {
+    match kind {
+        "none" => Box::new(NoDraft),
+        "model" => Box::new(ModelDrafter::new(MockModel::new(MockSpec::draft_of(spec, 0.7, 5)).with_clock(clock.clone()))),
+        _ => Box::new(NgramDrafter::default()),
+    }
+}
+
+/// One instruction of 40 tokens, then a document of 20 (one of three), then a question.
+fn prompt(doc: usize, question: usize) -> Vec<Token> {
+    let instruction = (0..40).map(|j| (j * 7 % 50 + 2) as Token);
+    let document = (0..20).map(move |j| ((j + 11 * doc) % 60 + 3) as Token);
+    let question = [(question % 40 + 4) as Token, (question * 3 % 40 + 4) as Token];
+    instruction.chain(document).chain(question).collect()
+}
+
+/// Twelve records: three documents, four questions each, the documents interleaved, and the
+/// first record again word for word at the end.
+fn jobs() -> Vec<BatchJob<usize>> {
+    let mut prompts: Vec<Vec<Token>> = (0..12).map(|i| prompt(i % 3, i)).collect();
+    prompts.push(prompts[0].clone());
+    prompts.into_iter().enumerate().map(|(i, p)| util::mixed_job(i, p, 6 + i % 4)).collect()
+}
+
+struct Outcome {
+    out: Vec<Vec<Token>>,
+    cached: Vec<usize>,
+    restored: Vec<usize>,
+    stats: BatchStats,
+}
+
+fn run(kind: &str, slots: Slots) -> Outcome {
+    let jobs = jobs();
+    let n = jobs.len();
+    let spec = target_spec();
+    let clock = MockClock::new();
+    let mut engine =
+        Engine::new(MockModel::new(spec.clone()).with_clock(clock.clone()), drafter(kind, &spec, &clock), GenConfig::default());
+    let (mut out, mut cached, mut restored) = (vec![vec![]; n], vec![0; n], vec![0; n]);
+    let mut stats = BatchStats::default();
+    let end = run_continuous(
+        &mut engine,
+        jobs,
+        slots,
+        &mut VerifyCosts::default(),
+        &clock,
+        &|| false,
+        |_, _, _| false,
+        |tag, r: Result<Sequence, _>| {
+            let seq = r.expect("job");
+            out[tag] = seq.generated().to_vec();
+            cached[tag] = seq.stats.n_prompt_cached;
+            restored[tag] = seq.stats.n_prompt_restored;
+        },
+        &mut stats,
+    )
+    .unwrap();
+    assert_eq!(end, BatchEnd::Done);
+    Outcome { out, cached, restored, stats }
+}
+
+fn slots(n_parallel: usize, prefill: Prefill, prompt_cache: bool, prefix_cache_bytes: usize) -> Slots {
+    Slots { n_parallel, prefill, prompt_cache, prefix_cache_bytes }
+}
+
+#[test]
+fn restored_prefixes_give_what_reading_prompts_whole_gives() {
+    for kind in ["none", "ngram", "model"] {
+        let alone = run(kind, 1.into());
+        assert_eq!(alone.stats.n_prompt_cached, 0);
+        for n_parallel in [1, 3, 4] {
+            for prefill in [Prefill::Between, Prefill::Inside { chunk: 7 }] {
+                for prompt_cache in [false, true] {
+                    let case = format!("{kind}, {n_parallel} slots, {prefill:?}, prompt cache {prompt_cache}");
+                    let run = run(kind, slots(n_parallel, prefill, prompt_cache, 1 << 30));
+                    assert_eq!(run.out, alone.out, "{case}");
+                    assert_eq!(run.stats.n_prompt_cached, run.cached.iter().sum::<usize>(), "{case}");
+                    assert_eq!(run.stats.n_prompt_restored, run.restored.iter().sum::<usize>(), "{case}");
+                    let jobs = jobs();
+                    for (i, job) in jobs.iter().enumerate() {
+                        assert!(run.cached[i] < job.prompt.len(), "{case}: job {i} did not read its last prompt token");
+                    }
+                    // a record that starts after another finished finds at least the instruction,
+                    // from its slot or the cache; the repeat finds all of its prompt
+                    for i in n_parallel..12 {
+                        assert!(run.cached[i] >= 40, "{case}: job {i} kept {}", run.cached[i]);
+                    }
+                    assert_eq!(run.cached[12], jobs[12].prompt.len() - 1, "{case}");
+                    if !prompt_cache {
+                        assert_eq!(run.restored, run.cached, "{case}: all of it restored");
+                    }
+                    assert!(run.stats.prefix_cache.n_restores > 0, "{case}");
+                }
+            }
+        }
+    }
+}
+
+/// Prompt reads from position 0 in the target and in the draft model, for the jobs on
+/// two slots with the prefix cache of `budget` bytes; and the outputs.
+fn reads_from_start(budget: usize) -> (usize, usize, Vec<Vec<Token>>) {
+    let spec = target_spec();
+    let clock = MockClock::new();
+    let draft = ModelDrafter::new(MockModel::new(MockSpec::draft_of(&spec, 0.7, 5)).with_clock(clock.clone()));
+    let mut engine = Engine::new(MockModel::new(spec).with_clock(clock.clone()), draft, GenConfig::default());
+    let mut out = vec![vec![]; jobs().len()];
+    run_continuous(
+        &mut engine,
+        jobs(),
+        slots(2, Prefill::Between, false, budget),
+        &mut VerifyCosts::default(),
+        &clock,
+        &|| false,
+        |_, _, _| false,
+        |tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec(),
+        &mut BatchStats::default(),
+    )
+    .unwrap();
+    let starts = |log: &Vec<Vec<(i32, usize, usize)>>| log.iter().flatten().filter(|&&(_, pos, _)| pos == 0).count();
+    (starts(&engine.target.decode_log), starts(&engine.drafter.model.decode_log), out)
+}
+
+#[test]
+fn the_target_and_the_draft_model_both_restore() {
+    let (t_with, d_with, with) = reads_from_start(1 << 30);
+    let (t_without, d_without, without) = reads_from_start(0);
+    assert_eq!(with, without);
+    assert_eq!((t_without, d_without), (13, 13), "every prompt read from the start without the cache");
+    // only the two records that start before any has finished read from the start
+    assert_eq!(t_with, 2, "the target read from position 0 twice");
+    assert_eq!(d_with, 2, "the draft model read from position 0 twice");
+}
+
+#[test]
+fn a_tiny_budget_evicts_and_never_grows() {
+    // room for about two sequences of ~70 cells
+    let budget = 150 * MOCK_CELL_BYTES;
+    for kind in ["none", "model"] {
+        let alone = run(kind, 1.into());
+        let run = run(kind, slots(2, Prefill::Between, false, budget));
+        assert_eq!(run.out, alone.out, "{kind}");
+        assert!(run.stats.prefix_cache.n_evicted > 0, "{kind}: {:?}", run.stats.prefix_cache);
+        assert!(run.stats.prefix_cache_bytes <= budget, "{kind}");
+    }
+}
+
+#[test]
+fn no_budget_no_restores() {
+    let run = run("ngram", slots(3, Prefill::Between, false, 0));
+    assert_eq!(run.stats.n_prompt_cached, 0);
+    assert_eq!(run.stats.prefix_cache.n_saved, 0);
+}
