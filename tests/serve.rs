@@ -414,7 +414,7 @@ fn the_text_routes_tokenize_detokenize_and_apply_the_template() {
         ("/tokenize", r#"{"content": 5}"#, "content"),
         ("/detokenize", r#"{"tokens": [1, -2]}"#, "tokens"),
         ("/detokenize", r#"{"tokens": [99999999]}"#, "tokens"),
-        ("/apply-template", r#"{"messages": [{"role": "wizard", "content": "x"}]}"#, "messages"),
+        ("/apply-template", r#"{"messages": [{"role": "wizard", "content": "x"}]}"#, "messages[0].role"),
     ] {
         let (code, text) = post(&s, path, body);
         assert_eq!(code, 400, "{path} {body}: {text}");
