@@ -33,14 +33,16 @@ def batch(bin, inp, extra, threads):
     t0 = time.time()
     subprocess.run([bin, "batch", inp, "-o", out, "-t", str(threads), "--quiet"] + extra, check=True, stdout=subprocess.DEVNULL)
     wall = time.time() - t0
-    texts, tokens = {}, 0
+    texts, tokens, decode_s = {}, 0, 0.0
     for line in open(out):
         r = json.loads(line)
         if "id" in r and "text" in r:
             texts[r["id"]] = r["text"]
             tokens += r.get("n_generated", 0)
+            if r.get("decode_tok_per_s"):
+                decode_s += r["n_generated"] / r["decode_tok_per_s"]
     os.unlink(out)
-    return texts, tokens, wall
+    return texts, tokens, wall, tokens / decode_s if decode_s else float("nan")
 
 
 def free_port():
@@ -90,21 +92,21 @@ def main():
     inp = tempfile.mktemp(suffix=".jsonl")
     with open(inp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in recs)
-    print(f"{len(recs)} records ({', '.join(SETS)}), {a.tokens} tokens, greedy, {a.threads} threads")
+    print(f"{len(recs)} records ({', '.join(SETS)}), {a.tokens} tokens, greedy, {a.threads} threads", flush=True)
     for mode, flags in (("default", []), ("deterministic", ["--deterministic"])):
         if mode not in a.modes.split(","):
             continue
-        plain, pt, pw = batch(a.bin, inp, flags + ["--no-draft", "--temp", "0"], a.threads)
-        print(f"{mode:13s} target-only      {pt / pw:6.2f} tok/s ({pt} tokens, {pw:.1f} s)")
+        plain, pt, pw, pd = batch(a.bin, inp, flags + ["--no-draft", "--temp", "0"], a.threads)
+        print(f"{mode:13s} target-only       {pt / pw:6.2f} tok/s overall, {pd:6.2f} decoding ({pt} tokens, {pw:.1f} s)", flush=True)
         for name, extra in (("speculative", []), ("speculative -np 4", ["--parallel", "4"])):
-            spec, st, sw = batch(a.bin, inp, flags + ["--temp", "0"] + extra, a.threads)
+            spec, st, sw, sd = batch(a.bin, inp, flags + ["--temp", "0"] + extra, a.threads)
             same = sum(spec.get(k) == v for k, v in plain.items())
-            print(f"{mode:13s} {name:16s} {st / sw:6.2f} tok/s, identical to target-only: {same}/{len(plain)}")
+            print(f"{mode:13s} {name:17s} {st / sw:6.2f} tok/s overall, {sd:6.2f} decoding; identical to target-only: {same}/{len(plain)}", flush=True)
         if not a.skip_serve:
             prompt = "Write a Rust function that returns the n-th prime number."
             for clients in (4, 16):
                 differ, distinct = serve_distinct(a.bin, flags, a.threads, clients, prompt, 24)
-                print(f"{mode:13s} serve, {clients:2d} concurrent identical requests: {distinct} distinct answer(s)")
+                print(f"{mode:13s} serve, {clients:2d} concurrent identical requests: {distinct} distinct answer(s)", flush=True)
     os.unlink(inp)
 
 

@@ -382,3 +382,45 @@ fn an_openai_batch_resumes_after_a_crash_to_the_same_records() {
     };
     assert_eq!(strip(&cut), strip(&whole));
 }
+
+/// Records that share an instruction restore it from the prefix cache (one at a time and in
+/// parallel), with the texts of reading every prompt whole; `--no-prefix-cache` reads them all.
+#[test]
+fn records_sharing_an_instruction_read_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let instruction = "You rewrite sentences in the house style, one line, no preamble. ".repeat(4);
+    let text: String = (0..6)
+        .map(|i| {
+            serde_json::json!({"id": i, "messages": [{"role": "system", "content": instruction}, {"role": "user", "content": format!("sentence {i}")}], "max_tokens": 6})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let o = Command::cargo_bin("specrun")
+            .unwrap()
+            .args(["batch", "--mock", "--config"])
+            .arg(models_toml())
+            .arg(&input)
+            .arg("-o")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (records(&out), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (plain, stderr) = run("plain.jsonl", &["--no-prefix-cache"]);
+    assert!(!stderr.contains("restored from the prefix cache"), "{stderr}");
+    for (name, extra) in [("seq.jsonl", &[][..]), ("par.jsonl", &["--parallel", "2"][..])] {
+        let (recs, stderr) = run(name, extra);
+        let texts = |r: &[OutputRecord]| {
+            r.iter().map(|r| if let OutputRecord::Ok(o) = r { o.text.clone() } else { panic!("{r:?}") }).collect::<Vec<_>>()
+        };
+        assert_eq!(texts(&recs), texts(&plain), "{extra:?}");
+        assert!(stderr.contains("restored from the prefix cache"), "{extra:?}: {stderr}");
+    }
+}

@@ -17,6 +17,12 @@ use std::path::PathBuf;
 const DRAFT: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
 const TARGET: &str = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf";
 
+/// One test at a time: two cores, and each test loads the pair.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn model_path(file: &str) -> Option<PathBuf> {
     let p = specrun::formats::models_toml::models_cache().join(file);
     if p.is_file() {
@@ -64,6 +70,7 @@ fn fidelity_prompts(n: usize) -> Vec<String> {
 /// with no near-tie exception.
 #[test]
 fn a_batch_invariant_target_gives_target_only_greedy_output_exactly() {
+    let _g = serial();
     let (Some(t), Some(d)) = (model_path(TARGET), model_path(DRAFT)) else { return };
     let target_model = LoadedModel::load_on(&t, &LoadSettings { batch_invariant: true, ..LoadSettings::default() }).unwrap();
     let draft_model = LoadedModel::load(&d, 0).unwrap();
@@ -117,6 +124,7 @@ fn texts(output: &std::path::Path) -> Vec<(String, String)> {
 /// flight, the cache on or off, give the same texts for records that share an instruction.
 #[test]
 fn deterministic_batches_give_one_text_per_record_at_any_load() {
+    let _g = serial();
     if model_path(TARGET).is_none() || model_path(DRAFT).is_none() {
         return;
     }

@@ -310,6 +310,16 @@ impl<M: Model> Model for Slow<M> {
         }
         self.inner.decode_parts(parts)
     }
+    fn snapshot(&mut self, seq: specrun_core::model::SeqId) -> Option<specrun_core::model::Snapshot> {
+        self.inner.snapshot(seq)
+    }
+    fn restore(
+        &mut self,
+        seq: specrun_core::model::SeqId,
+        snapshot: &specrun_core::model::Snapshot,
+    ) -> Result<(), specrun_core::model::ModelError> {
+        self.inner.restore(seq, snapshot)
+    }
 }
 
 #[cfg(feature = "llama")]

@@ -276,6 +276,12 @@ impl<M: Model + ?Sized> Model for &mut M {
     fn decode_parts(&mut self, parts: &[DecodePart<'_>]) -> Result<(), ModelError> {
         (**self).decode_parts(parts)
     }
+    fn snapshot(&mut self, seq: SeqId) -> Option<Snapshot> {
+        (**self).snapshot(seq)
+    }
+    fn restore(&mut self, seq: SeqId, snapshot: &Snapshot) -> Result<(), ModelError> {
+        (**self).restore(seq, snapshot)
+    }
 }
 
 #[cfg(test)]

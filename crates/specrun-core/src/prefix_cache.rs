@@ -174,6 +174,24 @@ mod tests {
         assert_eq!(seq.tokens, plain.tokens);
     }
 
+    /// Engines usually hold `&mut` models (the binary's `&mut dyn Model`): snapshots pass through.
+    #[test]
+    fn snapshots_pass_through_a_borrowed_model() {
+        let mut model = MockModel::new(MockSpec { n_seq: 2, ..MockSpec::target(7) });
+        let mut e = Engine::new(&mut model as &mut dyn Model, NoDraft, GenConfig { max_tokens: 4, ..GenConfig::default() });
+        let clock = MockClock::new();
+        let prompt: Vec<Token> = (10..40).collect();
+        let mut seq = e.start(0, prompt.clone(), &clock).unwrap();
+        e.generate(&mut seq, &clock, |_| {}).unwrap();
+        let mut cache = PrefixCache::new(1 << 30);
+        cache.save(&mut e, 0, &seq.kept_cells());
+        assert_eq!(cache.len(), 1);
+        let cells = cache.restore(&mut e, 1, &prompt[..prompt.len() - 1], KeptCells::default());
+        assert_eq!(cells.reusable(&prompt[..prompt.len() - 1]).0, prompt.len() - 1);
+        drop(e);
+        assert_eq!(model.n_restores, 1);
+    }
+
     #[test]
     fn what_the_slot_holds_wins_when_it_shares_as_much() {
         let mut e = engine();
