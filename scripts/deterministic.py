@@ -5,7 +5,8 @@ speculative with --parallel 4), plus identical requests to `specrun serve` from 
 concurrent clients. Greedy throughout.
 
 Usage: scripts/deterministic.py [--bin SPECRUN] [--threads 2] [--tokens 64] [--skip-serve]
-                               [--modes default,deterministic]
+                               [--modes default,deterministic] [--sets A.jsonl,B.jsonl]
+                               [--skip-sequential]
 Prints, per mode: records identical to target-only, decode tok/s of each run, and for serve how
 many distinct answers the concurrent identical requests got.
 """
@@ -16,9 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETS = ["docs/bench/prompts-fidelity.jsonl", "docs/bench/eval-open.jsonl", "docs/bench/eval-grounded.jsonl"]
 
 
-def records(tokens):
+def records(tokens, sets):
     out = []
-    for path in SETS:
+    for path in sets:
         for line in open(os.path.join(ROOT, path)):
             if line.strip():
                 r = json.loads(line)
@@ -87,18 +88,23 @@ def main():
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--skip-serve", action="store_true")
     ap.add_argument("--modes", default="default,deterministic", help="which of default, deterministic to run")
+    ap.add_argument("--sets", default=",".join(SETS), help="prompt files (comma-separated)")
+    ap.add_argument("--skip-sequential", action="store_true", help="speculative batches with --parallel 4 only")
     a = ap.parse_args()
-    recs = records(a.tokens)
+    sets = a.sets.split(",")
+    recs = records(a.tokens, sets)
     inp = tempfile.mktemp(suffix=".jsonl")
     with open(inp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in recs)
-    print(f"{len(recs)} records ({', '.join(SETS)}), {a.tokens} tokens, greedy, {a.threads} threads", flush=True)
+    print(f"{len(recs)} records ({', '.join(sets)}), {a.tokens} tokens, greedy, {a.threads} threads", flush=True)
     for mode, flags in (("default", []), ("deterministic", ["--deterministic"])):
         if mode not in a.modes.split(","):
             continue
         plain, pt, pw, pd = batch(a.bin, inp, flags + ["--no-draft", "--temp", "0"], a.threads)
         print(f"{mode:13s} target-only       {pt / pw:6.2f} tok/s overall, {pd:6.2f} decoding ({pt} tokens, {pw:.1f} s)", flush=True)
         for name, extra in (("speculative", []), ("speculative -np 4", ["--parallel", "4"])):
+            if a.skip_sequential and "--parallel" not in extra:
+                continue
             spec, st, sw, sd = batch(a.bin, inp, flags + ["--temp", "0"] + extra, a.threads)
             same = sum(spec.get(k) == v for k, v in plain.items())
             print(f"{mode:13s} {name:17s} {st / sw:6.2f} tok/s overall, {sd:6.2f} decoding; identical to target-only: {same}/{len(plain)}", flush=True)
