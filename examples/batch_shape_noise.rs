@@ -10,24 +10,12 @@
 //! `--plain-weights` loads the target without llama.cpp's repacking buffers (as
 //! `--deterministic` does); `GGML_CPU_TILED_MM=0` switches ggml's tiled matmul off.
 
-use specrun::backend::llama::{ContextSettings, LlamaRunner, LoadSettings, LoadedModel};
-use specrun::core::model::{KvCursor, Model, Token};
-use specrun::settings::{FlashAttn, KvType};
+#[path = "../tests/support/models.rs"]
+mod models;
 
-fn last_row(target: &mut LlamaRunner<'_>, tokens: &[Token], tail: usize, batched: bool) -> Vec<f32> {
-    target.truncate(0, 0).unwrap();
-    let mut cursor = KvCursor::new(0);
-    let head = tokens.len() - tail;
-    cursor.decode_tail(target, &tokens[..head], 0).unwrap();
-    if batched {
-        cursor.decode_tail(target, tokens, 1).unwrap();
-    } else {
-        for end in head + 1..=tokens.len() {
-            cursor.decode_tail(target, &tokens[..end], 1).unwrap();
-        }
-    }
-    target.logits(0).to_vec()
-}
+use models::last_row;
+use specrun::backend::llama::{ContextSettings, LoadSettings, LoadedModel};
+use specrun::settings::{FlashAttn, KvType};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

@@ -4,12 +4,16 @@
 //! `SPECRUN_REQUIRE_MODELS=1` (CI), which makes a missing model a failure.
 #![cfg(feature = "llama")]
 
+#[path = "support/models.rs"]
+mod models;
+
+use models::{last_row, model_path};
 use specrun::backend::llama::{ContextSettings, LlamaRunner, LoadSettings, LoadedModel};
 use specrun::core::control::AdaptiveMode;
 use specrun::core::draft::{ModelDrafter, NoDraft};
 use specrun::core::engine::{Engine, GenConfig};
 use specrun::core::mock::MockClock;
-use specrun::core::model::{KvCursor, Model, Token};
+
 use specrun::core::ngram::{HybridDrafter, NgramDrafter};
 use specrun::settings::{FlashAttn, KvType};
 use std::path::PathBuf;
@@ -23,40 +27,12 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn model_path(file: &str) -> Option<PathBuf> {
-    let p = specrun::formats::models_toml::models_cache().join(file);
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("SPECRUN_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("model {} is missing: run scripts/fetch_models.py all", p.display());
-    }
-    eprintln!("skipping: model {} is missing (run scripts/fetch_models.py all)", p.display());
-    None
-}
-
 fn context(m: &LoadedModel) -> LlamaRunner<'_> {
     // as `--deterministic` sets up the target: flash attention over a quantized cache
     let mut s = ContextSettings::new(2048, 512, 2, 1);
     s.flash_attn = FlashAttn::On;
     (s.type_k, s.type_v) = (KvType::Q8_0, KvType::Q8_0);
     m.context(s).unwrap()
-}
-
-/// The last logits row after `tokens`, its last `tail` tokens decoded as one batch or one by one.
-fn last_row(target: &mut LlamaRunner<'_>, tokens: &[Token], tail: usize, batched: bool) -> Vec<f32> {
-    target.truncate(0, 0).unwrap();
-    let mut cursor = KvCursor::new(0);
-    let head = tokens.len() - tail;
-    cursor.decode_tail(target, &tokens[..head], 0).unwrap();
-    if batched {
-        cursor.decode_tail(target, tokens, 1).unwrap();
-    } else {
-        for end in head + 1..=tokens.len() {
-            cursor.decode_tail(target, &tokens[..end], 1).unwrap();
-        }
-    }
-    target.logits(0).to_vec()
 }
 
 fn fidelity_prompts(n: usize) -> Vec<String> {

@@ -4,6 +4,10 @@
 //! turns a missing model into a failure.
 #![cfg(feature = "llama")]
 
+#[path = "support/models.rs"]
+mod models;
+
+use models::{last_row, model_path};
 use specrun::backend::llama::{ContextSettings, LlamaRunner, LoadedModel};
 use specrun::core::draft::{ModelDrafter, NoDraft};
 use specrun::core::engine::{Engine, GenConfig};
@@ -22,18 +26,6 @@ const GEMMA: &str = "gemma-3-270m-q4_k_m.gguf";
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn model_path(file: &str) -> Option<PathBuf> {
-    let p = specrun::formats::models_toml::models_cache().join(file);
-    if p.is_file() {
-        return Some(p);
-    }
-    if std::env::var("SPECRUN_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("model {} is missing: run scripts/fetch_models.py all", p.display());
-    }
-    eprintln!("skipping: model {} is missing (run scripts/fetch_models.py all)", p.display());
-    None
 }
 
 /// Layers of each model to offload: `SPECRUN_TEST_GPU_LAYERS` (e.g. 99 with a GPU build, to
@@ -75,23 +67,6 @@ fn generate<T: Model, D: specrun::core::draft::Drafter>(e: &mut Engine<T, D>, pr
     let mut seq = e.start(0, prompt.to_vec(), &clock).unwrap();
     e.generate(&mut seq, &clock, |_| {}).unwrap();
     seq
-}
-
-/// Last logits row after `prefix`, its last `tail` tokens decoded in one batch (`batched`)
-/// or one at a time.
-fn last_row(target: &mut LlamaRunner<'_>, prefix: &[Token], tail: usize, batched: bool) -> Vec<f32> {
-    target.truncate(0, 0).unwrap();
-    let mut cursor = specrun::core::model::KvCursor::new(0);
-    let head = prefix.len() - tail;
-    cursor.decode_tail(target, &prefix[..head], 0).unwrap();
-    if batched {
-        cursor.decode_tail(target, prefix, 1).unwrap();
-    } else {
-        for end in head + 1..=prefix.len() {
-            cursor.decode_tail(target, &prefix[..end], 1).unwrap();
-        }
-    }
-    target.logits(0).to_vec()
 }
 
 /// At a divergence after `prefix`: the plain-decoding gap between the two tokens that
