@@ -13,6 +13,8 @@ cargo fmt --all -- --check
 say "lints (cargo clippy -D warnings), with and without the llama.cpp backend"
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 cargo clippy --release --locked --workspace --all-targets --no-default-features -- -D warnings
+say "API docs (cargo doc, warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --release --locked --no-deps --workspace
 say "pure core and mock backend, without llama.cpp"
 cargo test --release --locked --workspace --no-default-features
 say "full suite, real models required"

@@ -576,7 +576,7 @@ fn flag<T>(v: Option<T>, name: &'static str) -> Option<Setting<T>> {
 }
 
 impl ModelArgs {
-    /// The models these flags select, for [`crate::infer::plan`].
+    /// The models these flags select, for [`crate::infer::plan()`].
     pub fn selection(&self) -> ModelSelection {
         ModelSelection {
             config: self.config.clone(),

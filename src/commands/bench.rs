@@ -1,6 +1,6 @@
 //! The `specrun bench` command: for every pair × drafter × policy × draft length ×
 //! temperature, run target-only and speculative generation on the same prompts in one process,
-//! interleaved (A B A B …) so machine drift cancels, and summarise with [`crate::bench`].
+//! interleaved (A B A B …) so machine drift cancels, and summarise with [`crate::formats::bench`].
 //!
 //! Exports are rewritten after every configuration, so an interrupted sweep loses nothing.
 

@@ -7,7 +7,7 @@
 //! - [`records`] — batch input records, the output schema, resume scanning.
 //! - [`report`] — the run report (`--json`) and the stats block.
 //! - [`trace`] — the per-round trace of `run --trace-rounds`.
-//! - [`bench`] — bench summaries (medians, min-max, predicted speed-up); [`export`] — one
+//! - [`mod@bench`] — bench summaries (medians, min-max, predicted speed-up); [`export`] — one
 //!   exporter per format (table, CSV, Markdown, JSON, SVG).
 
 pub mod bench;

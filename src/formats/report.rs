@@ -18,7 +18,7 @@
 //! | `n_drafted`, `n_accepted` | int | drafted tokens, accepted drafted tokens |
 //! | `acceptance_rate` | float | `n_accepted / n_drafted` |
 //! | `tokens_per_round` | float | generated tokens per target decode |
-//! | `acceptance_by_position` | [float] | acceptance at draft positions 1..K |
+//! | `acceptance_by_position` | array of float | acceptance at draft positions 1..K |
 //! | `rounds_model`, `rounds_ngram`, `rounds_plain` | int | rounds drafted by each source, and rounds without a draft (fallback) |
 //! | `mean_k` | float | mean draft length chosen per round |
 //! | `n_forced`, `n_forced_accepted` | int | tokens a constraint forced (drafted ahead of any drafter's, counted in `n_drafted`), and accepted |

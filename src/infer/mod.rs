@@ -1,4 +1,4 @@
-//! The inference layer every command uses: resolve settings ([`plan`], over [`crate::settings`]), load the
+//! The inference layer every command uses: resolve settings ([`mod@plan`], over [`crate::settings`]), load the
 //! models once ([`with_backend`]: llama.cpp, or the mock with `--mock`), build drafters
 //! ([`make_drafter`]) and generate with streaming and stop strings ([`generate`]).
 //!
@@ -234,7 +234,7 @@ pub fn make_drafter_with_cache<'a, M: Model + 'a>(
 
 /// What a command runs on: the target, the drafter the plan asks for, and the text codec.
 /// The clock is the wall clock, except on the mock backend, whose models advance a
-/// [`crate::mock::MockClock`] so that its timings (and so its output) are reproducible.
+/// [`crate::backend::mock::MockClock`] so that its timings (and so its output) are reproducible.
 /// The job gets the target, the draft model (when the plan needs one) and builds its drafters
 /// with [`make_drafter`].
 pub type Job<'a> = &'a mut dyn FnMut(&mut dyn Model, Option<&mut dyn Model>, &dyn TextCodec, &dyn Clock) -> Result<ExitCode>;

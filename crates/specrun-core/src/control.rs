@@ -1,7 +1,7 @@
 //! Deciding, round by round, how much to speculate: fixed, a simple step rule, or the
 //! cost-aware controller that falls back to plain decoding when speculation does not pay.
 //!
-//! The cost-aware rule ([`Adaptive::Auto`]) keeps, per draft source (draft model, n-gram):
+//! The cost-aware rule ([`AdaptiveMode::Auto`]) keeps, per draft source (draft model, n-gram):
 //! an acceptance estimate `α` (accepted tokens over accepted tokens plus rejections, decayed
 //! so it follows the text) — for n-gram drafts one per copy-run length, since a copy that has
 //! lasted long tends to go on ([`Controller::reach`]) —, the cost of one draft step, and the
@@ -473,8 +473,8 @@ impl DraftYield {
     }
 
     /// The share of expected draft tokens the drafts realised, at most 1 (drafts are never
-    /// planned as better than their estimates) and at least [`YIELD_MIN`]; 1 until
-    /// [`YIELD_EVIDENCE`] expected tokens were seen.
+    /// planned as better than their estimates) and at least `YIELD_MIN`; 1 until
+    /// `YIELD_EVIDENCE` expected tokens were seen.
     pub fn factor(&self) -> f64 {
         if self.expected < YIELD_EVIDENCE {
             1.0
@@ -653,7 +653,7 @@ impl Controller {
     /// The chance that the `j`-th drafted token (`j` = 1..=`cap`) is accepted, every token
     /// before it too: `α^j` for the draft model; for n-gram drafts the product of the
     /// acceptance learned for each run length the draft passes through, from a copy run that
-    /// has lasted `run` tokens ([`RunAcceptance`]).
+    /// has lasted `run` tokens (`RunAcceptance`).
     pub fn reach(&self, source: DraftSource, run: usize, cap: usize) -> Vec<f64> {
         if source != DraftSource::Ngram {
             return geometric_reach(self.estimate(source).alpha(), cap);
@@ -818,7 +818,7 @@ impl Controller {
 /// Drafted rounds a [`DraftGuard`] weighs before it judges.
 pub const GUARD_WINDOW: usize = 16;
 /// Shared rounds without drafting after the first verdict against it (doubles after each
-/// further one, up to [`GUARD_MAX_PAUSE`]).
+/// further one, up to `GUARD_MAX_PAUSE`).
 pub const GUARD_FIRST_PAUSE: usize = 32;
 const GUARD_MAX_PAUSE: usize = 1024;
 
