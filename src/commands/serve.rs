@@ -87,7 +87,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         d.n_seq = n_parallel as u32;
     }
     let model = args.alias.clone().or_else(|| plan.pair.clone()).unwrap_or_else(|| plan.target.name.clone());
-    let text = text_routes(&plan, mock_of(args), &model, n_parallel, args)?;
+    let text = text_routes(&plan, args.models.mock, &model, n_parallel, args)?;
     let metrics = Arc::new(Metrics::default());
     let cancel = Arc::new(AtomicBool::new(false));
     // a queue of at least one: a request is either in a slot, waiting here, or refused
@@ -295,10 +295,6 @@ fn vocab_only(plan: &crate::infer::Plan) -> Result<(Box<dyn specrun_core::model:
 #[cfg(not(feature = "llama"))]
 fn vocab_only(_plan: &crate::infer::Plan) -> Result<(Box<dyn specrun_core::model::TextCodec + Send + Sync>, usize)> {
     Err(anyhow!("this build has no llama.cpp backend (use --mock)"))
-}
-
-fn mock_of(args: &ServeArgs) -> bool {
-    args.models.mock
 }
 
 /// A text route: the body as JSON, answered by `f` (a JSON error naming the field otherwise).

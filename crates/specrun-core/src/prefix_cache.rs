@@ -146,7 +146,8 @@ mod tests {
         Engine::new(MockModel::new(spec), NoDraft, GenConfig { max_tokens: 4, ..GenConfig::default() })
     }
 
-    fn finished(e: &mut Engine<MockModel, NoDraft>, id: SeqId, prompt: Vec<Token>) -> KeptCells {
+    /// Generate `prompt` to the end in slot `id`; what the sequence leaves there.
+    fn finished<M: Model>(e: &mut Engine<M, NoDraft>, id: SeqId, prompt: Vec<Token>) -> KeptCells {
         let clock = MockClock::new();
         let mut seq = e.start(id, prompt, &clock).unwrap();
         e.generate(&mut seq, &clock, |_| {}).unwrap();
@@ -179,12 +180,10 @@ mod tests {
     fn snapshots_pass_through_a_borrowed_model() {
         let mut model = MockModel::new(MockSpec { n_seq: 2, ..MockSpec::target(7) });
         let mut e = Engine::new(&mut model as &mut dyn Model, NoDraft, GenConfig { max_tokens: 4, ..GenConfig::default() });
-        let clock = MockClock::new();
         let prompt: Vec<Token> = (10..40).collect();
-        let mut seq = e.start(0, prompt.clone(), &clock).unwrap();
-        e.generate(&mut seq, &clock, |_| {}).unwrap();
+        let kept = finished(&mut e, 0, prompt.clone());
         let mut cache = PrefixCache::new(1 << 30);
-        cache.save(&mut e, 0, &seq.kept_cells());
+        cache.save(&mut e, 0, &kept);
         assert_eq!(cache.len(), 1);
         let cells = cache.restore(&mut e, 1, &prompt[..prompt.len() - 1], KeptCells::default());
         assert_eq!(cells.reusable(&prompt[..prompt.len() - 1]).0, prompt.len() - 1);
@@ -281,16 +280,14 @@ mod tests {
         }
         let spec = MockSpec { n_seq: 4, ..MockSpec::target(7) };
         let mut e = Engine::new(Refuses(MockModel::new(spec)), NoDraft, GenConfig { max_tokens: 4, ..GenConfig::default() });
-        let clock = MockClock::new();
         let prompt: Vec<Token> = (10..40).collect();
-        let mut seq = e.start(0, prompt.clone(), &clock).unwrap();
-        e.generate(&mut seq, &clock, |_| {}).unwrap();
+        let kept = finished(&mut e, 0, prompt.clone());
         let mut cache = PrefixCache::new(1 << 30);
-        cache.save(&mut e, 0, &seq.kept_cells());
+        cache.save(&mut e, 0, &kept);
         let cells = cache.restore(&mut e, 1, &prompt[..prompt.len() - 1], KeptCells::default());
         assert!(cells.is_empty());
         assert_eq!(cache.stats.n_failed, 1);
-        let again = e.start_after(1, prompt.clone(), None, &clock).unwrap();
+        let again = e.start_after(1, prompt.clone(), None, &MockClock::new()).unwrap();
         assert_eq!(again.stats.n_prompt_cached, 0);
     }
 }
