@@ -16,7 +16,7 @@ use crate::formats::records::{
     check_unique_ids, detect_format, id_key, parse_input, read_output, sidecar_path, BadRecord, ErrorRecord, Header, InputFormat, Job,
     OkRecord, OutputRecord, PromptInput,
 };
-use crate::infer::{generate_cached, make_drafter_with_cache, plan, with_backend, Interrupted, Plan};
+use crate::infer::{generate_cached, make_drafter_with_cache, plan, token_texts, with_backend, Interrupted, Plan};
 use crate::io::{install_interrupt_handler, interrupted, is_stdout, read_text};
 use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -169,7 +169,8 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
         }
     }
     with_backend(&plan, args.models.mock, &mut |target, draft, codec, clock| {
-        let drafter = make_drafter_with_cache(plan.drafter, plan.ngram, draft, args.draft_cache);
+        let texts = token_texts(codec, target.n_vocab());
+        let drafter = make_drafter_with_cache(plan.drafter, plan.ngram, draft, &texts, args.draft_cache);
         if n_parallel > 1 {
             return run_parallel(target, drafter, codec, clock, &plan, args, &todo, done.len(), &mut sink, n_parallel);
         }

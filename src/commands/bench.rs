@@ -10,7 +10,7 @@ use crate::formats::export::{csv, json, markdown, markdown_prompts, parse_json, 
 use crate::formats::models_toml::{write_best, ConfigSource};
 use crate::formats::records::{parse_input, PromptInput};
 use crate::infer::plan::config_source;
-use crate::infer::{generate, make_drafter, plan, with_backend, Plan};
+use crate::infer::{generate, make_drafter, plan, token_texts, with_backend, Plan};
 use crate::io::{is_stdout, out, read_text};
 use crate::settings::{self, Origin, Overrides, Setting};
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -166,7 +166,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
                                 let draft = draft.as_mut().map(|d| &mut **d as &mut dyn Model);
                                 samples.push(if n_parallel > 1 {
                                     let spec_first = repeat % 2 == 1;
-                                    measure_parallel(target, draft, clock, &plan, drafter, &gen, &prompts, n_parallel, spec_first)?
+                                    measure_parallel(target, draft, codec, clock, &plan, drafter, &gen, &prompts, n_parallel, spec_first)?
                                 } else {
                                     measure(target, draft, codec, clock, &plan, drafter, &gen, &prompts)?
                                 });
@@ -245,7 +245,12 @@ fn measure(
         let gen = GenConfig { max_tokens: *max_tokens, ..gen.clone() };
         let base =
             generate(&mut Engine::new(&mut *target, NoDraft, gen.clone()), codec, tokens, clock, None, &[], &crate::io::interrupted)?;
-        let d = make_drafter(Some(drafter), plan.ngram, draft.as_mut().map(|m| &mut **m as &mut dyn Model));
+        let d = make_drafter(
+            Some(drafter),
+            plan.ngram,
+            draft.as_mut().map(|m| &mut **m as &mut dyn Model),
+            &token_texts(codec, target.n_vocab()),
+        );
         let spec = generate(&mut Engine::new(&mut *target, d, gen), codec, tokens, clock, None, &[], &crate::io::interrupted)?;
         s.add_prompt(&base.stats, &spec.stats);
     }
@@ -261,6 +266,7 @@ fn measure(
 fn measure_parallel(
     target: &mut dyn Model,
     mut draft: Option<&mut dyn Model>,
+    codec: &dyn TextCodec,
     clock: &dyn Clock,
     plan: &Plan,
     drafter: DrafterKind,
@@ -318,7 +324,8 @@ fn measure_parallel(
     }
     let plain = |target: &mut dyn Model| one_run(&mut Engine::new(target, NoDraft, gen.clone()), jobs(), n_parallel, gen, clock);
     let base_first = if spec_first { None } else { Some(plain(&mut *target)?) };
-    let d = make_drafter(Some(drafter), plan.ngram, draft.as_mut().map(|m| &mut **m as &mut dyn Model));
+    let d =
+        make_drafter(Some(drafter), plan.ngram, draft.as_mut().map(|m| &mut **m as &mut dyn Model), &token_texts(codec, target.n_vocab()));
     let spec = one_run(&mut Engine::new(&mut *target, d, gen.clone()), jobs(), n_parallel, gen, clock)?;
     let base = match base_first {
         Some(b) => b,

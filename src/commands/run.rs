@@ -5,7 +5,7 @@
 use crate::cli::RunArgs;
 use crate::constraint::Vocabulary;
 use crate::formats::report::CompareReport;
-use crate::infer::{generate, generate_traced, make_drafter, plan, with_backend, Plan};
+use crate::infer::{generate, generate_traced, make_drafter, plan, token_texts, with_backend, Plan};
 use crate::io::{install_interrupt_handler, interrupted, out, read_text};
 use anyhow::{anyhow, bail, Context, Result};
 use specrun_core::draft::{Drafter, NoDraft};
@@ -51,7 +51,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             let vocab = Vocabulary::of(codec, target.n_vocab(), &|t| target.is_eog(t))?;
             plan.gen.constraint = Some(vocab.compile(g)?);
         }
-        execute(target, make_drafter(plan.drafter, plan.ngram, draft), codec, clock, &prompt, args, &plan)
+        let texts = token_texts(codec, target.n_vocab());
+        execute(target, make_drafter(plan.drafter, plan.ngram, draft, &texts), codec, clock, &prompt, args, &plan)
     })
 }
 

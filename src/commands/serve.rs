@@ -13,7 +13,7 @@ use crate::cli::ServeArgs;
 use crate::formats::openai::{chunk, parse_request, response, ApiError, CompletionRequest, Endpoint, Meta, Usage};
 use crate::infer::plan::{prefill, sequences_in_flight};
 use crate::infer::serving::{serve_loop, Event, Failure, Metrics, ServeRequest};
-use crate::infer::{make_drafter, plan, with_backend};
+use crate::infer::{make_drafter, plan, token_texts, with_backend};
 use anyhow::{anyhow, Context as _, Result};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -98,7 +98,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         let (metrics, cancel) = (metrics.clone(), cancel.clone());
         std::thread::Builder::new().name("specrun-model".into()).spawn(move || {
             with_backend(&plan, mock, &mut |target, draft, codec, clock| {
-                let drafter = make_drafter(plan.drafter, plan.ngram, draft);
+                let drafter = make_drafter(plan.drafter, plan.ngram, draft, &token_texts(codec, target.n_vocab()));
                 let mut engine = Engine::new(target, drafter, plan.gen.clone());
                 let _ = ready_tx.send(Ready { n_ctx: engine.target.n_ctx(), drafter: engine.drafter.name() });
                 serve_loop(&mut engine, codec, clock, &plan, &queue_rx, slots, &cancel, &metrics);

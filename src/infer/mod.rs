@@ -13,6 +13,7 @@ pub use plan::{plan, ModelPlan, ModelSelection, Plan};
 
 use crate::formats::report::RunReport;
 use anyhow::{bail, Context as _, Result};
+use specrun_core::anchor::TokenTexts;
 use specrun_core::detok::Utf8Stream;
 use specrun_core::draft::{Drafter, DrafterKind, ModelDrafter, NoDraft};
 use specrun_core::engine::{Engine, KeptCells};
@@ -23,6 +24,7 @@ use specrun_core::prefix_cache::PrefixCache;
 use specrun_core::stats::{Clock, FinishReason, GenStats};
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The real clock, for the binary only.
@@ -209,9 +211,20 @@ fn generate_after<T: Model, D: Drafter>(
     Ok((Generated { report, tokens: seq.generated().to_vec(), stats: seq.stats }, kept))
 }
 
-/// The drafter a plan asks for, over an already created draft model (if it needs one).
-pub fn make_drafter<'a, M: Model + 'a>(kind: Option<DrafterKind>, ngram: NgramConfig, model: Option<M>) -> Box<dyn Drafter + 'a> {
-    make_drafter_with_cache(kind, ngram, model, false)
+/// The text of every token of the target's vocabulary, for n-gram drafts anchored on text.
+pub fn token_texts(codec: &dyn TextCodec, n_vocab: usize) -> Arc<TokenTexts> {
+    Arc::new(TokenTexts::new((0..n_vocab as Token).map(|t| codec.piece(t)).collect()))
+}
+
+/// The drafter a plan asks for, over an already created draft model (if it needs one); its
+/// n-gram lookups also anchor on the token `texts` ([`token_texts`]).
+pub fn make_drafter<'a, M: Model + 'a>(
+    kind: Option<DrafterKind>,
+    ngram: NgramConfig,
+    model: Option<M>,
+    texts: &Arc<TokenTexts>,
+) -> Box<dyn Drafter + 'a> {
+    make_drafter_with_cache(kind, ngram, model, texts, false)
 }
 
 /// [`make_drafter`], with an n-gram draft cache across sequences when `cache` (for drafters
@@ -220,9 +233,10 @@ pub fn make_drafter_with_cache<'a, M: Model + 'a>(
     kind: Option<DrafterKind>,
     ngram: NgramConfig,
     model: Option<M>,
+    texts: &Arc<TokenTexts>,
     cache: bool,
 ) -> Box<dyn Drafter + 'a> {
-    let ngram_drafter = || if cache { NgramDrafter::with_cache(ngram) } else { NgramDrafter::new(ngram) };
+    let ngram_drafter = || if cache { NgramDrafter::with_cache(ngram) } else { NgramDrafter::new(ngram) }.with_texts(Arc::clone(texts));
     match (kind, model) {
         (None, _) => Box::new(NoDraft),
         (Some(DrafterKind::Ngram), _) => Box::new(ngram_drafter()),

@@ -61,6 +61,12 @@ impl TokenMask {
         usize::try_from(token).ok().filter(|&t| t < self.n_vocab).is_some_and(|t| self.words[t / 32] >> (t % 32) & 1 == 1)
     }
 
+    /// A hash of the allowed set: grammar states that allow the same tokens (inside any JSON
+    /// string, after any number in an object) share it.
+    pub fn fingerprint(&self) -> u64 {
+        self.words.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &w| (h ^ w as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    }
+
     /// How many tokens are allowed.
     pub fn count(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()

@@ -57,6 +57,9 @@ pub struct GenConfig {
     pub constraint: Option<ConstraintSpec>,
 }
 
+/// Closing tokens a sequence remembers ([`Engine::close_at_cut`]).
+const CLOSERS_MAX: usize = 16;
+
 /// Most tokens a constraint's forced span puts into one round's draft (ahead of any drafter's
 /// tokens). Forced tokens are nearly always accepted, so a long span is worth one decode on a
 /// flat (GPU) cost curve and still about two on a CPU's; longer spans go on next round.
@@ -123,6 +126,11 @@ struct Drafted {
     expected: Option<(f64, f64)>,
     /// The n-gram drafter's first token, in a round that planned no draft ([`Drafter::peek`]).
     peek: Option<Token>,
+    /// Where the grammar refused the drafter's tokens (an offset into the draft, forced
+    /// tokens included) with the fingerprint of the grammar's mask there, and how many
+    /// closing tokens were drafted there instead.
+    cut: Option<(usize, u64)>,
+    n_closing: usize,
     /// Of the drafted tokens, how many the constraint forced (they come first).
     n_forced: usize,
 }
@@ -308,6 +316,10 @@ pub struct Sequence {
     pub guide: Option<Guide>,
     /// Tokens the constraint forced at the end of `tokens` this round (drafted, not verified).
     forced: usize,
+    /// The tokens the target wrote where the grammar had refused a draft (a string's closing
+    /// quote and comma), by the fingerprint of the grammar's mask there, most recent first:
+    /// what a later cut in the same kind of state drafts ([`Engine::close_at_cut`]).
+    closers: Vec<(u64, Token)>,
 }
 
 impl Sequence {
@@ -447,6 +459,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             pace_mean: PaceMean::default(),
             guide: None,
             forced: 0,
+            closers: Vec::new(),
         };
         seq.guide = self.config.constraint.as_ref().map(|c| Guide::new(c.start(), seq.n_prompt));
         let head_len = seq.n_prompt - 1;
@@ -495,6 +508,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             expected: None,
             peek: None,
             n_forced: 0,
+            cut: None,
+            n_closing: 0,
         };
         self.finish_phase(seq, first, row, shared, t_read, clock)
     }
@@ -860,19 +875,27 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let n_forced = std::mem::take(&mut seq.forced);
         let own = n_hist + n_forced;
         seq.stats.n_draft_steps += report.n_steps;
+        // a drafter's tokens end at the first the grammar refuses (a draft model sampled
+        // under the mask already; n-gram drafts may leave the grammar)
+        let mut refused = 0;
         if let Some(guide) = seq.guide.as_mut().filter(|_| seq.tokens.len() > own) {
-            // a drafter's tokens end at the first the grammar refuses (a draft model sampled
-            // under the mask already; n-gram drafts may leave the grammar)
             let target = &self.target;
+            let proposed = seq.tokens.len() - own;
             let allowed = guide.allowed_prefix(&seq.tokens[..own], &seq.tokens[own..], &|t| target.is_eog(t)).unwrap_or(0);
             seq.tokens.truncate(own + allowed);
             seq.q.truncate(n_forced + allowed);
+            refused = proposed - allowed;
         }
         if seq.tokens.len() > own && seq.tokens.len() - own < seq.config.draft_min.max(1) {
             // too short to be worth a bigger target batch (llama.cpp's --draft-min)
             seq.tokens.truncate(own);
             seq.q.truncate(n_forced);
+            refused = 0;
         }
+        let (cut, n_closing) = match refused {
+            0 => (None, 0),
+            _ => self.close_at_cut(seq, refused).map_or((None, 0), |(key, n)| (Some((seq.tokens.len() - n - n_hist, key)), n)),
+        };
         let n_drafted = seq.tokens.len() - n_hist;
         // the target decodes the last accepted token and the whole draft
         Drafted {
@@ -888,9 +911,33 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             expected,
             peek,
             n_forced,
+            cut,
+            n_closing,
         }
     }
 
+    /// Where the grammar refused a drafter's token, the value it was copying likely ends
+    /// there: draft the token the target ended a cut in the same kind of grammar state with
+    /// (the same mask) and the tokens the grammar forces after it, in the `room` the refused
+    /// tokens left. Verification decides, as for any draft. Returns the mask's fingerprint
+    /// (what the target's token there is learned under) and how many tokens were drafted.
+    fn close_at_cut(&mut self, seq: &mut Sequence, room: usize) -> Option<(u64, usize)> {
+        let guide = seq.guide.as_mut()?;
+        let target = &self.target;
+        let is_eog = |t| target.is_eog(t);
+        let key = guide.mask_after(&seq.tokens, &is_eog).ok()?.fingerprint();
+        let start = seq.tokens.len();
+        if let Some(&(_, closer)) = seq.closers.iter().find(|&&(k, _)| k == key) {
+            seq.tokens.push(closer);
+            if let Ok(forced) = guide.forced_after(&seq.tokens, room - 1, &is_eog) {
+                seq.tokens.extend(forced);
+            }
+            if seq.config.effective_verify().needs_q() {
+                seq.q.extend(seq.tokens[start..].iter().map(|&t| Dist::one_hot(t)));
+            }
+        }
+        Some((key, seq.tokens.len() - start))
+    }
     /// The second half of a round, after the target decode: verify on rows
     /// `row_base..row_base + d.n_rows` of that decode, keep what is accepted, roll back,
     /// learn. `shared`: the total batch size when the decode carried other sequences too.
@@ -903,7 +950,22 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         t_verified: std::time::Duration,
         clock: &dyn Clock,
     ) -> Result<Range<usize>, EngineError> {
-        let Drafted { n_hist, k_planned, run, n_drafted, report, draft_gap, n_rows, t_start, t_drafted, expected, peek, n_forced } = d;
+        let Drafted {
+            n_hist,
+            k_planned,
+            run,
+            n_drafted,
+            report,
+            draft_gap,
+            n_rows,
+            t_start,
+            t_drafted,
+            expected,
+            peek,
+            n_forced,
+            cut,
+            n_closing,
+        } = d;
         // a trace keeps the draft, which verification cuts back to what was accepted
         let traced_draft = seq.trace_rounds.then(|| seq.tokens[n_hist..n_hist + n_drafted].to_vec());
         let verify_mode = seq.config.effective_verify();
@@ -941,15 +1003,25 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         seq.target.keep(&mut self.target, keep).map_err(EngineError::Target)?;
         self.drafter.rollback(&mut seq.draft, keep).map_err(EngineError::Draft)?;
 
-        // forced tokens are the grammar's, not a drafter's: the controller learns from the
-        // drafter's tokens after them (none when a forced token was refused)
+        // where the grammar cut the draft, the target's token is what ends such a value
+        if let Some((key, &t)) = cut.filter(|&(c, _)| verdict.n_accepted >= c).and_then(|(c, k)| Some((k, seq.tokens.get(n_hist + c)?))) {
+            seq.closers.retain(|&(k, _)| k != key);
+            seq.closers.insert(0, (key, t));
+            seq.closers.truncate(CLOSERS_MAX);
+        }
+        // forced and closing tokens are the grammar's, not a drafter's: the controller learns
+        // from the drafter's tokens between them (none when a forced token was refused)
         let n_forced_accepted = verdict.n_accepted.min(n_forced);
+        let own_drafted = n_drafted - n_forced - n_closing;
         let (own_drafted, own_accepted) =
-            if n_forced_accepted == n_forced { (n_drafted - n_forced, verdict.n_accepted - n_forced) } else { (0, 0) };
+            if n_forced_accepted == n_forced { (own_drafted, (verdict.n_accepted - n_forced).min(own_drafted)) } else { (0, 0) };
+        let n_closing_accepted = cut.map_or(0, |(c, _)| verdict.n_accepted.saturating_sub(c).min(n_closing));
         let source = if own_drafted > 0 { report.source } else { DraftSource::None };
         seq.stats.record_round(n_drafted, verdict.n_accepted);
         seq.stats.n_forced += n_forced;
         seq.stats.n_forced_accepted += n_forced_accepted;
+        seq.stats.n_closing += n_closing;
+        seq.stats.n_closing_accepted += n_closing_accepted;
         seq.stats.n_masks = seq.guide.as_ref().map_or(0, |g| g.n_masks);
         if let Some(drafted) = traced_draft {
             seq.last_round = Some(RoundRecord {

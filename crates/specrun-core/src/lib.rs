@@ -15,13 +15,15 @@
 //! - [`batching`] — continuous batching: slots, prefill between rounds, refill at once.
 //! - [`prefix_cache`] — finished sequences' cells in host memory, restored for prompts that
 //!   begin the same way.
-//! - [`draft`], [`ngram`] — drafters: a draft model, n-gram lookup, hybrid.
+//! - [`draft`], [`ngram`], [`anchor`] — drafters: a draft model, n-gram lookup (on tokens,
+//!   and on text across tokenizations), hybrid.
 //! - [`control`] — how long each draft is (fixed, step, cost-aware auto).
 //! - [`outlook`] — whether a batch run's drafts end it sooner than plain decoding, played to
 //!   the end.
 //! - [`verify`], [`sampling`] — greedy and rejection-sampling verification, the warp.
 //! - [`stats`], [`vocab`], [`detok`] — counters and timings, pair compatibility, UTF-8 streaming.
 
+pub mod anchor;
 pub mod batching;
 pub mod constraint;
 pub mod control;

@@ -6,12 +6,14 @@
 //! deterministic, so for rejection sampling its `q` is one-hot: the target accepts `x` with
 //! probability `p(x)` and otherwise samples from `p` without `x`.
 
+use crate::anchor::{text_anchor, TokenTexts};
 use crate::draft::DraftCursor;
 use crate::draft::{DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};
 use crate::model::{ModelError, Token};
 use crate::sampling::{Dist, Scratch};
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Settings of the n-gram lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +136,8 @@ pub struct NgramState {
     edits: Vec<Edit>,
     /// The edits the last draft replayed.
     replays: Vec<Replay>,
+    /// Where the last plan copied from: a text anchor prefers the source after it.
+    last_source: Option<usize>,
 }
 
 /// The most recent edit whose `old` starts at `tokens[i]`, with its index: what a copy
@@ -247,6 +251,12 @@ impl NgramState {
 
     /// Where the next proposal copies from, after `tokens`; updates the pointer.
     pub fn plan(&mut self, tokens: &[Token], config: NgramConfig) -> Option<usize> {
+        self.plan_anchored(tokens, config, None)
+    }
+
+    /// [`NgramState::plan`], and where no tokens match, a match of the bytes across
+    /// tokenizations when the token `texts` are known ([`crate::anchor`]).
+    pub fn plan_anchored(&mut self, tokens: &[Token], config: NgramConfig, texts: Option<&TokenTexts>) -> Option<usize> {
         let n = tokens.len();
         if let Some((at, from)) = self.planned {
             if at == n {
@@ -254,12 +264,13 @@ impl NgramState {
             }
         }
         self.update_index(tokens, config);
-        let from = self.locate(tokens, config);
+        let from = self.locate(tokens, config, texts);
         self.planned = from.map(|f| (n, f));
+        self.last_source = from.or(self.last_source);
         from
     }
 
-    fn locate(&mut self, tokens: &[Token], config: NgramConfig) -> Option<usize> {
+    fn locate(&mut self, tokens: &[Token], config: NgramConfig, texts: Option<&TokenTexts>) -> Option<usize> {
         let n = tokens.len();
         if n < 2 {
             return None;
@@ -332,10 +343,13 @@ impl NgramState {
             self.offset = None;
             self.broke_at = None;
         }
-        match self.longest_match(tokens, config) {
-            Some((from, len)) => anchor(self, from, len),
-            None => None,
+        if let Some((from, len)) = self.longest_match(tokens, config) {
+            return anchor(self, from, len);
         }
+        // the same text tokenized otherwise: a new run (what came before it is no edit)
+        let (from, _) = text_anchor(tokens, texts?, self.last_source)?;
+        self.broke_at = None;
+        anchor(self, from, 1)
     }
 
     /// With the pointer at `p`: if the output ends with an edit's `new` (not empty) and the
@@ -512,16 +526,23 @@ pub struct NgramDrafter {
     pub config: NgramConfig,
     /// `Some`: learn from every finished sequence and propose from earlier outputs.
     pub corpus: Option<NgramCorpus>,
+    /// The tokens' texts: where no tokens match, the bytes may ([`crate::anchor`]).
+    pub texts: Option<Arc<TokenTexts>>,
 }
 
 impl NgramDrafter {
     pub fn new(config: NgramConfig) -> Self {
-        Self { config, corpus: None }
+        Self { config, corpus: None, texts: None }
     }
 
     /// With a draft cache across sequences.
     pub fn with_cache(config: NgramConfig) -> Self {
-        Self { config, corpus: Some(NgramCorpus::default()) }
+        Self { config, corpus: Some(NgramCorpus::default()), texts: None }
+    }
+
+    /// Anchoring copies on text as well as on tokens.
+    pub fn with_texts(self, texts: Arc<TokenTexts>) -> Self {
+        Self { texts: Some(texts), ..self }
     }
 }
 
@@ -532,7 +553,7 @@ impl Drafter for NgramDrafter {
 
     fn source(&self, cursor: &mut DraftCursor, tokens: &[Token]) -> DraftSource {
         let cached = || self.corpus.as_ref().is_some_and(|c| c.lookup(tokens).is_some());
-        match cursor.ngram.plan(tokens, self.config) {
+        match cursor.ngram.plan_anchored(tokens, self.config, self.texts.as_deref()) {
             Some(_) => DraftSource::Ngram,
             None if cached() => DraftSource::Ngram,
             None => DraftSource::None,
@@ -573,7 +594,7 @@ impl Drafter for NgramDrafter {
         _: &mut ChaCha8Rng,
     ) -> Result<DraftReport, ModelError> {
         let start = tokens.len();
-        match cursor.ngram.plan(tokens, self.config) {
+        match cursor.ngram.plan_anchored(tokens, self.config, self.texts.as_deref()) {
             Some(from) => {
                 cursor.ngram.copy(tokens, from, req.max);
             }

@@ -66,6 +66,11 @@ pub struct GenStats {
     /// `n_drafted` too), and how many of them the target accepted.
     pub n_forced: usize,
     pub n_forced_accepted: usize,
+    /// Tokens drafted where the grammar refused a drafter's token (a closing token the target
+    /// ended such a cut with before, and what the grammar forces after it; counted in
+    /// `n_drafted` too), and how many of them the target accepted.
+    pub n_closing: usize,
+    pub n_closing_accepted: usize,
     /// Grammar masks computed (drafting and verification).
     pub n_masks: usize,
     #[serde(serialize_with = "secs")]
@@ -265,6 +270,8 @@ impl GenStats {
         self.n_draft_steps += o.n_draft_steps;
         self.n_forced += o.n_forced;
         self.n_forced_accepted += o.n_forced_accepted;
+        self.n_closing += o.n_closing;
+        self.n_closing_accepted += o.n_closing_accepted;
         self.n_masks += o.n_masks;
         self.n_rounds_model += o.n_rounds_model;
         self.n_rounds_ngram += o.n_rounds_ngram;

@@ -297,3 +297,35 @@ fn rejection_sampling_under_a_grammar_keeps_the_constrained_distribution() {
         assert!(tv < 0.01, "{name}: total variation {tv}");
     }
 }
+
+#[test]
+fn where_the_grammar_cuts_a_copy_the_closing_token_is_drafted_and_the_output_is_unchanged() {
+    use MockSegment::{Choice, Literal};
+    // six records `10 11 value 12`: values of one to four tokens from 20..24
+    let record = [Literal(vec![10, 11]), Choice { allowed: (20..24).collect(), min: 1, max: 4 }, Literal(vec![12])];
+    let g = MockGrammar::new(record.iter().cycle().take(18).cloned().collect(), 0, MockSpec::target(1).n_vocab);
+    // the prompt holds the keys followed by values that run on into tokens the grammar
+    // refuses, so that copies are cut where a value must end
+    let prompt: Vec<Token> = (0..6).flat_map(|i| [10, 11, 20 + i % 4, 21, 5, 6, 7]).collect();
+    let (mut closing, mut cases) = (0, 0);
+    for seed in 1..=12 {
+        let target = MockSpec::target(seed);
+        for verify in [VerifyMode::Greedy, VerifyMode::Seeded] {
+            let temp = if verify == VerifyMode::Greedy { 0.0 } else { 0.8 };
+            let base = GenConfig { max_tokens: 40, draft_max: 8, verify, seed, ..GenConfig::default() };
+            let base = GenConfig { params: SamplingParams { temp, ..base.params }, ..base };
+            let config = constrained(&base, &g);
+            let expected = run_checked(&mut Engine::new(MockModel::new(target.clone()), NoDraft, config.clone()), &prompt, |_, _| None);
+            let mut e = Engine::new(MockModel::new(target.clone()), NgramDrafter::new(NgramConfig { n_min: 1, n_max: 3 }), config);
+            let got = run_checked(&mut e, &prompt, |_, _| None);
+            assert_eq!(got.tokens, expected.tokens, "seed {seed} {verify:?}");
+            assert_follows(&g, &got);
+            let s = &got.seq.stats;
+            assert!(s.n_closing_accepted <= s.n_closing);
+            closing += s.n_closing;
+            cases += 1;
+        }
+    }
+    assert_eq!(cases, 24);
+    assert!(closing > 0, "no closing token was ever drafted");
+}
