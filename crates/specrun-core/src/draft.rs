@@ -335,6 +335,20 @@ fn take_row<M: Model>(model: &M, row: usize, job: &mut ProposeJob<'_>, scratch: 
     !model.is_eog(token)
 }
 
+/// After a drafted token, the tokens the sequence's grammar forces (at most `max`): drafted
+/// without a draft-model step each (the next step reads them in one batch). Returns whether
+/// drafting may go on.
+fn take_forced<M: Model>(model: &M, job: &mut ProposeJob<'_>, max: usize) -> bool {
+    let Some(guide) = job.guide.as_deref_mut().filter(|_| max > 0) else { return true };
+    let Ok(forced) = guide.forced_after(job.tokens, max, &|t| model.is_eog(t)) else { return false };
+    if job.req.keep_q && job.req.key.is_none() {
+        job.q.extend(forced.iter().map(|&t| Dist::one_hot(t)));
+    }
+    let ends = forced.last().is_some_and(|&t| model.is_eog(t));
+    job.tokens.extend(forced);
+    !ends
+}
+
 impl<M: Model> Drafter for ModelDrafter<M> {
     fn name(&self) -> &'static str {
         "model"
@@ -419,7 +433,7 @@ impl<M: Model> Drafter for ModelDrafter<M> {
                 let j = &mut jobs[i];
                 j.cursor.part_decoded(len);
                 reports[i].n_steps += 1;
-                let more = take_row(&self.model, row, j, scratch);
+                let more = take_row(&self.model, row, j, scratch) && take_forced(&self.model, j, j.req.max - (j.tokens.len() - starts[i]));
                 if !more || j.tokens.len() - starts[i] >= j.req.max {
                     live[i] = false;
                 }
