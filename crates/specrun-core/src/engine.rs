@@ -18,6 +18,7 @@
 //! [`Sequence::reading_prompt`], drafts nothing, and its target cursor lies anywhere in the
 //! prompt.
 
+use crate::closing::{forces_after, CloseKey, Closers};
 use crate::constraint::{ConstraintError, ConstraintSpec, Guide};
 use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, DraftAsk, DraftYield, Observation, VerifyCosts};
 use crate::draft::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};
@@ -56,9 +57,6 @@ pub struct GenConfig {
     /// The grammar the output must follow (each sequence gets its own matcher).
     pub constraint: Option<ConstraintSpec>,
 }
-
-/// Closing tokens a sequence remembers ([`Engine::close_at_cut`]).
-const CLOSERS_MAX: usize = 16;
 
 /// Most tokens a constraint's forced span puts into one round's draft (ahead of any drafter's
 /// tokens). Forced tokens are nearly always accepted, so a long span is worth one decode on a
@@ -126,10 +124,10 @@ struct Drafted {
     expected: Option<(f64, f64)>,
     /// The n-gram drafter's first token, in a round that planned no draft ([`Drafter::peek`]).
     peek: Option<Token>,
-    /// Where the grammar refused the drafter's tokens (an offset into the draft, forced
-    /// tokens included) with the fingerprint of the grammar's mask there, and how many
-    /// closing tokens were drafted there instead.
-    cut: Option<(usize, u64)>,
+    /// Where the drafter's copy was cut as a value's end (an offset into the draft, forced
+    /// tokens included) with what ended it there, and how many closing tokens were drafted
+    /// in its place ([`crate::closing`]).
+    cut: Option<(usize, CloseKey)>,
     n_closing: usize,
     /// Of the drafted tokens, how many the constraint forced (they come first).
     n_forced: usize,
@@ -316,10 +314,8 @@ pub struct Sequence {
     pub guide: Option<Guide>,
     /// Tokens the constraint forced at the end of `tokens` this round (drafted, not verified).
     forced: usize,
-    /// The tokens the target wrote where the grammar had refused a draft (a string's closing
-    /// quote and comma), by the fingerprint of the grammar's mask there, most recent first:
-    /// what a later cut in the same kind of state drafts ([`Engine::close_at_cut`]).
-    closers: Vec<(u64, Token)>,
+    /// The tokens the target wrote where a copied value ended ([`crate::closing`]).
+    closers: Closers,
 }
 
 impl Sequence {
@@ -459,7 +455,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             pace_mean: PaceMean::default(),
             guide: None,
             forced: 0,
-            closers: Vec::new(),
+            closers: Closers::default(),
         };
         seq.guide = self.config.constraint.as_ref().map(|c| Guide::new(c.start(), seq.n_prompt));
         let head_len = seq.n_prompt - 1;
@@ -876,26 +872,35 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let own = n_hist + n_forced;
         seq.stats.n_draft_steps += report.n_steps;
         // a drafter's tokens end at the first the grammar refuses (a draft model sampled
-        // under the mask already; n-gram drafts may leave the grammar)
-        let mut refused = 0;
+        // under the mask already; n-gram drafts may leave the grammar), or where the target
+        // ended such a copy before
+        let mut end = None;
         if let Some(guide) = seq.guide.as_mut().filter(|_| seq.tokens.len() > own) {
             let target = &self.target;
+            let is_eog = |t| target.is_eog(t);
             let proposed = seq.tokens.len() - own;
-            let allowed = guide.allowed_prefix(&seq.tokens[..own], &seq.tokens[own..], &|t| target.is_eog(t)).unwrap_or(0);
-            seq.tokens.truncate(own + allowed);
-            seq.q.truncate(n_forced + allowed);
-            refused = proposed - allowed;
+            let allowed = guide.allowed_prefix(&seq.tokens[..own], &seq.tokens[own..], &is_eog).unwrap_or(0);
+            end = if allowed < proposed {
+                guide
+                    .mask_after(&seq.tokens[..own + allowed], &is_eog)
+                    .ok()
+                    .map(|m| (allowed, CloseKey { mask: m.fingerprint(), source: None }))
+            } else {
+                seq.closers.first_replaced(guide, &seq.tokens[..own], &seq.tokens[own..], &is_eog).ok().flatten()
+            };
+            let kept = end.map_or(allowed, |(i, _)| i);
+            end = end.map(|(_, key)| (proposed - kept, key));
+            seq.tokens.truncate(own + kept);
+            seq.q.truncate(n_forced + kept);
         }
         if seq.tokens.len() > own && seq.tokens.len() - own < seq.config.draft_min.max(1) {
             // too short to be worth a bigger target batch (llama.cpp's --draft-min)
             seq.tokens.truncate(own);
             seq.q.truncate(n_forced);
-            refused = 0;
+            end = None;
         }
-        let (cut, n_closing) = match refused {
-            0 => (None, 0),
-            _ => self.close_at_cut(seq, refused).map_or((None, 0), |(key, n)| (Some((seq.tokens.len() - n - n_hist, key)), n)),
-        };
+        let cut = end.map(|(_, key)| (seq.tokens.len() - n_hist, key));
+        let n_closing = end.map_or(0, |(room, key)| self.close(seq, room, key));
         let n_drafted = seq.tokens.len() - n_hist;
         // the target decodes the last accepted token and the whole draft
         Drafted {
@@ -916,28 +921,44 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
     }
 
-    /// Where the grammar refused a drafter's token, the value it was copying likely ends
-    /// there: draft the token the target ended a cut in the same kind of grammar state with
-    /// (the same mask) and the tokens the grammar forces after it, in the `room` the refused
-    /// tokens left. Verification decides, as for any draft. Returns the mask's fingerprint
-    /// (what the target's token there is learned under) and how many tokens were drafted.
-    fn close_at_cut(&mut self, seq: &mut Sequence, room: usize) -> Option<(u64, usize)> {
-        let guide = seq.guide.as_mut()?;
+    /// Where a copied value ends (`key`), draft the closer the target wrote at such an end
+    /// before and the tokens the grammar forces after it, in the `room` the cut tokens left
+    /// ([`crate::closing`]). Returns how many tokens were drafted.
+    fn close(&mut self, seq: &mut Sequence, room: usize, key: CloseKey) -> usize {
+        let (Some(guide), Some(closer)) = (seq.guide.as_mut(), seq.closers.closer(key)) else { return 0 };
+        let target = &self.target;
+        let start = seq.tokens.len();
+        seq.tokens.push(closer);
+        if let Ok(forced) = guide.forced_after(&seq.tokens, room - 1, &|t| target.is_eog(t)) {
+            seq.tokens.extend(forced);
+        }
+        if seq.config.effective_verify().needs_q() {
+            seq.q.extend(seq.tokens[start..].iter().map(|&t| Dist::one_hot(t)));
+        }
+        seq.tokens.len() - start
+    }
+
+    /// After verification: the closer the target wrote where a copy was cut, or where it
+    /// rejected a copied token for one (a token after which the grammar forces the next key).
+    fn learn_closer(&self, seq: &mut Sequence, n_hist: usize, cut: Option<(usize, CloseKey)>, rejected: Option<(usize, Token)>) {
+        let Some(guide) = seq.guide.as_mut() else { return };
         let target = &self.target;
         let is_eog = |t| target.is_eog(t);
-        let key = guide.mask_after(&seq.tokens, &is_eog).ok()?.fingerprint();
-        let start = seq.tokens.len();
-        if let Some(&(_, closer)) = seq.closers.iter().find(|&&(k, _)| k == key) {
-            seq.tokens.push(closer);
-            if let Ok(forced) = guide.forced_after(&seq.tokens, room - 1, &is_eog) {
-                seq.tokens.extend(forced);
+        if let Some((c, key)) = cut {
+            if let Some(&closer) = seq.tokens.get(n_hist + c) {
+                seq.closers.learn(key, closer);
             }
-            if seq.config.effective_verify().needs_q() {
-                seq.q.extend(seq.tokens[start..].iter().map(|&t| Dist::one_hot(t)));
-            }
+            return;
         }
-        Some((key, seq.tokens.len() - start))
+        let Some((c, source)) = rejected else { return };
+        let Some(&closer) = seq.tokens.get(n_hist + c) else { return };
+        let history = &seq.tokens[..n_hist + c];
+        let Ok(mask) = guide.mask_after(history, &is_eog).map(|m| m.fingerprint()) else { return };
+        if forces_after(guide, history, closer, &is_eog) {
+            seq.closers.learn(CloseKey { mask, source: Some(source) }, closer);
+        }
     }
+
     /// The second half of a round, after the target decode: verify on rows
     /// `row_base..row_base + d.n_rows` of that decode, keep what is accepted, roll back,
     /// learn. `shared`: the total batch size when the decode carried other sequences too.
@@ -984,6 +1005,10 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             return Err(EngineError::Constraint(e));
         }
 
+        // the copied token the target turned from, if it did (before it is cut away)
+        let rejected_copy = (seq.guide.is_some() && report.source == DraftSource::Ngram)
+            .then(|| seq.tokens.get(n_hist + verdict.n_accepted).copied())
+            .flatten();
         // 3. keep the accepted prefix, add the target's token, stop at EOG / max_tokens (a
         // constrained sequence ends where its grammar lets the target end it)
         seq.tokens.truncate(n_hist + verdict.n_accepted);
@@ -1003,12 +1028,11 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         seq.target.keep(&mut self.target, keep).map_err(EngineError::Target)?;
         self.drafter.rollback(&mut seq.draft, keep).map_err(EngineError::Draft)?;
 
-        // where the grammar cut the draft, the target's token is what ends such a value
-        if let Some((key, &t)) = cut.filter(|&(c, _)| verdict.n_accepted >= c).and_then(|(c, k)| Some((k, seq.tokens.get(n_hist + c)?))) {
-            seq.closers.retain(|&(k, _)| k != key);
-            seq.closers.insert(0, (key, t));
-            seq.closers.truncate(CLOSERS_MAX);
-        }
+        // what the target wrote where the copy ended, or where it turned from the copy
+        let reached_cut = cut.filter(|&(c, _)| verdict.n_accepted >= c);
+        let own_end = n_drafted - n_closing;
+        let rejected = rejected_copy.filter(|_| reached_cut.is_none() && verdict.n_accepted >= n_forced && verdict.n_accepted < own_end);
+        self.learn_closer(seq, n_hist, reached_cut, rejected.map(|t| (verdict.n_accepted, t)));
         // forced and closing tokens are the grammar's, not a drafter's: the controller learns
         // from the drafter's tokens between them (none when a forced token was refused)
         let n_forced_accepted = verdict.n_accepted.min(n_forced);

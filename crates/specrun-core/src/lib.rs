@@ -17,6 +17,8 @@
 //!   begin the same way.
 //! - [`draft`], [`ngram`], [`anchor`] — drafters: a draft model, n-gram lookup (on tokens,
 //!   and on text across tokenizations), hybrid.
+//! - [`constraint`], [`closing`] — the grammar seam, and the closing drafts learned where
+//!   copied values end.
 //! - [`control`] — how long each draft is (fixed, step, cost-aware auto).
 //! - [`outlook`] — whether a batch run's drafts end it sooner than plain decoding, played to
 //!   the end.
@@ -25,6 +27,7 @@
 
 pub mod anchor;
 pub mod batching;
+pub mod closing;
 pub mod constraint;
 pub mod control;
 pub mod detok;
