@@ -12,21 +12,35 @@
 //! agree, the token lookup already decided (and its evidence rules stay in force).
 
 use crate::model::Token;
+use std::collections::HashMap;
 
-/// The text of every token id (what the model's detokenizer writes for it).
+/// The text of every token id (what the model's detokenizer writes for it), and the token
+/// that stands for a text.
 #[derive(Debug, Clone, Default)]
 pub struct TokenTexts {
     texts: Vec<Vec<u8>>,
+    by_text: HashMap<Vec<u8>, Token>,
 }
 
 impl TokenTexts {
     pub fn new(texts: Vec<Vec<u8>>) -> Self {
-        Self { texts }
+        let mut by_text = HashMap::with_capacity(texts.len());
+        for (t, text) in texts.iter().enumerate().rev() {
+            if !text.is_empty() {
+                by_text.insert(text.clone(), t as Token);
+            }
+        }
+        Self { texts, by_text }
     }
 
     /// The bytes of `token` (empty for ids outside the vocabulary).
     pub fn text(&self, token: Token) -> &[u8] {
         usize::try_from(token).ok().and_then(|t| self.texts.get(t)).map_or(&[], |t| t.as_slice())
+    }
+
+    /// The token whose text is exactly `text` (the lowest id, if several are).
+    pub fn token(&self, text: &[u8]) -> Option<Token> {
+        self.by_text.get(text).copied()
     }
 }
 
@@ -34,8 +48,18 @@ impl TokenTexts {
 pub const MIN_BYTES: usize = 3;
 /// Most bytes of the output's end compared.
 const MAX_BYTES: usize = 48;
-/// Context boundaries examined, the most recent first.
+/// Context tokens examined, the most recent first.
 const MAX_SCAN: usize = 1 << 15;
+
+/// Where a copy goes on: draft `head` (the rest of a context token the output's text ends
+/// inside of), then `tokens[from..]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    pub from: usize,
+    pub head: Option<Token>,
+    /// Bytes the output's end and the context agree on.
+    pub bytes: usize,
+}
 
 /// The output's last bytes and where its tokens start in them.
 struct Tail {
@@ -67,11 +91,12 @@ impl Tail {
     }
 }
 
-/// Bytes that the text of `tokens[..j]` and `tail` share at their ends.
-fn byte_agreement(tokens: &[Token], j: usize, texts: &TokenTexts, tail: &[u8]) -> usize {
+/// Bytes that the text of `tokens[..i]` followed by `part` and `tail` share at their ends.
+fn byte_agreement(tokens: &[Token], i: usize, part: &[u8], texts: &TokenTexts, tail: &[u8]) -> usize {
     let mut n = 0;
-    for &t in tokens[..j].iter().rev() {
-        for &b in texts.text(t).iter().rev() {
+    let before = tokens[..i].iter().rev().map(|&t| texts.text(t));
+    for text in std::iter::once(part).chain(before) {
+        for &b in text.iter().rev() {
             if n == tail.len() || tail[tail.len() - 1 - n] != b {
                 return n;
             }
@@ -86,41 +111,53 @@ fn token_agreement(tokens: &[Token], a: usize, b: usize, max: usize) -> usize {
     (0..max.min(a).min(b)).take_while(|&i| tokens[a - 1 - i] == tokens[b - 1 - i]).count()
 }
 
-/// A position `j < tokens.len()` where an earlier stretch of the context ends with the same
-/// bytes as `tokens` does (at least [`MIN_BYTES`], tokenized differently), so that
-/// `tokens[j..]` is what a copy goes on with; with the bytes matched. The longest match wins;
-/// among equals the first at or after `after` (a copy goes through its source in order), else
-/// the most recent.
-pub fn text_anchor(tokens: &[Token], texts: &TokenTexts, after: Option<usize>) -> Option<(usize, usize)> {
+/// Where an earlier stretch of the context ends with the same bytes as `tokens` does (at
+/// least [`MIN_BYTES`], tokenized differently): at the end of a context token (the copy goes
+/// on with the tokens after it) or inside one whose rest is a token of its own (drafted
+/// first). The longest match wins; among equals the first at or after `after` (a copy goes
+/// through its source in order), else the most recent.
+///
+/// Where the tokens agree over the whole match, the token lookup decides: anchoring on any
+/// word there was measured to copy earlier output (keys, punctuation) more often than values.
+pub fn text_anchor(tokens: &[Token], texts: &TokenTexts, after: Option<usize>) -> Option<Anchor> {
     let n = tokens.len();
     if n < 2 {
         return None;
     }
     let tail = Tail::of(tokens, texts);
     let last = *tail.bytes.last()?;
-    let mut best: Option<(usize, usize)> = None; // (bytes, position)
-    let better = |len: usize, j: usize, best: Option<(usize, usize)>| match best {
+    let mut best: Option<Anchor> = None;
+    let better = |len: usize, from: usize, best: Option<Anchor>| match best {
         None => true,
-        Some((l, _)) if len != l => len > l,
+        Some(b) if len != b.bytes => len > b.bytes,
         // equal lengths: the first after `after`, else the most recent (scanned first)
-        Some((_, b)) => after.is_some_and(|a| j >= a && (b < a || j < b)),
+        Some(b) => after.is_some_and(|a| from >= a && (b.from < a || from < b.from)),
     };
-    for j in (n.saturating_sub(MAX_SCAN).max(1)..n).rev() {
-        if texts.text(tokens[j - 1]).last() != Some(&last) {
-            continue;
+    // the source token `tokens[i]`, its text matched up to byte `o`
+    for i in (n.saturating_sub(MAX_SCAN)..n - 1).rev() {
+        let text = texts.text(tokens[i]);
+        for o in (1..=text.len()).filter(|&o| text[o - 1] == last) {
+            let len = byte_agreement(tokens, i, &text[..o], texts, &tail.bytes);
+            if len < MIN_BYTES || !better(len, i + 1, best) {
+                continue;
+            }
+            let head = if o == text.len() {
+                // where the tokens agree over the whole match, the token lookup decides
+                let covered = tail.covered(len);
+                if covered == 0 || token_agreement(tokens, i + 1, n, covered) >= covered {
+                    continue;
+                }
+                None
+            } else {
+                match texts.token(&text[o..]) {
+                    Some(h) => Some(h),
+                    None => continue,
+                }
+            };
+            best = Some(Anchor { from: i + 1, head, bytes: len });
         }
-        let len = byte_agreement(tokens, j, texts, &tail.bytes);
-        if len < MIN_BYTES || !better(len, j, best) {
-            continue;
-        }
-        // where the tokens agree over the whole match, the token lookup decides
-        let covered = tail.covered(len);
-        if covered == 0 || token_agreement(tokens, j, n, covered) >= covered {
-            continue;
-        }
-        best = Some((len, j));
     }
-    best.map(|(len, j)| (j, len))
+    best
 }
 
 #[cfg(test)]
@@ -137,7 +174,7 @@ mod tests {
         let t = vocab(&["No.", " INV", "-", "20", "\n", " \"", "INV", "Date:"]);
         // document "No. INV-20\nDate:", output ` "INV`
         let tokens = [0, 1, 2, 3, 4, 7, 5, 6];
-        assert_eq!(text_anchor(&tokens, &t, None), Some((2, 3)));
+        assert_eq!(text_anchor(&tokens, &t, None), Some(Anchor { from: 2, head: None, bytes: 3 }));
     }
 
     #[test]
@@ -149,7 +186,7 @@ mod tests {
         assert_eq!(text_anchor(&tokens, &t, None), None, "one byte is too little");
         let tokens: Vec<Token> = doc.iter().chain(&[4, 5, 6]).copied().collect();
         // ` Nord` ends at 2: the copy goes on with `licht`
-        assert_eq!(text_anchor(&tokens, &t, None), Some((2, 4)));
+        assert_eq!(text_anchor(&tokens, &t, None), Some(Anchor { from: 2, head: None, bytes: 4 }));
     }
 
     #[test]
@@ -164,9 +201,10 @@ mod tests {
         let t = vocab(&[" abc", "x", "y", "z", "\"", "abc"]);
         // ` abc` at 0, 4 and 8; the output ends `"abc`
         let tokens = [0, 1, 2, 3, 0, 2, 1, 3, 0, 3, 4, 5];
-        assert_eq!(text_anchor(&tokens, &t, None), Some((9, 3)), "most recent without a copy");
-        assert_eq!(text_anchor(&tokens, &t, Some(3)), Some((5, 3)));
-        assert_eq!(text_anchor(&tokens, &t, Some(0)), Some((1, 3)));
+        let at = |from| Some(Anchor { from, head: None, bytes: 3 });
+        assert_eq!(text_anchor(&tokens, &t, None), at(9), "most recent without a copy");
+        assert_eq!(text_anchor(&tokens, &t, Some(3)), at(5));
+        assert_eq!(text_anchor(&tokens, &t, Some(0)), at(1));
     }
 
     #[test]
@@ -174,6 +212,17 @@ mod tests {
         let t = vocab(&[" ab", "c", " xbc", "\"", "a", "bc"]);
         // ` abc` ends at 2, ` xbc` at 3; the output `"abc` shares 3 bytes with the first
         let tokens = [0, 1, 2, 3, 4, 5];
-        assert_eq!(text_anchor(&tokens, &t, None), Some((2, 3)));
+        assert_eq!(text_anchor(&tokens, &t, None), Some(Anchor { from: 2, head: None, bytes: 3 }));
+    }
+
+    #[test]
+    fn a_match_inside_a_longer_token_drafts_the_rest_of_it_first() {
+        let t = vocab(&["|", " Portugal", " |", " Lisbon", "\"", "Port", "ugal"]);
+        // the table cell ` Portugal`, the output `"Port`
+        let tokens = [0, 1, 2, 3, 2, 4, 5];
+        assert_eq!(text_anchor(&tokens, &t, None), Some(Anchor { from: 2, head: Some(6), bytes: 4 }));
+        // no token stands for the rest: no anchor
+        let t = vocab(&["|", " Portugal", " |", " Lisbon", "\"", "Port", "uga"]);
+        assert_eq!(text_anchor(&tokens, &t, None), None);
     }
 }

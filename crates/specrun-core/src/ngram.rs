@@ -138,6 +138,9 @@ pub struct NgramState {
     replays: Vec<Replay>,
     /// Where the last plan copied from: a text anchor prefers the source after it.
     last_source: Option<usize>,
+    /// `(n, token)`: the plan for `tokens.len() == n` drafts `token` before copying (the rest
+    /// of a source token the output's text ends inside of, [`crate::anchor`]).
+    head: Option<(usize, Token)>,
 }
 
 /// The most recent edit whose `old` starts at `tokens[i]`, with its index: what a copy
@@ -347,9 +350,20 @@ impl NgramState {
             return anchor(self, from, len);
         }
         // the same text tokenized otherwise: a new run (what came before it is no edit)
-        let (from, _) = text_anchor(tokens, texts?, self.last_source)?;
+        let found = text_anchor(tokens, texts?, self.last_source)?;
         self.broke_at = None;
-        anchor(self, from, 1)
+        anchor(self, found.from, 1);
+        if let Some(h) = found.head {
+            // the head takes output position n, the source goes on at `from`
+            self.head = Some((n, h));
+            self.offset = Some(found.from as isize - n as isize - 1);
+        }
+        Some(found.from)
+    }
+
+    /// The token the plan for `tokens` drafts before copying, if any.
+    fn head_for(&self, tokens: &[Token]) -> Option<Token> {
+        self.head.filter(|&(at, _)| at == tokens.len()).map(|(_, h)| h)
     }
 
     /// With the pointer at `p`: if the output ends with an edit's `new` (not empty) and the
@@ -402,6 +416,9 @@ impl NgramState {
     pub fn copy(&mut self, tokens: &mut Vec<Token>, from: usize, max: usize) -> usize {
         let start = tokens.len();
         self.replays.clear();
+        if let Some(h) = self.head_for(tokens).filter(|_| max > 0) {
+            tokens.push(h);
+        }
         let mut i = from;
         while tokens.len() - start < max && i < tokens.len() {
             match edit_at(&self.edits, tokens, i) {
@@ -436,6 +453,9 @@ impl NgramState {
     /// or nothing after it).
     pub fn peek(&self, tokens: &[Token]) -> Option<Token> {
         let mut i = self.planned_from(tokens)?;
+        if let Some(h) = self.head_for(tokens) {
+            return Some(h);
+        }
         while i < tokens.len() {
             match edit_at(&self.edits, tokens, i) {
                 Some((_, e)) if !e.new.is_empty() => return Some(e.new[0]),
