@@ -65,7 +65,8 @@ def main():
                 c["generated"] += r["n_generated"]
                 c["secs"] += r["n_generated"] / r["decode_tok_per_s"] if r["decode_tok_per_s"] > 0 else 0
                 c["forced"] += r.get("n_forced", 0)
-                c["drafted_accepted"] += r["n_accepted"] - r.get("n_forced_accepted", 0)
+                c["closing"] += r.get("n_closing_accepted", 0)
+                c["drafted_accepted"] += r["n_accepted"] - r.get("n_forced_accepted", 0) - r.get("n_closing_accepted", 0)
                 if r["finish_reason"] == "stop":
                     c["finished"] += 1
                     try:
@@ -79,12 +80,17 @@ def main():
         same[klass[rid]] += len(texts) == 1
         if len(texts) != 1:
             print(f"DIFFER {rid}: {sorted(t or '' for t in texts)}", file=sys.stderr)
-    print("| class | records | valid / finished | identical | plain tok/s | speculative tok/s | speed-up | forced | drafted + accepted |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| class | records | valid / finished | identical | plain tok/s | speculative tok/s | speed-up | forced | closing | copied or drafted |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     classes = sorted({k for k, _ in by})
     tot = {m: collections.Counter() for m in ("plain", "spec")}
-    for k in classes + ["all"]:
-        if k == "all":
+    ext = {m: collections.Counter() for m in ("plain", "spec")}
+    for k in classes + ["all extraction", "all"]:
+        if k == "all extraction":
+            p, s = ext["plain"], ext["spec"]
+            n = sum(1 for r in klass.values() if r != "open")
+            ident = sum(v for c, v in same.items() if c != "open")
+        elif k == "all":
             p, s = tot["plain"], tot["spec"]
             n = len(schema)
             ident = sum(same.values())
@@ -92,12 +98,16 @@ def main():
             p, s = by[(k, "plain")], by[(k, "spec")]
             tot["plain"].update(p)
             tot["spec"].update(s)
+            if k != "open":
+                ext["plain"].update(p)
+                ext["spec"].update(s)
             n = sum(1 for r in klass.values() if r == k)
             ident = same[k]
         rate = lambda c: c["generated"] / c["secs"] if c["secs"] else 0.0
         print(
             f"| {k} | {n} | {p['valid'] + s['valid']} / {p['finished'] + s['finished']} | {ident}/{n} | {rate(p):.2f} | {rate(s):.2f} | "
-            f"{rate(s) / rate(p) if rate(p) else 0:.2f}x | {s['forced'] / max(1, s['generated']):.0%} | {s['drafted_accepted'] / max(1, s['generated']):.0%} |"
+            f"{rate(s) / rate(p) if rate(p) else 0:.2f}x | {s['forced'] / max(1, s['generated']):.0%} | {s['closing'] / max(1, s['generated']):.0%} | "
+            f"{s['drafted_accepted'] / max(1, s['generated']):.0%} |"
         )
 
 

@@ -301,8 +301,16 @@ fn offload_flags_reach_the_backend_and_the_report() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: RunReport = serde_json::from_slice(&out.stdout).unwrap();
     let p = r.placement.expect("placement");
-    assert_eq!(p.target, "none, 7 GPU layers, KV q8_0/f16 on the host per sequence, flash attention on");
-    assert_eq!(p.draft.as_deref(), Some("CPU, 0 GPU layers, KV f16/q4_0 on the host per sequence, flash attention on"));
+    assert_eq!(p.target.summary, "none, 7 GPU layers, KV q8_0/f16 on the host per sequence, flash attention on");
+    let t = &p.target;
+    assert_eq!(
+        (t.devices.as_slice(), t.gpu_layers, t.cache_type_k.as_str(), t.cache_type_v.as_str()),
+        (&["none".to_string()][..], 7, "q8_0", "f16")
+    );
+    assert_eq!((t.kv_offload, t.kv_unified, t.flash_attn.as_str(), t.batch_invariant), (false, false, "on", false));
+    let d = p.draft.expect("draft placement");
+    assert_eq!(d.summary, "CPU, 0 GPU layers, KV f16/q4_0 on the host per sequence, flash attention on");
+    assert_eq!((d.devices, d.cache_type_v.as_str()), (vec!["CPU".to_string()], "q4_0"));
     let out = mock_run(&[]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("target on  default devices, 0 GPU layers, KV f16/f16, flash attention auto"), "{err}");
@@ -331,7 +339,7 @@ fn offload_keys_in_models_toml_are_checked_where_written() {
     let out = specrun().args(["run", "--mock", "--json", "--prompt", "hi", "--config"]).arg(&good).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let r: RunReport = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r.placement.unwrap().target, "none, 0 GPU layers, KV q8_0/f16 on the host per sequence, flash attention off");
+    assert_eq!(r.placement.unwrap().target.summary, "none, 0 GPU layers, KV q8_0/f16 on the host per sequence, flash attention off");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, text.replace("cache_type_k = \"q8_0\"", "cache_type_k = \"q9\"")).unwrap();
     let out = specrun().args(["run", "--mock", "--prompt", "hi", "--config"]).arg(&bad).output().unwrap();

@@ -230,6 +230,28 @@ fn bad_input_gets_an_openai_error_and_the_server_stays_up() {
 }
 
 #[test]
+fn the_port_opens_while_the_models_load_and_health_says_so() {
+    let config = repo("models.toml");
+    let s = server::start_loading(&["--mock", "--mock-delay-ms", "3000", "--config", config.to_str().unwrap()], &[]);
+    let (code, body) = match agent().get(&format!("{}/health", s.base)).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(c, r)) => (c, r.into_string().unwrap()),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!((code, json(&body)["status"].as_str()), (503, Some("loading")), "{body}");
+    let (code, body) = post(&s, "/v1/chat/completions", &chat_body("hi", ""));
+    assert_eq!((code, json(&body)["error"]["code"].as_str()), (503, Some("loading")), "{body}");
+    // once loaded, the same port serves
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent().get(&format!("{}/health", s.base)).call().map(|r| r.status()).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, body) = post(&s, "/v1/completions", r#"{"prompt": "hi", "max_tokens": 1}"#);
+    assert_eq!(code, 200, "{body}");
+}
+
+#[test]
 fn the_api_key_guards_every_route_but_health() {
     let s = start_env(&[], &[("SPECRUN_API_KEY", "sekrit")]);
     let get = |path: &str, key: Option<&str>| {

@@ -461,6 +461,8 @@ fn ok_record(job: &Job, r: crate::formats::report::RunReport) -> OkRecord {
         decode_tok_per_s: r.decode_tok_per_s,
         n_forced: r.n_forced,
         n_forced_accepted: r.n_forced_accepted,
+        n_closing: r.n_closing,
+        n_closing_accepted: r.n_closing_accepted,
     }
 }
 

@@ -112,5 +112,5 @@ fn execute(
 
 /// Where the plan puts each model (what the backend was asked for).
 pub fn placement(plan: &Plan) -> crate::formats::report::Placement {
-    crate::formats::report::Placement { target: plan.target.placement(), draft: plan.draft.as_ref().map(|d| d.placement()) }
+    crate::formats::report::Placement { target: plan.target.placement_fields(), draft: plan.draft.as_ref().map(|d| d.placement_fields()) }
 }

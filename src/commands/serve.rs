@@ -108,12 +108,18 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
     };
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("cannot start the async runtime")?;
+    // the port opens first: while the models load, /health says so (503) and so does every
+    // other route
+    let listener = runtime.block_on(tokio::net::TcpListener::bind((args.host.as_str(), args.port)));
+    let listener = listener.with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+    crate::io::note(format!("specrun serve: listening on http://{} (loading the models)", listener.local_addr()?));
     // Ctrl-C or SIGTERM while the models load ends the command (the load cannot be stopped
     // part way: exit without tearing llama.cpp down under the loading thread)
     let loaded = runtime.block_on(async {
         tokio::select! {
             ready = tokio::task::spawn_blocking(move || ready_rx.recv()) => Some(ready),
             _ = shutdown_signal() => None,
+            _ = answer_loading(&listener) => None,
         }
     });
     let Some(Ok(Ok(ready))) = loaded else {
@@ -139,22 +145,46 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         stopping: AtomicBool::new(false),
         text,
     });
-    let served = runtime.block_on(run_http(args, state, n_parallel));
+    let served = runtime.block_on(run_http(args, listener, state, n_parallel));
     // every handler is gone, so is the queue's sender: the model thread finishes and returns
     cancel.store(served.as_ref().map_or(true, |graceful| !graceful), Ordering::Relaxed);
     let _ = worker.join();
     served.map(|_| ExitCode::SUCCESS)
 }
 
-/// Listen and serve until a signal; `Ok(true)` when every request finished in the grace
+/// While the models load: answer every request 503 (`/health`: `{"status": "loading"}`,
+/// llama-server's answer) and close the connection. Never returns.
+async fn answer_loading(listener: &tokio::net::TcpListener) {
+    let loading = || async {
+        let mut r = error(ApiError::new(503, "unavailable_error", Some("loading"), "the models are loading"));
+        r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        r
+    };
+    let app = Router::new()
+        .route(
+            "/health",
+            get(|| async { (StatusCode::SERVICE_UNAVAILABLE, [(header::CONNECTION, "close")], Json(json!({"status": "loading"}))) }),
+        )
+        .fallback(loading);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(app.clone()));
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(HEADER_TIMEOUT * 2, conn).await;
+        });
+    }
+}
+
+/// Serve on `listener` until a signal; `Ok(true)` when every request finished in the grace
 /// period.
-async fn run_http(args: &ServeArgs, state: Arc<AppState>, n_parallel: usize) -> Result<bool> {
-    let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
-        .await
-        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
-    let addr = listener.local_addr()?;
+async fn run_http(args: &ServeArgs, listener: tokio::net::TcpListener, state: Arc<AppState>, n_parallel: usize) -> Result<bool> {
     crate::io::note(format!(
-        "specrun serve: listening on http://{addr} (model {}, {n_parallel} slots, drafter {}, queue {})",
+        "specrun serve: ready (model {}, {n_parallel} slots, drafter {}, queue {})",
         state.model,
         state.drafter,
         args.queue.max(1)

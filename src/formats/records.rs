@@ -35,6 +35,7 @@
 //! | `t_draft_s`, `t_verify_s` | float | seconds drafting and verifying |
 //! | `decode_tok_per_s` | float | generated tokens per second of decoding |
 //! | `n_forced`, `n_forced_accepted` | int | tokens the record's constraint forced, and accepted (only with a constraint) |
+//! | `n_closing`, `n_closing_accepted` | int | closing tokens drafted where a copied value ended, and accepted (only when some were) |
 //!
 //! The output holds records only. What it was made from, a [`Header`]
 //! (`{"specrun_batch": {"format": 1, "input_sha256": "…", "settings": {…}}}`), is written
@@ -239,6 +240,11 @@ pub struct OkRecord {
     pub n_forced: usize,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub n_forced_accepted: usize,
+    /// Closing tokens drafted where a copied value ended, and accepted; absent when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub n_closing: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub n_closing_accepted: usize,
 }
 
 fn is_zero(n: &usize) -> bool {

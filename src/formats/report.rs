@@ -26,7 +26,7 @@
 //! | `n_masks` | int | grammar masks computed (0 without a constraint) |
 //! | `t_prompt_s`, `t_draft_s`, `t_verify_s`, `t_other_s`, `t_decode_s` | float | seconds |
 //! | `decode_tok_per_s`, `prompt_tok_per_s` | float | throughput |
-//! | `placement` | object | `target` (and `draft`): device(s), GPU layers, KV cache types, flash attention |
+//! | `placement` | object | `target` (and `draft`): `devices`, `gpu_layers`, `cache_type_k`, `cache_type_v`, `kv_offload`, `kv_unified`, `flash_attn`, `batch_invariant`, and `summary` (the line the stats block prints) |
 //!
 //! `specrun run --compare --json` prints a [`CompareReport`]: `target_only` and `speculative`
 //! (each a [`RunReport`]), `speedup` (decode tok/s ratio) and `identical` (same text).
@@ -81,13 +81,69 @@ pub struct RunReport {
     pub placement: Option<Placement>,
 }
 
-/// Where the models ran: device(s), GPU layers, KV cache types, flash attention.
+/// Where the models ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Placement {
-    pub target: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub draft: Option<String>,
+    #[serde(deserialize_with = "model_placement")]
+    pub target: ModelPlacement,
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "optional_model_placement")]
+    pub draft: Option<ModelPlacement>,
+}
+
+/// A placement as fields, or as the one line that results written before the fields hold.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PlacementRepr {
+    Fields(ModelPlacement),
+    Line(String),
+}
+
+impl From<PlacementRepr> for ModelPlacement {
+    fn from(r: PlacementRepr) -> Self {
+        match r {
+            PlacementRepr::Fields(p) => p,
+            PlacementRepr::Line(summary) => ModelPlacement {
+                devices: Vec::new(),
+                gpu_layers: 0,
+                cache_type_k: String::new(),
+                cache_type_v: String::new(),
+                kv_offload: true,
+                kv_unified: true,
+                flash_attn: String::new(),
+                batch_invariant: false,
+                summary,
+            },
+        }
+    }
+}
+
+fn model_placement<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ModelPlacement, D::Error> {
+    PlacementRepr::deserialize(d).map(ModelPlacement::from)
+}
+
+fn optional_model_placement<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ModelPlacement>, D::Error> {
+    Option::<PlacementRepr>::deserialize(d).map(|r| r.map(ModelPlacement::from))
+}
+
+/// Where one model ran, as fields, and as the one line the stats block prints (`summary`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPlacement {
+    /// Devices by llama.cpp's name (empty: llama.cpp's choice; `["none"]`: the CPU).
+    pub devices: Vec<String>,
+    pub gpu_layers: u32,
+    pub cache_type_k: String,
+    pub cache_type_v: String,
+    /// The KV cache in device memory (`false`: `--no-kv-offload`).
+    pub kv_offload: bool,
+    /// One KV buffer shared by the sequences in flight.
+    pub kv_unified: bool,
+    /// `on`, `off` or `auto`.
+    pub flash_attn: String,
+    /// `--deterministic`: batch-invariant kernels.
+    pub batch_invariant: bool,
+    pub summary: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,9 +240,9 @@ impl RunReport {
         }
         let _ = writeln!(o, "  time       draft {:.2} s  verify {:.2} s  other {:.2} s", self.t_draft_s, self.t_verify_s, self.t_other_s);
         if let Some(p) = &self.placement {
-            let _ = writeln!(o, "  target on  {}", p.target);
+            let _ = writeln!(o, "  target on  {}", p.target.summary);
             if let Some(d) = &p.draft {
-                let _ = writeln!(o, "  draft on   {d}");
+                let _ = writeln!(o, "  draft on   {}", d.summary);
             }
         }
         o

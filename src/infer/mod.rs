@@ -254,7 +254,7 @@ pub fn make_drafter_with_cache<'a, M: Model + 'a>(
 pub type Job<'a> = &'a mut dyn FnMut(&mut dyn Model, Option<&mut dyn Model>, &dyn TextCodec, &dyn Clock) -> Result<ExitCode>;
 
 /// Load the plan's models (or mock ones) once and hand them to `job`. The mock honours the
-/// plan's context and batch sizes, and with `plan.mock_delay` sleeps in every target decode
+/// plan's context and batch sizes, and with `plan.mock_delay` sleeps once to load and in every target decode
 /// (so that tests can interrupt a long record).
 /// The mock backend's vocabulary: 97 printable tokens ([`MockCodec`]'s text mode).
 pub const MOCK_VOCAB: usize = 97;
@@ -270,6 +270,10 @@ pub fn with_backend(plan: &Plan, mock: bool, job: Job<'_>) -> Result<ExitCode> {
             ..MockSpec::target(1)
         };
         let clock = MockClock::new();
+        // the mock loads as slowly as it decodes (so that tests see a server still loading)
+        if let Some(d) = plan.mock_delay {
+            std::thread::sleep(d);
+        }
         let mut target = Slow { inner: MockModel::new(spec.clone()).with_clock(clock.clone()), delay: plan.mock_delay };
         let mut draft = plan.draft.as_ref().map(|_| MockModel::new(MockSpec::draft_of(&spec, 0.8, 1)).with_clock(clock.clone()));
         let codec = MockCodec { n_vocab: spec.n_vocab, text: true };

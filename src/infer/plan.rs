@@ -68,6 +68,21 @@ pub struct ModelPlan {
 }
 
 impl ModelPlan {
+    /// Where the model runs, as fields and as one line.
+    pub fn placement_fields(&self) -> crate::formats::report::ModelPlacement {
+        crate::formats::report::ModelPlacement {
+            devices: self.devices.clone(),
+            gpu_layers: self.n_gpu_layers,
+            cache_type_k: self.type_k.as_str().to_string(),
+            cache_type_v: self.type_v.as_str().to_string(),
+            kv_offload: self.kv_offload,
+            kv_unified: self.kv_unified,
+            flash_attn: self.flash_attn.as_str().to_string(),
+            batch_invariant: self.batch_invariant,
+            summary: self.placement(),
+        }
+    }
+
     /// One line: where the model runs (device, layers, KV types, flash attention).
     pub fn placement(&self) -> String {
         let devices = if self.devices.is_empty() { "default devices".to_string() } else { self.devices.join(",") };

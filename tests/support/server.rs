@@ -24,9 +24,27 @@ impl Drop for Server {
     }
 }
 
-/// Start `specrun serve --port 0 ARGS…` and wait for the address it prints (the models load
-/// first).
+/// Start `specrun serve --port 0 ARGS…` and wait until `/health` says the models are loaded.
 pub fn start(args: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut s = start_loading(args, env);
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        match agent().get(&format!("{}/health", s.base)).call() {
+            Ok(r) if r.status() == 200 => return s,
+            _ if std::time::Instant::now() > deadline => panic!("the server did not become ready"),
+            _ => {
+                if let Ok(Some(status)) = s.child.try_wait() {
+                    panic!("the server ended while loading: {status}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Start `specrun serve --port 0 ARGS…` and return as soon as it listens (the port opens
+/// before the models load).
+pub fn start_loading(args: &[&str], env: &[(&str, &str)]) -> Server {
     let mut child = Command::new(assert_cmd::cargo::cargo_bin("specrun"))
         .args(["serve", "--port", "0"])
         .args(args)

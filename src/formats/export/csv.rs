@@ -38,8 +38,8 @@ pub fn csv(results: &[BenchResult]) -> String {
             by_pos.join(" "),
             r.placement.as_ref().map_or(String::new(), |p| {
                 let text = match &p.draft {
-                    Some(d) => format!("target: {}; draft: {d}", p.target),
-                    None => format!("target: {}", p.target),
+                    Some(d) => format!("target: {}; draft: {}", p.target.summary, d.summary),
+                    None => format!("target: {}", p.target.summary),
                 };
                 format!("\"{}\"", text.replace('"', "\"\""))
             })
