@@ -443,6 +443,18 @@ pub struct GenArgs {
     /// Repetition penalty over the last 64 tokens (1: off).
     #[arg(allow_negative_numbers = true, long, value_name = "X")]
     pub repeat_penalty: Option<f32>,
+    /// Subtracted from a token's logit for each time it occurs in the last 64 tokens, in
+    /// [-2, 2] (0: off).
+    #[arg(allow_negative_numbers = true, long, value_name = "X")]
+    pub frequency_penalty: Option<f32>,
+    /// Subtracted from the logit of every token that occurs in the last 64 tokens, in [-2, 2]
+    /// (0: off).
+    #[arg(allow_negative_numbers = true, long, value_name = "X")]
+    pub presence_penalty: Option<f32>,
+    /// Add BIAS to token ID's logit, as `ID+BIAS` or `ID-BIAS` (llama.cpp's form; -100 or
+    /// less bans the token); repeatable.
+    #[arg(short = 'l', long, value_name = "ID(+|-)BIAS", value_parser = parse_logit_bias)]
+    pub logit_bias: Vec<(i32, f32)>,
     /// RNG seed for sampling.
     #[arg(allow_negative_numbers = true, short = 's', long, value_name = "N")]
     pub seed: Option<u64>,
@@ -571,6 +583,20 @@ pub struct ServeArgs {
     pub strict_model: bool,
 }
 
+/// `ID+BIAS` / `ID-BIAS` (llama.cpp's `--logit-bias`; `-inf` bans).
+fn parse_logit_bias(s: &str) -> Result<(i32, f32), String> {
+    let at = s.find(['+', '-']).filter(|&i| i > 0).ok_or_else(|| format!("expected ID+BIAS or ID-BIAS, got '{s}'"))?;
+    let id = s[..at].trim().parse::<i32>().map_err(|_| format!("expected a token id before the sign, got '{}'", &s[..at]))?;
+    let bias = match s[at..].trim() {
+        "-inf" => specrun_core::sampling::BAN_BIAS,
+        b => b.parse::<f32>().map_err(|_| format!("expected a number after the token id, got '{}'", &s[at..]))?,
+    };
+    if id < 0 || !bias.is_finite() {
+        return Err(format!("expected a token id >= 0 and a finite bias, got '{s}'"));
+    }
+    Ok((id, bias))
+}
+
 fn flag<T>(v: Option<T>, name: &'static str) -> Option<Setting<T>> {
     v.map(|v| Setting::new(v, Origin::Flag(name)))
 }
@@ -627,6 +653,10 @@ impl GenArgs {
             top_p: flag(self.top_p, "--top-p"),
             min_p: flag(self.min_p, "--min-p"),
             repeat_penalty: flag(self.repeat_penalty, "--repeat-penalty"),
+            frequency_penalty: flag(self.frequency_penalty, "--frequency-penalty"),
+            presence_penalty: flag(self.presence_penalty, "--presence-penalty"),
+            logit_bias: (!self.logit_bias.is_empty())
+                .then(|| Setting::new(crate::settings::LogitBias(self.logit_bias.clone()), Origin::Flag("--logit-bias"))),
             seed: flag(self.seed, "--seed"),
             verify: flag(self.verify, "--verify"),
             no_draft: self.no_draft.then(|| Setting::new(true, Origin::Flag("--no-draft"))),

@@ -267,12 +267,27 @@ pub struct Overrides {
     pub top_p: Option<Setting<f32>>,
     pub min_p: Option<Setting<f32>>,
     pub repeat_penalty: Option<Setting<f32>>,
+    pub frequency_penalty: Option<Setting<f32>>,
+    pub presence_penalty: Option<Setting<f32>>,
+    /// Token id and bias pairs (a flag or request only).
+    pub logit_bias: Option<Setting<LogitBias>>,
     pub seed: Option<Setting<u64>>,
     pub verify: Option<Setting<VerifyMode>>,
     /// Plain decoding: no drafter (a flag or request only).
     pub no_draft: Option<Setting<bool>>,
     /// Generate past end-of-generation tokens (a flag or request only).
     pub ignore_eos: Option<Setting<bool>>,
+}
+
+/// OpenAI's `logit_bias` / llama.cpp's `--logit-bias`: token ids and the bias added to each.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LogitBias(pub Vec<(specrun_core::model::Token, f32)>);
+
+impl fmt::Display for LogitBias {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|(t, b)| format!("{t}{b:+}")).collect();
+        write!(f, "{}", parts.join(","))
+    }
 }
 
 macro_rules! each_field {
@@ -291,6 +306,9 @@ macro_rules! each_field {
             top_p,
             min_p,
             repeat_penalty,
+            frequency_penalty,
+            presence_penalty,
+            logit_bias,
             seed,
             verify,
             no_draft,
@@ -368,6 +386,13 @@ pub fn validate(o: &Overrides) -> Result<(), SettingError> {
     check(&o.top_p, |v: f32| v > 0.0 && v <= 1.0, "must be in (0, 1]")?;
     check(&o.min_p, |v: f32| (0.0..=1.0).contains(&v), "must be in [0, 1]")?;
     check(&o.repeat_penalty, |v: f32| v.is_finite() && v > 0.0, "must be a number > 0")?;
+    check(&o.frequency_penalty, |v: f32| (-2.0..=2.0).contains(&v), "must be in [-2, 2]")?;
+    check(&o.presence_penalty, |v: f32| (-2.0..=2.0).contains(&v), "must be in [-2, 2]")?;
+    if let Some(s) = &o.logit_bias {
+        if let Some((t, b)) = s.value.0.iter().find(|(_, b)| !(-100.0..=100.0).contains(b)) {
+            return Err(SettingError { origin: s.origin.clone(), message: format!("must be in [-100, 100], got {b} for token {t}") });
+        }
+    }
     Ok(())
 }
 
@@ -400,6 +425,11 @@ pub fn resolve(sources: &[&Overrides]) -> Result<Resolved, SettingError> {
     set!(g.params.top_p, top_p);
     set!(g.params.min_p, min_p);
     set!(g.params.repeat_penalty, repeat_penalty);
+    set!(g.params.frequency_penalty, frequency_penalty);
+    set!(g.params.presence_penalty, presence_penalty);
+    if let Some(s) = &merged.logit_bias {
+        g.params.logit_bias = s.value.0.clone();
+    }
     set!(r.ngram.n_min, ngram_min);
     set!(r.ngram.n_max, ngram_max);
     if let Some(d) = &merged.drafter {
@@ -499,6 +529,9 @@ mod tests {
             top_p: Some(Setting::new(0.5, Origin::Flag("a"))),
             min_p: Some(Setting::new(0.1, Origin::Flag("a"))),
             repeat_penalty: Some(Setting::new(1.2, Origin::Flag("a"))),
+            frequency_penalty: Some(Setting::new(0.3, Origin::Flag("a"))),
+            presence_penalty: Some(Setting::new(-0.4, Origin::Flag("a"))),
+            logit_bias: Some(Setting::new(LogitBias(vec![(3, -1.5)]), Origin::Flag("a"))),
             seed: Some(Setting::new(11, Origin::Flag("a"))),
             verify: Some(Setting::new(VerifyMode::Match, Origin::Flag("a"))),
             no_draft: Some(Setting::new(false, Origin::Flag("a"))),
@@ -510,6 +543,7 @@ mod tests {
         assert_eq!((g.max_tokens, g.draft_max, g.draft_p_min, g.draft_min, g.adaptive, g.seed), (7, 9, 0.5, 2, AdaptiveMode::Step, 11));
         assert_eq!((g.params.temp, g.params.top_k, g.params.top_p, g.params.min_p, g.params.repeat_penalty), (0.5, 5, 0.5, 0.1, 1.2));
         assert_eq!((g.verify, r.drafter, r.ngram.n_min, r.ngram.n_max), (VerifyMode::Match, Some(DrafterKind::Ngram), 2, 7));
+        assert_eq!((g.params.frequency_penalty, g.params.presence_penalty, g.params.logit_bias.as_slice()), (0.3, -0.4, &[(3, -1.5)][..]));
         assert!(g.ignore_eos);
     }
 

@@ -490,6 +490,16 @@ fn fingerprint(plan: &Plan, args: &BatchArgs, format: InputFormat) -> serde_json
     m.insert("top_p".into(), Value::from(g.params.top_p));
     m.insert("min_p".into(), Value::from(g.params.min_p));
     m.insert("repeat_penalty".into(), Value::from(g.params.repeat_penalty));
+    // later settings: written only when set, so that earlier outputs still resume
+    if g.params.frequency_penalty != 0.0 {
+        m.insert("frequency_penalty".into(), Value::from(g.params.frequency_penalty));
+    }
+    if g.params.presence_penalty != 0.0 {
+        m.insert("presence_penalty".into(), Value::from(g.params.presence_penalty));
+    }
+    if !g.params.logit_bias.is_empty() {
+        m.insert("logit_bias".into(), serde_json::json!(g.params.logit_bias));
+    }
     m.insert("seed".into(), Value::from(g.seed));
     if !g.params.is_greedy() {
         m.insert("verify".into(), Value::from(g.verify.as_str()));

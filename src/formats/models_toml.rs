@@ -73,6 +73,8 @@ pub struct PairEntry {
     pub top_p: Option<Spanned<f32>>,
     pub min_p: Option<Spanned<f32>>,
     pub repeat_penalty: Option<Spanned<f32>>,
+    pub frequency_penalty: Option<Spanned<f32>>,
+    pub presence_penalty: Option<Spanned<f32>>,
     pub seed: Option<Spanned<u64>>,
     /// "rejection" or "match" (used when temp > 0).
     pub verify: Option<Spanned<VerifyMode>>,
@@ -165,6 +167,9 @@ impl Config {
             top_p: self.setting(&pair.top_p, "top_p"),
             min_p: self.setting(&pair.min_p, "min_p"),
             repeat_penalty: self.setting(&pair.repeat_penalty, "repeat_penalty"),
+            frequency_penalty: self.setting(&pair.frequency_penalty, "frequency_penalty"),
+            presence_penalty: self.setting(&pair.presence_penalty, "presence_penalty"),
+            logit_bias: None,
             seed: self.setting(&pair.seed, "seed"),
             verify: self.setting(&pair.verify, "verify"),
             no_draft: None,

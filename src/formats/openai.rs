@@ -110,9 +110,7 @@ fn get_str<'a>(obj: &'a Map<String, Value>, key: &'static str) -> Result<Option<
 /// Fields OpenAI defines that specrun does not implement: accepted only at their neutral value.
 type IsNeutral = fn(&Value) -> bool;
 /// These change what comes back, so any other value is refused rather than ignored.
-const NEUTRAL: [(&str, IsNeutral); 10] = [
-    ("frequency_penalty", |v| v.is_null() || v.as_f64() == Some(0.0)),
-    ("presence_penalty", |v| v.is_null() || v.as_f64() == Some(0.0)),
+const NEUTRAL: [(&str, IsNeutral); 8] = [
     ("logprobs", |v| v.as_bool() == Some(false) || v.is_null()),
     ("top_logprobs", |v| v.is_null() || v.as_u64() == Some(0)),
     ("echo", |v| v.as_bool() == Some(false) || v.is_null()),
@@ -125,7 +123,9 @@ const NEUTRAL: [(&str, IsNeutral); 10] = [
 ];
 
 /// Fields read here.
-const KNOWN: [&str; 22] = [
+const KNOWN: [&str; 24] = [
+    "frequency_penalty",
+    "presence_penalty",
     "json_schema",
     "grammar",
     "ignore_eos",
@@ -150,6 +150,28 @@ const KNOWN: [&str; 22] = [
     "response_format",
 ];
 
+/// OpenAI's `logit_bias`: an object from token ids (as strings) to a bias in [-100, 100].
+pub fn parse_logit_bias(v: Option<&Value>) -> Result<Option<crate::settings::LogitBias>, ApiError> {
+    let bad = |m: String| ApiError::invalid("logit_bias", m);
+    let map = match v {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(m)) if m.is_empty() => return Ok(None),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(bad("logit_bias must be an object from token ids to numbers".into())),
+    };
+    let mut bias = Vec::with_capacity(map.len());
+    for (id, b) in map {
+        let t =
+            id.parse::<i32>().ok().filter(|&t| t >= 0).ok_or_else(|| bad(format!("logit_bias keys must be token ids, got \"{id}\"")))?;
+        let b = b
+            .as_f64()
+            .filter(|b| (-100.0..=100.0).contains(b))
+            .ok_or_else(|| bad(format!("logit_bias[\"{id}\"] must be a number in [-100, 100], got {b}")))?;
+        bias.push((t, b as f32));
+    }
+    Ok(Some(crate::settings::LogitBias(bias)))
+}
+
 /// Check a request body (already parsed as JSON) for `endpoint`. `n_ctx` bounds `max_tokens`.
 pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<CompletionRequest, ApiError> {
     let obj =
@@ -164,9 +186,6 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
             // service_tier, …) do not change the text: accepted, and said at debug level
             tracing::debug!("ignoring the request field {key}");
         }
-    }
-    if obj.get("logit_bias").is_some_and(|v| !v.is_null() && v != &json!({})) {
-        return Err(ApiError::invalid("logit_bias", "logit_bias is not supported by specrun serve"));
     }
     let grammar = parse_grammar(obj)?;
     let model = get_str(obj, "model")?.map(str::to_string);
@@ -212,6 +231,9 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
     o.top_p = get_f32(obj, "top_p")?.map(|v| Setting::new(v, req("top_p")));
     o.min_p = get_f32(obj, "min_p")?.map(|v| Setting::new(v, req("min_p")));
     o.repeat_penalty = get_f32(obj, "repeat_penalty")?.map(|v| Setting::new(v, req("repeat_penalty")));
+    o.frequency_penalty = get_f32(obj, "frequency_penalty")?.map(|v| Setting::new(v, req("frequency_penalty")));
+    o.presence_penalty = get_f32(obj, "presence_penalty")?.map(|v| Setting::new(v, req("presence_penalty")));
+    o.logit_bias = parse_logit_bias(obj.get("logit_bias"))?.map(|b| Setting::new(b, req("logit_bias")));
     o.top_k = get_uint(obj, "top_k")?.map(|v| Setting::new(v.min(usize::MAX as u64) as usize, req("top_k")));
     o.seed = match obj.get("seed") {
         None | Some(Value::Null) => None,
@@ -496,7 +518,11 @@ mod tests {
             ("stop", json!([1]), "stop"),
             ("messages", json!([]), "messages"),
             ("messages", json!("hi"), "messages"),
-            ("frequency_penalty", json!(0.5), "frequency_penalty"),
+            ("frequency_penalty", json!(3.0), "frequency_penalty"),
+            ("presence_penalty", json!("high"), "presence_penalty"),
+            ("logit_bias", json!({"x": 1}), "logit_bias"),
+            ("logit_bias", json!({"5": 200}), "logit_bias"),
+            ("logit_bias", json!([5]), "logit_bias"),
             ("tool_choice", json!("required"), "tool_choice"),
             ("top_logprobs", json!(3), "top_logprobs"),
             ("speculative", json!({"k": 1}), "speculative"),
@@ -510,6 +536,17 @@ mod tests {
         extra["bogus"] = json!(1);
         extra["metadata"] = json!({"x": "y"});
         assert!(chat(extra).is_ok());
+        // penalties and biases are taken, as OpenAI and llama-server define them
+        let mut p = base.clone();
+        p["frequency_penalty"] = json!(0.5);
+        p["presence_penalty"] = json!(-0.25);
+        p["logit_bias"] = json!({"5": -100, "7": 2.5});
+        let r = chat(p).unwrap();
+        assert_eq!(r.overrides.frequency_penalty.map(|s| s.value), Some(0.5));
+        assert_eq!(r.overrides.presence_penalty.map(|s| s.value), Some(-0.25));
+        let mut bias = r.overrides.logit_bias.unwrap().value.0;
+        bias.sort_by_key(|b| b.0);
+        assert_eq!(bias, vec![(5, -100.0), (7, 2.5)]);
         let e = chat(json!([1, 2])).unwrap_err();
         assert_eq!(e.status, 400);
         let e = parse_request(Endpoint::Completions, &json!({"prompt": ["a", "b"]}), 4096).unwrap_err();

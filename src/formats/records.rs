@@ -14,6 +14,8 @@
 //! (`{"type": "json_object"}`, `{"type": "json_schema", "json_schema": {"name": …, "schema":
 //! {…}, "strict": true}}`), `json_schema` (a schema object), `grammar` (GBNF or Lark text) or
 //! `regex`; one that does not compile is an error record naming the line and the reason.
+//! Sampling fields: `temperature`, `top_p`, `top_k`, `seed`, `frequency_penalty`,
+//! `presence_penalty`, `logit_bias` (OpenAI's meanings).
 //! `id` is a string or a number; without one the record's line number is its id. Every other
 //! field is optional; unknown fields are errors. With `--input-format txt` each non-blank line is
 //! one prompt, its id the line number.
@@ -90,6 +92,10 @@ pub struct InputRecord {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<usize>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    /// OpenAI's form: token ids (as strings) to a bias in [-100, 100].
+    pub logit_bias: Option<Value>,
     pub seed: Option<u64>,
     pub stop: Option<Vec<String>>,
     /// OpenAI's `response_format` (`json_object`, `json_schema`).
@@ -309,6 +315,11 @@ fn check(rec: InputRecord, line: usize) -> Result<Job, BadRecord> {
         temp: rec.temperature.map(|v| Setting::new(v, at("temperature"))),
         top_p: rec.top_p.map(|v| Setting::new(v, at("top_p"))),
         top_k: rec.top_k.map(|v| Setting::new(v, at("top_k"))),
+        frequency_penalty: rec.frequency_penalty.map(|v| Setting::new(v, at("frequency_penalty"))),
+        presence_penalty: rec.presence_penalty.map(|v| Setting::new(v, at("presence_penalty"))),
+        logit_bias: crate::formats::openai::parse_logit_bias(rec.logit_bias.as_ref())
+            .map_err(|e| bad(e.message))?
+            .map(|b| Setting::new(b, at("logit_bias"))),
         seed: rec.seed.map(|v| Setting::new(v, at("seed"))),
         ..Overrides::default()
     };

@@ -29,8 +29,25 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// 1.0 disables the repetition penalty.
     pub repeat_penalty: f32,
-    /// How many of the last tokens the repetition penalty looks at.
+    /// How many of the last tokens the repetition penalties look at.
     pub repeat_last_n: usize,
+    /// Subtracted from a token's logit once for each time it occurs in those tokens (OpenAI's
+    /// and llama.cpp's frequency penalty; 0 disables).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub frequency_penalty: f32,
+    /// Subtracted from the logit of every token that occurs in them (0 disables).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub presence_penalty: f32,
+    /// Added to a token's logit (OpenAI's `logit_bias`); [`BAN_BIAS`] or less bans the token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logit_bias: Vec<(Token, f32)>,
+}
+
+/// A logit bias this low bans its token (OpenAI: "-100 should result in a ban").
+pub const BAN_BIAS: f32 = -100.0;
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
 }
 
 impl Default for SamplingParams {
@@ -41,7 +58,17 @@ impl Default for SamplingParams {
 
 impl SamplingParams {
     pub fn greedy() -> Self {
-        Self { temp: 0.0, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64 }
+        Self {
+            temp: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            logit_bias: Vec::new(),
+        }
     }
 
     pub fn is_greedy(&self) -> bool {
@@ -62,11 +89,43 @@ impl SamplingParams {
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
             return Err(format!("repeat-penalty must be > 0, got {}", self.repeat_penalty));
         }
+        for (name, v) in [("frequency-penalty", self.frequency_penalty), ("presence-penalty", self.presence_penalty)] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(format!("{name} must be in [-2, 2], got {v}"));
+            }
+        }
+        if let Some((t, b)) = self.logit_bias.iter().find(|(_, b)| !(-100.0..=100.0).contains(b)) {
+            return Err(format!("logit-bias of token {t} must be in [-100, 100], got {b}"));
+        }
         Ok(())
     }
 
+    /// Whether the last tokens change logits (a repetition penalty of any kind).
     fn penalizes(&self) -> bool {
-        self.repeat_penalty != 1.0 && self.repeat_last_n > 0
+        (self.repeat_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0) && self.repeat_last_n > 0
+    }
+
+    /// Whether every adjustment can only lower a logit (so that the raw best tokens, with the
+    /// adjusted ones, hold the adjusted best).
+    fn only_lowers(&self) -> bool {
+        self.repeat_penalty >= 1.0
+            && self.frequency_penalty >= 0.0
+            && self.presence_penalty >= 0.0
+            && self.logit_bias.iter().all(|&(_, b)| b <= 0.0)
+    }
+
+    /// The logit of a token that occurred `count` times in the last tokens, after the
+    /// penalties and its bias (a ban is -inf; -inf stays -inf: a grammar's mask holds).
+    fn adjust(&self, token: Token, count: u32, logit: f32) -> f32 {
+        let mut l = clean(logit);
+        if count > 0 {
+            l = penalize(l, self.repeat_penalty) - self.frequency_penalty * count as f32 - self.presence_penalty;
+        }
+        match self.logit_bias.iter().rev().find(|&&(t, _)| t == token) {
+            Some(&(_, b)) if b <= BAN_BIAS => f32::NEG_INFINITY,
+            Some(&(_, b)) => (l + b).min(f32::MAX),
+            None => l,
+        }
     }
 }
 
@@ -156,7 +215,9 @@ pub struct Scratch {
     dense: Vec<f32>,
     /// A penalised copy of a row, for argmax.
     row_copy: Vec<f32>,
+    /// The tokens the settings adjust, and how often each occurred in the last tokens.
     penalized: Vec<Token>,
+    counts: Vec<u32>,
 }
 
 /// Logit after the repetition penalty (llama.cpp's rule: divide positive logits, multiply
@@ -180,33 +241,51 @@ impl Scratch {
         Self::default()
     }
 
-    /// Distinct tokens of the last `repeat_last_n` tokens of `history`, into `self.penalized`.
+    /// The tokens whose logits the settings change: the distinct tokens of the last
+    /// `repeat_last_n` of `history` (with their counts), and the biased ones; into
+    /// `self.penalized` and `self.counts`.
     fn collect_penalized(&mut self, history: &[Token], params: &SamplingParams) {
         self.penalized.clear();
-        if !params.penalizes() {
-            return;
-        }
-        let start = history.len().saturating_sub(params.repeat_last_n);
-        for &t in &history[start..] {
-            if !self.penalized.contains(&t) {
-                self.penalized.push(t);
+        self.counts.clear();
+        if params.penalizes() {
+            let start = history.len().saturating_sub(params.repeat_last_n);
+            for &t in &history[start..] {
+                match self.penalized.iter().position(|&p| p == t) {
+                    Some(i) => self.counts[i] += 1,
+                    None => {
+                        self.penalized.push(t);
+                        self.counts.push(1);
+                    }
+                }
             }
         }
+        for &(t, _) in &params.logit_bias {
+            if !self.penalized.contains(&t) {
+                self.penalized.push(t);
+                self.counts.push(0);
+            }
+        }
+    }
+
+    /// The adjusted logit of `token` if the settings change it.
+    fn adjusted(&self, token: Token, logit: f32, params: &SamplingParams) -> Option<f32> {
+        let i = self.penalized.iter().position(|&t| t == token)?;
+        Some(params.adjust(token, self.counts[i], logit))
     }
 
     /// The greedy choice: argmax of the penalised logits (lowest id on exact ties).
     pub fn argmax(&mut self, logits: &[f32], history: &[Token], params: &SamplingParams) -> Token {
         self.collect_penalized(history, params);
         let raw = argmax_row(logits);
-        // a penalty >= 1 only lowers logits: an unpenalised raw argmax stays the argmax
-        if self.penalized.is_empty() || (params.repeat_penalty >= 1.0 && !self.penalized.contains(&raw)) {
+        // adjustments that only lower logits leave an unadjusted raw argmax the argmax
+        if self.penalized.is_empty() || (params.only_lowers() && !self.penalized.contains(&raw)) {
             return raw;
         }
         self.row_copy.clear();
         self.row_copy.extend_from_slice(logits);
-        for &t in &self.penalized {
+        for (&t, &c) in self.penalized.iter().zip(&self.counts) {
             if let Some(v) = self.row_copy.get_mut(t as usize) {
-                *v = penalize(clean(*v), params.repeat_penalty);
+                *v = params.adjust(t, c, *v);
             }
         }
         argmax_row(&self.row_copy)
@@ -222,21 +301,23 @@ impl Scratch {
         let n = logits.len();
         let k = if params.top_k == 0 { n } else { params.top_k.min(n) };
         self.cand.clear();
-        if k < n && (self.penalized.is_empty() || params.repeat_penalty >= 1.0) {
-            // A penalty >= 1 only lowers logits, so the true top-k lies in the raw
-            // top-(k + #penalised) — the selection stays a single pass over the row.
+        if k < n && (self.penalized.is_empty() || params.only_lowers()) {
+            // Adjustments that only lower logits keep the true top-k in the raw
+            // top-(k + #adjusted) — the selection stays a single pass over the row.
             let want = (k + self.penalized.len()).min(n);
-            top_k_into(logits, want, &mut self.cand);
-            for c in &mut self.cand {
-                if self.penalized.contains(&c.1) {
-                    c.0 = penalize(c.0, params.repeat_penalty);
+            let mut cand = std::mem::take(&mut self.cand);
+            top_k_into(logits, want, &mut cand);
+            for c in &mut cand {
+                if let Some(l) = self.adjusted(c.1, c.0, params) {
+                    c.0 = l;
                 }
             }
+            self.cand = cand;
         } else {
             self.cand.extend(logits.iter().enumerate().map(|(i, &l)| (clean(l), i as Token)));
-            for &t in &self.penalized {
+            for (&t, &count) in self.penalized.iter().zip(&self.counts) {
                 if let Some(c) = self.cand.get_mut(t as usize) {
-                    c.0 = penalize(c.0, params.repeat_penalty);
+                    c.0 = params.adjust(t, count, c.0);
                 }
             }
         }
@@ -463,6 +544,46 @@ mod tests {
     }
 
     #[test]
+    fn frequency_and_presence_penalties_and_logit_bias_shift_logits() {
+        let l = vec![2.0f32, 1.0, 0.5, 1.9];
+        let mut g = SamplingParams::greedy();
+        // token 0 occurred twice: 2.0 - 0.1 * 2 = 1.8 < 1.9
+        g.frequency_penalty = 0.1;
+        assert_eq!(Scratch::new().argmax(&l, &[0, 0], &g), 3);
+        assert_eq!(Scratch::new().argmax(&l, &[0], &g), 0, "once: 1.9 is not above 1.9 - ties go to the lowest id");
+        g.frequency_penalty = 0.0;
+        g.presence_penalty = 0.5;
+        assert_eq!(Scratch::new().argmax(&l, &[0], &g), 3);
+        // a negative presence penalty raises what occurred
+        g.presence_penalty = -2.0;
+        assert_eq!(Scratch::new().argmax(&l, &[2], &g), 2);
+        g.presence_penalty = 0.0;
+        g.logit_bias = vec![(1, 5.0)];
+        assert_eq!(Scratch::new().argmax(&l, &[], &g), 1);
+        // -100 bans, also when sampling
+        g.logit_bias = vec![(0, BAN_BIAS)];
+        assert_eq!(Scratch::new().argmax(&l, &[], &g), 3);
+        let mut p = params(1.0, 0, 1.0, 0.0);
+        p.logit_bias = vec![(0, BAN_BIAS), (2, 1.0)];
+        let d = Scratch::new().warp(&l, &[], &p);
+        assert_eq!(d.prob(0), 0.0);
+        let e = |x: f32| x.exp();
+        let z = e(1.0) + e(1.5) + e(1.9);
+        assert!((d.prob(2) - e(1.5) / z).abs() < 1e-6);
+        // the top-k fast path sees the bias of a token outside the raw top-k
+        p.top_k = 1;
+        assert_eq!(Scratch::new().warp(&l, &[], &p).ids, vec![3]);
+        p.logit_bias = vec![(2, 3.0)];
+        assert_eq!(Scratch::new().warp(&l, &[], &p).ids, vec![2]);
+        // ranges are checked
+        g.logit_bias = vec![(0, 101.0)];
+        assert!(g.validate().unwrap_err().contains("logit-bias of token 0"));
+        g.logit_bias.clear();
+        g.frequency_penalty = 2.5;
+        assert!(g.validate().unwrap_err().contains("frequency-penalty"));
+    }
+
+    #[test]
     fn top_k_with_penalty_matches_the_full_row_path() {
         let l: Vec<f32> = (0..1000).map(|i| ((i * 7919) % 1000) as f32 / 100.0).collect();
         let hist: Vec<Token> = (0..50).map(|i| ((i * 31) % 1000) as Token).collect();
@@ -522,9 +643,15 @@ mod tests {
             top_p in 0.05f32..=1.0,
             min_p in 0.0f32..0.5,
             pen in prop_oneof![Just(1.0f32), 0.5f32..2.0],
+            freq in prop_oneof![Just(0.0f32), -2.0f32..2.0],
+            presence in prop_oneof![Just(0.0f32), -2.0f32..2.0],
+            bias in proptest::collection::vec((0i32..300, -100.0f32..100.0), 0..4),
             hist in proptest::collection::vec(0i32..300, 0..40),
         ) {
-            let p = SamplingParams { temp, top_k, top_p, min_p, repeat_penalty: pen, repeat_last_n: 64 };
+            let p = SamplingParams {
+                temp, top_k, top_p, min_p, repeat_penalty: pen, repeat_last_n: 64,
+                frequency_penalty: freq, presence_penalty: presence, logit_bias: bias,
+            };
             let hist: Vec<Token> = hist.into_iter().filter(|&t| (t as usize) < row.len()).collect();
             let d = Scratch::new().warp(&row, &hist, &p);
             let sum: f32 = d.probs.iter().sum();

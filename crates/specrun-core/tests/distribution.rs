@@ -48,7 +48,8 @@ fn settings() -> Vec<SamplingParams> {
         SamplingParams { temp: 1.0, ..base.clone() },
         SamplingParams { temp: 0.7, top_k: 3, ..base.clone() },
         SamplingParams { temp: 1.2, top_p: 0.8, ..base.clone() },
-        SamplingParams { temp: 0.9, top_k: 6, min_p: 0.1, repeat_penalty: 1.3, ..base },
+        SamplingParams { temp: 0.9, top_k: 6, min_p: 0.1, repeat_penalty: 1.3, ..base.clone() },
+        SamplingParams { temp: 0.8, frequency_penalty: 0.6, presence_penalty: 0.2, logit_bias: vec![(2, 1.5)], ..base },
     ]
 }
 

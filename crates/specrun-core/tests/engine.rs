@@ -37,6 +37,17 @@ fn equality_holds_with_repetition_penalty() {
 }
 
 #[test]
+fn equality_holds_with_frequency_and_presence_penalties_and_logit_bias() {
+    let mut tester = SpecTester::new(MockSpec::target(6));
+    tester.config.params.frequency_penalty = 0.7;
+    tester.config.params.presence_penalty = -0.3;
+    tester.config.params.logit_bias = vec![(5, 2.0), (9, specrun_core::sampling::BAN_BIAS)];
+    tester.config.params.repeat_last_n = 16;
+    tester.draft_max = vec![2, 5];
+    tester.assert_matches_target_only();
+}
+
+#[test]
 fn a_small_batch_caps_the_draft_and_chunks_the_prompt() {
     let mut target = MockSpec::target(1);
     target.n_batch = 3;
