@@ -581,6 +581,10 @@ pub struct ServeArgs {
     /// by the one pair, as llama-server does).
     #[arg(long)]
     pub strict_model: bool,
+    /// Let browser pages from ORIGIN call the API (CORS; `*` for any origin); repeatable. Off
+    /// by default: a browser page elsewhere gets no answer it can read.
+    #[arg(long, value_name = "ORIGIN")]
+    pub cors_origin: Vec<String>,
 }
 
 /// `ID+BIAS` / `ID-BIAS` (llama.cpp's `--logit-bias`; `-inf` bans).

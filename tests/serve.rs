@@ -186,7 +186,7 @@ fn bad_input_gets_an_openai_error_and_the_server_stays_up() {
         ("/v1/chat/completions", chat_body("hi", r#", "n": 3"#).into_bytes(), 400, Some("n")),
         ("/v1/chat/completions", chat_body("hi", r#", "logprobs": true"#).into_bytes(), 400, Some("logprobs")),
         ("/v1/chat/completions", chat_body("hi", r#", "tool_choice": "required""#).into_bytes(), 400, Some("tool_choice")),
-        ("/v1/chat/completions", chat_body("hi", r#", "presence_penalty": 0.5"#).into_bytes(), 400, Some("presence_penalty")),
+        ("/v1/chat/completions", chat_body("hi", r#", "presence_penalty": 5"#).into_bytes(), 400, Some("presence_penalty")),
         ("/v1/chat/completions", chat_body(&long, "").into_bytes(), 400, Some("messages")),
         ("/v1/completions", b"{\"prompt\": \"\xff\xfe\"}".to_vec(), 400, None),
         ("/v1/completions", br#"{"prompt": 5}"#.to_vec(), 400, Some("prompt")),
@@ -249,6 +249,46 @@ fn the_port_opens_while_the_models_load_and_health_says_so() {
     }
     let (code, body) = post(&s, "/v1/completions", r#"{"prompt": "hi", "max_tokens": 1}"#);
     assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn cors_headers_only_for_the_origins_given() {
+    let origin_of = |s: &Server, origin: &str| {
+        let r = agent().get(&format!("{}/v1/models", s.base)).set("Origin", origin).call().unwrap();
+        r.header("access-control-allow-origin").map(str::to_string)
+    };
+    let plain = start(&[]);
+    assert_eq!(origin_of(&plain, "http://app.example"), None, "no CORS unless asked");
+    let s = start_env(&["--cors-origin", "http://app.example"], &[("SPECRUN_API_KEY", "k")]);
+    // a preflight needs no key and names what the page may send
+    let pre = agent()
+        .request("OPTIONS", &format!("{}/v1/chat/completions", s.base))
+        .set("Origin", "http://app.example")
+        .set("Access-Control-Request-Method", "POST")
+        .set("Access-Control-Request-Headers", "authorization,content-type")
+        .call()
+        .unwrap();
+    assert_eq!(pre.header("access-control-allow-origin"), Some("http://app.example"));
+    assert!(
+        pre.header("access-control-allow-headers").is_some_and(|h| h.contains("authorization")),
+        "{:?}",
+        pre.header("access-control-allow-headers")
+    );
+    let r =
+        agent().get(&format!("{}/v1/models", s.base)).set("Origin", "http://app.example").set("Authorization", "Bearer k").call().unwrap();
+    assert_eq!(r.header("access-control-allow-origin"), Some("http://app.example"));
+    let other =
+        agent().get(&format!("{}/v1/models", s.base)).set("Origin", "http://evil.example").set("Authorization", "Bearer k").call().unwrap();
+    assert_eq!(other.header("access-control-allow-origin"), None);
+    let any = start(&["--cors-origin", "*"]);
+    assert_eq!(origin_of(&any, "http://anywhere.example").as_deref(), Some("*"));
+    // a bad origin is one line naming the flag, before anything loads
+    let out = Command::new(assert_cmd::cargo::cargo_bin("specrun"))
+        .args(["serve", "--mock", "--port", "0", "--cors-origin", "bad\norigin"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cors-origin"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -73,6 +73,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
     if args.api_key.as_deref().is_some_and(str::is_empty) {
         return Err(anyhow!("--api-key (or SPECRUN_API_KEY) is empty"));
     }
+    let cors = cors(&args.cors_origin)?;
     let mut plan = plan(&args.models.selection(), &args.gen.overrides())?;
     crate::infer::calibration::attach(&mut plan, args.models.mock);
     let n_parallel = sequences_in_flight(args.parallel.or(plan.parallel), &plan, 4);
@@ -145,7 +146,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         stopping: AtomicBool::new(false),
         text,
     });
-    let served = runtime.block_on(run_http(args, listener, state, n_parallel));
+    let served = runtime.block_on(run_http(args, listener, state, cors, n_parallel));
     // every handler is gone, so is the queue's sender: the model thread finishes and returns
     cancel.store(served.as_ref().map_or(true, |graceful| !graceful), Ordering::Relaxed);
     let _ = worker.join();
@@ -182,14 +183,23 @@ async fn answer_loading(listener: &tokio::net::TcpListener) {
 
 /// Serve on `listener` until a signal; `Ok(true)` when every request finished in the grace
 /// period.
-async fn run_http(args: &ServeArgs, listener: tokio::net::TcpListener, state: Arc<AppState>, n_parallel: usize) -> Result<bool> {
+async fn run_http(
+    args: &ServeArgs,
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    cors: Option<tower_http::cors::CorsLayer>,
+    n_parallel: usize,
+) -> Result<bool> {
     crate::io::note(format!(
         "specrun serve: ready (model {}, {n_parallel} slots, drafter {}, queue {})",
         state.model,
         state.drafter,
         args.queue.max(1)
     ));
-    let app = router(state.clone());
+    let app = match cors {
+        Some(layer) => router(state.clone()).layer(layer),
+        None => router(state.clone()),
+    };
     // HTTP/1 connections whose headers must arrive within HEADER_TIMEOUT: a client that sends
     // half a request, or keeps an idle connection, cannot hold a socket or delay shutdown
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -245,6 +255,26 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+/// The CORS policy `--cors-origin` asks for (none: no CORS headers at all); a bad origin is
+/// one line naming the flag.
+fn cors(origins: &[String]) -> Result<Option<tower_http::cors::CorsLayer>> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return Ok(None);
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let values = origins
+            .iter()
+            .map(|o| header::HeaderValue::from_str(o).map_err(|_| anyhow!("--cors-origin: not an origin: {o:?}")))
+            .collect::<Result<Vec<_>>>()?;
+        AllowOrigin::list(values)
+    };
+    let methods = [axum::http::Method::GET, axum::http::Method::POST];
+    Ok(Some(CorsLayer::new().allow_origin(allow).allow_methods(methods).allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])))
 }
 
 fn router(state: Arc<AppState>) -> Router {
