@@ -183,7 +183,7 @@ fn bad_input_gets_an_openai_error_and_the_server_stays_up() {
         ("/v1/chat/completions", chat_body("hi", r#", "max_tokens": 0"#).into_bytes(), 400, Some("max_tokens")),
         ("/v1/chat/completions", chat_body("hi", r#", "max_tokens": 100000000000"#).into_bytes(), 400, Some("max_tokens")),
         ("/v1/chat/completions", chat_body("hi", r#", "temperature": -2"#).into_bytes(), 400, Some("temperature")),
-        ("/v1/chat/completions", chat_body("hi", r#", "n": 3"#).into_bytes(), 400, Some("n")),
+        ("/v1/chat/completions", chat_body("hi", r#", "n": 3, "stream": true"#).into_bytes(), 400, Some("n")),
         ("/v1/chat/completions", chat_body("hi", r#", "logprobs": true"#).into_bytes(), 400, Some("logprobs")),
         ("/v1/chat/completions", chat_body("hi", r#", "tool_choice": "required""#).into_bytes(), 400, Some("tool_choice")),
         ("/v1/chat/completions", chat_body("hi", r#", "presence_penalty": 5"#).into_bytes(), 400, Some("presence_penalty")),
@@ -289,6 +289,41 @@ fn cors_headers_only_for_the_origins_given() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cors-origin"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn n_choices_are_sampled_with_consecutive_seeds_and_usage_counts_the_prompt_once() {
+    let s = start(&[]);
+    let ask = |extra: &str| {
+        let (code, body) = post(&s, "/v1/chat/completions", &chat_body("tell me something", extra));
+        assert_eq!(code, 200, "{body}");
+        json(&body)
+    };
+    let texts = |v: &serde_json::Value| -> Vec<String> {
+        v["choices"].as_array().unwrap().iter().map(|c| c["message"]["content"].as_str().unwrap().to_string()).collect()
+    };
+    let three = ask(r#", "n": 3, "temperature": 0.9, "seed": 40, "max_tokens": 12"#);
+    let indices: Vec<u64> = three["choices"].as_array().unwrap().iter().map(|c| c["index"].as_u64().unwrap()).collect();
+    assert_eq!(indices, vec![0, 1, 2]);
+    let t = texts(&three);
+    // choice i is what a single request with seed 40 + i gives
+    for (i, text) in t.iter().enumerate() {
+        let one = ask(&format!(r#", "temperature": 0.9, "seed": {}, "max_tokens": 12"#, 40 + i));
+        assert_eq!(&texts(&one)[0], text, "choice {i}");
+    }
+    assert!(t[0] != t[1] || t[1] != t[2], "sampled choices with different seeds all equal: {t:?}");
+    let one = ask(r#", "temperature": 0.9, "seed": 40, "max_tokens": 12"#);
+    assert_eq!(three["usage"]["prompt_tokens"], one["usage"]["prompt_tokens"]);
+    let completion: u64 = (0..3)
+        .map(|i| {
+            let v = ask(&format!(r#", "temperature": 0.9, "seed": {}, "max_tokens": 12"#, 40 + i));
+            v["usage"]["completion_tokens"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(three["usage"]["completion_tokens"].as_u64(), Some(completion));
+    // greedy choices are one text n times
+    let greedy = texts(&ask(r#", "n": 2, "max_tokens": 8"#));
+    assert_eq!(greedy[0], greedy[1]);
 }
 
 #[test]

@@ -10,10 +10,11 @@
 
 use super::serve_text::TextRoutes;
 use crate::cli::ServeArgs;
-use crate::formats::openai::{chunk, parse_request, response, ApiError, CompletionRequest, Endpoint, Meta, Usage};
+use crate::formats::openai::{chunk, parse_request, response, response_choices, ApiError, CompletionRequest, Endpoint, Meta, Usage};
 use crate::infer::plan::{prefill, sequences_in_flight};
 use crate::infer::serving::{serve_loop, Event, Failure, Metrics, ServeRequest};
 use crate::infer::{make_drafter, plan, token_texts, with_backend};
+use crate::settings::{Origin, Setting};
 use anyhow::{anyhow, Context as _, Result};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -58,6 +59,8 @@ struct AppState {
     stopping: AtomicBool,
     /// `/tokenize`, `/detokenize`, `/apply-template`, `/props`.
     text: TextRoutes,
+    /// The seed a request without one samples with (choice `i` of `n` takes `seed + i`).
+    seed: u64,
 }
 
 /// What the model thread reports once the models are loaded.
@@ -88,6 +91,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         d.n_seq = n_parallel as u32;
     }
     let model = args.alias.clone().or_else(|| plan.pair.clone()).unwrap_or_else(|| plan.target.name.clone());
+    let seed = plan.gen.seed;
     let text = text_routes(&plan, args.models.mock, &model, n_parallel, args)?;
     let metrics = Arc::new(Metrics::default());
     let cancel = Arc::new(AtomicBool::new(false));
@@ -145,6 +149,7 @@ pub fn serve(args: &ServeArgs) -> Result<ExitCode> {
         next_id: AtomicU64::new(1),
         stopping: AtomicBool::new(false),
         text,
+        seed,
     });
     let served = runtime.block_on(run_http(args, listener, state, cors, n_parallel));
     // every handler is gone, so is the queue's sender: the model thread finishes and returns
@@ -465,6 +470,9 @@ async fn complete(state: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap,
             return error(e);
         }
     };
+    if req.n > 1 {
+        return complete_choices(state, endpoint, req, t0).await;
+    }
     let (tx, mut rx) = unbounded_channel();
     let (stream, include_usage) = (req.stream, req.include_usage);
     let job = ServeRequest { prompt: req.prompt, overrides: req.overrides, grammar: req.grammar, stops: req.stops, events: tx };
@@ -515,6 +523,66 @@ async fn complete(state: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap,
             None => return error(ended_early(&state)),
         }
     }
+}
+
+/// A request for `n` > 1 choices: `n` sequences of its prompt in the slots like any others,
+/// choice `i` with seed `seed + i` (so that sampled choices differ and each is reproducible),
+/// answered whole once all are done; `usage` counts the prompt once.
+async fn complete_choices(state: Arc<AppState>, endpoint: Endpoint, req: CompletionRequest, t0: Instant) -> Response {
+    let base = req.overrides.seed.as_ref().map_or(state.seed, |s| s.value);
+    let mut receivers = Vec::with_capacity(req.n);
+    for i in 0..req.n {
+        let (tx, rx) = unbounded_channel();
+        let mut overrides = req.overrides.clone();
+        overrides.seed = Some(Setting::new(base.wrapping_add(i as u64), Origin::Request { key: "seed" }));
+        let job =
+            ServeRequest { prompt: req.prompt.clone(), overrides, grammar: req.grammar.clone(), stops: req.stops.clone(), events: tx };
+        state.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+        if state.queue.try_send(job).is_err() {
+            // the choices already queued end with their dropped receivers
+            state.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            state.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
+            let why = format!("the queue cannot take {} choices now; retry later or ask for fewer", req.n);
+            let mut r = error(ApiError::new(503, "server_error", Some("overloaded"), why));
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
+        receivers.push(rx);
+    }
+    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let prefix = if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" };
+    let meta = Meta { id: format!("{prefix}-{id}"), created, model: state.model.clone() };
+    let (mut choices, mut merged, mut n_prompt) = (Vec::new(), specrun_core::stats::GenStats::default(), 0);
+    for (i, mut rx) in receivers.into_iter().enumerate() {
+        let mut text = String::new();
+        loop {
+            match rx.recv().await {
+                Some(Event::Started { n_prompt: n }) => n_prompt = n,
+                Some(Event::Text(t)) => {
+                    if i == 0 && text.is_empty() {
+                        state.metrics.observe_ttft(t0.elapsed().as_secs_f64());
+                    }
+                    text.push_str(&t);
+                }
+                Some(Event::Done { finish, stats }) => {
+                    if i == 0 {
+                        merged.n_prompt_cached = stats.n_prompt_cached;
+                    }
+                    merged.n_generated += stats.n_generated;
+                    merged.n_drafted += stats.n_drafted;
+                    merged.n_accepted += stats.n_accepted;
+                    merged.n_rounds += stats.n_rounds;
+                    choices.push((text, finish_str(finish)));
+                    break;
+                }
+                Some(Event::Failed(f)) => return error(failure(f, endpoint)),
+                None => return error(ended_early(&state)),
+            }
+        }
+    }
+    let usage = usage(n_prompt, &merged, state.drafter.to_string());
+    Json(response_choices(endpoint, &meta, &choices, &usage)).into_response()
 }
 
 fn usage(n_prompt: usize, stats: &specrun_core::stats::GenStats, drafter: String) -> Usage {

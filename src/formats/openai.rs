@@ -60,6 +60,9 @@ pub struct CompletionRequest {
     pub model: Option<String>,
     pub prompt: PromptInput,
     pub stream: bool,
+    /// Choices asked for (`n`): as many sequences of the prompt, choice `i` sampled with seed
+    /// `seed + i`.
+    pub n: usize,
     /// `stream_options.include_usage`: a last chunk with `usage`.
     pub include_usage: bool,
     pub stops: Vec<String>,
@@ -172,6 +175,9 @@ pub fn parse_logit_bias(v: Option<&Value>) -> Result<Option<crate::settings::Log
     Ok(Some(crate::settings::LogitBias(bias)))
 }
 
+/// Most choices one request may ask for.
+pub const MAX_CHOICES: usize = 16;
+
 /// Check a request body (already parsed as JSON) for `endpoint`. `n_ctx` bounds `max_tokens`.
 pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<CompletionRequest, ApiError> {
     let obj =
@@ -193,12 +199,15 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
         Endpoint::Chat => PromptInput::Chat(parse_messages(obj.get("messages"))?),
         Endpoint::Completions => PromptInput::Text(parse_prompt(obj.get("prompt"))?),
     };
-    if let Some(n) = get_uint(obj, "n")? {
-        if n != 1 {
-            return Err(ApiError::invalid("n", format!("n must be 1 (one choice per request), got {n}")));
-        }
-    }
     let stream = get_bool(obj, "stream")?.unwrap_or(false);
+    let n = match get_uint(obj, "n")? {
+        None => 1,
+        Some(n) if (1..=MAX_CHOICES as u64).contains(&n) && (n == 1 || !stream) => n as usize,
+        Some(n) if stream && n > 1 => {
+            return Err(ApiError::invalid("n", format!("n > 1 is served whole, not streamed (set stream false), got n = {n}")))
+        }
+        Some(n) => return Err(ApiError::invalid("n", format!("n must be in [1, {MAX_CHOICES}], got {n}"))),
+    };
     let include_usage = match obj.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(Value::Object(o)) => get_bool(o, "include_usage")
@@ -278,7 +287,7 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
         };
         ApiError::invalid(&param, e.to_string())
     })?;
-    Ok(CompletionRequest { endpoint, model, prompt, stream, include_usage, stops, overrides: o, speculative, grammar })
+    Ok(CompletionRequest { endpoint, model, prompt, stream, n, include_usage, stops, overrides: o, speculative, grammar })
 }
 
 /// The request's constraint: OpenAI's `response_format`, or llama-server's `json_schema` (an
@@ -428,16 +437,27 @@ pub struct Meta {
 
 /// A whole (non-streamed) response.
 pub fn response(endpoint: Endpoint, meta: &Meta, text: &str, finish: &str, usage: &Usage) -> Value {
-    let choice = match endpoint {
-        Endpoint::Chat => json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": null}),
-        Endpoint::Completions => json!({"index": 0, "text": text, "finish_reason": finish, "logprobs": null}),
-    };
+    response_choices(endpoint, meta, &[(text.to_string(), finish)], usage)
+}
+
+/// A whole response with one choice per `(text, finish_reason)`, indexed in order (`n`).
+pub fn response_choices(endpoint: Endpoint, meta: &Meta, choices: &[(String, &str)], usage: &Usage) -> Value {
+    let choices: Vec<Value> = choices
+        .iter()
+        .enumerate()
+        .map(|(i, (text, finish))| match endpoint {
+            Endpoint::Chat => {
+                json!({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": null})
+            }
+            Endpoint::Completions => json!({"index": i, "text": text, "finish_reason": finish, "logprobs": null}),
+        })
+        .collect();
     json!({
         "id": meta.id,
         "object": if endpoint == Endpoint::Chat { "chat.completion" } else { "text_completion" },
         "created": meta.created,
         "model": meta.model,
-        "choices": [choice],
+        "choices": choices,
         "usage": usage.json(),
     })
 }
@@ -514,7 +534,8 @@ mod tests {
             ("temperature", json!(-1), "temperature"),
             ("temperature", json!("hot"), "temperature"),
             ("top_p", json!(0), "top_p"),
-            ("n", json!(2), "n"),
+            ("n", json!(17), "n"),
+            ("n", json!(0), "n"),
             ("stop", json!([1]), "stop"),
             ("messages", json!([]), "messages"),
             ("messages", json!("hi"), "messages"),
@@ -536,6 +557,12 @@ mod tests {
         extra["bogus"] = json!(1);
         extra["metadata"] = json!({"x": "y"});
         assert!(chat(extra).is_ok());
+        // n > 1 is served whole, not streamed
+        let mut many = base.clone();
+        many["n"] = json!(3);
+        assert_eq!(chat(many.clone()).unwrap().n, 3);
+        many["stream"] = json!(true);
+        assert_eq!(chat(many).unwrap_err().param.as_deref(), Some("n"));
         // penalties and biases are taken, as OpenAI and llama-server define them
         let mut p = base.clone();
         p["frequency_penalty"] = json!(0.5);
