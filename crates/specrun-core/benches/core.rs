@@ -19,7 +19,7 @@ fn rows(n: usize, seed: u64) -> Vec<Vec<f32>> {
 }
 
 fn sampling() -> SamplingParams {
-    SamplingParams { temp: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.1, repeat_last_n: 64 }
+    SamplingParams { temp: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.1, repeat_last_n: 64, ..SamplingParams::greedy() }
 }
 
 fn bench(c: &mut Criterion) {
