@@ -13,8 +13,8 @@ use crate::cli::BatchArgs;
 use crate::constraint::LazyVocabulary;
 use crate::formats::openai::{self, ApiError, Endpoint, Meta, Usage};
 use crate::formats::records::{
-    check_unique_ids, detect_format, id_key, parse_input, read_output, sidecar_path, BadRecord, ErrorRecord, Header, InputFormat, Job,
-    OkRecord, OutputRecord, PromptInput,
+    check_unique_ids, detect_format, id_key, parse_input, read_output, sidecar_path, ErrorRecord, Header, InputFormat, Job, OkRecord,
+    OutputRecord, PromptInput, Record,
 };
 use crate::infer::{generate_cached, make_drafter_with_cache, plan, token_texts, with_backend, Interrupted, Plan};
 use crate::io::{install_interrupt_handler, interrupted, is_stdout, read_text};
@@ -210,7 +210,7 @@ fn run_parallel(
     clock: &dyn Clock,
     plan: &Plan,
     args: &BatchArgs,
-    todo: &[Result<Job, BadRecord>],
+    todo: &[Record],
     n_skipped: usize,
     sink: &mut Sink,
     n_parallel: usize,
@@ -226,9 +226,8 @@ fn run_parallel(
     let mut jobs = Vec::new();
     for (i, rec) in todo.iter().enumerate() {
         match rec {
-            Err(bad) => {
-                ready.insert(i, OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error.clone() }));
-            }
+            // written from the input when its turn comes (not copied: a file may hold millions)
+            Err(_) => {}
             Ok(job) => match prepare_job(codec, &vocab, plan, args, job) {
                 Ok((config, prompt)) => jobs.push(BatchJob { tag: i, config, prompt }),
                 Err(e) => {
@@ -312,7 +311,7 @@ fn run_parallel(
             };
             ready.insert(tag, record);
             // write every record whose predecessors are all written
-            while let Some(rec) = ready.remove(&next) {
+            while let Some(rec) = next_in_order(&mut ready, todo, next) {
                 if write_error.is_some() {
                     break;
                 }
@@ -325,7 +324,7 @@ fn run_parallel(
                     }
                     OutputRecord::Error(_) => totals.failed += 1,
                 }
-                if let Err(e) = sink.write_record(&rec, todo[next].as_ref().ok()) {
+                if let Err(e) = sink.write_record(&rec, todo[next].as_deref().ok()) {
                     write_error = Some(anyhow::Error::new(e).context(format!("{out_name}: cannot write")));
                 }
                 next += 1;
@@ -338,12 +337,12 @@ fn run_parallel(
         return Err(e);
     }
     // records before the first job (bad lines at the top) or after the last one
-    while let Some(rec) = ready.remove(&next) {
+    while let Some(rec) = next_in_order(&mut ready, todo, next) {
         match &rec {
             OutputRecord::Ok(_) => totals.ok += 1,
             OutputRecord::Error(_) => totals.failed += 1,
         }
-        sink.write_record(&rec, todo[next].as_ref().ok()).with_context(|| format!("{out_name}: cannot write"))?;
+        sink.write_record(&rec, todo[next].as_deref().ok()).with_context(|| format!("{out_name}: cannot write"))?;
         next += 1;
     }
     bar.finish_and_clear();
@@ -514,7 +513,16 @@ fn fingerprint(plan: &Plan, args: &BatchArgs, format: InputFormat) -> serde_json
     m
 }
 
-fn record_id(r: &Result<Job, BadRecord>) -> Value {
+/// Record `i` of the output, if it is ready: a bad input line's error record (made now), or
+/// the finished record waiting in `ready`.
+fn next_in_order(ready: &mut std::collections::BTreeMap<usize, OutputRecord>, todo: &[Record], i: usize) -> Option<OutputRecord> {
+    match todo.get(i)? {
+        Err(bad) => Some(OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error() })),
+        Ok(_) => ready.remove(&i),
+    }
+}
+
+fn record_id(r: &Record) -> Value {
     match r {
         Ok(j) => j.id.clone(),
         Err(b) => b.id.clone(),
@@ -600,7 +608,7 @@ fn run_records(
     clock: &dyn Clock,
     plan: &Plan,
     args: &BatchArgs,
-    todo: &[Result<Job, BadRecord>],
+    todo: &[Record],
     n_skipped: usize,
     sink: &mut Sink,
 ) -> Result<ExitCode> {
@@ -638,13 +646,13 @@ fn run_records(
                 }
                 Err(e) => OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: format!("line {}: {e:#}", job.line) }),
             },
-            Err(bad) => OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error.clone() }),
+            Err(bad) => OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error() }),
         };
         match &record {
             OutputRecord::Ok(_) => totals.ok += 1,
             OutputRecord::Error(_) => totals.failed += 1,
         }
-        sink.write_record(&record, rec.as_ref().ok()).with_context(|| format!("{out_name}: cannot write"))?;
+        sink.write_record(&record, rec.as_deref().ok()).with_context(|| format!("{out_name}: cannot write"))?;
         if let OutputRecord::Ok(r) = &record {
             totals.stats.n_generated += r.n_generated;
             totals.stats.n_drafted += r.n_drafted;

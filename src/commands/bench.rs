@@ -85,7 +85,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
     let prompts = parse_input(&text, format)
         .into_iter()
         .map(|r| {
-            r.map_err(|b| anyhow!("--prompts {}: {}", prompts_path.display(), b.error)).and_then(|j| {
+            r.map_err(|b| anyhow!("--prompts {}: {}", prompts_path.display(), b.error())).and_then(|j| {
                 settings::validate(&j.overrides).map_err(|e| anyhow!("--prompts {}: {e}", prompts_path.display()))?;
                 let id = match &j.id {
                     serde_json::Value::String(s) => s.clone(),

@@ -4,14 +4,14 @@
 
 use super::batch::{input_format, MAX_INPUT_BYTES, MAX_OUTPUT_BYTES};
 use crate::cli::ShardsArgs;
-use crate::formats::records::{id_key, parse_input, read_output, BadRecord, Job};
+use crate::formats::records::{id_key, parse_input, read_output, Record};
 use crate::io::{out, read_text};
 use anyhow::{anyhow, bail, Result};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::process::ExitCode;
 
-fn id_of(r: &Result<Job, BadRecord>) -> serde_json::Value {
+fn id_of(r: &Record) -> serde_json::Value {
     match r {
         Ok(j) => j.id.clone(),
         Err(b) => b.id.clone(),

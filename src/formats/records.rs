@@ -71,7 +71,7 @@ use crate::formats::openai::{parse_request, Endpoint};
 use crate::settings::{Origin, Overrides, Setting};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// A chat message of an input record.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -125,8 +125,9 @@ pub struct Job {
     /// 1-based line in the input file.
     pub line: usize,
     pub input: PromptInput,
-    /// The record's own generation settings, located at its line (validated when merged).
-    pub overrides: Overrides,
+    /// The record's own generation settings, located at its line (validated when merged);
+    /// boxed, as most records set few of them (a file of millions of records stays small).
+    pub overrides: Box<Overrides>,
     pub stop: Vec<String>,
     /// What the output must follow.
     pub grammar: Option<Grammar>,
@@ -136,16 +137,33 @@ pub struct Job {
 
 impl Job {
     fn plain(id: Value, line: usize, input: PromptInput) -> Self {
-        Self { id, line, input, overrides: Overrides::default(), stop: vec![], grammar: None, openai: None }
+        Self { id, line, input, overrides: Box::default(), stop: vec![], grammar: None, openai: None }
     }
 }
 
-/// A record that could not even be read: it becomes an error record.
+/// A record that could not even be read: it becomes an error record. The reason is shared
+/// between lines that fail the same way (a file of millions of bad lines stays small).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BadRecord {
     pub id: Value,
     pub line: usize,
-    pub error: String,
+    /// Where in the line JSON parsing stopped, for syntax errors.
+    pub column: Option<usize>,
+    pub reason: std::sync::Arc<str>,
+}
+
+impl BadRecord {
+    fn new(id: Value, line: usize, reason: String) -> Self {
+        Self { id, line, column: None, reason: reason.into() }
+    }
+
+    /// The error record's text: `line N[, column M]: reason`.
+    pub fn error(&self) -> String {
+        match self.column {
+            Some(c) => format!("line {}, column {c}: {}", self.line, self.reason),
+            None => format!("line {}: {}", self.line, self.reason),
+        }
+    }
 }
 
 /// The input file's format.
@@ -178,10 +196,10 @@ fn check_openai(raw: &str, line: usize) -> Result<Job, BadRecord> {
     let value: Value = serde_json::from_str(raw).map_err(|e| {
         let msg = e.to_string();
         let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m).to_string();
-        BadRecord { id: Value::from(line), line, error: format!("line {line}, column {}: {msg}", e.column()) }
+        BadRecord { column: Some(e.column()), ..BadRecord::new(Value::from(line), line, msg) }
     })?;
     let id = value.get("custom_id").cloned().filter(Value::is_string).unwrap_or_else(|| Value::from(line));
-    let bad = |error: String| BadRecord { id: id.clone(), line, error: format!("line {line}: {error}") };
+    let bad = |error: String| BadRecord::new(id.clone(), line, error);
     let obj = value.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
     if let Some(k) = obj.keys().find(|k| !["custom_id", "method", "url", "body"].contains(&k.as_str())) {
         return Err(bad(format!("unknown field `{k}` (an OpenAI batch line has custom_id, method, url, body)")));
@@ -212,7 +230,7 @@ fn check_openai(raw: &str, line: usize) -> Result<Job, BadRecord> {
         id,
         line,
         input: req.prompt,
-        overrides: req.overrides.at_line(line),
+        overrides: Box::new(req.overrides.at_line(line)),
         stop: req.stops,
         grammar: req.grammar.map(|(_, g)| g),
         openai: Some(endpoint),
@@ -289,7 +307,7 @@ pub fn id_key(id: &Value) -> String {
 
 fn check(rec: InputRecord, line: usize) -> Result<Job, BadRecord> {
     let id = rec.id.clone().unwrap_or_else(|| Value::from(line));
-    let bad = |error: String| BadRecord { id: id.clone(), line, error: format!("line {line}: {error}") };
+    let bad = |error: String| BadRecord::new(id.clone(), line, error);
     if !matches!(id, Value::String(_) | Value::Number(_)) {
         return Err(bad("id must be a string or a number".into()));
     }
@@ -336,23 +354,29 @@ fn check(rec: InputRecord, line: usize) -> Result<Job, BadRecord> {
     } else {
         rec.regex.map(Grammar::Regex)
     };
-    Ok(Job { id, line, input, overrides, stop: rec.stop.unwrap_or_default(), grammar, openai: None })
+    Ok(Job { id, line, input, overrides: Box::new(overrides), stop: rec.stop.unwrap_or_default(), grammar, openai: None })
 }
+
+/// One input line: a job (boxed: a file of millions of records, most of them bad, stays
+/// small) or why it is not one.
+pub type Record = Result<Box<Job>, BadRecord>;
 
 /// Parse a whole input file. Blank lines are skipped; a line that is not a valid record
 /// becomes a [`BadRecord`] naming its line.
-pub fn parse_input(text: &str, format: InputFormat) -> Vec<Result<Job, BadRecord>> {
+pub fn parse_input(text: &str, format: InputFormat) -> Vec<Record> {
     let mut out = Vec::new();
+    // reasons seen, shared by the lines that fail alike (a bounded number of them)
+    let mut reasons: HashMap<String, std::sync::Arc<str>> = HashMap::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
         if raw.trim().is_empty() {
             continue;
         }
         out.push(match format {
-            InputFormat::Txt => Ok(Job::plain(Value::from(line), line, PromptInput::Text(raw.to_string()))),
-            InputFormat::Openai => check_openai(raw, line),
+            InputFormat::Txt => Ok(Box::new(Job::plain(Value::from(line), line, PromptInput::Text(raw.to_string())))),
+            InputFormat::Openai => check_openai(raw, line).map(Box::new),
             InputFormat::Jsonl => match serde_json::from_str::<InputRecord>(raw) {
-                Ok(rec) => check(rec, line),
+                Ok(rec) => check(rec, line).map(Box::new),
                 Err(e) => {
                     // keep the id when the line is JSON with an id, else the line number
                     let id = serde_json::from_str::<Value>(raw)
@@ -363,7 +387,12 @@ pub fn parse_input(text: &str, format: InputFormat) -> Vec<Result<Job, BadRecord
                     // serde_json counts lines within this one line: say the column only
                     let msg = e.to_string();
                     let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m).to_string();
-                    Err(BadRecord { id, line, error: format!("line {line}, column {}: {msg}", e.column()) })
+                    let reason = match reasons.get(&msg) {
+                        Some(r) => r.clone(),
+                        None if reasons.len() < 256 => reasons.entry(msg.clone()).or_insert_with(|| msg.into()).clone(),
+                        None => msg.into(),
+                    };
+                    Err(BadRecord { id, line, column: Some(e.column()), reason })
                 }
             },
         });
@@ -523,7 +552,7 @@ pub fn read_output(output: &std::path::Path, text: &str) -> Result<ResumeState, 
 
 /// Ids must be unique: an explicit id may not repeat, nor equal another record's implicit id
 /// (its line number). Returns the first clash as `line N: duplicate id X (also line M)`.
-pub fn check_unique_ids(records: &[Result<Job, BadRecord>]) -> Result<(), String> {
+pub fn check_unique_ids(records: &[Record]) -> Result<(), String> {
     let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for r in records {
         let (id, line) = match r {
@@ -539,6 +568,17 @@ pub fn check_unique_ids(records: &[Result<Job, BadRecord>]) -> Result<(), String
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_file_of_many_bad_lines_stays_small() {
+        // a record holds a pointer to its job, and lines failing alike share their reason
+        assert!(std::mem::size_of::<Record>() <= 128, "{} bytes a record", std::mem::size_of::<Record>());
+        let recs = parse_input("{\"x\": 1}\n{\"y\": 2}\n{\"x\": 1}\n", InputFormat::Jsonl);
+        let reason = |i: usize| recs[i].as_ref().unwrap_err().reason.clone();
+        assert!(std::sync::Arc::ptr_eq(&reason(0), &reason(2)));
+        assert!(!std::sync::Arc::ptr_eq(&reason(0), &reason(1)));
+        assert!(recs[2].as_ref().unwrap_err().error().starts_with("line 3, column "), "{}", recs[2].as_ref().unwrap_err().error());
+    }
     use super::*;
 
     #[test]
@@ -561,14 +601,14 @@ mod tests {
         let jobs = parse_input(text, InputFormat::Jsonl);
         let errs: Vec<&BadRecord> = jobs.iter().filter_map(|j| j.as_ref().err()).collect();
         assert_eq!(errs.len(), 4);
-        assert!(errs[0].error.starts_with("line 2, column 17: unknown field `promt`"), "{}", errs[0].error);
-        assert!(!errs[0].error.contains("at line"), "{}", errs[0].error);
+        assert!(errs[0].error().starts_with("line 2, column 17: unknown field `promt`"), "{}", errs[0].error());
+        assert!(!errs[0].error().contains("at line"), "{}", errs[0].error());
         assert_eq!(errs[0].id, Value::from(2));
-        assert_eq!(errs[1].error, "line 3, column 2: key must be a string");
+        assert_eq!(errs[1].error(), "line 3, column 2: key must be a string");
         assert_eq!(errs[1].id, Value::from(3));
-        assert!(errs[2].error.starts_with("line 4, column ") && errs[2].error.contains(": invalid type"), "{}", errs[2].error);
+        assert!(errs[2].error().starts_with("line 4, column ") && errs[2].error().contains(": invalid type"), "{}", errs[2].error());
         assert_eq!(errs[2].id, Value::from("w"));
-        assert_eq!(errs[3].error, "line 5: give prompt or messages, not both");
+        assert_eq!(errs[3].error(), "line 5: give prompt or messages, not both");
     }
 
     #[test]
@@ -639,7 +679,7 @@ mod tests {
         assert_eq!((a.id.clone(), a.openai), (Value::from("a"), Some(Endpoint::Chat)));
         assert_eq!(a.overrides.max_tokens, Some(Setting::new(9, Origin::Record { line: 1, key: "max_tokens" })));
         assert_eq!(a.stop, vec!["\n".to_string()]);
-        let err = |i: usize| jobs[i].as_ref().unwrap_err().error.clone();
+        let err = |i: usize| jobs[i].as_ref().unwrap_err().error();
         assert!(err(1).starts_with("line 2: body.temperature"), "{}", err(1));
         assert_eq!(err(2), "line 3: method must be \"POST\", got \"GET\"");
         assert!(err(3).starts_with("line 4: unknown field `extra`"), "{}", err(3));
