@@ -184,7 +184,7 @@ fn bad_input_gets_an_openai_error_and_the_server_stays_up() {
         ("/v1/chat/completions", chat_body("hi", r#", "max_tokens": 100000000000"#).into_bytes(), 400, Some("max_tokens")),
         ("/v1/chat/completions", chat_body("hi", r#", "temperature": -2"#).into_bytes(), 400, Some("temperature")),
         ("/v1/chat/completions", chat_body("hi", r#", "n": 3, "stream": true"#).into_bytes(), 400, Some("n")),
-        ("/v1/chat/completions", chat_body("hi", r#", "logprobs": true"#).into_bytes(), 400, Some("logprobs")),
+        ("/v1/chat/completions", chat_body("hi", r#", "logprobs": "yes""#).into_bytes(), 400, Some("logprobs")),
         ("/v1/chat/completions", chat_body("hi", r#", "tool_choice": "required""#).into_bytes(), 400, Some("tool_choice")),
         ("/v1/chat/completions", chat_body("hi", r#", "presence_penalty": 5"#).into_bytes(), 400, Some("presence_penalty")),
         ("/v1/chat/completions", chat_body(&long, "").into_bytes(), 400, Some("messages")),
@@ -324,6 +324,49 @@ fn n_choices_are_sampled_with_consecutive_seeds_and_usage_counts_the_prompt_once
     // greedy choices are one text n times
     let greedy = texts(&ask(r#", "n": 2, "max_tokens": 8"#));
     assert_eq!(greedy[0], greedy[1]);
+}
+
+#[test]
+fn logprobs_come_one_per_token_in_both_response_shapes() {
+    let s = start(&[]);
+    let (code, body) = post(&s, "/v1/chat/completions", &chat_body("hi", r#", "max_tokens": 6, "logprobs": true, "top_logprobs": 3"#));
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    let text = text_of(&v);
+    // the entries spell the text, each with three alternatives, the greedy choice the first
+    let spelled: String = content.iter().map(|e| e["token"].as_str().unwrap()).collect();
+    assert_eq!(spelled, text);
+    for e in content {
+        let lp = e["logprob"].as_f64().unwrap();
+        assert!(lp <= 0.0, "{e}");
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0]["token"], e["token"], "greedy takes the most likely token");
+        assert!((top[0]["logprob"].as_f64().unwrap() - lp).abs() < 1e-6);
+        assert_eq!(e["bytes"].as_array().unwrap().len(), e["token"].as_str().unwrap().len());
+    }
+    // without asking: null, as OpenAI
+    let (_, body) = post(&s, "/v1/chat/completions", &chat_body("hi", r#", "max_tokens": 3"#));
+    assert!(json(&body)["choices"][0]["logprobs"].is_null());
+    let (code, body) = post(&s, "/v1/completions", r#"{"prompt": "hi", "max_tokens": 4, "logprobs": 2}"#);
+    assert_eq!(code, 200, "{body}");
+    let lp = &json(&body)["choices"][0]["logprobs"];
+    let n = lp["tokens"].as_array().unwrap().len();
+    assert!(n > 0);
+    assert_eq!((lp["token_logprobs"].as_array().unwrap().len(), lp["text_offset"].as_array().unwrap().len()), (n, n));
+    assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
+    // not streamed; out of range; alternatives without logprobs
+    for (extra, param) in [
+        (r#", "logprobs": true, "stream": true"#, "logprobs"),
+        (r#", "logprobs": true, "top_logprobs": 21"#, "top_logprobs"),
+        (r#", "top_logprobs": 2"#, "top_logprobs"),
+    ] {
+        let (code, body) = post(&s, "/v1/chat/completions", &chat_body("hi", extra));
+        assert_eq!((code, json(&body)["error"]["param"].as_str()), (400, Some(param)), "{extra}: {body}");
+    }
+    let (code, body) = post(&s, "/v1/completions", r#"{"prompt": "hi", "logprobs": 6}"#);
+    assert_eq!((code, json(&body)["error"]["param"].as_str()), (400, Some("logprobs")), "{body}");
 }
 
 #[test]

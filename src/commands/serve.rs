@@ -10,7 +10,7 @@
 
 use super::serve_text::TextRoutes;
 use crate::cli::ServeArgs;
-use crate::formats::openai::{chunk, parse_request, response, response_choices, ApiError, CompletionRequest, Endpoint, Meta, Usage};
+use crate::formats::openai::{chunk, parse_request, response_choices, ApiError, ChoiceOut, CompletionRequest, Endpoint, Meta, Usage};
 use crate::infer::plan::{prefill, sequences_in_flight};
 use crate::infer::serving::{serve_loop, Event, Failure, Metrics, ServeRequest};
 use crate::infer::{make_drafter, plan, token_texts, with_backend};
@@ -475,7 +475,14 @@ async fn complete(state: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap,
     }
     let (tx, mut rx) = unbounded_channel();
     let (stream, include_usage) = (req.stream, req.include_usage);
-    let job = ServeRequest { prompt: req.prompt, overrides: req.overrides, grammar: req.grammar, stops: req.stops, events: tx };
+    let job = ServeRequest {
+        prompt: req.prompt,
+        overrides: req.overrides,
+        grammar: req.grammar,
+        stops: req.stops,
+        logprobs: req.logprobs,
+        events: tx,
+    };
     state.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = state.queue.try_send(job) {
         state.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
@@ -514,9 +521,10 @@ async fn complete(state: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap,
                 }
                 text.push_str(&t);
             }
-            Some(Event::Done { finish, stats }) => {
+            Some(Event::Done { finish, stats, logprobs }) => {
                 let usage = usage(n_prompt, &stats, drafter);
-                return Json(response(endpoint, &meta, &text, finish_str(finish), &usage)).into_response();
+                let choice = ChoiceOut { text: &text, finish: finish_str(finish), logprobs: logprobs.as_deref() };
+                return Json(response_choices(endpoint, &meta, &[choice], &usage)).into_response();
             }
             Some(Event::Failed(f)) => return error(failure(f, endpoint)),
             Some(Event::Started { .. }) => {}
@@ -535,8 +543,14 @@ async fn complete_choices(state: Arc<AppState>, endpoint: Endpoint, req: Complet
         let (tx, rx) = unbounded_channel();
         let mut overrides = req.overrides.clone();
         overrides.seed = Some(Setting::new(base.wrapping_add(i as u64), Origin::Request { key: "seed" }));
-        let job =
-            ServeRequest { prompt: req.prompt.clone(), overrides, grammar: req.grammar.clone(), stops: req.stops.clone(), events: tx };
+        let job = ServeRequest {
+            prompt: req.prompt.clone(),
+            overrides,
+            grammar: req.grammar.clone(),
+            stops: req.stops.clone(),
+            logprobs: req.logprobs,
+            events: tx,
+        };
         state.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
         if state.queue.try_send(job).is_err() {
             // the choices already queued end with their dropped receivers
@@ -565,7 +579,7 @@ async fn complete_choices(state: Arc<AppState>, endpoint: Endpoint, req: Complet
                     }
                     text.push_str(&t);
                 }
-                Some(Event::Done { finish, stats }) => {
+                Some(Event::Done { finish, stats, logprobs }) => {
                     if i == 0 {
                         merged.n_prompt_cached = stats.n_prompt_cached;
                     }
@@ -573,7 +587,7 @@ async fn complete_choices(state: Arc<AppState>, endpoint: Endpoint, req: Complet
                     merged.n_drafted += stats.n_drafted;
                     merged.n_accepted += stats.n_accepted;
                     merged.n_rounds += stats.n_rounds;
-                    choices.push((text, finish_str(finish)));
+                    choices.push((text, finish_str(finish), logprobs));
                     break;
                 }
                 Some(Event::Failed(f)) => return error(failure(f, endpoint)),
@@ -582,6 +596,8 @@ async fn complete_choices(state: Arc<AppState>, endpoint: Endpoint, req: Complet
         }
     }
     let usage = usage(n_prompt, &merged, state.drafter.to_string());
+    let choices: Vec<ChoiceOut<'_>> =
+        choices.iter().map(|(text, finish, logprobs)| ChoiceOut { text, finish, logprobs: logprobs.as_deref() }).collect();
     Json(response_choices(endpoint, &meta, &choices, &usage)).into_response()
 }
 
@@ -675,7 +691,7 @@ fn relay(
                         st.first = false;
                         return Some((Ok(SseEvent::default().data(c.to_string())), st));
                     }
-                    Some(Event::Done { finish, stats }) => {
+                    Some(Event::Done { finish, stats, .. }) => {
                         let mut tail = vec![chunk(endpoint, &meta, None, st.first, Some(finish_str(finish)), None).to_string()];
                         if include_usage {
                             tail.push(

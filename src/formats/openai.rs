@@ -63,6 +63,9 @@ pub struct CompletionRequest {
     /// Choices asked for (`n`): as many sequences of the prompt, choice `i` sampled with seed
     /// `seed + i`.
     pub n: usize,
+    /// Each token's log-probability with this many alternatives (chat: `logprobs: true` and
+    /// `top_logprobs`; completions: `logprobs: N`).
+    pub logprobs: Option<usize>,
     /// `stream_options.include_usage`: a last chunk with `usage`.
     pub include_usage: bool,
     pub stops: Vec<String>,
@@ -113,9 +116,7 @@ fn get_str<'a>(obj: &'a Map<String, Value>, key: &'static str) -> Result<Option<
 /// Fields OpenAI defines that specrun does not implement: accepted only at their neutral value.
 type IsNeutral = fn(&Value) -> bool;
 /// These change what comes back, so any other value is refused rather than ignored.
-const NEUTRAL: [(&str, IsNeutral); 8] = [
-    ("logprobs", |v| v.as_bool() == Some(false) || v.is_null()),
-    ("top_logprobs", |v| v.is_null() || v.as_u64() == Some(0)),
+const NEUTRAL: [(&str, IsNeutral); 6] = [
     ("echo", |v| v.as_bool() == Some(false) || v.is_null()),
     ("best_of", |v| v.is_null() || v.as_u64() == Some(1)),
     ("tools", |v| v.is_null() || v.as_array().is_some_and(Vec::is_empty)),
@@ -126,7 +127,9 @@ const NEUTRAL: [(&str, IsNeutral); 8] = [
 ];
 
 /// Fields read here.
-const KNOWN: [&str; 24] = [
+const KNOWN: [&str; 26] = [
+    "logprobs",
+    "top_logprobs",
     "frequency_penalty",
     "presence_penalty",
     "json_schema",
@@ -152,6 +155,86 @@ const KNOWN: [&str; 24] = [
     "logit_bias",
     "response_format",
 ];
+
+/// Most alternatives per token: OpenAI's bounds (chat 20, completions 5).
+const MAX_TOP_LOGPROBS_CHAT: u64 = 20;
+const MAX_TOP_LOGPROBS_COMPLETIONS: u64 = 5;
+
+/// Chat: `logprobs: true` with `top_logprobs` alternatives; completions: `logprobs: N`.
+fn parse_logprobs(endpoint: Endpoint, obj: &Map<String, Value>) -> Result<Option<usize>, ApiError> {
+    match endpoint {
+        Endpoint::Chat => {
+            let on = get_bool(obj, "logprobs")?.unwrap_or(false);
+            let top = get_uint(obj, "top_logprobs")?;
+            match (on, top) {
+                (_, Some(t)) if t > MAX_TOP_LOGPROBS_CHAT => {
+                    Err(ApiError::invalid("top_logprobs", format!("top_logprobs must be in [0, {MAX_TOP_LOGPROBS_CHAT}], got {t}")))
+                }
+                (false, Some(t)) if t > 0 => Err(ApiError::invalid("top_logprobs", "top_logprobs needs logprobs: true")),
+                (false, _) => Ok(None),
+                (true, t) => Ok(Some(t.unwrap_or(0) as usize)),
+            }
+        }
+        Endpoint::Completions => match obj.get("logprobs") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= MAX_TOP_LOGPROBS_COMPLETIONS) => Ok(n.as_u64().map(|n| n as usize)),
+            Some(v) => Err(ApiError::invalid(
+                "logprobs",
+                format!("logprobs must be a whole number in [0, {MAX_TOP_LOGPROBS_COMPLETIONS}] on /v1/completions, got {v}"),
+            )),
+        },
+    }
+}
+
+/// One generated token's log-probability, as a response gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogprobEntry {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// The most likely tokens there: text, bytes, log-probability.
+    pub top: Vec<(String, Vec<u8>, f32)>,
+}
+
+/// One choice of a whole response.
+#[derive(Debug, Clone, Copy)]
+pub struct ChoiceOut<'a> {
+    pub text: &'a str,
+    pub finish: &'a str,
+    pub logprobs: Option<&'a [LogprobEntry]>,
+}
+
+/// The `logprobs` object of a choice, in the endpoint's shape (chat: `content` entries;
+/// completions: parallel lists).
+fn logprobs_json(endpoint: Endpoint, entries: Option<&[LogprobEntry]>) -> Value {
+    let Some(entries) = entries else { return Value::Null };
+    // -inf (a token the target gave no chance) is written as OpenAI's floor
+    let num = |l: f32| json!(if l.is_finite() { l } else { -9999.0 });
+    match endpoint {
+        Endpoint::Chat => {
+            let content: Vec<Value> = entries
+                .iter()
+                .map(|e| {
+                    let top: Vec<Value> = e.top.iter().map(|(t, b, l)| json!({"token": t, "logprob": num(*l), "bytes": b})).collect();
+                    json!({"token": e.token, "logprob": num(e.logprob), "bytes": e.bytes, "top_logprobs": top})
+                })
+                .collect();
+            json!({"content": content, "refusal": null})
+        }
+        Endpoint::Completions => {
+            let mut offset = 0;
+            let (mut tokens, mut lps, mut tops, mut offsets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for e in entries {
+                tokens.push(json!(e.token));
+                lps.push(num(e.logprob));
+                tops.push(Value::Object(e.top.iter().map(|(t, _, l)| (t.clone(), num(*l))).collect()));
+                offsets.push(json!(offset));
+                offset += e.token.len();
+            }
+            json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+        }
+    }
+}
 
 /// OpenAI's `logit_bias`: an object from token ids (as strings) to a bias in [-100, 100].
 pub fn parse_logit_bias(v: Option<&Value>) -> Result<Option<crate::settings::LogitBias>, ApiError> {
@@ -208,6 +291,10 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
         }
         Some(n) => return Err(ApiError::invalid("n", format!("n must be in [1, {MAX_CHOICES}], got {n}"))),
     };
+    let logprobs = parse_logprobs(endpoint, obj)?;
+    if logprobs.is_some() && stream {
+        return Err(ApiError::invalid("logprobs", "logprobs are given in whole responses, not streamed (set stream false)"));
+    }
     let include_usage = match obj.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(Value::Object(o)) => get_bool(o, "include_usage")
@@ -287,7 +374,7 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
         };
         ApiError::invalid(&param, e.to_string())
     })?;
-    Ok(CompletionRequest { endpoint, model, prompt, stream, n, include_usage, stops, overrides: o, speculative, grammar })
+    Ok(CompletionRequest { endpoint, model, prompt, stream, n, logprobs, include_usage, stops, overrides: o, speculative, grammar })
 }
 
 /// The request's constraint: OpenAI's `response_format`, or llama-server's `json_schema` (an
@@ -437,19 +524,22 @@ pub struct Meta {
 
 /// A whole (non-streamed) response.
 pub fn response(endpoint: Endpoint, meta: &Meta, text: &str, finish: &str, usage: &Usage) -> Value {
-    response_choices(endpoint, meta, &[(text.to_string(), finish)], usage)
+    response_choices(endpoint, meta, &[ChoiceOut { text, finish, logprobs: None }], usage)
 }
 
-/// A whole response with one choice per `(text, finish_reason)`, indexed in order (`n`).
-pub fn response_choices(endpoint: Endpoint, meta: &Meta, choices: &[(String, &str)], usage: &Usage) -> Value {
+/// A whole response with one choice per entry of `choices`, indexed in order (`n`).
+pub fn response_choices(endpoint: Endpoint, meta: &Meta, choices: &[ChoiceOut<'_>], usage: &Usage) -> Value {
     let choices: Vec<Value> = choices
         .iter()
         .enumerate()
-        .map(|(i, (text, finish))| match endpoint {
-            Endpoint::Chat => {
-                json!({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": null})
+        .map(|(i, c)| {
+            let logprobs = logprobs_json(endpoint, c.logprobs);
+            match endpoint {
+                Endpoint::Chat => json!({
+                    "index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish, "logprobs": logprobs
+                }),
+                Endpoint::Completions => json!({"index": i, "text": c.text, "finish_reason": c.finish, "logprobs": logprobs}),
             }
-            Endpoint::Completions => json!({"index": i, "text": text, "finish_reason": finish, "logprobs": null}),
         })
         .collect();
     json!({

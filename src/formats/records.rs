@@ -226,6 +226,13 @@ fn check_openai(raw: &str, line: usize) -> Result<Job, BadRecord> {
             return Err(bad("body.messages is empty".into()));
         }
     }
+    // what only the server gives: refused rather than silently left out of the answer
+    if req.n > 1 {
+        return Err(bad(format!("body.n: a batch line gives one choice, got n = {}", req.n)));
+    }
+    if req.logprobs.is_some() {
+        return Err(bad("body.logprobs: log-probabilities are given by specrun serve, not in batch outputs".into()));
+    }
     Ok(Job {
         id,
         line,
@@ -568,6 +575,18 @@ pub fn check_unique_ids(records: &[Record]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn openai_batch_lines_asking_for_what_only_the_server_gives_are_error_records() {
+        let line = |body: &str| format!(r#"{{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {body}}}"#);
+        let ok = line(r#"{"messages": [{"role": "user", "content": "hi"}]}"#);
+        let n = line(r#"{"messages": [{"role": "user", "content": "hi"}], "n": 2}"#);
+        let lp = line(r#"{"messages": [{"role": "user", "content": "hi"}], "logprobs": true}"#);
+        let recs = parse_input(&[ok, n, lp].join("\n"), InputFormat::Openai);
+        assert!(recs[0].is_ok());
+        assert!(recs[1].as_ref().unwrap_err().error().contains("body.n"), "{:?}", recs[1]);
+        assert!(recs[2].as_ref().unwrap_err().error().contains("body.logprobs"), "{:?}", recs[2]);
+    }
 
     #[test]
     fn a_file_of_many_bad_lines_stays_small() {

@@ -9,6 +9,7 @@
 //! alone; a shared decode that fails fails the requests in flight (their channels close) and
 //! the loop goes on with the next ones.
 
+use crate::formats::openai::LogprobEntry;
 use crate::formats::records::PromptInput;
 use crate::infer::{cut_at_stop, Plan};
 use crate::settings::Overrides;
@@ -18,6 +19,7 @@ use specrun_core::detok::Utf8Stream;
 use specrun_core::draft::Drafter;
 use specrun_core::engine::{Engine, EngineError};
 use specrun_core::model::{Model, TextCodec};
+use specrun_core::sampling::TokenLogprob;
 use specrun_core::stats::{Clock, FinishReason, GenStats};
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -34,6 +36,8 @@ pub struct ServeRequest {
     /// The constraint, and the request field that asked for it.
     pub grammar: Option<(&'static str, crate::constraint::Grammar)>,
     pub stops: Vec<String>,
+    /// Each token's log-probability, with this many alternatives.
+    pub logprobs: Option<usize>,
     pub events: UnboundedSender<Event>,
 }
 
@@ -41,9 +45,16 @@ pub struct ServeRequest {
 /// `Text`, then `Done`; or `Failed` instead of all of them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Started { n_prompt: usize },
+    Started {
+        n_prompt: usize,
+    },
     Text(String),
-    Done { finish: FinishReason, stats: Box<GenStats> },
+    /// With the tokens' log-probabilities when the request asked (those of the text sent).
+    Done {
+        finish: FinishReason,
+        stats: Box<GenStats>,
+        logprobs: Option<Vec<LogprobEntry>>,
+    },
     Failed(Failure),
 }
 
@@ -292,6 +303,7 @@ impl Queue<'_> {
             Err(e) => return fail(Failure::Invalid(e.to_string())),
         };
         let mut config = resolved.gen;
+        config.logprobs = r.logprobs;
         if resolved.drafter.is_none() {
             config.draft_max = 0;
         }
@@ -362,6 +374,30 @@ impl JobSource<Slot> for Queue<'_> {
         add(&m.plan_us, (p.secs * 1e6) as u64, (q.secs * 1e6) as u64);
         self.seen = *stats;
     }
+}
+
+/// The log-probabilities of the tokens whose text begins within the first `text_len` bytes
+/// (a stop string cuts the rest), with their texts.
+fn logprob_entries(codec: &dyn TextCodec, logprobs: &[TokenLogprob], text_len: usize) -> Vec<LogprobEntry> {
+    let text = |t| {
+        let bytes = codec.piece(t);
+        (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+    };
+    let mut offset = 0;
+    let mut out = Vec::with_capacity(logprobs.len());
+    for lp in logprobs {
+        if offset >= text_len {
+            break;
+        }
+        let (token, bytes) = text(lp.token);
+        offset += bytes.len();
+        let top = lp.top.iter().map(|&(t, l)| {
+            let (s, b) = text(t);
+            (s, b, l)
+        });
+        out.push(LogprobEntry { token, bytes, logprob: lp.logprob, top: top.collect() });
+    }
+    out
 }
 
 /// Serve requests from `rx` until every sender is gone (or `cancel`), with up to `n_parallel`
@@ -451,7 +487,8 @@ pub fn serve_loop<T: Model, D: Drafter>(
                     metrics.drafted.fetch_add(seq.stats.n_drafted as u64, Ordering::Relaxed);
                     metrics.accepted.fetch_add(seq.stats.n_accepted as u64, Ordering::Relaxed);
                     let finish = if st.stopped { FinishReason::Stop } else { seq.finish.unwrap_or(FinishReason::Length) };
-                    let _ = slot.events.send(Event::Done { finish, stats: Box::new(seq.stats) });
+                    let logprobs = seq.config.logprobs.map(|_| logprob_entries(codec, &seq.logprobs, st.text.len()));
+                    let _ = slot.events.send(Event::Done { finish, stats: Box::new(seq.stats), logprobs });
                 }
                 Err(e) => {
                     let failure = match e {

@@ -24,6 +24,7 @@ use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, Draft
 use crate::draft::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};
 use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
 use crate::outlook::{Pace, PaceMean};
+use crate::sampling::TokenLogprob;
 use crate::sampling::{Dist, SamplingParams, Scratch};
 use crate::stats::{Clock, FinishReason, GenStats, PlanCheck, RoundRecord};
 use crate::verify::{verify, RowFn, Rows, VerifyMode};
@@ -56,6 +57,9 @@ pub struct GenConfig {
     pub ignore_eos: bool,
     /// The grammar the output must follow (each sequence gets its own matcher).
     pub constraint: Option<ConstraintSpec>,
+    /// Keep each generated token's log-probability under the target's raw row, with this many
+    /// most likely alternatives ([`Sequence::logprobs`]; OpenAI's `logprobs`/`top_logprobs`).
+    pub logprobs: Option<usize>,
 }
 
 /// Most tokens a constraint's forced span puts into one round's draft (ahead of any drafter's
@@ -77,6 +81,7 @@ impl Default for GenConfig {
             cost_curve: None,
             ignore_eos: false,
             constraint: None,
+            logprobs: None,
         }
     }
 }
@@ -314,6 +319,8 @@ pub struct Sequence {
     pub guide: Option<Guide>,
     /// Tokens the constraint forced at the end of `tokens` this round (drafted, not verified).
     forced: usize,
+    /// With [`GenConfig::logprobs`]: one entry per generated token, in order.
+    pub logprobs: Vec<TokenLogprob>,
     /// The tokens the target wrote where a copied value ended ([`crate::closing`]).
     closers: Closers,
 }
@@ -456,6 +463,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             guide: None,
             forced: 0,
             closers: Closers::default(),
+            logprobs: Vec::new(),
         };
         seq.guide = self.config.constraint.as_ref().map(|c| Guide::new(c.start(), seq.n_prompt));
         let head_len = seq.n_prompt - 1;
@@ -1019,6 +1027,13 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             seq.finish = Some(FinishReason::Stop);
         }
         seq.stats.n_generated = seq.tokens.len() - seq.n_prompt;
+        // row i of the round chose token n_hist + i (verification read the rows; they are
+        // still the decode's)
+        if let Some(top) = seq.config.logprobs {
+            for (i, &t) in seq.tokens[n_hist..].iter().enumerate() {
+                seq.logprobs.push(TokenLogprob::of(self.target.logits(row_base + i), t, top));
+            }
+        }
         if seq.finish.is_none() && seq.stats.n_generated >= seq.config.max_tokens {
             seq.finish = Some(FinishReason::Length);
         }

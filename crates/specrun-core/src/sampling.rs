@@ -129,6 +129,35 @@ impl SamplingParams {
     }
 }
 
+/// A generated token's log-probability under a raw logits row (softmax at temperature 1,
+/// before penalties, biases and the grammar's mask), with the most likely alternatives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: Token,
+    pub logprob: f32,
+    /// The `top` most likely tokens and their log-probabilities, most likely first.
+    pub top: Vec<(Token, f32)>,
+}
+
+impl TokenLogprob {
+    pub fn of(row: &[f32], token: Token, top: usize) -> Self {
+        let max = row.iter().copied().map(clean).fold(f32::NEG_INFINITY, f32::max);
+        let z: f64 = row.iter().map(|&l| f64::from(clean(l) - max).exp()).sum();
+        let log_z = f64::from(max) + z.ln();
+        let lp = |l: f32| (f64::from(clean(l)) - log_z) as f32;
+        let mut best: Vec<(f32, Token)> = Vec::with_capacity(top + 1);
+        if top > 0 {
+            top_k_into(row, top.min(row.len()), &mut best);
+            best.sort_unstable_by(cmp_desc);
+        }
+        Self {
+            token,
+            logprob: row.get(token as usize).map_or(f32::NEG_INFINITY, |&l| lp(l)),
+            top: best.into_iter().map(|(l, t)| (t, lp(l))).collect(),
+        }
+    }
+}
+
 /// A probability distribution over token ids, stored sparsely: `ids[i]` has probability
 /// `probs[i]`; every other token has probability 0. `ids[0]` is the most likely token; the
 /// rest are sorted by decreasing probability unless the distribution is longer than 4,096
@@ -541,6 +570,18 @@ mod tests {
         // only the last repeat_last_n tokens count
         g.repeat_last_n = 1;
         assert_eq!(Scratch::new().argmax(&l, &[0, 2], &g), 0);
+    }
+
+    #[test]
+    fn a_tokens_logprob_is_its_log_softmax_with_the_best_alternatives() {
+        let l = vec![1.0f32, 3.0, 2.0, f32::NEG_INFINITY];
+        let z = (1.0f64.exp() + 3.0f64.exp() + 2.0f64.exp()).ln();
+        let lp = TokenLogprob::of(&l, 2, 2);
+        assert!((f64::from(lp.logprob) - (2.0 - z)).abs() < 1e-5);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!((f64::from(lp.top[0].1) - (3.0 - z)).abs() < 1e-5);
+        assert_eq!(TokenLogprob::of(&l, 3, 0).logprob, f32::NEG_INFINITY);
+        assert!(TokenLogprob::of(&l, 0, 0).top.is_empty());
     }
 
     #[test]

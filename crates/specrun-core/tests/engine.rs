@@ -48,6 +48,24 @@ fn equality_holds_with_frequency_and_presence_penalties_and_logit_bias() {
 }
 
 #[test]
+fn logprobs_are_the_target_only_ones_one_per_generated_token() {
+    let target = MockSpec::target(8);
+    let config = GenConfig { max_tokens: 30, draft_max: 4, logprobs: Some(3), ..GenConfig::default() };
+    let plain = speculative(target.clone(), Quality::Agree(0.0).spec(&target), &GenConfig { draft_max: 0, ..config.clone() }, &[1, 2, 3]);
+    let spec = speculative(target.clone(), Quality::Agree(0.9).spec(&target), &config, &[1, 2, 3]);
+    assert_eq!(spec.tokens, plain.tokens);
+    assert!(spec.seq.stats.n_accepted > 0, "nothing was drafted and accepted");
+    assert_eq!(spec.seq.logprobs.len(), spec.seq.generated().len());
+    assert_eq!(spec.seq.logprobs.iter().map(|l| l.token).collect::<Vec<_>>(), spec.seq.generated());
+    for (a, b) in spec.seq.logprobs.iter().zip(&plain.seq.logprobs) {
+        assert_eq!((a.token, a.top.len()), (b.token, 3));
+        assert!((a.logprob - b.logprob).abs() < 1e-5, "{a:?} {b:?}");
+        // greedy: the chosen token is the most likely one
+        assert_eq!(a.top[0].0, a.token);
+    }
+}
+
+#[test]
 fn a_small_batch_caps_the_draft_and_chunks_the_prompt() {
     let mut target = MockSpec::target(1);
     target.n_batch = 3;
