@@ -356,12 +356,23 @@ fn logprobs_come_one_per_token_in_both_response_shapes() {
     assert!(n > 0);
     assert_eq!((lp["token_logprobs"].as_array().unwrap().len(), lp["text_offset"].as_array().unwrap().len()), (n, n));
     assert_eq!(lp["top_logprobs"][0].as_object().unwrap().len(), 2);
-    // not streamed; out of range; alternatives without logprobs
-    for (extra, param) in [
-        (r#", "logprobs": true, "stream": true"#, "logprobs"),
-        (r#", "logprobs": true, "top_logprobs": 21"#, "top_logprobs"),
-        (r#", "top_logprobs": 2"#, "top_logprobs"),
-    ] {
+    // streamed: each text chunk carries its tokens' entries, the same as the whole response's
+    let whole: Vec<serde_json::Value> = content.to_vec();
+    let (code, sse) =
+        post(&s, "/v1/chat/completions", &chat_body("hi", r#", "max_tokens": 6, "logprobs": true, "top_logprobs": 3, "stream": true"#));
+    assert_eq!(code, 200, "{sse}");
+    let mut streamed = Vec::new();
+    for d in sse.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]") {
+        let v = json(d);
+        if let Some(c) = v["choices"][0]["logprobs"]["content"].as_array() {
+            let delta = v["choices"][0]["delta"]["content"].as_str().unwrap_or("");
+            assert_eq!(c.iter().map(|e| e["token"].as_str().unwrap()).collect::<String>(), delta, "a chunk's entries spell its text");
+            streamed.extend(c.iter().cloned());
+        }
+    }
+    assert_eq!(streamed, whole);
+    // out of range; alternatives without logprobs
+    for (extra, param) in [(r#", "logprobs": true, "top_logprobs": 21"#, "top_logprobs"), (r#", "top_logprobs": 2"#, "top_logprobs")] {
         let (code, body) = post(&s, "/v1/chat/completions", &chat_body("hi", extra));
         assert_eq!((code, json(&body)["error"]["param"].as_str()), (400, Some(param)), "{extra}: {body}");
     }

@@ -527,7 +527,8 @@ async fn complete(state: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap,
                 return Json(response_choices(endpoint, &meta, &[choice], &usage)).into_response();
             }
             Some(Event::Failed(f)) => return error(failure(f, endpoint)),
-            Some(Event::Started { .. }) => {}
+            // a whole response takes them from `Done`
+            Some(Event::Started { .. } | Event::Logprobs(_)) => {}
             None => return error(ended_early(&state)),
         }
     }
@@ -573,6 +574,7 @@ async fn complete_choices(state: Arc<AppState>, endpoint: Endpoint, req: Complet
         loop {
             match rx.recv().await {
                 Some(Event::Started { n_prompt: n }) => n_prompt = n,
+                Some(Event::Logprobs(_)) => {}
                 Some(Event::Text(t)) => {
                     if i == 0 && text.is_empty() {
                         state.metrics.observe_ttft(t0.elapsed().as_secs_f64());
@@ -667,11 +669,13 @@ fn relay(
     struct St {
         rx: UnboundedReceiver<Event>,
         first: bool,
+        /// Log-probabilities for the next text chunk.
+        logprobs: Option<Vec<crate::formats::openai::LogprobEntry>>,
         /// Events left to send after the model is done.
         tail: Vec<String>,
         done: bool,
     }
-    let st = St { rx, first: true, tail: Vec::new(), done: false };
+    let st = St { rx, first: true, logprobs: None, tail: Vec::new(), done: false };
     futures_util::stream::unfold(st, move |mut st| {
         let (meta, drafter, state) = (meta.clone(), drafter.clone(), state.clone());
         async move {
@@ -687,15 +691,16 @@ fn relay(
                         if st.first {
                             state.metrics.observe_ttft(t0.elapsed().as_secs_f64());
                         }
-                        let c = chunk(endpoint, &meta, Some(&t), st.first, None, None);
+                        let c = chunk(endpoint, &meta, Some(&t), st.first, None, None, st.logprobs.take().as_deref());
                         st.first = false;
                         return Some((Ok(SseEvent::default().data(c.to_string())), st));
                     }
                     Some(Event::Done { finish, stats, .. }) => {
-                        let mut tail = vec![chunk(endpoint, &meta, None, st.first, Some(finish_str(finish)), None).to_string()];
+                        let mut tail = vec![chunk(endpoint, &meta, None, st.first, Some(finish_str(finish)), None, None).to_string()];
                         if include_usage {
                             tail.push(
-                                chunk(endpoint, &meta, None, false, None, Some(&usage(n_prompt, &stats, drafter.clone()))).to_string(),
+                                chunk(endpoint, &meta, None, false, None, Some(&usage(n_prompt, &stats, drafter.clone())), None)
+                                    .to_string(),
                             );
                         }
                         tail.push("[DONE]".to_string());
@@ -707,6 +712,7 @@ fn relay(
                         st.tail = vec!["[DONE]".to_string(), failure(f, endpoint).body().to_string()];
                         st.done = true;
                     }
+                    Some(Event::Logprobs(l)) => st.logprobs = Some(l),
                     Some(Event::Started { .. }) => {}
                     None => {
                         let e = ended_early(&state);

@@ -191,6 +191,8 @@ fn parse_logprobs(endpoint: Endpoint, obj: &Map<String, Value>) -> Result<Option
 pub struct LogprobEntry {
     pub token: String,
     pub bytes: Vec<u8>,
+    /// Where the token's text starts in the answer, in bytes.
+    pub offset: usize,
     pub logprob: f32,
     /// The most likely tokens there: text, bytes, log-probability.
     pub top: Vec<(String, Vec<u8>, f32)>,
@@ -222,14 +224,12 @@ fn logprobs_json(endpoint: Endpoint, entries: Option<&[LogprobEntry]>) -> Value 
             json!({"content": content, "refusal": null})
         }
         Endpoint::Completions => {
-            let mut offset = 0;
             let (mut tokens, mut lps, mut tops, mut offsets) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for e in entries {
                 tokens.push(json!(e.token));
                 lps.push(num(e.logprob));
                 tops.push(Value::Object(e.top.iter().map(|(t, _, l)| (t.clone(), num(*l))).collect()));
-                offsets.push(json!(offset));
-                offset += e.token.len();
+                offsets.push(json!(e.offset));
             }
             json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
         }
@@ -292,9 +292,6 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
         Some(n) => return Err(ApiError::invalid("n", format!("n must be in [1, {MAX_CHOICES}], got {n}"))),
     };
     let logprobs = parse_logprobs(endpoint, obj)?;
-    if logprobs.is_some() && stream {
-        return Err(ApiError::invalid("logprobs", "logprobs are given in whole responses, not streamed (set stream false)"));
-    }
     let include_usage = match obj.get("stream_options") {
         None | Some(Value::Null) => false,
         Some(Value::Object(o)) => get_bool(o, "include_usage")
@@ -554,7 +551,16 @@ pub fn response_choices(endpoint: Endpoint, meta: &Meta, choices: &[ChoiceOut<'_
 
 /// One stream chunk: a text delta (`role` on a chat stream's first chunk), or the last one
 /// with `finish`; `usage` only on the extra usage chunk (`choices` empty).
-pub fn chunk(endpoint: Endpoint, meta: &Meta, delta: Option<&str>, first: bool, finish: Option<&str>, usage: Option<&Usage>) -> Value {
+pub fn chunk(
+    endpoint: Endpoint,
+    meta: &Meta,
+    delta: Option<&str>,
+    first: bool,
+    finish: Option<&str>,
+    usage: Option<&Usage>,
+    logprobs: Option<&[LogprobEntry]>,
+) -> Value {
+    let logprobs = logprobs_json(endpoint, logprobs);
     let choices = if usage.is_some() {
         json!([])
     } else {
@@ -567,9 +573,9 @@ pub fn chunk(endpoint: Endpoint, meta: &Meta, delta: Option<&str>, first: bool, 
                 if let Some(t) = delta {
                     d.insert("content".into(), json!(t));
                 }
-                json!([{"index": 0, "delta": d, "finish_reason": finish, "logprobs": null}])
+                json!([{"index": 0, "delta": d, "finish_reason": finish, "logprobs": logprobs}])
             }
-            Endpoint::Completions => json!([{"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish, "logprobs": null}]),
+            Endpoint::Completions => json!([{"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish, "logprobs": logprobs}]),
         }
     };
     let mut c = json!({
@@ -690,11 +696,11 @@ mod tests {
         assert_eq!(r["usage"]["total_tokens"], 7);
         assert_eq!(r["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
         assert_eq!(r["usage"]["specrun"]["acceptance_rate"], 0.5);
-        let c = chunk(Endpoint::Chat, &meta, Some("he"), true, None, None);
+        let c = chunk(Endpoint::Chat, &meta, Some("he"), true, None, None, None);
         assert_eq!(c["choices"][0]["delta"], json!({"role": "assistant", "content": "he"}));
-        let c = chunk(Endpoint::Completions, &meta, None, false, Some("length"), None);
+        let c = chunk(Endpoint::Completions, &meta, None, false, Some("length"), None, None);
         assert_eq!(c["choices"][0]["finish_reason"], "length");
-        let u = chunk(Endpoint::Chat, &meta, None, false, None, Some(&usage));
+        let u = chunk(Endpoint::Chat, &meta, None, false, None, Some(&usage), None);
         assert_eq!(u["choices"], json!([]));
         assert_eq!(u["usage"]["completion_tokens"], 4);
     }

@@ -49,6 +49,8 @@ pub enum Event {
         n_prompt: usize,
     },
     Text(String),
+    /// The log-probabilities of the tokens of the `Text` that follows (when the request asked).
+    Logprobs(Vec<LogprobEntry>),
     /// With the tokens' log-probabilities when the request asked (those of the text sent).
     Done {
         finish: FinishReason,
@@ -246,6 +248,9 @@ struct TextState {
     /// How much of `text` was sent.
     sent: usize,
     stopped: bool,
+    /// With logprobs: how many tokens' entries were sent, and where the next one's text starts.
+    lp_sent: usize,
+    lp_offset: usize,
 }
 
 /// How far text can be sent without giving away the start of a stop string.
@@ -316,7 +321,14 @@ impl Queue<'_> {
         let slot = Slot {
             events: r.events,
             stops: r.stops,
-            text: RefCell::new(TextState { utf8: Utf8Stream::new(), text: String::new(), sent: 0, stopped: false }),
+            text: RefCell::new(TextState {
+                utf8: Utf8Stream::new(),
+                text: String::new(),
+                sent: 0,
+                stopped: false,
+                lp_sent: 0,
+                lp_offset: 0,
+            }),
         };
         Some(BatchJob { tag: slot, config, prompt })
     }
@@ -379,25 +391,45 @@ impl JobSource<Slot> for Queue<'_> {
 /// The log-probabilities of the tokens whose text begins within the first `text_len` bytes
 /// (a stop string cuts the rest), with their texts.
 fn logprob_entries(codec: &dyn TextCodec, logprobs: &[TokenLogprob], text_len: usize) -> Vec<LogprobEntry> {
+    logprob_entries_from(codec, logprobs, (0, 0), text_len).0
+}
+
+/// [`logprob_entries`] from entry `from.0` on, whose text starts at byte `from.1`; with where
+/// the next entry would start, `(entry, byte)`.
+fn logprob_entries_from(
+    codec: &dyn TextCodec,
+    logprobs: &[TokenLogprob],
+    (mut next, mut offset): (usize, usize),
+    text_len: usize,
+) -> (Vec<LogprobEntry>, (usize, usize)) {
     let text = |t| {
         let bytes = codec.piece(t);
         (String::from_utf8_lossy(&bytes).into_owned(), bytes)
     };
-    let mut offset = 0;
-    let mut out = Vec::with_capacity(logprobs.len());
-    for lp in logprobs {
-        if offset >= text_len {
-            break;
-        }
+    let mut out = Vec::new();
+    while let Some(lp) = logprobs.get(next).filter(|_| offset < text_len) {
         let (token, bytes) = text(lp.token);
+        let start = offset;
         offset += bytes.len();
+        next += 1;
         let top = lp.top.iter().map(|&(t, l)| {
             let (s, b) = text(t);
             (s, b, l)
         });
-        out.push(LogprobEntry { token, bytes, logprob: lp.logprob, top: top.collect() });
+        out.push(LogprobEntry { token, bytes, offset: start, logprob: lp.logprob, top: top.collect() });
     }
-    out
+    (out, (next, offset))
+}
+
+/// Send the log-probabilities of the tokens whose text the next `Text` event, up to byte
+/// `upto`, carries (when the request asked for them).
+fn send_logprobs(codec: &dyn TextCodec, slot: &Slot, st: &mut TextState, logprobs: Option<&[TokenLogprob]>, upto: usize) {
+    let Some(logprobs) = logprobs else { return };
+    let (entries, next) = logprob_entries_from(codec, logprobs, (st.lp_sent, st.lp_offset), upto);
+    (st.lp_sent, st.lp_offset) = next;
+    if !entries.is_empty() {
+        let _ = slot.events.send(Event::Logprobs(entries));
+    }
 }
 
 /// Serve requests from `rx` until every sender is gone (or `cancel`), with up to `n_parallel`
@@ -446,6 +478,7 @@ pub fn serve_loop<T: Model, D: Drafter>(
                 }
                 let upto = if st.stopped { st.text.len() } else { safe_len(&st.text, &slot.stops) };
                 if upto > st.sent {
+                    send_logprobs(codec, slot, &mut st, seq.config.logprobs.map(|_| seq.logprobs.as_slice()), upto);
                     let delta = st.text[st.sent..upto].to_string();
                     st.sent = upto;
                     if slot.events.send(Event::Text(delta)).is_err() {
@@ -478,6 +511,8 @@ pub fn serve_loop<T: Model, D: Drafter>(
                         }
                     }
                     if st.text.len() > st.sent {
+                        let upto = st.text.len();
+                        send_logprobs(codec, &slot, &mut st, seq.config.logprobs.map(|_| seq.logprobs.as_slice()), upto);
                         let _ = slot.events.send(Event::Text(st.text[st.sent..].to_string()));
                     }
                     metrics.requests_ok.fetch_add(1, Ordering::Relaxed);
