@@ -241,16 +241,12 @@ fn measure(
     prompts: &[(Vec<Token>, usize)],
 ) -> Result<RepeatSample> {
     let mut s = RepeatSample::default();
+    let texts = token_texts(codec, target.n_vocab());
     for (tokens, max_tokens) in prompts {
         let gen = GenConfig { max_tokens: *max_tokens, ..gen.clone() };
         let base =
             generate(&mut Engine::new(&mut *target, NoDraft, gen.clone()), codec, tokens, clock, None, &[], &crate::io::interrupted)?;
-        let d = make_drafter(
-            Some(drafter),
-            plan.ngram,
-            draft.as_mut().map(|m| &mut **m as &mut dyn Model),
-            &token_texts(codec, target.n_vocab()),
-        );
+        let d = make_drafter(Some(drafter), plan.ngram, draft.as_mut().map(|m| &mut **m as &mut dyn Model), &texts);
         let spec = generate(&mut Engine::new(&mut *target, d, gen), codec, tokens, clock, None, &[], &crate::io::interrupted)?;
         s.add_prompt(&base.stats, &spec.stats);
     }

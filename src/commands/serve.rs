@@ -474,7 +474,7 @@ async fn complete(state: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap,
         return complete_choices(state, endpoint, req, t0).await;
     }
     let (tx, mut rx) = unbounded_channel();
-    let (stream, include_usage) = (req.stream, req.include_usage);
+    let (stream, include_usage, asked_logprobs) = (req.stream, req.include_usage, req.logprobs.is_some());
     let job = ServeRequest {
         prompt: req.prompt,
         overrides: req.overrides,
@@ -511,6 +511,7 @@ async fn complete(state: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap,
         return Sse::new(events).keep_alive(KeepAlive::default()).into_response();
     }
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     let mut first = true;
     loop {
         match rx.recv().await {
@@ -521,14 +522,15 @@ async fn complete(state: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap,
                 }
                 text.push_str(&t);
             }
-            Some(Event::Done { finish, stats, logprobs }) => {
+            Some(Event::Logprobs(l)) => logprobs.extend(l),
+            Some(Event::Done { finish, stats }) => {
                 let usage = usage(n_prompt, &stats, drafter);
-                let choice = ChoiceOut { text: &text, finish: finish_str(finish), logprobs: logprobs.as_deref() };
+                let logprobs = asked_logprobs.then_some(logprobs.as_slice());
+                let choice = ChoiceOut { text: &text, finish: finish_str(finish), logprobs };
                 return Json(response_choices(endpoint, &meta, &[choice], &usage)).into_response();
             }
             Some(Event::Failed(f)) => return error(failure(f, endpoint)),
-            // a whole response takes them from `Done`
-            Some(Event::Started { .. } | Event::Logprobs(_)) => {}
+            Some(Event::Started { .. }) => {}
             None => return error(ended_early(&state)),
         }
     }
@@ -539,6 +541,7 @@ async fn complete(state: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap,
 /// answered whole once all are done; `usage` counts the prompt once.
 async fn complete_choices(state: Arc<AppState>, endpoint: Endpoint, req: CompletionRequest, t0: Instant) -> Response {
     let base = req.overrides.seed.as_ref().map_or(state.seed, |s| s.value);
+    let asked = req.logprobs.is_some();
     let mut receivers = Vec::with_capacity(req.n);
     for i in 0..req.n {
         let (tx, rx) = unbounded_channel();
@@ -570,18 +573,18 @@ async fn complete_choices(state: Arc<AppState>, endpoint: Endpoint, req: Complet
     let meta = Meta { id: format!("{prefix}-{id}"), created, model: state.model.clone() };
     let (mut choices, mut merged, mut n_prompt) = (Vec::new(), specrun_core::stats::GenStats::default(), 0);
     for (i, mut rx) in receivers.into_iter().enumerate() {
-        let mut text = String::new();
+        let (mut text, mut logprobs) = (String::new(), Vec::new());
         loop {
             match rx.recv().await {
                 Some(Event::Started { n_prompt: n }) => n_prompt = n,
-                Some(Event::Logprobs(_)) => {}
+                Some(Event::Logprobs(l)) => logprobs.extend(l),
                 Some(Event::Text(t)) => {
                     if i == 0 && text.is_empty() {
                         state.metrics.observe_ttft(t0.elapsed().as_secs_f64());
                     }
                     text.push_str(&t);
                 }
-                Some(Event::Done { finish, stats, logprobs }) => {
+                Some(Event::Done { finish, stats }) => {
                     if i == 0 {
                         merged.n_prompt_cached = stats.n_prompt_cached;
                     }
@@ -599,7 +602,7 @@ async fn complete_choices(state: Arc<AppState>, endpoint: Endpoint, req: Complet
     }
     let usage = usage(n_prompt, &merged, state.drafter.to_string());
     let choices: Vec<ChoiceOut<'_>> =
-        choices.iter().map(|(text, finish, logprobs)| ChoiceOut { text, finish, logprobs: logprobs.as_deref() }).collect();
+        choices.iter().map(|(text, finish, logprobs)| ChoiceOut { text, finish, logprobs: asked.then_some(logprobs.as_slice()) }).collect();
     Json(response_choices(endpoint, &meta, &choices, &usage)).into_response()
 }
 
@@ -695,7 +698,7 @@ fn relay(
                         st.first = false;
                         return Some((Ok(SseEvent::default().data(c.to_string())), st));
                     }
-                    Some(Event::Done { finish, stats, .. }) => {
+                    Some(Event::Done { finish, stats }) => {
                         let mut tail = vec![chunk(endpoint, &meta, None, st.first, Some(finish_str(finish)), None, None).to_string()];
                         if include_usage {
                             tail.push(

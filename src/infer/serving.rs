@@ -51,11 +51,9 @@ pub enum Event {
     Text(String),
     /// The log-probabilities of the tokens of the `Text` that follows (when the request asked).
     Logprobs(Vec<LogprobEntry>),
-    /// With the tokens' log-probabilities when the request asked (those of the text sent).
     Done {
         finish: FinishReason,
         stats: Box<GenStats>,
-        logprobs: Option<Vec<LogprobEntry>>,
     },
     Failed(Failure),
 }
@@ -388,14 +386,9 @@ impl JobSource<Slot> for Queue<'_> {
     }
 }
 
-/// The log-probabilities of the tokens whose text begins within the first `text_len` bytes
-/// (a stop string cuts the rest), with their texts.
-fn logprob_entries(codec: &dyn TextCodec, logprobs: &[TokenLogprob], text_len: usize) -> Vec<LogprobEntry> {
-    logprob_entries_from(codec, logprobs, (0, 0), text_len).0
-}
-
-/// [`logprob_entries`] from entry `from.0` on, whose text starts at byte `from.1`; with where
-/// the next entry would start, `(entry, byte)`.
+/// The log-probabilities of the tokens from entry `from.0` on (whose text starts at byte
+/// `from.1`) whose text begins within the first `text_len` bytes (a stop string cuts the
+/// rest), with their texts; and where the next entry would start, `(entry, byte)`.
 fn logprob_entries_from(
     codec: &dyn TextCodec,
     logprobs: &[TokenLogprob],
@@ -522,8 +515,7 @@ pub fn serve_loop<T: Model, D: Drafter>(
                     metrics.drafted.fetch_add(seq.stats.n_drafted as u64, Ordering::Relaxed);
                     metrics.accepted.fetch_add(seq.stats.n_accepted as u64, Ordering::Relaxed);
                     let finish = if st.stopped { FinishReason::Stop } else { seq.finish.unwrap_or(FinishReason::Length) };
-                    let logprobs = seq.config.logprobs.map(|_| logprob_entries(codec, &seq.logprobs, st.text.len()));
-                    let _ = slot.events.send(Event::Done { finish, stats: Box::new(seq.stats), logprobs });
+                    let _ = slot.events.send(Event::Done { finish, stats: Box::new(seq.stats) });
                 }
                 Err(e) => {
                     let failure = match e {

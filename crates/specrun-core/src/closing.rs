@@ -42,39 +42,30 @@ impl Closers {
         self.entries.iter().find(|(k, _)| *k == key).map(|&(_, c)| c)
     }
 
-    /// The first position `i` of `draft` (after `history`) whose token the target replaced by
+    /// The first position `i` of the draft `tokens[own..]` whose token the target replaced by
     /// a closer before, in the same kind of grammar state; with its key.
     pub fn first_replaced(
         &self,
         guide: &mut Guide,
-        history: &[Token],
-        draft: &[Token],
+        tokens: &[Token],
+        own: usize,
         is_eog: &dyn Fn(Token) -> bool,
     ) -> Result<Option<(usize, CloseKey)>, ConstraintError> {
-        let sources: Vec<Token> = self.entries.iter().filter_map(|(k, _)| k.source).collect();
-        if !draft.iter().any(|t| sources.contains(t)) {
-            return Ok(None);
-        }
-        let mut tokens = history.to_vec();
-        for (i, &t) in draft.iter().enumerate() {
-            if sources.contains(&t) {
-                let key = CloseKey { mask: guide.mask_after(&tokens, is_eog)?.fingerprint(), source: Some(t) };
-                if self.closer(key).is_some() {
-                    return Ok(Some((i, key)));
-                }
+        let is_source = |t: Token| self.entries.iter().any(|(k, _)| k.source == Some(t));
+        for (i, &t) in tokens[own..].iter().enumerate().filter(|&(_, &t)| is_source(t)) {
+            let key = CloseKey { mask: guide.mask_after(&tokens[..own + i], is_eog)?.fingerprint(), source: Some(t) };
+            if self.closer(key).is_some() {
+                return Ok(Some((i, key)));
             }
-            tokens.push(t);
         }
         Ok(None)
     }
 }
 
-/// Whether `closer`, written after `history`, is one: the grammar forces a token after it
-/// (a key, a separator), so that a draft through it is worth the forced span.
-pub fn forces_after(guide: &mut Guide, history: &[Token], closer: Token, is_eog: &dyn Fn(Token) -> bool) -> bool {
-    let mut tokens = history.to_vec();
-    tokens.push(closer);
-    guide.forced_after(&tokens, 1, is_eog).is_ok_and(|f| !f.is_empty())
+/// Whether the last of `tokens` is a closer: the grammar forces a token after it (a key, a
+/// separator), so that a draft through it is worth the forced span.
+pub fn forces_after(guide: &mut Guide, tokens: &[Token], is_eog: &dyn Fn(Token) -> bool) -> bool {
+    guide.forced_after(tokens, 1, is_eog).is_ok_and(|f| !f.is_empty())
 }
 
 #[cfg(test)]

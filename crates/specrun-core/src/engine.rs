@@ -894,7 +894,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
                     .ok()
                     .map(|m| (allowed, CloseKey { mask: m.fingerprint(), source: None }))
             } else {
-                seq.closers.first_replaced(guide, &seq.tokens[..own], &seq.tokens[own..], &is_eog).ok().flatten()
+                seq.closers.first_replaced(guide, &seq.tokens, own, &is_eog).ok().flatten()
             };
             let kept = end.map_or(allowed, |(i, _)| i);
             end = end.map(|(_, key)| (proposed - kept, key));
@@ -960,9 +960,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
         let Some((c, source)) = rejected else { return };
         let Some(&closer) = seq.tokens.get(n_hist + c) else { return };
-        let history = &seq.tokens[..n_hist + c];
-        let Ok(mask) = guide.mask_after(history, &is_eog).map(|m| m.fingerprint()) else { return };
-        if forces_after(guide, history, closer, &is_eog) {
+        let Ok(mask) = guide.mask_after(&seq.tokens[..n_hist + c], &is_eog).map(|m| m.fingerprint()) else { return };
+        if forces_after(guide, &seq.tokens[..=n_hist + c], &is_eog) {
             seq.closers.learn(CloseKey { mask, source: Some(source) }, closer);
         }
     }
