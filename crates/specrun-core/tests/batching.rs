@@ -8,10 +8,10 @@ mod util;
 use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats};
 use specrun_core::control::{AdaptiveMode, VerifyCosts};
 use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
+use specrun_core::draft::{HybridDrafter, NgramDrafter};
 use specrun_core::engine::{Engine, GenConfig, Sequence};
 use specrun_core::mock::{Behaviour, MockClock, MockModel, MockSpec};
 use specrun_core::model::{Model, Token};
-use specrun_core::ngram::{HybridDrafter, NgramDrafter};
 
 fn target_spec(n_seq: usize) -> MockSpec {
     MockSpec { n_seq, behaviour: Behaviour::Target { seed: 7, eog_rate: 0.02 }, ..MockSpec::target(7) }

@@ -8,11 +8,11 @@ mod util;
 
 use specrun_core::batching::{run_continuous, BatchJob, BatchStats, Prefill, PromptPacer, Slots};
 use specrun_core::control::{AdaptiveMode, VerifyCosts};
+use specrun_core::draft::NgramDrafter;
 use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
 use specrun_core::engine::{Engine, GenConfig, Sequence};
 use specrun_core::mock::{Behaviour, MockClock, MockModel, MockSpec};
 use specrun_core::model::Token;
-use specrun_core::ngram::NgramDrafter;
 use specrun_core::stats::FinishReason;
 
 /// The mock's record of decodes: per decode, each part's sequence, position and token count.

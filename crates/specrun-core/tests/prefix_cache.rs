@@ -8,11 +8,11 @@ mod util;
 
 use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats, Prefill, Slots};
 use specrun_core::control::VerifyCosts;
+use specrun_core::draft::NgramDrafter;
 use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
 use specrun_core::engine::{Engine, GenConfig, Sequence};
 use specrun_core::mock::{Behaviour, MockClock, MockModel, MockSpec, MOCK_CELL_BYTES};
 use specrun_core::model::Token;
-use specrun_core::ngram::NgramDrafter;
 
 fn target_spec() -> MockSpec {
     MockSpec { n_seq: 4, n_batch: 64, behaviour: Behaviour::Target { seed: 29, eog_rate: 0.02 }, ..MockSpec::target(29) }

@@ -8,11 +8,11 @@ mod util;
 
 use specrun_core::batching::{run_continuous, run_continuous_from, BatchEnd, BatchJob, BatchStats, JobSource, NextJob, Prefill, Slots};
 use specrun_core::control::VerifyCosts;
+use specrun_core::draft::NgramDrafter;
 use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
 use specrun_core::engine::{Engine, GenConfig, Sequence};
 use specrun_core::mock::{Behaviour, MockClock, MockModel, MockSpec};
 use specrun_core::model::Token;
-use specrun_core::ngram::NgramDrafter;
 
 fn target_spec() -> MockSpec {
     MockSpec { n_seq: 4, n_batch: 64, behaviour: Behaviour::Target { seed: 23, eog_rate: 0.02 }, ..MockSpec::target(23) }

@@ -1,0 +1,141 @@
+//! The n-gram drafter: copy-aware prompt lookup over the sequence's n-gram state, and
+//! optionally a draft cache of earlier outputs.
+
+use super::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter};
+use crate::anchor::TokenTexts;
+use crate::model::{ModelError, Token};
+use crate::ngram::{NgramConfig, NgramCorpus};
+use crate::sampling::{Dist, Scratch};
+use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
+
+/// The n-gram drafter: copy-aware prompt lookup over the sequence's [`NgramState`], and
+/// optionally a draft cache of earlier outputs ([`NgramCorpus`]).
+#[derive(Debug, Clone, Default)]
+pub struct NgramDrafter {
+    pub config: NgramConfig,
+    /// `Some`: learn from every finished sequence and propose from earlier outputs.
+    pub corpus: Option<NgramCorpus>,
+    /// The tokens' texts: where no tokens match, the bytes may ([`crate::anchor`]).
+    pub texts: Option<Arc<TokenTexts>>,
+}
+
+impl NgramDrafter {
+    pub fn new(config: NgramConfig) -> Self {
+        Self { config, corpus: None, texts: None }
+    }
+
+    /// With a draft cache across sequences.
+    pub fn with_cache(config: NgramConfig) -> Self {
+        Self { config, corpus: Some(NgramCorpus::default()), texts: None }
+    }
+
+    /// Anchoring copies on text as well as on tokens.
+    pub fn with_texts(self, texts: Arc<TokenTexts>) -> Self {
+        Self { texts: Some(texts), ..self }
+    }
+}
+
+impl Drafter for NgramDrafter {
+    fn name(&self) -> &'static str {
+        "ngram"
+    }
+
+    fn source(&self, cursor: &mut DraftCursor, tokens: &[Token]) -> DraftSource {
+        let cached = || self.corpus.as_ref().is_some_and(|c| c.lookup(tokens).is_some());
+        match cursor.ngram.plan_anchored(tokens, self.config, self.texts.as_deref()) {
+            Some(_) => DraftSource::Ngram,
+            None if cached() => DraftSource::Ngram,
+            None => DraftSource::None,
+        }
+    }
+
+    fn learn(&mut self, generated: &[Token]) {
+        if let Some(c) = &mut self.corpus {
+            c.add(generated);
+        }
+    }
+
+    fn copy_run(&self, cursor: &DraftCursor, tokens: &[Token]) -> usize {
+        cursor.ngram.run(tokens)
+    }
+
+    fn peek(&self, cursor: &DraftCursor, tokens: &[Token]) -> Option<Token> {
+        // as `propose`: the sequence's own plan, else the draft cache
+        if cursor.ngram.planned_from(tokens).is_some() {
+            return cursor.ngram.peek(tokens);
+        }
+        let c = self.corpus.as_ref()?;
+        c.lookup(tokens).map(|pos| c.tokens[pos])
+    }
+
+    fn begin(&mut self, cursor: &mut DraftCursor, _: &[Token]) -> Result<(), ModelError> {
+        cursor.ngram.reset();
+        Ok(())
+    }
+
+    fn propose(
+        &mut self,
+        cursor: &mut DraftCursor,
+        tokens: &mut Vec<Token>,
+        q: &mut Vec<Dist>,
+        req: &DraftRequest<'_>,
+        _: &mut Scratch,
+        _: &mut ChaCha8Rng,
+    ) -> Result<DraftReport, ModelError> {
+        let start = tokens.len();
+        match cursor.ngram.plan_anchored(tokens, self.config, self.texts.as_deref()) {
+            Some(from) => {
+                cursor.ngram.copy(tokens, from, req.max);
+            }
+            None => {
+                if let Some((c, pos)) = self.corpus.as_ref().and_then(|c| c.lookup(tokens).map(|p| (c, p))) {
+                    c.copy(pos, tokens, req.max);
+                }
+            }
+        }
+        if req.keep_q {
+            q.extend(tokens[start..].iter().map(|&t| Dist::one_hot(t)));
+        }
+        Ok(DraftReport { n_steps: 0, source: DraftSource::Ngram })
+    }
+
+    fn rollback(&mut self, _: &mut DraftCursor, _: usize) -> Result<(), ModelError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha8Rng;
+
+    const DEFAULT: NgramConfig = NgramConfig { n_min: 3, n_max: 5 };
+
+    #[test]
+    fn the_draft_cache_proposes_from_earlier_outputs_only_when_the_context_has_nothing() {
+        let mut d = NgramDrafter::with_cache(DEFAULT);
+        // an earlier record wrote 50..80
+        d.learn(&(50..80).collect::<Vec<_>>());
+        let mut cursor = DraftCursor::new(0);
+        // this record's context has no match of its own, but ends in 60 61 62
+        let tokens: Vec<Token> = vec![1, 2, 3, 60, 61, 62];
+        assert_eq!(d.source(&mut cursor, &tokens), DraftSource::Ngram);
+        assert_eq!(d.peek(&cursor, &tokens), Some(63), "a peek foretells the cache's proposal");
+        let mut t = tokens.clone();
+        let req = DraftRequest { max: 4, params: &crate::sampling::SamplingParams::greedy(), keep_q: false, p_min: 0.0, key: None };
+        let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+        d.propose(&mut cursor, &mut t, &mut vec![], &req, &mut Scratch::new(), &mut rng).unwrap();
+        assert_eq!(&t[6..], &[63, 64, 65, 66]);
+        // a proposal stops at the end of an earlier output
+        let mut t = vec![9, 77, 78, 79];
+        let mut cursor = DraftCursor::new(1);
+        d.source(&mut cursor, &t);
+        assert_eq!(d.peek(&cursor, &t), None, "nothing to foretell at an output's end");
+        d.propose(&mut cursor, &mut t, &mut vec![], &req, &mut Scratch::new(), &mut rng).unwrap();
+        assert_eq!(t.len(), 4, "nothing after 79 in the cache: {t:?}");
+        // without the cache nothing is proposed
+        let plain = NgramDrafter::new(DEFAULT);
+        assert_eq!(plain.source(&mut DraftCursor::new(2), &tokens), DraftSource::None);
+    }
+}

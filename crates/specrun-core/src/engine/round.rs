@@ -1,0 +1,493 @@
+//! One round of one sequence: open it (forced tokens), plan and draft, verify on the target's
+//! rows, keep the agreeing prefix and the target's token, roll both caches back.
+
+use super::*;
+
+/// The drafting half of a round, handed to the verifying half.
+pub(super) struct Drafted {
+    n_hist: usize,
+    k_planned: usize,
+    run: usize,
+    n_drafted: usize,
+    report: crate::draft::DraftReport,
+    draft_gap: usize,
+    pub(super) n_rows: usize,
+    pub(super) t_start: std::time::Duration,
+    t_drafted: std::time::Duration,
+    /// What the plan expected of this round, `(tokens, seconds)` (one sequence's own rounds).
+    expected: Option<(f64, f64)>,
+    /// The n-gram drafter's first token, in a round that planned no draft ([`Drafter::peek`]).
+    peek: Option<Token>,
+    /// Where the drafter's copy was cut as a value's end (an offset into the draft, forced
+    /// tokens included) with what ended it there, and how many closing tokens were drafted
+    /// in its place ([`crate::closing`]).
+    cut: Option<(usize, CloseKey)>,
+    n_closing: usize,
+    /// Of the drafted tokens, how many the constraint forced (they come first).
+    n_forced: usize,
+}
+
+/// What a shared round decided for one sequence before drafting: the source, the draft
+/// length, and the copy run the plan started from.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RoundPlan {
+    pub(super) source: DraftSource,
+    pub(super) k: usize,
+    pub(super) run: usize,
+}
+
+/// A round's plan, before drafting.
+pub(super) struct RoundStart {
+    n_hist: usize,
+    source: DraftSource,
+    k_planned: usize,
+    /// The n-gram copy run the plan started from (see [`Observation::run`]).
+    run: usize,
+    draft_gap: usize,
+    pub(super) t_start: Duration,
+    /// What the plan expected, `(tokens, seconds)`: one sequence's own rounds only (a shared
+    /// round is checked as a whole, [`Engine::shared_plan`]).
+    expected: Option<(f64, f64)>,
+    /// The n-gram drafter's first token when the plan drafts nothing ([`Drafter::peek`]).
+    peek: Option<Token>,
+}
+
+impl RoundStart {
+    pub(super) fn drafts(&self) -> bool {
+        self.k_planned > 0 && self.source != DraftSource::None
+    }
+
+    pub(super) fn request_for<'a>(&self, config: &'a GenConfig) -> DraftRequest<'a> {
+        let verify = config.effective_verify();
+        DraftRequest {
+            max: self.k_planned,
+            params: &config.params,
+            keep_q: verify.needs_q(),
+            p_min: config.draft_p_min,
+            key: (verify == VerifyMode::Seeded).then_some(config.seed),
+        }
+    }
+}
+
+/// The target's rows of one round under a constraint: row `i` masked by the grammar's state
+/// after the history and the first `i` drafted tokens (a mask is computed only for the rows
+/// verification reads).
+pub(super) struct MaskedRows<'a, T> {
+    target: &'a T,
+    row_base: usize,
+    guide: &'a mut Guide,
+    tokens: &'a [Token],
+    n_hist: usize,
+    error: Option<ConstraintError>,
+}
+
+impl<T: Model> Rows for MaskedRows<'_, T> {
+    fn row(&mut self, i: usize) -> &[f32] {
+        let (target, raw) = (self.target, self.target.logits(self.row_base + i));
+        if self.error.is_some() {
+            return raw;
+        }
+        match self.guide.masked_row(&self.tokens[..self.n_hist + i], raw, &|t| target.is_eog(t)) {
+            Ok(masked) => masked,
+            Err(e) => {
+                self.error = Some(e);
+                raw
+            }
+        }
+    }
+}
+
+impl<T: Model, D: Drafter> Engine<T, D> {
+    /// The first token, from row `row` of the decode that read the prompt's last token (at
+    /// `t_read`, which ends the prompt's time): the first round, with nothing drafted and
+    /// nothing decoded of its own.
+    pub(super) fn first_token(
+        &mut self,
+        seq: &mut Sequence,
+        row: usize,
+        shared: Option<usize>,
+        t_read: Duration,
+        clock: &dyn Clock,
+    ) -> Result<Range<usize>, EngineError> {
+        seq.stats.t_prompt = t_read.saturating_sub(seq.t_admitted);
+        let n_hist = seq.n_prompt;
+        let first = Drafted {
+            n_hist,
+            k_planned: 0,
+            run: 0,
+            n_drafted: 0,
+            report: DraftReport::default(),
+            draft_gap: n_hist - seq.draft.n_cached,
+            n_rows: 0,
+            t_start: t_read,
+            t_drafted: t_read,
+            expected: None,
+            peek: None,
+            n_forced: 0,
+            cut: None,
+            n_closing: 0,
+        };
+        self.finish_phase(seq, first, row, shared, t_read, clock)
+    }
+
+    /// How many tokens to draft this round.
+    pub(super) fn draft_len(&self, seq: &Sequence) -> usize {
+        if !self.drafter.is_active() {
+            return 0;
+        }
+        // tokens already forced this round come before the draft
+        let n = seq.tokens.len();
+        let remaining = (seq.config.max_tokens - seq.stats.n_generated).saturating_sub(seq.forced);
+        seq.config
+            .draft_max
+            .min(remaining.saturating_sub(1))
+            // the target batch (last token, forced tokens, draft) must fit n_batch and the context
+            .min(self.target.n_batch().saturating_sub(1 + seq.forced))
+            .min(self.target.n_ctx().saturating_sub(n))
+            // the draft decodes up to position n + k - 2
+            .min(self.drafter.n_ctx().saturating_add(1).saturating_sub(n))
+    }
+
+    /// Run one round. Returns the range of `seq.tokens` it added (empty once finished).
+    pub fn step(&mut self, seq: &mut Sequence, clock: &dyn Clock) -> Result<Range<usize>, EngineError> {
+        self.open_round(seq, FORCED_MAX)?;
+        let Some(d) = self.draft_phase(seq, None, clock)? else {
+            return Ok(seq.tokens.len()..seq.tokens.len());
+        };
+        if d.n_rows > 0 {
+            self.n_decoded += seq.tokens.len() - seq.target.n_cached;
+            seq.target.decode_tail(&mut self.target, &seq.tokens, d.n_rows).map_err(EngineError::Target)?;
+        }
+        let t_verified = clock.now();
+        self.finish_phase(seq, d, 0, None, t_verified, clock)
+    }
+
+    /// Before a round is planned: forget the last round's draft distributions and, under a
+    /// constraint, draft the tokens the grammar forces (at most `cap`, within the sequence's
+    /// budget, context and batch): they lead the round's draft, whatever the drafter adds.
+    /// Target-only decoding (no active drafter, or `draft_max` 0) forces nothing.
+    pub(super) fn open_round(&mut self, seq: &mut Sequence, cap: usize) -> Result<(), EngineError> {
+        seq.q.clear();
+        seq.forced = 0;
+        if seq.finish.is_some() || seq.reading_prompt() || !self.drafter.is_active() || seq.config.draft_max == 0 {
+            return Ok(());
+        }
+        let n = seq.tokens.len();
+        let remaining = seq.config.max_tokens - seq.stats.n_generated;
+        let cap =
+            cap.min(remaining.saturating_sub(1)).min(self.target.n_batch().saturating_sub(1)).min(self.target.n_ctx().saturating_sub(n));
+        let Some(guide) = seq.guide.as_mut().filter(|_| cap > 0) else {
+            return Ok(());
+        };
+        let target = &self.target;
+        let forced = guide.forced_after(&seq.tokens, cap, &|t| target.is_eog(t)).map_err(EngineError::Constraint)?;
+        if seq.config.effective_verify().needs_q() {
+            seq.q.extend(forced.iter().map(|&t| Dist::one_hot(t)));
+        }
+        seq.forced = forced.len();
+        seq.tokens.extend(forced);
+        Ok(())
+    }
+
+    /// The first half of a round: stop if finished, choose the draft length (or take `plan`)
+    /// and draft.
+    pub(super) fn draft_phase(
+        &mut self,
+        seq: &mut Sequence,
+        plan: Option<RoundPlan>,
+        clock: &dyn Clock,
+    ) -> Result<Option<Drafted>, EngineError> {
+        let Some(start) = self.round_start(seq, plan, clock) else {
+            return Ok(None);
+        };
+        let mut report = crate::draft::DraftReport::default();
+        if start.drafts() {
+            let req = start.request_for(&seq.config);
+            report = match seq.guide.as_mut() {
+                // a constrained sequence drafts through the batch path, which carries its guide
+                Some(guide) => {
+                    let job = ProposeJob {
+                        cursor: &mut seq.draft,
+                        tokens: &mut seq.tokens,
+                        q: &mut seq.q,
+                        req,
+                        rng: &mut seq.rng,
+                        guide: Some(guide),
+                    };
+                    self.drafter.propose_many(&mut [job], &mut self.scratch).map_err(EngineError::Draft)?.remove(0)
+                }
+                None => self
+                    .drafter
+                    .propose(&mut seq.draft, &mut seq.tokens, &mut seq.q, &req, &mut self.scratch, &mut seq.rng)
+                    .map_err(EngineError::Draft)?,
+            };
+        }
+        let t_drafted = clock.now();
+        Ok(Some(self.round_drafted(seq, start, report, t_drafted)))
+    }
+
+    /// A round's start: `None` when the sequence is finished (or its context is); else the
+    /// source and length to draft (the controller's, or `plan`).
+    pub(super) fn round_start(&mut self, seq: &mut Sequence, plan: Option<RoundPlan>, clock: &dyn Clock) -> Option<RoundStart> {
+        let n_hist = seq.tokens.len() - seq.forced;
+        if seq.finish.is_some() {
+            return None;
+        }
+        if n_hist > self.target.n_ctx() {
+            seq.finish = Some(FinishReason::Context);
+            return None;
+        }
+        let t_start = clock.now();
+        // the controller picks the length for the source that would propose
+        let (source, k_planned, run, expected) = match plan {
+            Some(RoundPlan { source, k, run }) => (source, k, run, None),
+            None => {
+                let limit = self.draft_len(seq);
+                let source = if limit > 0 { self.drafter.source(&mut seq.draft, &seq.tokens) } else { DraftSource::None };
+                let run = if source == DraftSource::None { 0 } else { self.drafter.copy_run(&seq.draft, &seq.tokens) };
+                let k = seq.controller.plan(source, limit, run);
+                (source, k, run, seq.controller.expect(source, run, k))
+            }
+        };
+        // a round that will not draft still learns what an n-gram draft would have given
+        let peek = (k_planned == 0 && source == DraftSource::Ngram && seq.config.adaptive == AdaptiveMode::Auto)
+            .then(|| self.drafter.peek(&seq.draft, &seq.tokens))
+            .flatten();
+        Some(RoundStart { n_hist, source, k_planned, run, draft_gap: n_hist - seq.draft.n_cached, t_start, expected, peek })
+    }
+
+    /// After drafting: drop a draft shorter than `draft_min`, and say which rows the target
+    /// decodes.
+    pub(super) fn round_drafted(&mut self, seq: &mut Sequence, start: RoundStart, report: DraftReport, t_drafted: Duration) -> Drafted {
+        let RoundStart { n_hist, k_planned, run, draft_gap, t_start, expected, peek, .. } = start;
+        let n_forced = std::mem::take(&mut seq.forced);
+        let own = n_hist + n_forced;
+        seq.stats.n_draft_steps += report.n_steps;
+        // a drafter's tokens end at the first the grammar refuses (a draft model sampled
+        // under the mask already; n-gram drafts may leave the grammar), or where the target
+        // ended such a copy before
+        let mut end = None;
+        if let Some(guide) = seq.guide.as_mut().filter(|_| seq.tokens.len() > own) {
+            let target = &self.target;
+            let is_eog = |t| target.is_eog(t);
+            let proposed = seq.tokens.len() - own;
+            let allowed = guide.allowed_prefix(&seq.tokens[..own], &seq.tokens[own..], &is_eog).unwrap_or(0);
+            end = if allowed < proposed {
+                guide
+                    .mask_after(&seq.tokens[..own + allowed], &is_eog)
+                    .ok()
+                    .map(|m| (allowed, CloseKey { mask: m.fingerprint(), source: None }))
+            } else {
+                seq.closers.first_replaced(guide, &seq.tokens, own, &is_eog).ok().flatten()
+            };
+            let kept = end.map_or(allowed, |(i, _)| i);
+            end = end.map(|(_, key)| (proposed - kept, key));
+            seq.tokens.truncate(own + kept);
+            seq.q.truncate(n_forced + kept);
+        }
+        if seq.tokens.len() > own && seq.tokens.len() - own < seq.config.draft_min.max(1) {
+            // too short to be worth a bigger target batch (llama.cpp's --draft-min)
+            seq.tokens.truncate(own);
+            seq.q.truncate(n_forced);
+            end = None;
+        }
+        let cut = end.map(|(_, key)| (seq.tokens.len() - n_hist, key));
+        let n_closing = end.map_or(0, |(room, key)| self.close(seq, room, key));
+        let n_drafted = seq.tokens.len() - n_hist;
+        // the target decodes the last accepted token and the whole draft
+        Drafted {
+            n_hist,
+            k_planned,
+            run,
+            n_drafted,
+            report,
+            draft_gap,
+            n_rows: n_drafted + 1,
+            t_start,
+            t_drafted,
+            expected,
+            peek,
+            n_forced,
+            cut,
+            n_closing,
+        }
+    }
+
+    /// Where a copied value ends (`key`), draft the closer the target wrote at such an end
+    /// before and the tokens the grammar forces after it, in the `room` the cut tokens left
+    /// ([`crate::closing`]). Returns how many tokens were drafted.
+    pub(super) fn close(&mut self, seq: &mut Sequence, room: usize, key: CloseKey) -> usize {
+        let (Some(guide), Some(closer)) = (seq.guide.as_mut(), seq.closers.closer(key)) else { return 0 };
+        let target = &self.target;
+        let start = seq.tokens.len();
+        seq.tokens.push(closer);
+        if let Ok(forced) = guide.forced_after(&seq.tokens, room - 1, &|t| target.is_eog(t)) {
+            seq.tokens.extend(forced);
+        }
+        if seq.config.effective_verify().needs_q() {
+            seq.q.extend(seq.tokens[start..].iter().map(|&t| Dist::one_hot(t)));
+        }
+        seq.tokens.len() - start
+    }
+
+    /// After verification: the closer the target wrote where a copy was cut, or where it
+    /// rejected a copied token for one (a token after which the grammar forces the next key).
+    pub(super) fn learn_closer(&self, seq: &mut Sequence, n_hist: usize, cut: Option<(usize, CloseKey)>, rejected: Option<(usize, Token)>) {
+        let Some(guide) = seq.guide.as_mut() else { return };
+        let target = &self.target;
+        let is_eog = |t| target.is_eog(t);
+        if let Some((c, key)) = cut {
+            if let Some(&closer) = seq.tokens.get(n_hist + c) {
+                seq.closers.learn(key, closer);
+            }
+            return;
+        }
+        let Some((c, source)) = rejected else { return };
+        let Some(&closer) = seq.tokens.get(n_hist + c) else { return };
+        let Ok(mask) = guide.mask_after(&seq.tokens[..n_hist + c], &is_eog).map(|m| m.fingerprint()) else { return };
+        if forces_after(guide, &seq.tokens[..=n_hist + c], &is_eog) {
+            seq.closers.learn(CloseKey { mask, source: Some(source) }, closer);
+        }
+    }
+
+    /// The second half of a round, after the target decode: verify on rows
+    /// `row_base..row_base + d.n_rows` of that decode, keep what is accepted, roll back,
+    /// learn. `shared`: the total batch size when the decode carried other sequences too.
+    pub(super) fn finish_phase(
+        &mut self,
+        seq: &mut Sequence,
+        d: Drafted,
+        row_base: usize,
+        shared: Option<usize>,
+        t_verified: std::time::Duration,
+        clock: &dyn Clock,
+    ) -> Result<Range<usize>, EngineError> {
+        let Drafted {
+            n_hist,
+            k_planned,
+            run,
+            n_drafted,
+            report,
+            draft_gap,
+            n_rows,
+            t_start,
+            t_drafted,
+            expected,
+            peek,
+            n_forced,
+            cut,
+            n_closing,
+        } = d;
+        // a trace keeps the draft, which verification cuts back to what was accepted
+        let traced_draft = seq.trace_rounds.then(|| seq.tokens[n_hist..n_hist + n_drafted].to_vec());
+        let verify_mode = seq.config.effective_verify();
+        let params = &seq.config.params;
+        let target = &self.target;
+        let plain_row = |i: usize| target.logits(row_base + i);
+        let mut plain = RowFn(&plain_row);
+        let mut masked = seq.guide.as_mut().map(|guide| MaskedRows { target, row_base, guide, tokens: &seq.tokens, n_hist, error: None });
+        let rows: &mut dyn Rows = match masked.as_mut() {
+            Some(m) => m,
+            None => &mut plain,
+        };
+        let verdict =
+            verify(verify_mode, seq.config.seed, rows, &seq.tokens, &seq.tokens[n_hist..], &seq.q, params, &mut self.scratch, &mut seq.rng);
+        if let Some(e) = masked.and_then(|m| m.error) {
+            return Err(EngineError::Constraint(e));
+        }
+
+        // the copied token the target turned from, if it did (before it is cut away)
+        let rejected_copy = (seq.guide.is_some() && report.source == DraftSource::Ngram)
+            .then(|| seq.tokens.get(n_hist + verdict.n_accepted).copied())
+            .flatten();
+        // 3. keep the accepted prefix, add the target's token, stop at EOG / max_tokens (a
+        // constrained sequence ends where its grammar lets the target end it)
+        seq.tokens.truncate(n_hist + verdict.n_accepted);
+        seq.tokens.push(verdict.next);
+        let ends_at_eog = !seq.config.ignore_eos || seq.guide.is_some();
+        if let Some(i) = seq.tokens[n_hist..].iter().position(|&t| ends_at_eog && self.target.is_eog(t)) {
+            seq.tokens.truncate(n_hist + i + 1);
+            seq.finish = Some(FinishReason::Stop);
+        }
+        seq.stats.n_generated = seq.tokens.len() - seq.n_prompt;
+        // row i of the round chose token n_hist + i (verification read the rows; they are
+        // still the decode's)
+        if let Some(top) = seq.config.logprobs {
+            for (i, &t) in seq.tokens[n_hist..].iter().enumerate() {
+                seq.logprobs.push(TokenLogprob::of(self.target.logits(row_base + i), t, top));
+            }
+        }
+        if seq.finish.is_none() && seq.stats.n_generated >= seq.config.max_tokens {
+            seq.finish = Some(FinishReason::Length);
+        }
+
+        // 4. roll both caches back to what they share with the accepted tokens
+        let keep = (n_hist + verdict.n_accepted).min(seq.tokens.len());
+        seq.target.keep(&mut self.target, keep).map_err(EngineError::Target)?;
+        self.drafter.rollback(&mut seq.draft, keep).map_err(EngineError::Draft)?;
+
+        // what the target wrote where the copy ended, or where it turned from the copy
+        let reached_cut = cut.filter(|&(c, _)| verdict.n_accepted >= c);
+        let own_end = n_drafted - n_closing;
+        let rejected = rejected_copy.filter(|_| reached_cut.is_none() && verdict.n_accepted >= n_forced && verdict.n_accepted < own_end);
+        self.learn_closer(seq, n_hist, reached_cut, rejected.map(|t| (verdict.n_accepted, t)));
+        // forced and closing tokens are the grammar's, not a drafter's: the controller learns
+        // from the drafter's tokens between them (none when a forced token was refused)
+        let n_forced_accepted = verdict.n_accepted.min(n_forced);
+        let own_drafted = n_drafted - n_forced - n_closing;
+        let (own_drafted, own_accepted) =
+            if n_forced_accepted == n_forced { (own_drafted, (verdict.n_accepted - n_forced).min(own_drafted)) } else { (0, 0) };
+        let n_closing_accepted = cut.map_or(0, |(c, _)| verdict.n_accepted.saturating_sub(c).min(n_closing));
+        let source = if own_drafted > 0 { report.source } else { DraftSource::None };
+        seq.stats.record_round(n_drafted, verdict.n_accepted);
+        seq.stats.n_forced += n_forced;
+        seq.stats.n_forced_accepted += n_forced_accepted;
+        seq.stats.n_closing += n_closing;
+        seq.stats.n_closing_accepted += n_closing_accepted;
+        seq.stats.n_masks = seq.guide.as_ref().map_or(0, |g| g.n_masks);
+        if let Some(drafted) = traced_draft {
+            seq.last_round = Some(RoundRecord {
+                n_hist,
+                source,
+                run,
+                k_planned,
+                n_forced,
+                drafted,
+                n_accepted: verdict.n_accepted,
+                expected,
+                t_draft: t_drafted - t_start,
+                t_verify: t_verified - t_drafted,
+                n_rows: shared.unwrap_or(n_rows),
+            });
+        }
+        seq.stats.record_source(source, k_planned);
+        let t_end = clock.now();
+        seq.controller.observe(&Observation {
+            source,
+            k_planned,
+            n_drafted: own_drafted,
+            n_accepted: own_accepted,
+            run,
+            n_draft_steps: report.n_steps,
+            draft_gap,
+            // a shared decode's cost belongs to the batch, not to this sequence
+            n_verified: if shared.is_some() { 0 } else { n_rows },
+            t_draft: t_drafted - t_start,
+            t_verify: t_verified - t_drafted,
+        });
+        if let Some(t) = peek {
+            seq.controller.observe_peek(run, t == verdict.next);
+        }
+        seq.stats.t_draft += t_drafted - t_start;
+        seq.stats.t_verify += t_verified - t_drafted;
+        if n_drafted > 0 {
+            seq.stats.t_verify_drafted += t_verified - t_drafted;
+        }
+        seq.stats.t_decode += t_end - t_start;
+        // (only a sequence's own rounds carry an expectation; shared ones are checked whole)
+        if let Some(expected) = expected {
+            seq.stats.plan_check.add(expected, seq.tokens.len() - n_hist, (t_end - t_start).as_secs_f64());
+        }
+        Ok(n_hist..seq.tokens.len())
+    }
+}
