@@ -14,7 +14,7 @@ use specrun::core::draft::{ModelDrafter, NoDraft};
 use specrun::core::engine::{Engine, GenConfig};
 use specrun::core::mock::MockClock;
 
-use specrun::core::ngram::{HybridDrafter, NgramDrafter};
+use specrun::core::draft::{HybridDrafter, NgramDrafter};
 use specrun::settings::{FlashAttn, KvType};
 use std::path::PathBuf;
 

@@ -100,11 +100,11 @@ fn assert_greedy_fidelity_of(
     for prompt in prompts {
         let tokens = if chat { chat_tokens(&pair.target, prompt) } else { pair.target.tokenize(prompt) };
         let plain = generate(&mut Engine::new(&mut *target, NoDraft, config.clone()), &tokens);
-        let ngram = specrun::core::ngram::NgramDrafter::default();
+        let ngram = specrun::core::draft::NgramDrafter::default();
         let drafter: Box<dyn specrun::core::draft::Drafter> = match kind {
             "model" => Box::new(ModelDrafter::new(ctx(&pair.draft))),
             "ngram" => Box::new(ngram),
-            _ => Box::new(specrun::core::ngram::HybridDrafter { ngram, model: ModelDrafter::new(ctx(&pair.draft)) }),
+            _ => Box::new(specrun::core::draft::HybridDrafter { ngram, model: ModelDrafter::new(ctx(&pair.draft)) }),
         };
         let spec = generate(&mut Engine::new(&mut *target, drafter, config.clone()), &tokens);
         drafted += spec.stats.n_drafted;
@@ -356,8 +356,7 @@ fn a_real_batch_of_three_short_records() {
 /// one at a time: the same greedy text, up to near-ties explained by batch-shape numerics.
 #[test]
 fn four_records_in_flight_give_the_one_at_a_time_text() {
-    use specrun::core::batching::{run_continuous, BatchJob, BatchStats};
-    use specrun::core::control::VerifyCosts;
+    use specrun::core::batching::{run_continuous, BatchJob, BatchStats, Callbacks, SharedPolicy};
     let _g = serial();
     let Some(pair) = qwen_pair() else { return };
     let prompts = [CODE_PROMPTS[0], CODE_PROMPTS[2], "What is the capital of France? Answer in one sentence.", "List three prime numbers."];
@@ -374,20 +373,21 @@ fn four_records_in_flight_give_the_one_at_a_time_text() {
     };
     let run = |n: usize| {
         let target = pair.target.context(ContextSettings::new(1024, 512, 2, n as u32)).unwrap();
-        let mut engine = Engine::new(target, specrun::core::ngram::NgramDrafter::default(), GenConfig::default());
+        let mut engine = Engine::new(target, specrun::core::draft::NgramDrafter::default(), GenConfig::default());
         let mut out: Vec<Vec<Token>> = vec![vec![]; prompts.len()];
         let mut stats = BatchStats::default();
         run_continuous(
             &mut engine,
             jobs(),
             n,
-            &mut VerifyCosts::default(),
+            &mut SharedPolicy::default(),
             &MockClock::new(),
-            &|| false,
-            |_, _, _| false,
-            |tag, r| out[tag] = r.unwrap().generated().to_vec(),
-            &mut stats,
+            &mut Callbacks::new(|tag, r| out[tag] = r.unwrap().generated().to_vec()),
         )
+        .map(|o| {
+            stats = o.stats;
+            o.end
+        })
         .unwrap();
         (out, stats)
     };

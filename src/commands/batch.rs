@@ -22,8 +22,10 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use specrun_core::batching::RunSink;
+use specrun_core::detok::TextStream;
 use specrun_core::draft::Drafter;
-use specrun_core::engine::Engine;
+use specrun_core::engine::{Engine, EngineError, Sequence};
 use specrun_core::model::{Model, TextCodec};
 use specrun_core::prefix_cache::PrefixCache;
 use specrun_core::stats::{Clock, GenStats};
@@ -192,13 +194,6 @@ fn parallelism(args: &BatchArgs, plan: &Plan) -> usize {
     crate::infer::plan::sequences_in_flight(args.parallel.or(plan.parallel), plan, 1)
 }
 
-/// A record's text as it is generated: UTF-8 across token pieces, cut at a stop string.
-struct TextState {
-    utf8: specrun_core::detok::Utf8Stream,
-    text: String,
-    stopped: bool,
-}
-
 /// `--parallel N`: continuous batching over N slots ([`specrun_core::batching`]); records are
 /// written in input order (a finished record waits for those before it), so the output is
 /// the same file as with one record at a time.
@@ -215,11 +210,9 @@ fn run_parallel(
     sink: &mut Sink,
     n_parallel: usize,
 ) -> Result<ExitCode> {
-    use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats, Slots};
+    use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, SharedPolicy, Slots};
     use std::collections::BTreeMap;
-    let out_name = args.output.display().to_string();
     let t0 = clock.now();
-    let bar = progress_bar(args, todo.len());
     let vocab = LazyVocabulary::new(codec, &*target);
     let mut engine = Engine::new(target, drafter, plan.gen.clone());
     let mut ready: BTreeMap<usize, OutputRecord> = BTreeMap::new();
@@ -236,119 +229,39 @@ fn run_parallel(
             },
         }
     }
-    // both callbacks below touch the texts: one adds tokens, the other takes a finished text
-    let texts: std::cell::RefCell<BTreeMap<usize, TextState>> = std::cell::RefCell::new(BTreeMap::new());
-    let mut next = 0usize;
-    let mut totals = Totals { ok: 0, failed: 0, stats: GenStats::default() };
-    let mut write_error: Option<anyhow::Error> = None;
-    let mut costs = plan
-        .gen
-        .cost_curve
-        .clone()
-        .map_or_else(specrun_core::control::VerifyCosts::default, specrun_core::control::VerifyCosts::with_curve);
-    let mut bstats = BatchStats::default();
-    let drafter_name = engine.drafter.name();
-    let active = engine.drafter.is_active();
-    let end = run_continuous(
-        &mut engine,
-        jobs,
-        Slots {
-            n_parallel,
-            prefill: crate::infer::plan::prefill(args.prefill_chunk),
-            prompt_cache: args.prompt_cache,
-            prefix_cache_bytes: prefix_cache_bytes(args),
-        },
-        &mut costs,
-        clock,
-        &interrupted,
-        |&tag, seq, added| {
-            let Ok(job) = &todo[tag] else { return false };
-            let mut texts = texts.borrow_mut();
-            let st = texts.entry(tag).or_insert_with(|| TextState {
-                utf8: specrun_core::detok::Utf8Stream::new(),
-                text: String::new(),
-                stopped: false,
-            });
-            for &t in &seq.tokens[added] {
-                let piece = st.utf8.push(&codec.piece(t));
-                st.text.push_str(&piece);
-            }
-            if let (kept, true) = crate::infer::cut_at_stop(&st.text, &job.stop) {
-                let n = kept.len();
-                st.text.truncate(n);
-                st.stopped = true;
-            }
-            st.stopped
-        },
-        |tag, result| {
-            let Ok(job) = &todo[tag] else { return };
-            let record = match result {
-                Ok(seq) => {
-                    let mut st = texts.borrow_mut().remove(&tag).unwrap_or_else(|| TextState {
-                        utf8: specrun_core::detok::Utf8Stream::new(),
-                        text: String::new(),
-                        stopped: false,
-                    });
-                    if !st.stopped {
-                        let tail = st.utf8.finish();
-                        st.text.push_str(&tail);
-                    }
-                    let finish = seq.finish.unwrap_or(specrun_core::stats::FinishReason::Length);
-                    let verify = seq.config.effective_verify();
-                    let draft_max = if active { seq.config.draft_max } else { 0 };
-                    let r = crate::formats::report::RunReport::new(
-                        st.text,
-                        finish,
-                        drafter_name,
-                        seq.config.adaptive,
-                        verify.as_str(),
-                        draft_max,
-                        &seq.stats,
-                    );
-                    OutputRecord::Ok(ok_record(job, r))
-                }
-                Err(e) => OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: format!("line {}: {e}", job.line) }),
-            };
-            ready.insert(tag, record);
-            // write every record whose predecessors are all written
-            while let Some(rec) = next_in_order(&mut ready, todo, next) {
-                if write_error.is_some() {
-                    break;
-                }
-                match &rec {
-                    OutputRecord::Ok(r) => {
-                        totals.ok += 1;
-                        totals.stats.n_generated += r.n_generated;
-                        totals.stats.n_drafted += r.n_drafted;
-                        totals.stats.n_accepted += r.n_accepted;
-                    }
-                    OutputRecord::Error(_) => totals.failed += 1,
-                }
-                if let Err(e) = sink.write_record(&rec, todo[next].as_deref().ok()) {
-                    write_error = Some(anyhow::Error::new(e).context(format!("{out_name}: cannot write")));
-                }
-                next += 1;
-                bar.inc(1);
-            }
-        },
-        &mut bstats,
-    );
-    if let Some(e) = write_error {
+    let mut records = RecordSink {
+        todo,
+        codec,
+        texts: BTreeMap::new(),
+        ready,
+        next: 0,
+        totals: Totals { ok: 0, failed: 0, stats: GenStats::default() },
+        write_error: None,
+        out: sink,
+        out_name: args.output.display().to_string(),
+        bar: progress_bar(args, todo.len()),
+        drafter_name: engine.drafter.name(),
+        active: engine.drafter.is_active(),
+    };
+    let slots = Slots {
+        n_parallel,
+        prefill: crate::infer::plan::prefill(args.prefill_chunk),
+        prompt_cache: args.prompt_cache,
+        prefix_cache_bytes: prefix_cache_bytes(args),
+    };
+    let mut policy = SharedPolicy::new(plan.gen.cost_curve.clone());
+    let outcome = run_continuous(&mut engine, jobs, slots, &mut policy, clock, &mut records);
+    // records before the first job (bad lines at the top) or after the last one
+    records.write_ready();
+    if let Some(e) = records.write_error.take() {
         return Err(e);
     }
-    // records before the first job (bad lines at the top) or after the last one
-    while let Some(rec) = next_in_order(&mut ready, todo, next) {
-        match &rec {
-            OutputRecord::Ok(_) => totals.ok += 1,
-            OutputRecord::Error(_) => totals.failed += 1,
-        }
-        sink.write_record(&rec, todo[next].as_deref().ok()).with_context(|| format!("{out_name}: cannot write"))?;
-        next += 1;
-    }
+    let RecordSink { next, totals, bar, .. } = records;
     bar.finish_and_clear();
-    match end {
-        Err(e) => return Err(anyhow!(e).context("a shared decode failed")),
-        Ok(BatchEnd::Cancelled) => {
+    let outcome = outcome.map_err(|e| anyhow!(e).context("a shared decode failed"))?;
+    let bstats = outcome.stats;
+    match outcome.end {
+        BatchEnd::Cancelled => {
             crate::io::note(format!(
                 "interrupted after {} of {} records; nothing partial was written; resume with the same command and --resume",
                 n_skipped + next,
@@ -356,7 +269,7 @@ fn run_parallel(
             ));
             return Ok(ExitCode::from(EXIT_INTERRUPTED));
         }
-        Ok(BatchEnd::Done) => {}
+        BatchEnd::Done => {}
     }
     if !args.quiet {
         print_summary(&totals, n_skipped, (clock.now() - t0).as_secs_f64());
@@ -413,6 +326,89 @@ fn run_parallel(
         ));
     }
     Ok(if totals.failed > 0 { ExitCode::from(EXIT_NEGATIVE) } else { ExitCode::SUCCESS })
+}
+
+/// Where a `--parallel` run's records go: each record's text streamed ([`TextStream`]), and
+/// every record written when those before it are.
+struct RecordSink<'a, 'o> {
+    todo: &'a [Record],
+    codec: &'a dyn TextCodec,
+    texts: std::collections::BTreeMap<usize, TextStream>,
+    ready: std::collections::BTreeMap<usize, OutputRecord>,
+    /// The next record to write (an index into `todo`).
+    next: usize,
+    totals: Totals,
+    write_error: Option<anyhow::Error>,
+    out: &'o mut Sink,
+    out_name: String,
+    bar: ProgressBar,
+    drafter_name: &'static str,
+    active: bool,
+}
+
+impl RecordSink<'_, '_> {
+    /// Write every record whose predecessors are all written.
+    fn write_ready(&mut self) {
+        while let Some(rec) = next_in_order(&mut self.ready, self.todo, self.next) {
+            if self.write_error.is_some() {
+                break;
+            }
+            match &rec {
+                OutputRecord::Ok(r) => {
+                    self.totals.ok += 1;
+                    self.totals.stats.n_generated += r.n_generated;
+                    self.totals.stats.n_drafted += r.n_drafted;
+                    self.totals.stats.n_accepted += r.n_accepted;
+                }
+                OutputRecord::Error(_) => self.totals.failed += 1,
+            }
+            if let Err(e) = self.out.write_record(&rec, self.todo[self.next].as_deref().ok()) {
+                self.write_error = Some(anyhow::Error::new(e).context(format!("{}: cannot write", self.out_name)));
+            }
+            self.next += 1;
+            self.bar.inc(1);
+        }
+    }
+}
+
+impl RunSink<usize> for RecordSink<'_, '_> {
+    fn tokens(&mut self, &mut tag: &mut usize, seq: &Sequence, added: std::ops::Range<usize>) -> bool {
+        let Ok(job) = &self.todo[tag] else { return false };
+        let text = self.texts.entry(tag).or_insert_with(|| TextStream::new(job.stop.clone()));
+        for &t in &seq.tokens[added] {
+            text.push(&self.codec.piece(t));
+        }
+        text.stopped()
+    }
+
+    fn finished(&mut self, tag: usize, result: Result<Sequence, EngineError>) {
+        let Ok(job) = &self.todo[tag] else { return };
+        let record = match result {
+            Ok(seq) => {
+                let text = self.texts.remove(&tag).unwrap_or_else(|| TextStream::new(job.stop.clone()));
+                let finish = seq.finish.unwrap_or(specrun_core::stats::FinishReason::Length);
+                let verify = seq.config.effective_verify();
+                let draft_max = if self.active { seq.config.draft_max } else { 0 };
+                let r = crate::formats::report::RunReport::new(
+                    text.into_text(),
+                    finish,
+                    self.drafter_name,
+                    seq.config.adaptive,
+                    verify.as_str(),
+                    draft_max,
+                    &seq.stats,
+                );
+                OutputRecord::Ok(ok_record(job, r))
+            }
+            Err(e) => OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: format!("line {}: {e}", job.line) }),
+        };
+        self.ready.insert(tag, record);
+        self.write_ready();
+    }
+
+    fn cancel(&mut self) -> bool {
+        interrupted()
+    }
 }
 
 /// A record's settings and prompt tokens, or the error record's message.
@@ -723,8 +719,7 @@ fn run_job<T: Model, D: Drafter>(
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    engine.config = config;
-    let g = generate_cached(engine, codec, &tokens, store, clock, &job.stop, &interrupted)?;
+    let g = generate_cached(engine, codec, &tokens, config, store, clock, &job.stop, &interrupted)?;
     let record = OutputRecord::Ok(ok_record(job, g.report));
     Ok((record, Some(g.tokens)))
 }

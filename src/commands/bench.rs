@@ -15,10 +15,9 @@ use crate::io::{is_stdout, out, read_text};
 use crate::settings::{self, Origin, Overrides, Setting};
 use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats};
-use specrun_core::control::VerifyCosts;
+use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, RunSink, SharedPolicy};
 use specrun_core::draft::{DrafterKind, NoDraft};
-use specrun_core::engine::{Engine, GenConfig};
+use specrun_core::engine::{Engine, EngineError, GenConfig, Sequence};
 use specrun_core::model::{Model, TextCodec, Token};
 use specrun_core::stats::Clock;
 use specrun_core::stats::GenStats;
@@ -289,31 +288,33 @@ fn measure_parallel(
         gen: &GenConfig,
         clock: &dyn Clock,
     ) -> Result<GenStats> {
-        let mut costs = gen.cost_curve.clone().map_or_else(VerifyCosts::default, VerifyCosts::with_curve);
-        let mut merged = GenStats::default();
-        let mut failed = None;
-        let mut bstats = BatchStats::default();
-        let end = run_continuous(
-            engine,
-            jobs,
-            n_parallel,
-            &mut costs,
-            clock,
-            &crate::io::interrupted,
-            |_, _, _| false,
-            |_, r| match r {
-                Ok(seq) => merged.merge(&seq.stats),
-                Err(e) => failed = Some(e),
-            },
-            &mut bstats,
-        )
-        .map_err(|e| anyhow!(e).context("a shared decode failed"))?;
-        if end == BatchEnd::Cancelled {
+        /// The bench's run sink: every job's statistics merged, the first failure kept.
+        struct Merge {
+            merged: GenStats,
+            failed: Option<EngineError>,
+        }
+        impl RunSink<usize> for Merge {
+            fn finished(&mut self, _: usize, result: Result<Sequence, EngineError>) {
+                match result {
+                    Ok(seq) => self.merged.merge(&seq.stats),
+                    Err(e) => self.failed = Some(e),
+                }
+            }
+            fn cancel(&mut self) -> bool {
+                crate::io::interrupted()
+            }
+        }
+        let mut sink = Merge { merged: GenStats::default(), failed: None };
+        let mut policy = SharedPolicy::new(gen.cost_curve.clone());
+        let outcome = run_continuous(engine, jobs, n_parallel, &mut policy, clock, &mut sink)
+            .map_err(|e| anyhow!(e).context("a shared decode failed"))?;
+        if outcome.end == BatchEnd::Cancelled {
             bail!("interrupted");
         }
-        if let Some(e) = failed {
+        if let Some(e) = sink.failed {
             bail!("a prompt failed: {e}");
         }
+        let (mut merged, bstats) = (sink.merged, outcome.stats);
         merged.t_decode = bstats.t_decode;
         merged.plan_check = bstats.plan_check;
         Ok(merged)

@@ -14,12 +14,13 @@ pub use plan::{plan, ModelPlan, ModelSelection, Plan};
 use crate::formats::report::RunReport;
 use anyhow::{bail, Context as _, Result};
 use specrun_core::anchor::TokenTexts;
-use specrun_core::detok::Utf8Stream;
+use specrun_core::detok::TextStream;
 use specrun_core::draft::{Drafter, DrafterKind, ModelDrafter, NoDraft};
-use specrun_core::engine::{Engine, KeptCells};
+use specrun_core::draft::{HybridDrafter, NgramDrafter};
+use specrun_core::engine::{Engine, GenConfig, KeptCells};
 use specrun_core::mock::{MockClock, MockCodec, MockModel, MockSpec};
 use specrun_core::model::{Model, TextCodec, Token};
-use specrun_core::ngram::{HybridDrafter, NgramConfig, NgramDrafter};
+use specrun_core::ngram::NgramConfig;
 use specrun_core::prefix_cache::PrefixCache;
 use specrun_core::stats::{Clock, FinishReason, GenStats};
 use std::io::Write;
@@ -53,15 +54,6 @@ pub struct Generated {
     pub report: RunReport,
     pub tokens: Vec<Token>,
     pub stats: GenStats,
-}
-
-/// Text up to the first stop string, and whether one was found.
-pub fn cut_at_stop<'a>(text: &'a str, stops: &[String]) -> (&'a str, bool) {
-    let first = stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min();
-    match first {
-        Some(i) => (&text[..i], true),
-        None => (text, false),
-    }
 }
 
 /// Refuse a prompt text that cannot fit `n_ctx` tokens before tokenizing it (a huge prompt
@@ -113,15 +105,19 @@ pub fn generate_traced<T: Model, D: Drafter>(
     cancel: &dyn Fn() -> bool,
     trace: Option<&mut dyn Write>,
 ) -> Result<Generated> {
-    Ok(generate_after(engine, codec, prompt, None, clock, stream, stops, cancel, trace)?.0)
+    let config = engine.config.clone();
+    Ok(generate_after(engine, codec, prompt, config, None, clock, stream, stops, cancel, trace)?.0)
 }
 
-/// [`generate`] with a prefix cache: the prompt starts from the longest prefix `store`
-/// holds, and what the sequence leaves is stored for the prompts after it.
+/// [`generate`] with the sequence's own settings and a prefix cache: the prompt starts from
+/// the longest prefix `store` holds, and what the sequence leaves is stored for the prompts
+/// after it.
+#[allow(clippy::too_many_arguments)]
 pub fn generate_cached<T: Model, D: Drafter>(
     engine: &mut Engine<T, D>,
     codec: &dyn TextCodec,
     prompt: &[Token],
+    config: GenConfig,
     store: &mut PrefixCache,
     clock: &dyn Clock,
     stops: &[String],
@@ -130,7 +126,7 @@ pub fn generate_cached<T: Model, D: Drafter>(
     let head = &prompt[..prompt.len().saturating_sub(1)];
     let cells = store.restore(engine, 0, head, KeptCells::default());
     let restored = !cells.is_empty();
-    let (mut g, left) = generate_after(engine, codec, prompt, restored.then_some(&cells), clock, None, stops, cancel, None)?;
+    let (mut g, left) = generate_after(engine, codec, prompt, config, restored.then_some(&cells), clock, None, stops, cancel, None)?;
     store.save(engine, 0, &left);
     if restored {
         g.stats.n_prompt_restored = g.stats.n_prompt_cached;
@@ -144,6 +140,7 @@ fn generate_after<T: Model, D: Drafter>(
     engine: &mut Engine<T, D>,
     codec: &dyn TextCodec,
     prompt: &[Token],
+    config: GenConfig,
     kept: Option<&KeptCells>,
     clock: &dyn Clock,
     mut stream: Option<&mut dyn Write>,
@@ -151,17 +148,17 @@ fn generate_after<T: Model, D: Drafter>(
     cancel: &dyn Fn() -> bool,
     mut trace: Option<&mut dyn Write>,
 ) -> Result<(Generated, KeptCells)> {
-    let mut seq = engine.start_after(0, prompt.to_vec(), kept, clock)?;
+    let mut seq = engine.start_after(0, prompt.to_vec(), config, kept, clock)?;
     seq.trace_rounds = trace.is_some();
     // the pieces' bytes joined before decoding: a character may span two tokens
     let text_of =
         |tokens: &[Token]| String::from_utf8_lossy(&tokens.iter().flat_map(|&t| codec.piece(t)).collect::<Vec<u8>>()).into_owned();
-    let mut utf8 = Utf8Stream::new();
-    let mut text = String::new();
-    let mut emit = |piece: &str, text: &mut String| -> Result<()> {
-        text.push_str(piece);
-        if let Some(w) = stream.as_deref_mut() {
-            w.write_all(piece.as_bytes()).and_then(|_| w.flush()).context("cannot write the output")?;
+    let mut text = TextStream::new(stops.to_vec());
+    // what the text has ready goes to the stream (a possible stop string's start waits)
+    let mut emit = |text: &mut TextStream| -> Result<()> {
+        let ready = text.take_ready();
+        if let (Some(w), false) = (stream.as_deref_mut(), ready.is_empty()) {
+            w.write_all(ready.as_bytes()).and_then(|_| w.flush()).context("cannot write the output")?;
         }
         Ok(())
     };
@@ -170,16 +167,15 @@ fn generate_after<T: Model, D: Drafter>(
     loop {
         // end-of-generation tokens render as nothing (pieces are taken without specials)
         for &t in &seq.tokens[added] {
-            let piece = utf8.push(&codec.piece(t));
-            emit(&piece, &mut text)?;
+            text.push(&codec.piece(t));
         }
-        if let (kept, true) = cut_at_stop(&text, stops) {
-            text.truncate(kept.len());
+        if text.stopped() {
             seq.finish = Some(FinishReason::Stop);
         }
         if seq.finish.is_some() {
             break;
         }
+        emit(&mut text)?;
         if cancel() {
             return Err(Interrupted.into());
         }
@@ -195,18 +191,16 @@ fn generate_after<T: Model, D: Drafter>(
             writeln!(w, "{}", serde_json::to_string(&line)?).context("cannot write the round trace")?;
         }
     }
-    if !cut_at_stop(&text, stops).1 {
-        let tail = utf8.finish();
-        emit(&tail, &mut text)?;
-    }
+    text.finish();
+    emit(&mut text)?;
     if let Some(w) = trace {
         w.flush().context("cannot write the round trace")?;
     }
     let finish = seq.finish.expect("loop ends when finished");
     let drafter = engine.drafter.name();
-    let verify = engine.config.effective_verify();
-    let draft_max = if engine.drafter.is_active() { engine.config.draft_max } else { 0 };
-    let report = RunReport::new(text, finish, drafter, engine.config.adaptive, verify.as_str(), draft_max, &seq.stats);
+    let verify = seq.config.effective_verify();
+    let draft_max = if engine.drafter.is_active() { seq.config.draft_max } else { 0 };
+    let report = RunReport::new(text.into_text(), finish, drafter, seq.config.adaptive, verify.as_str(), draft_max, &seq.stats);
     let kept = seq.kept_cells();
     Ok((Generated { report, tokens: seq.generated().to_vec(), stats: seq.stats }, kept))
 }
@@ -451,16 +445,4 @@ fn with_llama(plan: &Plan, job: Job<'_>) -> Result<ExitCode> {
 #[cfg(not(feature = "llama"))]
 fn with_llama(_: &Plan, _: Job<'_>) -> Result<ExitCode> {
     bail!("this specrun was built without the llama.cpp backend (cargo feature `llama`)")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_strings_cut_at_the_earliest() {
-        let stops = vec!["END".to_string(), "\n\n".to_string()];
-        assert_eq!(cut_at_stop("abc\n\nxyzEND", &stops), ("abc", true));
-        assert_eq!(cut_at_stop("abc", &stops), ("abc", false));
-    }
 }

@@ -11,17 +11,15 @@
 
 use crate::formats::openai::LogprobEntry;
 use crate::formats::records::PromptInput;
-use crate::infer::{cut_at_stop, Plan};
+use crate::infer::Plan;
 use crate::settings::Overrides;
-use specrun_core::batching::{run_continuous_from, BatchEnd, BatchJob, BatchStats, JobSource, NextJob, Slots};
-use specrun_core::control::VerifyCosts;
-use specrun_core::detok::Utf8Stream;
+use specrun_core::batching::{run_continuous_from, BatchJob, BatchStats, JobSource, NextJob, RunSink, SharedPolicy, Slots};
+use specrun_core::detok::TextStream;
 use specrun_core::draft::Drafter;
-use specrun_core::engine::{Engine, EngineError};
+use specrun_core::engine::{Engine, EngineError, Sequence};
 use specrun_core::model::{Model, TextCodec};
 use specrun_core::sampling::TokenLogprob;
 use specrun_core::stats::{Clock, FinishReason, GenStats};
-use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -232,38 +230,14 @@ impl Metrics {
     }
 }
 
-/// A request in flight: its channel, stop strings and text so far.
-struct Slot {
+/// A request in flight: its channel, its text so far, and how far its log-probabilities
+/// were sent.
+struct Request {
     events: UnboundedSender<Event>,
-    stops: Vec<String>,
-    text: RefCell<TextState>,
-}
-
-struct TextState {
-    utf8: Utf8Stream,
-    /// Text produced so far (kept to find stop strings across deltas).
-    text: String,
-    /// How much of `text` was sent.
-    sent: usize,
-    stopped: bool,
+    text: TextStream,
     /// With logprobs: how many tokens' entries were sent, and where the next one's text starts.
     lp_sent: usize,
     lp_offset: usize,
-}
-
-/// How far text can be sent without giving away the start of a stop string.
-fn safe_len(text: &str, stops: &[String]) -> usize {
-    let mut keep = text.len();
-    for s in stops {
-        // the longest suffix of `text` that is a proper prefix of `s`
-        for n in (1..s.len().min(text.len() + 1)).rev() {
-            if s.is_char_boundary(n) && text.ends_with(&s[..n]) {
-                keep = keep.min(text.len() - n);
-                break;
-            }
-        }
-    }
-    keep
 }
 
 /// The queue as the batching loop's job source: waits (briefly, so that cancellation is
@@ -280,7 +254,7 @@ struct Queue<'a> {
 
 impl Queue<'_> {
     /// Turn a request into a job, or answer it with a failure.
-    fn job(&self, r: ServeRequest) -> Option<BatchJob<Slot>> {
+    fn job(&self, r: ServeRequest) -> Option<BatchJob<Request>> {
         let fail = |f: Failure| {
             let _ = r.events.send(Event::Failed(f));
             None
@@ -316,24 +290,13 @@ impl Queue<'_> {
                 Err(e) => return fail(Failure::InvalidField { param, message: format!("{e:#}") }),
             }
         }
-        let slot = Slot {
-            events: r.events,
-            stops: r.stops,
-            text: RefCell::new(TextState {
-                utf8: Utf8Stream::new(),
-                text: String::new(),
-                sent: 0,
-                stopped: false,
-                lp_sent: 0,
-                lp_offset: 0,
-            }),
-        };
-        Some(BatchJob { tag: slot, config, prompt })
+        let request = Request { events: r.events, text: TextStream::new(r.stops), lp_sent: 0, lp_offset: 0 };
+        Some(BatchJob { tag: request, config, prompt })
     }
 }
 
-impl JobSource<Slot> for Queue<'_> {
-    fn next_job(&mut self, idle: bool) -> NextJob<Slot> {
+impl JobSource<Request> for Queue<'_> {
+    fn next_job(&mut self, idle: bool) -> NextJob<Request> {
         loop {
             let r = if idle {
                 match self.rx.recv_timeout(Duration::from_millis(50)) {
@@ -416,12 +379,12 @@ fn logprob_entries_from(
 
 /// Send the log-probabilities of the tokens whose text the next `Text` event, up to byte
 /// `upto`, carries (when the request asked for them).
-fn send_logprobs(codec: &dyn TextCodec, slot: &Slot, st: &mut TextState, logprobs: Option<&[TokenLogprob]>, upto: usize) {
+fn send_logprobs(codec: &dyn TextCodec, request: &mut Request, logprobs: Option<&[TokenLogprob]>, upto: usize) {
     let Some(logprobs) = logprobs else { return };
-    let (entries, next) = logprob_entries_from(codec, logprobs, (st.lp_sent, st.lp_offset), upto);
-    (st.lp_sent, st.lp_offset) = next;
+    let (entries, next) = logprob_entries_from(codec, logprobs, (request.lp_sent, request.lp_offset), upto);
+    (request.lp_sent, request.lp_offset) = next;
     if !entries.is_empty() {
-        let _ = slot.events.send(Event::Logprobs(entries));
+        let _ = request.events.send(Event::Logprobs(entries));
     }
 }
 
@@ -438,103 +401,13 @@ pub fn serve_loop<T: Model, D: Drafter>(
     cancel: &AtomicBool,
     metrics: &Metrics,
 ) {
-    let mut costs = plan.gen.cost_curve.clone().map_or_else(VerifyCosts::default, VerifyCosts::with_curve);
+    let mut policy = SharedPolicy::new(plan.gen.cost_curve.clone());
     let vocab = crate::constraint::LazyVocabulary::new(codec, &engine.target);
     loop {
         let mut queue = Queue { rx, codec, vocab: &vocab, plan, metrics, seen: BatchStats::default() };
-        let mut stats = BatchStats::default();
-        let end = run_continuous_from(
-            engine,
-            &mut queue,
-            slots,
-            &mut costs,
-            clock,
-            &|| cancel.load(Ordering::Relaxed),
-            |slot, seq, added| {
-                if added.is_empty() {
-                    // a prompt still being read: a client gone ends it now
-                    return slot.events.is_closed();
-                }
-                let mut st = slot.text.borrow_mut();
-                if seq.stats.n_generated == added.len() && added.start == seq.n_prompt {
-                    metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-                    let _ = slot.events.send(Event::Started { n_prompt: seq.n_prompt });
-                }
-                for &t in &seq.tokens[added] {
-                    let piece = st.utf8.push(&codec.piece(t));
-                    st.text.push_str(&piece);
-                }
-                if let (kept, true) = cut_at_stop(&st.text, &slot.stops) {
-                    let n = kept.len();
-                    st.text.truncate(n);
-                    st.stopped = true;
-                }
-                let upto = if st.stopped { st.text.len() } else { safe_len(&st.text, &slot.stops) };
-                if upto > st.sent {
-                    send_logprobs(codec, slot, &mut st, seq.config.logprobs.map(|_| seq.logprobs.as_slice()), upto);
-                    let delta = st.text[st.sent..upto].to_string();
-                    st.sent = upto;
-                    if slot.events.send(Event::Text(delta)).is_err() {
-                        return true;
-                    }
-                }
-                // a client that went away ends its sequence now (its cells are freed)
-                st.stopped || slot.events.is_closed()
-            },
-            |slot, result| match result {
-                Ok(seq) => {
-                    let started = seq.stats.n_generated > 0;
-                    if started {
-                        metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    }
-                    if slot.events.is_closed() {
-                        metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    if !started {
-                        let _ = slot.events.send(Event::Started { n_prompt: seq.n_prompt });
-                    }
-                    let mut st = slot.text.borrow_mut();
-                    if !st.stopped {
-                        let tail = st.utf8.finish();
-                        st.text.push_str(&tail);
-                        if let (kept, true) = cut_at_stop(&st.text, &slot.stops) {
-                            let n = kept.len();
-                            st.text.truncate(n);
-                        }
-                    }
-                    if st.text.len() > st.sent {
-                        let upto = st.text.len();
-                        send_logprobs(codec, &slot, &mut st, seq.config.logprobs.map(|_| seq.logprobs.as_slice()), upto);
-                        let _ = slot.events.send(Event::Text(st.text[st.sent..].to_string()));
-                    }
-                    metrics.requests_ok.fetch_add(1, Ordering::Relaxed);
-                    metrics.prompt_tokens.fetch_add(seq.n_prompt as u64, Ordering::Relaxed);
-                    metrics.completion_tokens.fetch_add(seq.stats.n_generated as u64, Ordering::Relaxed);
-                    metrics.rounds.fetch_add(seq.stats.n_rounds as u64, Ordering::Relaxed);
-                    metrics.drafted.fetch_add(seq.stats.n_drafted as u64, Ordering::Relaxed);
-                    metrics.accepted.fetch_add(seq.stats.n_accepted as u64, Ordering::Relaxed);
-                    let finish = if st.stopped { FinishReason::Stop } else { seq.finish.unwrap_or(FinishReason::Length) };
-                    let _ = slot.events.send(Event::Done { finish, stats: Box::new(seq.stats) });
-                }
-                Err(e) => {
-                    let failure = match e {
-                        EngineError::PromptTooLong { n_prompt, n_ctx } => Failure::TooLong { n_prompt, n_ctx },
-                        EngineError::EmptyPrompt => Failure::Invalid("the prompt is empty".into()),
-                        other => Failure::Model(other.to_string()),
-                    };
-                    if matches!(failure, Failure::Model(_)) {
-                        metrics.requests_failed.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        metrics.requests_invalid.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let _ = slot.events.send(Event::Failed(failure));
-                }
-            },
-            &mut stats,
-        );
-        match end {
-            Ok(BatchEnd::Done) | Ok(BatchEnd::Cancelled) => return,
+        let mut sink = Replies { codec, metrics, cancel };
+        match run_continuous_from(engine, &mut queue, slots, &mut policy, clock, &mut sink) {
+            Ok(_) => return,
             Err(e) => {
                 // the requests in flight are dropped with their channels: their handlers answer 500
                 tracing::error!("a shared decode failed: {e}");
@@ -545,19 +418,95 @@ pub fn serve_loop<T: Model, D: Drafter>(
     }
 }
 
+/// The serving loop's run sink: each request's text and log-probabilities go to its channel
+/// as they come, its end with its statistics; the metrics count them.
+struct Replies<'a> {
+    codec: &'a dyn TextCodec,
+    metrics: &'a Metrics,
+    cancel: &'a AtomicBool,
+}
+
+impl Replies<'_> {
+    /// Send what the request's text has ready (with its tokens' log-probabilities first).
+    /// False when the client is gone.
+    fn send_ready(&self, request: &mut Request, seq: &Sequence) -> bool {
+        let upto = request.text.ready_len();
+        if upto <= request.text.taken() {
+            return true;
+        }
+        send_logprobs(self.codec, request, seq.config.logprobs.map(|_| seq.logprobs.as_slice()), upto);
+        let delta = request.text.take_ready().to_string();
+        request.events.send(Event::Text(delta)).is_ok()
+    }
+}
+
+impl RunSink<Request> for Replies<'_> {
+    fn tokens(&mut self, request: &mut Request, seq: &Sequence, added: std::ops::Range<usize>) -> bool {
+        if added.is_empty() {
+            // a prompt still being read: a client gone ends it now
+            return request.events.is_closed();
+        }
+        if seq.stats.n_generated == added.len() && added.start == seq.n_prompt {
+            self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+            let _ = request.events.send(Event::Started { n_prompt: seq.n_prompt });
+        }
+        for &t in &seq.tokens[added] {
+            request.text.push(&self.codec.piece(t));
+        }
+        // a client that went away ends its sequence now (its cells are freed)
+        !self.send_ready(request, seq) || request.text.stopped() || request.events.is_closed()
+    }
+
+    fn finished(&mut self, mut request: Request, result: Result<Sequence, EngineError>) {
+        let metrics = self.metrics;
+        let seq = match result {
+            Ok(seq) => seq,
+            Err(e) => {
+                let failure = match e {
+                    EngineError::PromptTooLong { n_prompt, n_ctx } => Failure::TooLong { n_prompt, n_ctx },
+                    EngineError::EmptyPrompt => Failure::Invalid("the prompt is empty".into()),
+                    other => Failure::Model(other.to_string()),
+                };
+                if matches!(failure, Failure::Model(_)) {
+                    metrics.requests_failed.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    metrics.requests_invalid.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = request.events.send(Event::Failed(failure));
+                return;
+            }
+        };
+        let started = seq.stats.n_generated > 0;
+        if started {
+            metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        if request.events.is_closed() {
+            metrics.requests_cancelled.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if !started {
+            let _ = request.events.send(Event::Started { n_prompt: seq.n_prompt });
+        }
+        request.text.finish();
+        self.send_ready(&mut request, &seq);
+        metrics.requests_ok.fetch_add(1, Ordering::Relaxed);
+        metrics.prompt_tokens.fetch_add(seq.n_prompt as u64, Ordering::Relaxed);
+        metrics.completion_tokens.fetch_add(seq.stats.n_generated as u64, Ordering::Relaxed);
+        metrics.rounds.fetch_add(seq.stats.n_rounds as u64, Ordering::Relaxed);
+        metrics.drafted.fetch_add(seq.stats.n_drafted as u64, Ordering::Relaxed);
+        metrics.accepted.fetch_add(seq.stats.n_accepted as u64, Ordering::Relaxed);
+        let finish = if request.text.stopped() { FinishReason::Stop } else { seq.finish.unwrap_or(FinishReason::Length) };
+        let _ = request.events.send(Event::Done { finish, stats: Box::new(seq.stats) });
+    }
+
+    fn cancel(&mut self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn text_that_may_begin_a_stop_string_is_held_back() {
-        let stops = vec!["</end>".to_string()];
-        assert_eq!(safe_len("abc</e", &stops), 3);
-        assert_eq!(safe_len("abc<", &stops), 3);
-        assert_eq!(safe_len("abc", &stops), 3);
-        assert_eq!(safe_len("", &stops), 0);
-        assert_eq!(safe_len("x\u{e9}", &["\u{e9}!".to_string()]), 1);
-    }
 
     #[test]
     fn metrics_render_as_prometheus_text() {

@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(cache.stats.n_restored_tokens, shared.len());
         // the restored slot continues exactly as a fresh read would
         let clock = MockClock::new();
-        let seq = e.start_after(2, prompt.clone(), Some(&cells), &clock).unwrap();
+        let seq = e.start_after(2, prompt.clone(), e.config.clone(), Some(&cells), &clock).unwrap();
         assert_eq!(seq.stats.n_prompt_cached, shared.len());
         let mut fresh = engine();
         let plain = fresh.start(0, prompt, &clock).unwrap();
@@ -287,7 +287,7 @@ mod tests {
         let cells = cache.restore(&mut e, 1, &prompt[..prompt.len() - 1], KeptCells::default());
         assert!(cells.is_empty());
         assert_eq!(cache.stats.n_failed, 1);
-        let again = e.start_after(1, prompt.clone(), None, &MockClock::new()).unwrap();
+        let again = e.start_after(1, prompt.clone(), e.config.clone(), None, &MockClock::new()).unwrap();
         assert_eq!(again.stats.n_prompt_cached, 0);
     }
 }

@@ -105,12 +105,20 @@ pub struct RoundRecord {
     /// The tokens proposed (empty: a plain round).
     pub drafted: Vec<crate::model::Token>,
     pub n_accepted: usize,
-    /// What the plan expected, `(tokens, seconds)`, when its costs were known.
-    pub expected: Option<(f64, f64)>,
+    /// What the plan expected, when its costs were known.
+    pub expected: Option<Expectation>,
     pub t_draft: Duration,
     pub t_verify: Duration,
     /// Rows of the target decode (all sequences' when it was shared).
     pub n_rows: usize,
+}
+
+/// What a plan expects of a round: the tokens it emits and the seconds it takes (drafting and
+/// verification as the cost model prices them).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Expectation {
+    pub tokens: f64,
+    pub secs: f64,
 }
 
 /// What the draft-length plans expected of their rounds — tokens (from the acceptance
@@ -126,11 +134,11 @@ pub struct PlanCheck {
 }
 
 impl PlanCheck {
-    /// One round: `expected` = (tokens, seconds) as planned; `tokens` emitted in `secs`.
-    pub fn add(&mut self, expected: (f64, f64), tokens: usize, secs: f64) {
+    /// One round: `expected` as planned; `tokens` emitted in `secs`.
+    pub fn add(&mut self, expected: Expectation, tokens: usize, secs: f64) {
         self.n_rounds += 1;
-        self.expected_tokens += expected.0;
-        self.expected_secs += expected.1;
+        self.expected_tokens += expected.tokens;
+        self.expected_secs += expected.secs;
         self.n_tokens += tokens;
         self.secs += secs;
     }
@@ -317,10 +325,10 @@ mod tests {
     #[test]
     fn plan_checks_add_merge_and_compare() {
         let mut a = PlanCheck::default();
-        a.add((3.0, 0.1), 2, 0.12);
-        a.add((1.0, 0.05), 1, 0.05);
+        a.add(Expectation { tokens: 3.0, secs: 0.1 }, 2, 0.12);
+        a.add(Expectation { tokens: 1.0, secs: 0.05 }, 1, 0.05);
         let mut b = PlanCheck::default();
-        b.add((4.0, 0.2), 5, 0.18);
+        b.add(Expectation { tokens: 4.0, secs: 0.2 }, 5, 0.18);
         a.merge(&b);
         assert_eq!((a.n_rounds, a.n_tokens), (3, 8));
         assert!((a.expected_rate() - 8.0 / 0.35).abs() < 1e-9);

@@ -5,7 +5,7 @@
 
 mod util;
 
-use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats};
+use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats, Callbacks, SharedPolicy};
 use specrun_core::control::{AdaptiveMode, VerifyCosts};
 use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
 use specrun_core::draft::{HybridDrafter, NgramDrafter};
@@ -123,13 +123,14 @@ fn a_job_that_does_not_fit_fails_alone() {
         &mut engine,
         jobs,
         2,
-        &mut VerifyCosts::default(),
+        &mut SharedPolicy::default(),
         &clock,
-        &|| false,
-        |_, _, _| false,
-        |tag, r| results[tag] = Some(r.map(|s| s.generated().len())),
-        &mut stats,
+        &mut Callbacks::new(|tag, r| results[tag] = Some(r.map(|s| s.generated().len()))),
     )
+    .map(|o| {
+        stats = o.stats;
+        o.end
+    })
     .unwrap();
     assert!(results[1].as_ref().unwrap().is_err(), "the long prompt fails");
     assert!(results.iter().enumerate().filter(|(i, _)| *i != 1).all(|(_, r)| matches!(r, Some(Ok(10)))), "{results:?}");
@@ -146,13 +147,15 @@ fn a_stop_from_the_caller_ends_that_sequence_only_and_cancel_stops_all() {
         &mut engine,
         jobs(),
         3,
-        &mut VerifyCosts::default(),
+        &mut SharedPolicy::default(),
         &clock,
-        &|| false,
-        |tag, seq, _| *tag == 0 && seq.generated().len() >= 3,
-        |tag, r| lens[tag] = r.unwrap().generated().len(),
-        &mut stats,
+        &mut Callbacks::new(|tag, r| lens[tag] = r.unwrap().generated().len())
+            .on_tokens(|tag, seq, _| *tag == 0 && seq.generated().len() >= 3),
     )
+    .map(|o| {
+        stats = o.stats;
+        o.end
+    })
     .unwrap();
     assert!((3..=3 + 6).contains(&lens[0]), "job 0 stopped by its caller after 3+ tokens: {}", lens[0]);
     let calls = std::cell::Cell::new(0);
@@ -161,9 +164,19 @@ fn a_stop_from_the_caller_ends_that_sequence_only_and_cancel_stops_all() {
         calls.get() > 4
     };
     let mut done = 0;
-    let end =
-        run_continuous(&mut engine, jobs(), 3, &mut VerifyCosts::default(), &clock, &cancel, |_, _, _| false, |_, _| done += 1, &mut stats)
-            .unwrap();
+    let end = run_continuous(
+        &mut engine,
+        jobs(),
+        3,
+        &mut SharedPolicy::default(),
+        &clock,
+        &mut Callbacks::new(|_, _| done += 1).cancel_when(&cancel),
+    )
+    .map(|o| {
+        stats = o.stats;
+        o.end
+    })
+    .unwrap();
     assert_eq!(end, BatchEnd::Cancelled);
     assert!(done < jobs().len());
     for id in 0..3 {
@@ -282,13 +295,14 @@ fn a_draft_model_drafts_every_sequence_in_one_decode_per_step() {
         &mut engine,
         fixed,
         3,
-        &mut VerifyCosts::default(),
+        &mut SharedPolicy::default(),
         &clock,
-        &|| false,
-        |_, _, _| false,
-        |_, r: Result<Sequence, _>| steps += r.expect("job").stats.n_draft_steps,
-        &mut stats,
+        &mut Callbacks::new(|_, r: Result<Sequence, _>| steps += r.expect("job").stats.n_draft_steps),
     )
+    .map(|o| {
+        stats = o.stats;
+        o.end
+    })
     .unwrap();
     // the draft model's decodes after each prompt was read: one per draft step of the round,
     // carrying every sequence still drafting
@@ -586,13 +600,11 @@ fn a_drafter_learns_every_finished_output_of_a_continuous_run() {
         &mut e,
         jobs,
         3,
-        &mut VerifyCosts::default(),
+        &mut SharedPolicy::default(),
         &clock,
-        &|| false,
-        |_, _, _| false,
-        |tag, r: Result<Sequence, _>| outputs[tag] = r.unwrap().generated().to_vec(),
-        &mut BatchStats::default(),
+        &mut Callbacks::new(|tag, r: Result<Sequence, _>| outputs[tag] = r.unwrap().generated().to_vec()),
     )
+    .map(|o| o.end)
     .unwrap();
     assert_eq!(end, BatchEnd::Done);
     let mut learned = e.drafter.0.clone();

@@ -6,8 +6,8 @@
 
 mod util;
 
-use specrun_core::batching::{run_continuous, BatchJob, BatchStats, Prefill, PromptPacer, Slots};
-use specrun_core::control::{AdaptiveMode, VerifyCosts};
+use specrun_core::batching::{run_continuous, BatchJob, BatchStats, Callbacks, Prefill, PromptPacer, SharedPolicy, Slots};
+use specrun_core::control::AdaptiveMode;
 use specrun_core::draft::NgramDrafter;
 use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
 use specrun_core::engine::{Engine, GenConfig, Sequence};
@@ -154,18 +154,19 @@ fn long_prompt_beside_a_running_job(n_prompt: usize, n_batch: usize, prefill: Pr
         &mut engine,
         &mut Arrivals(vec![Some(running), Some(long)], 0),
         Slots { n_parallel: 2, prefill, prompt_cache: false, prefix_cache_bytes: 0 },
-        &mut VerifyCosts::default(),
+        &mut SharedPolicy::default(),
         &clock,
-        &|| false,
-        |&tag, _, added| {
+        &mut Callbacks::new(|tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec()).on_tokens(|&tag, _, added| {
             if tag == 0 {
                 per_round.push(added.len());
             }
             false
-        },
-        |tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec(),
-        &mut stats,
+        }),
     )
+    .map(|o| {
+        stats = o.stats;
+        o.end
+    })
     .unwrap();
     assert_eq!(out, alone);
     let target = engine.target;
@@ -188,16 +189,18 @@ fn a_sequence_ended_while_its_prompt_is_read_is_freed() {
         &mut engine,
         jobs(),
         Slots { n_parallel: 3, prefill: Prefill::Inside { chunk: 4 }, prompt_cache: false, prefix_cache_bytes: 0 },
-        &mut VerifyCosts::default(),
+        &mut SharedPolicy::default(),
         &clock,
-        &|| false,
-        |&tag, seq, _| tag == 3 && seq.reading_prompt(),
-        |tag, r| {
+        &mut Callbacks::new(|tag, r| {
             let seq = r.expect("job");
             results[tag] = Some((seq.generated().len(), seq.finish));
-        },
-        &mut stats,
+        })
+        .on_tokens(|&tag, seq, _| tag == 3 && seq.reading_prompt()),
     )
+    .map(|o| {
+        stats = o.stats;
+        o.end
+    })
     .unwrap();
     assert_eq!(results[3], Some((0, Some(FinishReason::Stop))), "job 3 ended before its first token");
     let (alone, _, _) = run("ngram", 1.into(), 64);
@@ -227,13 +230,14 @@ fn prompts_read_together_share_the_round_evenly() {
         &mut engine,
         vec![job(0, 3), job(1, 60), job(2, 4)],
         Slots { n_parallel: 3, prefill: Prefill::Inside { chunk: 64 }, prompt_cache: false, prefix_cache_bytes: 0 },
-        &mut VerifyCosts::default(),
+        &mut SharedPolicy::default(),
         &clock,
-        &|| false,
-        |_, _, _| false,
-        |_, r: Result<Sequence, _>| assert_eq!(r.expect("job").generated().len(), 20),
-        &mut stats,
+        &mut Callbacks::new(|_, r: Result<Sequence, _>| assert_eq!(r.expect("job").generated().len(), 20)),
     )
+    .map(|o| {
+        stats = o.stats;
+        o.end
+    })
     .unwrap();
     let log = &engine.target.decode_log;
     assert_eq!(log[0], vec![(0, 0, 3), (1, 0, 5), (2, 0, 4)], "{log:?}");

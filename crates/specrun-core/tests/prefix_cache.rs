@@ -6,8 +6,7 @@
 
 mod util;
 
-use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats, Prefill, Slots};
-use specrun_core::control::VerifyCosts;
+use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats, Callbacks, Prefill, SharedPolicy, Slots};
 use specrun_core::draft::NgramDrafter;
 use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
 use specrun_core::engine::{Engine, GenConfig, Sequence};
@@ -62,18 +61,19 @@ fn run(kind: &str, slots: Slots) -> Outcome {
         &mut engine,
         jobs,
         slots,
-        &mut VerifyCosts::default(),
+        &mut SharedPolicy::default(),
         &clock,
-        &|| false,
-        |_, _, _| false,
-        |tag, r: Result<Sequence, _>| {
+        &mut Callbacks::new(|tag, r: Result<Sequence, _>| {
             let seq = r.expect("job");
             out[tag] = seq.generated().to_vec();
             cached[tag] = seq.stats.n_prompt_cached;
             restored[tag] = seq.stats.n_prompt_restored;
-        },
-        &mut stats,
+        }),
     )
+    .map(|o| {
+        stats = o.stats;
+        o.end
+    })
     .unwrap();
     assert_eq!(end, BatchEnd::Done);
     Outcome { out, cached, restored, stats }
@@ -128,13 +128,11 @@ fn reads_from_start(budget: usize) -> (usize, usize, Vec<Vec<Token>>) {
         &mut engine,
         jobs(),
         slots(2, Prefill::Between, false, budget),
-        &mut VerifyCosts::default(),
+        &mut SharedPolicy::default(),
         &clock,
-        &|| false,
-        |_, _, _| false,
-        |tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec(),
-        &mut BatchStats::default(),
+        &mut Callbacks::new(|tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec()),
     )
+    .map(|o| o.end)
     .unwrap();
     let starts = |log: &Vec<Vec<(i32, usize, usize)>>| log.iter().flatten().filter(|&&(_, pos, _)| pos == 0).count();
     (starts(&engine.target.decode_log), starts(&engine.drafter.model.decode_log), out)

@@ -6,8 +6,9 @@
 
 mod util;
 
-use specrun_core::batching::{run_continuous, run_continuous_from, BatchEnd, BatchJob, BatchStats, JobSource, NextJob, Prefill, Slots};
-use specrun_core::control::VerifyCosts;
+use specrun_core::batching::{
+    run_continuous, run_continuous_from, BatchEnd, BatchJob, BatchStats, Callbacks, JobSource, NextJob, Prefill, SharedPolicy, Slots,
+};
 use specrun_core::draft::NgramDrafter;
 use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
 use specrun_core::engine::{Engine, GenConfig, Sequence};
@@ -71,18 +72,19 @@ fn run(kind: &str, jobs: Vec<BatchJob<usize>>, slots: Slots, target: MockSpec) -
         &mut engine,
         jobs,
         slots,
-        &mut VerifyCosts::default(),
+        &mut SharedPolicy::default(),
         &clock,
-        &|| false,
-        |_, _, _| false,
-        |tag, r: Result<Sequence, _>| {
+        &mut Callbacks::new(|tag, r: Result<Sequence, _>| {
             let seq = r.expect("job");
             out[tag] = seq.generated().to_vec();
             cached[tag] = seq.stats.n_prompt_cached;
             ids[tag] = seq.id;
-        },
-        &mut stats,
+        }),
     )
+    .map(|o| {
+        stats = o.stats;
+        o.end
+    })
     .unwrap();
     assert_eq!(end, BatchEnd::Done);
     let cells = (0..slots.n_parallel as i32).map(|id| engine.target.cached(id).to_vec()).collect();
@@ -156,17 +158,15 @@ fn a_job_goes_to_the_free_slot_that_shares_most_with_its_prompt() {
         &mut engine,
         &mut TwoWaves(jobs, 0),
         Slots { n_parallel: 2, prefill: Prefill::Between, prompt_cache: true, prefix_cache_bytes: 0 },
-        &mut VerifyCosts::default(),
+        &mut SharedPolicy::default(),
         &clock,
-        &|| false,
-        |_, _, _| false,
-        |tag, r: Result<Sequence, _>| {
+        &mut Callbacks::new(|tag, r: Result<Sequence, _>| {
             let seq = r.expect("job");
             ids[tag] = seq.id;
             cached[tag] = seq.stats.n_prompt_cached;
-        },
-        &mut BatchStats::default(),
+        }),
     )
+    .map(|o| o.end)
     .unwrap();
     assert_eq!(ids, [0, 1, 1, 0], "the second wave went to the slots that hold their prompts");
     assert_eq!(cached, [0, 0, b.len(), a.len()]);
@@ -193,14 +193,12 @@ fn a_sequence_the_caller_ended_leaves_only_its_prompt_behind() {
         &mut engine,
         jobs,
         Slots { n_parallel: 2, prefill: Prefill::Inside { chunk: 8 }, prompt_cache: true, prefix_cache_bytes: 0 },
-        &mut VerifyCosts::default(),
+        &mut SharedPolicy::default(),
         &clock,
-        &|| false,
         // job 0's client leaves after its first tokens
-        |&tag, seq, _| tag == 0 && seq.stats.n_generated > 0,
-        |_, r: Result<Sequence, _>| assert!(r.is_ok()),
-        &mut BatchStats::default(),
+        &mut Callbacks::new(|_, r: Result<Sequence, _>| assert!(r.is_ok())).on_tokens(|&tag, seq, _| tag == 0 && seq.stats.n_generated > 0),
     )
+    .map(|o| o.end)
     .unwrap();
     let prompt0 = with_system(&[3]);
     assert_eq!(engine.target.cached(0), &prompt0[..], "the ended sequence keeps exactly its prompt's target cells");
@@ -239,7 +237,7 @@ fn a_draft_model_that_cannot_cut_cells_part_way_reads_the_prompt_whole() {
     let first = engine.admit(0, prompt.clone(), &clock).expect("admit");
     let kept = first.kept_cells();
     assert!(kept.len() == prompt.len() - 1, "the draft model read the prompt's head");
-    let second = engine.admit_after(0, prompt.clone(), Some(&kept), &clock).expect("admit again");
+    let second = engine.admit_after(0, prompt.clone(), engine.config.clone(), Some(&kept), &clock).expect("admit again");
     assert_eq!(second.draft.n_cached, prompt.len() - 1, "read whole again");
     assert_eq!(engine.drafter.model.decode_log.iter().flatten().filter(|&&(_, pos, _)| pos == 0).count(), 2);
     assert_eq!(second.stats.n_prompt_cached, 0, "the target had read nothing of it yet");

@@ -6,6 +6,7 @@ use super::cost::{CostCurve, VerifyCosts};
 use super::estimate::*;
 use super::AdaptiveMode;
 use crate::draft::DraftSource;
+use crate::stats::Expectation;
 
 const PROBE_FIRST: usize = 16;
 /// A draft model that sat out must catch up on every token it missed before a probe; on a
@@ -126,7 +127,7 @@ impl Controller {
             model: SourceEstimate::new(MODEL_PRIOR),
             ngram: SourceEstimate::new(NGRAM_PRIOR),
             ngram_runs: RunAcceptance::new(NGRAM_PRIOR),
-            verify: curve.map_or_else(VerifyCosts::default, VerifyCosts::with_curve),
+            verify: VerifyCosts::from_curve(curve),
             plain_streak: 0,
             rounds: 0,
             ngram_peeks: 0,
@@ -230,14 +231,14 @@ impl Controller {
     }
 
     /// What a round drafting `k` tokens from `source` (a copy run of `run` tokens) is expected
-    /// to give: `(tokens, seconds)` — one token plus each drafted token's [`Self::reach`], and
+    /// to give: one token plus each drafted token's [`Self::reach`], and
     /// the drafting and verification the cost model prices it at. `None` while a cost is
     /// unknown.
-    pub fn expect(&self, source: DraftSource, run: usize, k: usize) -> Option<(f64, f64)> {
+    pub fn expect(&self, source: DraftSource, run: usize, k: usize) -> Option<Expectation> {
         let k = if source == DraftSource::None { 0 } else { k };
         let step = if k > 0 { self.step_cost(source)? } else { 0.0 };
         let tokens = 1.0 + self.reach(source, run, k).iter().sum::<f64>();
-        Some((tokens, k as f64 * step + self.verify.estimate(k + 1)?))
+        Some(Expectation { tokens, secs: k as f64 * step + self.verify.estimate(k + 1)? })
     }
 
     /// Seconds per drafted token from `source`: measured for the draft model (`None` until

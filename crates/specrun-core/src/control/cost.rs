@@ -129,6 +129,11 @@ impl VerifyCosts {
         self.seen.iter().map(|(&k, &t)| (k, t)).collect()
     }
 
+    /// Over the calibrated `curve` when there is one, else learned from the decodes alone.
+    pub fn from_curve(curve: Option<std::sync::Arc<CostCurve>>) -> Self {
+        curve.map_or_else(Self::default, Self::with_curve)
+    }
+
     /// Costs that follow `curve` for batch sizes not measured yet.
     pub fn with_curve(curve: std::sync::Arc<CostCurve>) -> Self {
         Self { seen: Default::default(), curve: Some(curve) }

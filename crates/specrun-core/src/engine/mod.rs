@@ -23,19 +23,19 @@ mod sequence;
 mod shared;
 
 pub use sequence::{KeptCells, Sequence};
-pub use shared::PlannedPace;
+pub use shared::{DecodeShape, PlainPolicy, PlannedPace, RoundPolicy, RoundReport};
 
-use round::{RoundPlan, RoundStart};
+use round::{Drafted, RoundPlan, RoundStart};
 
 use crate::closing::{forces_after, CloseKey, Closers};
 use crate::constraint::{ConstraintError, ConstraintSpec, Guide};
-use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, DraftAsk, DraftYield, Observation, VerifyCosts};
+use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, DraftAsk, Observation, VerifyCosts};
 use crate::draft::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};
 use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
 use crate::outlook::{Pace, PaceMean};
 use crate::sampling::TokenLogprob;
 use crate::sampling::{Dist, SamplingParams, Scratch};
-use crate::stats::{Clock, FinishReason, GenStats, PlanCheck, RoundRecord};
+use crate::stats::{Clock, Expectation, FinishReason, GenStats, RoundRecord};
 use crate::verify::{verify, RowFn, Rows, VerifyMode};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -127,31 +127,15 @@ pub enum EngineError {
 pub struct Engine<T, D> {
     pub target: T,
     pub drafter: D,
+    /// The settings of sequences started without their own ([`Engine::start`],
+    /// [`Engine::admit`]).
     pub config: GenConfig,
-    /// Tokens decoded by the target in rounds so far (prompts excluded).
-    pub n_decoded: usize,
-    /// Prompt tokens the shared rounds read (of sequences taken in by [`Engine::admit`]).
-    pub n_prefilled: usize,
-    /// Shared rounds ([`Engine::step_many`]) planned with known costs: what their plans
-    /// expected, as a whole, against what they emitted and took.
-    pub shared_plan: PlanCheck,
-    /// What the shared rounds' drafts gave against their plans; scales later plans.
-    pub draft_yield: DraftYield,
     scratch: Scratch,
 }
 
 impl<T: Model, D: Drafter> Engine<T, D> {
     pub fn new(target: T, drafter: D, config: GenConfig) -> Self {
-        Self {
-            target,
-            drafter,
-            config,
-            n_decoded: 0,
-            n_prefilled: 0,
-            shared_plan: PlanCheck::default(),
-            draft_yield: DraftYield::default(),
-            scratch: Scratch::new(),
-        }
+        Self { target, drafter, config, scratch: Scratch::new() }
     }
 
     /// Clear sequence `id` in both models, read the prompt and take the first token: the target
@@ -160,19 +144,21 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     /// llama.cpp), so it is out when the prompt is. The drafter reads all but the prompt's
     /// last token; drafting starts with the next round.
     pub fn start(&mut self, id: SeqId, prompt: Vec<Token>, clock: &dyn Clock) -> Result<Sequence, EngineError> {
-        self.start_after(id, prompt, None, clock)
+        self.start_after(id, prompt, self.config.clone(), None, clock)
     }
 
-    /// [`Engine::start`] in a slot whose caches still hold `kept` (what the sequence before
-    /// left there): the cells the prompt shares with it are kept, and only the rest is read.
+    /// [`Engine::start`] with the sequence's own settings, in a slot whose caches still hold
+    /// `kept` (what the sequence before left there): the cells the prompt shares with it are
+    /// kept, and only the rest is read.
     pub fn start_after(
         &mut self,
         id: SeqId,
         prompt: Vec<Token>,
+        config: GenConfig,
         kept: Option<&KeptCells>,
         clock: &dyn Clock,
     ) -> Result<Sequence, EngineError> {
-        let mut seq = self.admit_after(id, prompt, kept, clock)?;
+        let mut seq = self.admit_after(id, prompt, config, kept, clock)?;
         if seq.finish.is_some() {
             return Ok(seq);
         }
@@ -188,10 +174,11 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     /// token takes the first token from that row. The sequence is
     /// [`Sequence::reading_prompt`] until then (finished at once when `max_tokens` is 0).
     pub fn admit(&mut self, id: SeqId, prompt: Vec<Token>, clock: &dyn Clock) -> Result<Sequence, EngineError> {
-        self.admit_after(id, prompt, None, clock)
+        self.admit_after(id, prompt, self.config.clone(), None, clock)
     }
 
-    /// [`Engine::admit`] in a slot whose caches still hold `kept`: the target keeps the cells
+    /// [`Engine::admit`] with the sequence's own settings, in a slot whose caches still hold
+    /// `kept`: the target keeps the cells
     /// of the prompt's longest common prefix with it (all but the prompt's last token, whose
     /// row gives the first token), the draft model likewise, and the rest of both caches is
     /// removed. Without `kept` the slot's caches are cleared. A model that refuses to cut a
@@ -201,6 +188,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         &mut self,
         id: SeqId,
         prompt: Vec<Token>,
+        config: GenConfig,
         kept: Option<&KeptCells>,
         clock: &dyn Clock,
     ) -> Result<Sequence, EngineError> {
@@ -219,13 +207,13 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             tokens: prompt,
             target: KvCursor::new(id),
             draft: DraftCursor::new(id),
-            config: self.config.clone(),
-            rng: ChaCha8Rng::seed_from_u64(self.config.seed),
+            rng: ChaCha8Rng::seed_from_u64(config.seed),
             stats: GenStats::default(),
             finish: None,
             // Each sequence learns its own costs: a record's output never depends on the
             // records before it (so a resumed batch equals an uninterrupted one).
-            controller: Controller::with_curve(self.config.adaptive, self.config.draft_max, self.config.cost_curve.clone()),
+            controller: Controller::with_curve(config.adaptive, config.draft_max, config.cost_curve.clone()),
+            config,
             trace_rounds: false,
             last_round: None,
             q: Vec::new(),
@@ -236,7 +224,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             closers: Closers::default(),
             logprobs: Vec::new(),
         };
-        seq.guide = self.config.constraint.as_ref().map(|c| Guide::new(c.start(), seq.n_prompt));
+        seq.guide = seq.config.constraint.as_ref().map(|c| Guide::new(c.start(), seq.n_prompt));
         let head_len = seq.n_prompt - 1;
         let (reuse_target, reuse_draft) = kept.map_or((0, 0), |k| k.reusable(&seq.tokens[..head_len]));
         seq.target.n_cached = if reuse_target > 0 && self.target.truncate(id, reuse_target).is_ok() {
@@ -250,7 +238,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         self.drafter.begin(&mut seq.draft, &seq.tokens[..head_len]).map_err(EngineError::Draft)?;
         seq.stats.n_prompt = seq.n_prompt;
         seq.stats.n_prompt_cached = seq.target.n_cached;
-        if self.config.max_tokens == 0 {
+        if seq.config.max_tokens == 0 {
             seq.stats.t_prompt = clock.now() - t0;
             seq.finish = Some(FinishReason::Length);
         }

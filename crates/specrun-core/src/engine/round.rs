@@ -14,8 +14,8 @@ pub(super) struct Drafted {
     pub(super) n_rows: usize,
     pub(super) t_start: std::time::Duration,
     t_drafted: std::time::Duration,
-    /// What the plan expected of this round, `(tokens, seconds)` (one sequence's own rounds).
-    expected: Option<(f64, f64)>,
+    /// What the plan expected of this round (one sequence's own rounds).
+    expected: Option<Expectation>,
     /// The n-gram drafter's first token, in a round that planned no draft ([`Drafter::peek`]).
     peek: Option<Token>,
     /// Where the drafter's copy was cut as a value's end (an offset into the draft, forced
@@ -45,9 +45,9 @@ pub(super) struct RoundStart {
     run: usize,
     draft_gap: usize,
     pub(super) t_start: Duration,
-    /// What the plan expected, `(tokens, seconds)`: one sequence's own rounds only (a shared
+    /// What the plan expected: one sequence's own rounds only (a shared
     /// round is checked as a whole, [`Engine::shared_plan`]).
-    expected: Option<(f64, f64)>,
+    expected: Option<Expectation>,
     /// The n-gram drafter's first token when the plan drafts nothing ([`Drafter::peek`]).
     peek: Option<Token>,
 }
@@ -155,7 +155,6 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             return Ok(seq.tokens.len()..seq.tokens.len());
         };
         if d.n_rows > 0 {
-            self.n_decoded += seq.tokens.len() - seq.target.n_cached;
             seq.target.decode_tail(&mut self.target, &seq.tokens, d.n_rows).map_err(EngineError::Target)?;
         }
         let t_verified = clock.now();

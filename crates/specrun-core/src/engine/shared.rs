@@ -34,49 +34,192 @@ impl PlannedPace {
     }
 }
 
+/// What the run decides for a shared round and learns from it: the seam between one round
+/// ([`Engine::step_many`]) and the policy of the run it belongs to (costs, the draft guard,
+/// the draft yield, the prompt pacing, the outlook on the work left).
+pub trait RoundPolicy {
+    /// What a target decode costs by its shape: the plans' prices.
+    fn costs(&self) -> &VerifyCosts;
+    /// Whether `auto` sequences may draft in a round where `generating` sequences decode.
+    fn allows_drafts(&self, generating: usize) -> bool;
+    /// The share of their expected gains the run's drafts have realised (scales plans, ≤ 1).
+    fn yield_factor(&self) -> f64;
+    /// Prompt tokens that may ride in a round beside `generating` decoding sequences, in a
+    /// decode of at most `n_batch` rows.
+    fn prompt_budget(&self, generating: usize, n_batch: usize) -> usize;
+    /// Whether the round's planned drafts go ahead (each sequence's [`PlannedPace`], in
+    /// order); false holds them all this round.
+    fn drafts_pay(&mut self, planned: &[PlannedPace]) -> bool;
+    /// What the round did.
+    fn observe(&mut self, round: &RoundReport);
+}
+
+/// A policy that lets every round draft as planned, with costs learned from the rounds only
+/// and prompts read whole: one sequence's rounds, or a test's.
+#[derive(Debug, Clone, Default)]
+pub struct PlainPolicy {
+    pub costs: VerifyCosts,
+}
+
+impl RoundPolicy for PlainPolicy {
+    fn costs(&self) -> &VerifyCosts {
+        &self.costs
+    }
+    fn allows_drafts(&self, _generating: usize) -> bool {
+        true
+    }
+    fn yield_factor(&self) -> f64 {
+        1.0
+    }
+    fn prompt_budget(&self, _generating: usize, n_batch: usize) -> usize {
+        n_batch
+    }
+    fn drafts_pay(&mut self, _planned: &[PlannedPace]) -> bool {
+        true
+    }
+    fn observe(&mut self, round: &RoundReport) {
+        if let Some(d) = round.decode {
+            self.costs.observe_shared(d.rows, d.seqs, d.secs);
+        }
+    }
+}
+
+/// A target decode that read no prompt tokens: what the run learns decode costs from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecodeShape {
+    pub rows: usize,
+    pub seqs: usize,
+    pub secs: f64,
+}
+
+/// What one shared round did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RoundReport {
+    /// Each sequence's added range of its tokens, in the order given (empty for one whose
+    /// prompt is not read to the end, or finished).
+    pub ranges: Vec<Range<usize>>,
+    /// Sequences that decoded tokens of their own (not reading a prompt).
+    pub generating: usize,
+    /// Target rows of those sequences (last tokens, forced tokens, drafts).
+    pub n_decoded: usize,
+    /// Prompt tokens read in the same decode.
+    pub n_prefilled: usize,
+    /// Tokens drafted, over all sequences.
+    pub n_drafted: usize,
+    /// Tokens added, over all sequences.
+    pub n_emitted: usize,
+    /// The decode's shape and time, when it read no prompt tokens.
+    pub decode: Option<DecodeShape>,
+    /// What the plans expected of the round, when every generating sequence was planned with
+    /// known costs and no prompt was read.
+    pub expected: Option<Expectation>,
+    /// The policy held the planned drafts ([`RoundPolicy::drafts_pay`]).
+    pub held: bool,
+    /// The whole round, drafting and verification included.
+    pub secs: f64,
+}
+
+/// A shared round's plans: per sequence (`None`: its own controller plans), what they expect
+/// together, and whether the policy held them.
+struct SharedPlan {
+    plans: Vec<Option<RoundPlan>>,
+    expected: Option<Expectation>,
+    held: bool,
+}
+
+/// The one target decode of a shared round.
+struct SharedDecode {
+    /// Each sequence's first row in the decode's logits.
+    row_bases: Vec<usize>,
+    n_tokens: usize,
+    n_prompt_tokens: usize,
+    n_seqs: usize,
+    secs: f64,
+    t_verified: Duration,
+}
+
 impl<T: Model, D: Drafter> Engine<T, D> {
     /// One round for several sequences (distinct ids) with **one** target decode carrying
     /// every active sequence's last token and draft. With `auto` draft lengths, the lengths
     /// are chosen together ([`allocate_drafts`]) for the most expected tokens per second of
-    /// the shared decode, along `costs` (the cost of a target decode by total batch size,
-    /// learned here from every shared decode), with each draft's expected gain scaled by the
-    /// share the run's drafts have realised ([`Engine::draft_yield`]). The round's plan is
-    /// recorded against what it did ([`Engine::shared_plan`]); before any shared decode was
-    /// measured, several sequences decode plainly (that round measures it). With `allow_drafts` false the `auto` sequences
-    /// decode plainly this round (the run's [`crate::control::DraftGuard`] measured drafting
-    /// not to pay). Once planned, the round's drafts are put to `check` (each sequence's
-    /// [`PlannedPace`], in `seqs` order, and the costs): false holds them all this round (the
-    /// run's [`crate::outlook::Outlook`] found plain decoding ends the run sooner).
+    /// the shared decode, along the policy's costs, with each draft's expected gain scaled by
+    /// the share the run's drafts have realised ([`RoundPolicy::yield_factor`]); before any
+    /// shared decode was measured, several sequences decode plainly (that round measures it).
+    /// The policy may forbid drafting this round ([`RoundPolicy::allows_drafts`]) or hold the
+    /// planned drafts ([`RoundPolicy::drafts_pay`]).
     ///
-    /// Sequences still [`Sequence::reading_prompt`] draft nothing: up to `prompt_budget` of
-    /// their prompt tokens (within what `n_batch` leaves after the others' rows, shared evenly
-    /// among them) ride in the same decode, and one whose last prompt token is read takes its first token
-    /// from that row. A round that carries prompt tokens is left out of what the run learns
-    /// about decode costs, of the plan check and of the draft yield: its time is mostly the
-    /// prompt's.
+    /// Sequences still [`Sequence::reading_prompt`] draft nothing: up to the policy's prompt
+    /// budget of their prompt tokens (within what `n_batch` leaves after the others' rows,
+    /// shared evenly among them) ride in the same decode, and one whose last prompt token is
+    /// read takes its first token from that row. A round that carries prompt tokens reports
+    /// no decode shape and no expectation: its time is mostly the prompt's.
     ///
-    /// Returns each sequence's added range (empty for one whose prompt is not read to the end).
+    /// The policy observes the [`RoundReport`] before it is returned.
     pub fn step_many(
         &mut self,
         seqs: &mut [&mut Sequence],
-        costs: &mut VerifyCosts,
-        allow_drafts: bool,
-        check: &mut dyn FnMut(&[PlannedPace], &VerifyCosts) -> bool,
-        prompt_budget: usize,
+        policy: &mut dyn RoundPolicy,
         clock: &dyn Clock,
-    ) -> Result<Vec<Range<usize>>, EngineError> {
+    ) -> Result<RoundReport, EngineError> {
         let t_round = clock.now();
-        // forced tokens first, each sequence's within its share of n_batch beside the others'
-        // largest drafts
+        let drafted_before: usize = seqs.iter().map(|s| s.stats.n_drafted).sum();
+        let generating = seqs.iter().filter(|s| s.finish.is_none() && !s.reading_prompt()).count();
+        self.open_rounds(seqs)?;
+        let prompt_budget = policy.prompt_budget(generating, self.target.n_batch());
+        let plan = self.plan_shared(seqs, policy, generating, prompt_budget);
+        let drafted = self.draft_shared(seqs, &plan.plans, clock)?;
+        let n_batch = self.target.n_batch();
+        let drafted_rows: usize = drafted.iter().flatten().map(|d| d.n_rows).sum();
+        let takes = prompt_takes(seqs, prompt_budget.min(n_batch.saturating_sub(drafted_rows)));
+        let decode = self.decode_shared(seqs, &drafted, &takes, clock)?;
+        let ranges = self.verify_shared(seqs, drafted, &takes, &decode, clock)?;
+        let n_emitted = ranges.iter().map(|r| r.len()).sum();
+        let prompt_read = decode.n_prompt_tokens > 0;
+        let report = RoundReport {
+            ranges,
+            generating,
+            n_decoded: decode.n_tokens - decode.n_prompt_tokens,
+            n_prefilled: decode.n_prompt_tokens,
+            n_drafted: seqs.iter().map(|s| s.stats.n_drafted).sum::<usize>() - drafted_before,
+            n_emitted,
+            decode: (decode.n_tokens > 0 && !prompt_read).then_some(DecodeShape {
+                rows: decode.n_tokens,
+                seqs: decode.n_seqs,
+                secs: decode.secs,
+            }),
+            expected: plan.expected.filter(|_| !prompt_read),
+            held: plan.held,
+            secs: (clock.now() - t_round).as_secs_f64(),
+        };
+        policy.observe(&report);
+        Ok(report)
+    }
+
+    /// Open every sequence's round: forced tokens first, each sequence's within its share of
+    /// `n_batch` beside the others' largest drafts.
+    fn open_rounds(&mut self, seqs: &mut [&mut Sequence]) -> Result<(), EngineError> {
         let decoding = seqs.iter().filter(|s| s.finish.is_none() && !s.reading_prompt()).count().max(1);
         let draft_max = seqs.iter().map(|s| s.config.draft_max).max().unwrap_or(0);
         let share = (self.target.n_batch() / decoding).saturating_sub(1 + draft_max).min(FORCED_MAX);
         for seq in seqs.iter_mut() {
             self.open_round(seq, share)?;
         }
+        Ok(())
+    }
+
+    /// Plan the round: each `auto` sequence's source, cap and acceptance, then the lengths
+    /// together (the prompts being read come before drafts: a draft is optional, a prompt is
+    /// not), and what the plans expect of the round as a whole.
+    fn plan_shared(
+        &mut self,
+        seqs: &mut [&mut Sequence],
+        policy: &mut dyn RoundPolicy,
+        generating: usize,
+        prompt_budget: usize,
+    ) -> SharedPlan {
         let n_forced_all: usize = seqs.iter().map(|s| s.forced).sum();
-        // plan: each sequence's source, cap and acceptance; then the lengths, together
         let mut plans: Vec<Option<RoundPlan>> = vec![None; seqs.len()];
+        let allow_drafts = policy.allows_drafts(generating);
         let mut asks: Vec<DraftAsk> = Vec::new();
         // for each ask: the sequence, its source and copy run
         let mut askers: Vec<(usize, DraftSource, usize)> = Vec::new();
@@ -88,28 +231,17 @@ impl<T: Model, D: Drafter> Engine<T, D> {
                 plans[i] = Some(RoundPlan { source: DraftSource::None, k: 0, run: 0 });
                 continue;
             }
-            let limit = self.draft_len(seq);
-            let source = if limit > 0 { self.drafter.source(&mut seq.draft, &seq.tokens) } else { DraftSource::None };
-            let run = if source == DraftSource::None { 0 } else { self.drafter.copy_run(&seq.draft, &seq.tokens) };
-            let cap = if source == DraftSource::None { 0 } else { seq.config.draft_max.min(limit) };
-            let reach = seq.controller.reach(source, run, cap);
-            let forced = if cap > 0 { seq.controller.forced_len(source, cap) } else { None };
-            let draft_cost = match source {
-                DraftSource::Model => seq.controller.model_step_cost().unwrap_or(0.0),
-                _ => 0.0,
-            };
-            asks.push(DraftAsk { reach, cap, min: forced.unwrap_or(0), draft_cost });
+            let (ask, source, run) = self.ask(seq);
+            asks.push(ask);
             askers.push((i, source, run));
         }
-        // the prompts being read come before drafts (a draft is optional, a prompt is not)
         let n_batch = self.target.n_batch();
-        let decoding = seqs.iter().filter(|s| s.finish.is_none() && !s.reading_prompt()).count();
-        let prompt_room = |rows: usize| prompt_budget.min(n_batch.saturating_sub(rows));
-        let reserved = prompt_room(decoding).min(seqs.iter().map(|s| s.prompt_left()).sum());
+        let reserved = prompt_budget.min(n_batch.saturating_sub(generating)).min(seqs.iter().map(|s| s.prompt_left()).sum());
         let budget = (n_batch - reserved).saturating_sub(n_forced_all);
         // the gains as the run's drafts have realised them (the plan check keeps the raw ones)
-        let yield_factor = self.draft_yield.factor();
-        let mut ks = allocate_drafts(&asks, costs, budget, yield_factor);
+        let yield_factor = policy.yield_factor();
+        let mut ks = allocate_drafts(&asks, policy.costs(), budget, yield_factor);
+        let mut held = false;
         // what each plan gives its sequence this round; the run may hold every draft (each
         // keeps its source: an n-gram one still peeks)
         if let Some(ks) = ks.as_mut() {
@@ -123,37 +255,63 @@ impl<T: Model, D: Drafter> Engine<T, D> {
                 seqs[i].pace_mean.add(pace);
                 planned[i] = PlannedPace { pace, mean: seqs[i].pace_mean.mean(), ..planned[i] };
             }
-            if ks.iter().any(|&k| k > 0) && !check(&planned, costs) {
+            if ks.iter().any(|&k| k > 0) && !policy.drafts_pay(&planned) {
                 ks.iter_mut().for_each(|k| *k = 0);
+                held = true;
             }
         }
         for (j, (&(i, source, run), ask)) in askers.iter().zip(&asks).enumerate() {
             // costs unknown yet: one sequence drafts what its own controller would explore
             // with; several decode plainly, once, and the round measures what their decode
-            // costs (every one of 16 sequences drafting blind made a decode of ~4 plain ones)
-            let blind = if asks.len() > 1 { 0 } else { ask.cap.min(4).max(ask.min) };
+            // costs (every one of many sequences drafting blind made a decode of several
+            // plain ones)
+            let blind = if asks.len() > 1 { 0 } else { ask.cap.min(BLIND_DRAFT).max(ask.min) };
             let k = ks.as_ref().map_or(blind, |ks| ks[j]);
             plans[i] = Some(RoundPlan { source, k, run });
         }
         // what the plans expect of the round as a whole, when every active sequence was
         // planned here (a plain round of `auto` sequences included) and its costs are known
-        let active = decoding;
         let lengths = match &ks {
             Some(ks) => Some(ks.as_slice()),
             None if askers.is_empty() => Some(&[][..]),
             None => None,
         };
-        let expected = lengths.filter(|_| active > 0 && plans.iter().flatten().count() == active).and_then(|ks| {
-            let (mut rows, mut tokens, mut drafting) = (active + n_forced_all, (active + n_forced_all) as f64, 0.0);
+        let expected = lengths.filter(|_| generating > 0 && plans.iter().flatten().count() == generating).and_then(|ks| {
+            let (mut rows, mut tokens, mut drafting) = (generating + n_forced_all, (generating + n_forced_all) as f64, 0.0);
             for (a, &k) in asks.iter().zip(ks) {
                 rows += k;
                 tokens += a.reach[..k].iter().sum::<f64>();
                 drafting += a.draft_cost * k as f64;
             }
-            Some((tokens, costs.estimate_shared(rows, active)? + drafting))
+            Some(Expectation { tokens, secs: policy.costs().estimate_shared(rows, generating)? + drafting })
         });
-        // draft for all (a draft model: one decode per draft step for every sequence that
-        // drafts from it), then one target decode for all
+        SharedPlan { plans, expected, held }
+    }
+
+    /// One `auto` sequence's say in the shared plan: its source, copy run, cap, the reach of
+    /// each drafted token, forced exploration, and a draft step's cost.
+    fn ask(&mut self, seq: &mut Sequence) -> (DraftAsk, DraftSource, usize) {
+        let limit = self.draft_len(seq);
+        let source = if limit > 0 { self.drafter.source(&mut seq.draft, &seq.tokens) } else { DraftSource::None };
+        let run = if source == DraftSource::None { 0 } else { self.drafter.copy_run(&seq.draft, &seq.tokens) };
+        let cap = if source == DraftSource::None { 0 } else { seq.config.draft_max.min(limit) };
+        let reach = seq.controller.reach(source, run, cap);
+        let forced = if cap > 0 { seq.controller.forced_len(source, cap) } else { None };
+        let draft_cost = match source {
+            DraftSource::Model => seq.controller.model_step_cost().unwrap_or(0.0),
+            _ => 0.0,
+        };
+        (DraftAsk { reach, cap, min: forced.unwrap_or(0), draft_cost }, source, run)
+    }
+
+    /// Draft for all (a draft model: one decode per draft step for every sequence that
+    /// drafts from it); a shared draft's time is shared by its steps.
+    fn draft_shared(
+        &mut self,
+        seqs: &mut [&mut Sequence],
+        plans: &[Option<RoundPlan>],
+        clock: &dyn Clock,
+    ) -> Result<Vec<Option<Drafted>>, EngineError> {
         let starts: Vec<Option<RoundStart>> = seqs
             .iter_mut()
             .enumerate()
@@ -198,20 +356,18 @@ impl<T: Model, D: Drafter> Engine<T, D> {
                 self.round_drafted(seq, start, report, t_drafted)
             }));
         }
-        // the prompts' share: what n_batch leaves after the decoding rows, up to the budget,
-        // shared evenly (a prompt that needs less than its share leaves the rest to the
-        // longer ones): a short prompt gets its first token soon, a long one is never starved
-        let mut room = prompt_room(drafted.iter().flatten().map(|d| d.n_rows).sum());
-        let mut takes: Vec<usize> = vec![0; seqs.len()];
-        let mut reading: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].prompt_left() > 0).collect();
-        reading.sort_by_key(|&i| seqs[i].prompt_left());
-        for (n, &i) in reading.iter().enumerate() {
-            let share = room.div_ceil(reading.len() - n);
-            takes[i] = seqs[i].prompt_left().min(share);
-            room -= takes[i];
-        }
-        // one decode: each sequence's rows (its last token and draft, or a prompt chunk), in
-        // slot order
+        Ok(drafted)
+    }
+
+    /// The one decode: each sequence's rows (its last token and draft, or a prompt chunk of
+    /// `takes[i]` tokens), in slot order.
+    fn decode_shared(
+        &mut self,
+        seqs: &mut [&mut Sequence],
+        drafted: &[Option<Drafted>],
+        takes: &[usize],
+        clock: &dyn Clock,
+    ) -> Result<SharedDecode, EngineError> {
         let mut parts = Vec::new();
         let mut owners = Vec::new();
         let mut row_bases: Vec<usize> = vec![0; seqs.len()];
@@ -232,39 +388,65 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             owners.push(i);
         }
         let lens: Vec<usize> = parts.iter().map(|p| p.tokens.len()).collect();
-        let n_tokens: usize = lens.iter().sum();
-        let n_prompt_tokens: usize = takes.iter().sum();
         let t0 = clock.now();
         if !parts.is_empty() {
             self.target.decode_parts(&parts).map_err(EngineError::Target)?;
         }
         drop(parts);
         let t_verified = clock.now();
-        if n_tokens > 0 && n_prompt_tokens == 0 {
-            costs.observe_shared(n_tokens, owners.len(), (t_verified - t0).as_secs_f64());
-        }
-        self.n_decoded += n_tokens - n_prompt_tokens;
-        self.n_prefilled += n_prompt_tokens;
-        for (&i, len) in owners.iter().zip(lens) {
+        for (&i, &len) in owners.iter().zip(&lens) {
             seqs[i].target.part_decoded(len);
         }
-        // verify each sequence on its own rows; a prompt read to its end gives the first token
+        Ok(SharedDecode {
+            row_bases,
+            n_tokens: lens.iter().sum(),
+            n_prompt_tokens: takes.iter().sum(),
+            n_seqs: owners.len(),
+            secs: (t_verified - t0).as_secs_f64(),
+            t_verified,
+        })
+    }
+
+    /// Verify each sequence on its own rows; a prompt read to its end gives the first token.
+    fn verify_shared(
+        &mut self,
+        seqs: &mut [&mut Sequence],
+        drafted: Vec<Option<Drafted>>,
+        takes: &[usize],
+        decode: &SharedDecode,
+        clock: &dyn Clock,
+    ) -> Result<Vec<Range<usize>>, EngineError> {
         let mut ranges = Vec::with_capacity(seqs.len());
+        let (rows, t) = (Some(decode.n_tokens), decode.t_verified);
         for (i, d) in drafted.into_iter().enumerate() {
             let seq = &mut *seqs[i];
             match d {
                 None if takes[i] > 0 && seq.target.n_cached == seq.n_prompt => {
-                    ranges.push(self.first_token(seq, row_bases[i], Some(n_tokens), t_verified, clock)?)
+                    ranges.push(self.first_token(seq, decode.row_bases[i], rows, t, clock)?)
                 }
                 None => ranges.push(seq.tokens.len()..seq.tokens.len()),
-                Some(d) => ranges.push(self.finish_phase(seq, d, row_bases[i], Some(n_tokens), t_verified, clock)?),
+                Some(d) => ranges.push(self.finish_phase(seq, d, decode.row_bases[i], rows, t, clock)?),
             }
-        }
-        if let Some(expected) = expected.filter(|_| n_prompt_tokens == 0) {
-            let emitted: usize = ranges.iter().map(|r| r.len()).sum();
-            self.shared_plan.add(expected, emitted, (clock.now() - t_round).as_secs_f64());
-            self.draft_yield.observe(expected.0 - active as f64, emitted as f64 - active as f64);
         }
         Ok(ranges)
     }
+}
+
+/// Draft length of a lone sequence whose decode costs are not known yet (what its own
+/// controller would explore with).
+const BLIND_DRAFT: usize = 4;
+
+/// The prompts' share of a round: `room` rows shared evenly among the sequences reading a
+/// prompt (one that needs less than its share leaves the rest to the longer ones), so a
+/// short prompt gets its first token soon and a long one is never starved.
+fn prompt_takes(seqs: &[&mut Sequence], mut room: usize) -> Vec<usize> {
+    let mut takes: Vec<usize> = vec![0; seqs.len()];
+    let mut reading: Vec<usize> = (0..seqs.len()).filter(|&i| seqs[i].prompt_left() > 0).collect();
+    reading.sort_by_key(|&i| seqs[i].prompt_left());
+    for (n, &i) in reading.iter().enumerate() {
+        let share = room.div_ceil(reading.len() - n);
+        takes[i] = seqs[i].prompt_left().min(share);
+        room -= takes[i];
+    }
+    takes
 }

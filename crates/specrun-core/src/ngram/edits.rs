@@ -30,12 +30,15 @@ pub(crate) struct Replay {
     pub(crate) edit: usize,
 }
 
+/// The most recent edit whose `old` starts at `tokens[i]`, with its index: what a copy
 /// through position `i` replays.
 pub(crate) fn edit_at<'a>(edits: &'a [Edit], tokens: &[Token], i: usize) -> Option<(usize, &'a Edit)> {
     edits.iter().enumerate().rev().find(|(_, e)| tokens.get(i..i + e.old.len()) == Some(&e.old[..]))
 }
 
 impl NgramState {
+    /// With the pointer at `p`: if the output ends with an edit's `new` (not empty) and the
+    /// source, `p` moved past the edit's `old`, ends with `old`, the pointer past it.
     pub(crate) fn through_edit(&self, tokens: &[Token], p: usize) -> Option<usize> {
         let n = tokens.len();
         self.edits.iter().rev().find_map(|e| {

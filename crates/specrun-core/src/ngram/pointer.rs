@@ -58,8 +58,6 @@ pub struct NgramState {
     pub(crate) head: Option<(usize, Token)>,
 }
 
-/// The most recent edit whose `old` starts at `tokens[i]`, with its index: what a copy
-
 impl NgramState {
     /// Forget everything (a new sequence).
     pub fn reset(&mut self) {
@@ -199,9 +197,6 @@ impl NgramState {
     pub(crate) fn head_for(&self, tokens: &[Token]) -> Option<Token> {
         self.head.filter(|&(at, _)| at == tokens.len()).map(|(_, h)| h)
     }
-
-    /// With the pointer at `p`: if the output ends with an edit's `new` (not empty) and the
-    /// source, `p` moved past the edit's `old`, ends with `old`, the pointer past it.
 
     /// Append up to `max` tokens copied from `from`, replaying the remembered edits: where the
     /// source has an edit's `old`, its `new` is drafted instead (the most recent edit first).

@@ -188,24 +188,21 @@ pub fn run_all_with<D: Drafter>(
     n_jobs: usize,
     slots: impl Into<specrun_core::batching::Slots>,
     clock: &MockClock,
-    mut costs: specrun_core::control::VerifyCosts,
+    costs: specrun_core::control::VerifyCosts,
 ) -> (Vec<Vec<Token>>, specrun_core::batching::BatchStats) {
-    use specrun_core::batching::{run_continuous_from, BatchEnd, BatchStats};
+    use specrun_core::batching::{run_continuous_from, BatchEnd, Callbacks, SharedPolicy};
     let mut out: Vec<Vec<Token>> = vec![vec![]; n_jobs];
-    let mut stats = BatchStats::default();
-    let end = run_continuous_from(
+    let outcome = run_continuous_from(
         engine,
         source,
         slots,
-        &mut costs,
+        &mut SharedPolicy::with_costs(costs),
         clock,
-        &|| false,
-        |_, _, _| false,
-        |tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec(),
-        &mut stats,
+        &mut Callbacks::new(|tag, r: Result<Sequence, _>| out[tag] = r.expect("job").generated().to_vec()),
     )
     .unwrap();
-    assert_eq!(end, BatchEnd::Done);
+    assert_eq!(outcome.end, BatchEnd::Done);
+    let stats = outcome.stats;
     (out, stats)
 }
 
