@@ -8,10 +8,10 @@ use crate::formats::report::CompareReport;
 use crate::infer::{generate, generate_traced, make_drafter, plan, token_texts, with_backend, Plan};
 use crate::io::{install_interrupt_handler, interrupted, out, read_text};
 use anyhow::{anyhow, bail, Context, Result};
+use specrun_core::clock::Clock;
 use specrun_core::draft::{Drafter, NoDraft};
 use specrun_core::engine::Engine;
 use specrun_core::model::{Model, TextCodec};
-use specrun_core::stats::Clock;
 use std::io::Write;
 use std::process::ExitCode;
 

@@ -11,9 +11,9 @@ use super::Plan;
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use specrun_core::clock::Clock;
 use specrun_core::control::CostCurve;
 use specrun_core::model::{KvCursor, Model, Token};
-use specrun_core::stats::Clock;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

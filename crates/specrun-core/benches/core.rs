@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use specrun_core::model::Token;
 use specrun_core::sampling::{SamplingParams, Scratch};
 use specrun_core::stats::GenStats;
-use specrun_core::verify::{verify, RowFn, VerifyMode};
+use specrun_core::verify::{verify, RowFn, VerifyMode, VerifyRule};
 
 const N_VOCAB: usize = 151_936;
 const K: usize = 4;
@@ -35,7 +35,15 @@ fn bench(c: &mut Criterion) {
             let mut hist = history.clone();
             let draft_tokens: Vec<Token> = draft.iter().map(|r| scratch.argmax(r, &hist, &greedy)).collect();
             hist.extend(&draft_tokens);
-            let v = verify(VerifyMode::Greedy, 0, &mut RowFn(&|i| &target[i]), &hist, &draft_tokens, &[], &greedy, &mut scratch, &mut rng);
+            let v = verify(
+                &VerifyRule { mode: VerifyMode::Greedy, seed: 0, params: &greedy },
+                &mut RowFn(&|i| &target[i]),
+                &hist,
+                &draft_tokens,
+                &[],
+                &mut scratch,
+                &mut rng,
+            );
             let mut stats = GenStats::default();
             stats.record_round(K, v.n_accepted);
             black_box((v, stats))
@@ -56,13 +64,11 @@ fn bench(c: &mut Criterion) {
                 q.push(d);
             }
             black_box(verify(
-                VerifyMode::Rejection,
-                0,
+                &VerifyRule { mode: VerifyMode::Rejection, seed: 0, params: &params },
                 &mut RowFn(&|i| &target[i]),
                 &hist,
                 &draft_tokens,
                 &q,
-                &params,
                 &mut scratch,
                 &mut rng,
             ))

@@ -118,7 +118,8 @@ fn token_agreement(tokens: &[Token], a: usize, b: usize, max: usize) -> usize {
 /// through its source in order), else the most recent.
 ///
 /// Where the tokens agree over the whole match, the token lookup decides: anchoring on any
-/// word there was measured to copy earlier output (keys, punctuation) more often than values.
+/// word there copies earlier output (keys, punctuation) more often than values
+/// (docs/benchmarks.md, "Design measurements").
 pub fn text_anchor(tokens: &[Token], texts: &TokenTexts, after: Option<usize>) -> Option<Anchor> {
     let n = tokens.len();
     if n < 2 {

@@ -5,7 +5,7 @@
 //! `Matcher`: the tokens it allows next ([`Constraint::mask`]), the tokens it forces
 //! ([`Constraint::forced`]), how much of a draft it accepts ([`Constraint::validate`]), and
 //! consume / rollback. The core never sees how a grammar is written: the binary crate implements
-//! the seam over llguidance, [`crate::mock::MockGrammar`] implements it for tests.
+//! the seam over llguidance, `mock::MockGrammar` implements it for tests.
 //!
 //! [`Guide`] is one sequence's constraint kept in step with its generated tokens: whatever the
 //! round drafted, verified or rolled back, [`Guide::sync`] brings the matcher to a prefix of the

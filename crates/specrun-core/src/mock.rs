@@ -8,8 +8,8 @@
 //! Decoding advances an optional [`MockClock`] by a scripted cost, so timing-dependent logic is
 //! testable without a real clock.
 
+use crate::clock::Clock;
 use crate::model::{DecodePart, Model, ModelError, SeqId, Token};
-use crate::stats::Clock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! [`Model`] is the whole interface the core needs from an inference engine: decode a run of
 //! tokens of one sequence at given positions, read back the logits rows that were asked for,
 //! and cut a sequence's KV cache back to a length. It is implemented once over llama.cpp
-//! (`crate::llama`) and once by the deterministic in-memory [`crate::mock::MockModel`].
+//! (`crate::llama`) and once by the deterministic in-memory `mock::MockModel`.
 //!
 //! [`KvCursor`] is the per-sequence bookkeeping of what one model's cache holds. The core never
 //! touches a cache except through a cursor, so "the cache holds exactly `tokens[..n_cached]`"

@@ -8,8 +8,8 @@
 //! where the run lasts as long as its slowest chain of jobs on one slot: a job that copies well
 //! and drafts ends early and hands its slot the next job sooner, the rounds thin out while the
 //! jobs that draft nothing (open questions) decode a token a round to the end, and every draft
-//! row was paid for in a dearer round. With few jobs per slot (32 jobs on 16 slots) that tail
-//! is half the run, and drafting measured 0.87–0.95× of plain decoding there.
+//! row was paid for in a dearer round. With few jobs per slot that tail is much of the run,
+//! and drafting can lose there (docs/benchmarks.md, "Design measurements").
 //!
 //! [`Outlook::drafting_pays`] plays the rest of the run both ways — every sequence plain, and
 //! every sequence at its planned pace — with the run's own cost of a shared decode (by rows and
@@ -182,8 +182,8 @@ fn simulate(
 mod tests {
     use super::*;
 
-    /// Seconds of a decode by rows, as llama-bench measured the target on a 2-core CPU (in
-    /// one-row decodes): nearly linear to 12 rows, a cheaper kernel path from 16.
+    /// Seconds of a decode by rows, in one-row decodes, shaped like a small CPU's curve:
+    /// nearly linear to 12 rows, a cheaper kernel path from 16.
     fn cpu(rows: usize, _seqs: usize) -> Option<f64> {
         crate::control::interpolate(&[(1, 1.0), (2, 1.5), (4, 2.7), (8, 6.2), (12, 8.1), (16, 8.4), (32, 16.7)], rows)
     }

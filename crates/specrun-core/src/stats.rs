@@ -1,15 +1,7 @@
-//! Counters and timings of one generation, and the clock they are timed with.
-//!
-//! The core never reads a clock itself: it is handed a [`Clock`]. The binary passes a wall
-//! clock; tests pass [`crate::mock::MockClock`], which mock models advance by a scripted cost.
+//! Counters and timings of one generation (timed with a [`crate::clock::Clock`]).
 
 use serde::Serialize;
 use std::time::Duration;
-
-/// A monotonic time source.
-pub trait Clock {
-    fn now(&self) -> Duration;
-}
 
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

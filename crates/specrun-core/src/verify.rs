@@ -80,21 +80,28 @@ pub struct Verdict {
     pub next: Token,
 }
 
-/// Check `draft` (with its draft distributions `q` when `mode` is rejection sampling) against
-/// target rows `row(0..=draft.len())`; `seed` keys [`VerifyMode::Seeded`]'s draws. `history` holds the accepted tokens followed by the draft,
-/// so that penalties see exactly the tokens before each position.
-#[allow(clippy::too_many_arguments)]
+/// How a draft is checked: the mode, the seed that keys [`VerifyMode::Seeded`]'s draws, and the
+/// sampling settings the target's rows are warped with.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifyRule<'a> {
+    pub mode: VerifyMode,
+    pub seed: u64,
+    pub params: &'a SamplingParams,
+}
+
+/// Check `draft` (with its draft distributions `q` when the rule is rejection sampling)
+/// against target rows `row(0..=draft.len())`. `history` holds the accepted tokens followed
+/// by the draft, so that penalties see exactly the tokens before each position.
 pub fn verify<R: Rng + ?Sized>(
-    mode: VerifyMode,
-    seed: u64,
+    rule: &VerifyRule<'_>,
     rows: &mut dyn Rows,
     history: &[Token],
     draft: &[Token],
     q: &[Dist],
-    params: &SamplingParams,
     scratch: &mut Scratch,
     rng: &mut R,
 ) -> Verdict {
+    let VerifyRule { mode, seed, params } = *rule;
     let k = draft.len();
     let n_hist = history.len() - k;
     debug_assert!(!mode.needs_q() || q.len() == k, "rejection sampling needs q for every drafted token");
@@ -158,13 +165,11 @@ mod tests {
         let history = [7, 7, 1, 2, 9];
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let v = verify(
-            VerifyMode::Greedy,
-            0,
+            &VerifyRule { mode: VerifyMode::Greedy, seed: 0, params: &SamplingParams::greedy() },
             &mut RowFn(&|i| &rows[i]),
             &history,
             &[1, 2, 9],
             &[],
-            &SamplingParams::greedy(),
             &mut Scratch::new(),
             &mut rng,
         );
@@ -172,26 +177,22 @@ mod tests {
         // fully accepted draft gets the bonus token from the last row
         let history = [7, 7, 1, 2, 3];
         let v = verify(
-            VerifyMode::Greedy,
-            0,
+            &VerifyRule { mode: VerifyMode::Greedy, seed: 0, params: &SamplingParams::greedy() },
             &mut RowFn(&|i| &rows[i]),
             &history,
             &[1, 2, 3],
             &[],
-            &SamplingParams::greedy(),
             &mut Scratch::new(),
             &mut rng,
         );
         assert_eq!(v, Verdict { n_accepted: 3, next: 4 });
         // empty draft: plain decoding
         let v = verify(
-            VerifyMode::Greedy,
-            0,
+            &VerifyRule { mode: VerifyMode::Greedy, seed: 0, params: &SamplingParams::greedy() },
             &mut RowFn(&|i| &rows[i]),
             &[7],
             &[],
             &[],
-            &SamplingParams::greedy(),
             &mut Scratch::new(),
             &mut rng,
         );
@@ -207,13 +208,11 @@ mod tests {
         for _ in 0..500 {
             let x = q.sample(&mut rng);
             let v = verify(
-                VerifyMode::Rejection,
-                0,
+                &VerifyRule { mode: VerifyMode::Rejection, seed: 0, params: &params },
                 &mut RowFn(&|_| &logits),
                 &[x],
                 &[x],
                 std::slice::from_ref(&q),
-                &params,
                 &mut Scratch::new(),
                 &mut rng,
             );
@@ -230,13 +229,11 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         for _ in 0..200 {
             let v = verify(
-                VerifyMode::Rejection,
-                0,
+                &VerifyRule { mode: VerifyMode::Rejection, seed: 0, params: &params },
                 &mut RowFn(&|_| &logits),
                 &[0],
                 &[0],
                 std::slice::from_ref(&q),
-                &params,
                 &mut Scratch::new(),
                 &mut rng,
             );

@@ -7,7 +7,7 @@ mod util;
 
 use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats, Callbacks, SharedPolicy};
 use specrun_core::control::{AdaptiveMode, VerifyCosts};
-use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
+use specrun_core::draft::{DraftPlan, Drafter, ModelDrafter, NoDraft};
 use specrun_core::draft::{HybridDrafter, NgramDrafter};
 use specrun_core::engine::{Engine, GenConfig, Sequence};
 use specrun_core::mock::{Behaviour, MockClock, MockModel, MockSpec};
@@ -331,11 +331,8 @@ impl Drafter for Overconfident {
     fn name(&self) -> &'static str {
         "overconfident"
     }
-    fn source(&self, _: &mut specrun_core::draft::DraftCursor, _: &[Token]) -> specrun_core::draft::DraftSource {
-        specrun_core::draft::DraftSource::Ngram
-    }
-    fn copy_run(&self, _: &specrun_core::draft::DraftCursor, _: &[Token]) -> usize {
-        1000
+    fn plan(&self, _: &mut specrun_core::draft::DraftCursor, _: &[Token]) -> DraftPlan {
+        DraftPlan { source: specrun_core::draft::DraftSource::Ngram, run: 1000, first: None }
     }
     fn begin(&mut self, _: &mut specrun_core::draft::DraftCursor, _: &[Token]) -> Result<(), specrun_core::model::ModelError> {
         Ok(())
@@ -381,9 +378,9 @@ fn drafting_that_does_not_pay_in_the_measured_rounds_stops() {
         let clock = MockClock::new();
         let target = MockModel::new(MockSpec { n_seq: 4, ..spec.clone() }).with_clock(clock.clone());
         let mut engine = Engine::new(target, drafter, GenConfig::default());
-        let t0 = specrun_core::stats::Clock::now(&clock);
+        let t0 = specrun_core::clock::Clock::now(&clock);
         let (out, stats) = run_jobs(&mut engine, jobs(), 4, &clock);
-        (out, specrun_core::stats::Clock::now(&clock) - t0, stats)
+        (out, specrun_core::clock::Clock::now(&clock) - t0, stats)
     };
     let (plain, t_plain, _) = run(Box::new(NoDraft));
     let (drafted, t_drafted, stats) = run(Box::new(Overconfident));
@@ -415,18 +412,11 @@ impl Drafter for Oracle {
     fn name(&self) -> &'static str {
         "oracle"
     }
-    fn source(&self, _: &mut specrun_core::draft::DraftCursor, tokens: &[Token]) -> specrun_core::draft::DraftSource {
-        if self.texts.contains_key(&tokens[0]) {
-            specrun_core::draft::DraftSource::Ngram
-        } else {
-            specrun_core::draft::DraftSource::None
+    fn plan(&self, _: &mut specrun_core::draft::DraftCursor, tokens: &[Token]) -> DraftPlan {
+        if !self.texts.contains_key(&tokens[0]) {
+            return DraftPlan::NONE;
         }
-    }
-    fn copy_run(&self, _: &specrun_core::draft::DraftCursor, _: &[Token]) -> usize {
-        8
-    }
-    fn peek(&self, _: &specrun_core::draft::DraftCursor, tokens: &[Token]) -> Option<Token> {
-        self.next(tokens, 1).first().copied()
+        DraftPlan { source: specrun_core::draft::DraftSource::Ngram, run: 8, first: self.next(tokens, 1).first().copied() }
     }
     fn begin(&mut self, _: &mut specrun_core::draft::DraftCursor, _: &[Token]) -> Result<(), specrun_core::model::ModelError> {
         Ok(())
@@ -531,7 +521,7 @@ fn run_mix(n_jobs: usize, slots: usize, drafts: bool) -> (Vec<Vec<Token>>, Batch
     let mut engine = Engine::new(target, drafter, GenConfig::default());
     let (out, stats) =
         util::run_all_with(&mut engine, &mut util::ListJobs(jobs.into_iter()), n_jobs, slots, &clock, VerifyCosts::with_curve(curve));
-    (out, stats, specrun_core::stats::Clock::now(&clock).as_secs_f64())
+    (out, stats, specrun_core::clock::Clock::now(&clock).as_secs_f64())
 }
 
 /// With one job per slot waiting, a run lasts as long as its slowest slot's chain of jobs, and

@@ -6,7 +6,7 @@ mod util;
 
 use rand_chacha::ChaCha8Rng;
 use specrun_core::control::{AdaptiveMode, CostCurve};
-use specrun_core::draft::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter, ModelDrafter, NoDraft};
+use specrun_core::draft::{DraftCursor, DraftPlan, DraftReport, DraftRequest, DraftSource, Drafter, ModelDrafter, NoDraft};
 use specrun_core::draft::{HybridDrafter, NgramDrafter};
 use specrun_core::engine::GenConfig;
 use specrun_core::mock::{MockClock, MockModel, MockSpec};
@@ -170,14 +170,9 @@ impl Drafter for Scripted {
     fn name(&self) -> &'static str {
         "scripted"
     }
-    fn source(&self, _: &mut DraftCursor, _: &[Token]) -> DraftSource {
-        DraftSource::Ngram
-    }
-    fn copy_run(&self, _: &DraftCursor, _: &[Token]) -> usize {
-        self.run
-    }
-    fn peek(&self, _: &DraftCursor, tokens: &[Token]) -> Option<Token> {
-        self.peeks.then(|| self.next(tokens, 1).first().copied()).flatten()
+    fn plan(&self, _: &mut DraftCursor, tokens: &[Token]) -> DraftPlan {
+        let first = self.peeks.then(|| self.next(tokens, 1).first().copied()).flatten();
+        DraftPlan { source: DraftSource::Ngram, run: self.run, first }
     }
     fn begin(&mut self, _: &mut DraftCursor, _: &[Token]) -> Result<(), ModelError> {
         Ok(())

@@ -35,7 +35,7 @@
 //! gains by the share of them the run's drafts have realised
 //! ([`crate::control::DraftYield`]). A fixed list of jobs says what is queued
 //! ([`JobSource::upcoming`]), and each planned round's drafts go ahead only where playing the
-//! work left to the end says drafting ends it sooner than plain decoding ([`Outlook`]): near
+//! work left to the end says drafting ends it sooner than plain decoding ([`crate::outlook::Outlook`]): near
 //! a run's end, its slowest chain of jobs on one slot sets its length, not a round's rate.
 
 mod policy;
@@ -45,11 +45,12 @@ mod slot;
 pub use policy::{PromptPacer, SharedPolicy, LOOKAHEAD_PER_SLOT};
 pub use sink::{Callbacks, RunSink};
 
+use crate::clock::Clock;
 use crate::draft::Drafter;
 use crate::engine::{Engine, EngineError, GenConfig, KeptCells, RoundReport, Sequence};
 use crate::model::{Model, Token};
 use crate::prefix_cache::{PrefixCache, PrefixCacheStats};
-use crate::stats::{Clock, FinishReason, PlanCheck};
+use crate::stats::{FinishReason, PlanCheck};
 use slot::{free, pick_slot, release, Slot};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -141,7 +142,7 @@ pub struct BatchStats {
     /// Shared rounds in the run's tail: no job was left to take a slot that freed
     /// ([`JobSource::exhausted`]).
     pub n_tail_rounds: usize,
-    /// Rounds whose planned drafts were held because the run's [`Outlook`] played the work
+    /// Rounds whose planned drafts were held because the run's [`crate::outlook::Outlook`] played the work
     /// left to end sooner plainly.
     pub n_held_rounds: usize,
     /// The shared rounds' plans against what the rounds did ([`RoundReport::expected`]).
@@ -206,7 +207,7 @@ pub trait JobSource<J> {
 
     /// The settings of the next jobs, up to `n`, in the order they will be handed out — all
     /// of them when fewer are left; `None` when the source cannot say (a queue that may
-    /// grow). The run's [`Outlook`] plays the work left with them.
+    /// grow). The run's [`crate::outlook::Outlook`] plays the work left with them.
     fn upcoming(&mut self, _n: usize) -> Option<Vec<GenConfig>> {
         None
     }

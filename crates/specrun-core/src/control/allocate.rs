@@ -12,7 +12,7 @@ pub const PROBE_BUDGET: f64 = 0.1;
 #[derive(Debug, Clone, PartialEq)]
 pub struct DraftAsk {
     /// The chance that its `j`-th drafted token is accepted, for `j` = 1..=`cap` (see
-    /// [`Controller::reach`]); non-increasing.
+    /// [`super::Controller::reach`]); non-increasing.
     pub reach: Vec<f64>,
     /// Longest draft it may take (0: nothing to draft from).
     pub cap: usize,
@@ -33,9 +33,8 @@ pub struct DraftAsk {
 /// probes) are honoured, in sequence order, only while they add at most
 /// [`PROBE_BUDGET`] to the estimated cost of the plain decode: on a GPU, where rows are
 /// nearly free, every probe goes; on a CPU one or two a round, so that sequences which
-/// started together do not all probe in the same decode (measured here: 16 sequences
-/// probing two tokens each made a 48-row decode that cost 2.5 plain 16-row ones). `None`
-/// while the costs are unknown.
+/// started together do not all probe in the same decode (a decode of every sequence's
+/// probe costs several plain ones there). `None` while the costs are unknown.
 ///
 /// `yield_factor` (at most 1) scales every draft token's gain: the share of expected draft
 /// tokens the run's drafts have realised ([`DraftYield::factor`]).
@@ -90,10 +89,9 @@ pub fn allocate_drafts(asks: &[DraftAsk], costs: &VerifyCosts, n_batch: usize, y
 
 /// What the drafts of shared rounds gave against what their plans expected: tokens beyond
 /// one per sequence, both decayed by round like the acceptance estimates. A sequence drafts
-/// when its acceptance estimate looks good, so plans run ahead of their drafts (measured
-/// here: 0.88–0.94 of the tokens expected); at 16 sequences on a CPU, where a draft row pushes
-/// the decode over a step of the cost curve, that shortfall turns an expected gain of a few
-/// percent into a loss. [`DraftYield::factor`] scales the expected gains of further drafts by
+/// when its acceptance estimate looks good, so plans run ahead of their drafts; where a draft
+/// row pushes a full decode over a step of the cost curve, that shortfall turns a small
+/// expected gain into a loss. [`DraftYield::factor`] scales the expected gains of further drafts by
 /// the share the run's drafts realised, so marginal drafts stop while drafts that pay by more
 /// than the shortfall go on.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

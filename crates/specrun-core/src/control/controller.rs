@@ -8,13 +8,19 @@ use super::AdaptiveMode;
 use crate::draft::DraftSource;
 use crate::stats::Expectation;
 
+/// Plain rounds in a row before an n-gram probe (doubling after each probe that did not
+/// resume drafting, up to `PROBE_MAX`).
 const PROBE_FIRST: usize = 16;
-/// A draft model that sat out must catch up on every token it missed before a probe; on a
-/// small CPU that costs ~1/8 of a target step per token, so its probes start far apart.
+/// The same for a draft model: one that sat out must catch up on every token it missed
+/// before a probe, so its probes start far apart (up to `4 × PROBE_MAX`).
 const PROBE_FIRST_MODEL: usize = 256;
-const EXPLORE_ROUNDS: usize = 2;
-
 const PROBE_MAX: usize = 1024;
+/// Rounds a draft model drafts at [`EXPLORE_LEN`] before plans may switch it off.
+const EXPLORE_ROUNDS: usize = 2;
+/// Draft length while exploring a source, or while its costs are unknown.
+pub const EXPLORE_LEN: usize = 4;
+/// Draft length of a probe: short, it only tells whether acceptance went up.
+pub const PROBE_LEN: usize = 2;
 
 /// The draft-length controller of one sequence.
 #[derive(Debug, Clone, PartialEq)]
@@ -189,15 +195,15 @@ impl Controller {
     /// shared plan.
     pub fn forced_len(&self, source: DraftSource, cap: usize) -> Option<usize> {
         if self.explores(source) {
-            return Some(cap.min(4));
+            return Some(cap.min(EXPLORE_LEN));
         }
-        (self.probes(source) && self.plain_streak + 1 >= self.probe_interval(source)).then_some(cap.min(2))
+        (self.probes(source) && self.plain_streak + 1 >= self.probe_interval(source)).then_some(cap.min(PROBE_LEN))
     }
 
     /// Whether `source` still drafts its first rounds regardless of plans. Only a draft
     /// model does: n-gram drafts are planned from the copy run's own evidence from the start
-    /// (on a CPU a forced 4-token draft costs nearly three more decodes: two of them are 6%
-    /// of a 96-token answer, spent even on a prompt with nothing to copy).
+    /// (on a CPU forced drafts cost decodes of their own, spent even on a prompt with nothing
+    /// to copy).
     fn explores(&self, source: DraftSource) -> bool {
         source != DraftSource::Ngram && self.estimate(source).rounds < EXPLORE_ROUNDS
     }
@@ -259,13 +265,13 @@ impl Controller {
         // Then let a draft model draft a few rounds at a moderate length, so that its α rests
         // on evidence rather than on the prior before it can be switched off.
         if self.explores(source) {
-            return cap.min(4);
+            return cap.min(EXPLORE_LEN);
         }
         match self.best_k(source, cap, run) {
-            None => cap.min(4),
+            None => cap.min(EXPLORE_LEN),
             Some(0) if self.probes(source) && self.plain_streak + 1 >= self.probe_interval(source) => {
                 // probe: a short draft that tells us whether acceptance went up
-                cap.min(2)
+                cap.min(PROBE_LEN)
             }
             Some(0) => 0,
             Some(k) => {

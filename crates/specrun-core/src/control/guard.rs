@@ -19,8 +19,8 @@ const GUARD_MAX_PAUSE: usize = 1024;
 /// drafting in rounds of that many sequences pauses for [`GUARD_FIRST_PAUSE`] of them
 /// (doubling after each further verdict against it), then is tried again; a verdict for it
 /// resets the pause. Verdicts are kept per number of sequences because what a draft row
-/// costs depends on how full the decode already is: on a 2-core CPU a decode of 16 sequences
-/// is at a step of the cost curve (17–20 rows cost a quarter more) while one of 9 has 7 rows
+/// costs depends on how full the decode already is: on a CPU a full decode may sit at a step
+/// of the cost curve, where a few more rows cost much more, while a half-full one has rows
 /// nearly free. The plans of each sequence's controller rest on acceptance estimates and a
 /// cost model that can both be wrong in ways their own rounds do not reveal; this is the
 /// check that keeps such errors from costing more than a window of rounds.

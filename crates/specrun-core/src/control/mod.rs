@@ -15,8 +15,8 @@
 //! `k = 0` is plain decoding; while it wins, a probe round drafts anyway now and then, so that a
 //! text that turns predictable is noticed. Probes back off exponentially (the interval doubles
 //! after each probe that did not resume drafting). A draft *model* that sat out has to catch up
-//! on every token it missed before it can draft, which on a small CPU costs a good part of what
-//! the skipped rounds saved, so its probes start 256 rounds apart (n-gram probes: 16), and its
+//! on every token it missed before it can draft, which on a CPU costs a good part of what
+//! the skipped rounds saved, so its probes start far further apart than n-gram probes, and its
 //! step cost is learned only from rounds without a catch-up.
 //!
 //! Architecture invariant: no clock is read here; durations come in through [`Observation`].
@@ -28,7 +28,8 @@ mod estimate;
 mod guard;
 
 pub use allocate::{allocate_drafts, DraftAsk, DraftYield, PROBE_BUDGET};
-pub use controller::{Controller, SharedPrior};
+pub use controller::{Controller, SharedPrior, EXPLORE_LEN, PROBE_LEN};
+#[cfg(any(test, feature = "mock"))]
 pub(crate) use cost::interpolate;
 pub use cost::{CostCurve, VerifyCosts};
 pub use estimate::{expected_tokens, geometric_reach, Observation};

@@ -1,6 +1,6 @@
 //! N-gram proposals where the context has a match, the draft model's otherwise.
 
-use super::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter, NgramDrafter, ProposeJob};
+use super::{DraftCursor, DraftPlan, DraftReport, DraftRequest, DraftSource, Drafter, NgramDrafter, ProposeJob};
 use crate::model::{ModelError, Token};
 use crate::sampling::{Dist, Scratch};
 use rand_chacha::ChaCha8Rng;
@@ -21,19 +21,12 @@ impl<D: Drafter> Drafter for HybridDrafter<D> {
         self.model.n_ctx()
     }
 
-    fn source(&self, cursor: &mut DraftCursor, tokens: &[Token]) -> DraftSource {
-        match self.ngram.source(cursor, tokens) {
-            DraftSource::Ngram => DraftSource::Ngram,
-            _ => self.model.source(cursor, tokens),
+    fn plan(&self, cursor: &mut DraftCursor, tokens: &[Token]) -> DraftPlan {
+        let ngram = self.ngram.plan(cursor, tokens);
+        if ngram.source == DraftSource::Ngram {
+            return ngram;
         }
-    }
-
-    fn copy_run(&self, cursor: &DraftCursor, tokens: &[Token]) -> usize {
-        self.ngram.copy_run(cursor, tokens)
-    }
-
-    fn peek(&self, cursor: &DraftCursor, tokens: &[Token]) -> Option<Token> {
-        self.ngram.peek(cursor, tokens)
+        DraftPlan { run: cursor.ngram.run(tokens), first: None, ..self.model.plan(cursor, tokens) }
     }
 
     fn begin(&mut self, cursor: &mut DraftCursor, prompt: &[Token]) -> Result<(), ModelError> {

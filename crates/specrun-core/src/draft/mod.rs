@@ -80,6 +80,23 @@ pub enum DraftSource {
     Ngram,
 }
 
+/// What a drafter would propose after a sequence's tokens: the source, how many tokens the
+/// current copy run has been right for (the n-gram drafter's evidence for a long draft; 0
+/// otherwise), and the first token where knowing it costs nothing (an n-gram lookup; `None`
+/// for a draft model): a round that drafts nothing still learns from whether the target's
+/// token agreed with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DraftPlan {
+    pub source: DraftSource,
+    pub run: usize,
+    pub first: Option<Token>,
+}
+
+impl DraftPlan {
+    /// Nothing to propose.
+    pub const NONE: Self = Self { source: DraftSource::None, run: 0, first: None };
+}
+
 /// Which drafter a user asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
@@ -155,25 +172,14 @@ pub trait Drafter {
     fn n_ctx(&self) -> usize {
         usize::MAX
     }
-    /// Which source would propose after `tokens` (`None`: nothing to propose).
-    fn source(&self, _cursor: &mut DraftCursor, _tokens: &[Token]) -> DraftSource {
+    /// What a proposal after `tokens` would be, planned once per round (it may move the
+    /// n-gram copy pointer, so the round's proposal follows this plan).
+    fn plan(&self, _cursor: &mut DraftCursor, _tokens: &[Token]) -> DraftPlan {
         if self.is_active() {
-            DraftSource::Model
+            DraftPlan { source: DraftSource::Model, ..DraftPlan::NONE }
         } else {
-            DraftSource::None
+            DraftPlan::NONE
         }
-    }
-    /// Tokens the current copy run has been right for (the n-gram drafter's evidence for a
-    /// long draft; 0 when there is none). Asked after [`Drafter::source`].
-    fn copy_run(&self, _cursor: &DraftCursor, _tokens: &[Token]) -> usize {
-        0
-    }
-    /// The first token a proposal after `tokens` would be, where knowing it costs nothing
-    /// (an n-gram lookup; `None` for a draft model, or when there is nothing to propose).
-    /// Asked after [`Drafter::source`], in rounds that draft nothing: the controller learns
-    /// the source's acceptance from whether the target's own token agreed.
-    fn peek(&self, _cursor: &DraftCursor, _tokens: &[Token]) -> Option<Token> {
-        None
     }
     /// Forget the sequence and read its prompt (all tokens but the last). The cursor's
     /// `n_cached` cells are the prompt's first tokens, kept from the sequence before in this
@@ -201,12 +207,12 @@ pub trait Drafter {
     /// A finished sequence's output, for a drafter that learns across sequences (the n-gram
     /// draft cache); the default forgets it.
     fn learn(&mut self, _generated: &[Token]) {}
-    /// A draft model's cells of sequence `seq` in host memory ([`Model::snapshot`]); `None`
+    /// A draft model's cells of sequence `seq` in host memory ([`crate::model::Model::snapshot`]); `None`
     /// for drafters without a model.
     fn snapshot(&mut self, _seq: SeqId) -> Option<Snapshot> {
         None
     }
-    /// Put a [`Drafter::snapshot`] back into sequence `seq` ([`Model::restore`]).
+    /// Put a [`Drafter::snapshot`] back into sequence `seq` ([`crate::model::Model::restore`]).
     fn restore(&mut self, _seq: SeqId, _snapshot: &Snapshot) -> Result<(), ModelError> {
         Err(ModelError::Restore("this drafter has no model".into()))
     }
@@ -222,14 +228,8 @@ impl<D: Drafter + ?Sized> Drafter for Box<D> {
     fn n_ctx(&self) -> usize {
         (**self).n_ctx()
     }
-    fn source(&self, cursor: &mut DraftCursor, tokens: &[Token]) -> DraftSource {
-        (**self).source(cursor, tokens)
-    }
-    fn copy_run(&self, cursor: &DraftCursor, tokens: &[Token]) -> usize {
-        (**self).copy_run(cursor, tokens)
-    }
-    fn peek(&self, cursor: &DraftCursor, tokens: &[Token]) -> Option<Token> {
-        (**self).peek(cursor, tokens)
+    fn plan(&self, cursor: &mut DraftCursor, tokens: &[Token]) -> DraftPlan {
+        (**self).plan(cursor, tokens)
     }
     fn begin(&mut self, cursor: &mut DraftCursor, prompt: &[Token]) -> Result<(), ModelError> {
         (**self).begin(cursor, prompt)

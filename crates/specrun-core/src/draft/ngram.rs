@@ -1,7 +1,7 @@
 //! The n-gram drafter: copy-aware prompt lookup over the sequence's n-gram state, and
 //! optionally a draft cache of earlier outputs.
 
-use super::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter};
+use super::{DraftCursor, DraftPlan, DraftReport, DraftRequest, DraftSource, Drafter};
 use crate::anchor::TokenTexts;
 use crate::model::{ModelError, Token};
 use crate::ngram::{NgramConfig, NgramCorpus};
@@ -9,7 +9,7 @@ use crate::sampling::{Dist, Scratch};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
 
-/// The n-gram drafter: copy-aware prompt lookup over the sequence's [`NgramState`], and
+/// The n-gram drafter: copy-aware prompt lookup over the sequence's [`crate::ngram::NgramState`], and
 /// optionally a draft cache of earlier outputs ([`NgramCorpus`]).
 #[derive(Debug, Clone, Default)]
 pub struct NgramDrafter {
@@ -41,32 +41,24 @@ impl Drafter for NgramDrafter {
         "ngram"
     }
 
-    fn source(&self, cursor: &mut DraftCursor, tokens: &[Token]) -> DraftSource {
-        let cached = || self.corpus.as_ref().is_some_and(|c| c.lookup(tokens).is_some());
-        match cursor.ngram.plan_anchored(tokens, self.config, self.texts.as_deref()) {
-            Some(_) => DraftSource::Ngram,
-            None if cached() => DraftSource::Ngram,
-            None => DraftSource::None,
-        }
+    fn plan(&self, cursor: &mut DraftCursor, tokens: &[Token]) -> DraftPlan {
+        let own = cursor.ngram.plan_anchored(tokens, self.config, self.texts.as_deref()).is_some();
+        // the sequence's own copy first, else the draft cache
+        let first = if own {
+            cursor.ngram.peek(tokens)
+        } else {
+            match self.corpus.as_ref().and_then(|c| c.lookup(tokens).map(|pos| c.tokens[pos])) {
+                Some(t) => Some(t),
+                None => return DraftPlan::NONE,
+            }
+        };
+        DraftPlan { source: DraftSource::Ngram, run: cursor.ngram.run(tokens), first }
     }
 
     fn learn(&mut self, generated: &[Token]) {
         if let Some(c) = &mut self.corpus {
             c.add(generated);
         }
-    }
-
-    fn copy_run(&self, cursor: &DraftCursor, tokens: &[Token]) -> usize {
-        cursor.ngram.run(tokens)
-    }
-
-    fn peek(&self, cursor: &DraftCursor, tokens: &[Token]) -> Option<Token> {
-        // as `propose`: the sequence's own plan, else the draft cache
-        if cursor.ngram.planned_from(tokens).is_some() {
-            return cursor.ngram.peek(tokens);
-        }
-        let c = self.corpus.as_ref()?;
-        c.lookup(tokens).map(|pos| c.tokens[pos])
     }
 
     fn begin(&mut self, cursor: &mut DraftCursor, _: &[Token]) -> Result<(), ModelError> {
@@ -120,8 +112,9 @@ mod tests {
         let mut cursor = DraftCursor::new(0);
         // this record's context has no match of its own, but ends in 60 61 62
         let tokens: Vec<Token> = vec![1, 2, 3, 60, 61, 62];
-        assert_eq!(d.source(&mut cursor, &tokens), DraftSource::Ngram);
-        assert_eq!(d.peek(&cursor, &tokens), Some(63), "a peek foretells the cache's proposal");
+        let plan = d.plan(&mut cursor, &tokens);
+        assert_eq!(plan.source, DraftSource::Ngram);
+        assert_eq!(plan.first, Some(63), "the plan foretells the cache's proposal");
         let mut t = tokens.clone();
         let req = DraftRequest { max: 4, params: &crate::sampling::SamplingParams::greedy(), keep_q: false, p_min: 0.0, key: None };
         let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
@@ -130,12 +123,11 @@ mod tests {
         // a proposal stops at the end of an earlier output
         let mut t = vec![9, 77, 78, 79];
         let mut cursor = DraftCursor::new(1);
-        d.source(&mut cursor, &t);
-        assert_eq!(d.peek(&cursor, &t), None, "nothing to foretell at an output's end");
+        assert_eq!(d.plan(&mut cursor, &t), DraftPlan::NONE, "nothing to foretell at an output's end");
         d.propose(&mut cursor, &mut t, &mut vec![], &req, &mut Scratch::new(), &mut rng).unwrap();
         assert_eq!(t.len(), 4, "nothing after 79 in the cache: {t:?}");
         // without the cache nothing is proposed
         let plain = NgramDrafter::new(DEFAULT);
-        assert_eq!(plain.source(&mut DraftCursor::new(2), &tokens), DraftSource::None);
+        assert_eq!(plain.plan(&mut DraftCursor::new(2), &tokens), DraftPlan::NONE);
     }
 }

@@ -27,16 +27,17 @@ pub use shared::{DecodeShape, PlainPolicy, PlannedPace, RoundPolicy, RoundReport
 
 use round::{Drafted, RoundPlan, RoundStart};
 
+use crate::clock::Clock;
 use crate::closing::{forces_after, CloseKey, Closers};
 use crate::constraint::{ConstraintError, ConstraintSpec, Guide};
 use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, DraftAsk, Observation, VerifyCosts};
-use crate::draft::{DraftCursor, DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};
+use crate::draft::{DraftCursor, DraftPlan, DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};
 use crate::model::{KvCursor, Model, ModelError, SeqId, Token};
 use crate::outlook::{Pace, PaceMean};
 use crate::sampling::TokenLogprob;
 use crate::sampling::{Dist, SamplingParams, Scratch};
-use crate::stats::{Clock, Expectation, FinishReason, GenStats, RoundRecord};
-use crate::verify::{verify, RowFn, Rows, VerifyMode};
+use crate::stats::{Expectation, FinishReason, GenStats, RoundRecord};
+use crate::verify::{verify, RowFn, Rows, Verdict, VerifyMode, VerifyRule};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::ops::Range;
@@ -72,8 +73,8 @@ pub struct GenConfig {
 }
 
 /// Most tokens a constraint's forced span puts into one round's draft (ahead of any drafter's
-/// tokens). Forced tokens are nearly always accepted, so a long span is worth one decode on a
-/// flat (GPU) cost curve and still about two on a CPU's; longer spans go on next round.
+/// tokens). Forced tokens are nearly always accepted, so a long span is worth a decode on a
+/// flat (GPU) cost curve and still on a CPU's; longer spans go on next round.
 pub const FORCED_MAX: usize = 32;
 
 impl Default for GenConfig {

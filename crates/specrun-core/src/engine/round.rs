@@ -31,9 +31,8 @@ pub(super) struct Drafted {
 /// length, and the copy run the plan started from.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct RoundPlan {
-    pub(super) source: DraftSource,
+    pub(super) draft: DraftPlan,
     pub(super) k: usize,
-    pub(super) run: usize,
 }
 
 /// A round's plan, before drafting.
@@ -238,20 +237,17 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
         let t_start = clock.now();
         // the controller picks the length for the source that would propose
-        let (source, k_planned, run, expected) = match plan {
-            Some(RoundPlan { source, k, run }) => (source, k, run, None),
+        let (DraftPlan { source, run, first }, k_planned, expected) = match plan {
+            Some(RoundPlan { draft, k }) => (draft, k, None),
             None => {
                 let limit = self.draft_len(seq);
-                let source = if limit > 0 { self.drafter.source(&mut seq.draft, &seq.tokens) } else { DraftSource::None };
-                let run = if source == DraftSource::None { 0 } else { self.drafter.copy_run(&seq.draft, &seq.tokens) };
-                let k = seq.controller.plan(source, limit, run);
-                (source, k, run, seq.controller.expect(source, run, k))
+                let draft = if limit > 0 { self.drafter.plan(&mut seq.draft, &seq.tokens) } else { DraftPlan::NONE };
+                let k = seq.controller.plan(draft.source, limit, draft.run);
+                (draft, k, seq.controller.expect(draft.source, draft.run, k))
             }
         };
         // a round that will not draft still learns what an n-gram draft would have given
-        let peek = (k_planned == 0 && source == DraftSource::Ngram && seq.config.adaptive == AdaptiveMode::Auto)
-            .then(|| self.drafter.peek(&seq.draft, &seq.tokens))
-            .flatten();
+        let peek = first.filter(|_| k_planned == 0 && source == DraftSource::Ngram && seq.config.adaptive == AdaptiveMode::Auto);
         Some(RoundStart { n_hist, source, k_planned, run, draft_gap: n_hist - seq.draft.n_cached, t_start, expected, peek })
     }
 
@@ -361,26 +357,29 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         t_verified: std::time::Duration,
         clock: &dyn Clock,
     ) -> Result<Range<usize>, EngineError> {
-        let Drafted {
-            n_hist,
-            k_planned,
-            run,
-            n_drafted,
-            report,
-            draft_gap,
-            n_rows,
-            t_start,
-            t_drafted,
-            expected,
-            peek,
-            n_forced,
-            cut,
-            n_closing,
-        } = d;
+        let n_hist = d.n_hist;
         // a trace keeps the draft, which verification cuts back to what was accepted
-        let traced_draft = seq.trace_rounds.then(|| seq.tokens[n_hist..n_hist + n_drafted].to_vec());
-        let verify_mode = seq.config.effective_verify();
-        let params = &seq.config.params;
+        let traced_draft = seq.trace_rounds.then(|| seq.tokens[n_hist..n_hist + d.n_drafted].to_vec());
+        let verdict = self.check_draft(seq, n_hist, row_base)?;
+        // the copied token the target turned from, if it did (before it is cut away)
+        let rejected_copy = (seq.guide.is_some() && d.report.source == DraftSource::Ngram)
+            .then(|| seq.tokens.get(n_hist + verdict.n_accepted).copied())
+            .flatten();
+        self.keep_accepted(seq, n_hist, &verdict, row_base)?;
+        // what the target wrote where the copy ended, or where it turned from the copy
+        let reached_cut = d.cut.filter(|&(c, _)| verdict.n_accepted >= c);
+        let own_end = d.n_drafted - d.n_closing;
+        let rejected = rejected_copy.filter(|_| reached_cut.is_none() && verdict.n_accepted >= d.n_forced && verdict.n_accepted < own_end);
+        self.learn_closer(seq, n_hist, reached_cut, rejected.map(|t| (verdict.n_accepted, t)));
+        let end = RoundEnd { verdict, traced_draft, shared, t_verified, t_end: clock.now() };
+        record_round(seq, d, end);
+        Ok(n_hist..seq.tokens.len())
+    }
+
+    /// Verify the round's draft (`seq.tokens[n_hist..]`) on the target's rows from
+    /// `row_base`, masked by the sequence's grammar when it has one.
+    fn check_draft(&mut self, seq: &mut Sequence, n_hist: usize, row_base: usize) -> Result<Verdict, EngineError> {
+        let rule = VerifyRule { mode: seq.config.effective_verify(), seed: seq.config.seed, params: &seq.config.params };
         let target = &self.target;
         let plain_row = |i: usize| target.logits(row_base + i);
         let mut plain = RowFn(&plain_row);
@@ -389,18 +388,18 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             Some(m) => m,
             None => &mut plain,
         };
-        let verdict =
-            verify(verify_mode, seq.config.seed, rows, &seq.tokens, &seq.tokens[n_hist..], &seq.q, params, &mut self.scratch, &mut seq.rng);
-        if let Some(e) = masked.and_then(|m| m.error) {
-            return Err(EngineError::Constraint(e));
+        let verdict = verify(&rule, rows, &seq.tokens, &seq.tokens[n_hist..], &seq.q, &mut self.scratch, &mut seq.rng);
+        match masked.and_then(|m| m.error) {
+            Some(e) => Err(EngineError::Constraint(e)),
+            None => Ok(verdict),
         }
+    }
 
-        // the copied token the target turned from, if it did (before it is cut away)
-        let rejected_copy = (seq.guide.is_some() && report.source == DraftSource::Ngram)
-            .then(|| seq.tokens.get(n_hist + verdict.n_accepted).copied())
-            .flatten();
-        // 3. keep the accepted prefix, add the target's token, stop at EOG / max_tokens (a
-        // constrained sequence ends where its grammar lets the target end it)
+    /// Keep the accepted prefix and add the target's token; stop at end-of-generation (a
+    /// constrained sequence ends where its grammar lets the target end it) or `max_tokens`;
+    /// keep the tokens' log-probabilities; roll both caches back to what they share with the
+    /// accepted tokens.
+    fn keep_accepted(&mut self, seq: &mut Sequence, n_hist: usize, verdict: &Verdict, row_base: usize) -> Result<(), EngineError> {
         seq.tokens.truncate(n_hist + verdict.n_accepted);
         seq.tokens.push(verdict.next);
         let ends_at_eog = !seq.config.ignore_eos || seq.guide.is_some();
@@ -419,74 +418,95 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         if seq.finish.is_none() && seq.stats.n_generated >= seq.config.max_tokens {
             seq.finish = Some(FinishReason::Length);
         }
-
-        // 4. roll both caches back to what they share with the accepted tokens
         let keep = (n_hist + verdict.n_accepted).min(seq.tokens.len());
         seq.target.keep(&mut self.target, keep).map_err(EngineError::Target)?;
-        self.drafter.rollback(&mut seq.draft, keep).map_err(EngineError::Draft)?;
+        self.drafter.rollback(&mut seq.draft, keep).map_err(EngineError::Draft)
+    }
+}
 
-        // what the target wrote where the copy ended, or where it turned from the copy
-        let reached_cut = cut.filter(|&(c, _)| verdict.n_accepted >= c);
-        let own_end = n_drafted - n_closing;
-        let rejected = rejected_copy.filter(|_| reached_cut.is_none() && verdict.n_accepted >= n_forced && verdict.n_accepted < own_end);
-        self.learn_closer(seq, n_hist, reached_cut, rejected.map(|t| (verdict.n_accepted, t)));
-        // forced and closing tokens are the grammar's, not a drafter's: the controller learns
-        // from the drafter's tokens between them (none when a forced token was refused)
-        let n_forced_accepted = verdict.n_accepted.min(n_forced);
-        let own_drafted = n_drafted - n_forced - n_closing;
-        let (own_drafted, own_accepted) =
-            if n_forced_accepted == n_forced { (own_drafted, (verdict.n_accepted - n_forced).min(own_drafted)) } else { (0, 0) };
-        let n_closing_accepted = cut.map_or(0, |(c, _)| verdict.n_accepted.saturating_sub(c).min(n_closing));
-        let source = if own_drafted > 0 { report.source } else { DraftSource::None };
-        seq.stats.record_round(n_drafted, verdict.n_accepted);
-        seq.stats.n_forced += n_forced;
-        seq.stats.n_forced_accepted += n_forced_accepted;
-        seq.stats.n_closing += n_closing;
-        seq.stats.n_closing_accepted += n_closing_accepted;
-        seq.stats.n_masks = seq.guide.as_ref().map_or(0, |g| g.n_masks);
-        if let Some(drafted) = traced_draft {
-            seq.last_round = Some(RoundRecord {
-                n_hist,
-                source,
-                run,
-                k_planned,
-                n_forced,
-                drafted,
-                n_accepted: verdict.n_accepted,
-                expected,
-                t_draft: t_drafted - t_start,
-                t_verify: t_verified - t_drafted,
-                n_rows: shared.unwrap_or(n_rows),
-            });
-        }
-        seq.stats.record_source(source, k_planned);
-        let t_end = clock.now();
-        seq.controller.observe(&Observation {
+/// How a round ended, for its record.
+struct RoundEnd {
+    verdict: Verdict,
+    traced_draft: Option<Vec<Token>>,
+    /// The shared decode's total rows, when it carried other sequences too.
+    shared: Option<usize>,
+    t_verified: Duration,
+    t_end: Duration,
+}
+
+/// What a round tells the sequence's statistics, trace and controller. Forced and closing
+/// tokens are the grammar's, not a drafter's: the controller learns from the drafter's tokens
+/// between them (none when a forced token was refused).
+fn record_round(seq: &mut Sequence, d: Drafted, end: RoundEnd) {
+    let Drafted {
+        n_hist,
+        k_planned,
+        run,
+        n_drafted,
+        report,
+        draft_gap,
+        n_rows,
+        t_start,
+        t_drafted,
+        expected,
+        peek,
+        n_forced,
+        cut,
+        n_closing,
+    } = d;
+    let RoundEnd { verdict, traced_draft, shared, t_verified, t_end } = end;
+    let n_forced_accepted = verdict.n_accepted.min(n_forced);
+    let own_drafted = n_drafted - n_forced - n_closing;
+    let (own_drafted, own_accepted) =
+        if n_forced_accepted == n_forced { (own_drafted, (verdict.n_accepted - n_forced).min(own_drafted)) } else { (0, 0) };
+    let n_closing_accepted = cut.map_or(0, |(c, _)| verdict.n_accepted.saturating_sub(c).min(n_closing));
+    let source = if own_drafted > 0 { report.source } else { DraftSource::None };
+    seq.stats.record_round(n_drafted, verdict.n_accepted);
+    seq.stats.n_forced += n_forced;
+    seq.stats.n_forced_accepted += n_forced_accepted;
+    seq.stats.n_closing += n_closing;
+    seq.stats.n_closing_accepted += n_closing_accepted;
+    seq.stats.n_masks = seq.guide.as_ref().map_or(0, |g| g.n_masks);
+    if let Some(drafted) = traced_draft {
+        seq.last_round = Some(RoundRecord {
+            n_hist,
             source,
-            k_planned,
-            n_drafted: own_drafted,
-            n_accepted: own_accepted,
             run,
-            n_draft_steps: report.n_steps,
-            draft_gap,
-            // a shared decode's cost belongs to the batch, not to this sequence
-            n_verified: if shared.is_some() { 0 } else { n_rows },
+            k_planned,
+            n_forced,
+            drafted,
+            n_accepted: verdict.n_accepted,
+            expected,
             t_draft: t_drafted - t_start,
             t_verify: t_verified - t_drafted,
+            n_rows: shared.unwrap_or(n_rows),
         });
-        if let Some(t) = peek {
-            seq.controller.observe_peek(run, t == verdict.next);
-        }
-        seq.stats.t_draft += t_drafted - t_start;
-        seq.stats.t_verify += t_verified - t_drafted;
-        if n_drafted > 0 {
-            seq.stats.t_verify_drafted += t_verified - t_drafted;
-        }
-        seq.stats.t_decode += t_end - t_start;
-        // (only a sequence's own rounds carry an expectation; shared ones are checked whole)
-        if let Some(expected) = expected {
-            seq.stats.plan_check.add(expected, seq.tokens.len() - n_hist, (t_end - t_start).as_secs_f64());
-        }
-        Ok(n_hist..seq.tokens.len())
+    }
+    seq.stats.record_source(source, k_planned);
+    seq.controller.observe(&Observation {
+        source,
+        k_planned,
+        n_drafted: own_drafted,
+        n_accepted: own_accepted,
+        run,
+        n_draft_steps: report.n_steps,
+        draft_gap,
+        // a shared decode's cost belongs to the batch, not to this sequence
+        n_verified: if shared.is_some() { 0 } else { n_rows },
+        t_draft: t_drafted - t_start,
+        t_verify: t_verified - t_drafted,
+    });
+    if let Some(t) = peek {
+        seq.controller.observe_peek(run, t == verdict.next);
+    }
+    seq.stats.t_draft += t_drafted - t_start;
+    seq.stats.t_verify += t_verified - t_drafted;
+    if n_drafted > 0 {
+        seq.stats.t_verify_drafted += t_verified - t_drafted;
+    }
+    seq.stats.t_decode += t_end - t_start;
+    // (only a sequence's own rounds carry an expectation; shared ones are checked whole)
+    if let Some(expected) = expected {
+        seq.stats.plan_check.add(expected, seq.tokens.len() - n_hist, (t_end - t_start).as_secs_f64());
     }
 }

@@ -2,6 +2,7 @@
 //! for all of them (prompt chunks included), each verified on its own rows.
 
 use super::*;
+use crate::control::EXPLORE_LEN;
 
 /// One sequence of a shared round as its plan left it, for a check of the round's drafts by
 /// the run as a whole ([`Engine::step_many`]).
@@ -221,19 +222,19 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let mut plans: Vec<Option<RoundPlan>> = vec![None; seqs.len()];
         let allow_drafts = policy.allows_drafts(generating);
         let mut asks: Vec<DraftAsk> = Vec::new();
-        // for each ask: the sequence, its source and copy run
-        let mut askers: Vec<(usize, DraftSource, usize)> = Vec::new();
+        // for each ask: the sequence and its draft plan
+        let mut askers: Vec<(usize, DraftPlan)> = Vec::new();
         for (i, seq) in seqs.iter_mut().enumerate() {
             if seq.finish.is_some() || seq.reading_prompt() || seq.config.adaptive != AdaptiveMode::Auto {
                 continue;
             }
             if !allow_drafts {
-                plans[i] = Some(RoundPlan { source: DraftSource::None, k: 0, run: 0 });
+                plans[i] = Some(RoundPlan { draft: DraftPlan::NONE, k: 0 });
                 continue;
             }
-            let (ask, source, run) = self.ask(seq);
+            let (ask, draft) = self.ask(seq);
             asks.push(ask);
-            askers.push((i, source, run));
+            askers.push((i, draft));
         }
         let n_batch = self.target.n_batch();
         let reserved = prompt_budget.min(n_batch.saturating_sub(generating)).min(seqs.iter().map(|s| s.prompt_left()).sum());
@@ -246,7 +247,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         // keeps its source: an n-gram one still peeks)
         if let Some(ks) = ks.as_mut() {
             let mut planned: Vec<PlannedPace> = seqs.iter().map(|s| PlannedPace::plain(s)).collect();
-            for (&k, (&(i, _, _), ask)) in ks.iter().zip(askers.iter().zip(&asks)) {
+            for (&k, (&(i, _), ask)) in ks.iter().zip(askers.iter().zip(&asks)) {
                 let pace = Pace {
                     tokens: 1.0 + yield_factor * ask.reach[..k].iter().sum::<f64>(),
                     rows: 1.0 + k as f64,
@@ -260,14 +261,14 @@ impl<T: Model, D: Drafter> Engine<T, D> {
                 held = true;
             }
         }
-        for (j, (&(i, source, run), ask)) in askers.iter().zip(&asks).enumerate() {
+        for (j, (&(i, draft), ask)) in askers.iter().zip(&asks).enumerate() {
             // costs unknown yet: one sequence drafts what its own controller would explore
             // with; several decode plainly, once, and the round measures what their decode
             // costs (every one of many sequences drafting blind made a decode of several
             // plain ones)
-            let blind = if asks.len() > 1 { 0 } else { ask.cap.min(BLIND_DRAFT).max(ask.min) };
+            let blind = if asks.len() > 1 { 0 } else { ask.cap.min(EXPLORE_LEN).max(ask.min) };
             let k = ks.as_ref().map_or(blind, |ks| ks[j]);
-            plans[i] = Some(RoundPlan { source, k, run });
+            plans[i] = Some(RoundPlan { draft, k });
         }
         // what the plans expect of the round as a whole, when every active sequence was
         // planned here (a plain round of `auto` sequences included) and its costs are known
@@ -288,12 +289,12 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         SharedPlan { plans, expected, held }
     }
 
-    /// One `auto` sequence's say in the shared plan: its source, copy run, cap, the reach of
-    /// each drafted token, forced exploration, and a draft step's cost.
-    fn ask(&mut self, seq: &mut Sequence) -> (DraftAsk, DraftSource, usize) {
+    /// One `auto` sequence's say in the shared plan: its draft plan, cap, the reach of each
+    /// drafted token, forced exploration, and a draft step's cost.
+    fn ask(&mut self, seq: &mut Sequence) -> (DraftAsk, DraftPlan) {
         let limit = self.draft_len(seq);
-        let source = if limit > 0 { self.drafter.source(&mut seq.draft, &seq.tokens) } else { DraftSource::None };
-        let run = if source == DraftSource::None { 0 } else { self.drafter.copy_run(&seq.draft, &seq.tokens) };
+        let draft = if limit > 0 { self.drafter.plan(&mut seq.draft, &seq.tokens) } else { DraftPlan::NONE };
+        let DraftPlan { source, run, .. } = draft;
         let cap = if source == DraftSource::None { 0 } else { seq.config.draft_max.min(limit) };
         let reach = seq.controller.reach(source, run, cap);
         let forced = if cap > 0 { seq.controller.forced_len(source, cap) } else { None };
@@ -301,7 +302,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             DraftSource::Model => seq.controller.model_step_cost().unwrap_or(0.0),
             _ => 0.0,
         };
-        (DraftAsk { reach, cap, min: forced.unwrap_or(0), draft_cost }, source, run)
+        (DraftAsk { reach, cap, min: forced.unwrap_or(0), draft_cost }, draft)
     }
 
     /// Draft for all (a draft model: one decode per draft step for every sequence that
@@ -431,10 +432,6 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         Ok(ranges)
     }
 }
-
-/// Draft length of a lone sequence whose decode costs are not known yet (what its own
-/// controller would explore with).
-const BLIND_DRAFT: usize = 4;
 
 /// The prompts' share of a round: `room` rows shared evenly among the sequences reading a
 /// prompt (one that needs less than its share leaves the rest to the longer ones), so a

@@ -7,8 +7,8 @@
 //! probability `p(x)` and otherwise samples from `p` without `x`.
 //!
 //! The mechanics live here, apart from the drafter that uses them
-//! ([`crate::draft::NgramDrafter`]): the index ([`index`]), the copy pointer ([`pointer`]),
-//! edit replay ([`edits`]) and the draft cache across sequences ([`corpus`]).
+//! ([`crate::draft::NgramDrafter`]): the index (`index`), the copy pointer (`pointer`),
+//! edit replay (`edits`) and the draft cache across sequences ([`NgramCorpus`]).
 
 mod corpus;
 mod edits;
