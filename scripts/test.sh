@@ -15,10 +15,14 @@ cargo clippy --release --locked --workspace --all-targets -- -D warnings
 cargo clippy --release --locked --workspace --all-targets --no-default-features -- -D warnings
 say "API docs (cargo doc, warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --release --locked --no-deps --workspace
+say "toolchain floor: the workspace without llama.cpp checks with the rust-version it declares"
+msrv="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
+rustup toolchain install "$msrv" --profile minimal >/dev/null
+cargo +"$msrv" check --locked --workspace --all-targets --no-default-features
 say "pure core and mock backend, without llama.cpp"
 cargo test --release --locked --workspace --no-default-features
-say "full suite, real models required"
-SPECRUN_REQUIRE_MODELS=1 cargo test --release --locked --workspace "$@"
+say "full suite, with the tests that need models or the openai client (ignored by a plain cargo test)"
+cargo test --release --locked --workspace "$@" -- --include-ignored
 if [ "${SPECRUN_SKIP_VULKAN:-0}" = 1 ]; then
     say "skipping the Vulkan check (SPECRUN_SKIP_VULKAN=1)"
 else

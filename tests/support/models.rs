@@ -6,18 +6,19 @@ use specrun::backend::llama::LlamaRunner;
 use specrun::core::model::{KvCursor, Model, Token};
 use std::path::PathBuf;
 
-/// A model in the cache. Missing: `None` and a note, unless `SPECRUN_REQUIRE_MODELS=1` (set by
-/// `scripts/test.sh` and CI), which makes it a failure.
-pub fn model_path(file: &str) -> Option<PathBuf> {
+/// A model in the cache; a missing one fails the test, which is `#[ignore]`d as needing
+/// models (`scripts/test.sh` fetches them and runs ignored tests too).
+pub fn model_path(file: &str) -> PathBuf {
     let p = specrun::formats::models_toml::models_cache().join(file);
-    if p.is_file() {
-        return Some(p);
+    assert!(p.is_file(), "model {} is missing: run scripts/fetch_models.py all", p.display());
+    p
+}
+
+/// Fail unless every model in `files` is in the cache (tests that run them through the CLI).
+pub fn require_models(files: &[&str]) {
+    for f in files {
+        model_path(f);
     }
-    if std::env::var("SPECRUN_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("model {} is missing: run scripts/fetch_models.py all", p.display());
-    }
-    eprintln!("skipping: model {} is missing (run scripts/fetch_models.py all)", p.display());
-    None
 }
 
 /// The last logits row after `tokens`, its last `tail` tokens decoded in one batch

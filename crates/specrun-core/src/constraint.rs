@@ -45,7 +45,7 @@ impl TokenMask {
     /// stores them; bits past `n_vocab` are ignored.
     pub fn from_words(mut words: Vec<u32>, n_vocab: usize) -> Self {
         words.resize(n_vocab.div_ceil(32), 0);
-        if let Some(last) = words.last_mut().filter(|_| n_vocab % 32 != 0) {
+        if let Some(last) = words.last_mut().filter(|_| !n_vocab.is_multiple_of(32)) {
             *last &= (1u32 << (n_vocab % 32)) - 1;
         }
         Self { words, n_vocab }

@@ -236,7 +236,7 @@ fn jobs_arriving_during_the_run_join_free_slots() {
                 return NextJob::Closed;
             }
             // one job every third call (a waiting server would block when idle instead)
-            if self.calls % 3 == 0 {
+            if self.calls.is_multiple_of(3) {
                 NextJob::Job(self.jobs.pop_front().expect("non-empty"))
             } else {
                 NextJob::Later
@@ -403,7 +403,7 @@ struct Oracle {
 impl Oracle {
     fn next(&self, tokens: &[Token], max: usize) -> Vec<Token> {
         let Some(text) = self.texts.get(&tokens[0]) else { return vec![] };
-        let at = |p: usize| if p % 8 == 0 { (text[p] + 1) % 64 } else { text[p] };
+        let at = |p: usize| if p.is_multiple_of(8) { (text[p] + 1) % 64 } else { text[p] };
         (tokens.len()..text.len()).take(max).map(at).collect()
     }
 }

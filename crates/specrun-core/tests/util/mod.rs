@@ -160,7 +160,7 @@ pub fn mixed_job(i: usize, prompt: Vec<Token>, max_tokens: usize) -> specrun_cor
     let config = GenConfig {
         max_tokens,
         draft_max: 2 + i % 5,
-        adaptive: if i % 2 == 0 && !sampled { AdaptiveMode::Auto } else { AdaptiveMode::Fixed },
+        adaptive: if i.is_multiple_of(2) && !sampled { AdaptiveMode::Auto } else { AdaptiveMode::Fixed },
         params: if sampled { SamplingParams { temp: 0.9, top_k: 20, ..SamplingParams::greedy() } } else { SamplingParams::greedy() },
         verify: if sampled { VerifyMode::Rejection } else { VerifyMode::Greedy },
         seed: 100 + i as u64,

@@ -120,5 +120,51 @@ fn the_core_touches_no_command_line_file_environment_or_clock() {
         }
     }
     let manifest = std::fs::read_to_string(root().join("crates/specrun-core/Cargo.toml")).unwrap();
-    assert!(manifest.contains("clap = { version = \"4.5\", default-features = false, features = [\"std\", \"derive\"], optional = true }"));
+    assert!(
+        manifest.contains("clap = { workspace = true, features = [\"std\", \"derive\"], optional = true }"),
+        "clap is optional in the core"
+    );
+    let workspace = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    assert!(workspace.contains("clap = { version = \"4.5\", default-features = false }"), "the core's clap brings no defaults");
+}
+
+/// The layer of a module of the core (lower imports nothing higher; `mock` is test support).
+fn core_rank(module: &str) -> Option<usize> {
+    Some(match module {
+        "model" | "clock" | "detok" | "vocab" | "outlook" => 0,
+        "sampling" | "anchor" | "constraint" => 1,
+        "verify" | "ngram" | "closing" => 2,
+        "draft" => 3,
+        "stats" => 4,
+        "control" => 5,
+        "engine" => 6,
+        "prefix_cache" => 7,
+        "batching" => 8,
+        "mock" | "lib" => 9,
+        _ => return None,
+    })
+}
+
+#[test]
+fn core_modules_import_only_downwards() {
+    let src = root().join("crates/specrun-core/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut violations = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(&src).unwrap();
+        let module = rel.components().next().unwrap().as_os_str().to_string_lossy().trim_end_matches(".rs").to_string();
+        let from = core_rank(&module)
+            .unwrap_or_else(|| panic!("{}: core module '{module}' has no layer; add it to tests/cli/layers.rs", f.display()));
+        let text = std::fs::read_to_string(f).unwrap();
+        // unit tests may reach anywhere
+        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+        for r in crate_refs(code) {
+            let Some(to) = core_rank(&r) else { continue };
+            if r != module && to >= from {
+                violations.push(format!("{}: {module} (layer {from}) uses crate::{r} (layer {to})", f.display()));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "upward or sideways imports in the core:\n{}", violations.join("\n"));
 }
