@@ -18,6 +18,7 @@
 //! [`Sequence::reading_prompt`], drafts nothing, and its target cursor lies anywhere in the
 //! prompt.
 
+mod closers;
 mod round;
 mod sequence;
 mod shared;

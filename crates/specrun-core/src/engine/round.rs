@@ -308,43 +308,6 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
     }
 
-    /// Where a copied value ends (`key`), draft the closer the target wrote at such an end
-    /// before and the tokens the grammar forces after it, in the `room` the cut tokens left
-    /// ([`crate::closing`]). Returns how many tokens were drafted.
-    pub(super) fn close(&mut self, seq: &mut Sequence, room: usize, key: CloseKey) -> usize {
-        let (Some(guide), Some(closer)) = (seq.guide.as_mut(), seq.closers.closer(key)) else { return 0 };
-        let target = &self.target;
-        let start = seq.tokens.len();
-        seq.tokens.push(closer);
-        if let Ok(forced) = guide.forced_after(&seq.tokens, room - 1, &|t| target.is_eog(t)) {
-            seq.tokens.extend(forced);
-        }
-        if seq.config.effective_verify().needs_q() {
-            seq.q.extend(seq.tokens[start..].iter().map(|&t| Dist::one_hot(t)));
-        }
-        seq.tokens.len() - start
-    }
-
-    /// After verification: the closer the target wrote where a copy was cut, or where it
-    /// rejected a copied token for one (a token after which the grammar forces the next key).
-    pub(super) fn learn_closer(&self, seq: &mut Sequence, n_hist: usize, cut: Option<(usize, CloseKey)>, rejected: Option<(usize, Token)>) {
-        let Some(guide) = seq.guide.as_mut() else { return };
-        let target = &self.target;
-        let is_eog = |t| target.is_eog(t);
-        if let Some((c, key)) = cut {
-            if let Some(&closer) = seq.tokens.get(n_hist + c) {
-                seq.closers.learn(key, closer);
-            }
-            return;
-        }
-        let Some((c, source)) = rejected else { return };
-        let Some(&closer) = seq.tokens.get(n_hist + c) else { return };
-        let Ok(mask) = guide.mask_after(&seq.tokens[..n_hist + c], &is_eog).map(|m| m.fingerprint()) else { return };
-        if forces_after(guide, &seq.tokens[..=n_hist + c], &is_eog) {
-            seq.closers.learn(CloseKey { mask, source: Some(source) }, closer);
-        }
-    }
-
     /// The second half of a round, after the target decode: verify on rows
     /// `row_base..row_base + d.n_rows` of that decode, keep what is accepted, roll back,
     /// learn. `shared`: the total batch size when the decode carried other sequences too.

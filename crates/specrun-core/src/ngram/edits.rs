@@ -37,6 +37,30 @@ pub(crate) fn edit_at<'a>(edits: &'a [Edit], tokens: &[Token], i: usize) -> Opti
 }
 
 impl NgramState {
+    /// Settle the last draft's replayed edits against `tokens`: one the target rejected is
+    /// forgotten; after one it accepted, the source goes on past the edit's `old` — where,
+    /// returned.
+    pub(crate) fn settle_replays(&mut self, tokens: &[Token]) -> Option<usize> {
+        let n = tokens.len();
+        let replays = std::mem::take(&mut self.replays);
+        let mut dropped: Vec<usize> = replays
+            .iter()
+            .filter(|r| r.start < n && n - 1 < r.end && tokens[n - 1] != self.edits[r.edit].new[n - 1 - r.start])
+            .map(|r| r.edit)
+            .collect();
+        let resumed = replays
+            .iter()
+            .rev()
+            .find(|r| r.end <= n && r.source_end + (n - r.end) < n && tokens[r.end..n] == tokens[r.source_end..r.source_end + (n - r.end)])
+            .map(|r| r.source_end + (n - r.end));
+        dropped.sort_unstable();
+        dropped.dedup();
+        for &e in dropped.iter().rev() {
+            self.edits.remove(e);
+        }
+        resumed
+    }
+
     /// With the pointer at `p`: if the output ends with an edit's `new` (not empty) and the
     /// source, `p` moved past the edit's `old`, ends with `old`, the pointer past it.
     pub(crate) fn through_edit(&self, tokens: &[Token], p: usize) -> Option<usize> {

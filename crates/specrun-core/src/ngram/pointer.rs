@@ -105,29 +105,15 @@ impl NgramState {
         from
     }
 
+    /// Where the copy for `tokens` goes on: the pointer kept (the run goes on, through an
+    /// accepted replay or an edit just written), re-anchored near it, past a substituted
+    /// token, else the longest match anywhere, else a text anchor.
     pub(crate) fn locate(&mut self, tokens: &[Token], config: NgramConfig, texts: Option<&TokenTexts>) -> Option<usize> {
         let n = tokens.len();
         if n < 2 {
             return None;
         }
-        // the last draft's replayed edits: one the target rejected is forgotten; after one it
-        // accepted, the source goes on past the edit's `old`
-        let replays = std::mem::take(&mut self.replays);
-        let mut dropped: Vec<usize> = replays
-            .iter()
-            .filter(|r| r.start < n && n - 1 < r.end && tokens[n - 1] != self.edits[r.edit].new[n - 1 - r.start])
-            .map(|r| r.edit)
-            .collect();
-        let resumed = replays
-            .iter()
-            .rev()
-            .find(|r| r.end <= n && r.source_end + (n - r.end) < n && tokens[r.end..n] == tokens[r.source_end..r.source_end + (n - r.end)])
-            .map(|r| r.source_end + (n - r.end));
-        dropped.sort_unstable();
-        dropped.dedup();
-        for &e in dropped.iter().rev() {
-            self.edits.remove(e);
-        }
+        let resumed = self.settle_replays(tokens);
         // the matched tokens count as the run's first evidence
         let anchor = |s: &mut Self, from: usize, matched: usize| {
             s.learn_edit(tokens, from, matched);
