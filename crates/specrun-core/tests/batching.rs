@@ -5,7 +5,7 @@
 
 mod util;
 
-use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats, Callbacks, SharedPolicy};
+use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, BatchStats, Callbacks, RunSink, SharedPolicy};
 use specrun_core::control::{AdaptiveMode, VerifyCosts};
 use specrun_core::draft::{DraftPlan, Drafter, ModelDrafter, NoDraft};
 use specrun_core::draft::{HybridDrafter, NgramDrafter};
@@ -118,7 +118,6 @@ fn a_job_that_does_not_fit_fails_alone() {
         j.config.max_tokens = 10;
     }
     let mut results = vec![None; jobs.len()];
-    let mut stats = BatchStats::default();
     run_continuous(
         &mut engine,
         jobs,
@@ -127,10 +126,7 @@ fn a_job_that_does_not_fit_fails_alone() {
         &clock,
         &mut Callbacks::new(|tag, r| results[tag] = Some(r.map(|s| s.generated().len()))),
     )
-    .map(|o| {
-        stats = o.stats;
-        o.end
-    })
+    .map(|o| o.end)
     .unwrap();
     assert!(results[1].as_ref().unwrap().is_err(), "the long prompt fails");
     assert!(results.iter().enumerate().filter(|(i, _)| *i != 1).all(|(_, r)| matches!(r, Some(Ok(10)))), "{results:?}");
@@ -142,7 +138,6 @@ fn a_stop_from_the_caller_ends_that_sequence_only_and_cancel_stops_all() {
     let clock = MockClock::new();
     let mut engine = Engine::new(MockModel::new(spec).with_clock(clock.clone()), NgramDrafter::default(), GenConfig::default());
     let mut lens = vec![0; jobs().len()];
-    let mut stats = BatchStats::default();
     run_continuous(
         &mut engine,
         jobs(),
@@ -152,33 +147,36 @@ fn a_stop_from_the_caller_ends_that_sequence_only_and_cancel_stops_all() {
         &mut Callbacks::new(|tag, r| lens[tag] = r.unwrap().generated().len())
             .on_tokens(|tag, seq, _| *tag == 0 && seq.generated().len() >= 3),
     )
-    .map(|o| {
-        stats = o.stats;
-        o.end
-    })
+    .map(|o| o.end)
     .unwrap();
     assert!((3..=3 + 6).contains(&lens[0]), "job 0 stopped by its caller after 3+ tokens: {}", lens[0]);
-    let calls = std::cell::Cell::new(0);
-    let cancel = || {
-        calls.set(calls.get() + 1);
-        calls.get() > 4
-    };
-    let mut done = 0;
-    let end = run_continuous(
-        &mut engine,
-        jobs(),
-        3,
-        &mut SharedPolicy::default(),
-        &clock,
-        &mut Callbacks::new(|_, _| done += 1).cancel_when(&cancel),
-    )
-    .map(|o| {
-        stats = o.stats;
-        o.end
-    })
-    .unwrap();
+    /// Counts what a cancelled run hands over: jobs finished, and jobs dropped in flight.
+    struct Counts {
+        rounds: usize,
+        finished: Vec<usize>,
+        cancelled: Vec<usize>,
+    }
+    impl RunSink<usize> for Counts {
+        fn finished(&mut self, tag: usize, _: Result<Sequence, specrun_core::engine::EngineError>) {
+            self.finished.push(tag);
+        }
+        fn cancel(&mut self) -> bool {
+            self.rounds += 1;
+            self.rounds > 4
+        }
+        fn cancelled(&mut self, tag: usize) {
+            self.cancelled.push(tag);
+        }
+    }
+    let mut sink = Counts { rounds: 0, finished: vec![], cancelled: vec![] };
+    let end = run_continuous(&mut engine, jobs(), 3, &mut SharedPolicy::default(), &clock, &mut sink).map(|o| o.end).unwrap();
     assert_eq!(end, BatchEnd::Cancelled);
-    assert!(done < jobs().len());
+    assert!(sink.finished.len() < jobs().len());
+    assert_eq!(sink.cancelled.len(), 3, "the three jobs in flight are handed back as cancelled: {:?}", sink.cancelled);
+    let mut handed: Vec<usize> = sink.finished.iter().chain(&sink.cancelled).copied().collect();
+    handed.sort_unstable();
+    handed.dedup();
+    assert_eq!(handed.len(), sink.finished.len() + sink.cancelled.len(), "each job is handed over once");
     for id in 0..3 {
         assert!(engine.target.cached(id).is_empty(), "cancelled sequences are freed");
     }

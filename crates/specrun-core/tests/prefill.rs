@@ -184,7 +184,6 @@ fn a_sequence_ended_while_its_prompt_is_read_is_freed() {
     let clock = MockClock::new();
     let mut engine = Engine::new(MockModel::new(spec).with_clock(clock.clone()), NgramDrafter::default(), GenConfig::default());
     let mut results: Vec<Option<(usize, Option<FinishReason>)>> = vec![None; jobs().len()];
-    let mut stats = BatchStats::default();
     run_continuous(
         &mut engine,
         jobs(),
@@ -197,10 +196,7 @@ fn a_sequence_ended_while_its_prompt_is_read_is_freed() {
         })
         .on_tokens(|&tag, seq, _| tag == 3 && seq.reading_prompt()),
     )
-    .map(|o| {
-        stats = o.stats;
-        o.end
-    })
+    .map(|o| o.end)
     .unwrap();
     assert_eq!(results[3], Some((0, Some(FinishReason::Stop))), "job 3 ended before its first token");
     let (alone, _, _) = run("ngram", 1.into(), 64);
@@ -225,7 +221,6 @@ fn prompts_read_together_share_the_round_evenly() {
         config: GenConfig { max_tokens: 20, ignore_eos: true, ..GenConfig::default() },
         prompt: (0..n).map(|j| ((tag * 13 + j * 5) % 40 + 1) as Token).collect(),
     };
-    let mut stats = BatchStats::default();
     run_continuous(
         &mut engine,
         vec![job(0, 3), job(1, 60), job(2, 4)],
@@ -234,10 +229,7 @@ fn prompts_read_together_share_the_round_evenly() {
         &clock,
         &mut Callbacks::new(|_, r: Result<Sequence, _>| assert_eq!(r.expect("job").generated().len(), 20)),
     )
-    .map(|o| {
-        stats = o.stats;
-        o.end
-    })
+    .map(|o| o.end)
     .unwrap();
     let log = &engine.target.decode_log;
     assert_eq!(log[0], vec![(0, 0, 3), (1, 0, 5), (2, 0, 4)], "{log:?}");

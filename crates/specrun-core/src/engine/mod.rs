@@ -24,7 +24,7 @@ mod sequence;
 mod shared;
 
 pub use sequence::{KeptCells, Sequence};
-pub use shared::{DecodeShape, PlainPolicy, PlannedPace, RoundPolicy, RoundReport};
+pub use shared::{DecodeShape, PlannedPace, RoundPolicy, RoundReport};
 
 use round::{Drafted, RoundPlan, RoundStart};
 

@@ -55,36 +55,6 @@ pub trait RoundPolicy {
     fn observe(&mut self, round: &RoundReport);
 }
 
-/// A policy that lets every round draft as planned, with costs learned from the rounds only
-/// and prompts read whole: one sequence's rounds, or a test's.
-#[derive(Debug, Clone, Default)]
-pub struct PlainPolicy {
-    pub costs: VerifyCosts,
-}
-
-impl RoundPolicy for PlainPolicy {
-    fn costs(&self) -> &VerifyCosts {
-        &self.costs
-    }
-    fn allows_drafts(&self, _generating: usize) -> bool {
-        true
-    }
-    fn yield_factor(&self) -> f64 {
-        1.0
-    }
-    fn prompt_budget(&self, _generating: usize, n_batch: usize) -> usize {
-        n_batch
-    }
-    fn drafts_pay(&mut self, _planned: &[PlannedPace]) -> bool {
-        true
-    }
-    fn observe(&mut self, round: &RoundReport) {
-        if let Some(d) = round.decode {
-            self.costs.observe_shared(d.rows, d.seqs, d.secs);
-        }
-    }
-}
-
 /// A target decode that read no prompt tokens: what the run learns decode costs from.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DecodeShape {
