@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # README command 2: set up on a bare machine and run the whole test suite: formatting, lints
-# and API docs with and without llama.cpp, the toolchain floor, then every test (mock backend,
+# and API docs, the toolchain floor (the workspace without llama.cpp), then every test (mock backend,
 # real models, the openai client) on the optimized build, and last the GPU code path: the
 # greedy fidelity test with every layer on Mesa's lavapipe, a software Vulkan device.
 #
@@ -21,15 +21,14 @@ if [ "${SPECRUN_SKIP_VULKAN:-0}" != 1 ]; then
 fi
 say "formatting (cargo fmt --check)"
 cargo fmt --all -- --check
-say "lints (cargo clippy -D warnings), with and without the llama.cpp backend${features:+ (llama.cpp built for Vulkan: long on a cold machine)}"
+say "lints (cargo clippy -D warnings)${features:+ (llama.cpp built for Vulkan: long on a cold machine)}"
 cargo clippy --release --locked --workspace --all-targets "${features[@]}" -- -D warnings
-cargo clippy --release --locked --workspace --all-targets --no-default-features -- -D warnings
 say "API docs (cargo doc, warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --release --locked --no-deps --workspace "${features[@]}"
-say "toolchain floor: the workspace without llama.cpp checks with the rust-version it declares"
+say "toolchain floor: the workspace without llama.cpp checks, warnings denied, with the rust-version it declares"
 msrv="$(sed -n 's/^rust-version = "\(.*\)"/\1/p' Cargo.toml | head -1)"
 rustup toolchain install "$msrv" --profile minimal >/dev/null
-cargo +"$msrv" check --locked --workspace --all-targets --no-default-features
+RUSTFLAGS="-D warnings" cargo +"$msrv" check --locked --workspace --all-targets --no-default-features
 say "every test, with those that need models or the openai client (ignored by a plain cargo test)"
 cargo test --release --locked --workspace "${features[@]}" "$@" -- --include-ignored
 if [ "${SPECRUN_SKIP_VULKAN:-0}" = 1 ]; then
