@@ -65,14 +65,8 @@ pub enum ReadError {
 pub fn read_text(path: &Path, limit: u64) -> Result<String, ReadError> {
     let name = path.display().to_string();
     let io = |e: std::io::Error| ReadError::Io { path: name.clone(), reason: e.to_string() };
-    if !std::fs::metadata(path).map_err(io)?.is_file() {
-        return Err(ReadError::NotRegular { path: name });
-    }
-    let file = open_nonblocking(path).map_err(io)?;
+    let file = open_regular(path)?;
     let meta = file.metadata().map_err(io)?;
-    if !meta.is_file() {
-        return Err(ReadError::NotRegular { path: name });
-    }
     if meta.len() > limit {
         return Err(ReadError::TooLarge { path: name, limit });
     }
@@ -87,6 +81,21 @@ pub fn read_text(path: &Path, limit: u64) -> Result<String, ReadError> {
         text.drain(..'\u{feff}'.len_utf8());
     }
     Ok(text)
+}
+
+/// Open a regular file for reading, never blocking on a FIFO or a device (the type is checked
+/// before opening and again on what was opened).
+pub fn open_regular(path: &Path) -> Result<std::fs::File, ReadError> {
+    let name = path.display().to_string();
+    let io = |e: std::io::Error| ReadError::Io { path: name.clone(), reason: e.to_string() };
+    if !std::fs::metadata(path).map_err(io)?.is_file() {
+        return Err(ReadError::NotRegular { path: name });
+    }
+    let file = open_nonblocking(path).map_err(io)?;
+    if !file.metadata().map_err(io)?.is_file() {
+        return Err(ReadError::NotRegular { path: name });
+    }
+    Ok(file)
 }
 
 #[cfg(unix)]

@@ -1,6 +1,7 @@
 //! The `specrun batch` command: a prompt file through one loaded pair to JSON Lines.
 //!
 //! Models load once; each record gets a fresh sequence (the caches are cleared per record).
+//! The input is read as a stream ([`super::batch_input`]): a scan, then one record at a time.
 //! The output starts with a header naming the input's sha256 and the settings that change
 //! results; every record is written with one `write_all` and flushed, so a crash can only cut
 //! off the last line, which `--resume` detects and redoes. The output file is locked while a
@@ -8,35 +9,36 @@
 //! Ctrl-C stops at the next round without writing the unfinished record; a second Ctrl-C exits
 //! at once. Exit codes: 0 all records ok, 1 some failed, 2 fatal, 130 interrupted.
 
+use super::batch_input::Input;
 use super::{EXIT_INTERRUPTED, EXIT_NEGATIVE};
 use crate::cli::BatchArgs;
 use crate::constraint::LazyVocabulary;
 use crate::formats::openai::{self, ApiError, Endpoint, Meta, Usage};
 use crate::formats::records::{
-    check_unique_ids, detect_format, id_key, parse_input, read_output, sidecar_path, ErrorRecord, Header, InputFormat, Job, OkRecord,
-    OutputRecord, PromptInput, Record,
+    detect_format, read_output, sidecar_path, ErrorRecord, Header, InputFormat, Job, OkRecord, OutputRecord, PromptInput, Record,
 };
 use crate::infer::{generate_cached, make_drafter_with_cache, plan, token_texts, with_backend, Interrupted, Plan};
 use crate::io::{install_interrupt_handler, interrupted, is_stdout, read_text};
 use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use specrun_core::batching::RunSink;
+use specrun_core::batching::{BatchJob, JobSource, NextJob, RunSink};
 use specrun_core::clock::Clock;
 use specrun_core::detok::TextStream;
 use specrun_core::draft::Drafter;
-use specrun_core::engine::{Engine, EngineError, Sequence};
+use specrun_core::engine::{Engine, EngineError, GenConfig, Sequence};
 use specrun_core::model::{Model, TextCodec};
 use specrun_core::prefix_cache::PrefixCache;
 use specrun_core::stats::GenStats;
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::ExitCode;
+use std::rc::Rc;
 
-/// An input file larger than this is refused.
+/// A prompt file read whole (`bench --prompts`, `shards`) larger than this is refused.
 pub const MAX_INPUT_BYTES: u64 = 1 << 30;
 /// An output file larger than this is not resumed.
 pub const MAX_OUTPUT_BYTES: u64 = 4 << 30;
@@ -44,13 +46,12 @@ pub const MAX_OUTPUT_BYTES: u64 = 4 << 30;
 /// The input format `--input-format` names, else by extension (`.txt`: one prompt per line),
 /// else by the first record (OpenAI batch lines have a `custom_id`).
 pub fn input_format(path: &Path, flag: Option<InputFormat>, text: &str) -> InputFormat {
-    flag.unwrap_or_else(|| {
-        if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")) {
-            InputFormat::Txt
-        } else {
-            detect_format(text)
-        }
-    })
+    named_format(path, flag).unwrap_or_else(|| detect_format(text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default()))
+}
+
+/// The input format `--input-format` or the extension names, if any.
+fn named_format(path: &Path, flag: Option<InputFormat>) -> Option<InputFormat> {
+    flag.or_else(|| path.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")).then_some(InputFormat::Txt))
 }
 
 /// Where records go, and in which format.
@@ -77,11 +78,11 @@ impl Sink {
         }
     }
 
-    /// One record, written whole; `job` is the input record it answers (when it could be read).
-    fn write_record(&mut self, rec: &OutputRecord, job: Option<&Job>) -> std::io::Result<()> {
+    /// One record, written whole; `endpoint` is the OpenAI batch line's, when it could be read.
+    fn write_record(&mut self, rec: &OutputRecord, endpoint: Option<Endpoint>) -> std::io::Result<()> {
         let line = match &mut self.openai {
             None => serde_json::to_string(rec).expect("records serialise"),
-            Some(o) => o.line(rec, job.and_then(|j| j.openai)).to_string(),
+            Some(o) => o.line(rec, endpoint).to_string(),
         };
         self.write_line(&(line + "\n"))
     }
@@ -130,20 +131,11 @@ impl OpenAiLines {
 
 /// `specrun batch`. Fatal errors are returned (one line, exit 2).
 pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
-    let text = read_text(&args.input, MAX_INPUT_BYTES)?;
-    let format = input_format(&args.input, args.input_format, &text);
-    let records = parse_input(&text, format);
-    if records.is_empty() {
-        bail!("{}: no records (the file is empty)", args.input.display());
-    }
-    check_unique_ids(&records).map_err(|e| anyhow!("{}: {e}", args.input.display()))?;
-    let records: Vec<_> = match args.shard {
-        Some(s) => records.into_iter().enumerate().filter(|(i, _)| i % s.count == s.index).map(|(_, r)| r).collect(),
-        None => records,
-    };
+    let mut input = Input::scan(&args.input, named_format(&args.input, args.input_format), args.shard)?;
+    let format = input.format;
     let mut plan = plan(&args.models.selection(), &args.gen.overrides())?;
     crate::infer::calibration::attach(&mut plan, args.models.mock);
-    let header = Header::new(format!("{:x}", Sha256::digest(text.as_bytes())), fingerprint(&plan, args, format));
+    let header = Header::new(input.sha256.clone(), fingerprint(&plan, args, format));
     let (mut sink, done) = prepare_output(args, &header)?;
     if format == InputFormat::Openai {
         sink.openai = Some(OpenAiLines {
@@ -155,11 +147,11 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
         });
     }
     // an output whose header matches holds only this input's ids, unless it was edited
-    let ids: HashSet<String> = records.iter().map(|r| id_key(&record_id(r))).collect();
-    if let Some(stranger) = done.iter().find(|d| !ids.contains(*d)) {
+    if let Some(stranger) = done.iter().find(|d| !input.holds(d)) {
         bail!("{}: holds id {stranger}, which is not in the input; refusing to resume", args.output.display());
     }
-    let todo: Vec<_> = records.into_iter().filter(|r| !done.contains(&id_key(&record_id(r)))).collect();
+    let todo = Todo { n: input.n_records - done.len(), n_skipped: done.len() };
+    let mut records = input.records(&done)?;
     install_interrupt_handler();
     let n_parallel = parallelism(args, &plan);
     if n_parallel > 1 {
@@ -174,11 +166,40 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
     with_backend(&plan, args.models.mock, &mut |target, draft, codec, clock| {
         let texts = token_texts(codec, target.n_vocab());
         let drafter = make_drafter_with_cache(plan.drafter, plan.ngram, draft, &texts, args.draft_cache);
+        let run = Run { codec, clock, plan: &plan, args, todo };
         if n_parallel > 1 {
-            return run_parallel(target, drafter, codec, clock, &plan, args, &todo, done.len(), &mut sink, n_parallel);
+            return run_parallel(target, drafter, &run, &mut records, &mut sink, n_parallel);
         }
-        run_records(target, drafter, codec, clock, &plan, args, &todo, done.len(), &mut sink)
+        run_records(target, drafter, &run, &mut records, &mut sink)
     })
+}
+
+/// What every record of a run shares.
+struct Run<'a> {
+    codec: &'a dyn TextCodec,
+    clock: &'a dyn Clock,
+    plan: &'a Plan,
+    args: &'a BatchArgs,
+    todo: Todo,
+}
+
+/// The records this run writes, and those an earlier run wrote (resumed).
+#[derive(Debug, Clone, Copy)]
+struct Todo {
+    n: usize,
+    n_skipped: usize,
+}
+
+/// The input's records as the run takes them: `(i, record)`, `i` counting from 0; an error
+/// when the input cannot be read on.
+type RecordStream<'r> = dyn Iterator<Item = Result<(usize, Record)>> + 'r;
+
+fn interrupted_note(todo: Todo, n_written: usize) {
+    crate::io::note(format!(
+        "interrupted after {} of {} records; nothing partial was written; resume with the same command and --resume",
+        todo.n_skipped + n_written,
+        todo.n_skipped + todo.n
+    ));
 }
 
 /// The prefix cache's budget: `--cache-ram`, none with `--no-prefix-cache`.
@@ -196,51 +217,36 @@ fn parallelism(args: &BatchArgs, plan: &Plan) -> usize {
 }
 
 /// `--parallel N`: continuous batching over N slots ([`specrun_core::batching`]); records are
-/// written in input order (a finished record waits for those before it), so the output is
-/// the same file as with one record at a time.
-#[allow(clippy::too_many_arguments)]
+/// read as slots free and written in input order (a finished record waits for those before
+/// it), so the output is the same file as with one record at a time.
 fn run_parallel(
     target: &mut dyn Model,
     drafter: Box<dyn Drafter + '_>,
-    codec: &dyn TextCodec,
-    clock: &dyn Clock,
-    plan: &Plan,
-    args: &BatchArgs,
-    todo: &[Record],
-    n_skipped: usize,
+    run: &Run<'_>,
+    records: &mut RecordStream<'_>,
     sink: &mut Sink,
     n_parallel: usize,
 ) -> Result<ExitCode> {
-    use specrun_core::batching::{run_continuous, BatchEnd, BatchJob, SharedPolicy, Slots};
-    use std::collections::BTreeMap;
+    use specrun_core::batching::{run_continuous_from, BatchEnd, SharedPolicy, Slots};
+    let (args, codec, clock) = (run.args, run.codec, run.clock);
     let t0 = clock.now();
     let vocab = LazyVocabulary::new(codec, &*target);
-    let mut engine = Engine::new(target, drafter, plan.gen.clone());
-    let mut ready: BTreeMap<usize, OutputRecord> = BTreeMap::new();
-    let mut jobs = Vec::new();
-    for (i, rec) in todo.iter().enumerate() {
-        match rec {
-            // written from the input when its turn comes (not copied: a file may hold millions)
-            Err(_) => {}
-            Ok(job) => match prepare_job(codec, &vocab, plan, args, job) {
-                Ok((config, prompt)) => jobs.push(BatchJob { tag: i, config, prompt }),
-                Err(e) => {
-                    ready.insert(i, OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: e }));
-                }
-            },
-        }
-    }
-    let mut records = RecordSink {
-        todo,
-        codec,
-        texts: BTreeMap::new(),
-        ready,
+    let mut engine = Engine::new(target, drafter, run.plan.gen.clone());
+    let output = Rc::new(RefCell::new(Ordered {
+        ready: BTreeMap::new(),
         next: 0,
         totals: Totals { ok: 0, failed: 0, stats: GenStats::default() },
         write_error: None,
         out: sink,
         out_name: args.output.display().to_string(),
-        bar: progress_bar(args, todo.len()),
+        bar: progress_bar(args, run.todo.n),
+    }));
+    let mut source =
+        RecordJobs { records, ahead: VecDeque::new(), output: output.clone(), run, vocab: &vocab, read_error: None, read_all: false };
+    let mut finished = RecordSink {
+        output: output.clone(),
+        codec,
+        texts: BTreeMap::new(),
         drafter_name: engine.drafter.name(),
         active: engine.drafter.is_active(),
     };
@@ -250,110 +256,114 @@ fn run_parallel(
         prompt_cache: args.prompt_cache,
         prefix_cache_bytes: prefix_cache_bytes(args),
     };
-    let mut policy = SharedPolicy::new(plan.gen.cost_curve.clone());
-    let outcome = run_continuous(&mut engine, jobs, slots, &mut policy, clock, &mut records);
-    // records before the first job (bad lines at the top) or after the last one
-    records.write_ready();
-    if let Some(e) = records.write_error.take() {
+    let mut policy = SharedPolicy::new(run.plan.gen.cost_curve.clone());
+    let outcome = run_continuous_from(&mut engine, &mut source, slots, &mut policy, clock, &mut finished);
+    let read_error = source.read_error.take();
+    drop((source, finished));
+    let mut output = output.borrow_mut();
+    output.write_ready();
+    if let Some(e) = output.write_error.take() {
         return Err(e);
     }
-    let RecordSink { next, totals, bar, .. } = records;
-    bar.finish_and_clear();
+    output.bar.finish_and_clear();
     let outcome = outcome.map_err(|e| anyhow!(e).context("a shared decode failed"))?;
-    let bstats = outcome.stats;
-    match outcome.end {
-        BatchEnd::Cancelled => {
-            crate::io::note(format!(
-                "interrupted after {} of {} records; nothing partial was written; resume with the same command and --resume",
-                n_skipped + next,
-                n_skipped + todo.len()
-            ));
-            return Ok(ExitCode::from(EXIT_INTERRUPTED));
-        }
-        BatchEnd::Done => {}
+    if outcome.end == BatchEnd::Cancelled {
+        interrupted_note(run.todo, output.next);
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    }
+    if let Some(e) = read_error {
+        return Err(e);
     }
     if !args.quiet {
-        print_summary(&totals, n_skipped, (clock.now() - t0).as_secs_f64());
-        crate::io::note(format!(
-            "batching  {n_parallel} slots  {} shared rounds ({} in the tail, no record left to take a free slot)  {:.2} records in flight on average  {:.2} tokens per target decode",
-            bstats.n_rounds,
-            bstats.n_tail_rounds,
-            bstats.mean_active(),
-            bstats.tokens_per_decode(),
-        ));
-        let plans = bstats.plan_check;
-        if plans.n_rounds > 0 {
-            crate::io::note(format!(
-                "plans     {} rounds planned with known costs: {:.2} of the tokens and {:.2} of the time they expected",
-                plans.n_rounds,
-                plans.tokens_ratio(),
-                plans.time_ratio(),
-            ));
-        }
-        if bstats.n_held_rounds > 0 {
-            crate::io::note(format!(
-                "outlook   drafts held in {} rounds (played to the end, the work left ended sooner plainly)",
-                bstats.n_held_rounds
-            ));
-        }
-        if bstats.n_pauses > 0 {
-            crate::io::note(format!(
-                "guard     drafting paused {} times, {} rounds in all (drafted rounds measured slower than plain ones)",
-                bstats.n_pauses, bstats.n_paused_rounds
-            ));
-        }
-        let from_slots = bstats.n_prompt_cached - bstats.n_prompt_restored;
-        if from_slots > 0 {
-            crate::io::note(format!("prompts   {from_slots} tokens kept from the record before in the slot (--prompt-cache)"));
-        }
-        if bstats.n_prompt_restored > 0 {
-            let p = &bstats.prefix_cache;
-            crate::io::note(format!(
-                "prompts   {} tokens restored from the prefix cache in {} records ({} entries kept, {} evicted; --cache-ram)",
-                bstats.n_prompt_restored, p.n_restores, p.n_saved, p.n_evicted
-            ));
-        }
-        if bstats.n_prompt_rounds > 0 {
-            crate::io::note(format!(
-                "prompts   {} tokens read inside {} shared rounds (--prefill-chunk {})",
-                bstats.n_prompt_in_rounds, bstats.n_prompt_rounds, args.prefill_chunk
-            ));
-        }
-        crate::io::note(format!(
-            "time      prefill {:.1} s  decode {:.1} s  {:.2} tok/s aggregate in decode rounds",
-            bstats.t_prefill.as_secs_f64(),
-            bstats.t_decode.as_secs_f64(),
-            bstats.decode_tok_per_s(),
-        ));
+        print_summary(&output.totals, run.todo.n_skipped, (clock.now() - t0).as_secs_f64());
+        print_batching(&outcome.stats, n_parallel, args);
     }
-    Ok(if totals.failed > 0 { ExitCode::from(EXIT_NEGATIVE) } else { ExitCode::SUCCESS })
+    Ok(if output.totals.failed > 0 { ExitCode::from(EXIT_NEGATIVE) } else { ExitCode::SUCCESS })
 }
 
-/// Where a `--parallel` run's records go: each record's text streamed ([`TextStream`]), and
-/// every record written when those before it are.
-struct RecordSink<'a, 'o> {
-    todo: &'a [Record],
-    codec: &'a dyn TextCodec,
-    texts: std::collections::BTreeMap<usize, TextStream>,
-    ready: std::collections::BTreeMap<usize, OutputRecord>,
-    /// The next record to write (an index into `todo`).
+/// What the shared rounds of a `--parallel` run did, on stderr.
+fn print_batching(bstats: &specrun_core::batching::BatchStats, n_parallel: usize, args: &BatchArgs) {
+    crate::io::note(format!(
+        "batching  {n_parallel} slots  {} shared rounds ({} in the tail, no record left to take a free slot)  {:.2} records in flight on average  {:.2} tokens per target decode",
+        bstats.n_rounds,
+        bstats.n_tail_rounds,
+        bstats.mean_active(),
+        bstats.tokens_per_decode(),
+    ));
+    let plans = bstats.plan_check;
+    if plans.n_rounds > 0 {
+        crate::io::note(format!(
+            "plans     {} rounds planned with known costs: {:.2} of the tokens and {:.2} of the time they expected",
+            plans.n_rounds,
+            plans.tokens_ratio(),
+            plans.time_ratio(),
+        ));
+    }
+    if bstats.n_held_rounds > 0 {
+        crate::io::note(format!(
+            "outlook   drafts held in {} rounds (played to the end, the work left ended sooner plainly)",
+            bstats.n_held_rounds
+        ));
+    }
+    if bstats.n_pauses > 0 {
+        crate::io::note(format!(
+            "guard     drafting paused {} times, {} rounds in all (drafted rounds measured slower than plain ones)",
+            bstats.n_pauses, bstats.n_paused_rounds
+        ));
+    }
+    let from_slots = bstats.n_prompt_cached - bstats.n_prompt_restored;
+    if from_slots > 0 {
+        crate::io::note(format!("prompts   {from_slots} tokens kept from the record before in the slot (--prompt-cache)"));
+    }
+    if bstats.n_prompt_restored > 0 {
+        let p = &bstats.prefix_cache;
+        crate::io::note(format!(
+            "prompts   {} tokens restored from the prefix cache in {} records ({} entries kept, {} evicted; --cache-ram)",
+            bstats.n_prompt_restored, p.n_restores, p.n_saved, p.n_evicted
+        ));
+    }
+    if bstats.n_prompt_rounds > 0 {
+        crate::io::note(format!(
+            "prompts   {} tokens read inside {} shared rounds (--prefill-chunk {})",
+            bstats.n_prompt_in_rounds, bstats.n_prompt_rounds, args.prefill_chunk
+        ));
+    }
+    crate::io::note(format!(
+        "time      prefill {:.1} s  decode {:.1} s  {:.2} tok/s aggregate in decode rounds",
+        bstats.t_prefill.as_secs_f64(),
+        bstats.t_decode.as_secs_f64(),
+        bstats.decode_tok_per_s(),
+    ));
+}
+
+/// Records waiting to be written while one before them is in flight, beyond which the
+/// source reads no further (a file of bad lines behind a long record stays small in memory).
+const MAX_WAITING: usize = 4096;
+
+/// The output of a `--parallel` run, written in input order: a record waits here until those
+/// before it are written. The job source puts the records that cannot run (bad lines, bad
+/// settings), the run sink the finished ones.
+struct Ordered<'o> {
+    ready: BTreeMap<usize, (OutputRecord, Option<Endpoint>)>,
+    /// The next record to write.
     next: usize,
     totals: Totals,
     write_error: Option<anyhow::Error>,
     out: &'o mut Sink,
     out_name: String,
     bar: ProgressBar,
-    drafter_name: &'static str,
-    active: bool,
 }
 
-impl RecordSink<'_, '_> {
+impl Ordered<'_> {
+    fn put(&mut self, i: usize, record: OutputRecord, endpoint: Option<Endpoint>) {
+        self.ready.insert(i, (record, endpoint));
+        self.write_ready();
+    }
+
     /// Write every record whose predecessors are all written.
     fn write_ready(&mut self) {
-        while let Some(rec) = next_in_order(&mut self.ready, self.todo, self.next) {
-            if self.write_error.is_some() {
-                break;
-            }
+        while self.write_error.is_none() {
+            let Some((rec, endpoint)) = self.ready.remove(&self.next) else { break };
             match &rec {
                 OutputRecord::Ok(r) => {
                     self.totals.ok += 1;
@@ -363,7 +373,7 @@ impl RecordSink<'_, '_> {
                 }
                 OutputRecord::Error(_) => self.totals.failed += 1,
             }
-            if let Err(e) = self.out.write_record(&rec, self.todo[self.next].as_deref().ok()) {
+            if let Err(e) = self.out.write_record(&rec, endpoint) {
                 self.write_error = Some(anyhow::Error::new(e).context(format!("{}: cannot write", self.out_name)));
             }
             self.next += 1;
@@ -372,21 +382,103 @@ impl RecordSink<'_, '_> {
     }
 }
 
-impl RunSink<usize> for RecordSink<'_, '_> {
-    fn tokens(&mut self, &mut tag: &mut usize, seq: &Sequence, added: std::ops::Range<usize>) -> bool {
-        let Ok(job) = &self.todo[tag] else { return false };
-        let text = self.texts.entry(tag).or_insert_with(|| TextStream::new(job.stop.clone()));
+/// A record in flight: its place in the run, and the record.
+struct InFlight {
+    i: usize,
+    job: Box<Job>,
+}
+
+/// The records as jobs for free slots, read as the run asks (and a few ahead, for the run's
+/// outlook); those that cannot run go straight to the output.
+struct RecordJobs<'a, 'r, 'o> {
+    records: &'a mut RecordStream<'r>,
+    ahead: VecDeque<BatchJob<InFlight>>,
+    output: Rc<RefCell<Ordered<'o>>>,
+    run: &'a Run<'a>,
+    vocab: &'a LazyVocabulary<'a>,
+    /// The input could not be read on: the run ends when the records in flight do.
+    read_error: Option<anyhow::Error>,
+    read_all: bool,
+}
+
+impl RecordJobs<'_, '_, '_> {
+    /// The next record that can run; None at the end, or while too many records wait to be
+    /// written ([`MAX_WAITING`]).
+    fn read(&mut self) -> Option<BatchJob<InFlight>> {
+        while !self.read_all && self.output.borrow().ready.len() < MAX_WAITING {
+            match self.records.next() {
+                None => self.read_all = true,
+                Some(Err(e)) => {
+                    self.read_error = Some(e);
+                    self.read_all = true;
+                }
+                Some(Ok((i, Err(bad)))) => {
+                    let record = OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error() });
+                    self.output.borrow_mut().put(i, record, None);
+                }
+                Some(Ok((i, Ok(job)))) => match prepare_job(self.run.codec, self.vocab, self.run.plan, self.run.args, &job) {
+                    Ok((config, prompt)) => return Some(BatchJob { tag: InFlight { i, job }, config, prompt }),
+                    Err(error) => {
+                        self.output.borrow_mut().put(i, OutputRecord::Error(ErrorRecord { id: job.id.clone(), error }), job.openai)
+                    }
+                },
+            }
+        }
+        None
+    }
+}
+
+impl JobSource<InFlight> for RecordJobs<'_, '_, '_> {
+    fn next_job(&mut self, _idle: bool) -> NextJob<InFlight> {
+        match self.ahead.pop_front().or_else(|| self.read()) {
+            Some(job) => NextJob::Job(job),
+            None if self.read_all => NextJob::Closed,
+            None => NextJob::Later,
+        }
+    }
+
+    fn exhausted(&mut self) -> bool {
+        if self.ahead.is_empty() {
+            let next = self.read();
+            self.ahead.extend(next);
+        }
+        self.ahead.is_empty() && self.read_all
+    }
+
+    fn upcoming(&mut self, n: usize) -> Option<Vec<GenConfig>> {
+        while self.ahead.len() < n {
+            let Some(job) = self.read() else { break };
+            self.ahead.push_back(job);
+        }
+        // fewer than asked and not at the end: the source cannot say what is left
+        (self.ahead.len() >= n || self.read_all).then(|| self.ahead.iter().take(n).map(|j| j.config.clone()).collect())
+    }
+}
+
+/// Where a `--parallel` run's records go: each record's text streamed ([`TextStream`]), the
+/// finished record to the ordered output.
+struct RecordSink<'a, 'o> {
+    output: Rc<RefCell<Ordered<'o>>>,
+    codec: &'a dyn TextCodec,
+    texts: BTreeMap<usize, TextStream>,
+    drafter_name: &'static str,
+    active: bool,
+}
+
+impl RunSink<InFlight> for RecordSink<'_, '_> {
+    fn tokens(&mut self, tag: &mut InFlight, seq: &Sequence, added: std::ops::Range<usize>) -> bool {
+        let text = self.texts.entry(tag.i).or_insert_with(|| TextStream::new(tag.job.stop.clone()));
         for &t in &seq.tokens[added] {
             text.push(&self.codec.piece(t));
         }
         text.stopped()
     }
 
-    fn finished(&mut self, tag: usize, result: Result<Sequence, EngineError>) {
-        let Ok(job) = &self.todo[tag] else { return };
+    fn finished(&mut self, tag: InFlight, result: Result<Sequence, EngineError>) {
+        let InFlight { i, job } = tag;
         let record = match result {
             Ok(seq) => {
-                let text = self.texts.remove(&tag).unwrap_or_else(|| TextStream::new(job.stop.clone()));
+                let text = self.texts.remove(&i).unwrap_or_else(|| TextStream::new(job.stop.clone()));
                 let finish = seq.finish.unwrap_or(specrun_core::stats::FinishReason::Length);
                 let verify = seq.config.effective_verify();
                 let draft_max = if self.active { seq.config.draft_max } else { 0 };
@@ -399,16 +491,19 @@ impl RunSink<usize> for RecordSink<'_, '_> {
                     draft_max,
                     &seq.stats,
                 );
-                OutputRecord::Ok(ok_record(job, r))
+                OutputRecord::Ok(ok_record(&job, r))
             }
             Err(e) => OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: format!("line {}: {e}", job.line) }),
         };
-        self.ready.insert(tag, record);
-        self.write_ready();
+        self.output.borrow_mut().put(i, record, job.openai);
     }
 
     fn cancel(&mut self) -> bool {
         interrupted()
+    }
+
+    fn cancelled(&mut self, tag: InFlight) {
+        self.texts.remove(&tag.i);
     }
 }
 
@@ -424,10 +519,7 @@ fn prepare_job(
     if let Some(g) = &job.grammar {
         config.constraint = Some(vocab.compile(g).map_err(|e| format!("line {}: {e}", job.line))?);
     }
-    let bytes = match &job.input {
-        PromptInput::Text(t) => t.len(),
-        PromptInput::Chat(m) => m.iter().map(|(r, c)| r.len() + c.len()).sum(),
-    };
+    let bytes = job.input.text_bytes();
     crate::infer::check_prompt_bytes(codec, bytes, plan.target.n_ctx as usize).map_err(|e| format!("line {}: {e}", job.line))?;
     // messages' contents are text (a turn marker written in one stays characters); a raw
     // `prompt` is the file's own text, control tokens included
@@ -435,6 +527,7 @@ fn prepare_job(
         PromptInput::Text(t) if args.chat => codec.chat_tokens(&[("user".into(), t.clone())]),
         PromptInput::Text(t) => Ok(codec.tokenize(t)),
         PromptInput::Chat(m) => codec.chat_tokens(m),
+        PromptInput::Template(c) => crate::formats::chat_template::template_tokens(codec, c),
     }
     .map_err(|e| format!("line {}: {e}", job.line))?;
     Ok((config, tokens))
@@ -510,22 +603,6 @@ fn fingerprint(plan: &Plan, args: &BatchArgs, format: InputFormat) -> serde_json
     m
 }
 
-/// Record `i` of the output, if it is ready: a bad input line's error record (made now), or
-/// the finished record waiting in `ready`.
-fn next_in_order(ready: &mut std::collections::BTreeMap<usize, OutputRecord>, todo: &[Record], i: usize) -> Option<OutputRecord> {
-    match todo.get(i)? {
-        Err(bad) => Some(OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error() })),
-        Ok(_) => ready.remove(&i),
-    }
-}
-
-fn record_id(r: &Record) -> Value {
-    match r {
-        Ok(j) => j.id.clone(),
-        Err(b) => b.id.clone(),
-    }
-}
-
 /// Open (and lock) the output, create, replace or check and repair it; return where to write
 /// and the ids it already holds.
 fn prepare_output(args: &BatchArgs, header: &Header) -> Result<(Sink, HashSet<String>)> {
@@ -597,26 +674,24 @@ struct Totals {
     stats: GenStats,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One record at a time, each written as it finishes.
 fn run_records(
     target: &mut dyn Model,
     drafter: Box<dyn Drafter + '_>,
-    codec: &dyn TextCodec,
-    clock: &dyn Clock,
-    plan: &Plan,
-    args: &BatchArgs,
-    todo: &[Record],
-    n_skipped: usize,
+    run: &Run<'_>,
+    records: &mut RecordStream<'_>,
     sink: &mut Sink,
 ) -> Result<ExitCode> {
+    let (args, codec, clock) = (run.args, run.codec, run.clock);
     let out_name = args.output.display().to_string();
     let t0 = clock.now();
-    let bar = progress_bar(args, todo.len());
+    let bar = progress_bar(args, run.todo.n);
     let vocab = LazyVocabulary::new(codec, &*target);
-    let mut engine = Engine::new(target, drafter, plan.gen.clone());
+    let mut engine = Engine::new(target, drafter, run.plan.gen.clone());
     let mut store = PrefixCache::new(prefix_cache_bytes(args));
     let mut totals = Totals { ok: 0, failed: 0, stats: GenStats::default() };
-    for (i, rec) in todo.iter().enumerate() {
+    for item in records {
+        let (i, rec) = item?;
         if args.debug_crash_after == Some(i) {
             if let Out::File(f) = &mut sink.out {
                 f.write_all(b"{\"id\": \"half a rec")?;
@@ -624,32 +699,28 @@ fn run_records(
             }
             std::process::abort();
         }
-        let record = match rec {
-            Ok(job) => match run_job(&mut engine, codec, &vocab, plan, args, job, &mut store, clock) {
+        let (record, endpoint) = match rec {
+            Ok(job) => match run_job(&mut engine, codec, &vocab, run.plan, args, &job, &mut store, clock) {
                 Ok((r, generated)) => {
                     if let Some(tokens) = generated {
                         engine.drafter.learn(&tokens);
                     }
-                    r
+                    (r, job.openai)
                 }
                 Err(e) if e.downcast_ref::<Interrupted>().is_some() || interrupted() => {
                     bar.finish_and_clear();
-                    crate::io::note(format!(
-                        "interrupted after {} of {} records; nothing partial was written; resume with the same command and --resume",
-                        n_skipped + i,
-                        n_skipped + todo.len()
-                    ));
+                    interrupted_note(run.todo, i);
                     return Ok(ExitCode::from(EXIT_INTERRUPTED));
                 }
-                Err(e) => OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: format!("line {}: {e:#}", job.line) }),
+                Err(e) => (OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: format!("line {}: {e:#}", job.line) }), job.openai),
             },
-            Err(bad) => OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error() }),
+            Err(bad) => (OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error() }), None),
         };
         match &record {
             OutputRecord::Ok(_) => totals.ok += 1,
             OutputRecord::Error(_) => totals.failed += 1,
         }
-        sink.write_record(&record, rec.as_deref().ok()).with_context(|| format!("{out_name}: cannot write"))?;
+        sink.write_record(&record, endpoint).with_context(|| format!("{out_name}: cannot write"))?;
         if let OutputRecord::Ok(r) = &record {
             totals.stats.n_generated += r.n_generated;
             totals.stats.n_drafted += r.n_drafted;
@@ -665,7 +736,7 @@ fn run_records(
     }
     bar.finish_and_clear();
     if !args.quiet {
-        print_summary(&totals, n_skipped, (clock.now() - t0).as_secs_f64());
+        print_summary(&totals, run.todo.n_skipped, (clock.now() - t0).as_secs_f64());
         let p = &store.stats;
         if p.n_restores > 0 {
             crate::io::note(format!(

@@ -116,6 +116,19 @@ pub const CHAT_ROLES: [&str; 4] = ["system", "user", "assistant", "developer"];
 pub enum PromptInput {
     Text(String),
     Chat(Vec<(String, String)>),
+    /// A chat with tools, calls or tool results, for the model's own Jinja template.
+    Template(crate::formats::chat_template::TemplateChat),
+}
+
+impl PromptInput {
+    /// The bytes of text it holds (a bound on its tokens before tokenizing).
+    pub fn text_bytes(&self) -> usize {
+        match self {
+            PromptInput::Text(t) => t.len(),
+            PromptInput::Chat(m) => m.iter().map(|(role, c)| role.len() + c.len()).sum(),
+            PromptInput::Template(c) => c.messages.iter().chain(&c.tools).map(|v| v.to_string().len()).sum(),
+        }
+    }
 }
 
 /// A checked input record.
@@ -178,9 +191,8 @@ pub enum InputFormat {
 }
 
 /// A JSON Lines file's format by its first record: OpenAI batch lines have a `custom_id`.
-pub fn detect_format(text: &str) -> InputFormat {
-    let first = text.lines().find(|l| !l.trim().is_empty());
-    let openai = first.and_then(|l| serde_json::from_str::<Value>(l).ok()).is_some_and(|v| v.get("custom_id").is_some());
+pub fn detect_format(first_record: &str) -> InputFormat {
+    let openai = serde_json::from_str::<Value>(first_record).ok().is_some_and(|v| v.get("custom_id").is_some());
     if openai {
         InputFormat::Openai
     } else {
@@ -232,6 +244,9 @@ fn check_openai(raw: &str, line: usize) -> Result<Job, BadRecord> {
     }
     if req.logprobs.is_some() {
         return Err(bad("body.logprobs: log-probabilities are given by specrun serve, not in batch outputs".into()));
+    }
+    if req.tools.is_some() || matches!(req.prompt, PromptInput::Template(_)) {
+        return Err(bad("body.tools: tool calls are answered by specrun serve, not in batch outputs".into()));
     }
     Ok(Job {
         id,
@@ -368,43 +383,119 @@ fn check(rec: InputRecord, line: usize) -> Result<Job, BadRecord> {
 /// small) or why it is not one.
 pub type Record = Result<Box<Job>, BadRecord>;
 
-/// Parse a whole input file. Blank lines are skipped; a line that is not a valid record
-/// becomes a [`BadRecord`] naming its line.
+/// Parse a whole input file held in memory. Blank lines are skipped; a line that is not a
+/// valid record becomes a [`BadRecord`] naming its line.
 pub fn parse_input(text: &str, format: InputFormat) -> Vec<Record> {
-    let mut out = Vec::new();
-    // reasons seen, shared by the lines that fail alike (a bounded number of them)
-    let mut reasons: HashMap<String, std::sync::Arc<str>> = HashMap::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        if raw.trim().is_empty() {
-            continue;
-        }
-        out.push(match format {
-            InputFormat::Txt => Ok(Box::new(Job::plain(Value::from(line), line, PromptInput::Text(raw.to_string())))),
-            InputFormat::Openai => check_openai(raw, line).map(Box::new),
-            InputFormat::Jsonl => match serde_json::from_str::<InputRecord>(raw) {
-                Ok(rec) => check(rec, line).map(Box::new),
-                Err(e) => {
-                    // keep the id when the line is JSON with an id, else the line number
-                    let id = serde_json::from_str::<Value>(raw)
-                        .ok()
-                        .and_then(|v| v.get("id").cloned())
-                        .filter(|v| matches!(v, Value::String(_) | Value::Number(_)))
-                        .unwrap_or_else(|| Value::from(line));
-                    // serde_json counts lines within this one line: say the column only
-                    let msg = e.to_string();
-                    let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m).to_string();
-                    let reason = match reasons.get(&msg) {
-                        Some(r) => r.clone(),
-                        None if reasons.len() < 256 => reasons.entry(msg.clone()).or_insert_with(|| msg.into()).clone(),
-                        None => msg.into(),
-                    };
-                    Err(BadRecord { id, line, column: Some(e.column()), reason })
-                }
-            },
-        });
+    // a string is UTF-8 and has no line over the limit: every item is a record
+    RecordReader::new(text.as_bytes(), Some(format), usize::MAX).filter_map(|r| r.ok().map(|(_, rec)| rec)).collect()
+}
+
+/// Why a record file cannot be read on: one line naming the file's line.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LineError {
+    #[error("line {line}: {reason}")]
+    Io { line: usize, reason: String },
+    #[error("line {line}: not UTF-8 text (byte {offset} of the line)")]
+    NotUtf8 { line: usize, offset: usize },
+    #[error("line {line}: longer than {limit} bytes; refusing to read it")]
+    TooLong { line: usize, limit: usize },
+}
+
+/// A record file read one line at a time, never whole: each non-blank line's record with its
+/// line number, or why it is none. The format is given, or taken from the first non-blank
+/// line ([`detect_format`]). A UTF-8 byte-order mark before the first line is skipped; lines
+/// failing alike share their reason (a bounded number of reasons is kept).
+pub struct RecordReader<R> {
+    reader: R,
+    format: Option<InputFormat>,
+    line: usize,
+    max_line: usize,
+    buf: Vec<u8>,
+    reasons: HashMap<String, std::sync::Arc<str>>,
+}
+
+impl<R: std::io::BufRead> RecordReader<R> {
+    pub fn new(reader: R, format: Option<InputFormat>, max_line: usize) -> Self {
+        Self { reader, format, line: 0, max_line, buf: Vec::new(), reasons: HashMap::new() }
     }
-    out
+
+    /// The reader, at where reading stopped.
+    pub fn into_inner(self) -> R {
+        self.reader
+    }
+
+    /// The format, once the first non-blank line decided it (or as given).
+    pub fn format(&self) -> Option<InputFormat> {
+        self.format
+    }
+
+    /// The next line's bytes without its line end; None at the end of the file.
+    fn read_line(&mut self) -> Option<Result<&str, LineError>> {
+        use std::io::{BufRead, Read};
+        self.buf.clear();
+        self.line += 1;
+        let line = self.line;
+        let limit = self.max_line.saturating_add(1) as u64;
+        match (&mut self.reader).take(limit).read_until(b'\n', &mut self.buf) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) => return Some(Err(LineError::Io { line, reason: e.to_string() })),
+        }
+        if self.buf.last() == Some(&b'\n') {
+            self.buf.pop();
+            if self.buf.last() == Some(&b'\r') {
+                self.buf.pop();
+            }
+        } else if self.buf.len() > self.max_line {
+            return Some(Err(LineError::TooLong { line, limit: self.max_line }));
+        }
+        let bytes = if line == 1 { self.buf.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&self.buf) } else { &self.buf };
+        Some(std::str::from_utf8(bytes).map_err(|e| LineError::NotUtf8 { line, offset: e.valid_up_to() }))
+    }
+}
+
+impl<R: std::io::BufRead> Iterator for RecordReader<R> {
+    type Item = Result<(usize, Record), LineError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let raw = match self.read_line()? {
+                Ok(raw) if raw.trim().is_empty() => continue,
+                Ok(raw) => raw.to_string(),
+                Err(e) => return Some(Err(e)),
+            };
+            let format = *self.format.get_or_insert_with(|| detect_format(&raw));
+            return Some(Ok((self.line, parse_line(&raw, self.line, format, &mut self.reasons))));
+        }
+    }
+}
+
+/// One non-blank line's record.
+fn parse_line(raw: &str, line: usize, format: InputFormat, reasons: &mut HashMap<String, std::sync::Arc<str>>) -> Record {
+    match format {
+        InputFormat::Txt => Ok(Box::new(Job::plain(Value::from(line), line, PromptInput::Text(raw.to_string())))),
+        InputFormat::Openai => check_openai(raw, line).map(Box::new),
+        InputFormat::Jsonl => match serde_json::from_str::<InputRecord>(raw) {
+            Ok(rec) => check(rec, line).map(Box::new),
+            Err(e) => {
+                // keep the id when the line is JSON with an id, else the line number
+                let id = serde_json::from_str::<Value>(raw)
+                    .ok()
+                    .and_then(|v| v.get("id").cloned())
+                    .filter(|v| matches!(v, Value::String(_) | Value::Number(_)))
+                    .unwrap_or_else(|| Value::from(line));
+                // serde_json counts lines within this one line: say the column only
+                let msg = e.to_string();
+                let msg = msg.rsplit_once(" at line ").map_or(msg.as_str(), |(m, _)| m).to_string();
+                let reason = match reasons.get(&msg) {
+                    Some(r) => r.clone(),
+                    None if reasons.len() < 256 => reasons.entry(msg.clone()).or_insert_with(|| msg.into()).clone(),
+                    None => msg.into(),
+                };
+                Err(BadRecord { id, line, column: Some(e.column()), reason })
+            }
+        },
+    }
 }
 
 /// The first line of every output file: what it was made from, so that `--resume` refuses an
@@ -691,7 +782,10 @@ mod tests {
             r#"{"custom_id": "d", "url": "/v1/completions", "body": {"prompt": "x"}, "extra": 1}"#,
             "\n",
         );
-        assert_eq!(detect_format(text), InputFormat::Openai);
+        assert_eq!(detect_format(text.lines().next().unwrap()), InputFormat::Openai);
+        let mut reader = RecordReader::new(text.as_bytes(), None, 1 << 20);
+        assert!(reader.next().unwrap().is_ok());
+        assert_eq!(reader.format(), Some(InputFormat::Openai), "the first record decides");
         assert_eq!(detect_format("{\"id\": 1, \"prompt\": \"p\"}\n"), InputFormat::Jsonl);
         let jobs = parse_input(text, InputFormat::Openai);
         let a = jobs[0].as_ref().unwrap();
