@@ -95,5 +95,55 @@ try:
 except openai.BadRequestError as e:
     assert e.status_code == 400 and e.body["param"] == "response_format", e.body
 
+# tools: a required call of a tool defined from a pydantic model, parsed by the client
+class GetWeather(BaseModel):
+    city: str = Field(max_length=12)
+    unit: str = Field(pattern="^(c|f)$")
+
+
+tool = openai.pydantic_function_tool(GetWeather, name="get_weather")
+called = client.chat.completions.parse(
+    model="qwen-coder",
+    messages=[{"role": "user", "content": "weather in Oslo?"}],
+    tools=[tool],
+    tool_choice="required",
+    max_tokens=200,
+)
+call_choice = called.choices[0]
+assert call_choice.finish_reason == "tool_calls", call_choice
+calls = call_choice.message.tool_calls
+assert calls and all(c.function.name == "get_weather" for c in calls), calls
+assert all(isinstance(c.function.parsed_arguments, GetWeather) for c in calls), calls
+# the answer goes back as a tool message, and the conversation goes on
+follow = client.chat.completions.create(
+    model="qwen-coder",
+    messages=[
+        {"role": "user", "content": "weather in Oslo?"},
+        call_choice.message.model_dump(exclude_none=True, exclude={"parsed"}),
+        {"role": "tool", "tool_call_id": calls[0].id, "content": "4 C, rain"},
+    ],
+    tools=[tool],
+    max_tokens=8,
+)
+assert follow.choices[0].finish_reason in ("stop", "length", "tool_calls"), follow
+
+# n choices streamed: the chunks' indices tell them apart
+texts = ["", ""]
+for ev in client.chat.completions.create(
+    model="qwen-coder",
+    messages=[{"role": "user", "content": "hello there"}],
+    max_tokens=10,
+    temperature=0.9,
+    seed=5,
+    n=2,
+    stream=True,
+):
+    for c in ev.choices:
+        texts[c.index] += c.delta.content or ""
+whole = client.chat.completions.create(
+    model="qwen-coder", messages=[{"role": "user", "content": "hello there"}], max_tokens=10, temperature=0.9, seed=5, n=2
+)
+assert texts == [c.message.content for c in whole.choices], (texts, whole.choices)
+
 assert [m.id for m in client.models.list()] == ["qwen-coder"]
 print("openai client: ok")

@@ -133,9 +133,10 @@ fn assert_greedy_fidelity_of(
     ((drafted, accepted), identical)
 }
 
-/// The unseen raw prompts of `docs/bench/prompts-fidelity.jsonl` (the set the llama.cpp
-/// agreement figure in the README is measured on), with the pair's default drafting (n-grams,
-/// cost-aware length up to 16): every divergence from plain decoding is a measured near-tie.
+/// Half the unseen raw prompts of `docs/bench/prompts-fidelity.jsonl` (every other line of
+/// the set the llama.cpp agreement figure in the README is measured on), with the pair's
+/// default drafting (n-grams, cost-aware length up to 16): every divergence from plain
+/// decoding is a measured near-tie.
 #[test]
 #[ignore = "needs models: scripts/fetch_models.py all"]
 fn greedy_fidelity_on_unseen_raw_prompts_with_the_default_drafter() {
@@ -145,11 +146,11 @@ fn greedy_fidelity_on_unseen_raw_prompts_with_the_default_drafter() {
     let text = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/bench/prompts-fidelity.jsonl")).unwrap();
     let prompts: Vec<String> =
         text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["prompt"].as_str().unwrap().to_string()).collect();
-    let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
     assert_eq!(prompts.len(), 20);
+    let prompts: Vec<&str> = prompts.iter().step_by(2).map(String::as_str).collect();
     let config = GenConfig { max_tokens: 64, draft_max: 16, adaptive: specrun::core::control::AdaptiveMode::Auto, ..GenConfig::default() };
     let ((d, a), identical) = assert_greedy_fidelity_of(pair, &mut target, "ngram", &prompts, &config, false);
-    eprintln!("raw prompts: {identical}/20 identical to plain decoding, n-gram acceptance {a}/{d}");
+    eprintln!("raw prompts: {identical}/{} identical to plain decoding, n-gram acceptance {a}/{d}", prompts.len());
 }
 
 #[test]
@@ -183,11 +184,11 @@ fn greedy_fidelity_on_the_offload_path() {
         );
     }
     let smollm = model_path(SMOLLM);
-    let config = GenConfig { max_tokens: 24, draft_max: 4, ..GenConfig::default() };
+    let config = GenConfig { max_tokens: 16, draft_max: 4, ..GenConfig::default() };
     let self_pair =
         Pair { target: LoadedModel::load(&smollm, gpu_layers()).unwrap(), draft: LoadedModel::load(&smollm, gpu_layers()).unwrap() };
     let mut target = ctx(&self_pair.target);
-    let prompts = ["Name three primary colors.", CODE_PROMPTS[0], CODE_PROMPTS[2]];
+    let prompts = ["Name three primary colors.", CODE_PROMPTS[2]];
     let (d, a) = assert_greedy_fidelity(&self_pair, &mut target, "model", &prompts, &config);
     eprintln!("SmolLM2 drafting for itself: {a}/{d} accepted");
     // the same weights draft: only batch-shape noise may reject
@@ -489,6 +490,20 @@ fn the_server_answers_with_the_real_pair() {
     let streamed: String =
         data[..data.len() - 1].iter().map(|d| server::json(d)["choices"][0]["text"].as_str().unwrap_or("").to_string()).collect();
     assert!(!streamed.trim().is_empty(), "{sse}");
+    // tools through the model's own template: the model chooses to call, in its format
+    let tools = r#""tools": [{"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]"#;
+    let body = format!(
+        r#"{{"messages": [{{"role": "user", "content": "What is the weather in Paris right now?"}}], {tools}, "max_tokens": 40, "temperature": 0}}"#
+    );
+    let (code, called) = server::post(&s, "/v1/chat/completions", &body);
+    assert_eq!(code, 200, "{called}");
+    let called = server::json(&called);
+    assert_eq!(called["choices"][0]["finish_reason"], "tool_calls", "{called}");
+    let call = &called["choices"][0]["message"]["tool_calls"][0]["function"];
+    assert_eq!(call["name"], "get_weather", "{called}");
+    let args: serde_json::Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["city"].as_str().is_some_and(|c| c.contains("Paris")), "{called}");
 }
 
 /// The fit estimate reads a model's shape without loading its weights (vocabulary-only

@@ -183,9 +183,11 @@ fn bad_input_gets_an_openai_error_and_the_server_stays_up() {
         ("/v1/chat/completions", chat_body("hi", r#", "max_tokens": 0"#).into_bytes(), 400, Some("max_tokens")),
         ("/v1/chat/completions", chat_body("hi", r#", "max_tokens": 100000000000"#).into_bytes(), 400, Some("max_tokens")),
         ("/v1/chat/completions", chat_body("hi", r#", "temperature": -2"#).into_bytes(), 400, Some("temperature")),
-        ("/v1/chat/completions", chat_body("hi", r#", "n": 3, "stream": true"#).into_bytes(), 400, Some("n")),
+        ("/v1/chat/completions", chat_body("hi", r#", "n": 17, "stream": true"#).into_bytes(), 400, Some("n")),
         ("/v1/chat/completions", chat_body("hi", r#", "logprobs": "yes""#).into_bytes(), 400, Some("logprobs")),
         ("/v1/chat/completions", chat_body("hi", r#", "tool_choice": "required""#).into_bytes(), 400, Some("tool_choice")),
+        ("/v1/chat/completions", chat_body("hi", r#", "tools": [{"type": "retrieval"}]"#).into_bytes(), 400, Some("tools[0]")),
+        ("/v1/completions", br#"{"prompt": "x", "tools": [{"type": "function", "function": {"name": "f"}}]}"#.to_vec(), 400, Some("tools")),
         ("/v1/chat/completions", chat_body("hi", r#", "presence_penalty": 5"#).into_bytes(), 400, Some("presence_penalty")),
         ("/v1/chat/completions", chat_body(&long, "").into_bytes(), 400, Some("messages")),
         ("/v1/completions", b"{\"prompt\": \"\xff\xfe\"}".to_vec(), 400, None),
@@ -324,6 +326,139 @@ fn n_choices_are_sampled_with_consecutive_seeds_and_usage_counts_the_prompt_once
     // greedy choices are one text n times
     let greedy = texts(&ask(r#", "n": 2, "max_tokens": 8"#));
     assert_eq!(greedy[0], greedy[1]);
+}
+
+/// Streamed choices: chunks of the `n` choices interleave, told apart by `index`; each
+/// choice's chunks joined are its text in the whole response, each ends with its finish
+/// reason, and the usage chunk counts every choice's tokens.
+#[test]
+fn n_choices_stream_by_index_and_equal_the_whole_ones() {
+    let s = start(&["--parallel", "2"]);
+    let extra = r#", "n": 3, "temperature": 0.9, "seed": 7, "max_tokens": 16"#;
+    let (code, whole) = post(&s, "/v1/chat/completions", &chat_body("tell me something", extra));
+    assert_eq!(code, 200, "{whole}");
+    let whole = json(&whole);
+    let streamed_extra = format!(r#"{extra}, "stream": true, "stream_options": {{"include_usage": true}}"#);
+    let (code, sse) = post(&s, "/v1/chat/completions", &chat_body("tell me something", &streamed_extra));
+    assert_eq!(code, 200, "{sse}");
+    let data: Vec<&str> = sse.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{sse}");
+    let (mut texts, mut finishes, mut roles) = (vec![String::new(); 3], vec![0; 3], vec![0; 3]);
+    let mut usage = None;
+    for d in &data[..data.len() - 1] {
+        let v = json(d);
+        let Some(c) = v["choices"].get(0) else {
+            usage = Some(v["usage"].clone());
+            continue;
+        };
+        let i = c["index"].as_u64().unwrap() as usize;
+        texts[i].push_str(c["delta"]["content"].as_str().unwrap_or(""));
+        roles[i] += usize::from(c["delta"]["role"] == "assistant");
+        finishes[i] += usize::from(c["finish_reason"].is_string());
+    }
+    for (i, text) in texts.iter().enumerate() {
+        assert_eq!(text, whole["choices"][i]["message"]["content"].as_str().unwrap(), "choice {i}");
+    }
+    assert_eq!((finishes, roles), (vec![1; 3], vec![1; 3]), "one role and one finish per choice");
+    assert_eq!(usage.unwrap()["completion_tokens"], whole["usage"]["completion_tokens"]);
+}
+
+fn weather_tools() -> &'static str {
+    r#""tools": [{"type": "function", "function": {"name": "get_weather", "description": "the weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["c", "f"]}},
+        "required": ["city", "unit"], "additionalProperties": false}}},
+      {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}, "additionalProperties": false}}}]"#
+}
+
+/// The calls of a whole chat response: (name, arguments as JSON).
+fn calls_of(v: &serde_json::Value) -> Vec<(String, serde_json::Value)> {
+    let calls = v["choices"][0]["message"]["tool_calls"].as_array().cloned().unwrap_or_default();
+    calls
+        .iter()
+        .map(|c| {
+            assert_eq!(c["type"], "function");
+            assert!(c["id"].as_str().is_some_and(|id| !id.is_empty()));
+            let args = c["function"]["arguments"].as_str().unwrap();
+            (c["function"]["name"].as_str().unwrap().to_string(), serde_json::from_str(args).unwrap())
+        })
+        .collect()
+}
+
+/// Tools: a required call is forced into the tools' schemas and answered as `tool_calls`
+/// (whole and streamed alike); a named tool is the one called; "none" shows no tools; earlier
+/// calls and tool results are part of the prompt; bad combinations are named.
+#[test]
+fn tool_calls_follow_the_tools_schemas_whole_and_streamed() {
+    let s = start(&[]);
+    let ask = |extra: &str| {
+        let (code, body) = post(&s, "/v1/chat/completions", &chat_body("weather in Oslo?", &format!(", {}{extra}", weather_tools())));
+        assert_eq!(code, 200, "{body}");
+        body
+    };
+    // one call (the mock, a random model, would call on in parallel until max_tokens)
+    let whole = json(&ask(r#", "tool_choice": "required", "parallel_tool_calls": false, "max_tokens": 200"#));
+    assert_eq!(whole["choices"][0]["finish_reason"], "tool_calls", "{whole}");
+    assert!(whole["choices"][0]["message"]["content"].is_null(), "{whole}");
+    let calls = calls_of(&whole);
+    assert_eq!(calls.len(), 1, "{whole}");
+    for (name, args) in &calls {
+        match name.as_str() {
+            "get_weather" => {
+                assert!(args["city"].as_str().is_some_and(|c| c.chars().count() <= 12), "{args}");
+                assert!(args["unit"] == "c" || args["unit"] == "f", "{args}");
+                assert_eq!(args.as_object().unwrap().len(), 2, "{args}");
+            }
+            "now" => assert_eq!(args, &serde_json::json!({})),
+            other => panic!("called {other}, not a tool"),
+        }
+    }
+    // streamed: the same calls, as a delta with indexed entries, then finish "tool_calls"
+    let sse = ask(r#", "tool_choice": "required", "parallel_tool_calls": false, "max_tokens": 200, "stream": true"#);
+    let (content, finish) = join_stream(&sse);
+    assert_eq!((content.as_str(), finish.as_str()), ("", "tool_calls"), "{sse}");
+    let streamed: Vec<(String, serde_json::Value)> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .flat_map(|d| json(d)["choices"][0]["delta"]["tool_calls"].as_array().cloned().unwrap_or_default())
+        .map(|c| {
+            (
+                c["function"]["name"].as_str().unwrap().to_string(),
+                serde_json::from_str(c["function"]["arguments"].as_str().unwrap()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(streamed, calls, "greedy: the streamed calls are the whole response's");
+    // a named tool, one call
+    let named = json(&ask(r#", "tool_choice": {"type": "function", "function": {"name": "now"}}, "parallel_tool_calls": false"#));
+    assert_eq!(calls_of(&named), vec![("now".to_string(), serde_json::json!({}))], "{named}");
+    // none: the tools are not shown (the prompt is the plain chat's) and nothing is read as a call
+    let none = json(&ask(r#", "tool_choice": "none", "max_tokens": 8"#));
+    let (code, plain) = post(&s, "/v1/chat/completions", &chat_body("weather in Oslo?", r#", "max_tokens": 8"#));
+    assert_eq!(code, 200);
+    assert_eq!(none["usage"]["prompt_tokens"], json(&plain)["usage"]["prompt_tokens"], "{none}");
+    assert!(none["choices"][0]["message"].get("tool_calls").is_none(), "{none}");
+    // auto: the model chose text here; the tools were shown
+    let auto = json(&ask(r#", "max_tokens": 8"#));
+    assert!(auto["usage"]["prompt_tokens"].as_u64() > none["usage"]["prompt_tokens"].as_u64(), "{auto}");
+    // a call made and answered: the conversation goes on
+    let follow_up = format!(
+        r#"{{"messages": [{{"role": "user", "content": "weather in Oslo?"}},
+            {{"role": "assistant", "content": null, "tool_calls": [{{"id": "call_1", "type": "function", "function": {{"name": "get_weather", "arguments": "{{\"city\": \"Oslo\", \"unit\": \"c\"}}"}}}}]}},
+            {{"role": "tool", "tool_call_id": "call_1", "content": "4 C, rain"}}], {}, "max_tokens": 8}}"#,
+        weather_tools()
+    );
+    let (code, body) = post(&s, "/v1/chat/completions", &follow_up);
+    assert_eq!(code, 200, "{body}");
+    assert!(json(&body)["usage"]["prompt_tokens"].as_u64() > auto["usage"]["prompt_tokens"].as_u64(), "{body}");
+    for (extra, param) in [
+        (r#", "tool_choice": "required", "response_format": {"type": "json_object"}"#, "tool_choice"),
+        (r#", "tool_choice": {"type": "function", "function": {"name": "later"}}"#, "tool_choice"),
+        (r#", "tool_choice": "sometimes""#, "tool_choice"),
+    ] {
+        let (code, text) = post(&s, "/v1/chat/completions", &chat_body("x", &format!(", {}{extra}", weather_tools())));
+        assert_eq!((code, json(&text)["error"]["param"].as_str()), (400, Some(param)), "{extra}: {text}");
+    }
 }
 
 #[test]

@@ -409,33 +409,20 @@ impl LoadedModel {
         let marker = |i: usize| format!("\u{1}specrun-content-{i}\u{1}");
         let placeholders: Vec<(String, String)> = messages.iter().enumerate().map(|(i, (r, _))| (r.clone(), marker(i))).collect();
         let rendered = self.chat_messages(&placeholders)?;
+        let contents: Vec<&str> = messages.iter().map(|(_, c)| c.as_str()).collect();
+        let mut part = |text: &str, first: bool, special: bool| self.tokenize_part(text, first, special);
+        // a template that rewrites, drops or repeats contents gets its text tokenized as before
+        match specrun_core::model::tokens_with_text_holes(&rendered, &contents, &marker, &mut part) {
+            Some(tokens) => Ok(tokens),
+            None => Ok(self.tokenize(&self.chat_messages(messages)?)),
+        }
+    }
+
+    /// Tokenize one piece of a longer text: BOS first when `bos` and the model wants it,
+    /// special-token spellings parsed when `special`.
+    pub fn tokenize_part(&self, text: &str, bos: bool, special: bool) -> Vec<Token> {
         let vocab = self.model.vocab();
-        let mut tokens = Vec::new();
-        let mut push = |text: &str, special: bool| {
-            let bos = tokens.is_empty() && vocab.should_add_bos();
-            tokens.extend(vocab.tokenize(text.as_bytes(), bos, special).into_iter().map(|t| t.0));
-        };
-        // each content in order, once; a template that rewrites, drops or repeats contents
-        // gets its text tokenized as before
-        let mut cuts = Vec::with_capacity(messages.len());
-        let mut from = 0;
-        for i in 0..messages.len() {
-            match rendered[from..].find(&marker(i)) {
-                Some(at) if rendered.matches(&marker(i)).count() == 1 => {
-                    cuts.push((from + at, from + at + marker(i).len()));
-                    from += at + marker(i).len();
-                }
-                _ => return Ok(self.tokenize(&self.chat_messages(messages)?)),
-            }
-        }
-        let mut rest = 0;
-        for ((start, end), (_, content)) in cuts.into_iter().zip(messages) {
-            push(&rendered[rest..start], true);
-            push(content, false);
-            rest = end;
-        }
-        push(&rendered[rest..], true);
-        Ok(tokens)
+        vocab.tokenize(text.as_bytes(), bos && vocab.should_add_bos(), special).into_iter().map(|t| t.0).collect()
     }
 
     /// The facts llama.cpp's draft-compatibility rules look at.
@@ -665,6 +652,12 @@ impl specrun_core::model::TextCodec for LoadedModel {
     }
     fn special_piece(&self, token: Token) -> Vec<u8> {
         self.model.vocab().token_to_piece(LlamaToken(token), true, None)
+    }
+    fn tokenize_part(&self, text: &str, bos: bool, special: bool) -> Vec<Token> {
+        LoadedModel::tokenize_part(self, text, bos, special)
+    }
+    fn chat_template(&self) -> Option<String> {
+        self.model.chat_template(None).ok().and_then(|t| t.to_string().ok())
     }
 }
 

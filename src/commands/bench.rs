@@ -135,6 +135,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode> {
                     let tokens = match &p.tokens_of {
                         PromptInput::Text(t) => codec.tokenize(t),
                         PromptInput::Chat(m) => codec.chat_tokens(m).map_err(|e| anyhow!(e))?,
+                        PromptInput::Template(c) => crate::formats::chat_template::template_tokens(codec, c).map_err(|e| anyhow!(e))?,
                     };
                     Ok((tokens, p.max_tokens.unwrap_or(args.max_tokens)))
                 })

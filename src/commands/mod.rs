@@ -11,6 +11,7 @@
 //! | 130 | interrupted (Ctrl-C); everything already written is whole |
 
 pub mod batch;
+mod batch_input;
 pub mod bench;
 pub mod calibrate;
 pub mod check_pair;
@@ -18,6 +19,7 @@ pub mod config;
 pub mod devices;
 pub mod run;
 pub mod serve;
+mod serve_completion;
 mod serve_text;
 pub mod shards;
 

@@ -8,33 +8,29 @@
 //! port opens; SIGINT/SIGTERM stop accepting, let requests in flight finish within `--grace`
 //! seconds, then cancel what is left and exit 0.
 
+use super::serve_completion::complete;
 use super::serve_text::TextRoutes;
 use crate::cli::ServeArgs;
-use crate::formats::openai::{chunk, parse_request, response_choices, ApiError, ChoiceOut, CompletionRequest, Endpoint, Meta, Usage};
+use crate::formats::openai::{parse_request, ApiError, CompletionRequest, Endpoint};
 use crate::infer::plan::{prefill, sequences_in_flight};
-use crate::infer::serving::{serve_loop, Event, Failure, Metrics, ServeRequest};
+use crate::infer::serving::{serve_loop, Metrics, ServeRequest};
 use crate::infer::{make_drafter, plan, token_texts, with_backend};
-use crate::settings::{Origin, Setting};
 use anyhow::{anyhow, Context as _, Result};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use specrun_core::batching::Slots;
 use specrun_core::engine::Engine;
-use specrun_core::stats::FinishReason;
-use std::convert::Infallible;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use std::time::Duration;
 
 /// Largest request body.
 const MAX_BODY_BYTES: usize = 8 << 20;
@@ -46,21 +42,21 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_QUEUE: usize = 4096;
 
 /// What the handlers share.
-struct AppState {
-    queue: SyncSender<ServeRequest>,
-    metrics: Arc<Metrics>,
-    model: String,
-    drafter: &'static str,
+pub(super) struct AppState {
+    pub(super) queue: SyncSender<ServeRequest>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) model: String,
+    pub(super) drafter: &'static str,
     n_ctx: usize,
     api_key: Option<String>,
     strict_model: bool,
-    next_id: AtomicU64,
+    pub(super) next_id: AtomicU64,
     /// Shutdown began: a request whose events end early was cut by the grace period.
-    stopping: AtomicBool,
+    pub(super) stopping: AtomicBool,
     /// `/tokenize`, `/detokenize`, `/apply-template`, `/props`.
     text: TextRoutes,
     /// The seed a request without one samples with (choice `i` of `n` takes `seed + i`).
-    seed: u64,
+    pub(super) seed: u64,
 }
 
 /// What the model thread reports once the models are loaded.
@@ -305,7 +301,7 @@ fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn error(e: ApiError) -> Response {
+pub(super) fn error(e: ApiError) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
     (status, Json(e.body())).into_response()
 }
@@ -424,7 +420,7 @@ async fn read_body(req: Request) -> Result<(HeaderMap, Bytes), ApiError> {
 }
 
 /// Check the body as JSON of the endpoint's shape.
-fn check(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<CompletionRequest, ApiError> {
+pub(super) fn check(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, body: &[u8]) -> Result<CompletionRequest, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         let media = ct.split(';').next().unwrap_or("").trim();
         if !media.eq_ignore_ascii_case("application/json") {
@@ -459,271 +455,4 @@ fn check(state: &AppState, endpoint: Endpoint, headers: &HeaderMap, body: &[u8])
         }
     }
     Ok(req)
-}
-
-async fn complete(state: Arc<AppState>, endpoint: Endpoint, headers: &HeaderMap, body: Bytes) -> Response {
-    let t0 = Instant::now();
-    let req = match check(&state, endpoint, headers, &body) {
-        Ok(r) => r,
-        Err(e) => {
-            state.metrics.requests_invalid.fetch_add(1, Ordering::Relaxed);
-            return error(e);
-        }
-    };
-    if req.n > 1 {
-        return complete_choices(state, endpoint, req, t0).await;
-    }
-    let (tx, mut rx) = unbounded_channel();
-    let (stream, include_usage, asked_logprobs) = (req.stream, req.include_usage, req.logprobs.is_some());
-    let job = ServeRequest {
-        prompt: req.prompt,
-        overrides: req.overrides,
-        grammar: req.grammar,
-        stops: req.stops,
-        logprobs: req.logprobs,
-        events: tx,
-    };
-    state.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = state.queue.try_send(job) {
-        state.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-        state.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
-        let why = match e {
-            TrySendError::Full(_) => "every slot is busy and the queue is full; retry later",
-            TrySendError::Disconnected(_) => "the server is stopping",
-        };
-        let mut r = error(ApiError::new(503, "server_error", Some("overloaded"), why));
-        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
-    }
-    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let prefix = if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" };
-    let meta = Meta { id: format!("{prefix}-{id}"), created, model: state.model.clone() };
-    // the first event says whether the request runs
-    let n_prompt = match rx.recv().await {
-        Some(Event::Started { n_prompt }) => n_prompt,
-        Some(Event::Failed(f)) => return error(failure(f, endpoint)),
-        _ => return error(ended_early(&state)),
-    };
-    let drafter = state.drafter.to_string();
-    if stream {
-        let events = relay(rx, endpoint, meta, n_prompt, drafter, include_usage, state.clone(), t0);
-        return Sse::new(events).keep_alive(KeepAlive::default()).into_response();
-    }
-    let mut text = String::new();
-    let mut logprobs = Vec::new();
-    let mut first = true;
-    loop {
-        match rx.recv().await {
-            Some(Event::Text(t)) => {
-                if first {
-                    state.metrics.observe_ttft(t0.elapsed().as_secs_f64());
-                    first = false;
-                }
-                text.push_str(&t);
-            }
-            Some(Event::Logprobs(l)) => logprobs.extend(l),
-            Some(Event::Done { finish, stats }) => {
-                let usage = usage(n_prompt, &stats, drafter);
-                let logprobs = asked_logprobs.then_some(logprobs.as_slice());
-                let choice = ChoiceOut { text: &text, finish: finish_str(finish), logprobs };
-                return Json(response_choices(endpoint, &meta, &[choice], &usage)).into_response();
-            }
-            Some(Event::Failed(f)) => return error(failure(f, endpoint)),
-            Some(Event::Started { .. }) => {}
-            None => return error(ended_early(&state)),
-        }
-    }
-}
-
-/// A request for `n` > 1 choices: `n` sequences of its prompt in the slots like any others,
-/// choice `i` with seed `seed + i` (so that sampled choices differ and each is reproducible),
-/// answered whole once all are done; `usage` counts the prompt once.
-async fn complete_choices(state: Arc<AppState>, endpoint: Endpoint, req: CompletionRequest, t0: Instant) -> Response {
-    let base = req.overrides.seed.as_ref().map_or(state.seed, |s| s.value);
-    let asked = req.logprobs.is_some();
-    let mut receivers = Vec::with_capacity(req.n);
-    for i in 0..req.n {
-        let (tx, rx) = unbounded_channel();
-        let mut overrides = req.overrides.clone();
-        overrides.seed = Some(Setting::new(base.wrapping_add(i as u64), Origin::Request { key: "seed" }));
-        let job = ServeRequest {
-            prompt: req.prompt.clone(),
-            overrides,
-            grammar: req.grammar.clone(),
-            stops: req.stops.clone(),
-            logprobs: req.logprobs,
-            events: tx,
-        };
-        state.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-        if state.queue.try_send(job).is_err() {
-            // the choices already queued end with their dropped receivers
-            state.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-            state.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
-            let why = format!("the queue cannot take {} choices now; retry later or ask for fewer", req.n);
-            let mut r = error(ApiError::new(503, "server_error", Some("overloaded"), why));
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return r;
-        }
-        receivers.push(rx);
-    }
-    let id = state.next_id.fetch_add(1, Ordering::Relaxed);
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let prefix = if endpoint == Endpoint::Chat { "chatcmpl" } else { "cmpl" };
-    let meta = Meta { id: format!("{prefix}-{id}"), created, model: state.model.clone() };
-    let (mut choices, mut merged, mut n_prompt) = (Vec::new(), specrun_core::stats::GenStats::default(), 0);
-    for (i, mut rx) in receivers.into_iter().enumerate() {
-        let (mut text, mut logprobs) = (String::new(), Vec::new());
-        loop {
-            match rx.recv().await {
-                Some(Event::Started { n_prompt: n }) => n_prompt = n,
-                Some(Event::Logprobs(l)) => logprobs.extend(l),
-                Some(Event::Text(t)) => {
-                    if i == 0 && text.is_empty() {
-                        state.metrics.observe_ttft(t0.elapsed().as_secs_f64());
-                    }
-                    text.push_str(&t);
-                }
-                Some(Event::Done { finish, stats }) => {
-                    if i == 0 {
-                        merged.n_prompt_cached = stats.n_prompt_cached;
-                    }
-                    merged.n_generated += stats.n_generated;
-                    merged.n_drafted += stats.n_drafted;
-                    merged.n_accepted += stats.n_accepted;
-                    merged.n_rounds += stats.n_rounds;
-                    choices.push((text, finish_str(finish), logprobs));
-                    break;
-                }
-                Some(Event::Failed(f)) => return error(failure(f, endpoint)),
-                None => return error(ended_early(&state)),
-            }
-        }
-    }
-    let usage = usage(n_prompt, &merged, state.drafter.to_string());
-    let choices: Vec<ChoiceOut<'_>> =
-        choices.iter().map(|(text, finish, logprobs)| ChoiceOut { text, finish, logprobs: asked.then_some(logprobs.as_slice()) }).collect();
-    Json(response_choices(endpoint, &meta, &choices, &usage)).into_response()
-}
-
-fn usage(n_prompt: usize, stats: &specrun_core::stats::GenStats, drafter: String) -> Usage {
-    Usage {
-        prompt_tokens: n_prompt,
-        cached_tokens: stats.n_prompt_cached,
-        completion_tokens: stats.n_generated,
-        drafter,
-        n_drafted: stats.n_drafted,
-        n_accepted: stats.n_accepted,
-        n_rounds: stats.n_rounds,
-    }
-}
-
-fn finish_str(f: FinishReason) -> &'static str {
-    match f {
-        FinishReason::Stop => "stop",
-        FinishReason::Length | FinishReason::Context => "length",
-    }
-}
-
-/// Why a request's events ended without an answer: the grace period of a shutdown, or the
-/// model thread failing.
-fn ended_early(state: &AppState) -> ApiError {
-    if state.stopping.load(Ordering::Relaxed) {
-        ApiError::new(
-            503,
-            "server_error",
-            Some("shutting_down"),
-            "the server stopped before this request finished (its grace period ended)",
-        )
-    } else {
-        ApiError::new(500, "server_error", Some("model_error"), "the model failed while this request was in flight")
-    }
-}
-
-fn failure(f: Failure, endpoint: Endpoint) -> ApiError {
-    match f {
-        Failure::TooLong { n_prompt, n_ctx } => ApiError {
-            status: 400,
-            message: format!("the prompt has {n_prompt} tokens but the context holds {n_ctx}"),
-            kind: "invalid_request_error",
-            param: Some(if endpoint == Endpoint::Chat { "messages" } else { "prompt" }.into()),
-            code: Some("context_length_exceeded"),
-        },
-        Failure::Invalid(m) => ApiError::new(400, "invalid_request_error", None, m),
-        Failure::InvalidField { param, message } => ApiError::invalid(param, message),
-        Failure::Model(m) => ApiError::new(500, "server_error", Some("model_error"), m),
-    }
-}
-
-/// The SSE stream of one request: a chunk per text delta, a last chunk with the finish
-/// reason, the usage chunk when asked, then `[DONE]`. Dropping it (the client went away)
-/// closes the channel, which ends the sequence at the next round.
-#[allow(clippy::too_many_arguments)]
-fn relay(
-    rx: UnboundedReceiver<Event>,
-    endpoint: Endpoint,
-    meta: Meta,
-    n_prompt: usize,
-    drafter: String,
-    include_usage: bool,
-    state: Arc<AppState>,
-    t0: Instant,
-) -> impl futures_util::Stream<Item = Result<SseEvent, Infallible>> {
-    struct St {
-        rx: UnboundedReceiver<Event>,
-        first: bool,
-        /// Log-probabilities for the next text chunk.
-        logprobs: Option<Vec<crate::formats::openai::LogprobEntry>>,
-        /// Events left to send after the model is done.
-        tail: Vec<String>,
-        done: bool,
-    }
-    let st = St { rx, first: true, logprobs: None, tail: Vec::new(), done: false };
-    futures_util::stream::unfold(st, move |mut st| {
-        let (meta, drafter, state) = (meta.clone(), drafter.clone(), state.clone());
-        async move {
-            loop {
-                if let Some(data) = st.tail.pop() {
-                    return Some((Ok(SseEvent::default().data(data)), st));
-                }
-                if st.done {
-                    return None;
-                }
-                match st.rx.recv().await {
-                    Some(Event::Text(t)) => {
-                        if st.first {
-                            state.metrics.observe_ttft(t0.elapsed().as_secs_f64());
-                        }
-                        let c = chunk(endpoint, &meta, Some(&t), st.first, None, None, st.logprobs.take().as_deref());
-                        st.first = false;
-                        return Some((Ok(SseEvent::default().data(c.to_string())), st));
-                    }
-                    Some(Event::Done { finish, stats }) => {
-                        let mut tail = vec![chunk(endpoint, &meta, None, st.first, Some(finish_str(finish)), None, None).to_string()];
-                        if include_usage {
-                            tail.push(
-                                chunk(endpoint, &meta, None, false, None, Some(&usage(n_prompt, &stats, drafter.clone())), None)
-                                    .to_string(),
-                            );
-                        }
-                        tail.push("[DONE]".to_string());
-                        tail.reverse();
-                        st.tail = tail;
-                        st.done = true;
-                    }
-                    Some(Event::Failed(f)) => {
-                        st.tail = vec!["[DONE]".to_string(), failure(f, endpoint).body().to_string()];
-                        st.done = true;
-                    }
-                    Some(Event::Logprobs(l)) => st.logprobs = Some(l),
-                    Some(Event::Started { .. }) => {}
-                    None => {
-                        let e = ended_early(&state);
-                        st.tail = vec!["[DONE]".to_string(), e.body().to_string()];
-                        st.done = true;
-                    }
-                }
-            }
-        }
-    })
 }

@@ -56,12 +56,27 @@ impl TextRoutes {
         Ok(json!({ "content": String::from_utf8_lossy(&bytes) }))
     }
 
-    /// `/apply-template {"messages": [...]}` → `{"prompt": TEXT}`: the target's chat template
-    /// with the assistant's turn opened, as a chat completion reads it.
+    /// `/apply-template {"messages": [...], "tools"?: [...]}` → `{"prompt": TEXT}`: the
+    /// target's chat template with the assistant's turn opened, as a chat completion reads it
+    /// (with tools or tool messages: the model's own Jinja template).
     pub fn apply_template(&self, body: &Value) -> Result<Value, ApiError> {
+        use crate::formats::chat_template::{render, TemplateChat};
+        use crate::formats::records::PromptInput;
         let obj = object(body)?;
-        let messages = crate::formats::openai::parse_messages(obj.get("messages"))?;
-        let prompt = self.codec.chat(&messages).map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))?;
+        let request = json!({"messages": obj.get("messages").cloned().unwrap_or(Value::Null), "tools": obj.get("tools").cloned().unwrap_or(Value::Null)});
+        let prompt = match crate::formats::openai::parse_request(crate::formats::openai::Endpoint::Chat, &request, usize::MAX)?.prompt {
+            PromptInput::Template(chat @ TemplateChat { .. }) => {
+                let template = self
+                    .codec
+                    .chat_template()
+                    .ok_or_else(|| ApiError::invalid("messages", "this model has no Jinja chat template of its own"))?;
+                render(&template, &chat).map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))?
+            }
+            PromptInput::Chat(messages) => {
+                self.codec.chat(&messages).map_err(|e| ApiError::invalid("messages", format!("the chat template failed: {e}")))?
+            }
+            PromptInput::Text(_) => return Err(ApiError::invalid("messages", "messages is required")),
+        };
         Ok(json!({ "prompt": prompt }))
     }
 }

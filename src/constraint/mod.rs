@@ -253,15 +253,16 @@ impl Constraint for LlgConstraint {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use specrun_core::mock::MockCodec;
 
-    fn vocab() -> Vocabulary {
+    /// The mock's text vocabulary (printable ASCII and newline), token 0 ending generation.
+    pub(crate) fn vocab() -> Vocabulary {
         Vocabulary::of(&MockCodec { n_vocab: 97, text: true }, 97, &|t| t == 0).unwrap()
     }
 
-    fn tokens(s: &str) -> Vec<Token> {
+    pub(crate) fn tokens(s: &str) -> Vec<Token> {
         MockCodec { n_vocab: 97, text: true }.tokenize(s)
     }
 

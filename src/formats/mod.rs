@@ -11,9 +11,11 @@
 //!   exporter per format (table, CSV, Markdown, JSON, SVG).
 
 pub mod bench;
+pub mod chat_template;
 pub mod export;
 pub mod models_toml;
 pub mod openai;
 pub mod records;
 pub mod report;
+pub mod tools;
 pub mod trace;

@@ -6,7 +6,9 @@
 //! `serde_json::Value` rather than derived, so that every wrong field is named in `param`.
 
 use crate::constraint::Grammar;
+use crate::formats::chat_template::{self, TemplateChat};
 use crate::formats::records::PromptInput;
+use crate::formats::tools::{self, ToolCall, ToolRequest};
 use crate::settings::{self, Origin, Overrides, Setting};
 use serde_json::{json, Map, Value};
 
@@ -73,8 +75,11 @@ pub struct CompletionRequest {
     pub overrides: Overrides,
     pub speculative: Speculative,
     /// What the output must follow, and the field that asked: `response_format`, or
-    /// llama-server's `json_schema` / `grammar`.
+    /// llama-server's `json_schema` / `grammar`, or `tool_choice` demanding a call.
     pub grammar: Option<(&'static str, Grammar)>,
+    /// The tools the model may call (chat only); the answer is read for calls unless
+    /// `tool_choice` is "none".
+    pub tools: Option<ToolRequest>,
 }
 
 fn get_f32(obj: &Map<String, Value>, key: &'static str) -> Result<Option<f32>, ApiError> {
@@ -116,18 +121,19 @@ fn get_str<'a>(obj: &'a Map<String, Value>, key: &'static str) -> Result<Option<
 /// Fields OpenAI defines that specrun does not implement: accepted only at their neutral value.
 type IsNeutral = fn(&Value) -> bool;
 /// These change what comes back, so any other value is refused rather than ignored.
-const NEUTRAL: [(&str, IsNeutral); 6] = [
+const NEUTRAL: [(&str, IsNeutral); 4] = [
     ("echo", |v| v.as_bool() == Some(false) || v.is_null()),
     ("best_of", |v| v.is_null() || v.as_u64() == Some(1)),
-    ("tools", |v| v.is_null() || v.as_array().is_some_and(Vec::is_empty)),
+    // the deprecated form of `tools`
     ("functions", |v| v.is_null() || v.as_array().is_some_and(Vec::is_empty)),
-    // with no tools there is nothing to call: only "none" and "auto" mean what they say
-    ("tool_choice", |v| v.is_null() || v.as_str().is_some_and(|s| s == "none" || s == "auto")),
     ("suffix", |v| v.is_null() || v.as_str() == Some("")),
 ];
 
 /// Fields read here.
-const KNOWN: [&str; 26] = [
+const KNOWN: [&str; 29] = [
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
     "logprobs",
     "top_logprobs",
     "frequency_penalty",
@@ -204,6 +210,33 @@ pub struct ChoiceOut<'a> {
     pub text: &'a str,
     pub finish: &'a str,
     pub logprobs: Option<&'a [LogprobEntry]>,
+    /// The calls the answer made, with their ids (chat only; the finish reason is then
+    /// "tool_calls").
+    pub tool_calls: &'a [(String, ToolCall)],
+}
+
+/// One chunk of a streamed choice.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeltaOut<'a> {
+    pub index: usize,
+    /// The choice's first chunk (chat: it carries the role).
+    pub first: bool,
+    pub text: Option<&'a str>,
+    pub tool_calls: &'a [(String, ToolCall)],
+    pub finish: Option<&'a str>,
+    pub logprobs: Option<&'a [LogprobEntry]>,
+}
+
+/// OpenAI's `tool_calls` list; in a stream each entry also has its `index`.
+fn tool_calls_json(calls: &[(String, ToolCall)], streamed: bool) -> Value {
+    let list = calls.iter().enumerate().map(|(i, (id, c))| {
+        let mut v = json!({"id": id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}});
+        if streamed {
+            v["index"] = json!(i);
+        }
+        v
+    });
+    Value::Array(list.collect())
 }
 
 /// The `logprobs` object of a choice, in the endpoint's shape (chat: `content` entries;
@@ -276,19 +309,26 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
             tracing::debug!("ignoring the request field {key}");
         }
     }
-    let grammar = parse_grammar(obj)?;
+    let mut grammar = parse_grammar(obj)?;
     let model = get_str(obj, "model")?.map(str::to_string);
+    let tools = tools::parse(obj)?;
+    if let Some(g) = tools.as_ref().and_then(ToolRequest::grammar) {
+        if let Some((field, _)) = grammar {
+            return Err(ApiError::invalid("tool_choice", format!("a tool_choice that demands a call cannot be combined with {field}")));
+        }
+        grammar = Some(("tools", g));
+    }
     let prompt = match endpoint {
-        Endpoint::Chat => PromptInput::Chat(parse_messages(obj.get("messages"))?),
+        Endpoint::Chat => chat_prompt(obj.get("messages"), tools.as_ref())?,
+        Endpoint::Completions if tools.is_some() => {
+            return Err(ApiError::invalid("tools", "tools are for /v1/chat/completions (a completion prompt is the model's raw text)"))
+        }
         Endpoint::Completions => PromptInput::Text(parse_prompt(obj.get("prompt"))?),
     };
     let stream = get_bool(obj, "stream")?.unwrap_or(false);
     let n = match get_uint(obj, "n")? {
         None => 1,
-        Some(n) if (1..=MAX_CHOICES as u64).contains(&n) && (n == 1 || !stream) => n as usize,
-        Some(n) if stream && n > 1 => {
-            return Err(ApiError::invalid("n", format!("n > 1 is served whole, not streamed (set stream false), got n = {n}")))
-        }
+        Some(n) if (1..=MAX_CHOICES as u64).contains(&n) => n as usize,
         Some(n) => return Err(ApiError::invalid("n", format!("n must be in [1, {MAX_CHOICES}], got {n}"))),
     };
     let logprobs = parse_logprobs(endpoint, obj)?;
@@ -371,7 +411,20 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
         };
         ApiError::invalid(&param, e.to_string())
     })?;
-    Ok(CompletionRequest { endpoint, model, prompt, stream, n, logprobs, include_usage, stops, overrides: o, speculative, grammar })
+    Ok(CompletionRequest { endpoint, model, prompt, stream, n, logprobs, include_usage, stops, overrides: o, speculative, grammar, tools })
+}
+
+/// A chat's messages: for llama.cpp's template, or for the model's own Jinja template when
+/// tools are shown or earlier calls and their results are part of the chat.
+fn chat_prompt(messages: Option<&Value>, tools: Option<&ToolRequest>) -> Result<PromptInput, ApiError> {
+    let shown = tools.map_or(&[][..], ToolRequest::shown);
+    match messages {
+        Some(m) if !shown.is_empty() || chat_template::has_tool_messages(m) => Ok(PromptInput::Template(TemplateChat {
+            messages: chat_template::parse_messages(m)?,
+            tools: shown.iter().map(|t| t.definition.clone()).collect(),
+        })),
+        _ => Ok(PromptInput::Chat(parse_messages(messages)?)),
+    }
 }
 
 /// The request's constraint: OpenAI's `response_format`, or llama-server's `json_schema` (an
@@ -521,10 +574,9 @@ pub struct Meta {
 
 /// A whole (non-streamed) response.
 pub fn response(endpoint: Endpoint, meta: &Meta, text: &str, finish: &str, usage: &Usage) -> Value {
-    response_choices(endpoint, meta, &[ChoiceOut { text, finish, logprobs: None }], usage)
+    response_choices(endpoint, meta, &[ChoiceOut { text, finish, logprobs: None, tool_calls: &[] }], usage)
 }
 
-/// A whole response with one choice per entry of `choices`, indexed in order (`n`).
 pub fn response_choices(endpoint: Endpoint, meta: &Meta, choices: &[ChoiceOut<'_>], usage: &Usage) -> Value {
     let choices: Vec<Value> = choices
         .iter()
@@ -532,8 +584,15 @@ pub fn response_choices(endpoint: Endpoint, meta: &Meta, choices: &[ChoiceOut<'_
         .map(|(i, c)| {
             let logprobs = logprobs_json(endpoint, c.logprobs);
             match endpoint {
-                Endpoint::Chat => json!({
+                Endpoint::Chat if c.tool_calls.is_empty() => json!({
                     "index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish, "logprobs": logprobs
+                }),
+                Endpoint::Chat => json!({
+                    "index": i,
+                    "message": {"role": "assistant", "content": if c.text.is_empty() { Value::Null } else { json!(c.text) },
+                        "tool_calls": tool_calls_json(c.tool_calls, false)},
+                    "finish_reason": "tool_calls",
+                    "logprobs": logprobs
                 }),
                 Endpoint::Completions => json!({"index": i, "text": c.text, "finish_reason": c.finish, "logprobs": logprobs}),
             }
@@ -549,45 +608,42 @@ pub fn response_choices(endpoint: Endpoint, meta: &Meta, choices: &[ChoiceOut<'_
     })
 }
 
-/// One stream chunk: a text delta (`role` on a chat stream's first chunk), or the last one
-/// with `finish`; `usage` only on the extra usage chunk (`choices` empty).
-pub fn chunk(
-    endpoint: Endpoint,
-    meta: &Meta,
-    delta: Option<&str>,
-    first: bool,
-    finish: Option<&str>,
-    usage: Option<&Usage>,
-    logprobs: Option<&[LogprobEntry]>,
-) -> Value {
-    let logprobs = logprobs_json(endpoint, logprobs);
-    let choices = if usage.is_some() {
-        json!([])
-    } else {
-        match endpoint {
-            Endpoint::Chat => {
-                let mut d = Map::new();
-                if first {
-                    d.insert("role".into(), json!("assistant"));
-                }
-                if let Some(t) = delta {
-                    d.insert("content".into(), json!(t));
-                }
-                json!([{"index": 0, "delta": d, "finish_reason": finish, "logprobs": logprobs}])
-            }
-            Endpoint::Completions => json!([{"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish, "logprobs": logprobs}]),
-        }
-    };
-    let mut c = json!({
+fn chunk_of(endpoint: Endpoint, meta: &Meta, choices: Value) -> Value {
+    json!({
         "id": meta.id,
         "object": if endpoint == Endpoint::Chat { "chat.completion.chunk" } else { "text_completion" },
         "created": meta.created,
         "model": meta.model,
         "choices": choices,
-    });
-    if let Some(u) = usage {
-        c["usage"] = u.json();
-    }
+    })
+}
+
+/// A stream chunk of one choice.
+pub fn chunk(endpoint: Endpoint, meta: &Meta, d: &DeltaOut<'_>) -> Value {
+    let logprobs = logprobs_json(endpoint, d.logprobs);
+    let choice = match endpoint {
+        Endpoint::Chat => {
+            let mut delta = Map::new();
+            if d.first {
+                delta.insert("role".into(), json!("assistant"));
+            }
+            if let Some(t) = d.text {
+                delta.insert("content".into(), json!(t));
+            }
+            if !d.tool_calls.is_empty() {
+                delta.insert("tool_calls".into(), tool_calls_json(d.tool_calls, true));
+            }
+            json!({"index": d.index, "delta": delta, "finish_reason": d.finish, "logprobs": logprobs})
+        }
+        Endpoint::Completions => json!({"index": d.index, "text": d.text.unwrap_or(""), "finish_reason": d.finish, "logprobs": logprobs}),
+    };
+    chunk_of(endpoint, meta, json!([choice]))
+}
+
+/// The stream's last chunk before `[DONE]` when the request asked for usage: no choices.
+pub fn usage_chunk(endpoint: Endpoint, meta: &Meta, usage: &Usage) -> Value {
+    let mut c = chunk_of(endpoint, meta, json!([]));
+    c["usage"] = usage.json();
     c
 }
 
@@ -616,6 +672,23 @@ mod tests {
     }
 
     #[test]
+    fn tools_take_the_models_template_and_a_demanded_call_its_grammar() {
+        let tool = json!({"type": "function", "function": {"name": "now"}});
+        let r = chat(json!({"messages": [{"role": "user", "content": "hi"}], "tools": [tool], "tool_choice": "required"})).unwrap();
+        let PromptInput::Template(c) = &r.prompt else { panic!("{:?}", r.prompt) };
+        assert_eq!(c.tools, vec![tool.clone()]);
+        assert!(matches!(r.grammar, Some(("tools", Grammar::Lark(_)))), "{:?}", r.grammar);
+        // auto: shown, no grammar; none: not shown, the plain chat path
+        let r = chat(json!({"messages": [{"role": "user", "content": "hi"}], "tools": [tool]})).unwrap();
+        assert!(matches!(r.prompt, PromptInput::Template(_)) && r.grammar.is_none());
+        let r = chat(json!({"messages": [{"role": "user", "content": "hi"}], "tools": [tool], "tool_choice": "none"})).unwrap();
+        assert!(matches!(r.prompt, PromptInput::Chat(_)) && !r.tools.unwrap().reads_calls());
+        // a tool result without tools still needs the model's template
+        let r = chat(json!({"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}]})).unwrap();
+        assert!(matches!(r.prompt, PromptInput::Template(_)));
+    }
+
+    #[test]
     fn every_bad_field_is_named() {
         let base = json!({"messages": [{"role": "user", "content": "hi"}]});
         let with = |k: &str, v: Value| {
@@ -641,6 +714,7 @@ mod tests {
             ("logit_bias", json!({"5": 200}), "logit_bias"),
             ("logit_bias", json!([5]), "logit_bias"),
             ("tool_choice", json!("required"), "tool_choice"),
+            ("tools", json!([{"type": "function"}]), "tools[0]"),
             ("top_logprobs", json!(3), "top_logprobs"),
             ("speculative", json!({"k": 1}), "speculative"),
         ] {
@@ -653,12 +727,12 @@ mod tests {
         extra["bogus"] = json!(1);
         extra["metadata"] = json!({"x": "y"});
         assert!(chat(extra).is_ok());
-        // n > 1 is served whole, not streamed
+        // n > 1, whole or streamed
         let mut many = base.clone();
         many["n"] = json!(3);
         assert_eq!(chat(many.clone()).unwrap().n, 3);
         many["stream"] = json!(true);
-        assert_eq!(chat(many).unwrap_err().param.as_deref(), Some("n"));
+        assert_eq!(chat(many).unwrap().n, 3);
         // penalties and biases are taken, as OpenAI and llama-server define them
         let mut p = base.clone();
         p["frequency_penalty"] = json!(0.5);
@@ -696,12 +770,24 @@ mod tests {
         assert_eq!(r["usage"]["total_tokens"], 7);
         assert_eq!(r["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
         assert_eq!(r["usage"]["specrun"]["acceptance_rate"], 0.5);
-        let c = chunk(Endpoint::Chat, &meta, Some("he"), true, None, None, None);
+        let c = chunk(Endpoint::Chat, &meta, &DeltaOut { first: true, text: Some("he"), ..DeltaOut::default() });
         assert_eq!(c["choices"][0]["delta"], json!({"role": "assistant", "content": "he"}));
-        let c = chunk(Endpoint::Completions, &meta, None, false, Some("length"), None, None);
-        assert_eq!(c["choices"][0]["finish_reason"], "length");
-        let u = chunk(Endpoint::Chat, &meta, None, false, None, Some(&usage), None);
+        let c = chunk(Endpoint::Completions, &meta, &DeltaOut { index: 2, finish: Some("length"), ..DeltaOut::default() });
+        assert_eq!((&c["choices"][0]["finish_reason"], &c["choices"][0]["index"]), (&json!("length"), &json!(2)));
+        let u = usage_chunk(Endpoint::Chat, &meta, &usage);
         assert_eq!(u["choices"], json!([]));
         assert_eq!(u["usage"]["completion_tokens"], 4);
+        // calls: whole, and as a stream's delta
+        let calls = [("call_1".to_string(), ToolCall { name: "now".into(), arguments: "{}".into() })];
+        let r =
+            response_choices(Endpoint::Chat, &meta, &[ChoiceOut { text: "", finish: "stop", logprobs: None, tool_calls: &calls }], &usage);
+        assert_eq!(r["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(
+            r["choices"][0]["message"],
+            json!({"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "now", "arguments": "{}"}}]})
+        );
+        let c = chunk(Endpoint::Chat, &meta, &DeltaOut { tool_calls: &calls, ..DeltaOut::default() });
+        assert_eq!(c["choices"][0]["delta"]["tool_calls"][0]["index"], 0);
+        assert_eq!(c["choices"][0]["delta"]["tool_calls"][0]["function"]["name"], "now");
     }
 }

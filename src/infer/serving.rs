@@ -260,11 +260,7 @@ impl Queue<'_> {
             let _ = r.events.send(Event::Failed(f));
             None
         };
-        let bytes = match &r.prompt {
-            PromptInput::Text(t) => t.len(),
-            PromptInput::Chat(m) => m.iter().map(|(role, c)| role.len() + c.len()).sum(),
-        };
-        if let Err(message) = crate::infer::check_prompt_bytes(self.codec, bytes, self.plan.target.n_ctx as usize) {
+        if let Err(message) = crate::infer::check_prompt_bytes(self.codec, r.prompt.text_bytes(), self.plan.target.n_ctx as usize) {
             let param = if matches!(r.prompt, PromptInput::Text(_)) { "prompt" } else { "messages" };
             return fail(Failure::InvalidField { param, message });
         }
@@ -274,6 +270,12 @@ impl Queue<'_> {
             PromptInput::Chat(m) => match self.codec.chat_tokens(m) {
                 Ok(t) => t,
                 Err(e) => return fail(Failure::Invalid(format!("the chat template failed: {e}"))),
+            },
+            PromptInput::Template(c) => match crate::formats::chat_template::template_tokens(self.codec, c) {
+                Ok(t) => t,
+                Err(message) => {
+                    return fail(Failure::InvalidField { param: if c.tools.is_empty() { "messages" } else { "tools" }, message })
+                }
             },
         };
         let resolved = match self.plan.resolve_with(&r.overrides) {

@@ -420,7 +420,20 @@ impl crate::model::TextCodec for MockCodec {
     fn chat(&self, messages: &[(String, String)]) -> Result<String, String> {
         Ok(messages.iter().map(|(r, c)| format!("<{r}>{c}")).collect::<String>() + "<assistant>")
     }
+    fn chat_template(&self) -> Option<String> {
+        Some(MOCK_CHAT_TEMPLATE.to_string())
+    }
 }
+
+/// The mock's Jinja chat template: [`MockCodec`]'s chat format, with tools and calls written
+/// the way Hermes-style templates write them (`<tools>`, `<tool_call>`, `<tool_response>`).
+pub const MOCK_CHAT_TEMPLATE: &str = concat!(
+    "{% if tools %}<system>Tools:<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>",
+    " Call one as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>{% endif %}",
+    "{% for m in messages %}<{{ m.role }}>{{ m.content }}",
+    "{% for c in m.tool_calls %}<tool_call>{\"name\": \"{{ c.function.name }}\", \"arguments\": {{ c.function.arguments | tojson }}}</tool_call>{% endfor %}",
+    "{% endfor %}<assistant>"
+);
 
 /// One piece of a [`MockGrammar`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -217,6 +217,41 @@ fn chunk_ends(len: usize, n_batch: usize) -> impl Iterator<Item = (usize, usize)
     })
 }
 
+/// Tokens of `rendered`, in which `contents[i]` stands as `marker(i)`: the text around the
+/// markers with control tokens parsed, each content as plain text. `tokenize(text, first,
+/// special)` tokenizes one piece (`first`: BOS may go before it). None when a marker is
+/// missing, repeated or out of order (a template that rewrites or drops contents).
+pub fn tokens_with_text_holes(
+    rendered: &str,
+    contents: &[&str],
+    marker: &dyn Fn(usize) -> String,
+    tokenize: &mut dyn FnMut(&str, bool, bool) -> Vec<Token>,
+) -> Option<Vec<Token>> {
+    let mut cuts = Vec::with_capacity(contents.len());
+    let mut from = 0;
+    for i in 0..contents.len() {
+        let m = marker(i);
+        if rendered.matches(&m).count() != 1 {
+            return None;
+        }
+        let at = from + rendered[from..].find(&m)?;
+        cuts.push((at, at + m.len()));
+        from = at + m.len();
+    }
+    let mut tokens = Vec::new();
+    let mut rest = 0;
+    for ((start, end), content) in cuts.into_iter().zip(contents) {
+        let first = tokens.is_empty();
+        tokens.extend(tokenize(&rendered[rest..start], first, true));
+        let first = tokens.is_empty();
+        tokens.extend(tokenize(content, first, false));
+        rest = end;
+    }
+    let first = tokens.is_empty();
+    tokens.extend(tokenize(&rendered[rest..], first, true));
+    Some(tokens)
+}
+
 /// Text ↔ tokens for the model family a pair shares (the target's tokenizer).
 pub trait TextCodec {
     /// Tokenize a prompt (adding BOS where the model wants it, parsing special tokens).
@@ -240,6 +275,16 @@ pub trait TextCodec {
     /// fit `n` tokens, known before tokenizing it.
     fn longest_piece(&self) -> usize {
         64
+    }
+    /// Tokenize one piece of a longer text: BOS before it when `bos` and the model wants one,
+    /// special-token spellings parsed when `special` (a template's markers) or kept as text.
+    fn tokenize_part(&self, text: &str, _bos: bool, _special: bool) -> Vec<Token> {
+        self.tokenize(text)
+    }
+    /// The model's own chat template (Jinja source), when it has one: what can render tool
+    /// definitions and calls.
+    fn chat_template(&self) -> Option<String> {
+        None
     }
     /// The text of a control token (`<|im_end|>`), whose [`TextCodec::piece`] is empty;
     /// empty for every other token.
