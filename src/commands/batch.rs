@@ -1,7 +1,7 @@
 //! The `specrun batch` command: a prompt file through one loaded pair to JSON Lines.
 //!
 //! Models load once; each record gets a fresh sequence (the caches are cleared per record).
-//! The input is read as a stream ([`super::batch_input`]): a scan, then one record at a time.
+//! The input is read as a stream (`batch_input`): a scan, then one record at a time.
 //! The output starts with a header naming the input's sha256 and the settings that change
 //! results; every record is written with one `write_all` and flushed, so a crash can only cut
 //! off the last line, which `--resume` detects and redoes. The output file is locked while a
@@ -13,10 +13,11 @@ use super::batch_input::Input;
 use super::{EXIT_INTERRUPTED, EXIT_NEGATIVE};
 use crate::cli::BatchArgs;
 use crate::constraint::LazyVocabulary;
-use crate::formats::openai::{self, ApiError, Endpoint, Meta, Usage};
+use crate::formats::openai::{self, ApiError, ChoiceOut, Endpoint, Meta, Usage};
 use crate::formats::records::{
     detect_format, read_output, sidecar_path, ErrorRecord, Header, InputFormat, Job, OkRecord, OutputRecord, PromptInput, Record,
 };
+use crate::formats::tools::{split_calls, ToolRequest};
 use crate::infer::{generate_cached, make_drafter_with_cache, plan, token_texts, with_backend, Interrupted, Plan};
 use crate::io::{install_interrupt_handler, interrupted, is_stdout, read_text};
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -78,11 +79,12 @@ impl Sink {
         }
     }
 
-    /// One record, written whole; `endpoint` is the OpenAI batch line's, when it could be read.
-    fn write_record(&mut self, rec: &OutputRecord, endpoint: Option<Endpoint>) -> std::io::Result<()> {
+    /// One record, written whole; `asked` says what the OpenAI batch line asked, when it could
+    /// be read.
+    fn write_record(&mut self, rec: &OutputRecord, asked: &LineAsked) -> std::io::Result<()> {
         let line = match &mut self.openai {
             None => serde_json::to_string(rec).expect("records serialise"),
-            Some(o) => o.line(rec, endpoint).to_string(),
+            Some(o) => o.line(rec, asked).to_string(),
         };
         self.write_line(&(line + "\n"))
     }
@@ -99,8 +101,22 @@ struct OpenAiLines {
     n: usize,
 }
 
+/// What an OpenAI batch line asked that shapes its output line: the endpoint, and the tools
+/// its answer is read for calls of.
+#[derive(Default)]
+struct LineAsked {
+    endpoint: Option<Endpoint>,
+    tools: Option<Box<ToolRequest>>,
+}
+
+impl LineAsked {
+    fn of(job: &mut Job) -> Self {
+        Self { endpoint: job.openai, tools: job.tools.take() }
+    }
+}
+
 impl OpenAiLines {
-    fn line(&mut self, rec: &OutputRecord, endpoint: Option<Endpoint>) -> Value {
+    fn line(&mut self, rec: &OutputRecord, asked: &LineAsked) -> Value {
         self.n += 1;
         let request_id = format!("req_{}_{}", self.run, self.n);
         let response = match rec {
@@ -117,7 +133,16 @@ impl OpenAiLines {
                 // specrun's "context" (the context filled) is a length cut to OpenAI
                 let finish = if r.finish_reason == "context" { "length" } else { r.finish_reason.as_str() };
                 let meta = Meta { id: request_id.clone(), created: self.created, model: self.model.clone() };
-                let body = openai::response(endpoint.unwrap_or(Endpoint::Chat), &meta, &r.text, finish, &usage);
+                let (text, calls) = match asked.tools.as_deref().and_then(|t| split_calls(&r.text, &t.tools).map(|c| (t, c))) {
+                    Some((t, (content, calls))) => {
+                        let allowed = if t.parallel { calls.len() } else { 1 };
+                        let ids = calls.into_iter().take(allowed).enumerate().map(|(k, c)| (format!("call_{request_id}_{k}"), c));
+                        (content, ids.collect())
+                    }
+                    None => (r.text.clone(), Vec::new()),
+                };
+                let choice = ChoiceOut { text: &text, finish, logprobs: None, tool_calls: &calls };
+                let body = openai::response_choices(asked.endpoint.unwrap_or(Endpoint::Chat), &meta, &[choice], &usage);
                 serde_json::json!({"status_code": 200, "request_id": request_id, "body": body})
             }
             OutputRecord::Error(e) => {
@@ -344,7 +369,7 @@ const MAX_WAITING: usize = 4096;
 /// before it are written. The job source puts the records that cannot run (bad lines, bad
 /// settings), the run sink the finished ones.
 struct Ordered<'o> {
-    ready: BTreeMap<usize, (OutputRecord, Option<Endpoint>)>,
+    ready: BTreeMap<usize, (OutputRecord, LineAsked)>,
     /// The next record to write.
     next: usize,
     totals: Totals,
@@ -355,15 +380,15 @@ struct Ordered<'o> {
 }
 
 impl Ordered<'_> {
-    fn put(&mut self, i: usize, record: OutputRecord, endpoint: Option<Endpoint>) {
-        self.ready.insert(i, (record, endpoint));
+    fn put(&mut self, i: usize, record: OutputRecord, asked: LineAsked) {
+        self.ready.insert(i, (record, asked));
         self.write_ready();
     }
 
     /// Write every record whose predecessors are all written.
     fn write_ready(&mut self) {
         while self.write_error.is_none() {
-            let Some((rec, endpoint)) = self.ready.remove(&self.next) else { break };
+            let Some((rec, asked)) = self.ready.remove(&self.next) else { break };
             match &rec {
                 OutputRecord::Ok(r) => {
                     self.totals.ok += 1;
@@ -373,7 +398,7 @@ impl Ordered<'_> {
                 }
                 OutputRecord::Error(_) => self.totals.failed += 1,
             }
-            if let Err(e) = self.out.write_record(&rec, endpoint) {
+            if let Err(e) = self.out.write_record(&rec, &asked) {
                 self.write_error = Some(anyhow::Error::new(e).context(format!("{}: cannot write", self.out_name)));
             }
             self.next += 1;
@@ -414,12 +439,13 @@ impl RecordJobs<'_, '_, '_> {
                 }
                 Some(Ok((i, Err(bad)))) => {
                     let record = OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error() });
-                    self.output.borrow_mut().put(i, record, None);
+                    self.output.borrow_mut().put(i, record, LineAsked::default());
                 }
-                Some(Ok((i, Ok(job)))) => match prepare_job(self.run.codec, self.vocab, self.run.plan, self.run.args, &job) {
+                Some(Ok((i, Ok(mut job)))) => match prepare_job(self.run.codec, self.vocab, self.run.plan, self.run.args, &job) {
                     Ok((config, prompt)) => return Some(BatchJob { tag: InFlight { i, job }, config, prompt }),
                     Err(error) => {
-                        self.output.borrow_mut().put(i, OutputRecord::Error(ErrorRecord { id: job.id.clone(), error }), job.openai)
+                        let record = OutputRecord::Error(ErrorRecord { id: job.id.clone(), error });
+                        self.output.borrow_mut().put(i, record, LineAsked::of(&mut job));
                     }
                 },
             }
@@ -475,7 +501,7 @@ impl RunSink<InFlight> for RecordSink<'_, '_> {
     }
 
     fn finished(&mut self, tag: InFlight, result: Result<Sequence, EngineError>) {
-        let InFlight { i, job } = tag;
+        let InFlight { i, mut job } = tag;
         let record = match result {
             Ok(seq) => {
                 let text = self.texts.remove(&i).unwrap_or_else(|| TextStream::new(job.stop.clone()));
@@ -495,7 +521,7 @@ impl RunSink<InFlight> for RecordSink<'_, '_> {
             }
             Err(e) => OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: format!("line {}: {e}", job.line) }),
         };
-        self.output.borrow_mut().put(i, record, job.openai);
+        self.output.borrow_mut().put(i, record, LineAsked::of(&mut job));
     }
 
     fn cancel(&mut self) -> bool {
@@ -699,28 +725,31 @@ fn run_records(
             }
             std::process::abort();
         }
-        let (record, endpoint) = match rec {
-            Ok(job) => match run_job(&mut engine, codec, &vocab, run.plan, args, &job, &mut store, clock) {
+        let (record, asked) = match rec {
+            Ok(mut job) => match run_job(&mut engine, codec, &vocab, run.plan, args, &job, &mut store, clock) {
                 Ok((r, generated)) => {
                     if let Some(tokens) = generated {
                         engine.drafter.learn(&tokens);
                     }
-                    (r, job.openai)
+                    (r, LineAsked::of(&mut job))
                 }
                 Err(e) if e.downcast_ref::<Interrupted>().is_some() || interrupted() => {
                     bar.finish_and_clear();
                     interrupted_note(run.todo, i);
                     return Ok(ExitCode::from(EXIT_INTERRUPTED));
                 }
-                Err(e) => (OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: format!("line {}: {e:#}", job.line) }), job.openai),
+                Err(e) => {
+                    let record = OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: format!("line {}: {e:#}", job.line) });
+                    (record, LineAsked::of(&mut job))
+                }
             },
-            Err(bad) => (OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error() }), None),
+            Err(bad) => (OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error() }), LineAsked::default()),
         };
         match &record {
             OutputRecord::Ok(_) => totals.ok += 1,
             OutputRecord::Error(_) => totals.failed += 1,
         }
-        sink.write_record(&record, endpoint).with_context(|| format!("{out_name}: cannot write"))?;
+        sink.write_record(&record, &asked).with_context(|| format!("{out_name}: cannot write"))?;
         if let OutputRecord::Ok(r) = &record {
             totals.stats.n_generated += r.n_generated;
             totals.stats.n_drafted += r.n_drafted;

@@ -146,11 +146,13 @@ pub struct Job {
     pub grammar: Option<Grammar>,
     /// The endpoint of an OpenAI batch line (its output is that endpoint's response object).
     pub openai: Option<Endpoint>,
+    /// An OpenAI batch line's tools, when its answer is read for calls.
+    pub tools: Option<Box<crate::formats::tools::ToolRequest>>,
 }
 
 impl Job {
     fn plain(id: Value, line: usize, input: PromptInput) -> Self {
-        Self { id, line, input, overrides: Box::default(), stop: vec![], grammar: None, openai: None }
+        Self { id, line, input, overrides: Box::default(), stop: vec![], grammar: None, openai: None, tools: None }
     }
 }
 
@@ -245,9 +247,6 @@ fn check_openai(raw: &str, line: usize) -> Result<Job, BadRecord> {
     if req.logprobs.is_some() {
         return Err(bad("body.logprobs: log-probabilities are given by specrun serve, not in batch outputs".into()));
     }
-    if req.tools.is_some() || matches!(req.prompt, PromptInput::Template(_)) {
-        return Err(bad("body.tools: tool calls are answered by specrun serve, not in batch outputs".into()));
-    }
     Ok(Job {
         id,
         line,
@@ -256,6 +255,7 @@ fn check_openai(raw: &str, line: usize) -> Result<Job, BadRecord> {
         stop: req.stops,
         grammar: req.grammar.map(|(_, g)| g),
         openai: Some(endpoint),
+        tools: req.tools.filter(|t| t.reads_calls()).map(Box::new),
     })
 }
 
@@ -376,7 +376,7 @@ fn check(rec: InputRecord, line: usize) -> Result<Job, BadRecord> {
     } else {
         rec.regex.map(Grammar::Regex)
     };
-    Ok(Job { id, line, input, overrides: Box::new(overrides), stop: rec.stop.unwrap_or_default(), grammar, openai: None })
+    Ok(Job { id, line, input, overrides: Box::new(overrides), stop: rec.stop.unwrap_or_default(), grammar, openai: None, tools: None })
 }
 
 /// One input line: a job (boxed: a file of millions of records, most of them bad, stays

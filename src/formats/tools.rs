@@ -375,8 +375,16 @@ mod tests {
             ]
         );
         // a bare call object, or one in a JSON fence, as small models write them
-        for text in ["{\"name\": \"now\", \"arguments\": {}}", "```json\n{\"name\": \"now\", \"arguments\": {}}\n```", "[{\"name\": \"now\", \"arguments\": {}}]"] {
-            assert_eq!(split_calls(text, &r.tools), Some((String::new(), vec![ToolCall { name: "now".into(), arguments: "{}".into() }])), "{text}");
+        for text in [
+            "{\"name\": \"now\", \"arguments\": {}}",
+            "```json\n{\"name\": \"now\", \"arguments\": {}}\n```",
+            "[{\"name\": \"now\", \"arguments\": {}}]",
+        ] {
+            assert_eq!(
+                split_calls(text, &r.tools),
+                Some((String::new(), vec![ToolCall { name: "now".into(), arguments: "{}".into() }])),
+                "{text}"
+            );
         }
         // not calls: no marker, an unknown tool, bad JSON, text after a call, an unclosed call,
         // a bare object with more than a call's fields, text around a bare object

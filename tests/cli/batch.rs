@@ -356,6 +356,44 @@ fn openai_batch_files_are_read_and_answered_in_their_format() {
     assert_eq!(std::fs::read(&output).unwrap(), before);
 }
 
+/// OpenAI batch lines with tools: a demanded call is answered as `tool_calls` (the arguments
+/// follow the tool's schema), with `--parallel` as one at a time.
+#[test]
+fn openai_batch_lines_with_tools_are_answered_with_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let tools = r#"[{"type": "function", "function": {"name": "set_light", "parameters": {"type": "object", "properties": {"room": {"enum": ["kitchen", "hall"]}, "on": {"type": "boolean"}}, "required": ["room", "on"], "additionalProperties": false}}}]"#;
+    let text: String = (0..3)
+        .map(|i| {
+            format!(
+                "{{\"custom_id\": \"t{i}\", \"method\": \"POST\", \"url\": \"/v1/chat/completions\", \"body\": {{\"messages\": [{{\"role\": \"user\", \"content\": \"lights {i}\"}}], \"tools\": {tools}, \"tool_choice\": \"required\", \"parallel_tool_calls\": false, \"max_tokens\": 400}}}}\n"
+            )
+        })
+        .collect();
+    let input = dir.path().join("tools.jsonl");
+    std::fs::write(&input, text).unwrap();
+    let mut answers = Vec::new();
+    for (name, extra) in [("one.jsonl", vec![]), ("par.jsonl", vec!["--parallel", "2"])] {
+        let output = dir.path().join(name);
+        let out = batch(&input, &output, &extra);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<serde_json::Value> =
+            std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 3);
+        for l in &lines {
+            let choice = &l["response"]["body"]["choices"][0];
+            assert_eq!(choice["finish_reason"], "tool_calls", "{l}");
+            let call = &choice["message"]["tool_calls"][0];
+            assert_eq!(call["function"]["name"], "set_light", "{l}");
+            let args: serde_json::Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+            assert!(args["on"].is_boolean() && (args["room"] == "kitchen" || args["room"] == "hall"), "{args}");
+        }
+        answers.push(
+            lines.iter().map(|l| l["response"]["body"]["choices"][0]["message"]["tool_calls"][0]["function"].clone()).collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(answers[0], answers[1], "the same calls one at a time and in parallel");
+}
+
 #[test]
 fn an_openai_batch_resumes_after_a_crash_to_the_same_records() {
     let dir = tempfile::tempdir().unwrap();
