@@ -726,7 +726,7 @@ fn run_records(
             std::process::abort();
         }
         let (record, asked) = match rec {
-            Ok(mut job) => match run_job(&mut engine, codec, &vocab, run.plan, args, &job, &mut store, clock) {
+            Ok(mut job) => match run_job(&mut engine, run, &vocab, &job, &mut store) {
                 Ok((r, generated)) => {
                     if let Some(tokens) = generated {
                         engine.drafter.learn(&tokens);
@@ -804,23 +804,19 @@ fn progress_bar(args: &BatchArgs, n: usize) -> ProgressBar {
 /// One record: its own settings over the plan's, a fresh sequence, stop strings. A record
 /// that fails (bad settings, a prompt too long for the context, a model error) becomes an
 /// error record; only an interruption is returned as `Err`.
-#[allow(clippy::too_many_arguments)]
 fn run_job<T: Model, D: Drafter>(
     engine: &mut Engine<T, D>,
-    codec: &dyn TextCodec,
+    run: &Run<'_>,
     vocab: &LazyVocabulary<'_>,
-    plan: &Plan,
-    args: &BatchArgs,
     job: &Job,
     store: &mut PrefixCache,
-    clock: &dyn Clock,
 ) -> Result<(OutputRecord, Option<Vec<specrun_core::model::Token>>)> {
     let fail = |e: String| Ok((OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: e }), None));
-    let (config, tokens) = match prepare_job(codec, vocab, plan, args, job) {
+    let (config, tokens) = match prepare_job(run.codec, vocab, run.plan, run.args, job) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    let g = generate_cached(engine, codec, &tokens, config, store, clock, &job.stop, &interrupted)?;
+    let g = generate_cached(engine, run.codec, &tokens, config, store, run.clock, &job.stop, &interrupted)?;
     let record = OutputRecord::Ok(ok_record(job, g.report));
     Ok((record, Some(g.tokens)))
 }
