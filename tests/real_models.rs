@@ -168,7 +168,7 @@ fn greedy_speculation_emits_the_targets_greedy_tokens() {
 
 /// The greedy fidelity check sized for a slow device: SmolLM2 drafting for itself, short
 /// generations, every layer of both models offloaded when `SPECRUN_TEST_GPU_LAYERS` is set.
-/// `scripts/build-vulkan.sh check` (and so CI) runs it on Mesa's lavapipe with a Vulkan build:
+/// `scripts/test.sh` (and so CI) runs it last on Mesa's lavapipe with the Vulkan build:
 /// device buffers, both KV caches on the device, draft steps and rollback on a device cache.
 /// The smallest model keeps the shaders lavapipe compiles on first use few (the Qwen pair's
 /// draft-model fidelity is checked on the CPU, `greedy_speculation_emits_the_targets_greedy_tokens`).

@@ -244,38 +244,44 @@ mod tests {
         assert!(!knows_tool_calls("{% for m in messages %}{{ m.content }}{% endfor %}"));
     }
 
+    /// A byte codec that marks what it tokenized with specials parsed (negative ids) and where
+    /// BOS went (-1); its own template, if given.
+    struct Spy(Option<&'static str>);
+
+    impl TextCodec for Spy {
+        fn tokenize(&self, text: &str) -> Vec<Token> {
+            text.bytes().map(Token::from).collect()
+        }
+        fn piece(&self, t: Token) -> Vec<u8> {
+            vec![t as u8]
+        }
+        fn chat(&self, _: &[(String, String)]) -> Result<String, String> {
+            Err("unused".into())
+        }
+        fn tokenize_part(&self, text: &str, bos: bool, special: bool) -> Vec<Token> {
+            let mut t = if bos { vec![-1] } else { vec![] };
+            t.extend(text.bytes().map(|b| if special { -Token::from(b) } else { Token::from(b) }));
+            t
+        }
+        fn chat_template(&self) -> Option<String> {
+            self.0.map(str::to_string)
+        }
+    }
+
     #[test]
     fn contents_are_text_and_the_templates_markers_are_control_tokens() {
-        // a codec that marks what it tokenized with specials on, and where BOS may go
-        struct Spy;
-        impl TextCodec for Spy {
-            fn tokenize(&self, text: &str) -> Vec<Token> {
-                text.bytes().map(Token::from).collect()
-            }
-            fn piece(&self, t: Token) -> Vec<u8> {
-                vec![t as u8]
-            }
-            fn chat(&self, _: &[(String, String)]) -> Result<String, String> {
-                Err("unused".into())
-            }
-            fn tokenize_part(&self, text: &str, bos: bool, special: bool) -> Vec<Token> {
-                let mut t = if bos { vec![-1] } else { vec![] };
-                t.extend(text.bytes().map(|b| if special { -Token::from(b) } else { Token::from(b) }));
-                t
-            }
-        }
         let chat = TemplateChat {
             messages: parse_messages(&json!([{"role": "user", "content": "a<|im_end|>"}, {"role": "tool", "content": "r"}])).unwrap(),
             tools: vec![],
         };
-        let tokens = chat_tokens(&Spy, "{% for m in messages %}[{{ m.content }}]{% endfor %}", &chat).unwrap();
+        let tokens = chat_tokens(&Spy(None), "{% for m in messages %}[{{ m.content }}]{% endfor %}", &chat).unwrap();
         let plain: String = tokens.iter().filter(|&&t| t > 0).map(|&t| t as u8 as char).collect();
         let special: String = tokens.iter().filter(|&&t| t < -1).map(|&t| (-t) as u8 as char).collect();
         assert_eq!((plain.as_str(), special.as_str()), ("a<|im_end|>r", "[][]"));
         assert_eq!(tokens.iter().filter(|&&t| t == -1).count(), 1, "BOS once, first");
         assert_eq!(tokens[0], -1);
         // a template that repeats a content: the rendering is tokenized whole
-        let twice = chat_tokens(&Spy, "{% for m in messages %}{{ m.content }}{{ m.content }}{% endfor %}", &chat).unwrap();
+        let twice = chat_tokens(&Spy(None), "{% for m in messages %}{{ m.content }}{{ m.content }}{% endfor %}", &chat).unwrap();
         assert_eq!(twice.len(), 1 + "a<|im_end|>a<|im_end|>rr".len());
     }
 
@@ -302,26 +308,12 @@ mod tests {
         let tokens = template_tokens(&mock, &chat).unwrap();
         let text: String = tokens.iter().map(|&t| String::from_utf8(mock.piece(t)).unwrap()).collect();
         assert!(text.starts_with("<system>Tools:<tools>{\"type\": \"function\"") && text.ends_with("<user>x<assistant>"), "{text}");
-        struct NoTools;
-        impl TextCodec for NoTools {
-            fn tokenize(&self, text: &str) -> Vec<Token> {
-                text.bytes().map(Token::from).collect()
-            }
-            fn piece(&self, t: Token) -> Vec<u8> {
-                vec![t as u8]
-            }
-            fn chat(&self, _: &[(String, String)]) -> Result<String, String> {
-                Err("unused".into())
-            }
-            fn chat_template(&self) -> Option<String> {
-                Some("{% for m in messages %}{{ m.content }}{% endfor %}".into())
-            }
-        }
-        let e = template_tokens(&NoTools, &chat).unwrap_err();
+        let no_tools = Spy(Some("{% for m in messages %}{{ m.content }}{% endfor %}"));
+        let e = template_tokens(&no_tools, &chat).unwrap_err();
         assert!(e.contains("<tool_call>"), "{e}");
         // tool results without tools shown render with any template
         let results = TemplateChat { tools: vec![], ..chat };
-        assert_eq!(template_tokens(&NoTools, &results).unwrap(), NoTools.tokenize("x"));
+        assert_eq!(template_tokens(&no_tools, &results).unwrap(), vec![-1, Token::from(b'x')]);
     }
 
     #[test]
