@@ -688,6 +688,16 @@ fn the_text_routes_tokenize_detokenize_and_apply_the_template() {
     let (code, body) = post(&s, "/apply-template", r#"{"messages": [{"role": "user", "content": "hi"}]}"#);
     assert_eq!(code, 200, "{body}");
     assert!(json(&body)["prompt"].as_str().unwrap().contains("hi"), "{body}");
+    // with tools, the model's own Jinja template writes them
+    let with_tools = r#"{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "now"}}]}"#;
+    let (code, body) = post(&s, "/apply-template", with_tools);
+    assert_eq!(code, 200, "{body}");
+    let prompt = json(&body)["prompt"].as_str().unwrap().to_string();
+    assert!(
+        prompt.contains("<tools>{\"type\": \"function\", \"function\": {\"name\": \"now\"}}</tools>")
+            && prompt.ends_with("<user>hi<assistant>"),
+        "{prompt}"
+    );
     let props = json(&agent().get(&format!("{}/props", s.base)).call().unwrap().into_string().unwrap());
     assert_eq!(props["total_slots"], 3);
     assert!(props["build_info"].as_str().unwrap().contains(env!("CARGO_PKG_VERSION")));
