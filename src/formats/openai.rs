@@ -340,6 +340,13 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
         Some(_) => return Err(ApiError::invalid("stream_options", "stream_options must be an object")),
     };
     let stops = parse_stop(obj.get("stop"))?;
+    let (overrides, speculative) = parse_settings(obj, n_ctx)?;
+    Ok(CompletionRequest { endpoint, model, prompt, stream, n, logprobs, include_usage, stops, overrides, speculative, grammar, tools })
+}
+
+/// A request's generation settings (each tagged with its field) and its `speculative`
+/// extension, checked by the one settings path.
+fn parse_settings(obj: &Map<String, Value>, n_ctx: usize) -> Result<(Overrides, Speculative), ApiError> {
     let req = |key: &'static str| Origin::Request { key };
     let mut o = Overrides::default();
     // a number that is no whole u64 (1e+30, -1, 2.5) is out of the same bound
@@ -411,7 +418,7 @@ pub fn parse_request(endpoint: Endpoint, body: &Value, n_ctx: usize) -> Result<C
         };
         ApiError::invalid(&param, e.to_string())
     })?;
-    Ok(CompletionRequest { endpoint, model, prompt, stream, n, logprobs, include_usage, stops, overrides: o, speculative, grammar, tools })
+    Ok((o, speculative))
 }
 
 /// A chat's messages: for llama.cpp's template, or for the model's own Jinja template when
