@@ -143,7 +143,9 @@ async fn whole(receivers: Vec<UnboundedReceiver<Event>>, a: Answer) -> Response 
                 }
                 Some(Event::Done { finish, stats }) => {
                     add_stats(&mut totals, &stats, i == 0);
-                    let calls = match split_calls(&text, &a.tools).filter(|_| !a.tools.is_empty()) {
+                    // an answer is read for calls only when the request gave tools
+                    let found = if a.tools.is_empty() { None } else { split_calls(&text, &a.tools) };
+                    let calls = match found {
                         Some((content, calls)) => {
                             text = content;
                             with_ids(&a, i, calls)
