@@ -10,7 +10,8 @@
 #   llama-noram: llama-server --cache-ram 0)
 #   NONCE=level: requests of a level may share prefixes (repeated prompts, one document);
 #   the default gives every request its own first line
-# Output: one Markdown table on stdout (scripts/serve_load.py's rows).
+# Output: one Markdown table on stdout (scripts/serve_load.py's rows); on stderr, per server,
+# the prompt tokens it read (its /metrics: prompt tokens less those a cache gave).
 source "$(dirname "$0")/common.sh"
 ensure_system_packages
 fetch_models qwen-coder-0.5b qwen-coder-1.5b
@@ -45,6 +46,15 @@ wait_ready() {
     return 1
 }
 
+# specrun counts prompt tokens and the cached ones; llama-server (--metrics) the ones it read
+prompt_tokens_read() {
+    curl -s "http://127.0.0.1:$PORT/metrics" | awk -v label="$1" '
+        /^specrun_prompt_tokens_total / { total = $2 }
+        /^specrun_prompt_cached_tokens_total / { cached = $2 }
+        /^llamacpp:prompt_tokens_total / { read = $2; llama = 1 }
+        END { if (llama) n = read; else n = total - cached; printf "%s: prompt tokens read %d\n", label, n > "/dev/stderr" }'
+}
+
 run_server() {
     local label="$1"
     shift
@@ -53,6 +63,7 @@ run_server() {
     if wait_ready "$pid"; then
         python3 scripts/serve_load.py "http://127.0.0.1:$PORT/v1" --concurrency "$CONC" --requests "$REQUESTS" \
             --max-tokens "$N" --prompts "$PROMPTS" --label "$label" --nonce "${NONCE:-request}"
+        prompt_tokens_read "$label"
     else
         tail -5 /tmp/serve_bench_server.log >&2
     fi
@@ -77,15 +88,15 @@ for s in $SERVERS; do
         specrun-plain-noram) run_server "specrun serve --no-draft --cache-ram 0" \
             "$SPECRUN_BIN" serve -t "$THREADS" -c "$CTX" --parallel "$SLOTS" --port "$PORT" --temp 0 --no-draft --cache-ram 0 ;;
         llama-noram) run_server "llama-server --cache-ram 0 (plain)" \
-            "$LLAMA_SERVER" -m "$TARGET" -t "$THREADS" -c $((CTX * SLOTS)) -np "$SLOTS" -ngl 0 --port "$PORT" --cache-ram 0 ;;
+            "$LLAMA_SERVER" -m "$TARGET" -t "$THREADS" -c $((CTX * SLOTS)) -np "$SLOTS" -ngl 0 --port "$PORT" --cache-ram 0 --metrics ;;
         specrun-between) run_server "specrun serve --prefill-chunk 0 (prompts between rounds)" \
             "$SPECRUN_BIN" serve -t "$THREADS" -c "$CTX" --parallel "$SLOTS" --port "$PORT" --temp 0 --prefill-chunk 0 ;;
         llama-md) run_server "llama-server -md (draft model)" \
-            "$LLAMA_SERVER" -m "$TARGET" -md "$DRAFT" -t "$THREADS" -c $((CTX * SLOTS)) -np "$SLOTS" -ngl 0 -ngld 0 --port "$PORT" ;;
+            "$LLAMA_SERVER" -m "$TARGET" -md "$DRAFT" -t "$THREADS" -c $((CTX * SLOTS)) -np "$SLOTS" -ngl 0 -ngld 0 --port "$PORT" --metrics ;;
         llama-ngram) run_server "llama-server n-gram" \
-            "$LLAMA_SERVER" -m "$TARGET" -t "$THREADS" -c $((CTX * SLOTS)) -np "$SLOTS" -ngl 0 --port "$PORT" --spec-type ngram-simple ;;
+            "$LLAMA_SERVER" -m "$TARGET" -t "$THREADS" -c $((CTX * SLOTS)) -np "$SLOTS" -ngl 0 --port "$PORT" --spec-type ngram-simple --metrics ;;
         llama-plain) run_server "llama-server (plain)" \
-            "$LLAMA_SERVER" -m "$TARGET" -t "$THREADS" -c $((CTX * SLOTS)) -np "$SLOTS" -ngl 0 --port "$PORT" ;;
+            "$LLAMA_SERVER" -m "$TARGET" -t "$THREADS" -c $((CTX * SLOTS)) -np "$SLOTS" -ngl 0 --port "$PORT" --metrics ;;
         *) echo "error: unknown server $s" >&2; exit 2 ;;
     esac
 done

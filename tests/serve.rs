@@ -94,6 +94,7 @@ fn chat_and_text_completions_streamed_and_not_agree() {
     let cached = value("specrun_prompt_cached_tokens_total");
     assert!(cached > 0.0, "{metrics}");
     assert_eq!(value("specrun_prompt_in_rounds_tokens_total") + cached, value("specrun_prompt_tokens_total"), "{metrics}");
+    assert!(value("specrun_prompt_shared_tokens_total") + value("specrun_prompt_restored_tokens_total") <= cached, "{metrics}");
     assert!(rounds > prompt_rounds && decoded >= rounds - prompt_rounds, "{metrics}");
     assert!(value("specrun_rounds_total") >= rounds, "{metrics}");
     assert!(value("specrun_decode_seconds_total") > 0.0, "{metrics}");

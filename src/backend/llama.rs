@@ -474,6 +474,7 @@ impl LoadedModel {
             rows: Vec::new(),
             rows_checked: vec![false; n_seq as usize],
             recurrent: self.model.is_recurrent() || self.model.is_hybrid(),
+            kv_unified: s.kv_unified,
         })
     }
 }
@@ -507,6 +508,8 @@ pub struct LlamaRunner<'m> {
     /// Per sequence: whether its logits were checked for NaN/inf since it was last cleared.
     rows_checked: Vec<bool>,
     recurrent: bool,
+    /// One KV buffer for all sequences: cells can be shared between sequences.
+    kv_unified: bool,
 }
 
 impl LlamaRunner<'_> {
@@ -624,6 +627,30 @@ impl Model for LlamaRunner<'_> {
             *c = false;
         }
         self.ctx.state_seq_set(state, seq).map_err(|e| ModelError::Restore(e.to_string()))
+    }
+    fn copy_cells(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), ModelError> {
+        if self.recurrent {
+            return Err(ModelError::Restore("a recurrent memory's cells are not shared between sequences".into()));
+        }
+        let n_seq = self.n_seq as SeqId;
+        if !(0..n_seq).contains(&from) || !(0..n_seq).contains(&to) || from == to {
+            return Err(ModelError::Restore(format!("cannot share cells of sequence {from} with sequence {to}")));
+        }
+        if let Some(c) = usize::try_from(to).ok().and_then(|i| self.rows_checked.get_mut(i)) {
+            *c = false;
+        }
+        let refused = |_| ModelError::TruncateRefused { seq: to, len: 0 };
+        self.ctx.kv_cache_seq_rm(to, None, None).map_err(refused)?;
+        let copy_failed = |e: llama_cpp_2::context::kv_cache::KvCacheConversionError| ModelError::Restore(e.to_string());
+        if self.kv_unified {
+            // one buffer: the cells are tagged with both sequences, nothing is copied
+            self.ctx.copy_kv_cache_seq(from, to, Some(0), Some(len as u32)).map_err(copy_failed)
+        } else {
+            // a stream per sequence: llama.cpp copies a whole stream (asserting otherwise),
+            // then the copy is cut back to `len`
+            self.ctx.copy_kv_cache_seq(from, to, None, None).map_err(copy_failed)?;
+            self.ctx.kv_cache_seq_rm(to, Some(len as u32), None).map_err(|_| ModelError::TruncateRefused { seq: to, len })
+        }
     }
 }
 

@@ -336,9 +336,12 @@ fn print_batching(bstats: &specrun_core::batching::BatchStats, n_parallel: usize
             bstats.n_pauses, bstats.n_paused_rounds
         ));
     }
-    let from_slots = bstats.n_prompt_cached - bstats.n_prompt_restored;
+    let from_slots = bstats.n_prompt_cached - bstats.n_prompt_restored - bstats.n_prompt_shared;
     if from_slots > 0 {
         crate::io::note(format!("prompts   {from_slots} tokens kept from the record before in the slot (--prompt-cache)"));
+    }
+    if bstats.n_prompt_shared > 0 {
+        crate::io::note(format!("prompts   {} tokens shared from records read at the same time in other slots", bstats.n_prompt_shared));
     }
     if bstats.n_prompt_restored > 0 {
         let p = &bstats.prefix_cache;

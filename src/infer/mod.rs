@@ -333,6 +333,14 @@ impl<M: Model> Model for Slow<M> {
     ) -> Result<(), specrun_core::model::ModelError> {
         self.inner.restore(seq, snapshot)
     }
+    fn copy_cells(
+        &mut self,
+        from: specrun_core::model::SeqId,
+        to: specrun_core::model::SeqId,
+        len: usize,
+    ) -> Result<(), specrun_core::model::ModelError> {
+        self.inner.copy_cells(from, to, len)
+    }
 }
 
 #[cfg(feature = "llama")]

@@ -93,6 +93,8 @@ pub struct Metrics {
     pub prompt_cached_tokens: AtomicU64,
     /// Of those, the ones the prefix cache restored, and the bytes it holds now.
     pub prompt_restored_tokens: AtomicU64,
+    /// Of those, the ones shared from another slot's cells.
+    pub prompt_shared_tokens: AtomicU64,
     pub prefix_cache_bytes: AtomicU64,
     pub prompt_rounds: AtomicU64,
     pub draft_paused_rounds: AtomicU64,
@@ -180,6 +182,11 @@ impl Metrics {
             "prompt_restored_tokens_total",
             "Prompt tokens the host-memory prefix cache restored into a slot (--cache-ram).",
             &[("", get(&self.prompt_restored_tokens))],
+        );
+        counter(
+            "prompt_shared_tokens_total",
+            "Prompt tokens shared from another slot's cells: a request in flight, or still reading the same prompt, or a free slot's kept cells.",
+            &[("", get(&self.prompt_shared_tokens))],
         );
         counter("prompt_rounds_total", "Shared rounds that read prompt tokens.", &[("", get(&self.prompt_rounds))]);
         counter(
@@ -336,6 +343,7 @@ impl JobSource<Request> for Queue<'_> {
         add(&m.prompt_in_rounds_tokens, stats.n_prompt_in_rounds as u64, seen.n_prompt_in_rounds as u64);
         add(&m.prompt_cached_tokens, stats.n_prompt_cached as u64, seen.n_prompt_cached as u64);
         add(&m.prompt_restored_tokens, stats.n_prompt_restored as u64, seen.n_prompt_restored as u64);
+        add(&m.prompt_shared_tokens, stats.n_prompt_shared as u64, seen.n_prompt_shared as u64);
         m.prefix_cache_bytes.store(stats.prefix_cache_bytes as u64, Ordering::Relaxed);
         add(&m.prompt_rounds, stats.n_prompt_rounds as u64, seen.n_prompt_rounds as u64);
         add(&m.draft_paused_rounds, stats.n_paused_rounds as u64, seen.n_paused_rounds as u64);

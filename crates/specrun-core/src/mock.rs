@@ -50,6 +50,9 @@ pub struct MockSpec {
     pub cost_curve: Vec<(usize, f64)>,
     /// Refuse to remove part of a sequence, as recurrent memory does.
     pub refuse_partial_removal: bool,
+    /// Refuse to share cells between sequences ([`Model::copy_cells`]), as specrun's llama.cpp
+    /// backend does for recurrent memory.
+    pub refuse_copies: bool,
     /// Sequences the context holds (ids `0..n_seq`), each with `n_ctx` positions.
     pub n_seq: usize,
 }
@@ -67,6 +70,7 @@ impl MockSpec {
             cost_per_token: Duration::from_millis(2),
             cost_curve: Vec::new(),
             refuse_partial_removal: false,
+            refuse_copies: false,
             n_seq: 64,
         }
     }
@@ -147,6 +151,8 @@ pub struct MockModel {
     pub decode_log: Vec<Vec<(SeqId, usize, usize)>>,
     /// Snapshots put back ([`Model::restore`]).
     pub n_restores: usize,
+    /// Cells shared from one sequence to another ([`Model::copy_cells`]), in tokens.
+    pub n_copied: usize,
 }
 
 /// Host memory a mock snapshot counts per cell (a round number for budget tests).
@@ -187,6 +193,7 @@ impl MockModel {
             max_batch_seen: 0,
             decode_log: Vec::new(),
             n_restores: 0,
+            n_copied: 0,
         }
     }
 
@@ -323,6 +330,22 @@ impl Model for MockModel {
         }
         self.caches.insert(seq, cache.clone());
         self.n_restores += 1;
+        Ok(())
+    }
+
+    fn copy_cells(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), ModelError> {
+        if self.spec.refuse_copies {
+            self.caches.remove(&to);
+            return Err(ModelError::Restore("this mock shares no cells".into()));
+        }
+        let mut cache = self.caches.get(&from).cloned().unwrap_or_default();
+        if cache.tokens.len() < len {
+            return Err(ModelError::Restore(format!("sequence {from} holds {} cells, not {len}", cache.tokens.len())));
+        }
+        cache.tokens.truncate(len);
+        cache.hashes.truncate(len + 1);
+        self.caches.insert(to, cache);
+        self.n_copied += len;
         Ok(())
     }
 

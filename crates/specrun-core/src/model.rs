@@ -119,6 +119,13 @@ pub trait Model {
     fn restore(&mut self, _seq: SeqId, _snapshot: &Snapshot) -> Result<(), ModelError> {
         Err(ModelError::Restore("this model keeps no snapshots".into()))
     }
+    /// Make sequence `to` hold the cells of sequence `from`'s first `len` positions, its own
+    /// cells removed first: one prompt read once for several sequences (llama.cpp's
+    /// `llama_memory_seq_cp`: in a unified cache the cells are shared, not copied). On error
+    /// `to`'s cells are unspecified: truncate it to 0.
+    fn copy_cells(&mut self, _from: SeqId, _to: SeqId, _len: usize) -> Result<(), ModelError> {
+        Err(ModelError::Restore("this model cannot share cells between sequences".into()))
+    }
     /// Decode several sequences' tokens in one call (at most `n_batch` tokens in all, each
     /// sequence at most once). The rows kept are every part's, in part order: rows
     /// `0..r0` are the first part's, `r0..r0 + r1` the second's, and so on.
@@ -326,6 +333,9 @@ impl<M: Model + ?Sized> Model for &mut M {
     }
     fn restore(&mut self, seq: SeqId, snapshot: &Snapshot) -> Result<(), ModelError> {
         (**self).restore(seq, snapshot)
+    }
+    fn copy_cells(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), ModelError> {
+        (**self).copy_cells(from, to, len)
     }
 }
 

@@ -104,6 +104,11 @@ impl PrefixCache {
         self.stats.n_saved += 1;
     }
 
+    /// How many leading tokens of `head` the best entry's target cells hold (nothing restored).
+    pub fn longest(&self, head: &[Token]) -> usize {
+        self.entries.iter().map(|e| e.cells.reusable(head).0).max().unwrap_or(0)
+    }
+
     /// What slot `seq` should start from for a prompt whose tokens before the last are `head`:
     /// `kept` (what the slot holds), or the cached entry sharing a longer prefix with `head`,
     /// restored into the slot in both models. A failed restore gives an empty slot.

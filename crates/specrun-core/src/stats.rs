@@ -34,6 +34,9 @@ pub struct GenStats {
     pub n_prompt_cached: usize,
     /// Of those, the ones the prefix cache restored.
     pub n_prompt_restored: usize,
+    /// Of those, the ones shared from another slot's cells (another sequence reading or
+    /// holding the same prompt).
+    pub n_prompt_shared: usize,
     pub n_generated: usize,
     /// Target decodes after the prompt (one per round).
     pub n_rounds: usize,
@@ -261,6 +264,8 @@ impl GenStats {
     pub fn merge(&mut self, o: &GenStats) {
         self.n_prompt += o.n_prompt;
         self.n_prompt_cached += o.n_prompt_cached;
+        self.n_prompt_restored += o.n_prompt_restored;
+        self.n_prompt_shared += o.n_prompt_shared;
         self.n_generated += o.n_generated;
         self.n_rounds += o.n_rounds;
         self.n_drafted += o.n_drafted;

@@ -2,7 +2,8 @@
 //! mock (which computes logits from the whole cached prefix and checks positions like
 //! llama.cpp): outputs equal reading every prompt whole, with or without slots keeping cells,
 //! for every drafter; a prompt that begins like any earlier finished one restores it in
-//! whichever slot it gets, in the target and the draft model; the budget is never exceeded.
+//! whichever slot it gets, in the target and the draft model; the budget is never exceeded;
+//! prompts that begin alike and run at once share one reading of their common part.
 
 mod util;
 
@@ -45,6 +46,7 @@ struct Outcome {
     out: Vec<Vec<Token>>,
     cached: Vec<usize>,
     restored: Vec<usize>,
+    shared: Vec<usize>,
     stats: BatchStats,
 }
 
@@ -55,7 +57,7 @@ fn run(kind: &str, slots: Slots) -> Outcome {
     let clock = MockClock::new();
     let mut engine =
         Engine::new(MockModel::new(spec.clone()).with_clock(clock.clone()), drafter(kind, &spec, &clock), GenConfig::default());
-    let (mut out, mut cached, mut restored) = (vec![vec![]; n], vec![0; n], vec![0; n]);
+    let (mut out, mut cached, mut restored, mut shared) = (vec![vec![]; n], vec![0; n], vec![0; n], vec![0; n]);
     let mut stats = BatchStats::default();
     let end = run_continuous(
         &mut engine,
@@ -68,6 +70,7 @@ fn run(kind: &str, slots: Slots) -> Outcome {
             out[tag] = seq.generated().to_vec();
             cached[tag] = seq.stats.n_prompt_cached;
             restored[tag] = seq.stats.n_prompt_restored;
+            shared[tag] = seq.stats.n_prompt_shared;
         }),
     )
     .map(|o| {
@@ -76,7 +79,7 @@ fn run(kind: &str, slots: Slots) -> Outcome {
     })
     .unwrap();
     assert_eq!(end, BatchEnd::Done);
-    Outcome { out, cached, restored, stats }
+    Outcome { out, cached, restored, shared, stats }
 }
 
 fn slots(n_parallel: usize, prefill: Prefill, prompt_cache: bool, prefix_cache_bytes: usize) -> Slots {
@@ -96,18 +99,24 @@ fn restored_prefixes_give_what_reading_prompts_whole_gives() {
                     assert_eq!(run.out, alone.out, "{case}");
                     assert_eq!(run.stats.n_prompt_cached, run.cached.iter().sum::<usize>(), "{case}");
                     assert_eq!(run.stats.n_prompt_restored, run.restored.iter().sum::<usize>(), "{case}");
+                    assert_eq!(run.stats.n_prompt_shared, run.shared.iter().sum::<usize>(), "{case}");
                     let jobs = jobs();
                     for (i, job) in jobs.iter().enumerate() {
                         assert!(run.cached[i] < job.prompt.len(), "{case}: job {i} did not read its last prompt token");
                     }
-                    // a record that starts after another finished finds at least the instruction,
-                    // from its slot or the cache; the repeat finds all of its prompt
-                    for i in n_parallel..12 {
+                    // every record but the first finds at least the instruction: from its slot, the
+                    // cache, or a record in flight; the repeat finds all of its prompt
+                    for i in 1..12 {
                         assert!(run.cached[i] >= 40, "{case}: job {i} kept {}", run.cached[i]);
                     }
+                    assert_eq!(run.cached[0], 0, "{case}");
                     assert_eq!(run.cached[12], jobs[12].prompt.len() - 1, "{case}");
                     if !prompt_cache {
-                        assert_eq!(run.restored, run.cached, "{case}: all of it restored");
+                        let taken: Vec<usize> = run.restored.iter().zip(&run.shared).map(|(r, s)| r + s).collect();
+                        assert_eq!(taken, run.cached, "{case}: all of it restored or shared");
+                    }
+                    if n_parallel > 1 {
+                        assert!(run.shared[1] >= 40, "{case}: the second record shares the first's instruction");
                     }
                     assert!(run.stats.prefix_cache.n_restores > 0, "{case}");
                 }
@@ -144,9 +153,10 @@ fn the_target_and_the_draft_model_both_restore() {
     let (t_without, d_without, without) = reads_from_start(0);
     assert_eq!(with, without);
     assert_eq!((t_without, d_without), (13, 13), "every prompt read from the start without the cache");
-    // only the two records that start before any has finished read from the start
-    assert_eq!(t_with, 2, "the target read from position 0 twice");
-    assert_eq!(d_with, 2, "the draft model read from position 0 twice");
+    // only the first record reads from the start: the second, started beside it, shares its
+    // cells, and the later ones restore or share them
+    assert_eq!(t_with, 1, "the target read from position 0 once");
+    assert_eq!(d_with, 1, "the draft model read from position 0 once");
 }
 
 #[test]
@@ -167,4 +177,69 @@ fn no_budget_no_restores() {
     let run = run("ngram", slots(3, Prefill::Between, false, 0));
     assert_eq!(run.stats.n_prompt_cached, 0);
     assert_eq!(run.stats.prefix_cache.n_saved, 0);
+}
+
+/// Four questions about one 300-token document, all four in flight at once, on a model that
+/// shares cells (or, `refuse_copies`, does not); the run's outcome and how many prompt tokens
+/// the target and the draft model read.
+fn document_wave(prefill: Prefill, refuse_copies: bool) -> (Outcome, usize, usize) {
+    let document: Vec<Token> = (0..300).map(|j| (j * 13 % 57 + 3) as Token).collect();
+    let jobs: Vec<BatchJob<usize>> =
+        (0..4).map(|i| util::mixed_job(i, [document.clone(), vec![(i + 4) as Token, 9]].concat(), 8)).collect();
+    let spec = MockSpec { refuse_copies, ..target_spec() };
+    let clock = MockClock::new();
+    let draft =
+        ModelDrafter::new(MockModel::new(MockSpec { refuse_copies, ..MockSpec::draft_of(&spec, 0.7, 5) }).with_clock(clock.clone()));
+    let mut engine = Engine::new(MockModel::new(spec).with_clock(clock.clone()), draft, GenConfig::default());
+    let n = jobs.len();
+    let (mut out, mut cached, mut restored, mut shared) = (vec![vec![]; n], vec![0; n], vec![0; n], vec![0; n]);
+    let outcome = run_continuous(
+        &mut engine,
+        jobs,
+        slots(4, prefill, true, 0),
+        &mut SharedPolicy::default(),
+        &clock,
+        &mut Callbacks::new(|tag, r: Result<Sequence, _>| {
+            let seq = r.expect("job");
+            out[tag] = seq.generated().to_vec();
+            cached[tag] = seq.stats.n_prompt_cached;
+            restored[tag] = seq.stats.n_prompt_restored;
+            shared[tag] = seq.stats.n_prompt_shared;
+        }),
+    )
+    .unwrap();
+    assert_eq!(outcome.end, BatchEnd::Done);
+    // prompt tokens read: positions of the 302-token prompts in every decode
+    let read = |log: &Vec<Vec<(i32, usize, usize)>>| -> usize {
+        log.iter().flatten().map(|&(_, pos, len)| len.min(302usize.saturating_sub(pos))).sum()
+    };
+    let (t, d) = (read(&engine.target.decode_log), read(&engine.drafter.model.decode_log));
+    assert_eq!(engine.target.n_copied, outcome.stats.n_prompt_shared, "the target's cells shared are the ones counted");
+    (Outcome { out, cached, restored, shared, stats: outcome.stats }, t, d)
+}
+
+#[test]
+fn a_document_several_requests_bring_at_once_is_read_once() {
+    for prefill in [Prefill::Between, Prefill::Inside { chunk: 16 }, Prefill::Paced { round_secs: 0.05 }] {
+        let (alone, t_alone, d_alone) = document_wave(prefill, true);
+        let (wave, t_wave, d_wave) = document_wave(prefill, false);
+        assert_eq!(wave.out, alone.out, "{prefill:?}: sharing changes no output");
+        assert_eq!(alone.stats.n_prompt_shared, 0, "{prefill:?}");
+        // the first request reads the document (and its question); the three others wait
+        // for it or find it read, and share all 300 tokens of it in both models
+        assert_eq!(wave.shared, vec![0, 300, 300, 300], "{prefill:?}");
+        assert_eq!(wave.cached, wave.shared, "{prefill:?}");
+        assert_eq!(wave.restored, vec![0; 4], "{prefill:?}");
+        assert_eq!(wave.stats.n_prompt_shared, 900, "{prefill:?}");
+        assert!(t_alone >= 4 * 300, "{prefill:?}: without sharing each reads the document ({t_alone})");
+        assert!(t_wave <= 302 + 3 * 2, "{prefill:?}: the target read {t_wave} prompt tokens");
+        assert!(d_alone >= 4 * 300 && d_wave <= 302 + 3 * 2, "{prefill:?}: the draft model read {d_alone} against {d_wave}");
+    }
+}
+
+#[test]
+fn nothing_is_shared_when_both_caches_are_off() {
+    let run = run("model", slots(4, Prefill::Inside { chunk: 7 }, false, 0));
+    assert_eq!(run.stats.n_prompt_shared, 0);
+    assert_eq!(run.stats.n_prompt_cached, 0);
 }

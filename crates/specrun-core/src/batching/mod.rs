@@ -22,6 +22,11 @@
 //!   growing attention cost. When nothing else is generating, the budget is `n_batch` (no
 //!   one waits).
 //!
+//! With a cache on ([`Slots::prompt_cache`], [`Slots::prefix_cache_bytes`]) a new job starts
+//! from the longest prefix of its prompt that its slot's kept cells, another slot's cells (in
+//! flight too: `share`, where a job may wait for a sequence still reading the same prompt)
+//! or the prefix cache hold, and reads only the rest.
+//!
 //! When a sequence finishes, its cells are removed from both caches before the slot is
 //! reused, and what its controller learned about each drafter joins a pool that later
 //! sequences start from ([`crate::control::SharedPrior`]): they skip exploring a drafter the run already
@@ -39,6 +44,7 @@
 //! a run's end, its slowest chain of jobs on one slot sets its length, not a round's rate.
 
 mod policy;
+mod share;
 mod sink;
 mod slot;
 
@@ -51,6 +57,7 @@ use crate::engine::{Engine, EngineError, GenConfig, KeptCells, RoundReport, Sequ
 use crate::model::{Model, Token};
 use crate::prefix_cache::{PrefixCache, PrefixCacheStats};
 use crate::stats::{FinishReason, PlanCheck};
+use share::Share;
 use slot::{free, pick_slot, release, Slot};
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -81,7 +88,18 @@ pub struct Slots {
     pub prompt_cache: bool,
     /// Host memory for finished sequences' cells ([`PrefixCache`]), in bytes (0: none): a
     /// prompt restores the longest cached prefix into whichever slot it gets.
+    ///
+    /// With either cache on, a prompt also takes what it shares with another slot's cells —
+    /// a sequence in flight, or still reading that prompt (it then waits for it), or a free
+    /// slot's kept cells (see `share`): a prompt is read once however many jobs begin with it.
     pub prefix_cache_bytes: usize,
+}
+
+impl Slots {
+    /// Whether prompts may take cells other sequences read (either cache is on).
+    fn reuses_cells(&self) -> bool {
+        self.prompt_cache || self.prefix_cache_bytes > 0
+    }
 }
 
 impl From<usize> for Slots {
@@ -129,6 +147,9 @@ pub struct BatchStats {
     pub n_prompt_cached: usize,
     /// Of those, the ones the prefix cache restored; its counters at the run's end.
     pub n_prompt_restored: usize,
+    /// Of those, the ones shared from another slot's cells ([`Model::copy_cells`]): a prompt
+    /// another sequence in flight was reading, or another free slot kept.
+    pub n_prompt_shared: usize,
     pub prefix_cache: PrefixCacheStats,
     /// Host memory the prefix cache holds.
     pub prefix_cache_bytes: usize,
@@ -288,8 +309,8 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
             return Ok(RunOutcome { end: BatchEnd::Cancelled, stats: run.stats });
         }
         run.fill(engine, jobs, policy, sink);
-        if run.slots.iter().all(Slot::is_free) {
-            if run.closed {
+        if !run.slots.iter().any(Slot::is_busy) {
+            if run.closed && run.slots.iter().all(Slot::is_free) {
                 return Ok(RunOutcome { end: BatchEnd::Done, stats: run.stats });
             }
             continue;
@@ -312,7 +333,8 @@ struct Run<'a, J> {
 }
 
 impl<J> Run<'_, J> {
-    /// Fill free slots from the source (reading prompts now, or admitting them to the rounds).
+    /// Start the waiting jobs whose prompt is now read, then fill free slots from the source
+    /// (reading prompts now, or admitting them to the rounds).
     fn fill<T: Model, D: Drafter>(
         &mut self,
         engine: &mut Engine<T, D>,
@@ -320,6 +342,7 @@ impl<J> Run<'_, J> {
         policy: &mut SharedPolicy,
         sink: &mut dyn RunSink<J>,
     ) {
+        self.resume_waiting(engine, policy, sink);
         while !self.closed && self.slots.iter().any(Slot::is_free) {
             let idle = self.slots.iter().all(Slot::is_free);
             match jobs.next_job(idle) {
@@ -331,24 +354,75 @@ impl<J> Run<'_, J> {
         (self.stats.prefix_cache, self.stats.prefix_cache_bytes) = (self.store.stats, self.store.bytes());
     }
 
-    /// Start `job` in the free slot that suits it best: its prompt restored from the slot's
-    /// kept cells or the prefix cache as far as they go, the rest read now or in the rounds.
+    /// Start `job` in the free slot that suits it best.
     fn start<T: Model, D: Drafter>(
         &mut self,
         engine: &mut Engine<T, D>,
-        mut job: BatchJob<J>,
+        job: BatchJob<J>,
         policy: &SharedPolicy,
         sink: &mut dyn RunSink<J>,
     ) {
         let id = pick_slot(&self.slots, &job.prompt).expect("a free slot");
-        let t_start = self.clock.now();
-        let head = &job.prompt[..job.prompt.len().saturating_sub(1)];
-        let Slot::Free(in_slot) = std::mem::replace(&mut self.slots[id], Slot::Free(KeptCells::default())) else {
+        let Slot::Free(kept) = std::mem::replace(&mut self.slots[id], Slot::Free(KeptCells::default())) else {
             unreachable!("picked a free slot")
         };
-        let from_slot = in_slot.reusable(head).0;
-        let cells = self.store.restore(engine, id as i32, head, in_slot);
-        let restored = cells.reusable(head).0 > from_slot;
+        self.start_in(engine, id, job, kept, policy, sink);
+    }
+
+    /// Start the jobs waiting for a prompt another slot reads ([`share`]) once it has read
+    /// what they share, or has stopped reading.
+    fn resume_waiting<T: Model, D: Drafter>(&mut self, engine: &mut Engine<T, D>, policy: &SharedPolicy, sink: &mut dyn RunSink<J>) {
+        for id in 0..self.slots.len() {
+            let Slot::Waiting { from, want, .. } = self.slots[id] else { continue };
+            let ready = match &self.slots[from] {
+                Slot::Busy { seq, .. } => !seq.reading_prompt() || seq.target.n_cached >= want,
+                Slot::Free(_) | Slot::Waiting { .. } => true,
+            };
+            if ready {
+                let Slot::Waiting { job, kept, .. } = std::mem::replace(&mut self.slots[id], Slot::Free(KeptCells::default())) else {
+                    unreachable!("a waiting slot")
+                };
+                self.start_in(engine, id, *job, kept, policy, sink);
+            }
+        }
+    }
+
+    /// Start `job` in slot `id`, whose caches hold `kept`: its prompt taken as far as it goes
+    /// from those cells, another slot's ([`share`]; or it waits for another slot reading the
+    /// same prompt) or the prefix cache, the rest read now or in the rounds.
+    fn start_in<T: Model, D: Drafter>(
+        &mut self,
+        engine: &mut Engine<T, D>,
+        id: usize,
+        mut job: BatchJob<J>,
+        kept: KeptCells,
+        policy: &SharedPolicy,
+        sink: &mut dyn RunSink<J>,
+    ) {
+        let t_start = self.clock.now();
+        let head_len = job.prompt.len().saturating_sub(1);
+        let from_slot = kept.reusable(&job.prompt[..head_len]).0;
+        let have = from_slot.max(self.store.longest(&job.prompt[..head_len]));
+        let plan = if self.config.reuses_cells() { share::plan(&self.slots, id, &job.prompt[..head_len], have) } else { Share::Nothing };
+        if let Share::Wait { from, want } = plan {
+            self.slots[id] = Slot::Waiting { job: Box::new(job), kept, from, want };
+            return;
+        }
+        let head = &job.prompt[..head_len];
+        let mut shared = false;
+        let cells = match plan {
+            Share::Copy { from, n_target, n_draft } => {
+                let cells = share::copy(engine, (from, id), head, n_target, n_draft);
+                shared = !cells.is_empty();
+                if shared {
+                    cells
+                } else {
+                    self.store.restore(engine, id as i32, head, KeptCells::default())
+                }
+            }
+            Share::Nothing | Share::Wait { .. } => self.store.restore(engine, id as i32, head, kept),
+        };
+        let restored = !shared && cells.reusable(head).0 > from_slot;
         let cells = (!cells.is_empty()).then_some(&cells);
         let started = match self.config.prefill {
             Prefill::Between => engine.start_after(id as i32, job.prompt, job.config, cells, self.clock),
@@ -364,6 +438,10 @@ impl<J> Run<'_, J> {
         if restored {
             seq.stats.n_prompt_restored = seq.stats.n_prompt_cached;
             self.stats.n_prompt_restored += seq.stats.n_prompt_cached;
+        }
+        if shared {
+            seq.stats.n_prompt_shared = seq.stats.n_prompt_cached;
+            self.stats.n_prompt_shared += seq.stats.n_prompt_cached;
         }
         // its first token, taken from the prompt batch
         let added = seq.n_prompt..seq.tokens.len();
@@ -391,7 +469,7 @@ impl<J> Run<'_, J> {
         policy: &mut SharedPolicy,
         sink: &mut dyn RunSink<J>,
     ) -> Result<(), EngineError> {
-        let n_active = self.slots.iter().filter(|s| !s.is_free()).count();
+        let n_active = self.slots.iter().filter(|s| s.is_busy()).count();
         self.stats.n_tail_rounds += usize::from(self.closed || jobs.exhausted());
         policy.queue(jobs.upcoming(LOOKAHEAD_PER_SLOT * self.slots.len()));
         let t_round = self.clock.now();
@@ -403,7 +481,7 @@ impl<J> Run<'_, J> {
         (self.stats.n_paused_rounds, self.stats.n_pauses) = policy.guard_pauses();
         let busy = self.slots.iter_mut().filter_map(|s| match s {
             Slot::Busy { tag, seq, ended_by_caller } => Some((tag, seq, ended_by_caller)),
-            Slot::Free(_) => None,
+            Slot::Free(_) | Slot::Waiting { .. } => None,
         });
         for ((tag, seq, ended_by_caller), range) in busy.zip(report.ranges) {
             if sink.tokens(tag, seq, range) && seq.finish.is_none() {
@@ -436,9 +514,13 @@ impl<J> Run<'_, J> {
     /// Drop the jobs in flight: their cells are freed, the sink told.
     fn cancel<T: Model, D: Drafter>(&mut self, engine: &mut Engine<T, D>, sink: &mut dyn RunSink<J>) {
         for slot in &mut self.slots {
-            if let Slot::Busy { tag, mut seq, .. } = std::mem::replace(slot, Slot::Free(KeptCells::default())) {
-                free(engine, &mut seq);
-                sink.cancelled(tag);
+            match std::mem::replace(slot, Slot::Free(KeptCells::default())) {
+                Slot::Busy { tag, mut seq, .. } => {
+                    free(engine, &mut seq);
+                    sink.cancelled(tag);
+                }
+                Slot::Waiting { job, .. } => sink.cancelled(job.tag),
+                Slot::Free(_) => {}
             }
         }
     }

@@ -1,6 +1,8 @@
-//! A slot of a continuous-batching run, in one of two states (as llama.cpp's server keeps its
-//! slots): free, holding what its last sequence left in the caches, or busy with a job.
+//! A slot of a continuous-batching run, in one of three states (as llama.cpp's server keeps
+//! its slots): free, holding what its last sequence left in the caches; waiting with a job
+//! for another slot to read the prompt they share ([`super::share`]); or busy with a job.
 
+use super::BatchJob;
 use crate::draft::Drafter;
 use crate::engine::{Engine, KeptCells, Sequence};
 use crate::model::{Model, Token};
@@ -13,6 +15,9 @@ pub(super) enum Slot<J> {
     /// Running `tag`'s sequence; `ended_by_caller` once the sink ended it (it keeps only its
     /// prompt's cells).
     Busy { tag: J, seq: Box<Sequence>, ended_by_caller: bool },
+    /// Holding `job` (and the cells the slot kept) until slot `from` has read `want` tokens
+    /// of the prompt they share.
+    Waiting { job: Box<BatchJob<J>>, kept: KeptCells, from: usize, want: usize },
 }
 
 impl<J> Slot<J> {
@@ -20,11 +25,15 @@ impl<J> Slot<J> {
         matches!(self, Slot::Free(_))
     }
 
+    pub(super) fn is_busy(&self) -> bool {
+        matches!(self, Slot::Busy { .. })
+    }
+
     /// The job in the slot, when busy.
     pub(super) fn busy(&mut self) -> Option<&mut Sequence> {
         match self {
             Slot::Busy { seq, .. } => Some(seq.as_mut()),
-            Slot::Free(_) => None,
+            Slot::Free(_) | Slot::Waiting { .. } => None,
         }
     }
 
@@ -42,7 +51,7 @@ pub(super) fn pick_slot<J>(slots: &[Slot<J>], prompt: &[Token]) -> Option<usize>
     (0..slots.len())
         .filter_map(|i| match &slots[i] {
             Slot::Free(kept) => Some((i, kept)),
-            Slot::Busy { .. } => None,
+            Slot::Busy { .. } | Slot::Waiting { .. } => None,
         })
         .max_by_key(|&(i, kept)| {
             let (t, _) = kept.reusable(head);

@@ -85,4 +85,8 @@ impl<D: Drafter> Drafter for HybridDrafter<D> {
     fn restore(&mut self, seq: crate::model::SeqId, snapshot: &crate::model::Snapshot) -> Result<(), ModelError> {
         self.model.restore(seq, snapshot)
     }
+
+    fn copy_cells(&mut self, from: crate::model::SeqId, to: crate::model::SeqId, len: usize) -> Result<(), ModelError> {
+        self.model.copy_cells(from, to, len)
+    }
 }

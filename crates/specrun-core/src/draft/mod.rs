@@ -216,6 +216,11 @@ pub trait Drafter {
     fn restore(&mut self, _seq: SeqId, _snapshot: &Snapshot) -> Result<(), ModelError> {
         Err(ModelError::Restore("this drafter has no model".into()))
     }
+    /// Give sequence `to` the draft model's cells of `from`'s first `len` positions
+    /// ([`crate::model::Model::copy_cells`]); an error for drafters without a model.
+    fn copy_cells(&mut self, _from: SeqId, _to: SeqId, _len: usize) -> Result<(), ModelError> {
+        Err(ModelError::Restore("this drafter has no model".into()))
+    }
 }
 
 impl<D: Drafter + ?Sized> Drafter for Box<D> {
@@ -259,6 +264,9 @@ impl<D: Drafter + ?Sized> Drafter for Box<D> {
     }
     fn restore(&mut self, seq: SeqId, snapshot: &Snapshot) -> Result<(), ModelError> {
         (**self).restore(seq, snapshot)
+    }
+    fn copy_cells(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), ModelError> {
+        (**self).copy_cells(from, to, len)
     }
 }
 

@@ -84,6 +84,10 @@ impl<M: Model> Drafter for ModelDrafter<M> {
         self.model.restore(seq, snapshot)
     }
 
+    fn copy_cells(&mut self, from: SeqId, to: SeqId, len: usize) -> Result<(), ModelError> {
+        self.model.copy_cells(from, to, len)
+    }
+
     fn n_ctx(&self) -> usize {
         self.model.n_ctx()
     }
