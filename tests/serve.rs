@@ -125,6 +125,52 @@ fn eight_concurrent_clients_get_the_sequential_texts() {
     assert_eq!(concurrent, sequential);
 }
 
+/// Four clients ask about one long document at once: the first request reads it, the other
+/// three wait for it and share its cells instead of reading it again; every answer is the one
+/// a server that shares nothing gives.
+#[test]
+fn requests_that_arrive_together_read_their_common_document_once() {
+    let document = (0..150).map(|i| format!("line {i} of the report.")).collect::<Vec<_>>().join(" ");
+    let bodies: Vec<String> =
+        (0..4).map(|i| chat_body(&format!("{document}\nQuestion {i}: what does it say?"), r#", "max_tokens": 6"#)).collect();
+    let ask_together = |s: &Server| -> Vec<serde_json::Value> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = bodies.iter().map(|b| scope.spawn(|| post(s, "/v1/chat/completions", b))).collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    let (code, body) = h.join().unwrap();
+                    assert_eq!(code, 200, "{body}");
+                    json(&body)
+                })
+                .collect()
+        })
+    };
+    // 100 ms a decode: the first request reads the document over several decodes, and the
+    // others arrive long before it has finished
+    let slow = ["--parallel", "4", "--mock-delay-ms", "100", "--prefill-chunk", "16"];
+    let sharing = start(&slow);
+    let shared = ask_together(&sharing);
+    let metrics = agent().get(&format!("{}/metrics", sharing.base)).call().unwrap().into_string().unwrap();
+    let value = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}: {metrics}"));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    let n_prompt = shared[0]["usage"]["prompt_tokens"].as_f64().unwrap();
+    let n_shared = value("specrun_prompt_shared_tokens_total");
+    assert!(n_shared >= 3.0 * (n_prompt - 64.0), "three requests share the document: {n_shared} of {n_prompt}\n{metrics}");
+    assert_eq!(value("specrun_prompt_cached_tokens_total"), n_shared, "{metrics}");
+    let cached: f64 = shared.iter().map(|r| r["usage"]["prompt_tokens_details"]["cached_tokens"].as_f64().unwrap()).sum();
+    assert_eq!(cached, n_shared, "usage counts the shared tokens as cached");
+    drop(sharing);
+    let apart = start(&[&slow[..], &["--prompt-cache", "off", "--cache-ram", "0"]].concat());
+    let alone = ask_together(&apart);
+    let metrics = agent().get(&format!("{}/metrics", apart.base)).call().unwrap().into_string().unwrap();
+    assert!(metrics.contains("specrun_prompt_shared_tokens_total 0"), "{metrics}");
+    let texts = |rs: &[serde_json::Value]| rs.iter().map(text_of).collect::<Vec<_>>();
+    assert_eq!(texts(&shared), texts(&alone));
+}
+
 /// Open a stream and read its first event; the reader is returned (drop it to disconnect).
 fn open_stream(s: &Server, max_tokens: usize) -> Box<dyn BufRead + Send> {
     let r = agent()

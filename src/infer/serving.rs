@@ -175,7 +175,7 @@ impl Metrics {
         );
         counter(
             "prompt_cached_tokens_total",
-            "Prompt tokens not read: a slot kept them from the request before (--prompt-cache) or the prefix cache restored them (--cache-ram).",
+            "Prompt tokens not read: a slot kept them from the request before (--prompt-cache), the prefix cache restored them (--cache-ram), or another slot's cells were shared.",
             &[("", get(&self.prompt_cached_tokens))],
         );
         counter(
