@@ -12,7 +12,7 @@ use specrun_core::draft::NgramDrafter;
 use specrun_core::draft::{Drafter, ModelDrafter, NoDraft};
 use specrun_core::engine::{Engine, GenConfig, Sequence};
 use specrun_core::mock::{Behaviour, MockClock, MockModel, MockSpec, MOCK_CELL_BYTES};
-use specrun_core::model::Token;
+use specrun_core::model::{Model, Token};
 
 fn target_spec() -> MockSpec {
     MockSpec { n_seq: 4, n_batch: 64, behaviour: Behaviour::Target { seed: 29, eog_rate: 0.02 }, ..MockSpec::target(29) }
@@ -51,20 +51,23 @@ struct Outcome {
 }
 
 fn run(kind: &str, slots: Slots) -> Outcome {
-    let jobs = jobs();
-    let n = jobs.len();
     let spec = target_spec();
     let clock = MockClock::new();
     let mut engine =
         Engine::new(MockModel::new(spec.clone()).with_clock(clock.clone()), drafter(kind, &spec, &clock), GenConfig::default());
+    run_on(&mut engine, jobs(), slots, &clock)
+}
+
+/// Run `jobs` to the end on `engine`: each job's output and prompt counters, the run's.
+fn run_on<T: Model, D: Drafter>(engine: &mut Engine<T, D>, jobs: Vec<BatchJob<usize>>, slots: Slots, clock: &MockClock) -> Outcome {
+    let n = jobs.len();
     let (mut out, mut cached, mut restored, mut shared) = (vec![vec![]; n], vec![0; n], vec![0; n], vec![0; n]);
-    let mut stats = BatchStats::default();
-    let end = run_continuous(
-        &mut engine,
+    let outcome = run_continuous(
+        engine,
         jobs,
         slots,
         &mut SharedPolicy::default(),
-        &clock,
+        clock,
         &mut Callbacks::new(|tag, r: Result<Sequence, _>| {
             let seq = r.expect("job");
             out[tag] = seq.generated().to_vec();
@@ -73,13 +76,9 @@ fn run(kind: &str, slots: Slots) -> Outcome {
             shared[tag] = seq.stats.n_prompt_shared;
         }),
     )
-    .map(|o| {
-        stats = o.stats;
-        o.end
-    })
     .unwrap();
-    assert_eq!(end, BatchEnd::Done);
-    Outcome { out, cached, restored, shared, stats }
+    assert_eq!(outcome.end, BatchEnd::Done);
+    Outcome { out, cached, restored, shared, stats: outcome.stats }
 }
 
 fn slots(n_parallel: usize, prefill: Prefill, prompt_cache: bool, prefix_cache_bytes: usize) -> Slots {
@@ -191,31 +190,14 @@ fn document_wave(prefill: Prefill, refuse_copies: bool) -> (Outcome, usize, usiz
     let draft =
         ModelDrafter::new(MockModel::new(MockSpec { refuse_copies, ..MockSpec::draft_of(&spec, 0.7, 5) }).with_clock(clock.clone()));
     let mut engine = Engine::new(MockModel::new(spec).with_clock(clock.clone()), draft, GenConfig::default());
-    let n = jobs.len();
-    let (mut out, mut cached, mut restored, mut shared) = (vec![vec![]; n], vec![0; n], vec![0; n], vec![0; n]);
-    let outcome = run_continuous(
-        &mut engine,
-        jobs,
-        slots(4, prefill, true, 0),
-        &mut SharedPolicy::default(),
-        &clock,
-        &mut Callbacks::new(|tag, r: Result<Sequence, _>| {
-            let seq = r.expect("job");
-            out[tag] = seq.generated().to_vec();
-            cached[tag] = seq.stats.n_prompt_cached;
-            restored[tag] = seq.stats.n_prompt_restored;
-            shared[tag] = seq.stats.n_prompt_shared;
-        }),
-    )
-    .unwrap();
-    assert_eq!(outcome.end, BatchEnd::Done);
+    let outcome = run_on(&mut engine, jobs, slots(4, prefill, true, 0), &clock);
     // prompt tokens read: positions of the 302-token prompts in every decode
     let read = |log: &Vec<Vec<(i32, usize, usize)>>| -> usize {
         log.iter().flatten().map(|&(_, pos, len)| len.min(302usize.saturating_sub(pos))).sum()
     };
     let (t, d) = (read(&engine.target.decode_log), read(&engine.drafter.model.decode_log));
     assert_eq!(engine.target.n_copied, outcome.stats.n_prompt_shared, "the target's cells shared are the ones counted");
-    (Outcome { out, cached, restored, shared, stats: outcome.stats }, t, d)
+    (outcome, t, d)
 }
 
 #[test]

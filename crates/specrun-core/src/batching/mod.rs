@@ -321,6 +321,22 @@ pub fn run_continuous_from<T: Model, D: Drafter, J>(
     }
 }
 
+/// What a job starting in a slot does with the cells it can take ([`Run::take_cells`]).
+enum Taken {
+    /// Wait in the slot (which keeps `kept`) until slot `from` has read `want` tokens.
+    Wait { kept: KeptCells, from: usize, want: usize },
+    /// Start from `cells`.
+    Start { cells: KeptCells, origin: Origin },
+}
+
+/// Where a starting job's cells came from.
+enum Origin {
+    /// Its slot's own (or none).
+    Slot,
+    Restored,
+    Shared,
+}
+
 /// The state of one run between rounds.
 struct Run<'a, J> {
     slots: Vec<Slot<J>>,
@@ -401,28 +417,13 @@ impl<J> Run<'_, J> {
     ) {
         let t_start = self.clock.now();
         let head_len = job.prompt.len().saturating_sub(1);
-        let from_slot = kept.reusable(&job.prompt[..head_len]).0;
-        let have = from_slot.max(self.store.longest(&job.prompt[..head_len]));
-        let plan = if self.config.reuses_cells() { share::plan(&self.slots, id, &job.prompt[..head_len], have) } else { Share::Nothing };
-        if let Share::Wait { from, want } = plan {
-            self.slots[id] = Slot::Waiting { job: Box::new(job), kept, from, want };
-            return;
-        }
-        let head = &job.prompt[..head_len];
-        let mut shared = false;
-        let cells = match plan {
-            Share::Copy { from, n_target, n_draft } => {
-                let cells = share::copy(engine, (from, id), head, n_target, n_draft);
-                shared = !cells.is_empty();
-                if shared {
-                    cells
-                } else {
-                    self.store.restore(engine, id as i32, head, KeptCells::default())
-                }
+        let (cells, origin) = match self.take_cells(engine, id, &job.prompt[..head_len], kept) {
+            Taken::Wait { kept, from, want } => {
+                self.slots[id] = Slot::Waiting { job: Box::new(job), kept, from, want };
+                return;
             }
-            Share::Nothing | Share::Wait { .. } => self.store.restore(engine, id as i32, head, kept),
+            Taken::Start { cells, origin } => (cells, origin),
         };
-        let restored = !shared && cells.reusable(head).0 > from_slot;
         let cells = (!cells.is_empty()).then_some(&cells);
         let started = match self.config.prefill {
             Prefill::Between => engine.start_after(id as i32, job.prompt, job.config, cells, self.clock),
@@ -435,13 +436,16 @@ impl<J> Run<'_, J> {
             Err(e) => return sink.finished(job.tag, Err(e)),
         };
         self.stats.n_prompt_cached += seq.stats.n_prompt_cached;
-        if restored {
-            seq.stats.n_prompt_restored = seq.stats.n_prompt_cached;
-            self.stats.n_prompt_restored += seq.stats.n_prompt_cached;
-        }
-        if shared {
-            seq.stats.n_prompt_shared = seq.stats.n_prompt_cached;
-            self.stats.n_prompt_shared += seq.stats.n_prompt_cached;
+        match origin {
+            Origin::Slot => {}
+            Origin::Restored => {
+                seq.stats.n_prompt_restored = seq.stats.n_prompt_cached;
+                self.stats.n_prompt_restored += seq.stats.n_prompt_cached;
+            }
+            Origin::Shared => {
+                seq.stats.n_prompt_shared = seq.stats.n_prompt_cached;
+                self.stats.n_prompt_shared += seq.stats.n_prompt_cached;
+            }
         }
         // its first token, taken from the prompt batch
         let added = seq.n_prompt..seq.tokens.len();
@@ -459,6 +463,29 @@ impl<J> Run<'_, J> {
             policy.seed(&mut seq);
             self.slots[id] = Slot::Busy { tag: job.tag, seq: Box::new(seq), ended_by_caller: false };
         }
+    }
+
+    /// The cells slot `id` (holding `kept`) starts a prompt whose tokens before the last are
+    /// `head` from: the longest prefix its own cells, another slot's ([`share`]) or the prefix
+    /// cache hold — or a wait for another slot still reading the same prompt.
+    fn take_cells<T: Model, D: Drafter>(&mut self, engine: &mut Engine<T, D>, id: usize, head: &[Token], kept: KeptCells) -> Taken {
+        let from_slot = kept.reusable(head).0;
+        let have = from_slot.max(self.store.longest(head));
+        let plan = if self.config.reuses_cells() { share::plan(&self.slots, id, head, have) } else { Share::Nothing };
+        let (cells, kept) = match plan {
+            Share::Wait { from, want } => return Taken::Wait { kept, from, want },
+            Share::Copy { from, n_target, n_draft } => {
+                let cells = share::copy(engine, (from, id), head, n_target, n_draft);
+                if !cells.is_empty() {
+                    return Taken::Start { cells, origin: Origin::Shared };
+                }
+                // the copy failed and cleared the slot: what the prefix cache has
+                (self.store.restore(engine, id as i32, head, KeptCells::default()), None)
+            }
+            Share::Nothing => (self.store.restore(engine, id as i32, head, kept), Some(from_slot)),
+        };
+        let restored = kept.is_none_or(|n| cells.reusable(head).0 > n);
+        Taken::Start { origin: if restored && !cells.is_empty() { Origin::Restored } else { Origin::Slot }, cells }
     }
 
     /// One shared round for the jobs in flight; their new tokens go to the sink.
