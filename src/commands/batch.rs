@@ -581,6 +581,8 @@ fn ok_record(job: &Job, r: crate::formats::report::RunReport) -> OkRecord {
         n_forced_accepted: r.n_forced_accepted,
         n_closing: r.n_closing,
         n_closing_accepted: r.n_closing_accepted,
+        n_likely: r.n_likely,
+        n_likely_accepted: r.n_likely_accepted,
     }
 }
 

@@ -38,6 +38,7 @@
 //! | `decode_tok_per_s` | float | generated tokens per second of decoding |
 //! | `n_forced`, `n_forced_accepted` | int | tokens the record's constraint forced, and accepted (only with a constraint) |
 //! | `n_closing`, `n_closing_accepted` | int | closing tokens drafted where a copied value ended, and accepted (only when some were) |
+//! | `n_likely`, `n_likely_accepted` | int | tokens drafted as the likely spelling of text the constraint forces (a quote before a value), and accepted (only when some were) |
 //!
 //! The output holds records only. What it was made from, a [`Header`]
 //! (`{"specrun_batch": {"format": 1, "input_sha256": "…", "settings": {…}}}`), is written
@@ -291,6 +292,12 @@ pub struct OkRecord {
     pub n_closing: usize,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub n_closing_accepted: usize,
+    /// Tokens drafted as the likely spelling of text the constraint forces, and accepted;
+    /// absent when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub n_likely: usize,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub n_likely_accepted: usize,
 }
 
 fn is_zero(n: &usize) -> bool {

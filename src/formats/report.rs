@@ -23,6 +23,7 @@
 //! | `mean_k` | float | mean draft length chosen per round |
 //! | `n_forced`, `n_forced_accepted` | int | tokens a constraint forced (drafted ahead of any drafter's, counted in `n_drafted`), and accepted |
 //! | `n_closing`, `n_closing_accepted` | int | tokens drafted where the grammar refused a drafter's token (a closing token and what the grammar forces after it, counted in `n_drafted`), and accepted |
+//! | `n_likely`, `n_likely_accepted` | int | tokens drafted as the likely spelling of text the grammar forces after its forced tokens (a quote before a value, counted in `n_drafted`), and accepted |
 //! | `n_masks` | int | grammar masks computed (0 without a constraint) |
 //! | `t_prompt_s`, `t_draft_s`, `t_verify_s`, `t_other_s`, `t_decode_s` | float | seconds |
 //! | `decode_tok_per_s`, `prompt_tok_per_s` | float | throughput |
@@ -67,6 +68,10 @@ pub struct RunReport {
     pub n_closing: usize,
     #[serde(default)]
     pub n_closing_accepted: usize,
+    #[serde(default)]
+    pub n_likely: usize,
+    #[serde(default)]
+    pub n_likely_accepted: usize,
     #[serde(default)]
     pub n_masks: usize,
     pub t_prompt_s: f64,
@@ -188,6 +193,8 @@ impl RunReport {
             n_forced_accepted: s.n_forced_accepted,
             n_closing: s.n_closing,
             n_closing_accepted: s.n_closing_accepted,
+            n_likely: s.n_likely,
+            n_likely_accepted: s.n_likely_accepted,
             n_prompt_cached: s.n_prompt_cached,
             n_masks: s.n_masks,
             t_prompt_s: s.t_prompt.as_secs_f64(),
@@ -234,8 +241,14 @@ impl RunReport {
         if self.n_masks > 0 {
             let _ = writeln!(
                 o,
-                "  grammar    forced {} tokens, {} accepted   closing {}, {} accepted   masks {}",
-                self.n_forced, self.n_forced_accepted, self.n_closing, self.n_closing_accepted, self.n_masks
+                "  grammar    forced {} tokens, {} accepted   likely {}, {} accepted   closing {}, {} accepted   masks {}",
+                self.n_forced,
+                self.n_forced_accepted,
+                self.n_likely,
+                self.n_likely_accepted,
+                self.n_closing,
+                self.n_closing_accepted,
+                self.n_masks
             );
         }
         let _ = writeln!(o, "  time       draft {:.2} s  verify {:.2} s  other {:.2} s", self.t_draft_s, self.t_verify_s, self.t_other_s);

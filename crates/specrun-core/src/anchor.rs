@@ -50,6 +50,9 @@ pub const MIN_BYTES: usize = 3;
 const MAX_BYTES: usize = 48;
 /// Context tokens examined, the most recent first.
 const MAX_SCAN: usize = 1 << 15;
+/// Context tokens on either side of the last copy's source searched for a word the output
+/// just began.
+pub const WORD_AROUND: usize = 32;
 
 /// Where a copy goes on: draft `head` (the rest of a context token the output's text ends
 /// inside of), then `tokens[from..]`.
@@ -161,6 +164,50 @@ pub fn text_anchor(tokens: &[Token], texts: &TokenTexts, after: Option<usize>) -
     best
 }
 
+/// Whether `b` can continue a word.
+fn wordlike(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b >= 0x80
+}
+
+/// Where the output has just begun a word after punctuation with a token too short for
+/// [`text_anchor`] (`n` after a quote, a digit after `: `): the word nearest to `near` (where
+/// the last copy came from), within [`WORD_AROUND`] context tokens, that begins with the same
+/// bytes (the nearest after it among equals). Values extracted from a text sit close to one
+/// another in it, if not always in the schema's order; a longer match anywhere is
+/// [`text_anchor`]'s.
+pub fn word_anchor(tokens: &[Token], texts: &TokenTexts, near: usize) -> Option<Anchor> {
+    let n = tokens.len();
+    if n < 2 {
+        return None;
+    }
+    let word = texts.text(tokens[n - 1]);
+    let opened = texts.text(tokens[n - 2]).last().is_some_and(|&b| !wordlike(b));
+    if !word.first().is_some_and(|&b| wordlike(b)) || !opened {
+        return None;
+    }
+    let (lo, hi) = (near.saturating_sub(WORD_AROUND), (near + WORD_AROUND).min(n - 1));
+    let mut order: Vec<usize> = (lo..hi).collect();
+    order.sort_by_key(|&i| (i.abs_diff(near), i < near));
+    for i in order {
+        let text = texts.text(tokens[i]);
+        let rest = match text.strip_prefix(b" ") {
+            Some(rest) => rest,
+            None if i == 0 || texts.text(tokens[i - 1]).last().is_none_or(|&b| !wordlike(b)) => text,
+            None => continue,
+        };
+        let Some(tail) = rest.strip_prefix(word) else { continue };
+        let head = match tail {
+            [] => None,
+            _ => match texts.token(tail) {
+                Some(h) => Some(h),
+                None => continue,
+            },
+        };
+        return Some(Anchor { from: i + 1, head, bytes: word.len() });
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +272,29 @@ mod tests {
         // no token stands for the rest: no anchor
         let t = vocab(&["|", " Portugal", " |", " Lisbon", "\"", "Port", "uga"]);
         assert_eq!(text_anchor(&tokens, &t, None), None);
+    }
+
+    #[test]
+    fn a_short_word_start_anchors_on_the_next_word_after_the_last_copy() {
+        let t = vocab(&[" Maria", " Lopez", ",", " a", " nurse", " in", " Valencia", "\"", "n", "urse", " night"]);
+        // "Maria Lopez, a night nurse in Valencia", the output has copied the name and now
+        // writes `"n`
+        let doc = [0, 1, 2, 3, 10, 4, 5, 6];
+        let tokens: Vec<Token> = doc.iter().chain(&[7, 8]).copied().collect();
+        assert_eq!(text_anchor(&tokens, &t, Some(1)), None, "one byte is too little for a text anchor");
+        // ` night` comes first after the last copy, but no token stands for its rest
+        assert_eq!(word_anchor(&tokens, &t, 1), Some(Anchor { from: 6, head: Some(9), bytes: 1 }));
+        // the nearest such word, behind the copy's source too; inside a word, nothing
+        assert_eq!(word_anchor(&tokens, &t, 7), Some(Anchor { from: 6, head: Some(9), bytes: 1 }));
+        let mid_word: Vec<Token> = doc.iter().chain(&[0, 8]).copied().collect();
+        assert_eq!(word_anchor(&mid_word, &t, 1), None, "`Maria` then `n` continues a word");
+    }
+
+    #[test]
+    fn a_digit_after_a_colon_anchors_on_the_number_in_the_source() {
+        let t = vocab(&["Port", ":", " ", "8", "0", "\n", "\"", "port", "\":", "x"]);
+        // "Port: 80\n", the output `"port": 8`
+        let tokens = [0, 1, 2, 3, 4, 5, 6, 7, 8, 2, 3];
+        assert_eq!(word_anchor(&tokens, &t, 0), Some(Anchor { from: 4, head: None, bytes: 1 }));
     }
 }

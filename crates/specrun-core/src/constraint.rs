@@ -99,6 +99,13 @@ pub trait Constraint: Send {
     fn mask(&mut self) -> Result<TokenMask, ConstraintError>;
     /// Tokens the grammar forces next, whatever the model prefers (may be empty).
     fn forced(&mut self) -> Vec<Token>;
+    /// After [`Constraint::forced`]'s tokens, the rest of the text the grammar forces, in the
+    /// tokens a tokenizer gives it: the model may spell that text otherwise (a quote alone or
+    /// merged with the value after it), so these are drafts for the target to check, not
+    /// certain. None by default.
+    fn likely(&mut self) -> Vec<Token> {
+        Vec::new()
+    }
     /// How many leading tokens of `tokens` the grammar allows, in order, without consuming any.
     fn validate(&mut self, tokens: &[Token]) -> usize;
     /// Advance over `tokens` (each allowed).
@@ -262,6 +269,29 @@ impl Guide {
         let mut forced = self.matcher.forced();
         forced.truncate(max);
         Ok(forced)
+    }
+
+    /// The tokens the grammar forces after `tokens` (at most `max`) and, when all of them fit,
+    /// those of the rest of its forced text ([`Constraint::likely`]), the grammar allowing
+    /// them: `(forced, likely)`.
+    pub fn forced_and_likely_after(
+        &mut self,
+        tokens: &[Token],
+        max: usize,
+        is_eog: &dyn Fn(Token) -> bool,
+    ) -> Result<(Vec<Token>, Vec<Token>), ConstraintError> {
+        self.sync(tokens, is_eog)?;
+        let mut forced = self.matcher.forced();
+        if forced.len() >= max {
+            forced.truncate(max);
+            return Ok((forced, Vec::new()));
+        }
+        let mut likely = self.matcher.likely();
+        likely.truncate(max - forced.len());
+        let both: Vec<Token> = forced.iter().chain(&likely).copied().collect();
+        let allowed = self.matcher.validate(&both);
+        likely.truncate(allowed.saturating_sub(forced.len()));
+        Ok((forced, likely))
     }
 
     /// How many leading tokens of `draft` the grammar allows after `tokens`.

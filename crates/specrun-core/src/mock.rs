@@ -466,6 +466,9 @@ pub enum MockSegment {
     /// Between `min` and `max` tokens from `allowed` (a value); after `min` the next piece may
     /// start instead. The next piece's first token should not be in `allowed`.
     Choice { allowed: Vec<Token>, min: usize, max: usize },
+    /// One token of two that spell the same forced text (a quote alone, or a token that also
+    /// holds what follows): not forced; `likely` is the spelling a tokenizer gives it.
+    Either { likely: Token, other: Token },
 }
 
 /// A small deterministic grammar over token ids implementing [`crate::constraint::Constraint`]:
@@ -496,6 +499,7 @@ impl MockGrammar {
             let full = match p {
                 MockSegment::Literal(l) => n >= l.len(),
                 MockSegment::Choice { max, .. } => n >= *max,
+                MockSegment::Either { .. } => n >= 1,
             };
             if !full {
                 break;
@@ -509,6 +513,7 @@ impl MockGrammar {
     fn step(&self, (i, n): (usize, usize), t: Token) -> Option<(usize, usize)> {
         match self.pieces.get(i)? {
             MockSegment::Literal(l) => (l[n] == t).then(|| self.settle((i, n + 1))),
+            MockSegment::Either { likely, other } => (t == *likely || t == *other).then(|| self.settle((i, n + 1))),
             MockSegment::Choice { allowed, min, .. } => {
                 if allowed.contains(&t) {
                     Some(self.settle((i, n + 1)))
@@ -521,10 +526,25 @@ impl MockGrammar {
         }
     }
 
+    /// The tokens of the literal pieces from the current state on, and the piece after them.
+    fn forced_run(&self) -> (Vec<Token>, usize) {
+        let (mut i, mut n) = self.state();
+        let mut out = Vec::new();
+        while let Some(MockSegment::Literal(l)) = self.pieces.get(i) {
+            out.extend_from_slice(&l[n..]);
+            (i, n) = self.settle((i + 1, 0));
+        }
+        (out, i)
+    }
+
     fn allowed(&self, (i, n): (usize, usize), out: &mut crate::constraint::TokenMask) {
         match self.pieces.get(i) {
             None => out.allow(self.eog),
             Some(MockSegment::Literal(l)) => out.allow(l[n]),
+            Some(MockSegment::Either { likely, other }) => {
+                out.allow(*likely);
+                out.allow(*other);
+            }
             Some(MockSegment::Choice { allowed, min, .. }) => {
                 allowed.iter().for_each(|&t| out.allow(t));
                 if n >= *min {
@@ -543,13 +563,14 @@ impl crate::constraint::Constraint for MockGrammar {
     }
 
     fn forced(&mut self) -> Vec<Token> {
-        let (mut i, mut n) = self.state();
-        let mut out = Vec::new();
-        while let Some(MockSegment::Literal(l)) = self.pieces.get(i) {
-            out.extend_from_slice(&l[n..]);
-            (i, n) = self.settle((i + 1, 0));
+        self.forced_run().0
+    }
+
+    fn likely(&mut self) -> Vec<Token> {
+        match self.pieces.get(self.forced_run().1) {
+            Some(MockSegment::Either { likely, .. }) => vec![*likely],
+            _ => Vec::new(),
         }
-        out
     }
 
     fn validate(&mut self, tokens: &[Token]) -> usize {

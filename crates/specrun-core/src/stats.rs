@@ -66,6 +66,11 @@ pub struct GenStats {
     /// `n_drafted` too), and how many of them the target accepted.
     pub n_closing: usize,
     pub n_closing_accepted: usize,
+    /// Tokens drafted as the likely spelling of text the grammar forces after its forced tokens
+    /// (a quote that may also merge with the value after it; counted in `n_drafted` too), and
+    /// how many of them the target accepted.
+    pub n_likely: usize,
+    pub n_likely_accepted: usize,
     /// Grammar masks computed (drafting and verification).
     pub n_masks: usize,
     #[serde(serialize_with = "secs")]
@@ -277,6 +282,8 @@ impl GenStats {
         self.n_forced_accepted += o.n_forced_accepted;
         self.n_closing += o.n_closing;
         self.n_closing_accepted += o.n_closing_accepted;
+        self.n_likely += o.n_likely;
+        self.n_likely_accepted += o.n_likely_accepted;
         self.n_masks += o.n_masks;
         self.n_rounds_model += o.n_rounds_model;
         self.n_rounds_ngram += o.n_rounds_ngram;

@@ -330,7 +330,7 @@ impl Drafter for Overconfident {
         "overconfident"
     }
     fn plan(&self, _: &mut specrun_core::draft::DraftCursor, _: &[Token]) -> DraftPlan {
-        DraftPlan { source: specrun_core::draft::DraftSource::Ngram, run: 1000, first: None }
+        DraftPlan { source: specrun_core::draft::DraftSource::Ngram, run: 1000, first: None, sure: 0 }
     }
     fn begin(&mut self, _: &mut specrun_core::draft::DraftCursor, _: &[Token]) -> Result<(), specrun_core::model::ModelError> {
         Ok(())
@@ -414,7 +414,7 @@ impl Drafter for Oracle {
         if !self.texts.contains_key(&tokens[0]) {
             return DraftPlan::NONE;
         }
-        DraftPlan { source: specrun_core::draft::DraftSource::Ngram, run: 8, first: self.next(tokens, 1).first().copied() }
+        DraftPlan { source: specrun_core::draft::DraftSource::Ngram, run: 8, first: self.next(tokens, 1).first().copied(), sure: 0 }
     }
     fn begin(&mut self, _: &mut specrun_core::draft::DraftCursor, _: &[Token]) -> Result<(), specrun_core::model::ModelError> {
         Ok(())

@@ -21,20 +21,24 @@ use util::{run_all, run_checked, ListJobs, Output, Quality};
 
 /// A record-like grammar: keys and punctuation forced, values free within a range.
 fn record_grammar(n_vocab: usize) -> MockGrammar {
+    MockGrammar::new(record_pieces(None), 0, n_vocab)
+}
+
+/// The same with a forced text of two spellings after the second key (`likely`, `other`).
+fn record_grammar_spelled(n_vocab: usize, likely: Token, other: Token) -> MockGrammar {
+    MockGrammar::new(record_pieces(Some(MockSegment::Either { likely, other })), 0, n_vocab)
+}
+
+fn record_pieces(spelled: Option<MockSegment>) -> Vec<MockSegment> {
     use MockSegment::{Choice, Literal};
-    MockGrammar::new(
-        vec![
-            Literal(vec![10, 11, 12]),
-            Choice { allowed: (20..40).collect(), min: 1, max: 6 },
-            Literal(vec![13, 14, 15, 16]),
-            Choice { allowed: (40..60).collect(), min: 0, max: 8 },
-            Literal(vec![17]),
-            Choice { allowed: (20..30).collect(), min: 2, max: 3 },
-            Literal(vec![18, 19]),
-        ],
-        0,
-        n_vocab,
-    )
+    let head = [Literal(vec![10, 11, 12]), Choice { allowed: (20..40).collect(), min: 1, max: 6 }, Literal(vec![13, 14, 15, 16])];
+    let tail = [
+        Choice { allowed: (40..60).collect(), min: 0, max: 8 },
+        Literal(vec![17]),
+        Choice { allowed: (20..30).collect(), min: 2, max: 3 },
+        Literal(vec![18, 19]),
+    ];
+    head.into_iter().chain(spelled).chain(tail).collect()
 }
 
 fn spec_of(g: &MockGrammar) -> ConstraintSpec {
@@ -64,7 +68,7 @@ fn constrained(config: &GenConfig, g: &MockGrammar) -> GenConfig {
 #[test]
 fn greedy_constrained_speculation_equals_constrained_target_only() {
     let target = MockSpec::target(7);
-    let g = record_grammar(target.n_vocab);
+    let g = record_grammar_spelled(target.n_vocab, 61, 62);
     let base = GenConfig { max_tokens: 40, ..GenConfig::default() };
     let mut cases = 0;
     for prompt in [vec![5, 6, 7], vec![9], (1..30).collect::<Vec<Token>>()] {
@@ -122,6 +126,35 @@ fn forced_spans_make_few_decodes_and_are_not_a_drafters_misses() {
     assert!(s.n_forced >= 8, "forced {}", s.n_forced);
     assert!(s.n_rounds < expected.seq.stats.n_rounds, "{} rounds against {} plain", s.n_rounds, expected.seq.stats.n_rounds);
     assert!(s.n_masks > 0);
+}
+
+#[test]
+fn the_likely_spelling_of_forced_text_is_drafted_and_checked() {
+    // the same grammar with the two spellings swapped: the target writes one of them, so the
+    // likely token is accepted under one grammar and rejected under the other, and the output
+    // is target-only constrained decoding's under both
+    let mut accepted = Vec::new();
+    for seed in 1..=8 {
+        let target = MockSpec::target(seed);
+        for (likely, other) in [(61, 62), (62, 61)] {
+            let g = record_grammar_spelled(target.n_vocab, likely, other);
+            let config = constrained(&GenConfig { max_tokens: 40, draft_max: 4, ..GenConfig::default() }, &g);
+            let expected = run_checked(&mut Engine::new(MockModel::new(target.clone()), NoDraft, config.clone()), &[1, 2, 3], |_, _| None);
+            let mut e = Engine::new(MockModel::new(target.clone()), NgramDrafter::new(NgramConfig::default()), config);
+            let got = run_checked(&mut e, &[1, 2, 3], |_, _| None);
+            assert_eq!(got.tokens, expected.tokens, "seed {seed} likely {likely}");
+            assert_follows(&g, &got);
+            let s = &got.seq.stats;
+            if !expected.tokens.contains(&61) && !expected.tokens.contains(&62) {
+                continue; // the output ended before the spelled text
+            }
+            assert_eq!(s.n_likely, 1, "seed {seed}: the spelled text is drafted once");
+            assert_eq!(s.n_forced_accepted, s.n_forced, "forced tokens stay certain");
+            accepted.push((s.n_likely_accepted == 1) == expected.tokens.contains(&likely));
+        }
+    }
+    assert!(accepted.len() >= 8, "too few outputs reached the spelled text: {}", accepted.len());
+    assert!(accepted.iter().all(|&a| a), "a likely token accepted where the target wrote the other: {accepted:?}");
 }
 
 #[test]
@@ -204,24 +237,20 @@ fn sampling_target() -> MockSpec {
     MockSpec { n_vocab: 12, scale: 5.0, eog: -1, behaviour: Behaviour::Target { seed: 21, eog_rate: 0.0 }, ..MockSpec::target(21) }
 }
 
-/// Three tokens: a free one from {1..6}, a forced 7, a free one from {2..9} (never 7: its
-/// literal comes first).
-fn sampling_grammar() -> MockGrammar {
-    use MockSegment::{Choice, Literal};
+/// Three tokens: a free one from {1..6}, then `middle` (a forced 7, or 7 or 10 with 7 the
+/// likely one), a free one from {2..9} (never 7: its literal comes first).
+fn sampling_grammar(middle: MockSegment) -> MockGrammar {
+    use MockSegment::Choice;
     MockGrammar::new(
-        vec![
-            Choice { allowed: (1..6).collect(), min: 1, max: 1 },
-            Literal(vec![7]),
-            Choice { allowed: vec![2, 3, 5, 8, 9], min: 1, max: 1 },
-        ],
+        vec![Choice { allowed: (1..6).collect(), min: 1, max: 1 }, middle, Choice { allowed: vec![2, 3, 5, 8, 9], min: 1, max: 1 }],
         11,
         12,
     )
 }
 
-/// The exact constrained target-only distribution of the first and third tokens: each row
-/// masked by the grammar, then warped.
-fn exact(target: &MockSpec, g: &MockGrammar, params: &SamplingParams) -> HashMap<(Token, Token), f64> {
+/// The exact constrained target-only distribution of the three tokens: each row masked by
+/// the grammar, then warped.
+fn exact(target: &MockSpec, g: &MockGrammar, params: &SamplingParams) -> HashMap<[Token; 3], f64> {
     let mut m = MockModel::new(target.clone());
     let mut scratch = Scratch::new();
     let mut masked_dist = |ctx: &[Token], m: &mut MockModel| {
@@ -237,10 +266,12 @@ fn exact(target: &MockSpec, g: &MockGrammar, params: &SamplingParams) -> HashMap
     let mut out = HashMap::new();
     let d1 = masked_dist(&PROMPT, &mut m);
     for (&t1, &p1) in d1.ids.iter().zip(&d1.probs) {
-        let ctx = [&PROMPT[..], &[t1, 7]].concat();
-        let d3 = masked_dist(&ctx, &mut m);
-        for (&t3, &p3) in d3.ids.iter().zip(&d3.probs) {
-            *out.entry((t1, t3)).or_insert(0.0) += f64::from(p1) * f64::from(p3);
+        let d2 = masked_dist(&[&PROMPT[..], &[t1]].concat(), &mut m);
+        for (&t2, &p2) in d2.ids.iter().zip(&d2.probs) {
+            let d3 = masked_dist(&[&PROMPT[..], &[t1, t2]].concat(), &mut m);
+            for (&t3, &p3) in d3.ids.iter().zip(&d3.probs) {
+                *out.entry([t1, t2, t3]).or_insert(0.0) += f64::from(p1) * f64::from(p2) * f64::from(p3);
+            }
         }
     }
     out
@@ -248,12 +279,19 @@ fn exact(target: &MockSpec, g: &MockGrammar, params: &SamplingParams) -> HashMap
 
 #[test]
 fn rejection_sampling_under_a_grammar_keeps_the_constrained_distribution() {
+    // a forced token, and forced text with two spellings (the likely one drafted)
+    for middle in [MockSegment::Literal(vec![7]), MockSegment::Either { likely: 7, other: 10 }] {
+        rejection_sampling_keeps(sampling_grammar(middle));
+    }
+}
+
+fn rejection_sampling_keeps(g: MockGrammar) {
     const N: u64 = 100_000;
     let target = sampling_target();
-    let g = sampling_grammar();
     let params = SamplingParams { temp: 1.0, ..SamplingParams::greedy() };
     let ex = exact(&target, &g, &params);
     assert!(ex.len() > 10, "the test needs a spread-out distribution: {ex:?}");
+    let spelled = ex.keys().any(|k| k[1] == 10);
     let (target_seed, target_eog_rate) = target.target_params();
     let drafts = [
         (
@@ -279,22 +317,31 @@ fn rejection_sampling_under_a_grammar_keeps_the_constrained_distribution() {
         };
         let mut e = Engine::new(MockModel::new(target.clone()), ModelDrafter::new(MockModel::new(draft)), config);
         let clock = MockClock::new();
-        let mut counts: HashMap<(Token, Token), u64> = HashMap::new();
+        let mut counts: HashMap<[Token; 3], u64> = HashMap::new();
+        let (mut likely, mut likely_accepted) = (0, 0);
         for seed in 0..N {
             e.config.seed = seed;
             let mut seq = e.start(0, PROMPT.to_vec(), &clock).unwrap();
             e.generate(&mut seq, &clock, |_| {}).unwrap();
             let out = seq.generated();
-            assert_eq!(out[1], 7, "the forced token");
-            *counts.entry((out[0], out[2])).or_insert(0) += 1;
+            assert!(spelled || out[1] == 7, "the forced token");
+            (likely, likely_accepted) = (likely + seq.stats.n_likely, likely_accepted + seq.stats.n_likely_accepted);
+            *counts.entry([out[0], out[1], out[2]]).or_insert(0) += 1;
+        }
+        if spelled {
+            // the likely spelling was drafted in most runs, and both accepted and rejected
+            assert!(
+                likely > N as usize / 2 && likely_accepted > 0 && likely_accepted < likely,
+                "{name}: likely {likely_accepted} / {likely}"
+            );
         }
         let mut tv = 0.0;
         for (k, &p) in &ex {
             tv += (p - *counts.get(k).unwrap_or(&0) as f64 / N as f64).abs();
         }
-        tv += counts.iter().filter(|(k, _)| !ex.contains_key(k)).map(|(_, &c)| c as f64 / N as f64).sum::<f64>();
+        tv += counts.iter().filter(|(k, _)| !ex.contains_key(*k)).map(|(_, &c)| c as f64 / N as f64).sum::<f64>();
         tv /= 2.0;
-        eprintln!("{name} draft under a grammar: TV {tv:.4}");
+        eprintln!("{name} draft under a grammar (spelled: {spelled}): TV {tv:.4}");
         assert!(tv < 0.01, "{name}: total variation {tv}");
     }
 }

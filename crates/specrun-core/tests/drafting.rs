@@ -172,7 +172,7 @@ impl Drafter for Scripted {
     }
     fn plan(&self, _: &mut DraftCursor, tokens: &[Token]) -> DraftPlan {
         let first = self.peeks.then(|| self.next(tokens, 1).first().copied()).flatten();
-        DraftPlan { source: DraftSource::Ngram, run: self.run, first }
+        DraftPlan { source: DraftSource::Ngram, run: self.run, first, sure: 0 }
     }
     fn begin(&mut self, _: &mut DraftCursor, _: &[Token]) -> Result<(), ModelError> {
         Ok(())

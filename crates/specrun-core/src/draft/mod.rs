@@ -90,11 +90,14 @@ pub struct DraftPlan {
     pub source: DraftSource,
     pub run: usize,
     pub first: Option<Token>,
+    /// Leading tokens worth drafting whatever the learned acceptance says: the rest of a word
+    /// the output has begun, where the source has it whole ([`crate::anchor`]).
+    pub sure: usize,
 }
 
 impl DraftPlan {
     /// Nothing to propose.
-    pub const NONE: Self = Self { source: DraftSource::None, run: 0, first: None };
+    pub const NONE: Self = Self { source: DraftSource::None, run: 0, first: None, sure: 0 };
 }
 
 /// Which drafter a user asks for.

@@ -52,7 +52,8 @@ impl Drafter for NgramDrafter {
                 None => return DraftPlan::NONE,
             }
         };
-        DraftPlan { source: DraftSource::Ngram, run: cursor.ngram.run(tokens), first }
+        let sure = usize::from(own && cursor.ngram.head_for(tokens).is_some());
+        DraftPlan { source: DraftSource::Ngram, run: cursor.ngram.run(tokens), first, sure }
     }
 
     fn learn(&mut self, generated: &[Token]) {
@@ -129,5 +130,18 @@ mod tests {
         // without the cache nothing is proposed
         let plain = NgramDrafter::new(DEFAULT);
         assert_eq!(plain.plan(&mut DraftCursor::new(2), &tokens), DraftPlan::NONE);
+    }
+
+    #[test]
+    fn the_rest_of_a_word_the_output_began_is_a_sure_draft() {
+        let words = ["|", " Portugal", " |", " Lisbon", "\"", "Port", "ugal", " Spain"];
+        let texts = TokenTexts::new(words.iter().map(|w| w.as_bytes().to_vec()).collect());
+        let d = NgramDrafter::new(DEFAULT).with_texts(Arc::new(texts));
+        // the table cell ` Portugal`, the output `"Port`: the rest of the word is sure
+        let plan = d.plan(&mut DraftCursor::new(0), &[0, 1, 2, 3, 2, 4, 5]);
+        assert_eq!((plan.source, plan.first, plan.sure), (DraftSource::Ngram, Some(6), 1));
+        // a copy found by its tokens is left to the learned acceptance
+        let plan = d.plan(&mut DraftCursor::new(1), &[0, 1, 2, 3, 7, 0, 1, 2]);
+        assert_eq!((plan.source, plan.first, plan.sure), (DraftSource::Ngram, Some(3), 0));
     }
 }

@@ -6,15 +6,16 @@ use super::*;
 
 impl<T: Model, D: Drafter> Engine<T, D> {
     /// Where a copied value ends (`key`), draft the closer the target wrote at such an end
-    /// before and the tokens the grammar forces after it, in the `room` the cut tokens left
-    /// ([`crate::closing`]). Returns how many tokens were drafted.
+    /// before and the tokens the grammar forces after it (and the likely spelling of the
+    /// text it forces after those), in the `room` the cut tokens left ([`crate::closing`]).
+    /// Returns how many tokens were drafted.
     pub(super) fn close(&mut self, seq: &mut Sequence, room: usize, key: CloseKey) -> usize {
         let (Some(guide), Some(closer)) = (seq.guide.as_mut(), seq.closers.closer(key)) else { return 0 };
         let target = &self.target;
         let start = seq.tokens.len();
         seq.tokens.push(closer);
-        if let Ok(forced) = guide.forced_after(&seq.tokens, room - 1, &|t| target.is_eog(t)) {
-            seq.tokens.extend(forced);
+        if let Ok((forced, likely)) = guide.forced_and_likely_after(&seq.tokens, room - 1, &|t| target.is_eog(t)) {
+            seq.tokens.extend(forced.into_iter().chain(likely));
         }
         if seq.config.effective_verify().needs_q() {
             seq.q.extend(seq.tokens[start..].iter().map(|&t| Dist::one_hot(t)));

@@ -223,6 +223,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             pace_mean: PaceMean::default(),
             guide: None,
             forced: 0,
+            likely: 0,
             closers: Closers::default(),
             logprobs: Vec::new(),
         };

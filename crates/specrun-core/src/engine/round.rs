@@ -23,8 +23,10 @@ pub(super) struct Drafted {
     /// in its place ([`crate::closing`]).
     cut: Option<(usize, CloseKey)>,
     n_closing: usize,
-    /// Of the drafted tokens, how many the constraint forced (they come first).
+    /// Of the drafted tokens, how many the constraint forced (they come first), the likely
+    /// spelling of its forced text included (`n_likely`, at their end).
     n_forced: usize,
+    n_likely: usize,
 }
 
 /// What a shared round decided for one sequence before drafting: the source, the draft
@@ -123,6 +125,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             expected: None,
             peek: None,
             n_forced: 0,
+            n_likely: 0,
             cut: None,
             n_closing: 0,
         };
@@ -161,12 +164,16 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     }
 
     /// Before a round is planned: forget the last round's draft distributions and, under a
-    /// constraint, draft the tokens the grammar forces (at most `cap`, within the sequence's
-    /// budget, context and batch): they lead the round's draft, whatever the drafter adds.
-    /// Target-only decoding (no active drafter, or `draft_max` 0) forces nothing.
+    /// constraint, draft the tokens the grammar forces and the likely spelling of the text it
+    /// forces after them (at most `cap`, within the sequence's budget, context and batch):
+    /// they lead the round's draft, whatever the drafter adds. The likely tokens make the
+    /// target's own token of the round the one after the forced text — a value's first token
+    /// instead of the quote before it. Target-only decoding (no active drafter, or `draft_max`
+    /// 0) forces nothing.
     pub(super) fn open_round(&mut self, seq: &mut Sequence, cap: usize) -> Result<(), EngineError> {
         seq.q.clear();
         seq.forced = 0;
+        seq.likely = 0;
         if seq.finish.is_some() || seq.reading_prompt() || !self.drafter.is_active() || seq.config.draft_max == 0 {
             return Ok(());
         }
@@ -178,12 +185,14 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             return Ok(());
         };
         let target = &self.target;
-        let forced = guide.forced_after(&seq.tokens, cap, &|t| target.is_eog(t)).map_err(EngineError::Constraint)?;
+        let (forced, likely) = guide.forced_and_likely_after(&seq.tokens, cap, &|t| target.is_eog(t)).map_err(EngineError::Constraint)?;
+        seq.forced = forced.len() + likely.len();
+        seq.likely = likely.len();
+        seq.tokens.extend(forced.into_iter().chain(likely));
         if seq.config.effective_verify().needs_q() {
-            seq.q.extend(forced.iter().map(|&t| Dist::one_hot(t)));
+            let span = &seq.tokens[n..];
+            seq.q.extend(span.iter().map(|&t| Dist::one_hot(t)));
         }
-        seq.forced = forced.len();
-        seq.tokens.extend(forced);
         Ok(())
     }
 
@@ -237,12 +246,12 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
         let t_start = clock.now();
         // the controller picks the length for the source that would propose
-        let (DraftPlan { source, run, first }, k_planned, expected) = match plan {
+        let (DraftPlan { source, run, first, .. }, k_planned, expected) = match plan {
             Some(RoundPlan { draft, k }) => (draft, k, None),
             None => {
                 let limit = self.draft_len(seq);
                 let draft = if limit > 0 { self.drafter.plan(&mut seq.draft, &seq.tokens) } else { DraftPlan::NONE };
-                let k = seq.controller.plan(draft.source, limit, draft.run);
+                let k = seq.controller.plan(draft.source, limit, draft.run).max(draft.sure.min(limit));
                 (draft, k, seq.controller.expect(draft.source, draft.run, k))
             }
         };
@@ -256,6 +265,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     pub(super) fn round_drafted(&mut self, seq: &mut Sequence, start: RoundStart, report: DraftReport, t_drafted: Duration) -> Drafted {
         let RoundStart { n_hist, k_planned, run, draft_gap, t_start, expected, peek, .. } = start;
         let n_forced = std::mem::take(&mut seq.forced);
+        let n_likely = std::mem::take(&mut seq.likely);
         let own = n_hist + n_forced;
         seq.stats.n_draft_steps += report.n_steps;
         // a drafter's tokens end at the first the grammar refuses (a draft model sampled
@@ -303,6 +313,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             expected,
             peek,
             n_forced,
+            n_likely,
             cut,
             n_closing,
         }
@@ -397,9 +408,9 @@ struct RoundEnd {
     t_end: Duration,
 }
 
-/// What a round tells the sequence's statistics, trace and controller. Forced and closing
-/// tokens are the grammar's, not a drafter's: the controller learns from the drafter's tokens
-/// between them (none when a forced token was refused).
+/// What a round tells the sequence's statistics, trace and controller. Forced, likely and
+/// closing tokens are the grammar's, not a drafter's: the controller learns from the drafter's
+/// tokens between them (none when one of the forced span was refused).
 fn record_round(seq: &mut Sequence, d: Drafted, end: RoundEnd) {
     let Drafted {
         n_hist,
@@ -414,19 +425,24 @@ fn record_round(seq: &mut Sequence, d: Drafted, end: RoundEnd) {
         expected,
         peek,
         n_forced,
+        n_likely,
         cut,
         n_closing,
     } = d;
     let RoundEnd { verdict, traced_draft, shared, t_verified, t_end } = end;
-    let n_forced_accepted = verdict.n_accepted.min(n_forced);
+    let n_certain = n_forced - n_likely;
+    let n_forced_accepted = verdict.n_accepted.min(n_certain);
+    let n_likely_accepted = verdict.n_accepted.saturating_sub(n_certain).min(n_likely);
     let own_drafted = n_drafted - n_forced - n_closing;
     let (own_drafted, own_accepted) =
-        if n_forced_accepted == n_forced { (own_drafted, (verdict.n_accepted - n_forced).min(own_drafted)) } else { (0, 0) };
+        if verdict.n_accepted >= n_forced { (own_drafted, (verdict.n_accepted - n_forced).min(own_drafted)) } else { (0, 0) };
     let n_closing_accepted = cut.map_or(0, |(c, _)| verdict.n_accepted.saturating_sub(c).min(n_closing));
     let source = if own_drafted > 0 { report.source } else { DraftSource::None };
     seq.stats.record_round(n_drafted, verdict.n_accepted);
-    seq.stats.n_forced += n_forced;
+    seq.stats.n_forced += n_certain;
     seq.stats.n_forced_accepted += n_forced_accepted;
+    seq.stats.n_likely += n_likely;
+    seq.stats.n_likely_accepted += n_likely_accepted;
     seq.stats.n_closing += n_closing;
     seq.stats.n_closing_accepted += n_closing_accepted;
     seq.stats.n_masks = seq.guide.as_ref().map_or(0, |g| g.n_masks);
@@ -436,7 +452,7 @@ fn record_round(seq: &mut Sequence, d: Drafted, end: RoundEnd) {
             source,
             run,
             k_planned,
-            n_forced,
+            n_forced: n_certain,
             drafted,
             n_accepted: verdict.n_accepted,
             expected,

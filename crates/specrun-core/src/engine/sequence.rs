@@ -83,6 +83,9 @@ pub struct Sequence {
     pub guide: Option<Guide>,
     /// Tokens the constraint forced at the end of `tokens` this round (drafted, not verified).
     pub(super) forced: usize,
+    /// Of those, how many are only the likely spelling of forced text ([`Constraint::likely`]),
+    /// at their end.
+    pub(super) likely: usize,
     /// With [`GenConfig::logprobs`]: one entry per generated token, in order.
     pub logprobs: Vec<TokenLogprob>,
     /// The tokens the target wrote where a copied value ended ([`crate::closing`]).

@@ -264,7 +264,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     fn ask(&mut self, seq: &mut Sequence) -> (DraftAsk, DraftPlan) {
         let limit = self.draft_len(seq);
         let draft = if limit > 0 { self.drafter.plan(&mut seq.draft, &seq.tokens) } else { DraftPlan::NONE };
-        let DraftPlan { source, run, .. } = draft;
+        let DraftPlan { source, run, sure, .. } = draft;
         let cap = if source == DraftSource::None { 0 } else { seq.config.draft_max.min(limit) };
         let reach = seq.controller.reach(source, run, cap);
         let forced = if cap > 0 { seq.controller.forced_len(source, cap) } else { None };
@@ -272,7 +272,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             DraftSource::Model => seq.controller.model_step_cost().unwrap_or(0.0),
             _ => 0.0,
         };
-        (DraftAsk { reach, cap, min: forced.unwrap_or(0), draft_cost }, draft)
+        (DraftAsk { reach, cap, min: forced.unwrap_or(0).max(sure.min(cap)), draft_cost }, draft)
     }
 
     /// Draft for all (a draft model: one decode per draft step for every sequence that

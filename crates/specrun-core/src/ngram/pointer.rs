@@ -1,10 +1,10 @@
 //! The copy pointer: where the output is being copied from, kept while the target agrees,
-//! re-anchored near it after an edit, else the longest match anywhere (or a text anchor).
+//! re-anchored near it after an edit, else the longest match anywhere (or a text or word anchor).
 
 use super::edits::{edit_at, Edit, Replay, EDIT_MAX, MIN_RUN_FOR_EDIT};
 use super::index::common_suffix;
 use super::NgramConfig;
-use crate::anchor::{text_anchor, TokenTexts};
+use crate::anchor::{text_anchor, word_anchor, TokenTexts};
 use crate::model::Token;
 use std::collections::HashMap;
 
@@ -167,8 +167,10 @@ impl NgramState {
         if let Some((from, len)) = self.longest_match(tokens, config) {
             return anchor(self, from, len);
         }
-        // the same text tokenized otherwise: a new run (what came before it is no edit)
-        let found = text_anchor(tokens, texts?, self.last_source)?;
+        // the same text tokenized otherwise, or a short word begun after the last copy: a new
+        // run (what came before it is no edit)
+        let texts = texts?;
+        let found = text_anchor(tokens, texts, self.last_source).or_else(|| word_anchor(tokens, texts, self.last_source?))?;
         self.broke_at = None;
         anchor(self, found.from, 1);
         if let Some(h) = found.head {
