@@ -7,7 +7,12 @@ every finished output against its record's schema with `jsonschema` (independent
 grammar engine) and that greedy outputs are identical in both modes; prints one table row
 per class (the schema's name) and the totals.
 
-Usage: bench_structured.py RECORDS [--repeat N] [--bin SPECRUN] -- [batch flags...]
+With --baseline OTHER_SPECRUN, another build's speculative decoding runs in the same
+alternation (after this build's) and gets its own rows: two builds compared in one run.
+The rounds column counts target decodes (generated tokens / tokens per round), which moves
+with what was drafted and accepted, not with the machine's speed.
+
+Usage: bench_structured.py RECORDS [--repeat N] [--bin SPECRUN] [--baseline SPECRUN] -- [batch flags...]
 Example: scripts/bench_structured.py docs/eval/structured.jsonl --repeat 2 -- --pair qwen-coder -t 2
 """
 import argparse
@@ -38,6 +43,7 @@ def main():
     ap.add_argument("records")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--bin", default=os.environ.get("SPECRUN_BIN", os.path.expanduser("~/.cache/specrun/target/release/specrun")))
+    ap.add_argument("--baseline", help="another build whose speculative decoding runs in the same alternation")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
@@ -48,11 +54,15 @@ def main():
     klass = {r["id"]: r["response_format"]["json_schema"]["name"] for r in recs}
     tmp = tempfile.mkdtemp()
     runs = {"plain": [], "spec": []}
+    if a.baseline:
+        runs["baseline"] = []
     for i in range(a.repeat):
         order = ["plain", "spec"] if i % 2 == 0 else ["spec", "plain"]
+        order += ["baseline"] if a.baseline else []
         for mode in order:
             flags = a.extra + (["--no-draft"] if mode == "plain" else [])
-            runs[mode].append(run_batch(a.bin, a.records, os.path.join(tmp, f"{mode}{i}.jsonl"), flags))
+            binary = a.baseline if mode == "baseline" else a.bin
+            runs[mode].append(run_batch(binary, a.records, os.path.join(tmp, f"{mode}{i}.jsonl"), flags))
     by = collections.defaultdict(lambda: collections.Counter())
     for mode, rs in runs.items():
         for rows in rs:
@@ -63,10 +73,14 @@ def main():
                     continue
                 c["records"] += 1
                 c["generated"] += r["n_generated"]
+                c["rounds"] += round(r["n_generated"] / r["tokens_per_round"]) if r.get("tokens_per_round") else 0
                 c["secs"] += r["n_generated"] / r["decode_tok_per_s"] if r["decode_tok_per_s"] > 0 else 0
                 c["forced"] += r.get("n_forced", 0)
                 c["closing"] += r.get("n_closing_accepted", 0)
-                c["drafted_accepted"] += r["n_accepted"] - r.get("n_forced_accepted", 0) - r.get("n_closing_accepted", 0)
+                c["likely"] += r.get("n_likely_accepted", 0)
+                c["drafted_accepted"] += (
+                    r["n_accepted"] - r.get("n_forced_accepted", 0) - r.get("n_closing_accepted", 0) - r.get("n_likely_accepted", 0)
+                )
                 if r["finish_reason"] == "stop":
                     c["finished"] += 1
                     try:
@@ -80,34 +94,38 @@ def main():
         same[klass[rid]] += len(texts) == 1
         if len(texts) != 1:
             print(f"DIFFER {rid}: {sorted(t or '' for t in texts)}", file=sys.stderr)
-    print("| class | records | valid / finished | identical | plain tok/s | speculative tok/s | speed-up | forced | closing | copied or drafted |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    base_cols = " baseline tok/s | baseline speed-up | baseline rounds |" if a.baseline else ""
+    print(f"| class | records | valid / finished | identical | plain tok/s | speculative tok/s | speed-up | rounds (plain / speculative) |{base_cols} forced | likely | closing | copied or drafted |")
+    print("|---" * (12 + (3 if a.baseline else 0)) + "|")
     classes = sorted({k for k, _ in by})
-    tot = {m: collections.Counter() for m in ("plain", "spec")}
-    ext = {m: collections.Counter() for m in ("plain", "spec")}
+    tot = {m: collections.Counter() for m in runs}
+    ext = {m: collections.Counter() for m in runs}
     for k in classes + ["all extraction", "all"]:
         if k == "all extraction":
-            p, s = ext["plain"], ext["spec"]
+            p, s, b = ext["plain"], ext["spec"], ext.get("baseline")
             n = sum(1 for r in klass.values() if r != "open")
             ident = sum(v for c, v in same.items() if c != "open")
         elif k == "all":
-            p, s = tot["plain"], tot["spec"]
+            p, s, b = tot["plain"], tot["spec"], tot.get("baseline")
             n = len(schema)
             ident = sum(same.values())
         else:
-            p, s = by[(k, "plain")], by[(k, "spec")]
-            tot["plain"].update(p)
-            tot["spec"].update(s)
-            if k != "open":
-                ext["plain"].update(p)
-                ext["spec"].update(s)
+            p, s, b = by[(k, "plain")], by[(k, "spec")], by[(k, "baseline")]
+            for m in runs:
+                tot[m].update(by[(k, m)])
+                if k != "open":
+                    ext[m].update(by[(k, m)])
             n = sum(1 for r in klass.values() if r == k)
             ident = same[k]
         rate = lambda c: c["generated"] / c["secs"] if c["secs"] else 0.0
+        share = lambda key: f"{s[key] / max(1, s['generated']):.0%}"
+        valid = p["valid"] + s["valid"] + (b["valid"] if a.baseline else 0)
+        finished = p["finished"] + s["finished"] + (b["finished"] if a.baseline else 0)
+        base = f" {rate(b):.2f} | {rate(b) / rate(p) if rate(p) else 0:.2f}x | {b['rounds']} |" if a.baseline else ""
         print(
-            f"| {k} | {n} | {p['valid'] + s['valid']} / {p['finished'] + s['finished']} | {ident}/{n} | {rate(p):.2f} | {rate(s):.2f} | "
-            f"{rate(s) / rate(p) if rate(p) else 0:.2f}x | {s['forced'] / max(1, s['generated']):.0%} | {s['closing'] / max(1, s['generated']):.0%} | "
-            f"{s['drafted_accepted'] / max(1, s['generated']):.0%} |"
+            f"| {k} | {n} | {valid} / {finished} | {ident}/{n} | {rate(p):.2f} | {rate(s):.2f} | "
+            f"{rate(s) / rate(p) if rate(p) else 0:.2f}x | {p['rounds']} / {s['rounds']} |{base} {share('forced')} | {share('likely')} | "
+            f"{share('closing')} | {share('drafted_accepted')} |"
         )
 
 
