@@ -90,8 +90,9 @@ pub struct DraftPlan {
     pub source: DraftSource,
     pub run: usize,
     pub first: Option<Token>,
-    /// Leading tokens worth drafting whatever the learned acceptance says: the rest of a word
-    /// the output has begun, where the source has it whole ([`crate::anchor`]).
+    /// Leading tokens worth drafting whatever the learned acceptance says: in structured
+    /// output, the rest of a word the output has begun, where the source has it whole
+    /// ([`crate::anchor`]).
     pub sure: usize,
 }
 

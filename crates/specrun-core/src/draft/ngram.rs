@@ -52,7 +52,7 @@ impl Drafter for NgramDrafter {
                 None => return DraftPlan::NONE,
             }
         };
-        let sure = usize::from(own && cursor.ngram.head_for(tokens).is_some());
+        let sure = usize::from(own && cursor.ngram.structured && cursor.ngram.head_for(tokens).is_some());
         DraftPlan { source: DraftSource::Ngram, run: cursor.ngram.run(tokens), first, sure }
     }
 
@@ -137,9 +137,15 @@ mod tests {
         let words = ["|", " Portugal", " |", " Lisbon", "\"", "Port", "ugal", " Spain"];
         let texts = TokenTexts::new(words.iter().map(|w| w.as_bytes().to_vec()).collect());
         let d = NgramDrafter::new(DEFAULT).with_texts(Arc::new(texts));
-        // the table cell ` Portugal`, the output `"Port`: the rest of the word is sure
-        let plan = d.plan(&mut DraftCursor::new(0), &[0, 1, 2, 3, 2, 4, 5]);
+        // the table cell ` Portugal`, the output `"Port`: the rest of the word is sure in
+        // structured output, left to the learned acceptance in free text
+        let tokens = [0, 1, 2, 3, 2, 4, 5];
+        let mut structured = DraftCursor::new(0);
+        structured.ngram.set_structured(true);
+        let plan = d.plan(&mut structured, &tokens);
         assert_eq!((plan.source, plan.first, plan.sure), (DraftSource::Ngram, Some(6), 1));
+        let plan = d.plan(&mut DraftCursor::new(3), &tokens);
+        assert_eq!((plan.first, plan.sure), (Some(6), 0));
         // a copy found by its tokens is left to the learned acceptance
         let plan = d.plan(&mut DraftCursor::new(1), &[0, 1, 2, 3, 7, 0, 1, 2]);
         assert_eq!((plan.source, plan.first, plan.sure), (DraftSource::Ngram, Some(3), 0));

@@ -56,12 +56,22 @@ pub struct NgramState {
     /// `(n, token)`: the plan for `tokens.len() == n` drafts `token` before copying (the rest
     /// of a source token the output's text ends inside of, [`crate::anchor`]).
     pub(crate) head: Option<(usize, Token)>,
+    /// The output is structured (a grammar's values): a short word begun after punctuation
+    /// may anchor near the last copy ([`word_anchor`]), and the rest of a word the output
+    /// began is a sure draft. Free text keeps to the token and text anchors (measured: these
+    /// rules added rejected drafts there).
+    pub(crate) structured: bool,
 }
 
 impl NgramState {
     /// Forget everything (a new sequence).
     pub fn reset(&mut self) {
         *self = Self::default();
+    }
+
+    /// Whether the output is structured (see [`NgramState`]'s `structured`).
+    pub fn set_structured(&mut self, on: bool) {
+        self.structured = on;
     }
 
     /// The match nearest to `p` in a window around it that agrees with the last tokens
@@ -170,7 +180,8 @@ impl NgramState {
         // the same text tokenized otherwise, or a short word begun after the last copy: a new
         // run (what came before it is no edit)
         let texts = texts?;
-        let found = text_anchor(tokens, texts, self.last_source).or_else(|| word_anchor(tokens, texts, self.last_source?))?;
+        let word = |s: &Self| if s.structured { word_anchor(tokens, texts, s.last_source?) } else { None };
+        let found = text_anchor(tokens, texts, self.last_source).or_else(|| word(self))?;
         self.broke_at = None;
         anchor(self, found.from, 1);
         if let Some(h) = found.head {
