@@ -229,12 +229,12 @@ impl Constraint for LlgConstraint {
         self.matcher.compute_ff_tokens().into_iter().map(|t| t as Token).collect()
     }
 
-    fn likely(&mut self) -> Vec<Token> {
+    fn likely(&mut self, forced: &[Token]) -> Vec<Token> {
         // the forced bytes past the forced tokens: llguidance holds back the last token of
         // forced text that could merge with what follows (` "` before a value)
-        let forced = self.matcher.compute_ff_tokens();
         let bytes = self.matcher.compute_ff_bytes();
         let Ok(env) = self.matcher.tok_env() else { return Vec::new() };
+        let forced: Vec<u32> = forced.iter().map(|&t| t as u32).collect();
         let done = env.tok_trie().decode_raw(&forced);
         match bytes.strip_prefix(done.as_slice()) {
             Some(rest) if !rest.is_empty() => env.tokenize_bytes(rest).into_iter().map(|t| t as Token).collect(),

@@ -185,10 +185,9 @@ pub fn word_anchor(tokens: &[Token], texts: &TokenTexts, near: usize) -> Option<
     if !word.first().is_some_and(|&b| wordlike(b)) || !opened {
         return None;
     }
-    let (lo, hi) = (near.saturating_sub(WORD_AROUND), (near + WORD_AROUND).min(n - 1));
-    let mut order: Vec<usize> = (lo..hi).collect();
-    order.sort_by_key(|&i| (i.abs_diff(near), i < near));
-    for i in order {
+    // nearest first, after before behind among equals
+    let around = (0..WORD_AROUND).flat_map(|d| [Some(near + d), near.checked_sub(d).filter(|_| d > 0)]);
+    for i in around.flatten().filter(|&i| i < n - 1) {
         let text = texts.text(tokens[i]);
         let rest = match text.strip_prefix(b" ") {
             Some(rest) => rest,

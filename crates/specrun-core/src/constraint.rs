@@ -99,11 +99,11 @@ pub trait Constraint: Send {
     fn mask(&mut self) -> Result<TokenMask, ConstraintError>;
     /// Tokens the grammar forces next, whatever the model prefers (may be empty).
     fn forced(&mut self) -> Vec<Token>;
-    /// After [`Constraint::forced`]'s tokens, the rest of the text the grammar forces, in the
-    /// tokens a tokenizer gives it: the model may spell that text otherwise (a quote alone or
-    /// merged with the value after it), so these are drafts for the target to check, not
-    /// certain. None by default.
-    fn likely(&mut self) -> Vec<Token> {
+    /// After `forced` (what [`Constraint::forced`] just returned), the rest of the text the
+    /// grammar forces, in the tokens a tokenizer gives it: the model may spell that text
+    /// otherwise (a quote alone or merged with the value after it), so these are drafts for
+    /// the target to check, not certain. None by default.
+    fn likely(&mut self, _forced: &[Token]) -> Vec<Token> {
         Vec::new()
     }
     /// How many leading tokens of `tokens` the grammar allows, in order, without consuming any.
@@ -280,13 +280,11 @@ impl Guide {
         max: usize,
         is_eog: &dyn Fn(Token) -> bool,
     ) -> Result<(Vec<Token>, Vec<Token>), ConstraintError> {
-        self.sync(tokens, is_eog)?;
-        let mut forced = self.matcher.forced();
-        if forced.len() >= max {
-            forced.truncate(max);
+        let forced = self.forced_after(tokens, max, is_eog)?;
+        if forced.len() == max {
             return Ok((forced, Vec::new()));
         }
-        let mut likely = self.matcher.likely();
+        let mut likely = self.matcher.likely(&forced);
         likely.truncate(max - forced.len());
         let both: Vec<Token> = forced.iter().chain(&likely).copied().collect();
         let allowed = self.matcher.validate(&both);

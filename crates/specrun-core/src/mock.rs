@@ -566,7 +566,7 @@ impl crate::constraint::Constraint for MockGrammar {
         self.forced_run().0
     }
 
-    fn likely(&mut self) -> Vec<Token> {
+    fn likely(&mut self, _forced: &[Token]) -> Vec<Token> {
         match self.pieces.get(self.forced_run().1) {
             Some(MockSegment::Either { likely, .. }) => vec![*likely],
             _ => Vec::new(),
