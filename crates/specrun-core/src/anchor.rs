@@ -118,12 +118,12 @@ fn token_agreement(tokens: &[Token], a: usize, b: usize, max: usize) -> usize {
 /// least [`MIN_BYTES`], tokenized differently): at the end of a context token (the copy goes
 /// on with the tokens after it) or inside one whose rest is a token of its own (drafted
 /// first). The longest match wins; among equals the first at or after `after` (a copy goes
-/// through its source in order), else the most recent.
+/// through its source in order), else the most recent. Copies start before `sources`.
 ///
 /// Where the tokens agree over the whole match, the token lookup decides: anchoring on any
 /// word there copies earlier output (keys, punctuation) more often than values
 /// (docs/benchmarks.md, "Design measurements").
-pub fn text_anchor(tokens: &[Token], texts: &TokenTexts, after: Option<usize>) -> Option<Anchor> {
+pub fn text_anchor(tokens: &[Token], texts: &TokenTexts, after: Option<usize>, sources: usize) -> Option<Anchor> {
     let n = tokens.len();
     if n < 2 {
         return None;
@@ -138,7 +138,7 @@ pub fn text_anchor(tokens: &[Token], texts: &TokenTexts, after: Option<usize>) -
         Some(b) => after.is_some_and(|a| from >= a && (b.from < a || from < b.from)),
     };
     // the source token `tokens[i]`, its text matched up to byte `o`
-    for i in (n.saturating_sub(MAX_SCAN)..n - 1).rev() {
+    for i in (n.saturating_sub(MAX_SCAN)..(n - 1).min(sources.saturating_sub(1))).rev() {
         let text = texts.text(tokens[i]);
         for o in (1..=text.len()).filter(|&o| text[o - 1] == last) {
             let len = byte_agreement(tokens, i, &text[..o], texts, &tail.bytes);
@@ -174,8 +174,8 @@ fn wordlike(b: u8) -> bool {
 /// the last copy came from), within [`WORD_AROUND`] context tokens, that begins with the same
 /// bytes (the nearest after it among equals). Values extracted from a text sit close to one
 /// another in it, if not always in the schema's order; a longer match anywhere is
-/// [`text_anchor`]'s.
-pub fn word_anchor(tokens: &[Token], texts: &TokenTexts, near: usize) -> Option<Anchor> {
+/// [`text_anchor`]'s. Copies start before `sources`.
+pub fn word_anchor(tokens: &[Token], texts: &TokenTexts, near: usize, sources: usize) -> Option<Anchor> {
     let n = tokens.len();
     if n < 2 {
         return None;
@@ -187,7 +187,7 @@ pub fn word_anchor(tokens: &[Token], texts: &TokenTexts, near: usize) -> Option<
     }
     // nearest first, after before behind among equals
     let around = (0..WORD_AROUND).flat_map(|d| [Some(near + d), near.checked_sub(d).filter(|_| d > 0)]);
-    for i in around.flatten().filter(|&i| i < n - 1) {
+    for i in around.flatten().filter(|&i| i < n - 1 && i + 1 < sources) {
         let text = texts.text(tokens[i]);
         let rest = match text.strip_prefix(b" ") {
             Some(rest) => rest,
@@ -221,7 +221,7 @@ mod tests {
         let t = vocab(&["No.", " INV", "-", "20", "\n", " \"", "INV", "Date:"]);
         // document "No. INV-20\nDate:", output ` "INV`
         let tokens = [0, 1, 2, 3, 4, 7, 5, 6];
-        assert_eq!(text_anchor(&tokens, &t, None), Some(Anchor { from: 2, head: None, bytes: 3 }));
+        assert_eq!(text_anchor(&tokens, &t, None, usize::MAX), Some(Anchor { from: 2, head: None, bytes: 3 }));
     }
 
     #[test]
@@ -230,17 +230,17 @@ mod tests {
         let doc = [0, 1, 2, 3];
         let out_n = [4, 5];
         let tokens: Vec<Token> = doc.iter().chain(&out_n).copied().collect();
-        assert_eq!(text_anchor(&tokens, &t, None), None, "one byte is too little");
+        assert_eq!(text_anchor(&tokens, &t, None, usize::MAX), None, "one byte is too little");
         let tokens: Vec<Token> = doc.iter().chain(&[4, 5, 6]).copied().collect();
         // ` Nord` ends at 2: the copy goes on with `licht`
-        assert_eq!(text_anchor(&tokens, &t, None), Some(Anchor { from: 2, head: None, bytes: 4 }));
+        assert_eq!(text_anchor(&tokens, &t, None, usize::MAX), Some(Anchor { from: 2, head: None, bytes: 4 }));
     }
 
     #[test]
     fn tokens_that_agree_are_left_to_the_token_lookup() {
         let t = vocab(&[" the", " cat", " sat", "."]);
         let tokens = [0, 1, 2, 3, 0];
-        assert_eq!(text_anchor(&tokens, &t, None), None);
+        assert_eq!(text_anchor(&tokens, &t, None, usize::MAX), None);
     }
 
     #[test]
@@ -249,9 +249,12 @@ mod tests {
         // ` abc` at 0, 4 and 8; the output ends `"abc`
         let tokens = [0, 1, 2, 3, 0, 2, 1, 3, 0, 3, 4, 5];
         let at = |from| Some(Anchor { from, head: None, bytes: 3 });
-        assert_eq!(text_anchor(&tokens, &t, None), at(9), "most recent without a copy");
-        assert_eq!(text_anchor(&tokens, &t, Some(3)), at(5));
-        assert_eq!(text_anchor(&tokens, &t, Some(0)), at(1));
+        assert_eq!(text_anchor(&tokens, &t, None, usize::MAX), at(9), "most recent without a copy");
+        assert_eq!(text_anchor(&tokens, &t, Some(3), usize::MAX), at(5));
+        assert_eq!(text_anchor(&tokens, &t, Some(0), usize::MAX), at(1));
+        // sources end at 6: the match at 8 is not one
+        assert_eq!(text_anchor(&tokens, &t, None, 6), at(5));
+        assert_eq!(text_anchor(&tokens, &t, None, 5), at(1));
     }
 
     #[test]
@@ -259,7 +262,7 @@ mod tests {
         let t = vocab(&[" ab", "c", " xbc", "\"", "a", "bc"]);
         // ` abc` ends at 2, ` xbc` at 3; the output `"abc` shares 3 bytes with the first
         let tokens = [0, 1, 2, 3, 4, 5];
-        assert_eq!(text_anchor(&tokens, &t, None), Some(Anchor { from: 2, head: None, bytes: 3 }));
+        assert_eq!(text_anchor(&tokens, &t, None, usize::MAX), Some(Anchor { from: 2, head: None, bytes: 3 }));
     }
 
     #[test]
@@ -267,10 +270,10 @@ mod tests {
         let t = vocab(&["|", " Portugal", " |", " Lisbon", "\"", "Port", "ugal"]);
         // the table cell ` Portugal`, the output `"Port`
         let tokens = [0, 1, 2, 3, 2, 4, 5];
-        assert_eq!(text_anchor(&tokens, &t, None), Some(Anchor { from: 2, head: Some(6), bytes: 4 }));
+        assert_eq!(text_anchor(&tokens, &t, None, usize::MAX), Some(Anchor { from: 2, head: Some(6), bytes: 4 }));
         // no token stands for the rest: no anchor
         let t = vocab(&["|", " Portugal", " |", " Lisbon", "\"", "Port", "uga"]);
-        assert_eq!(text_anchor(&tokens, &t, None), None);
+        assert_eq!(text_anchor(&tokens, &t, None, usize::MAX), None);
     }
 
     #[test]
@@ -280,13 +283,15 @@ mod tests {
         // writes `"n`
         let doc = [0, 1, 2, 3, 10, 4, 5, 6];
         let tokens: Vec<Token> = doc.iter().chain(&[7, 8]).copied().collect();
-        assert_eq!(text_anchor(&tokens, &t, Some(1)), None, "one byte is too little for a text anchor");
+        assert_eq!(text_anchor(&tokens, &t, Some(1), usize::MAX), None, "one byte is too little for a text anchor");
         // ` night` comes first after the last copy, but no token stands for its rest
-        assert_eq!(word_anchor(&tokens, &t, 1), Some(Anchor { from: 6, head: Some(9), bytes: 1 }));
+        assert_eq!(word_anchor(&tokens, &t, 1, usize::MAX), Some(Anchor { from: 6, head: Some(9), bytes: 1 }));
         // the nearest such word, behind the copy's source too; inside a word, nothing
-        assert_eq!(word_anchor(&tokens, &t, 7), Some(Anchor { from: 6, head: Some(9), bytes: 1 }));
+        assert_eq!(word_anchor(&tokens, &t, 7, usize::MAX), Some(Anchor { from: 6, head: Some(9), bytes: 1 }));
         let mid_word: Vec<Token> = doc.iter().chain(&[0, 8]).copied().collect();
-        assert_eq!(word_anchor(&mid_word, &t, 1), None, "`Maria` then `n` continues a word");
+        assert_eq!(word_anchor(&mid_word, &t, 1, usize::MAX), None, "`Maria` then `n` continues a word");
+        // only the first 5 tokens are sources: the word at 5 is past them
+        assert_eq!(word_anchor(&tokens, &t, 1, 5), None);
     }
 
     #[test]
@@ -294,6 +299,6 @@ mod tests {
         let t = vocab(&["Port", ":", " ", "8", "0", "\n", "\"", "port", "\":", "x"]);
         // "Port: 80\n", the output `"port": 8`
         let tokens = [0, 1, 2, 3, 4, 5, 6, 7, 8, 2, 3];
-        assert_eq!(word_anchor(&tokens, &t, 0), Some(Anchor { from: 4, head: None, bytes: 1 }));
+        assert_eq!(word_anchor(&tokens, &t, 0, usize::MAX), Some(Anchor { from: 4, head: None, bytes: 1 }));
     }
 }

@@ -141,7 +141,7 @@ mod tests {
         // structured output, left to the learned acceptance in free text
         let tokens = [0, 1, 2, 3, 2, 4, 5];
         let mut structured = DraftCursor::new(0);
-        structured.ngram.set_structured(true);
+        structured.ngram.set_structured(true, usize::MAX);
         let plan = d.plan(&mut structured, &tokens);
         assert_eq!((plan.source, plan.first, plan.sure), (DraftSource::Ngram, Some(6), 1));
         let plan = d.plan(&mut DraftCursor::new(3), &tokens);

@@ -239,7 +239,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         // the drafter keeps the cells before its cursor and removes the rest (see `Drafter::begin`)
         seq.draft.kv.n_cached = reuse_draft;
         self.drafter.begin(&mut seq.draft, &seq.tokens[..head_len]).map_err(EngineError::Draft)?;
-        seq.draft.ngram.set_structured(seq.guide.is_some());
+        seq.draft.ngram.set_structured(seq.guide.is_some(), seq.n_prompt);
         seq.stats.n_prompt = seq.n_prompt;
         seq.stats.n_prompt_cached = seq.target.n_cached;
         if seq.config.max_tokens == 0 {

@@ -259,6 +259,22 @@ mod tests {
     }
 
     #[test]
+    fn structured_output_copies_from_the_prompt_only() {
+        // the prompt holds 100..110; the output's first record was `7 8 9 100 101 102 5`, and
+        // the second begins `7 8 9` as well
+        let prompt: Vec<Token> = (100..110).chain([1, 2]).collect();
+        let mut t = prompt.clone();
+        t.extend([7, 8, 9, 100, 101, 102, 5, 7, 8, 9]);
+        assert_eq!(propose(&mut NgramState::default(), &t, DEFAULT, 3), vec![100, 101, 102], "free text copies the earlier record");
+        let mut structured = NgramState::default();
+        structured.set_structured(true, prompt.len());
+        assert_eq!(propose(&mut structured, &t, DEFAULT, 3), Vec::<Token>::new(), "a grammar's output does not copy itself");
+        // once the record's value matches the prompt, the prompt is copied
+        t.extend([104, 105, 106]);
+        assert_eq!(propose(&mut structured, &t, DEFAULT, 3), vec![107, 108, 109]);
+    }
+
+    #[test]
     fn the_run_length_is_the_evidence_for_long_drafts() {
         let mut st = NgramState::default();
         let mut out: Vec<Token> = (100..104).collect();
