@@ -25,6 +25,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
 
     /// After verification: the closer the target wrote where a copy was cut, or where it
     /// rejected a copied token for one (a token after which the grammar forces the next key).
+    /// A value that was closed ends its copy run: the next value anchors afresh.
     pub(super) fn learn_closer(&self, seq: &mut Sequence, n_hist: usize, cut: Option<(usize, CloseKey)>, rejected: Option<(usize, Token)>) {
         let Some(guide) = seq.guide.as_mut() else { return };
         let target = &self.target;
@@ -32,6 +33,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         if let Some((c, key)) = cut {
             if let Some(&closer) = seq.tokens.get(n_hist + c) {
                 seq.closers.learn(key, closer);
+                if forces_after(guide, &seq.tokens[..=n_hist + c], &is_eog) {
+                    seq.draft.ngram.end_run();
+                }
             }
             return;
         }
@@ -40,6 +44,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let Ok(mask) = guide.mask_after(&seq.tokens[..n_hist + c], &is_eog).map(|m| m.fingerprint()) else { return };
         if forces_after(guide, &seq.tokens[..=n_hist + c], &is_eog) {
             seq.closers.learn(CloseKey { mask, source: Some(source) }, closer);
+            seq.draft.ngram.end_run();
         }
     }
 }

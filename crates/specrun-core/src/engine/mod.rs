@@ -224,6 +224,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             guide: None,
             forced: 0,
             likely: 0,
+            spare: 0,
             closers: Closers::default(),
             logprobs: Vec::new(),
         };

@@ -174,6 +174,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         seq.q.clear();
         seq.forced = 0;
         seq.likely = 0;
+        seq.spare = 0;
         if seq.finish.is_some() || seq.reading_prompt() || !self.drafter.is_active() || seq.config.draft_max == 0 {
             return Ok(());
         }
@@ -188,6 +189,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let (forced, likely) = guide.forced_and_likely_after(&seq.tokens, cap, &|t| target.is_eog(t)).map_err(EngineError::Constraint)?;
         seq.forced = forced.len() + likely.len();
         seq.likely = likely.len();
+        seq.spare = cap.saturating_sub(seq.forced);
         seq.tokens.extend(forced.into_iter().chain(likely));
         if seq.config.effective_verify().needs_q() {
             let span = &seq.tokens[n..];
@@ -297,7 +299,15 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             end = None;
         }
         let cut = end.map(|(_, key)| (seq.tokens.len() - n_hist, key));
-        let n_closing = end.map_or(0, |(room, key)| self.close(seq, room, key));
+        // the forced span after a closer is as sure as the closer: it may take what the
+        // round's forced span left, within the budget, the batch and the context
+        let spare = std::mem::take(&mut seq.spare);
+        let limit = (seq.config.max_tokens - seq.stats.n_generated)
+            .saturating_sub(1)
+            .min(self.target.n_batch().saturating_sub(1))
+            .min(self.target.n_ctx().saturating_sub(n_hist + 1));
+        let drafted = seq.tokens.len() - n_hist;
+        let n_closing = end.map_or(0, |(room, key)| self.close(seq, room.max((room + spare).min(limit.saturating_sub(drafted))), key));
         let n_drafted = seq.tokens.len() - n_hist;
         // the target decodes the last accepted token and the whole draft
         Drafted {

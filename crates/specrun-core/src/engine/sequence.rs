@@ -86,6 +86,10 @@ pub struct Sequence {
     /// Of those, how many are only the likely spelling of forced text ([`Constraint::likely`]),
     /// at their end.
     pub(super) likely: usize,
+    /// Of the round's cap on forced tokens, what the forced span left: a closing draft may
+    /// use it for the forced span after its closer (0 in shared rounds, whose batch is
+    /// budgeted before drafting).
+    pub(super) spare: usize,
     /// With [`GenConfig::logprobs`]: one entry per generated token, in order.
     pub logprobs: Vec<TokenLogprob>,
     /// The tokens the target wrote where a copied value ended ([`crate::closing`]).

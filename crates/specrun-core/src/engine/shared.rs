@@ -174,6 +174,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let share = (self.target.n_batch() / decoding).saturating_sub(1 + draft_max).min(FORCED_MAX);
         for seq in seqs.iter_mut() {
             self.open_round(seq, share)?;
+            // the batch is budgeted before drafting: a closing draft keeps to its cut room
+            seq.spare = 0;
         }
         Ok(())
     }

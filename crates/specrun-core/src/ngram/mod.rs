@@ -259,6 +259,24 @@ mod tests {
     }
 
     #[test]
+    fn a_closed_value_ends_the_copy_run() {
+        // a long copy, then a token of the output's own (a closer): the run is taken to go on
+        // past a substituted token...
+        let out: Vec<Token> = (100..110).chain([900]).collect();
+        let mut st = NgramState::default();
+        let _ = propose(&mut st, &history(40, &out[..10]), DEFAULT, 4);
+        let mut closed = st.clone();
+        assert_eq!(propose(&mut st, &history(40, &out), DEFAULT, 2), vec![111, 112]);
+        // ...unless the value was closed: then only a new match anchors a copy
+        closed.end_run();
+        assert_eq!(propose(&mut closed, &history(40, &out), DEFAULT, 2), Vec::<Token>::new());
+        let mut t = history(40, &out);
+        t.extend([120, 121, 122]);
+        assert_eq!(propose(&mut closed, &t, DEFAULT, 2), vec![123, 124]);
+        assert_eq!(closed.run(&t), 3, "the new run starts at its match");
+    }
+
+    #[test]
     fn structured_output_copies_from_the_prompt_only() {
         // the prompt holds 100..110; the output's first record was `7 8 9 100 101 102 5`, and
         // the second begins `7 8 9` as well

@@ -101,6 +101,16 @@ impl NgramState {
         self.sources = if on { n_prompt } else { usize::MAX };
     }
 
+    /// The copy ended where the output closed a value: the next plan anchors afresh (keeping
+    /// the pointer, the tokens after the closer and the forced key looked like an edit, and a
+    /// long run's substitution rule copied on past the value).
+    pub fn end_run(&mut self) {
+        self.offset = None;
+        self.broke_at = None;
+        self.misses = 0;
+        self.planned = None;
+    }
+
     /// The match nearest to `p` in a window around it that agrees with the last tokens
     /// (longest agreement first, then nearest).
     pub(crate) fn near(&self, tokens: &[Token], p: usize) -> Option<(usize, usize)> {
