@@ -190,6 +190,10 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         seq.forced = forced.len() + likely.len();
         seq.likely = likely.len();
         seq.spare = cap.saturating_sub(seq.forced);
+        if seq.forced > 0 {
+            // the grammar writes structure here: whatever value was being copied has ended
+            seq.draft.ngram.end_run();
+        }
         seq.tokens.extend(forced.into_iter().chain(likely));
         if seq.config.effective_verify().needs_q() {
             let span = &seq.tokens[n..];
