@@ -23,6 +23,9 @@ pub struct RoundLine {
     /// Of the drafted tokens, how many a constraint forced (they come first; absent when 0).
     #[serde(skip_serializing_if = "is_zero")]
     pub n_forced: usize,
+    /// Of the drafted tokens, how many a closing draft added (at their end; absent when 0).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub n_closing: usize,
     pub n_accepted: usize,
     /// Tokens the round added (accepted draft and the target's own).
     pub n_emitted: usize,
@@ -56,6 +59,7 @@ impl RoundLine {
             k_planned: r.k_planned,
             n_drafted: r.drafted.len(),
             n_forced: r.n_forced,
+            n_closing: r.n_closing,
             n_accepted: r.n_accepted,
             n_emitted,
             expected_tokens: r.expected.map(|e| (e.tokens * 1e3).round() / 1e3),
@@ -82,6 +86,7 @@ mod tests {
             run: 7,
             k_planned: 4,
             n_forced: 0,
+            n_closing: 0,
             drafted: vec![1, 2, 3, 4],
             n_accepted: 2,
             expected: Some(specrun_core::stats::Expectation { tokens: 3.25, secs: 0.0612345 }),

@@ -102,6 +102,9 @@ pub struct RoundRecord {
     pub k_planned: usize,
     /// Of the tokens proposed, how many a constraint forced (they come first).
     pub n_forced: usize,
+    /// Of the tokens proposed, how many a closing draft added (a closer and the structure
+    /// after it, at their end: [`crate::closing`]).
+    pub n_closing: usize,
     /// The tokens proposed (empty: a plain round).
     pub drafted: Vec<crate::model::Token>,
     pub n_accepted: usize,

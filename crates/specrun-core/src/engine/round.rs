@@ -467,6 +467,7 @@ fn record_round(seq: &mut Sequence, d: Drafted, end: RoundEnd) {
             run,
             k_planned,
             n_forced: n_certain,
+            n_closing,
             drafted,
             n_accepted: verdict.n_accepted,
             expected,
