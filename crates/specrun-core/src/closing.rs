@@ -6,8 +6,9 @@
 //! after it the grammar forces the next key. A sequence learns its closers as it goes, keyed
 //! by the kind of grammar state (the fingerprint of its mask: inside a string, after a number)
 //! and by the source token the copy proposed (none where the grammar refused it), and drafts
-//! the closer and the forced span after it in place of the copy's run-on. Verification decides
-//! as for any draft, so the output is unchanged.
+//! the closer and the forced span after it in place of the copy's run-on (the span as long as
+//! the grammar forces it, not cut to the copy's planned length: it is as sure as the closer).
+//! Verification decides as for any draft, so the output is unchanged.
 
 use crate::constraint::{ConstraintError, Guide};
 use crate::model::Token;

@@ -7,7 +7,8 @@ use super::*;
 impl<T: Model, D: Drafter> Engine<T, D> {
     /// Where a copied value ends (`key`), draft the closer the target wrote at such an end
     /// before and the tokens the grammar forces after it (and the likely spelling of the
-    /// text it forces after those), in the `room` the cut tokens left ([`crate::closing`]).
+    /// text it forces after those), in `room` tokens: the cut tokens' room, and in a
+    /// single-sequence round what the round's forced span left ([`crate::closing`]).
     /// Returns how many tokens were drafted.
     pub(super) fn close(&mut self, seq: &mut Sequence, room: usize, key: CloseKey) -> usize {
         let (Some(guide), Some(closer)) = (seq.guide.as_mut(), seq.closers.closer(key)) else { return 0 };
