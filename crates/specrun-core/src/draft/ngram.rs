@@ -52,7 +52,7 @@ impl Drafter for NgramDrafter {
                 None => return DraftPlan::NONE,
             }
         };
-        let sure = usize::from(own && cursor.ngram.structured && cursor.ngram.head_for(tokens).is_some());
+        let sure = usize::from(own && cursor.ngram.is_structured() && cursor.ngram.head_for(tokens).is_some());
         DraftPlan { source: DraftSource::Ngram, run: cursor.ngram.run(tokens), first, sure }
     }
 

@@ -303,15 +303,14 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             end = None;
         }
         let cut = end.map(|(_, key)| (seq.tokens.len() - n_hist, key));
-        // the forced span after a closer is as sure as the closer: it may take what the
-        // round's forced span left, within the budget, the batch and the context
         let spare = std::mem::take(&mut seq.spare);
-        let limit = (seq.config.max_tokens - seq.stats.n_generated)
-            .saturating_sub(1)
-            .min(self.target.n_batch().saturating_sub(1))
-            .min(self.target.n_ctx().saturating_sub(n_hist + 1));
-        let drafted = seq.tokens.len() - n_hist;
-        let n_closing = end.map_or(0, |(room, key)| self.close(seq, room.max((room + spare).min(limit.saturating_sub(drafted))), key));
+        let n_closing = match end {
+            Some((room, key)) => {
+                let room = self.closing_room(seq, n_hist, room, spare);
+                self.close(seq, room, key)
+            }
+            None => 0,
+        };
         let n_drafted = seq.tokens.len() - n_hist;
         // the target decodes the last accepted token and the whole draft
         Drafted {
@@ -331,6 +330,17 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             cut,
             n_closing,
         }
+    }
+
+    /// Room for a closing draft: the `room` the cut copy left, or more — the forced span after
+    /// a closer is as sure as the closer, so it may take the `spare` the round's forced span
+    /// left, within the budget, the batch and the context.
+    fn closing_room(&self, seq: &Sequence, n_hist: usize, room: usize, spare: usize) -> usize {
+        let limit = (seq.config.max_tokens - seq.stats.n_generated)
+            .saturating_sub(1)
+            .min(self.target.n_batch().saturating_sub(1))
+            .min(self.target.n_ctx().saturating_sub(n_hist + 1));
+        room.max((room + spare).min(limit.saturating_sub(seq.tokens.len() - n_hist)))
     }
 
     /// The second half of a round, after the target decode: verify on rows

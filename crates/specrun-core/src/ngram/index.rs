@@ -88,6 +88,6 @@ impl NgramState {
             return None;
         }
         let candidates = self.index.get(&hash_key(&tokens[n - self.key..]))?;
-        best_candidate(candidates, tokens, tokens, config.n_min.max(1), config.n_max, |pos| pos < n.min(self.sources))
+        best_candidate(candidates, tokens, tokens, config.n_min.max(1), config.n_max, |pos| pos < n.min(self.sources()))
     }
 }

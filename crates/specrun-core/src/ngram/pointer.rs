@@ -34,7 +34,7 @@ pub(crate) const NEAR_AHEAD: usize = 32;
 /// copies `old` again proposes `new` instead — a rename or a changed name repeats through
 /// the rest of the file. An edit whose replay the target rejects is forgotten; one that is
 /// accepted keeps the copy run going (and so its evidence for long drafts).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NgramState {
     pub(crate) index: HashMap<u64, Vec<u32>>,
     pub(crate) key: usize,
@@ -56,36 +56,14 @@ pub struct NgramState {
     /// `(n, token)`: the plan for `tokens.len() == n` drafts `token` before copying (the rest
     /// of a source token the output's text ends inside of, [`crate::anchor`]).
     pub(crate) head: Option<(usize, Token)>,
-    /// The output is structured (a grammar's values): a short word begun after punctuation
-    /// may anchor near the last copy ([`word_anchor`]), and the rest of a word the output
-    /// began is a sure draft, and copies come from the prompt only (`sources`). Free text
-    /// keeps to the token and text anchors (measured: these rules added rejected drafts there).
-    pub(crate) structured: bool,
-    /// Copies come from positions before this: under a grammar, the prompt. The output's own
-    /// earlier records share their keys with the next one (the grammar forces those anyway),
-    /// rarely their values: copied, they ran on as long rejected drafts (measured).
-    pub(crate) sources: usize,
-}
-
-impl Default for NgramState {
-    fn default() -> Self {
-        Self {
-            index: HashMap::new(),
-            key: 0,
-            indexed: 0,
-            offset: None,
-            run_start: 0,
-            misses: 0,
-            planned: None,
-            broke_at: None,
-            edits: Vec::new(),
-            replays: Vec::new(),
-            last_source: None,
-            head: None,
-            structured: false,
-            sources: usize::MAX,
-        }
-    }
+    /// `Some(n_prompt)`: the output is structured (a grammar's values). A short word begun
+    /// after punctuation may anchor near the last copy ([`word_anchor`]), the rest of a word
+    /// the output began is a sure draft, and copies come from the first `n_prompt` tokens
+    /// only: the output's own earlier records share their keys with the next one (the grammar
+    /// forces those anyway), rarely their values, which copied ran on as long rejected drafts.
+    /// Free text keeps to the token and text anchors and copies from anywhere (measured: these
+    /// rules added rejected drafts there).
+    pub(crate) structured: Option<usize>,
 }
 
 impl NgramState {
@@ -97,8 +75,17 @@ impl NgramState {
     /// Whether the output is structured (see [`NgramState`]'s `structured`); if so, copies
     /// come from the first `n_prompt` tokens only.
     pub fn set_structured(&mut self, on: bool, n_prompt: usize) {
-        self.structured = on;
-        self.sources = if on { n_prompt } else { usize::MAX };
+        self.structured = on.then_some(n_prompt);
+    }
+
+    /// Whether the output is structured.
+    pub fn is_structured(&self) -> bool {
+        self.structured.is_some()
+    }
+
+    /// Copies come from positions before this.
+    pub(crate) fn sources(&self) -> usize {
+        self.structured.unwrap_or(usize::MAX)
     }
 
     /// The copy ended where the output closed a value: the next plan anchors afresh (keeping
@@ -116,7 +103,7 @@ impl NgramState {
     pub(crate) fn near(&self, tokens: &[Token], p: usize) -> Option<(usize, usize)> {
         let n = tokens.len();
         let lo = p.saturating_sub(NEAR_BEHIND).max(1);
-        let hi = (p + NEAR_AHEAD).min(n - 1).min(self.sources.saturating_sub(1));
+        let hi = (p + NEAR_AHEAD).min(n - 1).min(self.sources().saturating_sub(1));
         let mut best: Option<(usize, usize, usize)> = None; // (len, distance, pos)
         for j in lo..=hi {
             let len = common_suffix(tokens, j, n, 8);
@@ -171,7 +158,7 @@ impl NgramState {
         };
         if let Some(d) = self.offset {
             let p = n as isize + d;
-            if p >= 1 && (p as usize) < n.min(self.sources) {
+            if p >= 1 && (p as usize) < n.min(self.sources()) {
                 let p = p as usize;
                 if let Some(p) = resumed {
                     // an accepted replay: the same run, the pointer past the edit
@@ -217,8 +204,8 @@ impl NgramState {
         // the same text tokenized otherwise, or a short word begun after the last copy: a new
         // run (what came before it is no edit)
         let texts = texts?;
-        let word = |s: &Self| if s.structured { word_anchor(tokens, texts, s.last_source?, s.sources) } else { None };
-        let found = text_anchor(tokens, texts, self.last_source, self.sources).or_else(|| word(self))?;
+        let word = |s: &Self| if s.is_structured() { word_anchor(tokens, texts, s.last_source?, s.sources()) } else { None };
+        let found = text_anchor(tokens, texts, self.last_source, self.sources()).or_else(|| word(self))?;
         self.broke_at = None;
         anchor(self, found.from, 1);
         if let Some(h) = found.head {
