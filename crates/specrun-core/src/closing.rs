@@ -43,9 +43,31 @@ impl Closers {
         self.entries.iter().find(|(k, _)| *k == key).map(|&(_, c)| c)
     }
 
+    /// Where a drafter's tokens `tokens[own..]` end under the grammar: at the first the
+    /// target replaced by a closer before in the same kind of grammar state, or else at the
+    /// first the grammar refuses (a copy runs on past its value either way). Returns how many
+    /// of them to keep and, when that is fewer than all, the key of the end.
+    pub fn draft_end(
+        &self,
+        guide: &mut Guide,
+        tokens: &[Token],
+        own: usize,
+        is_eog: &dyn Fn(Token) -> bool,
+    ) -> Result<(usize, Option<CloseKey>), ConstraintError> {
+        let allowed = guide.allowed_prefix(&tokens[..own], &tokens[own..], is_eog)?;
+        if let Some((i, key)) = self.first_replaced(guide, &tokens[..own + allowed], own, is_eog)? {
+            return Ok((i, Some(key)));
+        }
+        if own + allowed == tokens.len() {
+            return Ok((allowed, None));
+        }
+        let mask = guide.mask_after(&tokens[..own + allowed], is_eog)?.fingerprint();
+        Ok((allowed, Some(CloseKey { mask, source: None })))
+    }
+
     /// The first position `i` of the draft `tokens[own..]` whose token the target replaced by
     /// a closer before, in the same kind of grammar state; with its key.
-    pub fn first_replaced(
+    fn first_replaced(
         &self,
         guide: &mut Guide,
         tokens: &[Token],
@@ -84,6 +106,29 @@ mod tests {
         assert_eq!(c.closer(string), Some(12));
         assert_eq!(c.closer(pipe), Some(11));
         assert_eq!(c.closer(CloseKey { mask: 2, source: None }), None);
+    }
+
+    #[test]
+    fn a_copy_ends_at_a_token_replaced_before_even_where_the_grammar_refuses_one_later() {
+        use crate::mock::{MockGrammar, MockSegment::*};
+        let g = MockGrammar::new(vec![Literal(vec![10]), Choice { allowed: (20..24).collect(), min: 1, max: 4 }, Literal(vec![12])], 0, 32);
+        let mut guide = Guide::new(Box::new(g), 1);
+        let no_eog = |t: Token| t == 0;
+        // prompt, the forced key, then a copy whose value runs on into a token the grammar refuses
+        let tokens = [9, 10, 20, 21, 5];
+        let mut closers = Closers::default();
+        let refused = CloseKey { mask: guide.mask_after(&tokens[..4], &no_eog).unwrap().fingerprint(), source: None };
+        assert_eq!(closers.draft_end(&mut guide, &tokens, 2, &no_eog).unwrap(), (2, Some(refused)));
+        // the target wrote the closer where a copy proposed 21 after one value token
+        let replaced = CloseKey { mask: guide.mask_after(&tokens[..3], &no_eog).unwrap().fingerprint(), source: Some(21) };
+        closers.learn(replaced, 12);
+        assert_eq!(closers.draft_end(&mut guide, &tokens, 2, &no_eog).unwrap(), (1, Some(replaced)));
+        // another source token there is kept, up to the refused one
+        let other = [9, 10, 20, 22, 5];
+        let refused = CloseKey { mask: guide.mask_after(&other[..4], &no_eog).unwrap().fingerprint(), source: None };
+        assert_eq!(closers.draft_end(&mut guide, &other, 2, &no_eog).unwrap(), (2, Some(refused)));
+        // a draft the grammar allows whole, with no replaced token, is kept whole
+        assert_eq!(closers.draft_end(&mut guide, &[9, 10, 20, 22], 2, &no_eog).unwrap(), (2, None));
     }
 
     #[test]

@@ -381,28 +381,42 @@ fn where_the_grammar_cuts_a_copy_the_closing_token_is_drafted_and_the_output_is_
 #[test]
 fn the_structure_after_a_closer_is_drafted_past_the_copys_length() {
     use MockSegment::{Choice, Literal};
+    use specrun_core::batching::SharedPolicy;
     // the records of the test above, copies of at most two tokens: a cut leaves room for the
-    // closer alone, yet the key the grammar forces after it is as sure as the closer
+    // closer alone, yet the key the grammar forces after it is as sure as the closer; alone,
+    // and in shared rounds of three sequences whose decode must stay within n_batch
     let record = [Literal(vec![10, 11]), Choice { allowed: (20..24).collect(), min: 1, max: 4 }, Literal(vec![12])];
     let g = MockGrammar::new(record.iter().cycle().take(18).cloned().collect(), 0, MockSpec::target(1).n_vocab);
     let prompt: Vec<Token> = (0..6).flat_map(|i| [10, 11, 20 + i % 4, 21, 5, 6, 7]).collect();
-    let mut longest = 0;
-    for seed in 1..=12 {
-        let target = MockSpec::target(seed);
-        let config = constrained(&GenConfig { max_tokens: 40, draft_max: 2, adaptive: AdaptiveMode::Fixed, ..GenConfig::default() }, &g);
-        let expected = run_checked(&mut Engine::new(MockModel::new(target.clone()), NoDraft, config.clone()), &prompt, |_, _| None);
-        let mut e = Engine::new(MockModel::new(target), NgramDrafter::new(NgramConfig { n_min: 1, n_max: 3 }), config);
-        let clock = MockClock::new();
-        let mut seq = e.start(0, prompt.clone(), &clock).unwrap();
-        seq.trace_rounds = true;
-        while seq.finish.is_none() {
-            e.step(&mut seq, &clock).unwrap();
-            if let Some(r) = seq.last_round.take() {
-                assert!(r.drafted.len() <= 2 + r.n_forced + r.n_closing, "seed {seed}: only closing drafts pass draft_max: {r:?}");
-                longest = longest.max(r.n_closing);
+    let n_batch = 15;
+    for shared in [false, true] {
+        let mut longest = 0;
+        for seed in 1..=12 {
+            let target = MockSpec { n_batch, n_seq: 4, ..MockSpec::target(seed) };
+            let config = constrained(&GenConfig { max_tokens: 40, draft_max: 2, adaptive: AdaptiveMode::Fixed, ..GenConfig::default() }, &g);
+            let expected = run_checked(&mut Engine::new(MockModel::new(target.clone()), NoDraft, config.clone()), &prompt, |_, _| None);
+            let mut e = Engine::new(MockModel::new(target), NgramDrafter::new(NgramConfig { n_min: 1, n_max: 3 }), config);
+            let clock = MockClock::new();
+            let n_seqs = if shared { 3 } else { 1 };
+            let mut seqs: Vec<_> = (0..n_seqs).map(|id| e.start(id, prompt.clone(), &clock).unwrap()).collect();
+            let mut policy = SharedPolicy::default();
+            seqs.iter_mut().for_each(|s| s.trace_rounds = true);
+            while seqs.iter().any(|s| s.finish.is_none()) {
+                if shared {
+                    e.step_many(&mut seqs.iter_mut().collect::<Vec<_>>(), &mut policy, &clock).unwrap();
+                } else {
+                    e.step(&mut seqs[0], &clock).unwrap();
+                }
+                for r in seqs.iter_mut().filter_map(|s| s.last_round.take()) {
+                    assert!(r.drafted.len() <= 2 + r.n_forced + r.n_closing, "seed {seed}: only closing drafts pass draft_max: {r:?}");
+                    longest = longest.max(r.n_closing);
+                }
             }
+            for seq in &seqs {
+                assert_eq!(seq.generated(), &expected.tokens[..], "seed {seed}, shared {shared}");
+            }
+            assert!(e.target.max_batch_seen <= n_batch, "a decode of {} rows", e.target.max_batch_seen);
         }
-        assert_eq!(seq.generated(), &expected.tokens[..], "seed {seed}");
+        assert!(longest >= 3, "no closing draft carried the forced key after its closer (longest {longest}, shared {shared})");
     }
-    assert!(longest >= 3, "no closing draft carried the forced key after its closer (longest {longest})");
 }

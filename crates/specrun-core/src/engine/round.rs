@@ -274,25 +274,14 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let n_likely = std::mem::take(&mut seq.likely);
         let own = n_hist + n_forced;
         seq.stats.n_draft_steps += report.n_steps;
-        // a drafter's tokens end at the first the grammar refuses (a draft model sampled
-        // under the mask already; n-gram drafts may leave the grammar), or where the target
-        // ended such a copy before
+        // a copy runs on past its value: it ends where a closer belongs (a draft model sampled
+        // under the mask already)
         let mut end = None;
         if let Some(guide) = seq.guide.as_mut().filter(|_| seq.tokens.len() > own) {
             let target = &self.target;
-            let is_eog = |t| target.is_eog(t);
             let proposed = seq.tokens.len() - own;
-            let allowed = guide.allowed_prefix(&seq.tokens[..own], &seq.tokens[own..], &is_eog).unwrap_or(0);
-            end = if allowed < proposed {
-                guide
-                    .mask_after(&seq.tokens[..own + allowed], &is_eog)
-                    .ok()
-                    .map(|m| (allowed, CloseKey { mask: m.fingerprint(), source: None }))
-            } else {
-                seq.closers.first_replaced(guide, &seq.tokens, own, &is_eog).ok().flatten()
-            };
-            let kept = end.map_or(allowed, |(i, _)| i);
-            end = end.map(|(_, key)| (proposed - kept, key));
+            let (kept, key) = seq.closers.draft_end(guide, &seq.tokens, own, &|t| target.is_eog(t)).unwrap_or((0, None));
+            end = key.map(|key| (proposed - kept, key));
             seq.tokens.truncate(own + kept);
             seq.q.truncate(n_forced + kept);
         }

@@ -167,15 +167,15 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     }
 
     /// Open every sequence's round: forced tokens first, each sequence's within its share of
-    /// `n_batch` beside the others' largest drafts.
+    /// `n_batch` beside the others' largest drafts. What its forced tokens leave of the share
+    /// is its closing drafts' spare: a sequence's rows (its last token, forced tokens, draft
+    /// and closing draft) stay within `n_batch / decoding`, so the decode within `n_batch`.
     fn open_rounds(&mut self, seqs: &mut [&mut Sequence]) -> Result<(), EngineError> {
         let decoding = seqs.iter().filter(|s| s.finish.is_none() && !s.reading_prompt()).count().max(1);
         let draft_max = seqs.iter().map(|s| s.config.draft_max).max().unwrap_or(0);
         let share = (self.target.n_batch() / decoding).saturating_sub(1 + draft_max).min(FORCED_MAX);
         for seq in seqs.iter_mut() {
             self.open_round(seq, share)?;
-            // the batch is budgeted before drafting: a closing draft keeps to its cut room
-            seq.spare = 0;
         }
         Ok(())
     }
