@@ -5,11 +5,18 @@
 //! but the target replaces by `",`. Either way the target's token there is a *closer*, and
 //! after it the grammar forces the next key. A sequence learns its closers as it goes, keyed
 //! by the kind of grammar state (the fingerprint of its mask: inside a string, after a number)
-//! and by the source token the copy proposed (none where the grammar refused it), and drafts
-//! the closer and the forced span after it in place of the copy's run-on (the span as long as
-//! the grammar forces it, not cut to the copy's planned length: it is as sure as the closer).
-//! Verification decides as for any draft, so the output is unchanged.
+//! and by the source token the copy proposed (none where the grammar refused it, or where the
+//! target closed a value on its own), and drafts the closer and the forced span after it in
+//! place of the copy's run-on (the span as long as the grammar forces it, not cut to the
+//! copy's planned length: it is as sure as the closer).
+//!
+//! Prose marks a value's end with punctuation that differs from value to value (`Madrid.`,
+//! `Jorge,`, `Ruiz (`): where the source breaks a clause there (punctuation, then a space),
+//! the closer the state had before is drafted, unless the target went on through that very
+//! token in that state before. Verification decides as for any draft, so the output is
+//! unchanged.
 
+use crate::anchor::TokenTexts;
 use crate::constraint::{ConstraintError, Guide};
 use crate::model::Token;
 
@@ -43,46 +50,69 @@ impl Closers {
         self.entries.iter().find(|(k, _)| *k == key).map(|&(_, c)| c)
     }
 
-    /// Where a drafter's tokens `tokens[own..]` end under the grammar: at the first the
-    /// target replaced by a closer before in the same kind of grammar state, or else at the
-    /// first the grammar refuses (a copy runs on past its value either way). Returns how many
-    /// of them to keep and, when that is fewer than all, the key of the end.
+    /// The closer to draft where a copy reaches `key`: the one learned there, unless the target
+    /// went on with the copied token itself; where nothing was learned there and the source
+    /// breaks a clause (`breaks`), the one the same kind of state had most recently.
+    fn closer_at(&self, key: CloseKey, breaks: bool) -> Option<Token> {
+        match self.closer(key) {
+            Some(c) => Some(c).filter(|&c| Some(c) != key.source),
+            None if breaks => self.entries.iter().find(|(k, c)| k.mask == key.mask && Some(*c) != k.source).map(|&(_, c)| c),
+            None => None,
+        }
+    }
+
+    /// Where a drafter's tokens `tokens[own..]` end under the grammar: at the first where a
+    /// closer belongs ([`Closers::closer_at`]; `breaks(i)`: the source breaks a clause at
+    /// `tokens[own + i]`), or else at the first the grammar refuses (a copy runs on past its
+    /// value either way). Returns how many of them to keep and, when that is fewer than all,
+    /// where they ended.
     pub fn draft_end(
         &self,
         guide: &mut Guide,
         tokens: &[Token],
         own: usize,
+        breaks: &dyn Fn(usize) -> bool,
         is_eog: &dyn Fn(Token) -> bool,
-    ) -> Result<(usize, Option<CloseKey>), ConstraintError> {
+    ) -> Result<(usize, Option<CopyEnd>), ConstraintError> {
         let allowed = guide.allowed_prefix(&tokens[..own], &tokens[own..], is_eog)?;
-        if let Some((i, key)) = self.first_replaced(guide, &tokens[..own + allowed], own, is_eog)? {
-            return Ok((i, Some(key)));
+        let is_source = |t: Token| self.entries.iter().any(|(k, _)| k.source == Some(t));
+        for (i, &t) in tokens[own..own + allowed].iter().enumerate() {
+            let breaks = breaks(i);
+            if !breaks && !is_source(t) {
+                continue;
+            }
+            let key = CloseKey { mask: guide.mask_after(&tokens[..own + i], is_eog)?.fingerprint(), source: Some(t) };
+            if let Some(closer) = self.closer_at(key, breaks) {
+                return Ok((i, Some(CopyEnd { key, closer: Some(closer) })));
+            }
         }
         if own + allowed == tokens.len() {
             return Ok((allowed, None));
         }
-        let mask = guide.mask_after(&tokens[..own + allowed], is_eog)?.fingerprint();
-        Ok((allowed, Some(CloseKey { mask, source: None })))
+        let key = CloseKey { mask: guide.mask_after(&tokens[..own + allowed], is_eog)?.fingerprint(), source: None };
+        Ok((allowed, Some(CopyEnd { key, closer: self.closer_at(key, true) })))
     }
+}
 
-    /// The first position `i` of the draft `tokens[own..]` whose token the target replaced by
-    /// a closer before, in the same kind of grammar state; with its key.
-    fn first_replaced(
-        &self,
-        guide: &mut Guide,
-        tokens: &[Token],
-        own: usize,
-        is_eog: &dyn Fn(Token) -> bool,
-    ) -> Result<Option<(usize, CloseKey)>, ConstraintError> {
-        let is_source = |t: Token| self.entries.iter().any(|(k, _)| k.source == Some(t));
-        for (i, &t) in tokens[own..].iter().enumerate().filter(|&(_, &t)| is_source(t)) {
-            let key = CloseKey { mask: guide.mask_after(&tokens[..own + i], is_eog)?.fingerprint(), source: Some(t) };
-            if self.closer(key).is_some() {
-                return Ok(Some((i, key)));
-            }
-        }
-        Ok(None)
+/// Where a drafter's tokens were cut as a value's end, and the closer to draft there (none
+/// known yet: the target's token there is learned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyEnd {
+    pub key: CloseKey,
+    pub closer: Option<Token>,
+}
+
+/// Whether the text breaks a clause at `tokens[i]`: punctuation (after any spaces), then a
+/// space, a line's end or the end of what is known (`Madrid. Her`, `Jorge, a`, `Ruiz (71)`;
+/// not `3.8.1` or `app@db`).
+pub fn breaks_clause(texts: &TokenTexts, tokens: &[Token], i: usize) -> bool {
+    let text = texts.text(tokens[i]);
+    let Some(&first) = text.iter().find(|&&b| b != b' ') else { return false };
+    if !b".,;:!?()[]|@-".contains(&first) {
+        return false;
     }
+    let spaced = |b: &u8| b.is_ascii_whitespace();
+    text.last().is_some_and(spaced) || tokens.get(i + 1).is_none_or(|&t| texts.text(t).first().is_some_and(spaced))
 }
 
 /// Whether the last of `tokens` is a closer: the grammar forces a token after it (a key, a
@@ -108,27 +138,69 @@ mod tests {
         assert_eq!(c.closer(CloseKey { mask: 2, source: None }), None);
     }
 
+    fn value_grammar() -> Guide {
+        use crate::mock::{MockGrammar, MockSegment::*};
+        // a key (10), a value of one to four tokens from 20..24, a closer (12)
+        let g = MockGrammar::new(vec![Literal(vec![10]), Choice { allowed: (20..24).collect(), min: 1, max: 4 }, Literal(vec![12])], 0, 32);
+        Guide::new(Box::new(g), 1)
+    }
+
+    fn no_eog(t: Token) -> bool {
+        t == 0
+    }
+
+    fn end(key: CloseKey, closer: Option<Token>) -> Option<CopyEnd> {
+        Some(CopyEnd { key, closer })
+    }
+
     #[test]
     fn a_copy_ends_at_a_token_replaced_before_even_where_the_grammar_refuses_one_later() {
-        use crate::mock::{MockGrammar, MockSegment::*};
-        let g = MockGrammar::new(vec![Literal(vec![10]), Choice { allowed: (20..24).collect(), min: 1, max: 4 }, Literal(vec![12])], 0, 32);
-        let mut guide = Guide::new(Box::new(g), 1);
-        let no_eog = |t: Token| t == 0;
+        let mut guide = value_grammar();
+        let no_break = |_: usize| false;
         // prompt, the forced key, then a copy whose value runs on into a token the grammar refuses
         let tokens = [9, 10, 20, 21, 5];
         let mut closers = Closers::default();
         let refused = CloseKey { mask: guide.mask_after(&tokens[..4], &no_eog).unwrap().fingerprint(), source: None };
-        assert_eq!(closers.draft_end(&mut guide, &tokens, 2, &no_eog).unwrap(), (2, Some(refused)));
+        assert_eq!(closers.draft_end(&mut guide, &tokens, 2, &no_break, &no_eog).unwrap(), (2, end(refused, None)));
         // the target wrote the closer where a copy proposed 21 after one value token
         let replaced = CloseKey { mask: guide.mask_after(&tokens[..3], &no_eog).unwrap().fingerprint(), source: Some(21) };
         closers.learn(replaced, 12);
-        assert_eq!(closers.draft_end(&mut guide, &tokens, 2, &no_eog).unwrap(), (1, Some(replaced)));
-        // another source token there is kept, up to the refused one
+        assert_eq!(closers.draft_end(&mut guide, &tokens, 2, &no_break, &no_eog).unwrap(), (1, end(replaced, Some(12))));
+        // another source token there is kept, up to the refused one, where the closer of the
+        // same kind of state is drafted
         let other = [9, 10, 20, 22, 5];
         let refused = CloseKey { mask: guide.mask_after(&other[..4], &no_eog).unwrap().fingerprint(), source: None };
-        assert_eq!(closers.draft_end(&mut guide, &other, 2, &no_eog).unwrap(), (2, Some(refused)));
+        assert_eq!(closers.draft_end(&mut guide, &other, 2, &no_break, &no_eog).unwrap(), (2, end(refused, Some(12))));
         // a draft the grammar allows whole, with no replaced token, is kept whole
-        assert_eq!(closers.draft_end(&mut guide, &[9, 10, 20, 22], 2, &no_eog).unwrap(), (2, None));
+        assert_eq!(closers.draft_end(&mut guide, &[9, 10, 20, 22], 2, &no_break, &no_eog).unwrap(), (2, None));
+    }
+
+    #[test]
+    fn a_clause_break_in_the_source_ends_a_copy_unless_the_target_went_on_there() {
+        let mut guide = value_grammar();
+        // `Mad` `rid` `.` ` Her`: the source breaks a clause at `.`
+        let mut words: Vec<Vec<u8>> = (0..32).map(|i| format!("w{i}").into_bytes()).collect();
+        for (t, w) in [(20, "Mad"), (21, "rid"), (22, "."), (23, " Her")] {
+            words[t] = w.as_bytes().to_vec();
+        }
+        let texts = TokenTexts::new(words);
+        let tokens = [9, 10, 20, 21, 22, 23];
+        let breaks = |i: usize| breaks_clause(&texts, &tokens[2..], i);
+        assert_eq!((0..4).map(breaks).collect::<Vec<_>>(), [false, false, true, false]);
+        assert!(!breaks_clause(&texts, &[22, 21], 0), "no break inside `3.8` or `app.example`");
+        assert!(breaks_clause(&texts, &[21, 22], 1), "a break where nothing is known after it");
+        let mut closers = Closers::default();
+        // nothing learned of this kind of state yet: the copy is kept whole
+        assert_eq!(closers.draft_end(&mut guide, &tokens, 2, &breaks, &no_eog).unwrap(), (4, None));
+        // the target closed a value in this kind of state on its own
+        let state = guide.mask_after(&tokens[..3], &no_eog).unwrap().fingerprint();
+        closers.learn(CloseKey { mask: state, source: None }, 12);
+        let at = CloseKey { mask: guide.mask_after(&tokens[..4], &no_eog).unwrap().fingerprint(), source: Some(22) };
+        assert_eq!(at.mask, state, "inside the value every state looks alike");
+        assert_eq!(closers.draft_end(&mut guide, &tokens, 2, &breaks, &no_eog).unwrap(), (2, end(at, Some(12))));
+        // there the target went on with the copied token itself: that break is copied through
+        closers.learn(at, 22);
+        assert_eq!(closers.draft_end(&mut guide, &tokens, 2, &breaks, &no_eog).unwrap(), (4, None));
     }
 
     #[test]

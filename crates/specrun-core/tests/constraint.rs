@@ -380,8 +380,8 @@ fn where_the_grammar_cuts_a_copy_the_closing_token_is_drafted_and_the_output_is_
 
 #[test]
 fn the_structure_after_a_closer_is_drafted_past_the_copys_length() {
-    use MockSegment::{Choice, Literal};
     use specrun_core::batching::SharedPolicy;
+    use MockSegment::{Choice, Literal};
     // the records of the test above, copies of at most two tokens: a cut leaves room for the
     // closer alone, yet the key the grammar forces after it is as sure as the closer; alone,
     // and in shared rounds of three sequences whose decode must stay within n_batch
@@ -393,7 +393,8 @@ fn the_structure_after_a_closer_is_drafted_past_the_copys_length() {
         let mut longest = 0;
         for seed in 1..=12 {
             let target = MockSpec { n_batch, n_seq: 4, ..MockSpec::target(seed) };
-            let config = constrained(&GenConfig { max_tokens: 40, draft_max: 2, adaptive: AdaptiveMode::Fixed, ..GenConfig::default() }, &g);
+            let config =
+                constrained(&GenConfig { max_tokens: 40, draft_max: 2, adaptive: AdaptiveMode::Fixed, ..GenConfig::default() }, &g);
             let expected = run_checked(&mut Engine::new(MockModel::new(target.clone()), NoDraft, config.clone()), &prompt, |_, _| None);
             let mut e = Engine::new(MockModel::new(target), NgramDrafter::new(NgramConfig { n_min: 1, n_max: 3 }), config);
             let clock = MockClock::new();

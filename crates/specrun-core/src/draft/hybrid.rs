@@ -21,6 +21,10 @@ impl<D: Drafter> Drafter for HybridDrafter<D> {
         self.model.n_ctx()
     }
 
+    fn texts(&self) -> Option<&crate::anchor::TokenTexts> {
+        self.ngram.texts()
+    }
+
     fn plan(&self, cursor: &mut DraftCursor, tokens: &[Token]) -> DraftPlan {
         let ngram = self.ngram.plan(cursor, tokens);
         if ngram.source == DraftSource::Ngram {

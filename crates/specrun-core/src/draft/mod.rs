@@ -176,6 +176,11 @@ pub trait Drafter {
     fn n_ctx(&self) -> usize {
         usize::MAX
     }
+    /// The tokens' texts, when the drafter knows them ([`crate::closing`] reads where a copy's
+    /// source breaks a clause).
+    fn texts(&self) -> Option<&crate::anchor::TokenTexts> {
+        None
+    }
     /// What a proposal after `tokens` would be, planned once per round (it may move the
     /// n-gram copy pointer, so the round's proposal follows this plan).
     fn plan(&self, _cursor: &mut DraftCursor, _tokens: &[Token]) -> DraftPlan {
@@ -236,6 +241,9 @@ impl<D: Drafter + ?Sized> Drafter for Box<D> {
     }
     fn n_ctx(&self) -> usize {
         (**self).n_ctx()
+    }
+    fn texts(&self) -> Option<&crate::anchor::TokenTexts> {
+        (**self).texts()
     }
     fn plan(&self, cursor: &mut DraftCursor, tokens: &[Token]) -> DraftPlan {
         (**self).plan(cursor, tokens)

@@ -41,6 +41,10 @@ impl Drafter for NgramDrafter {
         "ngram"
     }
 
+    fn texts(&self) -> Option<&TokenTexts> {
+        self.texts.as_deref()
+    }
+
     fn plan(&self, cursor: &mut DraftCursor, tokens: &[Token]) -> DraftPlan {
         let own = cursor.ngram.plan_anchored(tokens, self.config, self.texts.as_deref()).is_some();
         // the sequence's own copy first, else the draft cache

@@ -5,13 +5,13 @@
 use super::*;
 
 impl<T: Model, D: Drafter> Engine<T, D> {
-    /// Where a copied value ends (`key`), draft the closer the target wrote at such an end
-    /// before and the tokens the grammar forces after it (and the likely spelling of the
-    /// text it forces after those), in `room` tokens: the cut tokens' room, and in a
-    /// single-sequence round what the round's forced span left ([`crate::closing`]).
-    /// Returns how many tokens were drafted.
-    pub(super) fn close(&mut self, seq: &mut Sequence, room: usize, key: CloseKey) -> usize {
-        let (Some(guide), Some(closer)) = (seq.guide.as_mut(), seq.closers.closer(key)) else { return 0 };
+    /// Where a copied value ends, draft the `closer` the target wrote at such an end before
+    /// and the tokens the grammar forces after it (and the likely spelling of the text it
+    /// forces after those), in `room` tokens: the cut tokens' room and what the round's
+    /// forced span left of its share ([`crate::closing`]). Returns how many tokens were
+    /// drafted.
+    pub(super) fn close(&mut self, seq: &mut Sequence, room: usize, closer: Token) -> usize {
+        let Some(guide) = seq.guide.as_mut() else { return 0 };
         let target = &self.target;
         let start = seq.tokens.len();
         seq.tokens.push(closer);
@@ -46,6 +46,22 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         if forces_after(guide, &seq.tokens[..=n_hist + c], &is_eog) {
             seq.closers.learn(CloseKey { mask, source: Some(source) }, closer);
             seq.draft.ngram.end_run();
+        }
+    }
+
+    /// After verification: where the target's own token of the round closed a value (the
+    /// grammar forces structure after it), that token is the closer of that kind of state,
+    /// whatever a copy proposed there ([`crate::closing`]: a clause break in a later copy
+    /// drafts it).
+    pub(super) fn learn_own_closer(&self, seq: &mut Sequence, at: usize) {
+        let (Some(guide), Some(&closer)) = (seq.guide.as_mut(), seq.tokens.get(at)) else { return };
+        let target = &self.target;
+        let is_eog = |t| target.is_eog(t);
+        if is_eog(closer) || !forces_after(guide, &seq.tokens[..=at], &is_eog) {
+            return;
+        }
+        if let Ok(mask) = guide.mask_after(&seq.tokens[..at], &is_eog).map(|m| m.fingerprint()) {
+            seq.closers.learn(CloseKey { mask, source: None }, closer);
         }
     }
 }

@@ -29,7 +29,7 @@ pub use shared::{DecodeShape, PlannedPace, RoundPolicy, RoundReport};
 use round::{Drafted, RoundPlan, RoundStart};
 
 use crate::clock::Clock;
-use crate::closing::{forces_after, CloseKey, Closers};
+use crate::closing::{breaks_clause, forces_after, CloseKey, Closers, CopyEnd};
 use crate::constraint::{ConstraintError, ConstraintSpec, Guide};
 use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, DraftAsk, Observation, VerifyCosts};
 use crate::draft::{DraftCursor, DraftPlan, DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};

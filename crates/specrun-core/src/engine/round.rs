@@ -280,8 +280,10 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         if let Some(guide) = seq.guide.as_mut().filter(|_| seq.tokens.len() > own) {
             let target = &self.target;
             let proposed = seq.tokens.len() - own;
-            let (kept, key) = seq.closers.draft_end(guide, &seq.tokens, own, &|t| target.is_eog(t)).unwrap_or((0, None));
-            end = key.map(|key| (proposed - kept, key));
+            let texts = self.drafter.texts();
+            let breaks = |i: usize| texts.is_some_and(|texts| breaks_clause(texts, &seq.tokens[own..], i));
+            let (kept, at) = seq.closers.draft_end(guide, &seq.tokens, own, &breaks, &|t| target.is_eog(t)).unwrap_or((0, None));
+            end = at.map(|at| (proposed - kept, at));
             seq.tokens.truncate(own + kept);
             seq.q.truncate(n_forced + kept);
         }
@@ -291,14 +293,14 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             seq.q.truncate(n_forced);
             end = None;
         }
-        let cut = end.map(|(_, key)| (seq.tokens.len() - n_hist, key));
+        let cut = end.map(|(_, at)| (seq.tokens.len() - n_hist, at.key));
         let spare = std::mem::take(&mut seq.spare);
         let n_closing = match end {
-            Some((room, key)) => {
+            Some((room, CopyEnd { closer: Some(closer), .. })) => {
                 let room = self.closing_room(seq, n_hist, room, spare);
-                self.close(seq, room, key)
+                self.close(seq, room, closer)
             }
-            None => 0,
+            _ => 0,
         };
         let n_drafted = seq.tokens.len() - n_hist;
         // the target decodes the last accepted token and the whole draft
@@ -358,6 +360,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let own_end = d.n_drafted - d.n_closing;
         let rejected = rejected_copy.filter(|_| reached_cut.is_none() && verdict.n_accepted >= d.n_forced && verdict.n_accepted < own_end);
         self.learn_closer(seq, n_hist, reached_cut, rejected.map(|t| (verdict.n_accepted, t)));
+        if self.drafter.is_active() {
+            self.learn_own_closer(seq, n_hist + verdict.n_accepted);
+        }
         let end = RoundEnd { verdict, traced_draft, shared, t_verified, t_end: clock.now() };
         record_round(seq, d, end);
         Ok(n_hist..seq.tokens.len())
