@@ -62,7 +62,7 @@ impl Closers {
     }
 
     /// Where a drafter's tokens `tokens[own..]` end under the grammar: at the first where a
-    /// closer belongs ([`Closers::closer_at`]; `breaks(i)`: the source breaks a clause at
+    /// closer belongs (learned there, or at a clause break: `breaks(i)`, the source breaks one at
     /// `tokens[own + i]`), or else at the first the grammar refuses (a copy runs on past its
     /// value either way). Returns how many of them to keep and, when that is fewer than all,
     /// where they ended.
