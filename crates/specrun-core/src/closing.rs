@@ -94,6 +94,36 @@ impl Closers {
     }
 }
 
+/// The tokens that completed outputs under a grammar (`]}` after a list's last record, `"}`
+/// after a last string value), by the kind of state they were written in; the engine keeps
+/// them across sequences (every output ends once, and the outputs of one run end alike), and a
+/// state that ended an output before drafts that token and the end after it.
+#[derive(Debug, Clone, Default)]
+pub struct Endings {
+    entries: Vec<(u64, Token)>,
+    /// The end-of-generation token the last output that ended under a grammar ended with.
+    pub end: Option<Token>,
+}
+
+impl Endings {
+    /// The target completed an output with `token` in a state of mask fingerprint `mask`.
+    pub fn learn(&mut self, mask: u64, token: Token) {
+        self.entries.retain(|&(m, _)| m != mask);
+        self.entries.insert(0, (mask, token));
+        self.entries.truncate(CLOSERS_MAX);
+    }
+
+    /// The target turned down the ending drafted in a state of fingerprint `mask`.
+    pub fn forget(&mut self, mask: u64) {
+        self.entries.retain(|&(m, _)| m != mask);
+    }
+
+    /// The token that completed an output in a state like this one.
+    pub fn ending(&self, mask: u64) -> Option<Token> {
+        self.entries.iter().find(|&&(m, _)| m == mask).map(|&(_, t)| t)
+    }
+}
+
 /// Where a drafter's tokens were cut as a value's end, and the closer to draft there (none
 /// known yet: the target's token there is learned).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +231,17 @@ mod tests {
         // there the target went on with the copied token itself: that break is copied through
         closers.learn(at, 22);
         assert_eq!(closers.draft_end(&mut guide, &tokens, 2, &breaks, &no_eog).unwrap(), (4, None));
+    }
+
+    #[test]
+    fn an_ending_turned_down_is_forgotten_and_others_stay() {
+        let mut e = Endings::default();
+        e.learn(1, 7);
+        e.learn(2, 8);
+        e.learn(1, 9);
+        assert_eq!((e.ending(1), e.ending(2), e.ending(3)), (Some(9), Some(8), None));
+        e.forget(1);
+        assert_eq!((e.ending(1), e.ending(2)), (None, Some(8)));
     }
 
     #[test]

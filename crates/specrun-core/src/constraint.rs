@@ -67,6 +67,11 @@ impl TokenMask {
         self.words.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &w| (h ^ w as u64).wrapping_mul(0x0000_0100_0000_01b3))
     }
 
+    /// The allowed tokens, in id order.
+    pub fn allowed(&self) -> impl Iterator<Item = Token> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, &w)| (0..32).filter(move |b| w >> b & 1 == 1).map(move |b| (i * 32 + b) as Token))
+    }
+
     /// How many tokens are allowed.
     pub fn count(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
@@ -290,6 +295,28 @@ impl Guide {
         let allowed = self.matcher.validate(&both);
         likely.truncate(allowed.saturating_sub(forced.len()));
         Ok((forced, likely))
+    }
+
+    /// The end-of-generation token where the output in `tokens` is complete and the grammar
+    /// allows nothing else after it: `prefer` where it is allowed (the end a model wrote
+    /// before), else the lowest id.
+    pub fn end_after(
+        &mut self,
+        tokens: &[Token],
+        prefer: Option<Token>,
+        is_eog: &dyn Fn(Token) -> bool,
+    ) -> Result<Option<Token>, ConstraintError> {
+        self.sync(tokens, is_eog)?;
+        if !self.matcher.is_accepting() {
+            return Ok(None);
+        }
+        let mask = self.mask_after(tokens, is_eog)?;
+        let mut allowed = mask.allowed();
+        let Some(lowest) = allowed.next().filter(|&t| is_eog(t)) else { return Ok(None) };
+        if !allowed.all(is_eog) {
+            return Ok(None);
+        }
+        Ok(Some(prefer.filter(|&t| mask.allows(t)).unwrap_or(lowest)))
     }
 
     /// How many leading tokens of `draft` the grammar allows after `tokens`.

@@ -421,3 +421,51 @@ fn the_structure_after_a_closer_is_drafted_past_the_copys_length() {
         assert!(longest >= 3, "no closing draft carried the forced key after its closer (longest {longest}, shared {shared})");
     }
 }
+
+#[test]
+fn an_ending_seen_in_one_sequence_is_drafted_with_the_end_in_the_next() {
+    use MockSegment::{Choice, Literal};
+    // a key, a value, then one token of a state of its own that completes the output (a list's
+    // `]}`); and the same where the completing token is a value's last, whose state looks like
+    // every state inside the value: no ending is drafted there
+    let n_vocab = MockSpec::target(1).n_vocab;
+    let closing = MockGrammar::new(
+        vec![
+            Literal(vec![10, 11]),
+            Choice { allowed: (20..30).collect(), min: 1, max: 1 },
+            Choice { allowed: (40..44).collect(), min: 1, max: 1 },
+        ],
+        0,
+        n_vocab,
+    );
+    let inside = MockGrammar::new(vec![Literal(vec![10, 11]), Choice { allowed: (20..30).collect(), min: 3, max: 3 }], 0, n_vocab);
+    for (g, drafted) in [(closing, true), (inside, false)] {
+        let (mut first_rounds, mut second_rounds, mut ends) = (0, 0, 0);
+        for seed in 1..=8 {
+            let target = MockSpec::target(seed);
+            let config = constrained(&GenConfig { max_tokens: 20, draft_max: 4, ..GenConfig::default() }, &g);
+            let prompt = [3, 1, 4, 1, 5];
+            let expected = run_checked(&mut Engine::new(MockModel::new(target.clone()), NoDraft, config.clone()), &prompt, |_, _| None);
+            assert_eq!(expected.finish, FinishReason::Stop);
+            let mut e = Engine::new(MockModel::new(target), NgramDrafter::new(NgramConfig::default()), config);
+            let first = run_checked(&mut e, &prompt, |_, _| None);
+            let second = run_checked(&mut e, &prompt, |_, _| None);
+            for out in [&first, &second] {
+                assert_eq!(out.tokens, expected.tokens, "seed {seed}");
+                assert_eq!(out.finish, FinishReason::Stop);
+            }
+            first_rounds += first.seq.stats.n_rounds;
+            second_rounds += second.seq.stats.n_rounds;
+            ends += second.seq.stats.n_likely;
+            assert_eq!(second.seq.stats.n_likely_accepted, second.seq.stats.n_likely, "seed {seed}");
+        }
+        if drafted {
+            // the second sequence drafted the ending and the end, in one round fewer
+            assert_eq!(ends, 2 * 8, "ending and end drafted in every second sequence");
+            assert_eq!(second_rounds + 8, first_rounds, "{second_rounds} rounds against {first_rounds}");
+        } else {
+            assert_eq!(ends, 0, "an ending drafted inside a value");
+            assert_eq!(second_rounds, first_rounds);
+        }
+    }
+}

@@ -7,7 +7,7 @@ use super::*;
 impl<T: Model, D: Drafter> Engine<T, D> {
     /// Where a copied value ends, draft the `closer` the target wrote at such an end before
     /// and the tokens the grammar forces after it (and the likely spelling of the text it
-    /// forces after those), in `room` tokens: the cut tokens' room and what the round's
+    /// forces after those, or the end where they complete the output), in `room` tokens: the cut tokens' room and what the round's
     /// forced span left of its share ([`crate::closing`]). Returns how many tokens were
     /// drafted.
     pub(super) fn close(&mut self, seq: &mut Sequence, room: usize, closer: Token) -> usize {
@@ -15,8 +15,15 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let target = &self.target;
         let start = seq.tokens.len();
         seq.tokens.push(closer);
-        if let Ok((forced, likely)) = guide.forced_and_likely_after(&seq.tokens, room - 1, &|t| target.is_eog(t)) {
+        let is_eog = |t| target.is_eog(t);
+        if let Ok((forced, likely)) = guide.forced_and_likely_after(&seq.tokens, room - 1, &is_eog) {
             seq.tokens.extend(forced.into_iter().chain(likely));
+        }
+        // a closer that completes the output: its end too, which the target would write next
+        if seq.tokens.len() - start < room {
+            if let Ok(Some(end)) = guide.end_after(&seq.tokens, self.endings.end, &is_eog) {
+                seq.tokens.push(end);
+            }
         }
         if seq.config.effective_verify().needs_q() {
             seq.q.extend(seq.tokens[start..].iter().map(|&t| Dist::one_hot(t)));
@@ -53,15 +60,44 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     /// grammar forces structure after it), that token is the closer of that kind of state,
     /// whatever a copy proposed there ([`crate::closing`]: a clause break in a later copy
     /// drafts it).
-    pub(super) fn learn_own_closer(&self, seq: &mut Sequence, at: usize) {
+    /// A token that completed the output is remembered as an ending of that kind of state,
+    /// for this engine's later sequences.
+    pub(super) fn learn_own_closer(&mut self, seq: &mut Sequence, at: usize) {
         let (Some(guide), Some(&closer)) = (seq.guide.as_mut(), seq.tokens.get(at)) else { return };
         let target = &self.target;
         let is_eog = |t| target.is_eog(t);
-        if is_eog(closer) || !forces_after(guide, &seq.tokens[..=at], &is_eog) {
+        if is_eog(closer) {
             return;
         }
-        if let Ok(mask) = guide.mask_after(&seq.tokens[..at], &is_eog).map(|m| m.fingerprint()) {
+        let Ok(mask) = guide.mask_after(&seq.tokens[..at], &is_eog).map(|m| m.fingerprint()) else { return };
+        if forces_after(guide, &seq.tokens[..=at], &is_eog) {
             seq.closers.learn(CloseKey { mask, source: None }, closer);
+        } else if guide.end_after(&seq.tokens[..=at], None, &is_eog).is_ok_and(|end| end.is_some()) {
+            self.endings.learn(mask, closer);
         }
+    }
+
+    /// The ending learned for a state like the one after `seq.tokens`, where nothing is
+    /// forced and the state was just entered (inside a value every state looks alike, and an
+    /// ending learned there would be drafted at every token): drafted with the end after it,
+    /// in at most `room` tokens. Returns how many were drafted.
+    pub(super) fn draft_ending(&mut self, seq: &mut Sequence, room: usize) -> Result<usize, ConstraintError> {
+        let n = seq.tokens.len();
+        let Some(guide) = seq.guide.as_mut().filter(|_| room > 0 && n > seq.n_prompt) else { return Ok(0) };
+        let target = &self.target;
+        let is_eog = |t| target.is_eog(t);
+        let before = guide.mask_after(&seq.tokens[..n - 1], &is_eog)?.fingerprint();
+        let mask = guide.mask_after(&seq.tokens, &is_eog)?;
+        let fingerprint = mask.fingerprint();
+        let Some(ending) = self.endings.ending(fingerprint).filter(|&t| fingerprint != before && mask.allows(t)) else { return Ok(0) };
+        seq.tokens.push(ending);
+        seq.ending = Some(fingerprint);
+        if room > 1 {
+            if let Some(end) = guide.end_after(&seq.tokens, self.endings.end, &is_eog)? {
+                seq.tokens.push(end);
+                return Ok(2);
+            }
+        }
+        Ok(1)
     }
 }

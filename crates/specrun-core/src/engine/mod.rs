@@ -29,7 +29,7 @@ pub use shared::{DecodeShape, PlannedPace, RoundPolicy, RoundReport};
 use round::{Drafted, RoundPlan, RoundStart};
 
 use crate::clock::Clock;
-use crate::closing::{breaks_clause, forces_after, CloseKey, Closers, CopyEnd};
+use crate::closing::{breaks_clause, forces_after, CloseKey, Closers, Endings};
 use crate::constraint::{ConstraintError, ConstraintSpec, Guide};
 use crate::control::{allocate_drafts, AdaptiveMode, Controller, CostCurve, DraftAsk, Observation, VerifyCosts};
 use crate::draft::{DraftCursor, DraftPlan, DraftReport, DraftRequest, DraftSource, Drafter, ProposeJob};
@@ -133,11 +133,13 @@ pub struct Engine<T, D> {
     /// [`Engine::admit`]).
     pub config: GenConfig,
     scratch: Scratch,
+    /// How the constrained outputs of this engine's sequences ended ([`crate::closing`]).
+    endings: Endings,
 }
 
 impl<T: Model, D: Drafter> Engine<T, D> {
     pub fn new(target: T, drafter: D, config: GenConfig) -> Self {
-        Self { target, drafter, config, scratch: Scratch::new() }
+        Self { target, drafter, config, scratch: Scratch::new(), endings: Endings::default() }
     }
 
     /// Clear sequence `id` in both models, read the prompt and take the first token: the target
@@ -224,6 +226,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             guide: None,
             forced: 0,
             likely: 0,
+            ending: None,
             spare: 0,
             closers: Closers::default(),
             logprobs: Vec::new(),

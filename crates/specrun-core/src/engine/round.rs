@@ -27,6 +27,8 @@ pub(super) struct Drafted {
     /// spelling of its forced text included (`n_likely`, at their end).
     n_forced: usize,
     n_likely: usize,
+    /// The state where the round drafted an ending ([`Sequence::ending`]).
+    ending: Option<u64>,
 }
 
 /// What a shared round decided for one sequence before drafting: the source, the draft
@@ -126,6 +128,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             peek: None,
             n_forced: 0,
             n_likely: 0,
+            ending: None,
             cut: None,
             n_closing: 0,
         };
@@ -134,7 +137,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
 
     /// How many tokens to draft this round.
     pub(super) fn draft_len(&self, seq: &Sequence) -> usize {
-        if !self.drafter.is_active() {
+        // nothing follows a drafted end ([`Engine::draft_ending`])
+        if !self.drafter.is_active() || seq.tokens.last().is_some_and(|&t| seq.forced > 0 && self.target.is_eog(t)) {
             return 0;
         }
         // tokens already forced this round come before the draft
@@ -174,6 +178,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         seq.q.clear();
         seq.forced = 0;
         seq.likely = 0;
+        seq.ending = None;
         seq.spare = 0;
         if seq.finish.is_some() || seq.reading_prompt() || !self.drafter.is_active() || seq.config.draft_max == 0 {
             return Ok(());
@@ -189,12 +194,17 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let (forced, likely) = guide.forced_and_likely_after(&seq.tokens, cap, &|t| target.is_eog(t)).map_err(EngineError::Constraint)?;
         seq.forced = forced.len() + likely.len();
         seq.likely = likely.len();
+        seq.tokens.extend(forced.into_iter().chain(likely));
+        if seq.forced == 0 {
+            // nothing forced: where outputs ended before in such a state, this one may end too
+            seq.forced = self.draft_ending(seq, cap).map_err(EngineError::Constraint)?;
+            seq.likely = seq.forced;
+        }
         seq.spare = cap.saturating_sub(seq.forced);
         if seq.forced > 0 {
             // the grammar writes structure here: whatever value was being copied has ended
             seq.draft.ngram.end_run();
         }
-        seq.tokens.extend(forced.into_iter().chain(likely));
         if seq.config.effective_verify().needs_q() {
             let span = &seq.tokens[n..];
             seq.q.extend(span.iter().map(|&t| Dist::one_hot(t)));
@@ -272,6 +282,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let RoundStart { n_hist, k_planned, run, draft_gap, t_start, expected, peek, .. } = start;
         let n_forced = std::mem::take(&mut seq.forced);
         let n_likely = std::mem::take(&mut seq.likely);
+        let ending = seq.ending.take();
         let own = n_hist + n_forced;
         seq.stats.n_draft_steps += report.n_steps;
         // a copy runs on past its value: it ends where a closer belongs (a draft model sampled
@@ -295,12 +306,14 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
         let cut = end.map(|(_, at)| (seq.tokens.len() - n_hist, at.key));
         let spare = std::mem::take(&mut seq.spare);
-        let n_closing = match end {
-            Some((room, CopyEnd { closer: Some(closer), .. })) => {
+        // the closer learned there, or the token that ended outputs in such a state
+        let closing = end.and_then(|(room, at)| Some((room, at.closer.or_else(|| self.endings.ending(at.key.mask))?)));
+        let n_closing = match closing {
+            Some((room, closer)) => {
                 let room = self.closing_room(seq, n_hist, room, spare);
                 self.close(seq, room, closer)
             }
-            _ => 0,
+            None => 0,
         };
         let n_drafted = seq.tokens.len() - n_hist;
         // the target decodes the last accepted token and the whole draft
@@ -318,6 +331,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             peek,
             n_forced,
             n_likely,
+            ending,
             cut,
             n_closing,
         }
@@ -363,6 +377,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         if self.drafter.is_active() {
             self.learn_own_closer(seq, n_hist + verdict.n_accepted);
         }
+        if let Some(state) = d.ending.filter(|_| verdict.n_accepted < d.n_forced) {
+            self.endings.forget(state);
+        }
         let end = RoundEnd { verdict, traced_draft, shared, t_verified, t_end: clock.now() };
         record_round(seq, d, end);
         Ok(n_hist..seq.tokens.len())
@@ -398,6 +415,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         if let Some(i) = seq.tokens[n_hist..].iter().position(|&t| ends_at_eog && self.target.is_eog(t)) {
             seq.tokens.truncate(n_hist + i + 1);
             seq.finish = Some(FinishReason::Stop);
+            if seq.guide.is_some() {
+                self.endings.end = seq.tokens.last().copied();
+            }
         }
         seq.stats.n_generated = seq.tokens.len() - seq.n_prompt;
         // row i of the round chose token n_hist + i (verification read the rows; they are
@@ -444,6 +464,7 @@ fn record_round(seq: &mut Sequence, d: Drafted, end: RoundEnd) {
         peek,
         n_forced,
         n_likely,
+        ending: _,
         cut,
         n_closing,
     } = d;

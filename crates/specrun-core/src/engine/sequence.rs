@@ -84,11 +84,13 @@ pub struct Sequence {
     /// Tokens the constraint forced at the end of `tokens` this round (drafted, not verified).
     pub(super) forced: usize,
     /// Of those, how many are only the likely spelling of forced text ([`Constraint::likely`]),
-    /// at their end.
+    /// or an ending and the end after it ([`crate::closing::Endings`]), at their end.
     pub(super) likely: usize,
+    /// The mask fingerprint of the state where this round drafted an ending, if it did.
+    pub(super) ending: Option<u64>,
     /// Of the round's cap on forced tokens, what the forced span left: a closing draft may
-    /// use it for the forced span after its closer (0 in shared rounds, whose batch is
-    /// budgeted before drafting).
+    /// use it for the forced span after its closer (in shared rounds the cap is the
+    /// sequence's share of `n_batch`).
     pub(super) spare: usize,
     /// With [`GenConfig::logprobs`]: one entry per generated token, in order.
     pub logprobs: Vec<TokenLogprob>,
