@@ -7,9 +7,9 @@ use super::*;
 impl<T: Model, D: Drafter> Engine<T, D> {
     /// Where a copied value ends, draft the `closer` the target wrote at such an end before
     /// and the tokens the grammar forces after it (and the likely spelling of the text it
-    /// forces after those, or the end where they complete the output), in `room` tokens: the cut tokens' room and what the round's
-    /// forced span left of its share ([`crate::closing`]). Returns how many tokens were
-    /// drafted.
+    /// forces after those, or the end where they complete the output), in `room` tokens: the
+    /// cut tokens' room and what the round's forced span left of its share
+    /// ([`crate::closing`]). Returns how many tokens were drafted.
     pub(super) fn close(&mut self, seq: &mut Sequence, room: usize, closer: Token) -> usize {
         let Some(guide) = seq.guide.as_mut() else { return 0 };
         let target = &self.target;
@@ -59,9 +59,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     /// After verification: where the target's own token of the round closed a value (the
     /// grammar forces structure after it), that token is the closer of that kind of state,
     /// whatever a copy proposed there ([`crate::closing`]: a clause break in a later copy
-    /// drafts it).
-    /// A token that completed the output is remembered as an ending of that kind of state,
-    /// for this engine's later sequences.
+    /// drafts it); where it completed the output, it is remembered as an ending of that kind
+    /// of state, for this engine's later sequences.
     pub(super) fn learn_own_closer(&mut self, seq: &mut Sequence, at: usize) {
         let (Some(guide), Some(&closer)) = (seq.guide.as_mut(), seq.tokens.get(at)) else { return };
         let target = &self.target;
