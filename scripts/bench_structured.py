@@ -5,7 +5,8 @@ Runs `specrun batch` on a records file whose records carry `response_format` (js
 once with --no-draft and once with the pair's drafting, alternating, --repeat times; checks
 every finished output against its record's schema with `jsonschema` (independent of specrun's
 grammar engine) and that greedy outputs are identical in both modes; prints one table row
-per class (the schema's name) and the totals.
+per class (the schema's name) and the totals, with the target rows speculative decoding left
+unread (the grammar allowed one token there, so no logits were computed).
 
 With --baseline OTHER_SPECRUN, another build's speculative decoding runs in the same
 alternation (after this build's) and gets its own rows: two builds compared in one run.
@@ -78,6 +79,7 @@ def main():
                 c["forced"] += r.get("n_forced", 0)
                 c["closing"] += r.get("n_closing_accepted", 0)
                 c["likely"] += r.get("n_likely_accepted", 0)
+                c["unread"] += r.get("n_rows_unread", 0)
                 c["drafted_accepted"] += (
                     r["n_accepted"] - r.get("n_forced_accepted", 0) - r.get("n_closing_accepted", 0) - r.get("n_likely_accepted", 0)
                 )
@@ -95,8 +97,8 @@ def main():
         if len(texts) != 1:
             print(f"DIFFER {rid}: {sorted(t or '' for t in texts)}", file=sys.stderr)
     base_cols = " baseline tok/s | baseline speed-up | baseline rounds |" if a.baseline else ""
-    print(f"| class | records | valid / finished | identical | plain tok/s | speculative tok/s | speed-up | rounds (plain / speculative) |{base_cols} forced | likely | closing | copied or drafted |")
-    print("|---" * (12 + (3 if a.baseline else 0)) + "|")
+    print(f"| class | records | valid / finished | identical | plain tok/s | speculative tok/s | speed-up | rounds (plain / speculative) |{base_cols} forced | likely | closing | copied or drafted | rows unread |")
+    print("|---" * (13 + (3 if a.baseline else 0)) + "|")
     classes = sorted({k for k, _ in by})
     tot = {m: collections.Counter() for m in runs}
     ext = {m: collections.Counter() for m in runs}
@@ -125,7 +127,7 @@ def main():
         print(
             f"| {k} | {n} | {valid} / {finished} | {ident}/{n} | {rate(p):.2f} | {rate(s):.2f} | "
             f"{rate(s) / rate(p) if rate(p) else 0:.2f}x | {p['rounds']} / {s['rounds']} |{base} {share('forced')} | {share('likely')} | "
-            f"{share('closing')} | {share('drafted_accepted')} |"
+            f"{share('closing')} | {share('drafted_accepted')} | {s['unread']} |"
         )
 
 

@@ -503,7 +503,7 @@ pub struct LlamaRunner<'m> {
     n_ctx: usize,
     n_batch: usize,
     n_seq: usize,
-    /// Batch index of each logits row kept by the last decode.
+    /// Batch index of each logits row kept by the last decode (-1: a row left unread).
     rows: Vec<i32>,
     /// Per sequence: whether its logits were checked for NaN/inf since it was last cleared.
     rows_checked: Vec<bool>,
@@ -538,7 +538,7 @@ impl Model for LlamaRunner<'_> {
     }
 
     fn decode(&mut self, seq: SeqId, pos: usize, tokens: &[Token], logits_from: usize) -> Result<(), ModelError> {
-        self.decode_parts(&[DecodePart { seq, pos, tokens, logits_from }])
+        self.decode_parts(&[DecodePart { seq, pos, tokens, logits_from, unread: &[] }])
     }
 
     fn n_seq_max(&self) -> usize {
@@ -569,10 +569,11 @@ impl Model for LlamaRunner<'_> {
         let mut index = 0i32;
         for p in parts {
             for (i, &t) in p.tokens.iter().enumerate() {
-                let keep = i >= p.logits_from;
-                self.batch.add(LlamaToken(t), (p.pos + i) as i32, &[p.seq], keep).map_err(|e| ModelError::Decode(e.to_string()))?;
-                if keep {
-                    self.rows.push(index);
+                let kept = i >= p.logits_from;
+                let read = kept && p.reads(i - p.logits_from);
+                self.batch.add(LlamaToken(t), (p.pos + i) as i32, &[p.seq], read).map_err(|e| ModelError::Decode(e.to_string()))?;
+                if kept {
+                    self.rows.push(if read { index } else { -1 });
                 }
                 index += 1;
             }
@@ -589,7 +590,7 @@ impl Model for LlamaRunner<'_> {
             let n_rows = p.tokens.len() - p.logits_from.min(p.tokens.len());
             let seq = p.seq as usize;
             if n_rows > 0 && !self.rows_checked[seq] {
-                for &r in &self.rows[row..row + n_rows] {
+                for &r in self.rows[row..row + n_rows].iter().filter(|&&r| r >= 0) {
                     if !self.ctx.get_logits_ith(r).iter().all(|x| x.is_finite()) {
                         return Err(ModelError::NonFinite);
                     }
@@ -603,6 +604,7 @@ impl Model for LlamaRunner<'_> {
 
     fn logits(&self, row: usize) -> &[f32] {
         assert!(row < self.rows.len(), "logits row {row} was not kept (last decode kept {})", self.rows.len());
+        assert!(self.rows[row] >= 0, "logits row {row} was left unread");
         self.ctx.get_logits_ith(self.rows[row])
     }
 

@@ -583,6 +583,7 @@ fn ok_record(job: &Job, r: crate::formats::report::RunReport) -> OkRecord {
         n_closing_accepted: r.n_closing_accepted,
         n_likely: r.n_likely,
         n_likely_accepted: r.n_likely_accepted,
+        n_rows_unread: r.n_rows_unread,
     }
 }
 

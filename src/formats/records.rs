@@ -39,6 +39,7 @@
 //! | `n_forced`, `n_forced_accepted` | int | tokens the record's constraint forced, and accepted (only with a constraint) |
 //! | `n_closing`, `n_closing_accepted` | int | closing tokens drafted where a copied value ended, and accepted (only when some were) |
 //! | `n_likely`, `n_likely_accepted` | int | tokens drafted as the likely spelling of text the constraint forces (a quote before a value), and accepted (only when some were) |
+//! | `n_rows_unread` | int | target rows decoded without logits, the constraint allowing one token there (only when some were) |
 //!
 //! The output holds records only. What it was made from, a [`Header`]
 //! (`{"specrun_batch": {"format": 1, "input_sha256": "…", "settings": {…}}}`), is written
@@ -298,6 +299,10 @@ pub struct OkRecord {
     pub n_likely: usize,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub n_likely_accepted: usize,
+    /// Target rows decoded without logits (the constraint allowed one token there); absent
+    /// when none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub n_rows_unread: usize,
 }
 
 fn is_zero(n: &usize) -> bool {

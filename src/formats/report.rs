@@ -25,6 +25,7 @@
 //! | `n_closing`, `n_closing_accepted` | int | tokens drafted where the grammar refused a drafter's token (a closing token and what the grammar forces after it, counted in `n_drafted`), and accepted |
 //! | `n_likely`, `n_likely_accepted` | int | tokens drafted as the likely spelling of text the grammar forces after its forced tokens (a quote before a value, counted in `n_drafted`), and accepted |
 //! | `n_masks` | int | grammar masks computed (0 without a constraint) |
+//! | `n_rows_unread` | int | target rows decoded without logits, the grammar allowing one token there |
 //! | `t_prompt_s`, `t_draft_s`, `t_verify_s`, `t_other_s`, `t_decode_s` | float | seconds |
 //! | `decode_tok_per_s`, `prompt_tok_per_s` | float | throughput |
 //! | `placement` | object | `target` (and `draft`): `devices`, `gpu_layers`, `cache_type_k`, `cache_type_v`, `kv_offload`, `kv_unified`, `flash_attn`, `batch_invariant`, and `summary` (the line the stats block prints) |
@@ -72,6 +73,8 @@ pub struct RunReport {
     pub n_likely: usize,
     #[serde(default)]
     pub n_likely_accepted: usize,
+    #[serde(default)]
+    pub n_rows_unread: usize,
     #[serde(default)]
     pub n_masks: usize,
     pub t_prompt_s: f64,
@@ -195,6 +198,7 @@ impl RunReport {
             n_closing_accepted: s.n_closing_accepted,
             n_likely: s.n_likely,
             n_likely_accepted: s.n_likely_accepted,
+            n_rows_unread: s.n_rows_unread,
             n_prompt_cached: s.n_prompt_cached,
             n_masks: s.n_masks,
             t_prompt_s: s.t_prompt.as_secs_f64(),
@@ -241,14 +245,15 @@ impl RunReport {
         if self.n_masks > 0 {
             let _ = writeln!(
                 o,
-                "  grammar    forced {} tokens, {} accepted   likely {}, {} accepted   closing {}, {} accepted   masks {}",
+                "  grammar    forced {} tokens, {} accepted   likely {}, {} accepted   closing {}, {} accepted   masks {}   rows unread {}",
                 self.n_forced,
                 self.n_forced_accepted,
                 self.n_likely,
                 self.n_likely_accepted,
                 self.n_closing,
                 self.n_closing_accepted,
-                self.n_masks
+                self.n_masks,
+                self.n_rows_unread
             );
         }
         let _ = writeln!(o, "  time       draft {:.2} s  verify {:.2} s  other {:.2} s", self.t_draft_s, self.t_verify_s, self.t_other_s);

@@ -3,7 +3,8 @@
 //! A copy from the prompt runs on past the value the output takes from it: into a newline the
 //! grammar refuses inside a JSON string, or into a table's ` |` that the grammar would allow
 //! but the target replaces by `",`. Either way the target's token there is a *closer*, and
-//! after it the grammar forces the next key. A sequence learns its closers as it goes, keyed
+//! after it the grammar forces the next key. Sequences learn closers as they go (a new one
+//! starts from what the engine's earlier sequences learned: one run's values end alike), keyed
 //! by the kind of grammar state (the fingerprint of its mask: inside a string, after a number)
 //! and by the source token the copy proposed (none where the grammar refused it, or where the
 //! target closed a value on its own), and drafts the closer and the forced span after it in
@@ -31,7 +32,7 @@ pub struct CloseKey {
     pub source: Option<Token>,
 }
 
-/// One sequence's learned closers, most recent first.
+/// Learned closers (a sequence's, or an engine's across its sequences), most recent first.
 #[derive(Debug, Clone, Default)]
 pub struct Closers {
     entries: Vec<(CloseKey, Token)>,

@@ -72,6 +72,18 @@ impl TokenMask {
         self.words.iter().enumerate().flat_map(|(i, &w)| (0..32).filter(move |b| w >> b & 1 == 1).map(move |b| (i * 32 + b) as Token))
     }
 
+    /// The token allowed, when exactly one is.
+    pub fn only(&self) -> Option<Token> {
+        let mut only = None;
+        for (i, &w) in self.words.iter().enumerate().filter(|(_, &w)| w != 0) {
+            if only.is_some() || w.count_ones() != 1 {
+                return None;
+            }
+            only = Some((i * 32 + w.trailing_zeros() as usize) as Token);
+        }
+        only
+    }
+
     /// How many tokens are allowed.
     pub fn count(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
@@ -243,6 +255,24 @@ impl Guide {
         Ok(&self.row)
     }
 
+    /// The token the grammar allows after `tokens` when it allows only that one (the mask is
+    /// kept for verification, like [`Guide::mask_after`]'s).
+    pub fn only_after(&mut self, tokens: &[Token], is_eog: &dyn Fn(Token) -> bool) -> Result<Option<Token>, ConstraintError> {
+        Ok(self.mask_after(tokens, is_eog)?.only())
+    }
+
+    /// A row of `n_vocab` logits certain of `token`: every other token at -inf, in the guide's
+    /// own buffer. It stands for a target row the grammar left one token in: masked, any row
+    /// is this one, so its logits need not be computed.
+    pub fn certain_row(&mut self, token: Token, n_vocab: usize) -> &[f32] {
+        self.row.clear();
+        self.row.resize(n_vocab, f32::NEG_INFINITY);
+        if let Some(l) = usize::try_from(token).ok().and_then(|t| self.row.get_mut(t)) {
+            *l = 0.0;
+        }
+        &self.row
+    }
+
     /// Where the mask after `tokens` is kept, computing it unless it was.
     fn mask_slot(&mut self, tokens: &[Token], is_eog: &dyn Fn(Token) -> bool) -> Result<usize, ConstraintError> {
         self.sync(tokens, is_eog)?;
@@ -353,6 +383,25 @@ mod tests {
         let mut row = vec![1.0f32; 70];
         all.apply(&mut row);
         assert!(row.iter().all(|l| *l == 1.0));
+    }
+
+    #[test]
+    fn a_mask_names_its_only_token_and_the_certain_row_allows_just_it() {
+        let mut m = TokenMask::none(100);
+        assert_eq!(m.only(), None);
+        m.allow(67);
+        assert_eq!(m.only(), Some(67));
+        m.allow(68); // same word
+        assert_eq!(m.only(), None);
+        let mut m = TokenMask::none(100);
+        m.allow(5);
+        m.allow(99); // another word
+        assert_eq!(m.only(), None);
+        let mut guide = Guide::new(Box::new(crate::mock::MockGrammar::new(vec![], 0, 100)), 0);
+        let row = guide.certain_row(67, 100);
+        assert_eq!(row.len(), 100);
+        assert_eq!(row.iter().filter(|l| l.is_finite()).count(), 1);
+        assert_eq!(row[67], 0.0);
     }
 
     #[test]

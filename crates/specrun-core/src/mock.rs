@@ -147,6 +147,8 @@ pub struct MockModel {
     pub n_decode_calls: usize,
     /// Largest batch seen.
     pub max_batch_seen: usize,
+    /// Rows left unread ([`DecodePart::unread`]) so far.
+    pub n_unread: usize,
     /// Every decode call: `(seq, pos, n_tokens)` of each part, in order.
     pub decode_log: Vec<Vec<(SeqId, usize, usize)>>,
     /// Snapshots put back ([`Model::restore`]).
@@ -191,6 +193,7 @@ impl MockModel {
             clock: None,
             n_decode_calls: 0,
             max_batch_seen: 0,
+            n_unread: 0,
             decode_log: Vec::new(),
             n_restores: 0,
             n_copied: 0,
@@ -260,7 +263,7 @@ impl Model for MockModel {
     }
 
     fn decode(&mut self, seq: SeqId, pos: usize, tokens: &[Token], logits_from: usize) -> Result<(), ModelError> {
-        self.decode_parts(&[DecodePart { seq, pos, tokens, logits_from }])
+        self.decode_parts(&[DecodePart { seq, pos, tokens, logits_from, unread: &[] }])
     }
 
     fn n_seq_max(&self) -> usize {
@@ -301,9 +304,12 @@ impl Model for MockModel {
                 cache.tokens.push(t);
                 cache.hashes.push(h);
             }
-            rows.extend_from_slice(&cache.hashes[p.pos + 1 + p.logits_from..]);
+            let hashes = &cache.hashes[p.pos + 1 + p.logits_from..];
+            rows.extend(hashes.iter().enumerate().map(|(r, &h)| p.reads(r).then_some(h)));
         }
-        self.rows = rows.into_iter().map(|h| self.row_for(h)).collect();
+        // an unread row has no logits: reading it fails loudly
+        self.rows = rows.into_iter().map(|h| h.map_or_else(Vec::new, |h| self.row_for(h))).collect();
+        self.n_unread += parts.iter().map(|p| (0..p.tokens.len() - p.logits_from).filter(|&r| !p.reads(r)).count()).sum::<usize>();
         self.n_decode_calls += 1;
         self.max_batch_seen = self.max_batch_seen.max(n_tokens);
         self.decode_log.push(parts.iter().map(|p| (p.seq, p.pos, p.tokens.len())).collect());
@@ -314,6 +320,7 @@ impl Model for MockModel {
     }
 
     fn logits(&self, row: usize) -> &[f32] {
+        assert!(!self.rows[row].is_empty(), "logits row {row} was left unread");
         &self.rows[row]
     }
 

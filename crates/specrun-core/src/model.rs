@@ -84,6 +84,22 @@ pub struct DecodePart<'a> {
     pub tokens: &'a [Token],
     /// Keep logits rows for `tokens[logits_from..]`.
     pub logits_from: usize,
+    /// Of those rows (counted from `logits_from`), the ones nobody will read: the model may
+    /// leave their logits uncomputed (a row the grammar allows one token in). Rows past its
+    /// end are read.
+    pub unread: &'a [bool],
+}
+
+impl<'a> DecodePart<'a> {
+    /// This part with the rows marked in `unread` left unread.
+    pub fn unread(self, unread: &'a [bool]) -> Self {
+        Self { unread, ..self }
+    }
+
+    /// Whether row `row` (counted from `logits_from`) is read.
+    pub fn reads(&self, row: usize) -> bool {
+        !self.unread.get(row).copied().unwrap_or(false)
+    }
 }
 
 /// What a model must offer the speculative core.
@@ -102,7 +118,8 @@ pub trait Model {
     /// Decode `tokens` as positions `pos..pos + tokens.len()` of sequence `seq`, keeping logits
     /// rows for the tokens at index `logits_from..` of `tokens`.
     fn decode(&mut self, seq: SeqId, pos: usize, tokens: &[Token], logits_from: usize) -> Result<(), ModelError>;
-    /// Logits row `row` of the last decode, counting only the rows that were kept.
+    /// Logits row `row` of the last decode, counting only the rows that were kept (an unread
+    /// row, [`DecodePart::unread`], counts but may have no logits: it must not be asked for).
     fn logits(&self, row: usize) -> &[f32];
     /// Remove every position `>= len` from sequence `seq`.
     fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), ModelError>;
@@ -132,6 +149,7 @@ pub trait Model {
     fn decode_parts(&mut self, parts: &[DecodePart<'_>]) -> Result<(), ModelError> {
         match parts {
             [] => Ok(()),
+            // every row computed: unread rows are a permission, not a duty
             [p] => self.decode(p.seq, p.pos, p.tokens, p.logits_from),
             _ => Err(ModelError::Decode("this model decodes one sequence per call".into())),
         }
@@ -161,6 +179,18 @@ impl KvCursor {
     ///
     /// Returns an error without decoding anything when the rows asked for cannot fit one batch.
     pub fn decode_tail<M: Model + ?Sized>(&mut self, model: &mut M, tokens: &[Token], n_rows: usize) -> Result<(), ModelError> {
+        self.decode_rows(model, tokens, n_rows, &[])
+    }
+
+    /// [`KvCursor::decode_tail`], the rows marked in `unread` left unread
+    /// ([`DecodePart::unread`]).
+    pub fn decode_rows<M: Model + ?Sized>(
+        &mut self,
+        model: &mut M,
+        tokens: &[Token],
+        n_rows: usize,
+        unread: &[bool],
+    ) -> Result<(), ModelError> {
         debug_assert!(self.n_cached <= tokens.len());
         let tail = &tokens[self.n_cached..];
         assert!(n_rows <= tail.len(), "asked for {n_rows} rows of a {}-token tail", tail.len());
@@ -173,8 +203,10 @@ impl KvCursor {
         }
         for chunk in chunk_ends(tail.len(), n_batch) {
             let (start, end) = chunk;
-            let rows_from = if end == tail.len() { (end - start) - n_rows } else { end - start };
-            model.decode(self.seq, self.n_cached, &tail[start..end], rows_from)?;
+            let last = end == tail.len();
+            let logits_from = if last { (end - start) - n_rows } else { end - start };
+            let part = DecodePart { seq: self.seq, pos: self.n_cached, tokens: &tail[start..end], logits_from, unread: &[] };
+            model.decode_parts(&[if last { part.unread(unread) } else { part }])?;
             self.n_cached += end - start;
         }
         Ok(())
@@ -191,7 +223,7 @@ impl KvCursor {
     /// prompt), keeping rows for the last `n_rows` of them (none: a chunk that is not the last).
     pub fn part_upto<'t>(&self, tokens: &'t [Token], end: usize, n_rows: usize) -> DecodePart<'t> {
         let tail = &tokens[self.n_cached..end];
-        DecodePart { seq: self.seq, pos: self.n_cached, tokens: tail, logits_from: tail.len() - n_rows.min(tail.len()) }
+        DecodePart { seq: self.seq, pos: self.n_cached, tokens: tail, logits_from: tail.len() - n_rows.min(tail.len()), unread: &[] }
     }
 
     /// The multi-sequence decode holding [`KvCursor::part`]'s `n_tokens` tokens succeeded.

@@ -73,6 +73,8 @@ pub struct GenStats {
     pub n_likely_accepted: usize,
     /// Grammar masks computed (drafting and verification).
     pub n_masks: usize,
+    /// Target rows decoded without logits: the grammar allowed one token there.
+    pub n_rows_unread: usize,
     #[serde(serialize_with = "secs")]
     pub t_prompt: Duration,
     #[serde(serialize_with = "secs")]
@@ -288,6 +290,7 @@ impl GenStats {
         self.n_likely += o.n_likely;
         self.n_likely_accepted += o.n_likely_accepted;
         self.n_masks += o.n_masks;
+        self.n_rows_unread += o.n_rows_unread;
         self.n_rounds_model += o.n_rounds_model;
         self.n_rounds_ngram += o.n_rounds_ngram;
         if self.k_planned.len() < o.k_planned.len() {

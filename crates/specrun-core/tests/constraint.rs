@@ -158,6 +158,34 @@ fn the_likely_spelling_of_forced_text_is_drafted_and_checked() {
 }
 
 #[test]
+fn rows_where_the_grammar_allows_one_token_are_left_unread_and_change_nothing() {
+    // greedy, seeded and rejection sampling: the same text with every row read (log-
+    // probabilities kept) and with the certain rows left unread; the mock model panics if an
+    // unread row is ever read
+    let target = MockSpec::target(5);
+    let g = record_grammar_spelled(target.n_vocab, 61, 62);
+    let sampled = SamplingParams { temp: 0.9, ..SamplingParams::greedy() };
+    let modes = [(VerifyMode::Greedy, SamplingParams::greedy()), (VerifyMode::Seeded, sampled.clone()), (VerifyMode::Rejection, sampled)];
+    for (verify, params) in modes {
+        for seed in 1..=6u64 {
+            let base = GenConfig { max_tokens: 40, draft_max: 6, verify, params: params.clone(), seed, ..GenConfig::default() };
+            let run = |logprobs: Option<usize>| {
+                let config = constrained(&GenConfig { logprobs, ..base.clone() }, &g);
+                let draft = ModelDrafter::new(MockModel::new(Quality::Agree(0.7).spec(&target)));
+                let mut e = Engine::new(MockModel::new(target.clone()), draft, config);
+                let out = run_checked(&mut e, &[1, 2, 3], |_, _| None);
+                (out, e.target.n_unread)
+            };
+            let ((read, n_read_unread), (unread, n_unread)) = (run(Some(0)), run(None));
+            assert_eq!(n_read_unread, 0, "rows left unread where log-probabilities are kept");
+            assert!(n_unread >= 5, "{verify:?} seed {seed}: only {n_unread} rows left unread");
+            assert_eq!(unread.tokens, read.tokens, "{verify:?} seed {seed}");
+            assert_follows(&g, &unread);
+        }
+    }
+}
+
+#[test]
 fn a_grammar_that_does_not_end_is_cut_by_max_tokens_and_ends_when_complete() {
     use MockSegment::{Choice, Literal};
     let target = MockSpec { behaviour: Behaviour::Target { seed: 4, eog_rate: 0.0 }, ..MockSpec::target(4) };
@@ -376,6 +404,30 @@ fn where_the_grammar_cuts_a_copy_the_closing_token_is_drafted_and_the_output_is_
     }
     assert_eq!(cases, 24);
     assert!(closing > 0, "no closing token was ever drafted");
+}
+
+#[test]
+fn a_closer_learned_in_one_sequence_is_drafted_in_the_next() {
+    use MockSegment::{Choice, Literal};
+    // the records of the test above: the first sequence drafts no closer at its first cut (it
+    // has learned none yet), the next one on the same engine starts knowing it; both give
+    // target-only output
+    let record = [Literal(vec![10, 11]), Choice { allowed: (20..24).collect(), min: 1, max: 4 }, Literal(vec![12])];
+    let g = MockGrammar::new(record.iter().cycle().take(18).cloned().collect(), 0, MockSpec::target(1).n_vocab);
+    let prompt: Vec<Token> = (0..6).flat_map(|i| [10, 11, 20 + i % 4, 21, 5, 6, 7]).collect();
+    for seed in 1..=12 {
+        let target = MockSpec::target(seed);
+        let config = constrained(&GenConfig { max_tokens: 40, draft_max: 8, ..GenConfig::default() }, &g);
+        let expected = run_checked(&mut Engine::new(MockModel::new(target.clone()), NoDraft, config.clone()), &prompt, |_, _| None);
+        let mut e = Engine::new(MockModel::new(target), NgramDrafter::new(NgramConfig { n_min: 1, n_max: 3 }), config);
+        let first = run_checked(&mut e, &prompt, |_, _| None);
+        let next = run_checked(&mut e, &prompt, |_, _| None);
+        for out in [&first, &next] {
+            assert_eq!(out.tokens, expected.tokens, "seed {seed}");
+        }
+        let (n_first, n_next) = (first.seq.stats.n_closing, next.seq.stats.n_closing);
+        assert!(n_next > n_first, "seed {seed}: {n_next} closing tokens drafted in the next sequence, {n_first} in the first");
+    }
 }
 
 #[test]

@@ -34,13 +34,20 @@ impl<T: Model, D: Drafter> Engine<T, D> {
     /// After verification: the closer the target wrote where a copy was cut, or where it
     /// rejected a copied token for one (a token after which the grammar forces the next key).
     /// A value that was closed ends its copy run: the next value anchors afresh.
-    pub(super) fn learn_closer(&self, seq: &mut Sequence, n_hist: usize, cut: Option<(usize, CloseKey)>, rejected: Option<(usize, Token)>) {
+    pub(super) fn learn_closer(
+        &mut self,
+        seq: &mut Sequence,
+        n_hist: usize,
+        cut: Option<(usize, CloseKey)>,
+        rejected: Option<(usize, Token)>,
+    ) {
         let Some(guide) = seq.guide.as_mut() else { return };
         let target = &self.target;
         let is_eog = |t| target.is_eog(t);
         if let Some((c, key)) = cut {
             if let Some(&closer) = seq.tokens.get(n_hist + c) {
                 seq.closers.learn(key, closer);
+                self.closers.learn(key, closer);
                 if forces_after(guide, &seq.tokens[..=n_hist + c], &is_eog) {
                     seq.draft.ngram.end_run();
                 }
@@ -52,6 +59,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let Ok(mask) = guide.mask_after(&seq.tokens[..n_hist + c], &is_eog).map(|m| m.fingerprint()) else { return };
         if forces_after(guide, &seq.tokens[..=n_hist + c], &is_eog) {
             seq.closers.learn(CloseKey { mask, source: Some(source) }, closer);
+            self.closers.learn(CloseKey { mask, source: Some(source) }, closer);
             seq.draft.ngram.end_run();
         }
     }
@@ -71,6 +79,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let Ok(mask) = guide.mask_after(&seq.tokens[..at], &is_eog).map(|m| m.fingerprint()) else { return };
         if forces_after(guide, &seq.tokens[..=at], &is_eog) {
             seq.closers.learn(CloseKey { mask, source: None }, closer);
+            self.closers.learn(CloseKey { mask, source: None }, closer);
         } else if guide.end_after(&seq.tokens[..=at], None, &is_eog).is_ok_and(|end| end.is_some()) {
             self.endings.learn(mask, closer);
         }

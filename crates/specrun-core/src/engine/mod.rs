@@ -135,11 +135,14 @@ pub struct Engine<T, D> {
     scratch: Scratch,
     /// How the constrained outputs of this engine's sequences ended ([`crate::closing`]).
     endings: Endings,
+    /// The closers its sequences learned: a new sequence starts knowing them (the values of
+    /// one run's outputs end alike).
+    closers: Closers,
 }
 
 impl<T: Model, D: Drafter> Engine<T, D> {
     pub fn new(target: T, drafter: D, config: GenConfig) -> Self {
-        Self { target, drafter, config, scratch: Scratch::new(), endings: Endings::default() }
+        Self { target, drafter, config, scratch: Scratch::new(), endings: Endings::default(), closers: Closers::default() }
     }
 
     /// Clear sequence `id` in both models, read the prompt and take the first token: the target
@@ -228,7 +231,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             likely: 0,
             ending: None,
             spare: 0,
-            closers: Closers::default(),
+            closers: self.closers.clone(),
             logprobs: Vec::new(),
         };
         seq.guide = seq.config.constraint.as_ref().map(|c| Guide::new(c.start(), seq.n_prompt));

@@ -29,6 +29,8 @@ pub(super) struct Drafted {
     n_likely: usize,
     /// The state where the round drafted an ending ([`Sequence::ending`]).
     ending: Option<u64>,
+    /// Per row, whether it is left unread ([`Engine::unread_rows`]); empty: all are read.
+    pub(super) unread: Vec<bool>,
 }
 
 /// What a shared round decided for one sequence before drafting: the source, the draft
@@ -74,23 +76,41 @@ impl RoundStart {
 
 /// The target's rows of one round under a constraint: row `i` masked by the grammar's state
 /// after the history and the first `i` drafted tokens (a mask is computed only for the rows
-/// verification reads).
+/// verification reads). A row left unread is the row certain of the one token its state
+/// allows.
 pub(super) struct MaskedRows<'a, T> {
     target: &'a T,
     row_base: usize,
     guide: &'a mut Guide,
     tokens: &'a [Token],
     n_hist: usize,
+    unread: &'a [bool],
     error: Option<ConstraintError>,
 }
 
 impl<T: Model> Rows for MaskedRows<'_, T> {
     fn row(&mut self, i: usize) -> &[f32] {
-        let (target, raw) = (self.target, self.target.logits(self.row_base + i));
+        let (target, state) = (self.target, &self.tokens[..self.n_hist + i]);
+        if self.unread.get(i).copied().unwrap_or(false) {
+            // the state's mask, computed when the row was marked, allows one token
+            let only = match self.error {
+                Some(_) => None,
+                None => self.guide.only_after(state, &|t| target.is_eog(t)).unwrap_or_else(|e| {
+                    self.error = Some(e);
+                    None
+                }),
+            };
+            if only.is_none() && self.error.is_none() {
+                self.error = Some(ConstraintError(format!("row {i} was left unread where the grammar allows more than one token")));
+            }
+            // (after an error the sequence ends: any row will do)
+            return self.guide.certain_row(only.unwrap_or(0), target.n_vocab());
+        }
+        let raw = target.logits(self.row_base + i);
         if self.error.is_some() {
             return raw;
         }
-        match self.guide.masked_row(&self.tokens[..self.n_hist + i], raw, &|t| target.is_eog(t)) {
+        match self.guide.masked_row(state, raw, &|t| target.is_eog(t)) {
             Ok(masked) => masked,
             Err(e) => {
                 self.error = Some(e);
@@ -131,6 +151,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             ending: None,
             cut: None,
             n_closing: 0,
+            unread: Vec::new(),
         };
         self.finish_phase(seq, first, row, shared, t_read, clock)
     }
@@ -161,7 +182,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             return Ok(seq.tokens.len()..seq.tokens.len());
         };
         if d.n_rows > 0 {
-            seq.target.decode_tail(&mut self.target, &seq.tokens, d.n_rows).map_err(EngineError::Target)?;
+            seq.target.decode_rows(&mut self.target, &seq.tokens, d.n_rows, &d.unread).map_err(EngineError::Target)?;
         }
         let t_verified = clock.now();
         self.finish_phase(seq, d, 0, None, t_verified, clock)
@@ -316,6 +337,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             None => 0,
         };
         let n_drafted = seq.tokens.len() - n_hist;
+        let unread = self.unread_rows(seq, n_hist, n_drafted + 1);
         // the target decodes the last accepted token and the whole draft
         Drafted {
             n_hist,
@@ -334,7 +356,23 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             ending,
             cut,
             n_closing,
+            unread,
         }
+    }
+
+    /// Which of a round's `n_rows` target rows nobody needs to read: where the grammar allows
+    /// one token after the history and the draft before it (a key's spelling, the text forced
+    /// after a closer), the target's masked row can only choose that token, so its logits are
+    /// left uncomputed — the output head is a large share of a row's cost — and verification
+    /// reads the row certain of that token. A sequence that keeps log-probabilities reads
+    /// every row; so does one without a grammar.
+    fn unread_rows(&self, seq: &mut Sequence, n_hist: usize, n_rows: usize) -> Vec<bool> {
+        let Some(guide) = seq.guide.as_mut().filter(|_| seq.config.logprobs.is_none()) else {
+            return Vec::new();
+        };
+        let target = &self.target;
+        // (an error here is verification's to report: the row is read)
+        (0..n_rows).map(|i| matches!(guide.only_after(&seq.tokens[..n_hist + i], &|t| target.is_eog(t)), Ok(Some(_)))).collect()
     }
 
     /// Room for a closing draft: the `room` the cut copy left, or more — the forced span after
@@ -363,7 +401,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let n_hist = d.n_hist;
         // a trace keeps the draft, which verification cuts back to what was accepted
         let traced_draft = seq.trace_rounds.then(|| seq.tokens[n_hist..n_hist + d.n_drafted].to_vec());
-        let verdict = self.check_draft(seq, n_hist, row_base)?;
+        let verdict = self.check_draft(seq, n_hist, row_base, &d.unread)?;
         // the copied token the target turned from, if it did (before it is cut away)
         let rejected_copy = (seq.guide.is_some() && d.report.source == DraftSource::Ngram)
             .then(|| seq.tokens.get(n_hist + verdict.n_accepted).copied())
@@ -387,12 +425,13 @@ impl<T: Model, D: Drafter> Engine<T, D> {
 
     /// Verify the round's draft (`seq.tokens[n_hist..]`) on the target's rows from
     /// `row_base`, masked by the sequence's grammar when it has one.
-    fn check_draft(&mut self, seq: &mut Sequence, n_hist: usize, row_base: usize) -> Result<Verdict, EngineError> {
+    fn check_draft(&mut self, seq: &mut Sequence, n_hist: usize, row_base: usize, unread: &[bool]) -> Result<Verdict, EngineError> {
         let rule = VerifyRule { mode: seq.config.effective_verify(), seed: seq.config.seed, params: &seq.config.params };
         let target = &self.target;
         let plain_row = |i: usize| target.logits(row_base + i);
         let mut plain = RowFn(&plain_row);
-        let mut masked = seq.guide.as_mut().map(|guide| MaskedRows { target, row_base, guide, tokens: &seq.tokens, n_hist, error: None });
+        let mut masked =
+            seq.guide.as_mut().map(|guide| MaskedRows { target, row_base, guide, tokens: &seq.tokens, n_hist, unread, error: None });
         let rows: &mut dyn Rows = match masked.as_mut() {
             Some(m) => m,
             None => &mut plain,
@@ -467,6 +506,7 @@ fn record_round(seq: &mut Sequence, d: Drafted, end: RoundEnd) {
         ending: _,
         cut,
         n_closing,
+        unread,
     } = d;
     let RoundEnd { verdict, traced_draft, shared, t_verified, t_end } = end;
     let n_certain = n_forced - n_likely;
@@ -484,6 +524,7 @@ fn record_round(seq: &mut Sequence, d: Drafted, end: RoundEnd) {
     seq.stats.n_likely_accepted += n_likely_accepted;
     seq.stats.n_closing += n_closing;
     seq.stats.n_closing_accepted += n_closing_accepted;
+    seq.stats.n_rows_unread += unread.iter().filter(|&&u| u).count();
     seq.stats.n_masks = seq.guide.as_ref().map_or(0, |g| g.n_masks);
     if let Some(drafted) = traced_draft {
         seq.last_round = Some(RoundRecord {

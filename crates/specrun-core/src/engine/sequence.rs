@@ -94,7 +94,8 @@ pub struct Sequence {
     pub(super) spare: usize,
     /// With [`GenConfig::logprobs`]: one entry per generated token, in order.
     pub logprobs: Vec<TokenLogprob>,
-    /// The tokens the target wrote where a copied value ended ([`crate::closing`]).
+    /// The tokens the target wrote where a copied value ended ([`crate::closing`]): what the
+    /// engine's earlier sequences learned, then its own.
     pub(super) closers: Closers,
 }
 

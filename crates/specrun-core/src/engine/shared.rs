@@ -348,7 +348,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         for (i, d) in drafted.iter().enumerate() {
             let seq = &seqs[i];
             let part = match d {
-                Some(d) if d.n_rows > 0 => seq.target.part(&seq.tokens, d.n_rows),
+                Some(d) if d.n_rows > 0 => seq.target.part(&seq.tokens, d.n_rows).unread(&d.unread),
                 _ if takes[i] > 0 => {
                     let end = seq.target.n_cached + takes[i];
                     seq.target.part_upto(&seq.tokens, end, usize::from(end == seq.n_prompt))
