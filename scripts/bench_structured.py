@@ -8,8 +8,9 @@ grammar engine) and that greedy outputs are identical in both modes; prints one 
 per class (the schema's name) and the totals, with the target rows speculative decoding left
 unread (the grammar allowed one token there, so no logits were computed).
 
-With --baseline OTHER_SPECRUN, another build's speculative decoding runs in the same
-alternation (after this build's) and gets its own rows: two builds compared in one run.
+With --baseline OTHER_SPECRUN, another build's target-only and speculative decoding run in the
+same alternation (after this build's) and get their own columns, the baseline's speed-up
+against its own target-only run: two builds compared in one run.
 The rounds column counts target decodes (generated tokens / tokens per round), which moves
 with what was drafted and accepted, not with the machine's speed.
 
@@ -56,13 +57,14 @@ def main():
     tmp = tempfile.mkdtemp()
     runs = {"plain": [], "spec": []}
     if a.baseline:
+        runs["baseline_plain"] = []
         runs["baseline"] = []
     for i in range(a.repeat):
         order = ["plain", "spec"] if i % 2 == 0 else ["spec", "plain"]
-        order += ["baseline"] if a.baseline else []
+        order += (["baseline_plain", "baseline"] if i % 2 == 0 else ["baseline", "baseline_plain"]) if a.baseline else []
         for mode in order:
-            flags = a.extra + (["--no-draft"] if mode == "plain" else [])
-            binary = a.baseline if mode == "baseline" else a.bin
+            flags = a.extra + (["--no-draft"] if mode.endswith("plain") else [])
+            binary = a.baseline if mode.startswith("baseline") else a.bin
             runs[mode].append(run_batch(binary, a.records, os.path.join(tmp, f"{mode}{i}.jsonl"), flags))
     by = collections.defaultdict(lambda: collections.Counter())
     for mode, rs in runs.items():
@@ -96,23 +98,23 @@ def main():
         same[klass[rid]] += len(texts) == 1
         if len(texts) != 1:
             print(f"DIFFER {rid}: {sorted(t or '' for t in texts)}", file=sys.stderr)
-    base_cols = " baseline tok/s | baseline speed-up | baseline rounds |" if a.baseline else ""
+    base_cols = " baseline plain tok/s | baseline speculative tok/s | baseline speed-up | baseline rounds |" if a.baseline else ""
     print(f"| class | records | valid / finished | identical | plain tok/s | speculative tok/s | speed-up | rounds (plain / speculative) |{base_cols} forced | likely | closing | copied or drafted | rows unread |")
-    print("|---" * (13 + (3 if a.baseline else 0)) + "|")
+    print("|---" * (13 + (4 if a.baseline else 0)) + "|")
     classes = sorted({k for k, _ in by})
     tot = {m: collections.Counter() for m in runs}
     ext = {m: collections.Counter() for m in runs}
     for k in classes + ["all extraction", "all"]:
         if k == "all extraction":
-            p, s, b = ext["plain"], ext["spec"], ext.get("baseline")
+            p, s, b, bp = ext["plain"], ext["spec"], ext.get("baseline"), ext.get("baseline_plain")
             n = sum(1 for r in klass.values() if r != "open")
             ident = sum(v for c, v in same.items() if c != "open")
         elif k == "all":
-            p, s, b = tot["plain"], tot["spec"], tot.get("baseline")
+            p, s, b, bp = tot["plain"], tot["spec"], tot.get("baseline"), tot.get("baseline_plain")
             n = len(schema)
             ident = sum(same.values())
         else:
-            p, s, b = by[(k, "plain")], by[(k, "spec")], by[(k, "baseline")]
+            p, s, b, bp = by[(k, "plain")], by[(k, "spec")], by[(k, "baseline")], by[(k, "baseline_plain")]
             for m in runs:
                 tot[m].update(by[(k, m)])
                 if k != "open":
@@ -121,9 +123,9 @@ def main():
             ident = same[k]
         rate = lambda c: c["generated"] / c["secs"] if c["secs"] else 0.0
         share = lambda key: f"{s[key] / max(1, s['generated']):.0%}"
-        valid = p["valid"] + s["valid"] + (b["valid"] if a.baseline else 0)
-        finished = p["finished"] + s["finished"] + (b["finished"] if a.baseline else 0)
-        base = f" {rate(b):.2f} | {rate(b) / rate(p) if rate(p) else 0:.2f}x | {b['rounds']} |" if a.baseline else ""
+        valid = p["valid"] + s["valid"] + (b["valid"] + bp["valid"] if a.baseline else 0)
+        finished = p["finished"] + s["finished"] + (b["finished"] + bp["finished"] if a.baseline else 0)
+        base = f" {rate(bp):.2f} | {rate(b):.2f} | {rate(b) / rate(bp) if rate(bp) else 0:.2f}x | {b['rounds']} |" if a.baseline else ""
         print(
             f"| {k} | {n} | {valid} / {finished} | {ident}/{n} | {rate(p):.2f} | {rate(s):.2f} | "
             f"{rate(s) / rate(p) if rate(p) else 0:.2f}x | {p['rounds']} / {s['rounds']} |{base} {share('forced')} | {share('likely')} | "

@@ -133,17 +133,18 @@ pub struct CopyEnd {
     pub closer: Option<Token>,
 }
 
-/// Whether the text breaks a clause at `tokens[i]`: punctuation (after any spaces), then a
-/// space, a line's end or the end of what is known (`Madrid. Her`, `Jorge, a`, `Ruiz (71)`;
-/// not `3.8.1` or `app@db`).
+/// Whether the text breaks a clause at `tokens[i]`: a token of punctuation (after any
+/// spaces), then a space or a line's end, in the token or at the start of the next one
+/// (`Madrid. Her`, `Jorge, a`, `Ruiz (71)`; not `3.8.1`, `app@db`, `x.com`, `-ui`, nor a
+/// token the draft ends with, whose next is unknown).
 pub fn breaks_clause(texts: &TokenTexts, tokens: &[Token], i: usize) -> bool {
+    let spaced = |b: &u8| b.is_ascii_whitespace();
     let text = texts.text(tokens[i]);
-    let Some(&first) = text.iter().find(|&&b| b != b' ') else { return false };
-    if !b".,;:!?()[]|@-".contains(&first) {
+    let marks = text.trim_ascii();
+    if marks.is_empty() || !marks.iter().all(|b| b".,;:!?()[]|@-".contains(b)) {
         return false;
     }
-    let spaced = |b: &u8| b.is_ascii_whitespace();
-    text.last().is_some_and(spaced) || tokens.get(i + 1).is_none_or(|&t| texts.text(t).first().is_some_and(spaced))
+    text.last().is_some_and(spaced) || tokens.get(i + 1).is_some_and(|&t| texts.text(t).first().is_some_and(spaced))
 }
 
 /// Whether the last of `tokens` is a closer: the grammar forces a token after it (a key, a
@@ -211,7 +212,7 @@ mod tests {
         let mut guide = value_grammar();
         // `Mad` `rid` `.` ` Her`: the source breaks a clause at `.`
         let mut words: Vec<Vec<u8>> = (0..32).map(|i| format!("w{i}").into_bytes()).collect();
-        for (t, w) in [(20, "Mad"), (21, "rid"), (22, "."), (23, " Her")] {
+        for (t, w) in [(20, "Mad"), (21, "rid"), (22, "."), (23, " Her"), (24, ".com"), (25, ", ")] {
             words[t] = w.as_bytes().to_vec();
         }
         let texts = TokenTexts::new(words);
@@ -219,7 +220,9 @@ mod tests {
         let breaks = |i: usize| breaks_clause(&texts, &tokens[2..], i);
         assert_eq!((0..4).map(breaks).collect::<Vec<_>>(), [false, false, true, false]);
         assert!(!breaks_clause(&texts, &[22, 21], 0), "no break inside `3.8` or `app.example`");
-        assert!(breaks_clause(&texts, &[21, 22], 1), "a break where nothing is known after it");
+        assert!(!breaks_clause(&texts, &[24, 23], 0), "`.com` is no punctuation token");
+        assert!(!breaks_clause(&texts, &[21, 22], 1), "nothing known after it: no break");
+        assert!(breaks_clause(&texts, &[21, 25], 1), "a token of punctuation and space breaks");
         let mut closers = Closers::default();
         // nothing learned of this kind of state yet: the copy is kept whole
         assert_eq!(closers.draft_end(&mut guide, &tokens, 2, &breaks, &no_eog).unwrap(), (4, None));
