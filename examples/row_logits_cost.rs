@@ -7,18 +7,15 @@
 //! cargo run --release --example row_logits_cost -- [--threads N] [--model FILE.gguf]
 //! ```
 
-use specrun::backend::llama::{ContextSettings, LoadSettings, LoadedModel};
+#[path = "support/target.rs"]
+mod target;
+
+use specrun::backend::llama::ContextSettings;
 use specrun::core::model::Model;
 use std::time::Instant;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
-    let threads: i32 = value("--threads").and_then(|t| t.parse().ok()).unwrap_or(2);
-    let file = value("--model").unwrap_or_else(|| "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf".into());
-    let path = specrun::formats::models_toml::models_cache().join(&file);
-    let model =
-        LoadedModel::load_on(&path, &LoadSettings::default()).unwrap_or_else(|e| panic!("{e:#} (fetch it with scripts/fetch_models.py)"));
+    let (file, threads, model) = target::from_args();
     let mut target = model.context(ContextSettings::new(4096, 512, threads, 1)).unwrap();
     let text = "The quick brown fox jumps over the lazy dog while the committee debates the budget. ".repeat(30);
     let all = model.tokenize(&text);
