@@ -18,7 +18,7 @@ use crate::formats::records::{
     detect_format, read_output, sidecar_path, ErrorRecord, Header, InputFormat, Job, OkRecord, OutputRecord, PromptInput, Record,
 };
 use crate::formats::tools::{split_calls, ToolRequest};
-use crate::infer::{generate_cached, make_drafter_with_cache, plan, token_texts, with_backend, Interrupted, Plan};
+use crate::infer::{generate_cached, make_drafter_with_cache, plan, token_texts, with_backend, Interrupted, Plan, RoundTrace};
 use crate::io::{install_interrupt_handler, interrupted, is_stdout, read_text};
 use anyhow::{anyhow, bail, Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -160,8 +160,11 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
     let format = input.format;
     let mut plan = plan(&args.models.selection(), &args.gen.overrides())?;
     crate::infer::calibration::attach(&mut plan, args.models.mock);
+    let n_parallel = parallelism(args, &plan);
+    check_trace(args, n_parallel)?;
     let header = Header::new(input.sha256.clone(), fingerprint(&plan, args, format));
     let (mut sink, done) = prepare_output(args, &header)?;
+    let mut trace = open_trace(args)?;
     if format == InputFormat::Openai {
         sink.openai = Some(OpenAiLines {
             model: plan.pair.clone().unwrap_or_else(|| plan.target.name.clone()),
@@ -178,7 +181,6 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
     let todo = Todo { n: input.n_records - done.len(), n_skipped: done.len() };
     let mut records = input.records(&done)?;
     install_interrupt_handler();
-    let n_parallel = parallelism(args, &plan);
     if n_parallel > 1 {
         plan.target.n_seq = n_parallel as u32;
         if let Some(d) = &mut plan.draft {
@@ -195,7 +197,39 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
         if n_parallel > 1 {
             return run_parallel(target, drafter, &run, &mut records, &mut sink, n_parallel);
         }
-        run_records(target, drafter, &run, &mut records, &mut sink)
+        run_records(target, drafter, &run, &mut records, &mut sink, trace.as_mut().map(|w| &mut **w as &mut dyn Write))
+    })
+}
+
+/// `--trace-rounds` traces one record at a time, and never onto the run's input, output or
+/// models file.
+fn check_trace(args: &BatchArgs, n_parallel: usize) -> Result<()> {
+    let Some(path) = &args.trace_rounds else { return Ok(()) };
+    if n_parallel > 1 {
+        bail!("--trace-rounds traces one record at a time: use it with --parallel 1 ({n_parallel} records in flight here)");
+    }
+    if path.as_os_str() == "-" {
+        return Ok(()); // stderr
+    }
+    let sidecar = crate::formats::records::sidecar_path(&args.output);
+    let mut files: Vec<(&str, &std::path::Path)> = vec![("input", &args.input), ("-o", &args.output), ("-o settings", &sidecar)];
+    if let Some(config) = &args.models.config {
+        files.push(("--config", config));
+    }
+    if let Some((flag, _)) = files.iter().find(|(_, p)| *p == path.as_path()) {
+        bail!("--trace-rounds {} is the {flag} file of this run; refusing to overwrite it", path.display());
+    }
+    crate::io::refuse_output_onto_input(&[("--trace-rounds", path)], &files)
+}
+
+/// The `--trace-rounds` file (`-`: stderr), created once the output is.
+fn open_trace(args: &BatchArgs) -> Result<Option<Box<dyn Write>>> {
+    Ok(match &args.trace_rounds {
+        None => None,
+        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stderr())),
+        Some(p) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("--trace-rounds {}: cannot create", p.display()))?,
+        ))),
     })
 }
 
@@ -713,6 +747,7 @@ fn run_records(
     run: &Run<'_>,
     records: &mut RecordStream<'_>,
     sink: &mut Sink,
+    mut trace: Option<&mut dyn Write>,
 ) -> Result<ExitCode> {
     let (args, codec, clock) = (run.args, run.codec, run.clock);
     let out_name = args.output.display().to_string();
@@ -732,7 +767,7 @@ fn run_records(
             std::process::abort();
         }
         let (record, asked) = match rec {
-            Ok(mut job) => match run_job(&mut engine, run, &vocab, &job, &mut store) {
+            Ok(mut job) => match run_job(&mut engine, run, &vocab, &job, &mut store, trace.as_mut().map(|w| &mut **w as &mut dyn Write)) {
                 Ok((r, generated)) => {
                     if let Some(tokens) = generated {
                         engine.drafter.learn(&tokens);
@@ -816,13 +851,15 @@ fn run_job<T: Model, D: Drafter>(
     vocab: &LazyVocabulary<'_>,
     job: &Job,
     store: &mut PrefixCache,
+    trace: Option<&mut dyn Write>,
 ) -> Result<(OutputRecord, Option<Vec<specrun_core::model::Token>>)> {
     let fail = |e: String| Ok((OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: e }), None));
     let (config, tokens) = match prepare_job(run.codec, vocab, run.plan, run.args, job) {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
-    let g = generate_cached(engine, run.codec, &tokens, config, store, run.clock, &job.stop, &interrupted)?;
+    let trace = trace.map(|out| RoundTrace { out, id: Some(&job.id) });
+    let g = generate_cached(engine, run.codec, &tokens, config, store, run.clock, &job.stop, &interrupted, trace)?;
     let record = OutputRecord::Ok(ok_record(job, g.report));
     Ok((record, Some(g.tokens)))
 }

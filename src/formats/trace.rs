@@ -1,4 +1,5 @@
-//! The per-round trace of `specrun run --trace-rounds FILE`: one JSON object per round —
+//! The per-round trace of `specrun run --trace-rounds FILE` (and `batch`'s, each line with its
+//! record's id): one JSON object per round —
 //! where the draft came from, how long the plan wanted it, what was proposed and kept, what
 //! the plan expected and what the round took. For seeing why speculation pays on one prompt
 //! and not on another.
@@ -10,6 +11,9 @@ use specrun_core::stats::RoundRecord;
 /// One round of the trace.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RoundLine {
+    /// The id of the record the round belongs to (`batch`; absent for `run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<serde_json::Value>,
     /// The round's number: the first token, taken with the prompt, is round 1, so the first
     /// traced round is 2.
     pub round: usize,
@@ -52,6 +56,7 @@ impl RoundLine {
     pub fn new(round: usize, r: &RoundRecord, n_emitted: usize, drafted: String, emitted: String) -> Self {
         let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e5).round() / 1e2;
         Self {
+            id: None,
             round,
             position: r.n_hist,
             source: r.source,

@@ -93,6 +93,13 @@ pub fn generate<T: Model, D: Drafter>(
     generate_traced(engine, codec, prompt, clock, stream, stops, cancel, None)
 }
 
+/// Where a round trace goes ([`crate::formats::trace::RoundLine`]), and the id of the record
+/// its lines belong to (`batch`).
+pub struct RoundTrace<'a> {
+    pub out: &'a mut dyn Write,
+    pub id: Option<&'a serde_json::Value>,
+}
+
 /// [`generate`], writing one JSON line per round to `trace` when given
 /// ([`crate::formats::trace::RoundLine`]).
 #[allow(clippy::too_many_arguments)]
@@ -107,12 +114,13 @@ pub fn generate_traced<T: Model, D: Drafter>(
     trace: Option<&mut dyn Write>,
 ) -> Result<Generated> {
     let config = engine.config.clone();
+    let trace = trace.map(|out| RoundTrace { out, id: None });
     Ok(generate_after(engine, codec, prompt, config, None, clock, stream, stops, cancel, trace)?.0)
 }
 
 /// [`generate`] with the sequence's own settings and a prefix cache: the prompt starts from
 /// the longest prefix `store` holds, and what the sequence leaves is stored for the prompts
-/// after it.
+/// after it. Rounds are traced to `trace` when given.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_cached<T: Model, D: Drafter>(
     engine: &mut Engine<T, D>,
@@ -123,11 +131,12 @@ pub fn generate_cached<T: Model, D: Drafter>(
     clock: &dyn Clock,
     stops: &[String],
     cancel: &dyn Fn() -> bool,
+    trace: Option<RoundTrace<'_>>,
 ) -> Result<Generated> {
     let head = &prompt[..prompt.len().saturating_sub(1)];
     let cells = store.restore(engine, 0, head, KeptCells::default());
     let restored = !cells.is_empty();
-    let (mut g, left) = generate_after(engine, codec, prompt, config, restored.then_some(&cells), clock, None, stops, cancel, None)?;
+    let (mut g, left) = generate_after(engine, codec, prompt, config, restored.then_some(&cells), clock, None, stops, cancel, trace)?;
     store.save(engine, 0, &left);
     if restored {
         g.stats.n_prompt_restored = g.stats.n_prompt_cached;
@@ -147,7 +156,7 @@ fn generate_after<T: Model, D: Drafter>(
     mut stream: Option<&mut dyn Write>,
     stops: &[String],
     cancel: &dyn Fn() -> bool,
-    mut trace: Option<&mut dyn Write>,
+    mut trace: Option<RoundTrace<'_>>,
 ) -> Result<(Generated, KeptCells)> {
     let mut seq = engine.start_after(0, prompt.to_vec(), config, kept, clock)?;
     seq.trace_rounds = trace.is_some();
@@ -181,21 +190,22 @@ fn generate_after<T: Model, D: Drafter>(
             return Err(Interrupted.into());
         }
         added = engine.step(&mut seq, clock)?;
-        if let (Some(w), Some(r)) = (trace.as_deref_mut(), seq.last_round.take()) {
-            let line = crate::formats::trace::RoundLine::new(
+        if let (Some(t), Some(r)) = (trace.as_mut(), seq.last_round.take()) {
+            let mut line = crate::formats::trace::RoundLine::new(
                 seq.stats.n_rounds,
                 &r,
                 added.len(),
                 text_of(&r.drafted),
                 text_of(&seq.tokens[added.clone()]),
             );
-            writeln!(w, "{}", serde_json::to_string(&line)?).context("cannot write the round trace")?;
+            line.id = t.id.cloned();
+            writeln!(t.out, "{}", serde_json::to_string(&line)?).context("cannot write the round trace")?;
         }
     }
     text.finish();
     emit(&mut text)?;
-    if let Some(w) = trace {
-        w.flush().context("cannot write the round trace")?;
+    if let Some(t) = trace {
+        t.out.flush().context("cannot write the round trace")?;
     }
     let finish = seq.finish.expect("loop ends when finished");
     let drafter = engine.drafter.name();

@@ -462,3 +462,52 @@ fn records_sharing_an_instruction_read_it_once() {
         assert!(stderr.contains("restored from the prefix cache"), "{extra:?}: {stderr}");
     }
 }
+
+/// `batch --trace-rounds FILE`: one JSON line per round of every record, each with its
+/// record's id, adding up to what the record reports; refused with several records in flight,
+/// with one line naming the flag.
+#[test]
+fn the_round_trace_of_a_batch_names_each_rounds_record_and_adds_up_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output, trace) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"), dir.path().join("rounds.jsonl"));
+    std::fs::write(
+        &input,
+        "{\"id\": \"first\", \"prompt\": \"the cat sat on the mat and the cat sat on the\", \"max_tokens\": 30}\n\
+         {\"id\": 2, \"prompt\": \"one two three one two three one two\", \"max_tokens\": 20}\n",
+    )
+    .unwrap();
+    let out = batch(&input, &output, &["--draft", "ngram", "--adaptive", "fixed", "--trace-rounds", trace.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(&trace).unwrap().lines().map(|l| serde_json::from_str(l).expect("one JSON object a line")).collect();
+    for rec in records(&output) {
+        let OutputRecord::Ok(r) = rec else { panic!("an error record: {rec:?}") };
+        let mine: Vec<_> = lines.iter().filter(|l| l["id"] == r.id).collect();
+        // every round but the first token's, which came with the prompt
+        let emitted: u64 = mine.iter().map(|l| l["n_emitted"].as_u64().unwrap()).sum();
+        assert_eq!(emitted as usize + 1, r.n_generated, "record {}", r.id);
+        let drafted: u64 = mine.iter().map(|l| l["n_drafted"].as_u64().unwrap()).sum();
+        assert_eq!(drafted as usize, r.n_drafted, "record {}", r.id);
+        assert!(!mine.is_empty());
+    }
+    assert!(lines.iter().all(|l| l["id"] == "first" || l["id"] == 2), "every line names its record");
+    // several records in flight share rounds: refused by name, nothing written
+    let other = dir.path().join("other.jsonl");
+    let out = batch(&input, &other, &["--parallel", "2", "--trace-rounds", trace.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--trace-rounds") && err.contains("--parallel 1"), "{err}");
+    assert!(!other.exists(), "nothing written");
+    // never onto the run's own files
+    let before = std::fs::read(&input).unwrap();
+    let settings = specrun::formats::records::sidecar_path(&other);
+    for onto in [&input, &other, &settings] {
+        let out = batch(&input, &other, &["--trace-rounds", onto.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("--trace-rounds") && err.contains("refusing"), "{err}");
+    }
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+    assert!(!other.exists() && !settings.exists(), "nothing written");
+}
