@@ -56,7 +56,12 @@ impl Drafter for NgramDrafter {
                 None => return DraftPlan::NONE,
             }
         };
-        let sure = usize::from(own && cursor.ngram.is_structured() && cursor.ngram.head_for(tokens).is_some());
+        let structured = own && cursor.ngram.is_structured();
+        let head = cursor.ngram.head_for(tokens).is_some();
+        let sure = match (structured, self.texts.as_deref(), cursor.ngram.planned_from(tokens)) {
+            (true, Some(texts), Some(from)) if !head => number_rest(texts, tokens, from),
+            _ => usize::from(structured && head),
+        };
         DraftPlan { source: DraftSource::Ngram, run: cursor.ngram.run(tokens), first, sure }
     }
 
@@ -102,6 +107,47 @@ impl Drafter for NgramDrafter {
     }
 }
 
+/// Most tokens of a number's rest drafted as sure.
+const NUMBER_REST_MAX: usize = 16;
+
+/// In structured output, the rest of a number the output began, where the copy's source has
+/// it: how many of the source's tokens from `from` continue the number (digits, and a single
+/// `.` `,` `-` `/` `:` between digits: amounts, dates, ids, phone numbers), when the output's
+/// last token is the source's token before `from` and part of a number, and the source's token
+/// after the number (a closer's place). A tokenizer that
+/// writes a digit per token gives a number many tokens, and learned acceptance (over copies of
+/// text too) plans copies a few tokens at a time, so a number took a round per few digits,
+/// while copies inside numbers were nearly always right (docs/benchmarks.md).
+fn number_rest(texts: &TokenTexts, tokens: &[Token], from: usize) -> usize {
+    let digits = |t: Token| {
+        let b = texts.text(t);
+        !b.is_empty() && b.iter().all(u8::is_ascii_digit)
+    };
+    let joins = |t: Token| matches!(texts.text(t), b"." | b"," | b"-" | b"/" | b":");
+    let n = tokens.len();
+    let begun = n >= 1 && from >= 1 && from <= n && tokens[from - 1] == tokens[n - 1] && (digits(tokens[n - 1]) || joins(tokens[n - 1]));
+    if !begun {
+        return 0;
+    }
+    let mut count = 0;
+    let mut i = from;
+    while i < n && count < NUMBER_REST_MAX {
+        let t = tokens[i];
+        if digits(t) || (joins(t) && i + 1 < n && digits(tokens[i + 1])) {
+            count += 1;
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    // and the source's token after the number, where a closer takes its place
+    // ([`crate::closing`]) when one is known there
+    if count > 0 && i < n {
+        count += 1;
+    }
+    count
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +180,35 @@ mod tests {
         // without the cache nothing is proposed
         let plain = NgramDrafter::new(DEFAULT);
         assert_eq!(plain.plan(&mut DraftCursor::new(2), &tokens), DraftPlan::NONE);
+    }
+
+    #[test]
+    fn the_rest_of_a_number_the_output_began_is_a_sure_draft() {
+        let words = ["Total", " ", "2", "4", "0", ".", "5", " EUR", "\n", "Due", ":", "-"];
+        let texts = TokenTexts::new(words.iter().map(|w| w.as_bytes().to_vec()).collect());
+        let d = NgramDrafter::new(DEFAULT).with_texts(Arc::new(texts));
+        // the document `Total 2400.50 EUR\nDue`, the output `Total 2`: the number's rest, and
+        // the source's token after it (a closer's place), are sure in structured output
+        let document = [0, 1, 2, 3, 4, 4, 5, 6, 4, 7, 8, 9];
+        let tokens: Vec<Token> = document.iter().copied().chain([0, 1, 2]).collect();
+        let mut structured = DraftCursor::new(0);
+        structured.ngram.set_structured(true, document.len());
+        let plan = d.plan(&mut structured, &tokens);
+        assert_eq!((plan.source, plan.first, plan.sure), (DraftSource::Ngram, Some(3), 7), "`400.50` and ` EUR`");
+        // free text leaves it to the learned acceptance
+        assert_eq!(d.plan(&mut DraftCursor::new(1), &tokens).sure, 0);
+        // a copy that does not continue a number the output began is not sure
+        let after_word: Vec<Token> = document.iter().copied().chain([6, 4, 7]).collect();
+        let mut structured = DraftCursor::new(2);
+        structured.ngram.set_structured(true, document.len());
+        let plan = d.plan(&mut structured, &after_word);
+        assert_eq!((plan.first, plan.sure), (Some(8), 0));
+        // a join ends the number unless a digit follows it: `2-` then ` EUR`
+        let dash = [0, 1, 2, 11, 7, 8];
+        let tokens: Vec<Token> = dash.iter().copied().chain([0, 1, 2]).collect();
+        let mut structured = DraftCursor::new(3);
+        structured.ngram.set_structured(true, dash.len());
+        assert_eq!(d.plan(&mut structured, &tokens).sure, 0, "nothing of the number left: {tokens:?}");
     }
 
     #[test]
