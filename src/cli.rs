@@ -236,8 +236,9 @@ pub struct BatchArgs {
     /// No progress bar and no summary.
     #[arg(short, long)]
     pub quiet: bool,
-    /// Write one JSON line per round of every record to FILE, as `run --trace-rounds` does,
-    /// each line with its record's `id` (records one at a time: --parallel 1).
+    /// Write one JSON line per round of every record this run generates to FILE (`-`:
+    /// stderr), as `run --trace-rounds` does, each line with its record's `id` (records one
+    /// at a time: --parallel 1).
     #[arg(long, value_name = "FILE")]
     pub trace_rounds: Option<PathBuf>,
     /// Test-only: after this many records, write half a record and abort (a simulated crash).

@@ -112,12 +112,12 @@ const NUMBER_REST_MAX: usize = 16;
 
 /// In structured output, the rest of a number the output began, where the copy's source has
 /// it: how many of the source's tokens from `from` continue the number (digits, and a single
-/// `.` `,` `-` `/` `:` between digits: amounts, dates, ids, phone numbers), when the output's
-/// last token is the source's token before `from` and part of a number, and the source's token
-/// after the number (a closer's place). A tokenizer that
-/// writes a digit per token gives a number many tokens, and learned acceptance (over copies of
-/// text too) plans copies a few tokens at a time, so a number took a round per few digits,
-/// while copies inside numbers were nearly always right (docs/benchmarks.md).
+/// `.` `,` `-` `/` `:` between digits: amounts, dates, ids, phone numbers), and the source's
+/// token after it (a closer's place), when the output's last token is the source's token
+/// before `from` and part of a number. A tokenizer that writes a digit per token gives a
+/// number many tokens, and acceptance learned over copies of text too planned them a few
+/// tokens at a time, while copies inside numbers were nearly always right
+/// (docs/benchmarks.md#structured-output).
 fn number_rest(texts: &TokenTexts, tokens: &[Token], from: usize) -> usize {
     let digits = |t: Token| {
         let b = texts.text(t);
