@@ -13,9 +13,10 @@ and sorts every round by what ended it:
   closing draft that replaced a copy's run-on (docs/benchmarks.md#structured-output).
 
 Prints a Markdown table (rounds, tokens, rows, rejected rows, verification seconds and their
-share per kind) and a least-squares fit of a round's verification time as a fixed part plus
-a part per row, over records whose id does not start with OPEN_PREFIX (default `open`) —
-or over those only with --open.
+share per kind), a least-squares fit of a round's verification time as a fixed part plus a
+part per row, and how many copied tokens were accepted in n-gram drafts whose text begins
+with a digit or `.` `-` `/` `:` (inside a number) and in the others, over records whose id
+does not start with OPEN_PREFIX (default `open`) — or over those only with --open.
 
 Usage: rounds_summary.py TRACE [--open] [--open-prefix P]
 Example:
@@ -41,6 +42,25 @@ def kind(r):
     if closing and accepted >= drafted - closing:
         return "closing rejected"
     return "copy rejected"
+
+
+NUMBER_START = re.compile(r"^[0-9.\-/:]")
+
+
+def copies(rounds):
+    """(copied, accepted) tokens of n-gram drafts, by whether the draft's text begins inside
+    a number; forced and closing tokens left out."""
+    by = {"number": [0, 0], "text": [0, 0]}
+    for r in rounds:
+        forced, closing = r.get("n_forced", 0), r.get("n_closing", 0)
+        copied = r["n_drafted"] - forced - closing
+        if r["source"] != "ngram" or copied <= 0:
+            continue
+        accepted = min(max(r["n_accepted"] - forced, 0), copied)
+        c = by["number" if NUMBER_START.match(r["drafted"]) else "text"]
+        c[0] += copied
+        c[1] += accepted
+    return by
 
 
 def fit(rounds):
@@ -93,6 +113,9 @@ def main():
     ab = fit(rounds)
     if ab:
         print(f"\na round's verification ≈ {ab[0]:.1f} ms + {ab[1]:.1f} ms per row (least squares over {len(rounds)} rounds)")
+    for k, (copied, accepted) in copies(rounds).items():
+        if copied:
+            print(f"copies beginning {'inside a number' if k == 'number' else 'with text'}: {accepted} of {copied} tokens accepted ({100 * accepted / copied:.0f}%)")
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ pub struct DraftPlan {
     pub first: Option<Token>,
     /// Leading tokens worth drafting whatever the learned acceptance says: in structured
     /// output, the rest of a word the output has begun, where the source has it whole
-    /// ([`crate::anchor`]).
+    /// ([`crate::anchor`]), or the rest of a number and the token after it.
     pub sure: usize,
 }
 
