@@ -183,6 +183,16 @@ pub fn stdout_was_closed() -> bool {
     false
 }
 
+/// The file of `--trace-rounds PATH` (`-`: stderr), created (or emptied) now.
+pub fn trace_rounds_file(path: &Path) -> anyhow::Result<Box<dyn std::io::Write>> {
+    use anyhow::Context as _;
+    if path.as_os_str() == "-" {
+        return Ok(Box::new(std::io::stderr()));
+    }
+    let file = std::fs::File::create(path).with_context(|| format!("--trace-rounds {}: cannot create", path.display()))?;
+    Ok(Box::new(std::io::BufWriter::new(file)))
+}
+
 /// Whether a path names standard output.
 pub fn is_stdout(path: &Path) -> bool {
     path.as_os_str() == "-"

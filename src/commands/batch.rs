@@ -164,7 +164,8 @@ pub fn batch(args: &BatchArgs) -> Result<ExitCode> {
     check_trace(args, n_parallel)?;
     let header = Header::new(input.sha256.clone(), fingerprint(&plan, args, format));
     let (mut sink, done) = prepare_output(args, &header)?;
-    let mut trace = open_trace(args)?;
+    // created once the output is
+    let mut trace = args.trace_rounds.as_deref().map(crate::io::trace_rounds_file).transpose()?;
     if format == InputFormat::Openai {
         sink.openai = Some(OpenAiLines {
             model: plan.pair.clone().unwrap_or_else(|| plan.target.name.clone()),
@@ -211,7 +212,7 @@ fn check_trace(args: &BatchArgs, n_parallel: usize) -> Result<()> {
     if path.as_os_str() == "-" {
         return Ok(()); // stderr
     }
-    let sidecar = crate::formats::records::sidecar_path(&args.output);
+    let sidecar = sidecar_path(&args.output);
     let mut files: Vec<(&str, &std::path::Path)> = vec![("input", &args.input), ("-o", &args.output), ("-o settings", &sidecar)];
     if let Some(config) = &args.models.config {
         files.push(("--config", config));
@@ -220,17 +221,6 @@ fn check_trace(args: &BatchArgs, n_parallel: usize) -> Result<()> {
         bail!("--trace-rounds {} is the {flag} file of this run; refusing to overwrite it", path.display());
     }
     crate::io::refuse_output_onto_input(&[("--trace-rounds", path)], &files)
-}
-
-/// The `--trace-rounds` file (`-`: stderr), created once the output is.
-fn open_trace(args: &BatchArgs) -> Result<Option<Box<dyn Write>>> {
-    Ok(match &args.trace_rounds {
-        None => None,
-        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stderr())),
-        Some(p) => Some(Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("--trace-rounds {}: cannot create", p.display()))?,
-        ))),
-    })
 }
 
 /// What every record of a run shares.

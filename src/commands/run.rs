@@ -7,7 +7,7 @@ use crate::constraint::Vocabulary;
 use crate::formats::report::CompareReport;
 use crate::infer::{generate, generate_traced, make_drafter, plan, token_texts, with_backend, Plan};
 use crate::io::{install_interrupt_handler, interrupted, out, read_text};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use specrun_core::clock::Clock;
 use specrun_core::draft::{Drafter, NoDraft};
 use specrun_core::engine::Engine;
@@ -75,13 +75,7 @@ fn execute(
     let tokens = if args.chat { codec.chat_tokens(&messages).map_err(|e| anyhow!(e))? } else { codec.tokenize(prompt) };
     let mut stdout = std::io::stdout();
     let stream: Option<&mut dyn Write> = if args.json { None } else { Some(&mut stdout) };
-    let mut trace_file: Option<Box<dyn Write>> = match &args.trace_rounds {
-        None => None,
-        Some(p) if p.as_os_str() == "-" => Some(Box::new(std::io::stderr())),
-        Some(p) => Some(Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("--trace-rounds {}: cannot create", p.display()))?,
-        ))),
-    };
+    let mut trace_file = args.trace_rounds.as_deref().map(crate::io::trace_rounds_file).transpose()?;
     let trace = trace_file.as_mut().map(|w| w as &mut dyn Write);
     if args.compare {
         let mut baseline = Engine::new(&mut *target, NoDraft, plan.gen.clone());

@@ -125,7 +125,7 @@ fn number_rest(texts: &TokenTexts, tokens: &[Token], from: usize) -> usize {
     };
     let joins = |t: Token| matches!(texts.text(t), b"." | b"," | b"-" | b"/" | b":");
     let n = tokens.len();
-    let begun = n >= 1 && from >= 1 && from <= n && tokens[from - 1] == tokens[n - 1] && (digits(tokens[n - 1]) || joins(tokens[n - 1]));
+    let begun = (1..=n).contains(&from) && tokens[from - 1] == tokens[n - 1] && (digits(tokens[n - 1]) || joins(tokens[n - 1]));
     if !begun {
         return 0;
     }
