@@ -125,6 +125,25 @@ ensure_python_tools() {
     export SPECRUN_PYTHON="$venv/bin/python"
 }
 
+# fetch_llama_grammars: llama.cpp's grammars/*.gbnf from the llama-cpp-python source
+# distribution on PyPI that scripts/llama_cpp_reference.sh builds llama.cpp from (only the
+# grammar files are unpacked); exports SPECRUN_LLAMA_GRAMMARS for tests/cli/constraints.rs.
+fetch_llama_grammars() {
+    local v=0.3.36
+    local cache="${SPECRUN_CACHE:-$HOME/.cache/specrun}/llama.cpp-ref"
+    local dir="$cache/grammars-$v"
+    if ! ls "$dir"/*.gbnf >/dev/null 2>&1; then
+        mkdir -p "$dir"
+        if [ ! -f "$cache/llama_cpp_python-$v.tar.gz" ]; then
+            say "fetching llama.cpp's grammar files (llama-cpp-python $v source distribution)"
+            python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$v" -d "$cache"
+        fi
+        tar -xzf "$cache/llama_cpp_python-$v.tar.gz" -C "$dir" --strip-components=4 --wildcards \
+            "llama_cpp_python-$v/vendor/llama.cpp/grammars/*.gbnf"
+    fi
+    export SPECRUN_LLAMA_GRAMMARS="$dir"
+}
+
 build_release() {
     if [ -n "$SPECRUN_BIN_GIVEN" ]; then
         say "using $SPECRUN_BIN_GIVEN"

@@ -14,6 +14,7 @@ ensure_system_packages
 ensure_rust_components
 ensure_python_tools
 fetch_models all
+fetch_llama_grammars
 features=()
 if [ "${SPECRUN_SKIP_VULKAN:-0}" != 1 ]; then
     vulkan_toolchain

@@ -675,26 +675,29 @@ impl GenArgs {
 }
 
 impl ConstraintArgs {
-    /// The constraint asked for, read and parsed (files are read here); errors name the flag.
+    /// The constraint asked for, read, parsed and compiled once without a model (files are
+    /// read here); errors name the flag.
     pub fn grammar(&self) -> anyhow::Result<Option<crate::constraint::Grammar>> {
         use crate::constraint::Grammar;
         use anyhow::anyhow;
         let read = |flag: &str, p: &PathBuf| crate::io::read_text(p, 16 << 20).map_err(|e| anyhow!("{flag} {e}"));
-        Ok(Some(if let Some(s) = &self.json_schema {
-            Grammar::schema_from_text(s).map_err(|e| anyhow!("--json-schema: {e}"))?
+        let (grammar, origin) = if let Some(s) = &self.json_schema {
+            (Grammar::schema_from_text(s), "--json-schema".to_string())
         } else if let Some(p) = &self.json_schema_file {
-            Grammar::schema_from_text(&read("--json-schema-file", p)?).map_err(|e| anyhow!("--json-schema-file {}: {e}", p.display()))?
+            (Grammar::schema_from_text(&read("--json-schema-file", p)?), format!("--json-schema-file {}", p.display()))
         } else if self.json_object {
-            Grammar::JsonObject
+            (Ok(Grammar::JsonObject), "--json-object".to_string())
         } else if let Some(g) = &self.grammar {
-            Grammar::from_text(g).map_err(|e| anyhow!("--grammar: {e}"))?
+            (Grammar::from_text(g), "--grammar".to_string())
         } else if let Some(p) = &self.grammar_file {
-            Grammar::from_text(&read("--grammar-file", p)?).map_err(|e| anyhow!("--grammar-file {}: {e}", p.display()))?
+            (Grammar::from_text(&read("--grammar-file", p)?), format!("--grammar-file {}", p.display()))
         } else if let Some(r) = &self.regex {
-            Grammar::Regex(r.clone())
+            (Ok(Grammar::Regex(r.clone())), "--regex".to_string())
         } else {
             return Ok(None);
-        }))
+        };
+        let grammar = grammar.and_then(|g| g.check().map(|()| g)).map_err(|e| anyhow!("{origin}: {e}"))?;
+        Ok(Some(grammar))
     }
 }
 

@@ -465,13 +465,13 @@ impl RecordJobs<'_, '_, '_> {
                     self.read_all = true;
                 }
                 Some(Ok((i, Err(bad)))) => {
-                    let record = OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error() });
+                    let record = OutputRecord::Error(ErrorRecord::new(bad.id.clone(), bad.error()));
                     self.output.borrow_mut().put(i, record, LineAsked::default());
                 }
                 Some(Ok((i, Ok(mut job)))) => match prepare_job(self.run.codec, self.vocab, self.run.plan, self.run.args, &job) {
                     Ok((config, prompt)) => return Some(BatchJob { tag: InFlight { i, job }, config, prompt }),
                     Err(error) => {
-                        let record = OutputRecord::Error(ErrorRecord { id: job.id.clone(), error });
+                        let record = OutputRecord::Error(ErrorRecord::new(job.id.clone(), error));
                         self.output.borrow_mut().put(i, record, LineAsked::of(&mut job));
                     }
                 },
@@ -546,7 +546,10 @@ impl RunSink<InFlight> for RecordSink<'_, '_> {
                 );
                 OutputRecord::Ok(ok_record(&job, r))
             }
-            Err(e) => OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: format!("line {}: {e}", job.line) }),
+            Err(e) => {
+                let text = self.texts.remove(&i).map(TextStream::into_text).filter(|t| !t.is_empty());
+                OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: format!("line {}: {e}", job.line), text })
+            }
         };
         self.output.borrow_mut().put(i, record, LineAsked::of(&mut job));
     }
@@ -770,11 +773,12 @@ fn run_records(
                     return Ok(ExitCode::from(EXIT_INTERRUPTED));
                 }
                 Err(e) => {
-                    let record = OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: format!("line {}: {e:#}", job.line) });
+                    let text = e.downcast_ref::<crate::infer::FailedAfter>().map(|f| f.text.clone()).filter(|t| !t.is_empty());
+                    let record = OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: format!("line {}: {e:#}", job.line), text });
                     (record, LineAsked::of(&mut job))
                 }
             },
-            Err(bad) => (OutputRecord::Error(ErrorRecord { id: bad.id.clone(), error: bad.error() }), LineAsked::default()),
+            Err(bad) => (OutputRecord::Error(ErrorRecord::new(bad.id.clone(), bad.error())), LineAsked::default()),
         };
         match &record {
             OutputRecord::Ok(_) => totals.ok += 1,
@@ -843,7 +847,7 @@ fn run_job<T: Model, D: Drafter>(
     store: &mut PrefixCache,
     trace: Option<&mut dyn Write>,
 ) -> Result<(OutputRecord, Option<Vec<specrun_core::model::Token>>)> {
-    let fail = |e: String| Ok((OutputRecord::Error(ErrorRecord { id: job.id.clone(), error: e }), None));
+    let fail = |e: String| Ok((OutputRecord::Error(ErrorRecord::new(job.id.clone(), e)), None));
     let (config, tokens) = match prepare_job(run.codec, vocab, run.plan, run.args, job) {
         Ok(p) => p,
         Err(e) => return fail(e),

@@ -20,7 +20,7 @@ pub fn is_gbnf(text: &str) -> bool {
 /// A GBNF grammar as Lark text (its `root` rule is the start), or the first construct that
 /// cannot be translated, with its line and column.
 pub fn to_lark(src: &str) -> Result<String, String> {
-    let mut p = Parser { s: src.chars().collect(), i: 0 };
+    let mut p = Parser { s: src.chars().collect(), i: 0, refs: Vec::new() };
     let mut rules: Vec<(String, String)> = Vec::new();
     loop {
         p.space(true);
@@ -42,6 +42,9 @@ pub fn to_lark(src: &str) -> Result<String, String> {
     }
     if !rules.iter().any(|(n, _)| n == "root") {
         return Err("line 1: the grammar has no 'root' rule".into());
+    }
+    if let Some((name, at)) = p.refs.iter().find(|(name, _)| !rules.iter().any(|(n, _)| n == name)) {
+        return Err(p.error(*at, &format!("rule '{name}' is not defined")));
     }
     let mut out = String::from("start: g_root\n");
     for (name, body) in &rules {
@@ -68,6 +71,8 @@ fn lark_name(name: &str) -> String {
 struct Parser {
     s: Vec<char>,
     i: usize,
+    /// Rule names used, where.
+    refs: Vec<(String, usize)>,
 }
 
 impl Parser {
@@ -167,7 +172,9 @@ impl Parser {
                         self.i = at;
                         break;
                     }
-                    lark_name(&name)
+                    let lark = lark_name(&name);
+                    self.refs.push((name, at));
+                    lark
                 }
                 Some(c) => return Err(self.error(at, &format!("unexpected '{c}'"))),
             };
@@ -317,5 +324,9 @@ digitRun ::= [0-9]{1,}
         assert!(to_lark("root ::= [b-a]\n").unwrap_err().contains("out of order"));
         assert!(to_lark("root ::= \"a\"{3,1}\n").unwrap_err().contains("bad repetition"));
         assert!(to_lark("root ::= \"a\"\nroot ::= \"b\"\n").unwrap_err().contains("defined twice"));
+        assert_eq!(
+            to_lark("item ::= \"b\"\nroot ::= item (\"a\" | missing)\n").unwrap_err(),
+            "line 2, column 22: rule 'missing' is not defined"
+        );
     }
 }

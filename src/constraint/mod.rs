@@ -9,8 +9,9 @@
 //! schema's `x-guidance` object overrides that (llguidance's JSON options).
 
 pub mod gbnf;
+pub mod strict;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{InferenceCapabilities, TokRxInfo, TokTrie, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
@@ -56,9 +57,15 @@ impl Grammar {
     pub fn schema_from_text(text: &str) -> Result<Self> {
         let v: Value = serde_json::from_str(text).map_err(|e| anyhow!("not valid JSON: {e}"))?;
         if !(v.is_object() || v.is_boolean()) {
-            bail!("a JSON schema is an object");
+            return Err(anyhow!("a JSON schema is an object"));
         }
         Ok(Grammar::JsonSchema(v))
+    }
+
+    /// Compiled against a byte vocabulary: what does not compile says why before a model
+    /// loads (compiling for a model's vocabulary finds the same errors, later).
+    pub fn check(&self) -> Result<()> {
+        Vocabulary::bytes().build(self).map(drop).map_err(|why| anyhow!(why))
     }
 
     fn top_level(&self) -> TopLevelGrammar {
@@ -122,8 +129,24 @@ impl Vocabulary {
                 words.push(piece);
             }
         }
+        Self::from_words(&words, &eog)
+    }
+
+    /// The 256 bytes and an end token: enough to compile any grammar, so that one which does
+    /// not compile is found before a model loads.
+    fn bytes() -> &'static Self {
+        static BYTES: std::sync::OnceLock<Vocabulary> = std::sync::OnceLock::new();
+        BYTES.get_or_init(|| {
+            let mut words: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+            words.push([&[TokTrie::SPECIAL_TOKEN_MARKER][..], b"</s>"].concat());
+            Self::from_words(&words, &[256]).expect("a byte vocabulary with an end token")
+        })
+    }
+
+    fn from_words(words: &[Vec<u8>], eog: &[u32]) -> Result<Self> {
+        let n_vocab = words.len();
         let eos = *eog.first().ok_or_else(|| anyhow!("the model has no end-of-generation token: its output cannot end under a grammar"))?;
-        let trie = TokTrie::from(&TokRxInfo::new(n_vocab as u32, eos), &words).with_eos_tokens(&eog);
+        let trie = TokTrie::from(&TokRxInfo::new(n_vocab as u32, eos), words).with_eos_tokens(eog);
         let env: llguidance::toktrie::TokEnv = Arc::new(TrieEnv { trie });
         let caps = InferenceCapabilities { ff_tokens: true, ..InferenceCapabilities::default() };
         let mut factory = ParserFactory::new(&env, caps, &llguidance::earley::SlicedBiasComputer::general_slices())
@@ -135,11 +158,15 @@ impl Vocabulary {
     /// Compile `grammar` for this vocabulary: a schema, grammar or regex that does not compile
     /// is an error naming the reason.
     pub fn compile(&self, grammar: &Grammar) -> Result<ConstraintSpec> {
-        let parser =
-            self.factory.create_parser(grammar.top_level()).map_err(|e| anyhow!("{}: {}", grammar.kind(), first_line(&e.to_string())))?;
+        self.build(grammar).map_err(|why| anyhow!("{}: {why}", grammar.kind()))
+    }
+
+    /// [`Vocabulary::compile`], the error being the reason alone.
+    fn build(&self, grammar: &Grammar) -> std::result::Result<ConstraintSpec, String> {
+        let parser = self.factory.create_parser(grammar.top_level()).map_err(|e| first_line(&e.to_string()))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
-            bail!("{}: {}", grammar.kind(), first_line(&e));
+            return Err(first_line(&e));
         }
         let n_vocab = self.n_vocab;
         Ok(ConstraintSpec::new(grammar.kind(), move || Box::new(LlgConstraint { matcher: matcher.deep_clone(), n_vocab })))
@@ -181,7 +208,8 @@ impl<'a> LazyVocabulary<'a> {
 }
 
 /// OpenAI's `response_format` (`{"type": "text" | "json_object" | "json_schema", ...}`) as a
-/// grammar (`None` for text), or what is wrong with it.
+/// grammar (`None` for text), or what is wrong with it. A `"strict": true` schema's open
+/// objects are closed ([`strict`]).
 pub fn response_format(v: &Value) -> std::result::Result<Option<Grammar>, String> {
     let kind = v.get("type").and_then(Value::as_str).ok_or("response_format needs a string \"type\"")?;
     match kind {
@@ -193,14 +221,32 @@ pub fn response_format(v: &Value) -> std::result::Result<Option<Grammar>, String
             if !(schema.is_object() || schema.is_boolean()) {
                 return Err("response_format.json_schema.schema must be an object".into());
             }
-            Ok(Some(Grammar::JsonSchema(schema)))
+            let is_strict = match js.get("strict") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err("response_format.json_schema.strict must be true or false".into()),
+            };
+            Ok(Some(Grammar::JsonSchema(if is_strict { strict::closed(schema) } else { schema })))
         }
         other => Err(format!("response_format type \"{other}\" is not supported (text, json_object, json_schema)")),
     }
 }
 
+/// llguidance's message on one line: its first line, with the reason a regex parser gives
+/// on a later `error:` line (the lines between echo the pattern and point at it), and a
+/// leading capital lowered where the word is not an acronym.
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").trim().to_string()
+    let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("");
+    let line = match lines.rev().find_map(|l| l.strip_prefix("error:")) {
+        Some(reason) => format!("{} {}", first.trim_end_matches(':'), reason.trim()),
+        None => first.to_string(),
+    };
+    let mut chars = line.chars();
+    match (chars.next(), chars.next()) {
+        (Some(a), Some(b)) if a.is_uppercase() && !b.is_uppercase() => a.to_lowercase().chain(line[a.len_utf8()..].chars()).collect(),
+        _ => line,
+    }
 }
 
 /// llguidance's matcher behind the core's seam.
@@ -327,11 +373,32 @@ pub(crate) mod tests {
             let e = v.compile(&g).unwrap_err().to_string();
             assert!(e.starts_with(g.kind()) && !e.contains('\n'), "{e}");
         }
+        // a regex parser's reason comes on a later line
+        let e = v.compile(&Grammar::Regex("(?=x)x".into())).unwrap_err().to_string();
+        assert!(e.contains("regex parse error") && e.contains("look-around") && !e.contains('\n'), "{e}");
+        let e = v.compile(&Grammar::JsonSchema(json!({"type": "object", "if": {}}))).unwrap_err().to_string();
+        assert!(e.starts_with("json_schema: unimplemented keys"), "{e}");
         assert!(Grammar::schema_from_text("[1]").is_err());
         assert!(Grammar::from_text("root ::= <[3]>").unwrap_err().to_string().starts_with("GBNF line 1, column 10"));
         assert_eq!(response_format(&json!({"type": "text"})), Ok(None));
         assert_eq!(response_format(&json!({"type": "json_object"})), Ok(Some(Grammar::JsonObject)));
         assert!(response_format(&json!({"type": "json_schema"})).is_err());
         assert!(response_format(&json!({"type": "json_schema", "json_schema": {"schema": 3}})).is_err());
+        assert!(response_format(&json!({"type": "json_schema", "json_schema": {"schema": {}, "strict": 1}})).is_err());
+    }
+
+    #[test]
+    fn a_strict_schema_refuses_keys_it_does_not_list() {
+        let v = vocab();
+        let schema =
+            json!({"type": "object", "properties": {"title": {"type": "string"}, "pages": {"type": "integer"}}, "required": ["title"]});
+        let extra = tokens(r#"{"title": "Dune", "author": "#);
+        let listed = tokens(r#"{"title": "Dune", "pages": 412}"#);
+        for (is_strict, extra_allowed) in [(false, true), (true, false)] {
+            let rf = json!({"type": "json_schema", "json_schema": {"name": "book", "schema": schema, "strict": is_strict}});
+            let spec = v.compile(&response_format(&rf).unwrap().unwrap()).unwrap();
+            assert_eq!(spec.start().validate(&extra) == extra.len(), extra_allowed, "strict: {is_strict}");
+            assert_eq!(spec.start().validate(&listed), listed.len(), "strict: {is_strict}");
+        }
     }
 }

@@ -315,6 +315,16 @@ fn is_zero(n: &usize) -> bool {
 pub struct ErrorRecord {
     pub id: Value,
     pub error: String,
+    /// The text generated before a failure during generation; absent when there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+impl ErrorRecord {
+    /// A record that failed before generating anything.
+    pub fn new(id: Value, error: String) -> Self {
+        Self { id, error, text: None }
+    }
 }
 
 /// Any output line.

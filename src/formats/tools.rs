@@ -107,6 +107,11 @@ fn parse_tools(v: Option<&Value>) -> Result<Vec<Tool>, ApiError> {
             Some(p @ Value::Object(_)) => p.clone(),
             Some(_) => return Err(bad(format!("tools[{i}].function.parameters must be a JSON schema object"))),
         };
+        let parameters = match f.get("strict") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => parameters,
+            Some(Value::Bool(true)) => crate::constraint::strict::closed(parameters),
+            Some(_) => return Err(bad(format!("tools[{i}].function.strict must be true or false"))),
+        };
         tools.push(Tool { name: name.to_string(), parameters, definition: t.clone() });
     }
     Ok(tools)
@@ -335,6 +340,11 @@ mod tests {
         let r = request(json!({})).unwrap().unwrap();
         assert_eq!((r.tools.len(), &r.choice, r.parallel), (2, &ToolChoice::Auto, true));
         assert_eq!(r.tools[1].parameters, json!({"type": "object", "properties": {}}));
+        assert_eq!(r.tools[0].parameters.get("additionalProperties"), None, "JSON Schema's open objects unless strict");
+        let mut strict = weather();
+        strict["function"]["strict"] = json!(true);
+        let r = parse(json!({"tools": [strict]}).as_object().unwrap()).unwrap().unwrap();
+        assert_eq!(r.tools[0].parameters["additionalProperties"], json!(false), "strict closes them");
         let r = request(json!({"tool_choice": {"type": "function", "function": {"name": "now"}}, "parallel_tool_calls": false})).unwrap();
         assert_eq!(r.as_ref().map(|r| (&r.choice, r.parallel)), Some((&ToolChoice::Function("now".into()), false)));
         assert_eq!(request(json!({"tool_choice": "none"})).unwrap().unwrap().shown().len(), 0);
@@ -355,6 +365,7 @@ mod tests {
             (json!({"tools": [weather()], "tool_choice": "always"}), "tool_choice"),
             (json!({"tools": [weather()], "tool_choice": {"type": "function", "function": {"name": "other"}}}), "tool_choice"),
             (json!({"tools": [weather()], "parallel_tool_calls": "yes"}), "parallel_tool_calls"),
+            (json!({"tools": [{"type": "function", "function": {"name": "f", "strict": "yes"}}]}), "tools[0]"),
         ] {
             let e = parse(body.as_object().unwrap()).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);

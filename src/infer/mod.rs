@@ -93,6 +93,15 @@ pub fn generate<T: Model, D: Drafter>(
     generate_traced(engine, codec, prompt, clock, stream, stops, cancel, None)
 }
 
+/// A generation that failed after writing text: the error, and the text so far (a batch
+/// keeps it in the record's error line).
+#[derive(Debug, thiserror::Error)]
+#[error("{error:#}")]
+pub struct FailedAfter {
+    pub error: anyhow::Error,
+    pub text: String,
+}
+
 /// Where a round trace goes ([`crate::formats::trace::RoundLine`]), and the id of the record
 /// its lines belong to (`batch`).
 pub struct RoundTrace<'a> {
@@ -189,7 +198,14 @@ fn generate_after<T: Model, D: Drafter>(
         if cancel() {
             return Err(Interrupted.into());
         }
-        added = engine.step(&mut seq, clock)?;
+        added = match engine.step(&mut seq, clock) {
+            Ok(added) => added,
+            Err(error) => {
+                text.finish();
+                emit(&mut text)?;
+                return Err(FailedAfter { error: error.into(), text: text.into_text() }.into());
+            }
+        };
         if let (Some(t), Some(r)) = (trace.as_mut(), seq.last_round.take()) {
             let mut line = crate::formats::trace::RoundLine::new(
                 seq.stats.n_rounds,

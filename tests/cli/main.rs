@@ -6,6 +6,7 @@
 mod batch;
 mod bench;
 mod commands;
+mod constraints;
 mod fuzz_parsers;
 mod hostile;
 mod layers;

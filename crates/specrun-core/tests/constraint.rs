@@ -521,3 +521,102 @@ fn an_ending_seen_in_one_sequence_is_drafted_with_the_end_in_the_next() {
         }
     }
 }
+
+/// A grammar whose matcher fails once `after` tokens were consumed (as llguidance's lexer does
+/// past its limits): every call after that point errs.
+#[derive(Clone)]
+struct FailsAfter {
+    grammar: MockGrammar,
+    after: usize,
+    consumed: usize,
+}
+
+impl FailsAfter {
+    fn check(&self) -> Result<(), specrun_core::constraint::ConstraintError> {
+        match self.consumed >= self.after {
+            true => Err(specrun_core::constraint::ConstraintError("too many expressions".into())),
+            false => Ok(()),
+        }
+    }
+}
+
+impl Constraint for FailsAfter {
+    fn mask(&mut self) -> Result<specrun_core::constraint::TokenMask, specrun_core::constraint::ConstraintError> {
+        self.check()?;
+        self.grammar.mask()
+    }
+    fn forced(&mut self) -> Vec<Token> {
+        self.grammar.forced()
+    }
+    fn validate(&mut self, tokens: &[Token]) -> usize {
+        self.grammar.validate(tokens)
+    }
+    fn consume(&mut self, tokens: &[Token]) -> Result<(), specrun_core::constraint::ConstraintError> {
+        self.check()?;
+        self.grammar.consume(tokens)?;
+        self.consumed += tokens.len();
+        Ok(())
+    }
+    fn rollback(&mut self, n: usize) -> Result<(), specrun_core::constraint::ConstraintError> {
+        self.grammar.rollback(n)?;
+        self.consumed -= n;
+        Ok(())
+    }
+    fn is_accepting(&mut self) -> bool {
+        self.grammar.is_accepting()
+    }
+    fn boxed_clone(&self) -> Box<dyn Constraint> {
+        Box::new(self.clone())
+    }
+}
+
+#[test]
+fn a_grammar_that_fails_mid_output_ends_its_own_sequence_and_no_other() {
+    use specrun_core::batching::{run_continuous_from, BatchEnd, Callbacks, SharedPolicy};
+    use specrun_core::engine::EngineError;
+    let target = MockSpec::target(9);
+    let g = record_grammar(target.n_vocab);
+    let failing = FailsAfter { grammar: g.clone(), after: 6, consumed: 0 };
+    let run = |fail: bool| {
+        let clock = MockClock::new();
+        let mut e = Engine::new(
+            MockModel::new(target.clone()).with_clock(clock.clone()),
+            ModelDrafter::new(MockModel::new(Quality::Agree(0.7).spec(&target)).with_clock(clock.clone())),
+            GenConfig::default(),
+        );
+        let jobs: Vec<_> = (0..6)
+            .map(|i| {
+                let mut job = util::mixed_job(i, vec![1 + i as Token, 2, 3], 30);
+                job.config.constraint = Some(match (fail, i) {
+                    (true, 1) => {
+                        let f = failing.clone();
+                        ConstraintSpec::new("failing", move || Box::new(f.clone()))
+                    }
+                    _ => spec_of(&g),
+                });
+                job
+            })
+            .collect();
+        let mut out: Vec<Option<Result<Vec<Token>, EngineError>>> = vec![None; 6];
+        let outcome = run_continuous_from(
+            &mut e,
+            &mut ListJobs(jobs.into_iter()),
+            4,
+            &mut SharedPolicy::default(),
+            &clock,
+            &mut Callbacks::new(|tag, r: Result<specrun_core::engine::Sequence, EngineError>| {
+                out[tag] = Some(r.map(|s| s.generated().to_vec()))
+            }),
+        )
+        .expect("a failing grammar is not the run's error");
+        assert_eq!(outcome.end, BatchEnd::Done);
+        out.into_iter().map(|o| o.expect("every job is answered")).collect::<Vec<_>>()
+    };
+    let healthy = run(false);
+    let with_failure = run(true);
+    assert!(matches!(&with_failure[1], Err(EngineError::Constraint(e)) if e.0 == "too many expressions"), "{:?}", with_failure[1]);
+    for i in [0, 2, 3, 4, 5] {
+        assert_eq!(with_failure[i].as_ref().ok(), healthy[i].as_ref().ok(), "job {i}");
+        assert!(healthy[i].as_ref().is_ok_and(|t| !t.is_empty()), "job {i}");
+    }
+}

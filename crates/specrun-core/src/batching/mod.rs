@@ -530,6 +530,11 @@ impl<J> Run<'_, J> {
             else {
                 unreachable!("a finished sequence's slot is busy")
             };
+            if let Some(e) = seq.failed.take() {
+                free(engine, &mut seq);
+                sink.finished(tag, Err(EngineError::Constraint(e)));
+                continue;
+            }
             policy.finished(&seq);
             self.slots[i] = Slot::Free(release(engine, &mut seq, self.config.prompt_cache, ended_by_caller, &mut self.store));
             // a drafter that learns across sequences (the draft cache) sees every output

@@ -227,6 +227,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
             t_admitted: t0,
             pace_mean: PaceMean::default(),
             guide: None,
+            failed: None,
             forced: 0,
             likely: 0,
             ending: None,

@@ -81,6 +81,10 @@ pub struct Sequence {
     pub pace_mean: PaceMean,
     /// The grammar its output follows, in step with its tokens.
     pub guide: Option<Guide>,
+    /// Why its grammar failed it in a shared round (a lexer limit, say): the sequence is
+    /// finished, and [`crate::batching`] hands the error to its sink, not to the other
+    /// sequences of the round.
+    pub failed: Option<ConstraintError>,
     /// Tokens the constraint forced at the end of `tokens` this round (drafted, not verified).
     pub(super) forced: usize,
     /// Of those, how many are only the likely spelling of forced text ([`Constraint::likely`]),

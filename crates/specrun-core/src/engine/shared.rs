@@ -175,7 +175,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let draft_max = seqs.iter().map(|s| s.config.draft_max).max().unwrap_or(0);
         let share = (self.target.n_batch() / decoding).saturating_sub(1 + draft_max).min(FORCED_MAX);
         for seq in seqs.iter_mut() {
-            self.open_round(seq, share)?;
+            let opened = self.open_round(seq, share);
+            own_failure(seq, opened)?;
         }
         Ok(())
     }
@@ -393,15 +394,29 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let (rows, t) = (Some(decode.n_tokens), decode.t_verified);
         for (i, d) in drafted.into_iter().enumerate() {
             let seq = &mut *seqs[i];
-            match d {
-                None if takes[i] > 0 && seq.target.n_cached == seq.n_prompt => {
-                    ranges.push(self.first_token(seq, decode.row_bases[i], rows, t, clock)?)
-                }
-                None => ranges.push(seq.tokens.len()..seq.tokens.len()),
-                Some(d) => ranges.push(self.finish_phase(seq, d, decode.row_bases[i], rows, t, clock)?),
-            }
+            let verified = match d {
+                None if takes[i] > 0 && seq.target.n_cached == seq.n_prompt => self.first_token(seq, decode.row_bases[i], rows, t, clock),
+                None => Ok(seq.tokens.len()..seq.tokens.len()),
+                Some(d) => self.finish_phase(seq, d, decode.row_bases[i], rows, t, clock),
+            };
+            ranges.push(own_failure(seq, verified)?.unwrap_or(seq.tokens.len()..seq.tokens.len()));
         }
         Ok(ranges)
+    }
+}
+
+/// A constraint's failure ends its own sequence, not the shared round: the sequence is
+/// finished with the error in [`Sequence::failed`] (its cells are freed when it is released)
+/// and the others go on. Other errors (the model's) stay the round's.
+fn own_failure<T>(seq: &mut Sequence, result: Result<T, EngineError>) -> Result<Option<T>, EngineError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(EngineError::Constraint(e)) => {
+            seq.failed = Some(e);
+            seq.finish = Some(FinishReason::Length);
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }
 
