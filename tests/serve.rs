@@ -686,6 +686,27 @@ fn constrained_requests_follow_their_schema_and_bad_ones_are_named() {
     let (code, text) = post(&s, "/v1/chat/completions", &chat_body("yes or no", r#", "grammar": "root ::= \"yes\" | \"no\"""#));
     assert_eq!(code, 200, "{text}");
     assert!(["yes", "no"].contains(&text_of(&json(&text)).as_str()), "{text}");
+    // a regex as batch records have it, and vLLM's guided fields
+    for (extra, fits) in [
+        (r#", "regex": "[A-Z]{2}-[0-9]{3}""#, &(|t: &str| t.len() == 6 && t.as_bytes()[2] == b'-') as &dyn Fn(&str) -> bool),
+        (r#", "guided_regex": "[0-9]{4}""#, &|t: &str| t.len() == 4 && t.bytes().all(|b| b.is_ascii_digit())),
+        (r#", "guided_choice": ["red", "green \"lime\""]"#, &|t: &str| t == "red" || t == "green \"lime\""),
+        (r#", "guided_grammar": "root ::= \"a\" [0-9]""#, &|t: &str| t.len() == 2 && t.starts_with('a')),
+        (&format!(r#", "max_tokens": 100, "guided_json": {schema:?}"#), &|t: &str| {
+            serde_json::from_str::<serde_json::Value>(t).is_ok_and(|v| v["ok"].is_boolean())
+        }),
+    ] {
+        let (code, text) = post(&s, "/v1/chat/completions", &chat_body("x", extra));
+        assert_eq!(code, 200, "{extra}: {text}");
+        assert!(fits(&text_of(&json(&text))), "{extra}: {text}");
+    }
+    // a grammar that fails while generating (llguidance's lexer past its limits) fails its
+    // own request, and the server goes on
+    let (code, text) = post(&s, "/v1/completions", r#"{"prompt": "x", "max_tokens": 30, "grammar": "start: /a{1000}{1000}/"}"#);
+    assert_eq!(code, 500, "{text}");
+    assert!(json(&text)["error"]["message"].as_str().is_some_and(|m| m.contains("too many")), "{text}");
+    let (code, text) = post(&s, "/v1/completions", r#"{"prompt": "x", "max_tokens": 3}"#);
+    assert_eq!(code, 200, "{text}");
     for (extra, param) in [
         (
             r#", "response_format": {"type": "json_schema", "json_schema": {"name": "b", "schema": {"type": "nonsense"}}}"#,
@@ -695,6 +716,12 @@ fn constrained_requests_follow_their_schema_and_bad_ones_are_named() {
         (r#", "grammar": "root ::= <[5]>""#, "grammar"),
         (r#", "json_schema": 5"#, "json_schema"),
         (r#", "grammar": "root ::= \"a\"", "json_schema": {}"#, "grammar"),
+        (r#", "regex": "(?=a)a""#, "regex"),
+        (r#", "guided_choice": []"#, "guided_choice"),
+        (r#", "guided_choice": ["a", 1]"#, "guided_choice"),
+        (r#", "guided_regex": 5"#, "guided_regex"),
+        (r#", "guided_json": "not json""#, "guided_json"),
+        (r#", "regex": "a", "guided_choice": ["a"]"#, "guided_choice"),
     ] {
         let (code, text) = post(&s, "/v1/chat/completions", &chat_body("x", extra));
         assert_eq!(code, 400, "{extra}: {text}");

@@ -434,31 +434,46 @@ fn chat_prompt(messages: Option<&Value>, tools: Option<&ToolRequest>) -> Result<
     }
 }
 
-/// The request's constraint: OpenAI's `response_format`, or llama-server's `json_schema` (an
-/// object) or `grammar` (GBNF or Lark text); at most one.
+/// The request's constraint: OpenAI's `response_format`, llama-server's `json_schema` (an
+/// object) or `grammar` (GBNF or Lark text), a `regex` (as batch records have it), or vLLM's
+/// `guided_json`, `guided_regex`, `guided_grammar` and `guided_choice`; at most one.
 fn parse_grammar(obj: &Map<String, Value>) -> Result<Option<(&'static str, Grammar)>, ApiError> {
-    let given: Vec<&str> =
-        ["response_format", "json_schema", "grammar"].into_iter().filter(|k| obj.get(*k).is_some_and(|v| !v.is_null())).collect();
+    const FIELDS: [&str; 8] =
+        ["response_format", "json_schema", "grammar", "regex", "guided_json", "guided_regex", "guided_grammar", "guided_choice"];
+    let given: Vec<&'static str> = FIELDS.into_iter().filter(|k| obj.get(*k).is_some_and(|v| !v.is_null())).collect();
     if given.len() > 1 {
         return Err(ApiError::invalid(given[1], format!("give at most one of {}", given.join(", "))));
     }
-    Ok(match given.first().copied() {
-        None => None,
-        Some("response_format") => crate::constraint::response_format(&obj["response_format"])
-            .map_err(|e| ApiError::invalid("response_format", e))?
-            .map(|g| ("response_format", g)),
-        Some("json_schema") => Some((
-            "json_schema",
-            Grammar::schema_from_text(&obj["json_schema"].to_string())
-                .map_err(|e| ApiError::invalid("json_schema", format!("json_schema: {e}")))?,
-        )),
-        Some(_) => match &obj["grammar"] {
-            Value::String(g) => {
-                Some(("grammar", Grammar::from_text(g).map_err(|e| ApiError::invalid("grammar", format!("grammar: {e}")))?))
-            }
-            _ => return Err(ApiError::invalid("grammar", "grammar must be a string")),
+    let Some(&field) = given.first() else { return Ok(None) };
+    let value = &obj[field];
+    let bad = |e: String| ApiError::invalid(field, format!("{field}: {e}"));
+    let text = || value.as_str().ok_or_else(|| ApiError::invalid(field, format!("{field} must be a string")));
+    let grammar = match field {
+        "response_format" => match crate::constraint::response_format(value).map_err(|e| ApiError::invalid(field, e))? {
+            Some(g) => g,
+            None => return Ok(None),
         },
-    })
+        "json_schema" => Grammar::schema_from_text(&value.to_string()).map_err(|e| bad(e.to_string()))?,
+        // vLLM takes the schema as an object or as its text
+        "guided_json" => {
+            Grammar::schema_from_text(&value.as_str().map_or_else(|| value.to_string(), str::to_string)).map_err(|e| bad(e.to_string()))?
+        }
+        "grammar" | "guided_grammar" => Grammar::from_text(text()?).map_err(|e| bad(e.to_string()))?,
+        "regex" | "guided_regex" => Grammar::Regex(text()?.to_string()),
+        _ => Grammar::Lark(choice_grammar(value).map_err(|e| ApiError::invalid(field, e))?),
+    };
+    Ok(Some((field, grammar)))
+}
+
+/// vLLM's `guided_choice`: the output is one of the strings, whole.
+fn choice_grammar(v: &Value) -> Result<String, String> {
+    let choices: Vec<&str> = match v.as_array() {
+        Some(a) if !a.is_empty() => a.iter().map(Value::as_str).collect::<Option<_>>(),
+        _ => None,
+    }
+    .ok_or("guided_choice must be a non-empty array of strings")?;
+    let alternatives: Vec<String> = choices.iter().map(|c| Value::from(*c).to_string()).collect();
+    Ok(format!("start: {}\n", alternatives.join(" | ")))
 }
 
 pub fn parse_messages(v: Option<&Value>) -> Result<Vec<(String, String)>, ApiError> {
