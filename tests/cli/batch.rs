@@ -511,3 +511,36 @@ fn the_round_trace_of_a_batch_names_each_rounds_record_and_adds_up_to_it() {
     assert_eq!(std::fs::read(&input).unwrap(), before);
     assert!(!other.exists() && !settings.exists(), "nothing written");
 }
+
+/// A grammar that fails while generating (llguidance's lexer past its limits) is that record's
+/// error, with the text it wrote; the records around it, in flight beside it or after it, run.
+#[test]
+fn a_grammar_that_fails_mid_output_is_its_records_error_with_the_text_so_far() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        concat!(
+            "{\"id\": \"a\", \"prompt\": \"x\", \"max_tokens\": 6}\n",
+            "{\"id\": \"b\", \"prompt\": \"y\", \"max_tokens\": 30, \"regex\": \"a{1000}{1000}\"}\n",
+            "{\"id\": \"c\", \"prompt\": \"z\", \"max_tokens\": 6, \"regex\": \"[0-9]{3}\"}\n",
+        ),
+    )
+    .unwrap();
+    for parallel in ["1", "3"] {
+        let out = dir.path().join(format!("out-{parallel}.jsonl"));
+        let o = batch(&input, &out, &["--parallel", parallel]);
+        assert_eq!(o.status.code(), Some(1), "--parallel {parallel}: {}", String::from_utf8_lossy(&o.stderr));
+        let recs = records(&out);
+        assert_eq!(recs.len(), 3, "--parallel {parallel}");
+        let OutputRecord::Error(e) = &recs[1] else { panic!("--parallel {parallel}: {:?}", recs[1]) };
+        assert!(e.error.starts_with("line 2: ") && e.error.contains("too many"), "{}", e.error);
+        assert!(e.text.as_deref().is_some_and(|t| !t.is_empty() && t.bytes().all(|b| b == b'a')), "{e:?}");
+        assert!(matches!(&recs[0], OutputRecord::Ok(r) if r.n_generated == 6), "{:?}", recs[0]);
+        assert!(
+            matches!(&recs[2], OutputRecord::Ok(r) if r.text.len() == 3 && r.text.bytes().all(|b| b.is_ascii_digit())),
+            "{:?}",
+            recs[2]
+        );
+    }
+}
