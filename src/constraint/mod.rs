@@ -9,7 +9,7 @@
 //! schema's `x-guidance` object overrides that (llguidance's JSON options).
 
 pub mod gbnf;
-pub mod strict;
+pub mod schema;
 
 use anyhow::{anyhow, Result};
 use llguidance::api::TopLevelGrammar;
@@ -77,12 +77,35 @@ impl Grammar {
             schema
         };
         match self {
-            Grammar::JsonSchema(s) => TopLevelGrammar::from_json_schema(compact(s.clone())),
+            Grammar::JsonSchema(s) => TopLevelGrammar::from_json_schema(compact(without_unknown_formats(s.clone()))),
             Grammar::JsonObject => TopLevelGrammar::from_json_schema(compact(json!({"type": "object"}))),
             Grammar::Lark(g) => TopLevelGrammar::from_lark(g.clone()),
             Grammar::Regex(r) => TopLevelGrammar::from_regex(r),
         }
     }
+}
+
+/// `schema` without the `format`s llguidance does not know, which JSON Schema makes
+/// annotations ([`schema::unknown_formats_dropped`]).
+pub fn without_unknown_formats(schema: Value) -> Value {
+    schema::unknown_formats_dropped(schema, &known_format)
+}
+
+/// Whether llguidance knows `format` (its list is private): a string schema with it compiles.
+/// Asked once per format for the first formats a process meets (a server's clients may send
+/// any number of them: the rest are asked each time).
+fn known_format(format: &str) -> bool {
+    static KNOWN: std::sync::Mutex<Vec<(String, bool)>> = std::sync::Mutex::new(Vec::new());
+    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, k)) = known.iter().find(|(f, _)| f == format) {
+        return *k;
+    }
+    let probe = TopLevelGrammar::from_json_schema(json!({"type": "string", "format": format}));
+    let k = Vocabulary::bytes().factory.create_parser(probe).is_ok();
+    if known.len() < 256 {
+        known.push((format.to_string(), k));
+    }
+    k
 }
 
 /// The target's tokens as llguidance sees them, and its parser factory.
@@ -209,7 +232,7 @@ impl<'a> LazyVocabulary<'a> {
 
 /// OpenAI's `response_format` (`{"type": "text" | "json_object" | "json_schema", ...}`) as a
 /// grammar (`None` for text), or what is wrong with it. A `"strict": true` schema's open
-/// objects are closed ([`strict`]).
+/// objects are closed ([`schema::closed`]).
 pub fn response_format(v: &Value) -> std::result::Result<Option<Grammar>, String> {
     let kind = v.get("type").and_then(Value::as_str).ok_or("response_format needs a string \"type\"")?;
     match kind {
@@ -226,7 +249,7 @@ pub fn response_format(v: &Value) -> std::result::Result<Option<Grammar>, String
                 Some(Value::Bool(b)) => *b,
                 Some(_) => return Err("response_format.json_schema.strict must be true or false".into()),
             };
-            Ok(Some(Grammar::JsonSchema(if is_strict { strict::closed(schema) } else { schema })))
+            Ok(Some(Grammar::JsonSchema(if is_strict { schema::closed(schema) } else { schema })))
         }
         other => Err(format!("response_format type \"{other}\" is not supported (text, json_object, json_schema)")),
     }
@@ -385,6 +408,19 @@ pub(crate) mod tests {
         assert!(response_format(&json!({"type": "json_schema"})).is_err());
         assert!(response_format(&json!({"type": "json_schema", "json_schema": {"schema": 3}})).is_err());
         assert!(response_format(&json!({"type": "json_schema", "json_schema": {"schema": {}, "strict": 1}})).is_err());
+    }
+
+    #[test]
+    fn a_format_llguidance_does_not_know_is_an_annotation_and_one_it_knows_constrains() {
+        let v = vocab();
+        let schema = |format: &str| Grammar::JsonSchema(json!({"type": "string", "format": format}));
+        let spec = v.compile(&schema("password")).unwrap();
+        let any = tokens(r#""hunter2!""#);
+        assert_eq!(spec.start().validate(&any), any.len());
+        let spec = v.compile(&schema("date")).unwrap();
+        assert_eq!(spec.start().validate(&any), 1, "only the quote is a date's start");
+        let date = tokens(r#""2024-03-05""#);
+        assert_eq!(spec.start().validate(&date), date.len());
     }
 
     #[test]

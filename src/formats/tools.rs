@@ -109,7 +109,7 @@ fn parse_tools(v: Option<&Value>) -> Result<Vec<Tool>, ApiError> {
         };
         let parameters = match f.get("strict") {
             None | Some(Value::Null) | Some(Value::Bool(false)) => parameters,
-            Some(Value::Bool(true)) => crate::constraint::strict::closed(parameters),
+            Some(Value::Bool(true)) => crate::constraint::schema::closed(parameters),
             Some(_) => return Err(bad(format!("tools[{i}].function.strict must be true or false"))),
         };
         tools.push(Tool { name: name.to_string(), parameters, definition: t.clone() });
@@ -175,7 +175,7 @@ impl ToolRequest {
         for (rule, tool) in bodies.iter().zip(&callable) {
             let schema = json!({
                 "type": "object",
-                "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
+                "properties": {"name": {"const": tool.name}, "arguments": crate::constraint::without_unknown_formats(tool.parameters.clone())},
                 "required": ["name", "arguments"],
                 "additionalProperties": false,
                 "x-guidance": {"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "},

@@ -1,4 +1,5 @@
-//! OpenAI's `"strict": true`: the output holds only the properties a schema lists.
+//! Schema rewrites before compiling: OpenAI's `"strict": true` closes open objects, and a
+//! `format` llguidance does not know is read as the annotation JSON Schema makes it.
 //!
 //! JSON Schema lets an object without `additionalProperties` hold any other key as well, and
 //! llguidance and llama.cpp follow it (a model asked for `{title, pages}` may add `author`).
@@ -6,13 +7,38 @@
 //! ones a strict schema leaves open instead of refusing them. Schemas under `allOf` are left
 //! open (closing each part of a conjunction would refuse the keys the other parts add), their
 //! own subschemas are still closed.
+//!
+//! `format` asserts only where a validator knows the format (JSON Schema 2019-09 on; Python's
+//! `jsonschema` ignores the ones it does not know), while llguidance refuses a schema with a
+//! format outside its list — Pydantic writes `password`, `binary` or `file-path` for common
+//! field types. Such formats are dropped, so the value is any string and still validates.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// `schema` with `"additionalProperties": false` on every object schema that says nothing
 /// about additional properties.
 pub fn closed(mut schema: Value) -> Value {
-    close(&mut schema, true);
+    walk(&mut schema, false, &mut |o, in_all_of| {
+        let is_object = o.contains_key("properties")
+            || match o.get("type") {
+                Some(Value::String(t)) => t == "object",
+                Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+                _ => false,
+            };
+        if !in_all_of && is_object && !o.contains_key("additionalProperties") && !o.contains_key("unevaluatedProperties") {
+            o.insert("additionalProperties".into(), Value::Bool(false));
+        }
+    });
+    schema
+}
+
+/// `schema` without the `format`s `known` does not know (their values are any string).
+pub fn unknown_formats_dropped(mut schema: Value, known: &dyn Fn(&str) -> bool) -> Value {
+    walk(&mut schema, false, &mut |o, _| {
+        if o.get("format").and_then(Value::as_str).is_some_and(|f| !known(f)) {
+            o.remove("format");
+        }
+    });
     schema
 }
 
@@ -23,36 +49,30 @@ const SCHEMAS: [&str; 9] = ["additionalProperties", "items", "additionalItems", 
 /// Keywords whose value is a list of schemas.
 const SCHEMA_LISTS: [&str; 3] = ["anyOf", "oneOf", "prefixItems"];
 
-fn close(schema: &mut Value, this_one: bool) {
+/// Visit every schema object in `schema` (keywords' values, never data such as `const` or
+/// `enum`), telling `visit` whether it is a direct part of an `allOf`.
+fn walk(schema: &mut Value, in_all_of: bool, visit: &mut dyn FnMut(&mut Map<String, Value>, bool)) {
     let Some(o) = schema.as_object_mut() else { return };
-    let is_object = o.contains_key("properties")
-        || match o.get("type") {
-            Some(Value::String(t)) => t == "object",
-            Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
-            _ => false,
-        };
-    if this_one && is_object && !o.contains_key("additionalProperties") && !o.contains_key("unevaluatedProperties") {
-        o.insert("additionalProperties".into(), Value::Bool(false));
-    }
+    visit(o, in_all_of);
     for key in SCHEMA_MAPS {
         if let Some(Value::Object(m)) = o.get_mut(key) {
-            m.values_mut().for_each(|s| close(s, true));
+            m.values_mut().for_each(|s| walk(s, false, visit));
         }
     }
     for key in SCHEMAS {
         match o.get_mut(key) {
-            Some(Value::Array(list)) if key == "items" => list.iter_mut().for_each(|s| close(s, true)),
-            Some(s) => close(s, true),
+            Some(Value::Array(list)) if key == "items" => list.iter_mut().for_each(|s| walk(s, false, visit)),
+            Some(s) => walk(s, false, visit),
             None => {}
         }
     }
     for key in SCHEMA_LISTS {
         if let Some(Value::Array(list)) = o.get_mut(key) {
-            list.iter_mut().for_each(|s| close(s, true));
+            list.iter_mut().for_each(|s| walk(s, false, visit));
         }
     }
     if let Some(Value::Array(list)) = o.get_mut("allOf") {
-        list.iter_mut().for_each(|s| close(s, false));
+        list.iter_mut().for_each(|s| walk(s, true, visit));
     }
 }
 
@@ -89,5 +109,23 @@ mod tests {
         assert_eq!(closed_at("/properties/title"), None, "strings are not objects");
         assert_eq!(c.pointer("/properties/tags/items/properties/k/const"), Some(&json!({"type": "object"})), "data is data");
         assert!(c.pointer("/properties/additionalProperties").is_none(), "the properties map gains no property");
+    }
+
+    #[test]
+    fn only_unknown_formats_are_dropped() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "when": {"type": "string", "format": "date-time"},
+                "secret": {"type": "string", "format": "password"},
+                "files": {"type": "array", "items": {"type": "string", "format": "file-path"}},
+                "format": {"const": {"format": "password"}},
+            },
+        });
+        let d = unknown_formats_dropped(schema, &|f| f == "date-time");
+        assert_eq!(d.pointer("/properties/when/format"), Some(&json!("date-time")));
+        assert_eq!(d.pointer("/properties/secret"), Some(&json!({"type": "string"})));
+        assert_eq!(d.pointer("/properties/files/items"), Some(&json!({"type": "string"})));
+        assert_eq!(d.pointer("/properties/format/const"), Some(&json!({"format": "password"})), "data is data");
     }
 }
