@@ -125,21 +125,31 @@ ensure_python_tools() {
     export SPECRUN_PYTHON="$venv/bin/python"
 }
 
-# fetch_llama_grammars: llama.cpp's grammars/*.gbnf from the llama-cpp-python source
-# distribution on PyPI that scripts/llama_cpp_reference.sh builds llama.cpp from (only the
+# llama_cpp_sdist: the llama-cpp-python source distribution on PyPI whose vendored llama.cpp
+# the reference tools are built from (scripts/llama_cpp_reference.sh) and whose grammar files
+# the tests read; downloaded into the cache once, its path printed.
+LLAMA_CPP_PYTHON_VERSION=0.3.36
+llama_cpp_sdist() {
+    local cache="${SPECRUN_CACHE:-$HOME/.cache/specrun}/llama.cpp-ref"
+    local tarball="$cache/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
+    if [ ! -f "$tarball" ]; then
+        say "fetching llama.cpp (llama-cpp-python $LLAMA_CPP_PYTHON_VERSION source distribution)"
+        mkdir -p "$cache"
+        python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$cache"
+    fi
+    echo "$tarball"
+}
+
+# fetch_llama_grammars: llama.cpp's grammars/*.gbnf from that source distribution (only the
 # grammar files are unpacked); exports SPECRUN_LLAMA_GRAMMARS for tests/cli/constraints.rs.
 fetch_llama_grammars() {
-    local v=0.3.36
-    local cache="${SPECRUN_CACHE:-$HOME/.cache/specrun}/llama.cpp-ref"
-    local dir="$cache/grammars-$v"
+    local v=$LLAMA_CPP_PYTHON_VERSION
+    local dir="${SPECRUN_CACHE:-$HOME/.cache/specrun}/llama.cpp-ref/grammars-$v"
     if ! ls "$dir"/*.gbnf >/dev/null 2>&1; then
+        local tarball
+        tarball="$(llama_cpp_sdist)"
         mkdir -p "$dir"
-        if [ ! -f "$cache/llama_cpp_python-$v.tar.gz" ]; then
-            say "fetching llama.cpp's grammar files (llama-cpp-python $v source distribution)"
-            python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$v" -d "$cache"
-        fi
-        tar -xzf "$cache/llama_cpp_python-$v.tar.gz" -C "$dir" --strip-components=4 --wildcards \
-            "llama_cpp_python-$v/vendor/llama.cpp/grammars/*.gbnf"
+        tar -xzf "$tarball" -C "$dir" --strip-components=4 --wildcards "llama_cpp_python-$v/vendor/llama.cpp/grammars/*.gbnf"
     fi
     export SPECRUN_LLAMA_GRAMMARS="$dir"
 }

@@ -32,13 +32,10 @@ case "${RUSTFLAGS:-}" in *target-cpu=native*) NATIVE=ON ;; esac
 # The vendored tree carries the library but not the examples: llama-simple's one source file
 # comes from llama-cpp-python's source distribution (the reference script's), and is built
 # against the vendored library.
-PY_VERSION=0.3.36
+PY_VERSION=$LLAMA_CPP_PYTHON_VERSION
 SIMPLE_CPP="$CACHE/llama.cpp-ref/llama-cpp-python-$PY_VERSION/vendor/llama.cpp/examples/simple/simple.cpp"
 if [ ! -f "$SIMPLE_CPP" ]; then
-    say "fetching llama-simple's source (llama-cpp-python $PY_VERSION source distribution)"
-    mkdir -p "$CACHE/llama.cpp-ref"
-    python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$PY_VERSION" -d "$CACHE/llama.cpp-ref"
-    tar -xzf "$CACHE/llama.cpp-ref/llama_cpp_python-$PY_VERSION.tar.gz" -C "$CACHE/llama.cpp-ref"
+    tar -xzf "$(llama_cpp_sdist)" -C "$CACHE/llama.cpp-ref"
     mv "$CACHE/llama.cpp-ref/llama_cpp_python-$PY_VERSION" "$CACHE/llama.cpp-ref/llama-cpp-python-$PY_VERSION"
 fi
 if [ ! -x "$BUILD/bin/llama-simple" ]; then

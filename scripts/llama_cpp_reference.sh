@@ -26,7 +26,7 @@ shift 2 2>/dev/null || shift $#
 KS=("$@")
 [ ${#KS[@]} -gt 0 ] || KS=(2 4 8)
 THREADS="${THREADS:-2}"
-VERSION=0.3.36
+VERSION=$LLAMA_CPP_PYTHON_VERSION
 CACHE="${SPECRUN_CACHE:-$HOME/.cache/specrun}/llama.cpp-ref"
 MODELS="${SPECRUN_MODELS:-$HOME/.cache/specrun/models}"
 TARGET="$MODELS/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
@@ -35,9 +35,7 @@ mkdir -p "$CACHE"
 
 SRC="$CACHE/llama-cpp-python-$VERSION/vendor/llama.cpp"
 if [ ! -d "$SRC" ]; then
-    say "fetching the llama.cpp tree (llama-cpp-python $VERSION source distribution)"
-    python3 -m pip download --quiet --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$CACHE"
-    tar -xzf "$CACHE/llama_cpp_python-$VERSION.tar.gz" -C "$CACHE"
+    tar -xzf "$(llama_cpp_sdist)" -C "$CACHE"
     mv "$CACHE/llama_cpp_python-$VERSION" "$CACHE/llama-cpp-python-$VERSION"
 fi
 # Every tool in one build, GGML_NATIVE=OFF (AVX2, as specrun's llama.cpp): a native build

@@ -7,6 +7,7 @@
 //! `<|tag|>` — is refused with its line and column, so a grammar either works as written or
 //! gets one line naming the construct.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 
 /// Whether `text` looks like GBNF rather than Lark: it defines a rule with `::=`.
@@ -22,6 +23,7 @@ pub fn is_gbnf(text: &str) -> bool {
 pub fn to_lark(src: &str) -> Result<String, String> {
     let mut p = Parser { s: src.chars().collect(), i: 0, refs: Vec::new() };
     let mut rules: Vec<(String, String)> = Vec::new();
+    let mut defined: HashSet<String> = HashSet::new();
     loop {
         p.space(true);
         if p.eof() {
@@ -35,15 +37,15 @@ pub fn to_lark(src: &str) -> Result<String, String> {
         }
         p.space(true);
         let body = p.alternates(false)?;
-        if rules.iter().any(|(n, _)| *n == name) {
+        if !defined.insert(name.clone()) {
             return Err(p.error(at, &format!("rule '{name}' is defined twice")));
         }
         rules.push((name, body));
     }
-    if !rules.iter().any(|(n, _)| n == "root") {
+    if !defined.contains("root") {
         return Err("line 1: the grammar has no 'root' rule".into());
     }
-    if let Some((name, at)) = p.refs.iter().find(|(name, _)| !rules.iter().any(|(n, _)| n == name)) {
+    if let Some((name, at)) = p.refs.iter().find(|(name, _)| !defined.contains(name)) {
         return Err(p.error(*at, &format!("rule '{name}' is not defined")));
     }
     let mut out = String::from("start: g_root\n");

@@ -20,6 +20,10 @@ use specrun_core::constraint::{Constraint, ConstraintError, ConstraintSpec, Toke
 use specrun_core::model::{TextCodec, Token};
 use std::sync::Arc;
 
+/// The longest grammar text compiled: llguidance's compiler recurses along chains of rules,
+/// and a chain this long stays within the compiler thread's stack ([`Vocabulary::compile`]).
+const MAX_GRAMMAR_BYTES: usize = 1 << 20;
+
 /// A constraint as a user asks for it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Grammar {
@@ -47,6 +51,13 @@ impl Grammar {
     /// A grammar's text: llama.cpp's GBNF when it defines rules with `::=` (translated), else
     /// llguidance's Lark syntax.
     pub fn from_text(text: &str) -> Result<Self> {
+        if text.len() > MAX_GRAMMAR_BYTES {
+            return Err(anyhow!(
+                "a grammar of {} bytes; at most {} (llguidance's compiler recurses along chains of rules)",
+                text.len(),
+                MAX_GRAMMAR_BYTES
+            ));
+        }
         if gbnf::is_gbnf(text) {
             return gbnf::to_lark(text).map(Grammar::Lark).map_err(|e| anyhow!("GBNF {e}"));
         }
@@ -186,7 +197,16 @@ impl Vocabulary {
 
     /// [`Vocabulary::compile`], the error being the reason alone.
     fn build(&self, grammar: &Grammar) -> std::result::Result<ConstraintSpec, String> {
-        let parser = self.factory.create_parser(grammar.top_level()).map_err(|e| first_line(&e.to_string()))?;
+        // llguidance's grammar compiler recurses along chains of rules: a thread of its own
+        // with room for the longest grammar taken (`MAX_GRAMMAR_BYTES`)
+        let parser = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .stack_size(512 << 20)
+                .spawn_scoped(s, || self.factory.create_parser(grammar.top_level()).map_err(|e| first_line(&e.to_string())))
+                .map_err(|e| format!("cannot start the grammar compiler: {e}"))?
+                .join()
+                .map_err(|_| "the grammar compiler failed".to_string())?
+        })?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
             return Err(first_line(&e));
@@ -402,6 +422,23 @@ pub(crate) mod tests {
         let e = v.compile(&Grammar::JsonSchema(json!({"type": "object", "if": {}}))).unwrap_err().to_string();
         assert!(e.starts_with("json_schema: unimplemented keys"), "{e}");
         assert!(Grammar::schema_from_text("[1]").is_err());
+        // a chain of rules as long as a grammar may be compiles or says why, never overflows
+        // the stack
+        let chain: String = (0..)
+            .map(|i| format!("r{i}: \"a\" r{}\n", i + 1))
+            .take_while({
+                let mut len = 0;
+                move |r: &String| {
+                    len += r.len();
+                    len < MAX_GRAMMAR_BYTES - 64
+                }
+            })
+            .collect::<String>();
+        let n = chain.lines().count();
+        let g = Grammar::from_text(&format!("start: r0\n{chain}r{n}: \"b\"\n")).unwrap();
+        let e = v.compile(&g).unwrap_err().to_string();
+        assert!(e.contains("symbols") && !e.contains('\n'), "{n} rules: {e}");
+        assert!(Grammar::from_text(&"x".repeat(MAX_GRAMMAR_BYTES + 1)).unwrap_err().to_string().contains("at most"));
         assert!(Grammar::from_text("root ::= <[3]>").unwrap_err().to_string().starts_with("GBNF line 1, column 10"));
         assert_eq!(response_format(&json!({"type": "text"})), Ok(None));
         assert_eq!(response_format(&json!({"type": "json_object"})), Ok(Some(Grammar::JsonObject)));
