@@ -94,19 +94,29 @@ impl Tail {
     }
 }
 
-/// Bytes that the text of `tokens[..i]` followed by `part` and `tail` share at their ends.
-fn byte_agreement(tokens: &[Token], i: usize, part: &[u8], texts: &TokenTexts, tail: &[u8]) -> usize {
+/// Bytes that the text of `tokens[..i]` followed by `part` and `tail` share at their ends, and
+/// the context's byte before them (`None` at the context's start).
+fn byte_agreement(tokens: &[Token], i: usize, part: &[u8], texts: &TokenTexts, tail: &[u8]) -> (usize, Option<u8>) {
     let mut n = 0;
     let before = tokens[..i].iter().rev().map(|&t| texts.text(t));
     for text in std::iter::once(part).chain(before) {
         for &b in text.iter().rev() {
             if n == tail.len() || tail[tail.len() - 1 - n] != b {
-                return n;
+                return (n, Some(b));
             }
             n += 1;
         }
     }
-    n
+    (n, None)
+}
+
+/// Whether the last `len` bytes of `tail` begin a word where the output and the context have
+/// them (`context_before`: the context's byte before them): a match that begins inside a word
+/// on either side (`rap` of `wrap` in `paragraph`) is a coincidence of letters, not a copy.
+fn begins_word(tail: &[u8], len: usize, context_before: Option<u8>) -> bool {
+    let first = tail[tail.len() - len];
+    let output_before = tail.len().checked_sub(len + 1).map(|i| tail[i]);
+    !wordlike(first) || [output_before, context_before].iter().all(|b| b.is_none_or(|b| !wordlike(b)))
 }
 
 /// Tokens that `tokens[..a]` and `tokens[..b]` share at their ends, at most `max`.
@@ -115,9 +125,9 @@ fn token_agreement(tokens: &[Token], a: usize, b: usize, max: usize) -> usize {
 }
 
 /// Where an earlier stretch of the context ends with the same bytes as `tokens` does (at
-/// least [`MIN_BYTES`], tokenized differently): at the end of a context token (the copy goes
-/// on with the tokens after it) or inside one whose rest is a token of its own (drafted
-/// first). The longest match wins; among equals the first at or after `after` (a copy goes
+/// least [`MIN_BYTES`], tokenized differently, beginning a word on both sides): at the end of
+/// a context token (the copy goes on with the tokens after it) or inside one whose rest is a
+/// token of its own (drafted first). The longest match wins; among equals the first at or after `after` (a copy goes
 /// through its source in order), else the most recent. Copies start before `sources`.
 ///
 /// Where the tokens agree over the whole match, the token lookup decides: anchoring on any
@@ -141,8 +151,8 @@ pub fn text_anchor(tokens: &[Token], texts: &TokenTexts, after: Option<usize>, s
     for i in (n.saturating_sub(MAX_SCAN)..(n - 1).min(sources.saturating_sub(1))).rev() {
         let text = texts.text(tokens[i]);
         for o in (1..=text.len()).filter(|&o| text[o - 1] == last) {
-            let len = byte_agreement(tokens, i, &text[..o], texts, &tail.bytes);
-            if len < MIN_BYTES || !better(len, i + 1, best) {
+            let (len, context_before) = byte_agreement(tokens, i, &text[..o], texts, &tail.bytes);
+            if len < MIN_BYTES || !better(len, i + 1, best) || !begins_word(&tail.bytes, len, context_before) {
                 continue;
             }
             let head = if o == text.len() {
@@ -169,6 +179,17 @@ fn wordlike(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b >= 0x80
 }
 
+/// Whether the output's last token begins a word right after punctuation (`Val` after a
+/// quote, a digit after `: `): a value's start, where a word the context has whole is being
+/// copied — unlike a word of prose after a space, which is often complete (` to` against the
+/// context's ` topic`).
+pub fn begins_after_mark(tokens: &[Token], texts: &TokenTexts) -> bool {
+    let n = tokens.len();
+    n >= 2
+        && texts.text(tokens[n - 1]).first().is_some_and(|&b| wordlike(b))
+        && texts.text(tokens[n - 2]).last().is_some_and(|&b| !wordlike(b))
+}
+
 /// Where the output has just begun a word after punctuation with a token too short for
 /// [`text_anchor`] (`n` after a quote, a digit after `: `): the word nearest to `near` (where
 /// the last copy came from), within [`WORD_AROUND`] context tokens, that begins with the same
@@ -180,11 +201,10 @@ pub fn word_anchor(tokens: &[Token], texts: &TokenTexts, near: usize, sources: u
     if n < 2 {
         return None;
     }
-    let word = texts.text(tokens[n - 1]);
-    let opened = texts.text(tokens[n - 2]).last().is_some_and(|&b| !wordlike(b));
-    if !word.first().is_some_and(|&b| wordlike(b)) || !opened {
+    if !begins_after_mark(tokens, texts) {
         return None;
     }
+    let word = texts.text(tokens[n - 1]);
     // nearest first, after before behind among equals
     let around = (0..WORD_AROUND).flat_map(|d| [Some(near + d), near.checked_sub(d).filter(|_| d > 0)]);
     for i in around.flatten().filter(|&i| i < n - 1 && i + 1 < sources) {
@@ -274,6 +294,19 @@ mod tests {
         // no token stands for the rest: no anchor
         let t = vocab(&["|", " Portugal", " |", " Lisbon", "\"", "Port", "uga"]);
         assert_eq!(text_anchor(&tokens, &t, None, usize::MAX), None);
+    }
+
+    #[test]
+    fn a_match_that_begins_inside_a_word_is_no_anchor() {
+        let t = vocab(&[" para", "graph", " plastic", " wrap", " \"", "rap", "h", "wrap"]);
+        // the context's ` paragraph`: the output's ` wrap` shares `rap` with it, inside words
+        // on both sides
+        assert_eq!(text_anchor(&[0, 1, 2, 3], &t, None, usize::MAX), None);
+        // the output's `"rap` begins a word, but in the context `rap` is inside one
+        assert_eq!(text_anchor(&[0, 1, 4, 5], &t, None, usize::MAX), None);
+        // a context word that begins with the output's word: an anchor
+        let t = vocab(&[" wraph", "ic", " \"", "wrap", "h"]);
+        assert_eq!(text_anchor(&[0, 1, 2, 3], &t, None, usize::MAX), Some(Anchor { from: 1, head: Some(4), bytes: 4 }));
     }
 
     #[test]

@@ -46,6 +46,11 @@ impl Closers {
         self.entries.truncate(CLOSERS_MAX);
     }
 
+    /// Nothing closes a value at `key` (the target went on with other text there).
+    pub fn forget(&mut self, key: CloseKey) {
+        self.entries.retain(|(k, _)| *k != key);
+    }
+
     /// The closer learned for `key`.
     pub fn closer(&self, key: CloseKey) -> Option<Token> {
         self.entries.iter().find(|(k, _)| *k == key).map(|&(_, c)| c)

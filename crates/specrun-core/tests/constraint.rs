@@ -431,6 +431,40 @@ fn a_closer_learned_in_one_sequence_is_drafted_in_the_next() {
 }
 
 #[test]
+fn text_a_value_goes_on_with_is_never_drafted_as_its_closer() {
+    use MockSegment::{Choice, Literal};
+    // records `10 11 text 12` of free text (any length, tokens 20..40): copies from the prompt
+    // are cut where it has a token the grammar refuses (5), and where the target writes more
+    // text there, that text is no closer; a closing draft begins with what closes a value (12)
+    let record = [Literal(vec![10, 11]), Choice { allowed: (20..40).collect(), min: 1, max: 1000 }, Literal(vec![12])];
+    let g = MockGrammar::new(record.iter().cycle().take(9).cloned().collect(), 0, MockSpec::target(1).n_vocab);
+    let prompt: Vec<Token> = (0..48).map(|i| if i % 4 == 3 { 5 } else { 20 + (i * 7) % 20 }).collect();
+    let mut closing = 0;
+    for seed in 1..=16 {
+        let target = MockSpec::target(seed);
+        let config = constrained(&GenConfig { max_tokens: 60, draft_max: 8, ..GenConfig::default() }, &g);
+        let expected = run_checked(&mut Engine::new(MockModel::new(target.clone()), NoDraft, config.clone()), &prompt, |_, _| None);
+        let mut e = Engine::new(MockModel::new(target), NgramDrafter::new(NgramConfig { n_min: 1, n_max: 3 }), config);
+        let clock = MockClock::new();
+        for _ in 0..2 {
+            let mut seq = e.start(0, prompt.clone(), &clock).unwrap();
+            seq.trace_rounds = true;
+            while seq.finish.is_none() {
+                e.step(&mut seq, &clock).unwrap();
+                let Some(r) = seq.last_round.take() else { continue };
+                let own = r.drafted.len() - r.n_closing;
+                if let Some(&first) = r.drafted.get(own).filter(|_| r.n_closing > 0) {
+                    assert_eq!(first, 12, "seed {seed}: a closing draft began with text: {r:?}");
+                    closing += 1;
+                }
+            }
+            assert_eq!(seq.generated(), &expected.tokens[..], "seed {seed}");
+        }
+    }
+    assert!(closing > 0, "no closing draft at all");
+}
+
+#[test]
 fn the_structure_after_a_closer_is_drafted_past_the_copys_length() {
     use specrun_core::batching::SharedPolicy;
     use MockSegment::{Choice, Literal};

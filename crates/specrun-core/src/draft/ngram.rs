@@ -2,7 +2,7 @@
 //! optionally a draft cache of earlier outputs.
 
 use super::{DraftCursor, DraftPlan, DraftReport, DraftRequest, DraftSource, Drafter};
-use crate::anchor::TokenTexts;
+use crate::anchor::{begins_after_mark, TokenTexts};
 use crate::model::{ModelError, Token};
 use crate::ngram::{NgramConfig, NgramCorpus};
 use crate::sampling::{Dist, Scratch};
@@ -60,7 +60,8 @@ impl Drafter for NgramDrafter {
         let head = cursor.ngram.head_for(tokens).is_some();
         let sure = match (structured, self.texts.as_deref(), cursor.ngram.planned_from(tokens)) {
             (true, Some(texts), Some(from)) if !head => number_rest(texts, tokens, from),
-            _ => usize::from(structured && head),
+            (true, Some(texts), _) => usize::from(head && begins_after_mark(tokens, texts)),
+            _ => 0,
         };
         DraftPlan { source: DraftSource::Ngram, run: cursor.ngram.run(tokens), first, sure }
     }
@@ -228,5 +229,25 @@ mod tests {
         // a copy found by its tokens is left to the learned acceptance
         let plan = d.plan(&mut DraftCursor::new(1), &[0, 1, 2, 3, 7, 0, 1, 2]);
         assert_eq!((plan.source, plan.first, plan.sure), (DraftSource::Ngram, Some(3), 0));
+    }
+
+    #[test]
+    fn a_word_of_prose_the_context_has_longer_is_not_sure() {
+        let words = ["Answer", " with", " a", " topic", " and", " due", " to", "pic", "\"", "top", "ic"];
+        let texts = TokenTexts::new(words.iter().map(|w| w.as_bytes().to_vec()).collect());
+        let d = NgramDrafter::new(DEFAULT).with_texts(Arc::new(texts));
+        let prompt = [0, 1, 2, 3, 4];
+        let plan = |output: [Token; 2]| {
+            let mut cursor = DraftCursor::new(0);
+            cursor.ngram.set_structured(true, prompt.len());
+            let tokens: Vec<Token> = prompt.iter().copied().chain(output).collect();
+            let plan = d.plan(&mut cursor, &tokens);
+            (plan.first, plan.sure)
+        };
+        // `… due to` in a string value against the context's ` topic`: ` to` is likely a word
+        // of its own, so `pic` is left to the learned acceptance
+        assert_eq!(plan([5, 6]), (Some(7), 0));
+        // `"top` just after a quote begins a value the context may have whole: sure
+        assert_eq!(plan([8, 9]), (Some(10), 1));
     }
 }

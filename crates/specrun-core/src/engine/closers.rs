@@ -45,10 +45,20 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         let target = &self.target;
         let is_eog = |t| target.is_eog(t);
         if let Some((c, key)) = cut {
-            if let Some(&closer) = seq.tokens.get(n_hist + c) {
-                seq.closers.learn(key, closer);
-                self.closers.learn(key, closer);
-                if forces_after(guide, &seq.tokens[..=n_hist + c], &is_eog) {
+            if let Some(&token) = seq.tokens.get(n_hist + c) {
+                let written = &seq.tokens[..=n_hist + c];
+                let closes = forces_after(guide, written, &is_eog);
+                if closes || key.source == Some(token) || completes(guide, written, &is_eog) {
+                    // a closer, or the copied token itself (the target went on through it)
+                    seq.closers.learn(key, token);
+                    self.closers.learn(key, token);
+                } else {
+                    // the value goes on with other text: no closer belongs there (free text
+                    // learned its next word as one, drafted at every later break)
+                    seq.closers.forget(key);
+                    self.closers.forget(key);
+                }
+                if closes {
                     seq.draft.ngram.end_run();
                 }
             }
@@ -80,7 +90,7 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         if forces_after(guide, &seq.tokens[..=at], &is_eog) {
             seq.closers.learn(CloseKey { mask, source: None }, closer);
             self.closers.learn(CloseKey { mask, source: None }, closer);
-        } else if guide.end_after(&seq.tokens[..=at], None, &is_eog).is_ok_and(|end| end.is_some()) {
+        } else if completes(guide, &seq.tokens[..=at], &is_eog) {
             self.endings.learn(mask, closer);
         }
     }
@@ -108,4 +118,9 @@ impl<T: Model, D: Drafter> Engine<T, D> {
         }
         Ok(1)
     }
+}
+
+/// Whether the output may end after `tokens` (their last token completed it).
+fn completes(guide: &mut Guide, tokens: &[Token], is_eog: &dyn Fn(Token) -> bool) -> bool {
+    guide.end_after(tokens, None, is_eog).is_ok_and(|end| end.is_some())
 }
