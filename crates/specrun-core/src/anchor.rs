@@ -127,8 +127,9 @@ fn token_agreement(tokens: &[Token], a: usize, b: usize, max: usize) -> usize {
 /// Where an earlier stretch of the context ends with the same bytes as `tokens` does (at
 /// least [`MIN_BYTES`], tokenized differently, beginning a word on both sides): at the end of
 /// a context token (the copy goes on with the tokens after it) or inside one whose rest is a
-/// token of its own (drafted first). The longest match wins; among equals the first at or after `after` (a copy goes
-/// through its source in order), else the most recent. Copies start before `sources`.
+/// token of its own (drafted first). The longest match wins; among equals the first at or
+/// after `after` (a copy goes through its source in order), else the most recent. Copies
+/// start before `sources`.
 ///
 /// Where the tokens agree over the whole match, the token lookup decides: anchoring on any
 /// word there copies earlier output (keys, punctuation) more often than values

@@ -53,8 +53,8 @@ impl<T: Model, D: Drafter> Engine<T, D> {
                     seq.closers.learn(key, token);
                     self.closers.learn(key, token);
                 } else {
-                    // the value goes on with other text: no closer belongs there (free text
-                    // learned its next word as one, drafted at every later break)
+                    // the value goes on with other text: no closer belongs there (in free
+                    // text that would be its next word, drafted at every later break)
                     seq.closers.forget(key);
                     self.closers.forget(key);
                 }
